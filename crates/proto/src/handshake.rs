@@ -1,0 +1,254 @@
+//! The peer handshake as a sans-IO state machine.
+//!
+//! Calling order, dialler side: [`Dialler::start`] (send its AUTH_HELLO), then
+//! [`Dialler::handle_challenge`] with the AUTH_CHALLENGE (send its AUTH_PROOF, then wait
+//! for AUTH_OK). Acceptor side: [`Acceptor::handle_hello`] with the AUTH_HELLO (send its
+//! AUTH_CHALLENGE), then [`Acceptor::handle_proof`] with the AUTH_PROOF (send AUTH_OK).
+//!
+//! Each proof is `HMAC-SHA256(secret[key_id], "sessync-peer-auth" || role || version ||
+//! key_id || dialler_nonce || acceptor_nonce || dialler_id || acceptor_id)` where role is
+//! 1 for the dialler's proof and 2 for the acceptor's. Both nonces are fresh per attempt,
+//! so a recorded handshake does not verify again (replay), and the role byte keeps one
+//! side's proof from being sent back as the other's (reflection). The acceptor proves
+//! first only over a nonce the dialler chose, and no session data moves before both
+//! proofs have verified.
+
+use std::net::SocketAddr;
+
+use hmac::Mac;
+use rand::RngCore;
+use subtle::ConstantTimeEq;
+
+use crate::frame::PROTOCOL_VERSION;
+use crate::keys::Keyring;
+use crate::peer::{PeerMessage, NONCE_LEN, PROOF_LEN};
+
+const CONTEXT: &[u8] = b"sessync-peer-auth";
+const ROLE_DIALLER: u8 = 1;
+const ROLE_ACCEPTOR: u8 = 2;
+
+/// Who is on the other end of a link that completed the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The peer's node id (random per process start).
+    pub node_id: [u8; 16],
+    /// The peer's advertised peer address.
+    pub advertised: SocketAddr,
+}
+
+/// Why a handshake failed. The link is closed; no session data has moved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The peer's proof does not verify: wrong secret, replay or reflection.
+    #[error("peer proof does not verify")]
+    BadProof,
+    /// The peer uses a key id this node does not have.
+    #[error("peer key id {0} is unknown")]
+    UnknownKey(u8),
+    /// The peer sent something other than the next handshake message.
+    #[error("unexpected message during the handshake")]
+    Unexpected,
+    /// The peer claims this node's own id (a connection to ourselves or a reflection).
+    #[error("peer claims our own node id")]
+    SelfConnection,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn proof(
+    keys: &Keyring,
+    key_id: u8,
+    role: u8,
+    dialler_nonce: &[u8; NONCE_LEN],
+    acceptor_nonce: &[u8; NONCE_LEN],
+    dialler_id: &[u8; 16],
+    acceptor_id: &[u8; 16],
+) -> Option<[u8; PROOF_LEN]> {
+    let mut mac = keys.mac(key_id)?;
+    mac.update(CONTEXT);
+    mac.update(&[role, PROTOCOL_VERSION, key_id]);
+    mac.update(dialler_nonce);
+    mac.update(acceptor_nonce);
+    mac.update(dialler_id);
+    mac.update(acceptor_id);
+    Some(mac.finalize().into_bytes().into())
+}
+
+fn fresh_nonce() -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut n);
+    n
+}
+
+/// The dialling side of one handshake attempt.
+#[derive(Debug)]
+pub struct Dialler {
+    keys: Keyring,
+    node_id: [u8; 16],
+    nonce: [u8; NONCE_LEN],
+}
+
+impl Dialler {
+    /// Starts a handshake; returns the state and the AUTH_HELLO to send.
+    pub fn start(keys: Keyring, node_id: [u8; 16], advertised: SocketAddr) -> (Dialler, PeerMessage) {
+        Dialler::start_with_nonce(keys, node_id, advertised, fresh_nonce())
+    }
+
+    /// As [`Dialler::start`] with a chosen nonce: for deterministic tests only. A real
+    /// handshake MUST use a fresh random nonce.
+    pub fn start_with_nonce(
+        keys: Keyring,
+        node_id: [u8; 16],
+        advertised: SocketAddr,
+        nonce: [u8; NONCE_LEN],
+    ) -> (Dialler, PeerMessage) {
+        let hello = PeerMessage::AuthHello {
+            node_id,
+            key_id: keys.current_id(),
+            nonce,
+            advertised,
+        };
+        (Dialler { keys, node_id, nonce }, hello)
+    }
+
+    /// Checks the acceptor's proof; on success returns who it is and the AUTH_PROOF to send.
+    pub fn handle_challenge(self, msg: PeerMessage) -> Result<(PeerIdentity, PeerMessage), HandshakeError> {
+        let PeerMessage::AuthChallenge {
+            node_id,
+            nonce,
+            proof: theirs,
+            advertised,
+        } = msg
+        else {
+            return Err(HandshakeError::Unexpected);
+        };
+        if node_id == self.node_id {
+            return Err(HandshakeError::SelfConnection);
+        }
+        let key_id = self.keys.current_id();
+        let expected = proof(
+            &self.keys,
+            key_id,
+            ROLE_ACCEPTOR,
+            &self.nonce,
+            &nonce,
+            &self.node_id,
+            &node_id,
+        )
+        .ok_or(HandshakeError::UnknownKey(key_id))?;
+        if !bool::from(expected.ct_eq(&theirs)) {
+            return Err(HandshakeError::BadProof);
+        }
+        let ours = proof(
+            &self.keys,
+            key_id,
+            ROLE_DIALLER,
+            &self.nonce,
+            &nonce,
+            &self.node_id,
+            &node_id,
+        )
+        .ok_or(HandshakeError::UnknownKey(key_id))?;
+        Ok((
+            PeerIdentity { node_id, advertised },
+            PeerMessage::AuthProof { proof: ours },
+        ))
+    }
+}
+
+/// The accepting side of one handshake attempt.
+#[derive(Debug)]
+pub struct Acceptor {
+    keys: Keyring,
+    key_id: u8,
+    node_id: [u8; 16],
+    nonce: [u8; NONCE_LEN],
+    peer: PeerIdentity,
+    dialler_nonce: [u8; NONCE_LEN],
+}
+
+impl Acceptor {
+    /// Answers an AUTH_HELLO; returns the state and the AUTH_CHALLENGE to send.
+    pub fn handle_hello(
+        keys: Keyring,
+        node_id: [u8; 16],
+        advertised: SocketAddr,
+        msg: PeerMessage,
+    ) -> Result<(Acceptor, PeerMessage), HandshakeError> {
+        Acceptor::handle_hello_with_nonce(keys, node_id, advertised, msg, fresh_nonce())
+    }
+
+    /// As [`Acceptor::handle_hello`] with a chosen nonce: for deterministic tests only.
+    pub fn handle_hello_with_nonce(
+        keys: Keyring,
+        node_id: [u8; 16],
+        advertised: SocketAddr,
+        msg: PeerMessage,
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<(Acceptor, PeerMessage), HandshakeError> {
+        let PeerMessage::AuthHello {
+            node_id: peer_id,
+            key_id,
+            nonce: dialler_nonce,
+            advertised: peer_addr,
+        } = msg
+        else {
+            return Err(HandshakeError::Unexpected);
+        };
+        if peer_id == node_id {
+            return Err(HandshakeError::SelfConnection);
+        }
+        let ours = proof(
+            &keys,
+            key_id,
+            ROLE_ACCEPTOR,
+            &dialler_nonce,
+            &nonce,
+            &peer_id,
+            &node_id,
+        )
+        .ok_or(HandshakeError::UnknownKey(key_id))?;
+        let challenge = PeerMessage::AuthChallenge {
+            node_id,
+            nonce,
+            proof: ours,
+            advertised,
+        };
+        let peer = PeerIdentity {
+            node_id: peer_id,
+            advertised: peer_addr,
+        };
+        Ok((
+            Acceptor {
+                keys,
+                key_id,
+                node_id,
+                nonce,
+                peer,
+                dialler_nonce,
+            },
+            challenge,
+        ))
+    }
+
+    /// Checks the dialler's proof; on success the link is open and AUTH_OK is sent.
+    pub fn handle_proof(self, msg: PeerMessage) -> Result<PeerIdentity, HandshakeError> {
+        let PeerMessage::AuthProof { proof: theirs } = msg else {
+            return Err(HandshakeError::Unexpected);
+        };
+        let expected = proof(
+            &self.keys,
+            self.key_id,
+            ROLE_DIALLER,
+            &self.dialler_nonce,
+            &self.nonce,
+            &self.peer.node_id,
+            &self.node_id,
+        )
+        .ok_or(HandshakeError::UnknownKey(self.key_id))?;
+        if !bool::from(expected.ct_eq(&theirs)) {
+            return Err(HandshakeError::BadProof);
+        }
+        Ok(self.peer)
+    }
+}

@@ -1,0 +1,37 @@
+//! The sessync wire protocol, sans-IO: framing, client and peer messages, the error code
+//! table, signed tokens and the peer handshake. No sockets and no runtime here, so every
+//! piece can be tested and fuzzed on plain bytes; the optional `codec` feature adds a
+//! tokio-util adapter for the network.
+//!
+//! `protocol.md` at the repository root is the normative description of these bytes; its
+//! hex examples are decoded by this crate's tests so the two cannot drift apart.
+
+mod client;
+#[cfg(feature = "codec")]
+mod codec;
+mod error;
+mod frame;
+mod handshake;
+mod keys;
+mod limits;
+mod message;
+mod peer;
+mod session;
+mod token;
+mod wire;
+
+pub use client::{op as client_op, ErrorReply, Request, Response, SessionReply};
+#[cfg(feature = "codec")]
+pub use codec::{CodecError, FrameCodec};
+pub use error::{DecodeError, ErrorCode, FrameError};
+pub use frame::{
+    check_frame, decode_frame, decode_frame_slice, write_frame, Frame, CRC_LEN, HEADER_LEN,
+    LENGTH_PREFIX_LEN, MIN_FRAME_LEN, PROTOCOL_VERSION,
+};
+pub use handshake::{Acceptor, Dialler, HandshakeError, PeerIdentity};
+pub use keys::{KeyError, Keyring, MIN_SECRET_LEN};
+pub use limits::Limits;
+pub use message::{Message, OP_ERROR};
+pub use peer::{op as peer_op, PeerMessage, NONCE_LEN, PROOF_LEN};
+pub use session::{Attributes, SessionId, SessionMeta, SessionRecord};
+pub use token::{Token, TokenError, MAX_BACKUPS, MAX_TOKEN_STR_LEN, TAG_LEN, TOKEN_VERSION};

@@ -1,0 +1,280 @@
+//! Peer-port messages: what nodes say to each other over their authenticated links.
+//!
+//! Requests use opcodes 0x40..=0x7F; replies 0xC0..=0xFE; ERROR is 0xFF. A link carries
+//! many requests at once; replies match requests by request id and may come in any order.
+
+use std::net::SocketAddr;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::client::ErrorReply;
+use crate::error::DecodeError;
+use crate::limits::Limits;
+use crate::message::{Message, OP_ERROR};
+use crate::session::{SessionId, SessionRecord};
+use crate::wire::{put_addr, Reader};
+
+/// Bytes in a handshake nonce (256 bits; the brief asks for at least 128).
+pub const NONCE_LEN: usize = 32;
+/// Bytes in a handshake proof (a full HMAC-SHA256).
+pub const PROOF_LEN: usize = 32;
+
+/// Peer opcodes.
+pub mod op {
+    /// AUTH_HELLO: the dialling node opens the handshake.
+    pub const AUTH_HELLO: u8 = 0x40;
+    /// AUTH_PROOF: the dialling node proves it knows the secret.
+    pub const AUTH_PROOF: u8 = 0x41;
+    /// PING.
+    pub const PING: u8 = 0x42;
+    /// COPY: hand a session over to the asker.
+    pub const COPY: u8 = 0x43;
+    /// COPY_ACK: the asker installed the session.
+    pub const COPY_ACK: u8 = 0x44;
+    /// REPLICATE: store this backup copy.
+    pub const REPLICATE: u8 = 0x45;
+    /// DROP: forget a backup copy.
+    pub const DROP: u8 = 0x46;
+    /// AUTH_CHALLENGE: the accepting node's nonce and proof.
+    pub const AUTH_CHALLENGE: u8 = 0xC0;
+    /// AUTH_OK: the handshake is complete.
+    pub const AUTH_OK: u8 = 0xC1;
+    /// PONG.
+    pub const PONG: u8 = 0xC2;
+    /// COPY_DATA: the session, now the asker's.
+    pub const COPY_DATA: u8 = 0xC3;
+    /// MOVED: the session is owned elsewhere.
+    pub const MOVED: u8 = 0xC4;
+    /// NOT_FOUND: no such live session here.
+    pub const NOT_FOUND: u8 = 0xC5;
+    /// OK: COPY_ACK, REPLICATE or DROP done.
+    pub const OK: u8 = 0xC6;
+}
+
+/// A message on a peer link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMessage {
+    /// Dialler -> acceptor, first frame.
+    ///
+    /// # Format
+    /// node_id (16), u8 key_id, nonce (32), advertised peer address.
+    AuthHello {
+        /// The dialler's node id, random per process start.
+        node_id: [u8; 16],
+        /// Which cluster secret the dialler proves with.
+        key_id: u8,
+        /// The dialler's fresh random nonce.
+        nonce: [u8; NONCE_LEN],
+        /// The address other nodes (and tokens) use for the dialler.
+        advertised: SocketAddr,
+    },
+    /// Acceptor -> dialler: the acceptor's nonce and its proof over both nonces.
+    ///
+    /// # Format
+    /// node_id (16), nonce (32), proof (32), advertised peer address.
+    AuthChallenge {
+        /// The acceptor's node id.
+        node_id: [u8; 16],
+        /// The acceptor's fresh random nonce.
+        nonce: [u8; NONCE_LEN],
+        /// HMAC proof with role "acceptor" (see `handshake`).
+        proof: [u8; PROOF_LEN],
+        /// The acceptor's advertised peer address.
+        advertised: SocketAddr,
+    },
+    /// Dialler -> acceptor: the dialler's proof over both nonces.
+    ///
+    /// # Format
+    /// proof (32).
+    AuthProof {
+        /// HMAC proof with role "dialler".
+        proof: [u8; PROOF_LEN],
+    },
+    /// Acceptor -> dialler: the link is open for session traffic.
+    ///
+    /// # Format
+    /// empty.
+    AuthOk,
+    /// Keep-alive; echoes a number.
+    ///
+    /// # Format
+    /// u64 payload.
+    Ping(u64),
+    /// Reply to PING.
+    ///
+    /// # Format
+    /// u64 payload.
+    Pong(u64),
+    /// Asks the receiving node to hand a session over to the sender.
+    ///
+    /// # Format
+    /// session id (16).
+    Copy {
+        /// The session wanted.
+        session_id: SessionId,
+    },
+    /// The session, handed over: the receiver of this reply is now its owner.
+    ///
+    /// # Format
+    /// session record.
+    CopyData(SessionRecord),
+    /// The session is owned by another node; ask it.
+    ///
+    /// # Format
+    /// session id (16), owner peer address.
+    Moved {
+        /// The session.
+        session_id: SessionId,
+        /// Where it went.
+        owner: SocketAddr,
+    },
+    /// No live session with that id here (never existed, expired or destroyed).
+    ///
+    /// # Format
+    /// session id (16).
+    NotFound {
+        /// The session.
+        session_id: SessionId,
+    },
+    /// The asker installed the session from COPY_DATA; the old owner may drop its copy.
+    ///
+    /// # Format
+    /// session id (16), u64 version installed.
+    CopyAck {
+        /// The session.
+        session_id: SessionId,
+        /// The version the asker installed.
+        version: u64,
+    },
+    /// Owner -> backup: store (or replace) this copy of a session the sender owns.
+    ///
+    /// # Format
+    /// session record.
+    Replicate(SessionRecord),
+    /// Owner -> backup: forget this session's backup copy.
+    ///
+    /// # Format
+    /// session id (16).
+    Drop {
+        /// The session.
+        session_id: SessionId,
+    },
+    /// COPY_ACK, REPLICATE or DROP done.
+    ///
+    /// # Format
+    /// empty.
+    Ok,
+    /// The request failed.
+    Error(ErrorReply),
+}
+
+impl Message for PeerMessage {
+    fn opcode(&self) -> u8 {
+        match self {
+            PeerMessage::AuthHello { .. } => op::AUTH_HELLO,
+            PeerMessage::AuthChallenge { .. } => op::AUTH_CHALLENGE,
+            PeerMessage::AuthProof { .. } => op::AUTH_PROOF,
+            PeerMessage::AuthOk => op::AUTH_OK,
+            PeerMessage::Ping(_) => op::PING,
+            PeerMessage::Pong(_) => op::PONG,
+            PeerMessage::Copy { .. } => op::COPY,
+            PeerMessage::CopyData(_) => op::COPY_DATA,
+            PeerMessage::Moved { .. } => op::MOVED,
+            PeerMessage::NotFound { .. } => op::NOT_FOUND,
+            PeerMessage::CopyAck { .. } => op::COPY_ACK,
+            PeerMessage::Replicate(_) => op::REPLICATE,
+            PeerMessage::Drop { .. } => op::DROP,
+            PeerMessage::Ok => op::OK,
+            PeerMessage::Error(_) => OP_ERROR,
+        }
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        match self {
+            PeerMessage::AuthHello {
+                node_id,
+                key_id,
+                nonce,
+                advertised,
+            } => {
+                out.put_slice(node_id);
+                out.put_u8(*key_id);
+                out.put_slice(nonce);
+                put_addr(out, advertised);
+            }
+            PeerMessage::AuthChallenge {
+                node_id,
+                nonce,
+                proof,
+                advertised,
+            } => {
+                out.put_slice(node_id);
+                out.put_slice(nonce);
+                out.put_slice(proof);
+                put_addr(out, advertised);
+            }
+            PeerMessage::AuthProof { proof } => out.put_slice(proof),
+            PeerMessage::AuthOk | PeerMessage::Ok => {}
+            PeerMessage::Ping(n) | PeerMessage::Pong(n) => out.put_u64(*n),
+            PeerMessage::Copy { session_id }
+            | PeerMessage::NotFound { session_id }
+            | PeerMessage::Drop { session_id } => out.put_slice(&session_id.0),
+            PeerMessage::CopyData(rec) | PeerMessage::Replicate(rec) => rec.encode(out),
+            PeerMessage::Moved { session_id, owner } => {
+                out.put_slice(&session_id.0);
+                put_addr(out, owner);
+            }
+            PeerMessage::CopyAck { session_id, version } => {
+                out.put_slice(&session_id.0);
+                out.put_u64(*version);
+            }
+            PeerMessage::Error(e) => e.encode(out),
+        }
+    }
+
+    fn decode_body(opcode: u8, body: &Bytes, limits: &Limits) -> Result<PeerMessage, DecodeError> {
+        let mut r = Reader::from_bytes(body);
+        let msg = match opcode {
+            op::AUTH_HELLO => PeerMessage::AuthHello {
+                node_id: r.array()?,
+                key_id: r.u8()?,
+                nonce: r.array()?,
+                advertised: r.addr()?,
+            },
+            op::AUTH_CHALLENGE => PeerMessage::AuthChallenge {
+                node_id: r.array()?,
+                nonce: r.array()?,
+                proof: r.array()?,
+                advertised: r.addr()?,
+            },
+            op::AUTH_PROOF => PeerMessage::AuthProof { proof: r.array()? },
+            op::AUTH_OK => PeerMessage::AuthOk,
+            op::PING => PeerMessage::Ping(r.u64()?),
+            op::PONG => PeerMessage::Pong(r.u64()?),
+            op::COPY => PeerMessage::Copy {
+                session_id: SessionId(r.array()?),
+            },
+            op::COPY_DATA => PeerMessage::CopyData(SessionRecord::decode(&mut r, limits)?),
+            op::MOVED => PeerMessage::Moved {
+                session_id: SessionId(r.array()?),
+                owner: r.addr()?,
+            },
+            op::NOT_FOUND => PeerMessage::NotFound {
+                session_id: SessionId(r.array()?),
+            },
+            op::COPY_ACK => PeerMessage::CopyAck {
+                session_id: SessionId(r.array()?),
+                version: r.u64()?,
+            },
+            op::REPLICATE => PeerMessage::Replicate(SessionRecord::decode(&mut r, limits)?),
+            op::DROP => PeerMessage::Drop {
+                session_id: SessionId(r.array()?),
+            },
+            op::OK => PeerMessage::Ok,
+            OP_ERROR => PeerMessage::Error(ErrorReply::decode(&mut r, limits)?),
+            other => return Err(DecodeError::UnknownOpcode(other)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
