@@ -6,10 +6,12 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, ErrorCode};
+use crate::frame::write_frame;
 use crate::limits::Limits;
 use crate::message::{Message, OP_ERROR};
 use crate::session::{
-    decode_attributes, decode_names, encode_attributes, encode_names, Attributes, SessionMeta,
+    decode_attributes, decode_names, encode_attributes, encode_names, Attributes, PackedAttributes,
+    SessionMeta,
 };
 use crate::wire::{put_bytes, put_string, Reader};
 
@@ -431,4 +433,26 @@ impl Message for Response {
         r.finish()?;
         Ok(resp)
     }
+}
+
+/// Appends a SESSION reply frame built from attributes a node keeps packed, without
+/// unpacking them. The bytes are exactly those of `Response::Session` with the same fields.
+pub fn encode_session_reply(
+    out: &mut BytesMut,
+    request_id: u64,
+    token: Option<&str>,
+    meta: &SessionMeta,
+    attributes: &PackedAttributes,
+) {
+    write_frame(out, op::SESSION, request_id, |b| {
+        match token {
+            None => b.put_u8(0),
+            Some(t) => {
+                b.put_u8(1);
+                put_string(b, t);
+            }
+        }
+        meta.encode(b);
+        b.put_slice(attributes.as_bytes());
+    });
 }

@@ -20,7 +20,7 @@ mod session;
 mod token;
 mod wire;
 
-pub use client::{op as client_op, ErrorReply, Request, Response, SessionReply};
+pub use client::{encode_session_reply, op as client_op, ErrorReply, Request, Response, SessionReply};
 #[cfg(feature = "codec")]
 pub use codec::{CodecError, FrameCodec};
 pub use error::{DecodeError, ErrorCode, FrameError};
@@ -33,5 +33,5 @@ pub use keys::{KeyError, Keyring, MIN_SECRET_LEN};
 pub use limits::Limits;
 pub use message::{Message, OP_ERROR};
 pub use peer::{op as peer_op, PeerMessage, NONCE_LEN, PROOF_LEN};
-pub use session::{Attributes, SessionId, SessionMeta, SessionRecord};
+pub use session::{Attributes, PackedAttributes, SessionId, SessionMeta, SessionRecord};
 pub use token::{Token, TokenError, MAX_BACKUPS, MAX_TOKEN_STR_LEN, TAG_LEN, TOKEN_VERSION};

@@ -172,3 +172,175 @@ impl SessionRecord {
         })
     }
 }
+
+/// Attributes kept in their wire encoding (u16 count, then sorted unique pairs): one
+/// allocation per session, copied into replies as is. This is how a node stores them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PackedAttributes(Bytes);
+
+impl std::fmt::Debug for PackedAttributes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Default for PackedAttributes {
+    fn default() -> Self {
+        PackedAttributes(Bytes::from_static(&[0, 0]))
+    }
+}
+
+impl PackedAttributes {
+    /// Packs a map.
+    pub fn pack(attrs: &Attributes) -> PackedAttributes {
+        let len = 2 + attrs.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(len);
+        encode_attributes(&mut out, attrs);
+        PackedAttributes(Bytes::from(out))
+    }
+
+    /// Unpacks into a map (used when a whole session crosses to a peer).
+    pub fn unpack(&self) -> Attributes {
+        self.iter()
+            .map(|(k, v)| (k.to_owned(), Bytes::copy_from_slice(v)))
+            .collect()
+    }
+
+    /// The encoded bytes, ready to be appended to a SESSION reply or a record.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// How many attributes.
+    pub fn count(&self) -> usize {
+        usize::from(u16::from_be_bytes([self.0[0], self.0[1]]))
+    }
+
+    /// Bytes held, including the encoding's length fields.
+    pub fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The pairs in name order. The buffer was built by [`PackedAttributes::pack`] or
+    /// [`PackedAttributes::apply`], so it is well formed; iteration stops at any defect.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        let buf = &self.0[..];
+        let mut pos = 2usize;
+        let mut left = self.count();
+        std::iter::from_fn(move || {
+            if left == 0 {
+                return None;
+            }
+            left -= 1;
+            let nlen = usize::from(u16::from_be_bytes([*buf.get(pos)?, *buf.get(pos + 1)?]));
+            let name = std::str::from_utf8(buf.get(pos + 2..pos + 2 + nlen)?).ok()?;
+            pos += 2 + nlen;
+            let vb = buf.get(pos..pos + 4)?;
+            let vlen = u32::from_be_bytes([vb[0], vb[1], vb[2], vb[3]]) as usize;
+            let value = buf.get(pos + 4..pos + 4 + vlen)?;
+            pos += 4 + vlen;
+            Some((name, value))
+        })
+    }
+
+    /// Only the named attributes (absent names are skipped).
+    pub fn select(&self, names: &[String]) -> PackedAttributes {
+        let mut out = Vec::new();
+        let picked: Vec<(&str, &[u8])> = self
+            .iter()
+            .filter(|(k, _)| names.iter().any(|n| n == k))
+            .collect();
+        out.put_u16(picked.len() as u16);
+        for (k, v) in picked {
+            put_string(&mut out, k);
+            put_bytes(&mut out, v);
+        }
+        PackedAttributes(Bytes::from(out))
+    }
+
+    /// A new packed set: these attributes with `puts` added or replaced and `deletes`
+    /// removed, merged in one pass (both sides are sorted). Returns `None` when the result
+    /// would hold more than `max_attributes`.
+    pub fn apply(
+        &self,
+        puts: &Attributes,
+        deletes: &[String],
+        max_attributes: usize,
+    ) -> Option<PackedAttributes> {
+        let mut merged: Vec<(&str, &[u8])> = Vec::with_capacity(self.count() + puts.len());
+        let mut old = self.iter().peekable();
+        let mut new = puts.iter().peekable();
+        loop {
+            let take_old = match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((ok, _)), Some((nk, _))) => match (*ok).cmp(nk.as_str()) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Greater => false,
+                    std::cmp::Ordering::Equal => {
+                        old.next();
+                        false
+                    }
+                },
+            };
+            if take_old {
+                if let Some((k, v)) = old.next() {
+                    if !deletes.iter().any(|d| d == k) {
+                        merged.push((k, v));
+                    }
+                }
+            } else if let Some((k, v)) = new.next() {
+                merged.push((k.as_str(), &v[..]));
+            }
+        }
+        if merged.len() > max_attributes || merged.len() > usize::from(u16::MAX) {
+            return None;
+        }
+        let len = 2 + merged.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(len);
+        out.put_u16(merged.len() as u16);
+        for (k, v) in merged {
+            put_string(&mut out, k);
+            put_bytes(&mut out, v);
+        }
+        Some(PackedAttributes(Bytes::from(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(pairs: &[(&str, &str)]) -> Attributes {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v.as_bytes())))
+            .collect()
+    }
+
+    #[test]
+    fn packed_round_trip_select_and_apply() {
+        let a = attrs(&[("b", "2"), ("a", "1"), ("c", "3")]);
+        let p = PackedAttributes::pack(&a);
+        assert_eq!(p.unpack(), a);
+        assert_eq!(p.count(), 3);
+        assert_eq!(
+            p.select(&["c".into(), "zz".into()]).unpack(),
+            attrs(&[("c", "3")])
+        );
+        let applied = p
+            .apply(
+                &attrs(&[("a", "9"), ("d", "4")]),
+                &["b".into(), "nope".into()],
+                10,
+            )
+            .unwrap();
+        assert_eq!(applied.unpack(), attrs(&[("a", "9"), ("c", "3"), ("d", "4")]));
+        assert!(p.apply(&attrs(&[("d", "4")]), &[], 3).is_none());
+        // The packed form is exactly the wire encoding of the map.
+        let mut wire = Vec::new();
+        encode_attributes(&mut wire, &a);
+        assert_eq!(p.as_bytes(), &wire[..]);
+    }
+}
