@@ -1,1 +1,118 @@
-//! placeholder
+//! A sessync node: the session table, the client port and (with the peer port) instant
+//! copy across nodes. [`start`] binds the ports and returns a [`NodeHandle`] that stops it.
+
+mod client_port;
+pub mod clock;
+mod config;
+mod node;
+mod shutdown;
+mod stats;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::NodeConfig;
+pub use node::Node;
+pub use table::{EvictPolicy, TableStats};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::shutdown::Shutdown;
+
+/// A running node. Dropping it does not stop the node; call [`NodeHandle::shutdown`].
+pub struct NodeHandle {
+    node: Arc<Node>,
+    client_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    trigger: watch::Sender<bool>,
+    tasks: TaskTracker,
+}
+
+impl NodeHandle {
+    /// The bound client address (useful with port 0).
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// The bound peer address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// The node's state, for counters.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Stops accepting, lets every connection finish the requests it has fully received,
+    /// and waits up to `grace` for them. Returns whether everything finished in time.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        let _ = self.trigger.send(true);
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+}
+
+fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    // Restarting a node must not wait for the old sockets' TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Binds the client and peer ports and starts serving. Must run inside a tokio runtime.
+pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
+    let client = listener(config.client_addr)?;
+    let peer = listener(config.peer_addr)?;
+    let client_addr = client.local_addr()?;
+    let peer_addr = peer.local_addr()?;
+    let advertise = config.advertise.unwrap_or(peer_addr);
+    let sweep_interval = config.sweep_interval;
+    let node = Arc::new(Node::new(config, advertise));
+    let (trigger, shutdown) = Shutdown::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(client_port::accept_loop(
+        node.clone(),
+        client,
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    tasks.spawn(sweeper(node.clone(), sweep_interval, shutdown.clone()));
+    // The peer listener is bound so the address is reserved and advertised; peer traffic
+    // is served by the peer module.
+    drop(peer);
+    Ok(NodeHandle {
+        node,
+        client_addr,
+        peer_addr,
+        trigger,
+        tasks,
+    })
+}
+
+/// Visits one table shard per tick, so reclaiming expired entries is spread out and never
+/// holds more than one inner lock at a time.
+async fn sweeper(node: Arc<Node>, every: Duration, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shard = 0usize;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        node.table.sweep_shard(shard, clock::now_ms());
+        shard = (shard + 1) % table::SHARDS;
+    }
+}

@@ -1,0 +1,75 @@
+//! A node's settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sessync_proto::{Keyring, Limits};
+
+use crate::table::EvictPolicy;
+
+/// Everything a node needs to start. [`NodeConfig::new`] gives the safe defaults.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where applications connect (keep it on loopback or a private interface).
+    pub client_addr: SocketAddr,
+    /// Where other nodes connect.
+    pub peer_addr: SocketAddr,
+    /// The peer address written into tokens; defaults to the bound peer address.
+    pub advertise: Option<SocketAddr>,
+    /// The cluster secret(s): token MACs and the peer handshake.
+    pub keys: Keyring,
+    /// Idle time to live when CREATE does not say (default 30 min).
+    pub idle_ttl: Duration,
+    /// Absolute lifetime when CREATE does not say; `None` for no absolute lifetime.
+    pub max_lifetime: Option<Duration>,
+    /// Most live sessions.
+    pub max_sessions: usize,
+    /// Most bytes of sessions and tombstones (an estimate, see `table::SESSION_OVERHEAD`).
+    pub max_memory: usize,
+    /// What CREATE does at the limits.
+    pub evict: EvictPolicy,
+    /// Password clients must give in HELLO; `None` for none.
+    pub password: Option<String>,
+    /// Most client connections at once; further ones get TOO_MANY_CONNECTIONS and close.
+    pub max_connections: usize,
+    /// A connection that has not completed a frame this long after its first byte (or after
+    /// connecting) is closed with TIMEOUT: the slowloris defence.
+    pub frame_timeout: Duration,
+    /// A connection with no traffic this long is closed.
+    pub idle_timeout: Duration,
+    /// Wire limits (frame size, attribute counts and sizes).
+    pub limits: Limits,
+    /// How often the sweeper visits one table shard.
+    pub sweep_interval: Duration,
+    /// How long a request waits on another node before OWNER_UNREACHABLE.
+    pub peer_timeout: Duration,
+    /// Most MOVED answers followed for one request.
+    pub max_hops: u8,
+}
+
+impl NodeConfig {
+    /// Defaults: 30 min idle TTL, no absolute lifetime, 1M sessions, 1 GiB, reject at the
+    /// limit, no password, 10 000 connections, 10 s frame timeout, 5 min idle timeout,
+    /// 1 s peer timeout, 3 hops.
+    pub fn new(client_addr: SocketAddr, peer_addr: SocketAddr, keys: Keyring) -> NodeConfig {
+        NodeConfig {
+            client_addr,
+            peer_addr,
+            advertise: None,
+            keys,
+            idle_ttl: Duration::from_secs(30 * 60),
+            max_lifetime: None,
+            max_sessions: 1_000_000,
+            max_memory: 1 << 30,
+            evict: EvictPolicy::Reject,
+            password: None,
+            max_connections: 10_000,
+            frame_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            limits: Limits::DEFAULT,
+            sweep_interval: Duration::from_millis(50),
+            peer_timeout: Duration::from_secs(1),
+            max_hops: 3,
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The node: owns the table and serves requests. Connection handling lives in
+//! `client_port`; this module turns one decoded request into one reply frame.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use sessync_proto::{
+    encode_session_reply, Attributes, ErrorCode, ErrorReply, Message, PackedAttributes, Request, Response,
+    SessionId, SessionMeta, Token, TokenError, PROTOCOL_VERSION,
+};
+use subtle::ConstantTimeEq;
+
+use crate::clock::now_ms;
+use crate::config::NodeConfig;
+use crate::stats::Stats;
+use crate::table::{Miss, Served, Table, TableConfig, TableStats};
+
+/// What a connection must do after a request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Keep reading.
+    Continue,
+    /// The client passed HELLO; keep reading.
+    Authenticated,
+    /// Flush and close (the reply was a connection-closing error).
+    Close,
+}
+
+/// One node's state, shared by all its connections.
+pub struct Node {
+    pub(crate) config: NodeConfig,
+    pub(crate) advertise: SocketAddr,
+    pub(crate) table: Table,
+    pub(crate) stats: Stats,
+}
+
+impl Node {
+    pub(crate) fn new(config: NodeConfig, advertise: SocketAddr) -> Node {
+        let table = Table::new(TableConfig {
+            max_sessions: config.max_sessions,
+            max_memory: config.max_memory,
+            max_attributes: config.limits.max_attributes,
+            evict: config.evict,
+        });
+        Node {
+            config,
+            advertise,
+            table,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The address this node writes into tokens.
+    pub fn advertise(&self) -> SocketAddr {
+        self.advertise
+    }
+
+    /// Table counters.
+    pub fn table_stats(&self) -> TableStats {
+        self.table.stats()
+    }
+
+    /// The counters STATS reports.
+    pub fn stats_snapshot(&self) -> Vec<(String, u64)> {
+        let t = self.table.stats();
+        let mut s = vec![
+            ("sessions".to_string(), t.sessions as u64),
+            ("tombstones".to_string(), t.tombstones as u64),
+            ("bytes".to_string(), t.bytes as u64),
+            ("evicted".to_string(), t.evicted),
+            ("reclaimed".to_string(), t.reclaimed),
+            ("max_sessions".to_string(), self.config.max_sessions as u64),
+            ("max_memory".to_string(), self.config.max_memory as u64),
+        ];
+        s.extend(self.stats.snapshot());
+        s
+    }
+
+    fn sign(&self, id: SessionId) -> String {
+        Token {
+            session_id: id,
+            owner: self.advertise,
+            backups: Vec::new(),
+        }
+        .sign(&self.config.keys)
+    }
+
+    fn error(
+        &self,
+        request_id: u64,
+        code: ErrorCode,
+        message: impl Into<String>,
+        out: &mut BytesMut,
+    ) -> After {
+        Stats::bump(&self.stats.errors);
+        Response::Error(ErrorReply::new(code, message)).encode_frame(request_id, out);
+        if code.closes_connection() {
+            After::Close
+        } else {
+            After::Continue
+        }
+    }
+
+    fn miss_error(&self, request_id: u64, miss: Miss, out: &mut BytesMut) -> After {
+        match miss {
+            Miss::NotFound => self.error(
+                request_id,
+                ErrorCode::SessionNotFound,
+                "no such session (expired, destroyed or never existed)",
+                out,
+            ),
+            Miss::Moved(to) => self.error(
+                request_id,
+                ErrorCode::OwnerUnreachable,
+                format!("session moved to {to}, which this node cannot reach"),
+                out,
+            ),
+            Miss::VersionConflict { current } => self.error(
+                request_id,
+                ErrorCode::VersionConflict,
+                format!("session is at version {current}; nothing was changed"),
+                out,
+            ),
+            Miss::TooManyAttributes => self.error(
+                request_id,
+                ErrorCode::LimitExceeded,
+                format!(
+                    "a session holds at most {} attributes",
+                    self.config.limits.max_attributes
+                ),
+                out,
+            ),
+            Miss::Capacity => self.error(
+                request_id,
+                ErrorCode::Capacity,
+                "node is at its session or memory limit",
+                out,
+            ),
+        }
+    }
+
+    /// Verifies a token and runs `op` on the session it names. Returns the result and the
+    /// replacement token to send, if the client's token does not name this node.
+    async fn on_session<T>(
+        &self,
+        token: &str,
+        op: impl Fn(&Table, &SessionId, u64) -> Result<T, Miss>,
+    ) -> Result<(T, Option<String>), SessionFailure> {
+        let token = Token::verify(token, &self.config.keys).map_err(SessionFailure::Token)?;
+        let id = token.session_id;
+        let fresh = |id| {
+            if token.owner == self.advertise && token.backups.is_empty() {
+                None
+            } else {
+                Some(self.sign(id))
+            }
+        };
+        match op(&self.table, &id, now_ms()) {
+            Ok(t) => Ok((t, fresh(id))),
+            // Here a session owned elsewhere would be copied in (instant copy); a node with
+            // no peer links can only say it cannot reach the owner.
+            Err(Miss::NotFound) if token.owner != self.advertise => {
+                Err(SessionFailure::Miss(Miss::Moved(token.owner)))
+            }
+            Err(m) => Err(SessionFailure::Miss(m)),
+        }
+    }
+
+    fn session_failure(&self, request_id: u64, f: SessionFailure, out: &mut BytesMut) -> After {
+        match f {
+            SessionFailure::Token(e) => self.error(
+                request_id,
+                ErrorCode::InvalidToken,
+                format!("invalid token: {e}"),
+                out,
+            ),
+            SessionFailure::Miss(m) => self.miss_error(request_id, m, out),
+        }
+    }
+
+    fn reply_session(
+        &self,
+        request_id: u64,
+        token: Option<&str>,
+        meta: &SessionMeta,
+        attrs: &PackedAttributes,
+        out: &mut BytesMut,
+    ) -> After {
+        encode_session_reply(out, request_id, token, meta, attrs);
+        After::Continue
+    }
+
+    /// Handles one request of an authenticated (or password-less) connection and appends
+    /// the reply frame to `out`.
+    pub(crate) async fn handle(
+        &self,
+        request_id: u64,
+        req: Request,
+        authenticated: bool,
+        out: &mut BytesMut,
+    ) -> After {
+        Stats::bump(&self.stats.requests);
+        if !authenticated && !matches!(req, Request::Hello { .. }) {
+            return self.error(
+                request_id,
+                ErrorCode::AuthRequired,
+                "this node requires HELLO with a password first",
+                out,
+            );
+        }
+        match req {
+            Request::Hello {
+                min_version,
+                max_version,
+                password,
+                ..
+            } => {
+                if !(min_version..=max_version).contains(&PROTOCOL_VERSION) {
+                    return self.error(
+                        request_id,
+                        ErrorCode::UnsupportedVersion,
+                        format!("this node speaks protocol version {PROTOCOL_VERSION} only"),
+                        out,
+                    );
+                }
+                if let Some(expected) = &self.config.password {
+                    let Some(given) = password else {
+                        return self.error(
+                            request_id,
+                            ErrorCode::AuthRequired,
+                            "this node requires a password",
+                            out,
+                        );
+                    };
+                    if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+                        return self.error(request_id, ErrorCode::AuthFailed, "wrong password", out);
+                    }
+                }
+                Response::HelloOk {
+                    version: PROTOCOL_VERSION,
+                    server_name: concat!("sessync/", env!("CARGO_PKG_VERSION")).into(),
+                    max_frame_len: self.config.limits.max_frame_len,
+                }
+                .encode_frame(request_id, out);
+                After::Authenticated
+            }
+            Request::Ping(payload) => {
+                Response::Pong(payload).encode_frame(request_id, out);
+                After::Continue
+            }
+            Request::Stats => {
+                Response::Stats(self.stats_snapshot()).encode_frame(request_id, out);
+                After::Continue
+            }
+            Request::Create {
+                idle_ttl_ms,
+                max_lifetime_ms,
+                attributes,
+            } => self.create(request_id, idle_ttl_ms, max_lifetime_ms, &attributes, out),
+            Request::Get { token, names } => match self
+                .on_session(&token, |t, id, now| t.get(id, &names, now))
+                .await
+            {
+                Ok((s, fresh)) => self.reply_session(request_id, fresh.as_deref(), &s.meta, &s.attrs, out),
+                Err(f) => self.session_failure(request_id, f, out),
+            },
+            Request::Set {
+                token,
+                if_version,
+                puts,
+                deletes,
+            } => {
+                match self
+                    .on_session(&token, |t, id, now| t.set(id, if_version, &puts, &deletes, now))
+                    .await
+                {
+                    Ok((s, fresh)) => {
+                        self.reply_session(request_id, fresh.as_deref(), &s.meta, &s.attrs, out)
+                    }
+                    Err(f) => self.session_failure(request_id, f, out),
+                }
+            }
+            Request::Touch { token } => match self.on_session(&token, |t, id, now| t.touch(id, now)).await {
+                Ok((s, fresh)) => self.reply_session(request_id, fresh.as_deref(), &s.meta, &s.attrs, out),
+                Err(f) => self.session_failure(request_id, f, out),
+            },
+            Request::Rotate { token } => {
+                match self.on_session(&token, |t, id, now| t.rotate(id, now)).await {
+                    Ok(((new_id, s), _)) => {
+                        Stats::bump(&self.stats.rotated);
+                        let token = self.sign(new_id);
+                        self.reply_session(request_id, Some(&token), &s.meta, &s.attrs, out)
+                    }
+                    Err(f) => self.session_failure(request_id, f, out),
+                }
+            }
+            Request::Destroy { token } => {
+                match self.on_session(&token, |t, id, now| t.destroy(id, now)).await {
+                    Ok((_, _)) => {
+                        Stats::bump(&self.stats.destroyed);
+                        Response::Done.encode_frame(request_id, out);
+                        After::Continue
+                    }
+                    Err(f) => self.session_failure(request_id, f, out),
+                }
+            }
+        }
+    }
+
+    fn create(
+        &self,
+        request_id: u64,
+        idle_ttl_ms: u64,
+        max_lifetime_ms: u64,
+        attrs: &Attributes,
+        out: &mut BytesMut,
+    ) -> After {
+        let now = now_ms();
+        let idle = if idle_ttl_ms == 0 {
+            self.config.idle_ttl.as_millis() as u64
+        } else {
+            idle_ttl_ms
+        };
+        let lifetime = match (max_lifetime_ms, self.config.max_lifetime) {
+            (0, None) => 0,
+            (0, Some(d)) => d.as_millis() as u64,
+            (ms, _) => ms,
+        };
+        let deadline = if lifetime == 0 {
+            0
+        } else {
+            now.saturating_add(lifetime)
+        };
+        match self.table.create(attrs, idle, deadline, now) {
+            Ok((id, Served { meta, attrs })) => {
+                Stats::bump(&self.stats.created);
+                let token = self.sign(id);
+                self.reply_session(request_id, Some(&token), &meta, &attrs, out)
+            }
+            Err(m) => self.miss_error(request_id, m, out),
+        }
+    }
+}
+
+/// Why a token-bearing request could not be served.
+enum SessionFailure {
+    Token(TokenError),
+    Miss(Miss),
+}
+
+/// Shared handle type for connection tasks.
+pub(crate) type SharedNode = Arc<Node>;
