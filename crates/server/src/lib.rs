@@ -4,7 +4,10 @@
 mod client_port;
 pub mod clock;
 mod config;
+pub mod handover;
 mod node;
+mod peer_link;
+mod peer_port;
 mod shutdown;
 mod stats;
 pub mod table;
@@ -51,6 +54,7 @@ impl NodeHandle {
     /// and waits up to `grace` for them. Returns whether everything finished in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
         let _ = self.trigger.send(true);
+        self.node.peers.close_all();
         self.tasks.close();
         tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
     }
@@ -79,19 +83,14 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
     let peer_addr = peer.local_addr()?;
     let advertise = config.advertise.unwrap_or(peer_addr);
     let sweep_interval = config.sweep_interval;
-    let node = Arc::new(Node::new(config, advertise));
+    let (orphan_tx, orphan_rx) = tokio::sync::mpsc::channel(ORPHAN_QUEUE);
+    let node = Arc::new(Node::new(config, advertise, orphan_tx));
     let (trigger, shutdown) = Shutdown::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(client_port::accept_loop(
-        node.clone(),
-        client,
-        shutdown.clone(),
-        tasks.clone(),
-    ));
+    tasks.spawn(client_port::accept_loop(node.clone(), client, shutdown.clone(), tasks.clone()));
+    tasks.spawn(peer_port::accept_loop(node.clone(), peer, shutdown.clone(), tasks.clone()));
     tasks.spawn(sweeper(node.clone(), sweep_interval, shutdown.clone()));
-    // The peer listener is bound so the address is reserved and advertised; peer traffic
-    // is served by the peer module.
-    drop(peer);
+    tasks.spawn(late_replies(node.clone(), orphan_rx, shutdown.clone()));
     Ok(NodeHandle {
         node,
         client_addr,
@@ -99,6 +98,32 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
         trigger,
         tasks,
     })
+}
+
+/// Late peer replies kept before further ones are dropped (they are rare: a reply that
+/// arrived after its request's deadline).
+const ORPHAN_QUEUE: usize = 1024;
+
+/// Installs COPY_DATA replies that arrived after their request gave up: the owner handed
+/// the session to us when it sent them, so dropping them would strand the session.
+async fn late_replies(
+    node: Arc<Node>,
+    mut rx: tokio::sync::mpsc::Receiver<(SocketAddr, sessync_proto::PeerMessage)>,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        let (from, msg) = tokio::select! {
+            _ = shutdown.wait() => return,
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+        };
+        if let sessync_proto::PeerMessage::CopyData(record) = msg {
+            tracing::debug!(%from, session = %record.id, "installing a late COPY_DATA");
+            node.install_copy(from, &record);
+        }
+    }
 }
 
 /// Visits one table shard per tick, so reclaiming expired entries is spread out and never

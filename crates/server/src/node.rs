@@ -6,15 +6,24 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use sessync_proto::{
-    encode_session_reply, Attributes, ErrorCode, ErrorReply, Message, PackedAttributes, Request, Response,
-    SessionId, SessionMeta, Token, TokenError, PROTOCOL_VERSION,
+    encode_session_reply, Attributes, ErrorCode, ErrorReply, Message, PackedAttributes, PeerMessage, Request,
+    Response, SessionId, SessionMeta, Token, TokenError, PROTOCOL_VERSION,
 };
 use subtle::ConstantTimeEq;
 
+use dashmap::DashMap;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
+use crate::handover::{Fetch, Step};
+use crate::peer_link::{LinkConfig, LinkError, Peers};
 use crate::stats::Stats;
 use crate::table::{Miss, Served, Table, TableConfig, TableStats};
+
+/// The outcome of one fetch, shared with every request that waited on it.
+type FetchResult = Result<(), (ErrorCode, String)>;
 
 /// What a connection must do after a request was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,24 +39,58 @@ pub(crate) enum After {
 /// One node's state, shared by all its connections.
 pub struct Node {
     pub(crate) config: NodeConfig,
+    pub(crate) node_id: [u8; 16],
     pub(crate) advertise: SocketAddr,
     pub(crate) table: Table,
     pub(crate) stats: Stats,
+    pub(crate) peers: Arc<Peers>,
+    /// Fetches under way, so concurrent requests for one session send one COPY.
+    inflight: DashMap<SessionId, watch::Receiver<Option<FetchResult>>>,
+}
+
+/// Removes a fetch from the in-flight map even if the fetching request is cancelled.
+struct InflightGuard<'a> {
+    map: &'a DashMap<SessionId, watch::Receiver<Option<FetchResult>>>,
+    id: SessionId,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.map.remove(&self.id);
+    }
 }
 
 impl Node {
-    pub(crate) fn new(config: NodeConfig, advertise: SocketAddr) -> Node {
+    pub(crate) fn new(
+        config: NodeConfig,
+        advertise: SocketAddr,
+        orphans: tokio::sync::mpsc::Sender<(SocketAddr, sessync_proto::PeerMessage)>,
+    ) -> Node {
         let table = Table::new(TableConfig {
             max_sessions: config.max_sessions,
             max_memory: config.max_memory,
             max_attributes: config.limits.max_attributes,
             evict: config.evict,
         });
+        // A fresh id per process start: a restarted node is a different peer.
+        let node_id = SessionId::random().0;
+        let peers = Arc::new(Peers::new(
+            LinkConfig {
+                node_id,
+                advertise,
+                keys: config.keys.clone(),
+                limits: config.limits.clone(),
+            },
+            orphans,
+        ));
         Node {
             config,
+            node_id,
             advertise,
             table,
             stats: Stats::default(),
+            peers,
+            inflight: DashMap::new(),
         }
     }
 
@@ -104,7 +147,7 @@ impl Node {
 
     fn miss_error(&self, request_id: u64, miss: Miss, out: &mut BytesMut) -> After {
         match miss {
-            Miss::NotFound => self.error(
+            Miss::NotFound | Miss::Absent => self.error(
                 request_id,
                 ErrorCode::SessionNotFound,
                 "no such session (expired, destroyed or never existed)",
@@ -140,8 +183,9 @@ impl Node {
         }
     }
 
-    /// Verifies a token and runs `op` on the session it names. Returns the result and the
-    /// replacement token to send, if the client's token does not name this node.
+    /// Verifies a token and runs `op` on the session it names, copying the session here
+    /// first when another node holds it (instant copy). Returns the result and the
+    /// replacement token to send when the client's token does not name this node.
     async fn on_session<T>(
         &self,
         token: &str,
@@ -149,22 +193,124 @@ impl Node {
     ) -> Result<(T, Option<String>), SessionFailure> {
         let token = Token::verify(token, &self.config.keys).map_err(SessionFailure::Token)?;
         let id = token.session_id;
-        let fresh = |id| {
+        let fresh = || {
             if token.owner == self.advertise && token.backups.is_empty() {
                 None
             } else {
                 Some(self.sign(id))
             }
         };
-        match op(&self.table, &id, now_ms()) {
-            Ok(t) => Ok((t, fresh(id))),
-            // Here a session owned elsewhere would be copied in (instant copy); a node with
-            // no peer links can only say it cannot reach the owner.
-            Err(Miss::NotFound) if token.owner != self.advertise => {
-                Err(SessionFailure::Miss(Miss::Moved(token.owner)))
+        let mut fetches = 0;
+        loop {
+            let ask = match op(&self.table, &id, now_ms()) {
+                Ok(t) => return Ok((t, fresh())),
+                // We handed it on: follow it. Never here: ask the owner the token names
+                // (its MAC verified, so the address is one a node of ours wrote).
+                Err(Miss::Moved(to)) => to,
+                Err(Miss::Absent) if token.owner != self.advertise => token.owner,
+                Err(m) => return Err(SessionFailure::Miss(m)),
+            };
+            // A session snatched away between our install and our op is followed again,
+            // within the hop limit.
+            if fetches >= self.config.max_hops {
+                return Err(SessionFailure::Fetch(
+                    ErrorCode::TooManyHops,
+                    "session keeps moving".into(),
+                ));
             }
-            Err(m) => Err(SessionFailure::Miss(m)),
+            fetches += 1;
+            self.fetch(id, ask)
+                .await
+                .map_err(|(c, m)| SessionFailure::Fetch(c, m))?;
         }
+    }
+
+    /// Copies session `id` here from `owner` (following MOVED). Concurrent callers for the
+    /// same id share one fetch.
+    async fn fetch(&self, id: SessionId, owner: SocketAddr) -> FetchResult {
+        let leader = match self.inflight.entry(id) {
+            dashmap::mapref::entry::Entry::Occupied(o) => Err(o.get().clone()),
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                let (tx, rx) = watch::channel(None);
+                v.insert(rx);
+                Ok(tx)
+            }
+        };
+        match leader {
+            Ok(tx) => {
+                let _guard = InflightGuard {
+                    map: &self.inflight,
+                    id,
+                };
+                let result = self.fetch_from_peers(id, owner).await;
+                let _ = tx.send(Some(result.clone()));
+                result
+            }
+            Err(mut rx) => match rx.wait_for(|r| r.is_some()).await {
+                Ok(r) => r
+                    .clone()
+                    .unwrap_or(Err((ErrorCode::Internal, "fetch ended without a result".into()))),
+                Err(_) => Err((
+                    ErrorCode::OwnerUnreachable,
+                    "the fetch this request waited on was abandoned".into(),
+                )),
+            },
+        }
+    }
+
+    async fn fetch_from_peers(&self, id: SessionId, owner: SocketAddr) -> FetchResult {
+        let deadline = Instant::now() + self.config.peer_timeout;
+        let (mut fetch, mut step) = Fetch::new(id, self.advertise, owner, self.config.max_hops);
+        loop {
+            step = match step {
+                Step::Ask(to) => match self
+                    .peers
+                    .request(to, PeerMessage::Copy { session_id: id }, deadline)
+                    .await
+                {
+                    Ok(reply) => fetch.handle_reply(to, reply),
+                    Err(LinkError::Unreachable(why)) => Step::Fail(ErrorCode::OwnerUnreachable, why),
+                    Err(LinkError::Lost) if Instant::now() >= deadline => Step::Fail(
+                        ErrorCode::OwnerUnreachable,
+                        format!("owner {to} did not answer within {:?}", self.config.peer_timeout),
+                    ),
+                    Err(LinkError::Lost) => fetch.handle_lost(to),
+                },
+                Step::Install { from, record } => {
+                    self.install_copy(from, &record);
+                    return Ok(());
+                }
+                Step::Fail(code, message) => {
+                    Stats::bump(&self.stats.handover_failures);
+                    return Err((code, message));
+                }
+            };
+        }
+    }
+
+    /// Installs a session handed over by `from` and acknowledges it, so `from` can drop
+    /// its copy. Also used for a COPY_DATA that arrived after its request gave up: the
+    /// sender handed the session to us, so it must be installed, not ignored.
+    pub(crate) fn install_copy(&self, from: SocketAddr, record: &sessync_proto::SessionRecord) {
+        if self.table.install(record, now_ms()).is_ok() {
+            Stats::bump(&self.stats.copies_received);
+        }
+        // The ACK is sent even when the install was refused (a destroyed tombstone here):
+        // the sender must not keep offering the data.
+        let ack = PeerMessage::CopyAck {
+            session_id: record.id,
+            version: record.meta.version,
+        };
+        let timeout = self.config.peer_timeout;
+        let peers = self.peers.clone();
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                if let Ok(PeerMessage::Ok) = peers.request(from, ack.clone(), Instant::now() + timeout).await
+                {
+                    return;
+                }
+            }
+        });
     }
 
     fn session_failure(&self, request_id: u64, f: SessionFailure, out: &mut BytesMut) -> After {
@@ -176,6 +322,7 @@ impl Node {
                 out,
             ),
             SessionFailure::Miss(m) => self.miss_error(request_id, m, out),
+            SessionFailure::Fetch(code, message) => self.error(request_id, code, message, out),
         }
     }
 
@@ -347,6 +494,7 @@ impl Node {
 enum SessionFailure {
     Token(TokenError),
     Miss(Miss),
+    Fetch(ErrorCode, String),
 }
 
 /// Shared handle type for connection tasks.

@@ -77,6 +77,25 @@ impl Live {
     fn charge(&self) -> usize {
         SESSION_OVERHEAD + self.attrs.encoded_len()
     }
+
+    fn record(&self, id: &SessionId) -> SessionRecord {
+        SessionRecord {
+            id: *id,
+            meta: self.meta(),
+            attributes: self.attrs.unpack(),
+        }
+    }
+}
+
+/// The owner's answer to a COPY.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyOutcome {
+    /// Here is the session; the asker owns it now.
+    Data(SessionRecord),
+    /// Handed to another node: ask it.
+    Moved(SocketAddr),
+    /// No live session here.
+    NotFound,
 }
 
 /// One slot of the table.
@@ -84,6 +103,15 @@ impl Live {
 pub enum Entry {
     /// This node owns the session.
     Live(Live),
+    /// This node answered a COPY from `to` with this data and waits for its COPY_ACK. The
+    /// data is kept so that a retried COPY from `to` (its reply was lost) gets it again;
+    /// anyone else is told MOVED. Never served here, never taken back.
+    HandingOver {
+        /// The node the session was handed to.
+        to: SocketAddr,
+        /// The session as handed over.
+        live: Live,
+    },
     /// This node handed the session to `to`; kept until the session's own deadline.
     Forwarded {
         /// The new owner's peer address.
@@ -101,7 +129,7 @@ pub enum Entry {
 impl Entry {
     fn charge(&self) -> usize {
         match self {
-            Entry::Live(l) => l.charge(),
+            Entry::Live(l) | Entry::HandingOver { live: l, .. } => l.charge(),
             _ => TOMBSTONE_OVERHEAD,
         }
     }
@@ -109,7 +137,7 @@ impl Entry {
     /// Whether the entry may be reclaimed at `now`.
     fn dead(&self, now: u64) -> bool {
         match self {
-            Entry::Live(l) => l.expired(now),
+            Entry::Live(l) | Entry::HandingOver { live: l, .. } => l.expired(now),
             Entry::Forwarded { until_ms, .. } | Entry::Destroyed { until_ms } => now >= *until_ms,
         }
     }
@@ -140,7 +168,10 @@ pub struct TableConfig {
 /// Why a table operation did not happen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Miss {
-    /// No live session (never existed, expired, destroyed, rotated).
+    /// No entry at all: never here, or expired and reclaimed. If a token names another
+    /// owner, that owner is the one to ask.
+    Absent,
+    /// Destroyed, rotated away, evicted or expired here: gone for good, never fetched again.
     NotFound,
     /// Handed over to another node.
     Moved(SocketAddr),
@@ -240,7 +271,7 @@ impl Table {
     fn account_add(&self, shard: &Shard, e: &Entry) {
         shard.stats.bytes.fetch_add(e.charge(), Ordering::Relaxed);
         match e {
-            Entry::Live(_) => shard.stats.live.fetch_add(1, Ordering::Relaxed),
+            Entry::Live(_) | Entry::HandingOver { .. } => shard.stats.live.fetch_add(1, Ordering::Relaxed),
             _ => shard.stats.tombstones.fetch_add(1, Ordering::Relaxed),
         };
     }
@@ -248,7 +279,7 @@ impl Table {
     fn account_remove(&self, shard: &Shard, e: &Entry) {
         shard.stats.bytes.fetch_sub(e.charge(), Ordering::Relaxed);
         match e {
-            Entry::Live(_) => shard.stats.live.fetch_sub(1, Ordering::Relaxed),
+            Entry::Live(_) | Entry::HandingOver { .. } => shard.stats.live.fetch_sub(1, Ordering::Relaxed),
             _ => shard.stats.tombstones.fetch_sub(1, Ordering::Relaxed),
         };
     }
@@ -351,7 +382,7 @@ impl Table {
     /// Looks up a live session without touching it.
     fn miss_for(e: &Entry) -> Miss {
         match e {
-            Entry::Forwarded { to, .. } => Miss::Moved(*to),
+            Entry::Forwarded { to, .. } | Entry::HandingOver { to, .. } => Miss::Moved(*to),
             _ => Miss::NotFound,
         }
     }
@@ -360,7 +391,7 @@ impl Table {
     /// idle deadline. Takes a read lock only.
     pub fn get(&self, id: &SessionId, names: &[String], now: u64) -> Result<Served, Miss> {
         let shard = self.shard(id);
-        let r = shard.map.get(id).ok_or(Miss::NotFound)?;
+        let r = shard.map.get(id).ok_or(Miss::Absent)?;
         match r.value() {
             Entry::Live(l) if !l.expired(now) => {
                 l.last_access_ms.fetch_max(now, Ordering::Relaxed);
@@ -381,7 +412,7 @@ impl Table {
     /// Refreshes the idle deadline. Takes a read lock only.
     pub fn touch(&self, id: &SessionId, now: u64) -> Result<Served, Miss> {
         let shard = self.shard(id);
-        let r = shard.map.get(id).ok_or(Miss::NotFound)?;
+        let r = shard.map.get(id).ok_or(Miss::Absent)?;
         match r.value() {
             Entry::Live(l) if !l.expired(now) => {
                 l.last_access_ms.fetch_max(now, Ordering::Relaxed);
@@ -404,7 +435,7 @@ impl Table {
         now: u64,
     ) -> Result<Served, Miss> {
         let shard = self.shard(id);
-        let mut r = shard.map.get_mut(id).ok_or(Miss::NotFound)?;
+        let mut r = shard.map.get_mut(id).ok_or(Miss::Absent)?;
         let l = match r.value_mut() {
             Entry::Live(l) if !l.expired(now) => l,
             e => return Err(Self::miss_for(e)),
@@ -445,7 +476,7 @@ impl Table {
     /// could have; returns the session's last state.
     pub fn destroy(&self, id: &SessionId, now: u64) -> Result<Served, Miss> {
         let shard = self.shard(id);
-        let mut r = shard.map.get_mut(id).ok_or(Miss::NotFound)?;
+        let mut r = shard.map.get_mut(id).ok_or(Miss::Absent)?;
         let served = match r.value() {
             Entry::Live(l) if !l.expired(now) => Served {
                 meta: l.meta(),
@@ -488,17 +519,89 @@ impl Table {
         }
     }
 
-    /// The whole session, for a handover or a backup.
-    pub fn record(&self, id: &SessionId, now: u64) -> Result<SessionRecord, Miss> {
+    /// The owner's half of the handover: answers a COPY from `requester`. See protocol.md,
+    /// "The COPY handover". Runs under the entry's write lock, so a write at this node
+    /// either lands before (and is in the copy) or after (and sees MOVED).
+    pub fn hand_over(&self, id: &SessionId, requester: SocketAddr, now: u64) -> CopyOutcome {
         let shard = self.shard(id);
-        let r = shard.map.get(id).ok_or(Miss::NotFound)?;
-        match r.value() {
-            Entry::Live(l) if !l.expired(now) => Ok(SessionRecord {
-                id: *id,
-                meta: l.meta(),
-                attributes: l.attrs.unpack(),
-            }),
-            e => Err(Self::miss_for(e)),
+        let Some(mut r) = shard.map.get_mut(id) else {
+            return CopyOutcome::NotFound;
+        };
+        let outcome = match r.value() {
+            Entry::Live(l) if !l.expired(now) => CopyOutcome::Data(l.record(id)),
+            Entry::HandingOver { to, live } if *to == requester && !live.expired(now) => {
+                return CopyOutcome::Data(live.record(id));
+            }
+            Entry::HandingOver { to, live } if !live.expired(now) => return CopyOutcome::Moved(*to),
+            Entry::Forwarded { to, until_ms } if now < *until_ms => return CopyOutcome::Moved(*to),
+            _ => return CopyOutcome::NotFound,
+        };
+        // Live -> HandingOver: same charge, same counters.
+        let placeholder = Entry::Destroyed { until_ms: 0 };
+        if let Entry::Live(live) = std::mem::replace(r.value_mut(), placeholder) {
+            *r.value_mut() = Entry::HandingOver { to: requester, live };
+        }
+        outcome
+    }
+
+    /// The owner's last step: `requester` installed the session, so the data goes and a
+    /// forwarding tombstone stays until the session's own deadline. Returns whether the
+    /// entry changed (a duplicate or stray ACK changes nothing).
+    pub fn ack_handover(&self, id: &SessionId, requester: SocketAddr, now: u64) -> bool {
+        let shard = self.shard(id);
+        let Some(mut r) = shard.map.get_mut(id) else {
+            return false;
+        };
+        let until_ms = match r.value() {
+            Entry::HandingOver { to, live } if *to == requester => live.meta().expires_at_ms().max(now + 1),
+            _ => return false,
+        };
+        let t = Entry::Forwarded {
+            to: requester,
+            until_ms,
+        };
+        self.account_remove(shard, r.value());
+        self.account_add(shard, &t);
+        *r.value_mut() = t;
+        true
+    }
+
+    /// The new owner's step: installs a session received in COPY_DATA as live here.
+    /// A session moving in is accepted even past the limits: a move adds nothing to the
+    /// cluster's total, and refusing it would strand the data mid-handover. A destroyed
+    /// tombstone here wins (nothing is resurrected); a live copy with a newer or equal
+    /// version wins (a duplicate reply changes nothing).
+    pub fn install(&self, record: &SessionRecord, now: u64) -> Result<(), Miss> {
+        let id = record.id;
+        let shard = self.shard(&id);
+        let live = Live {
+            meta: record.meta,
+            last_access_ms: AtomicU64::new(record.meta.last_access_ms),
+            attrs: PackedAttributes::pack(&record.attributes),
+        };
+        if live.expired(now) {
+            return Err(Miss::NotFound);
+        }
+        let new = Entry::Live(live);
+        match shard.map.entry(id) {
+            MapEntry::Vacant(v) => {
+                self.account_add(shard, &new);
+                v.insert(new);
+                Ok(())
+            }
+            MapEntry::Occupied(mut o) => {
+                match o.get() {
+                    Entry::Destroyed { until_ms } if now < *until_ms => return Err(Miss::NotFound),
+                    Entry::Live(l) if !l.expired(now) && l.meta.version >= record.meta.version => {
+                        return Ok(())
+                    }
+                    _ => {}
+                }
+                self.account_remove(shard, o.get());
+                self.account_add(shard, &new);
+                o.insert(new);
+                Ok(())
+            }
         }
     }
 
@@ -578,6 +681,7 @@ mod tests {
         t.touch(&id, 900).unwrap();
         assert!(t.get(&id, &[], 1899).is_ok());
         assert_eq!(t.get(&id, &[], 2899).unwrap_err(), Miss::NotFound);
+        assert_eq!(t.get(&SessionId::random(), &[], 2899).unwrap_err(), Miss::Absent);
         let (abs, _) = t.create(&attrs(&[]), 1000, 500, 0).unwrap();
         assert_eq!(t.get(&abs, &[], 500).unwrap_err(), Miss::NotFound);
         let removed: usize = (0..SHARDS).map(|i| t.sweep_shard(i, 5000)).sum();

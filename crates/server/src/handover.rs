@@ -1,0 +1,338 @@
+//! The asking side of the COPY handover, sans-IO.
+//!
+//! Calling order: [`Fetch::new`] gives the first peer to send COPY to; feed each outcome
+//! back with [`Fetch::handle_reply`] or [`Fetch::handle_lost`] (no reply: timeout or
+//! broken link) until the step is [`Step::Install`] or [`Step::Fail`]. The caller does
+//! the IO and owns the deadline. The owner's side is `Table::hand_over` /
+//! `Table::ack_handover`; protocol.md ("The COPY handover") specifies both.
+
+use std::net::SocketAddr;
+
+use sessync_proto::{ErrorCode, PeerMessage, SessionId, SessionRecord};
+
+/// What the caller does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Send COPY for the session to this peer.
+    Ask(SocketAddr),
+    /// The session arrived from `from`: install it, then send COPY_ACK to `from`.
+    Install {
+        /// The node that handed it over (receives the COPY_ACK).
+        from: SocketAddr,
+        /// The session.
+        record: SessionRecord,
+    },
+    /// Give up; answer the client with this error.
+    Fail(ErrorCode, String),
+}
+
+/// One fetch of one session by this node.
+#[derive(Debug)]
+pub struct Fetch {
+    id: SessionId,
+    me: SocketAddr,
+    /// COPY requests still allowed (the hop limit).
+    asks_left: u8,
+    /// Re-asks of the same peer still allowed after a lost reply.
+    retries_left: u8,
+}
+
+impl Fetch {
+    /// Starts fetching `id`, first from `owner` (the token's owner or our forwarding
+    /// tombstone). `max_hops` bounds how many nodes are asked.
+    pub fn new(id: SessionId, me: SocketAddr, owner: SocketAddr, max_hops: u8) -> (Fetch, Step) {
+        let mut f = Fetch {
+            id,
+            me,
+            asks_left: max_hops.max(1),
+            retries_left: 1,
+        };
+        let step = f.ask(owner);
+        (f, step)
+    }
+
+    fn ask(&mut self, to: SocketAddr) -> Step {
+        if to == self.me {
+            // Pointed back at ourselves: we do not have it (we checked before asking).
+            return Step::Fail(ErrorCode::SessionNotFound, "no such session".into());
+        }
+        if self.asks_left == 0 {
+            return Step::Fail(
+                ErrorCode::TooManyHops,
+                format!("session moved more than the hop limit; last seen at {to}"),
+            );
+        }
+        self.asks_left -= 1;
+        Step::Ask(to)
+    }
+
+    /// Feeds the reply `from` sent to our COPY.
+    pub fn handle_reply(&mut self, from: SocketAddr, reply: PeerMessage) -> Step {
+        match reply {
+            PeerMessage::CopyData(record) if record.id == self.id => Step::Install { from, record },
+            PeerMessage::Moved { session_id, owner } if session_id == self.id => self.ask(owner),
+            PeerMessage::NotFound { session_id } if session_id == self.id => Step::Fail(
+                ErrorCode::SessionNotFound,
+                "no such session (expired, destroyed or never existed)".into(),
+            ),
+            PeerMessage::Error(e) => Step::Fail(
+                if e.code == ErrorCode::ShuttingDown {
+                    ErrorCode::OwnerUnreachable
+                } else {
+                    e.code
+                },
+                format!("owner {from} answered: {}", e.message),
+            ),
+            other => Step::Fail(
+                ErrorCode::Internal,
+                format!("owner {from} sent an unexpected reply: {other:?}"),
+            ),
+        }
+    }
+
+    /// No reply from `from` (timeout or broken link). Asks the same peer once more: if it
+    /// had handed the session over and only the reply was lost, it sends the same data.
+    pub fn handle_lost(&mut self, from: SocketAddr) -> Step {
+        if self.retries_left > 0 {
+            self.retries_left -= 1;
+            return Step::Ask(from);
+        }
+        Step::Fail(
+            ErrorCode::OwnerUnreachable,
+            format!("owner {from} did not answer in time"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Deterministic handover tests: three tables, messages delivered (or dropped) by hand.
+    use super::*;
+    use crate::table::{CopyOutcome, EvictPolicy, Miss, Table, TableConfig};
+    use bytes::Bytes;
+    use sessync_proto::Attributes;
+
+    struct Cluster {
+        nodes: Vec<(SocketAddr, Table)>,
+    }
+
+    fn addr(i: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 7800 + i))
+    }
+
+    fn attrs(pairs: &[(&str, &str)]) -> Attributes {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v.as_bytes())))
+            .collect()
+    }
+
+    impl Cluster {
+        fn new(n: u16) -> Cluster {
+            let cfg = TableConfig {
+                max_sessions: 100,
+                max_memory: 1 << 20,
+                max_attributes: 16,
+                evict: EvictPolicy::Reject,
+            };
+            Cluster {
+                nodes: (0..n).map(|i| (addr(i), Table::new(cfg.clone()))).collect(),
+            }
+        }
+
+        fn table(&self, a: SocketAddr) -> &Table {
+            &self.nodes.iter().find(|(x, _)| *x == a).unwrap().1
+        }
+
+        /// The owner's reply to a COPY, as the peer port would build it.
+        fn serve_copy(&self, owner: SocketAddr, from: SocketAddr, id: SessionId) -> PeerMessage {
+            match self.table(owner).hand_over(&id, from, 0) {
+                CopyOutcome::Data(r) => PeerMessage::CopyData(r),
+                CopyOutcome::Moved(to) => PeerMessage::Moved {
+                    session_id: id,
+                    owner: to,
+                },
+                CopyOutcome::NotFound => PeerMessage::NotFound { session_id: id },
+            }
+        }
+
+        /// Runs a fetch to completion; `drop_reply(n)` says whether the n-th reply is lost.
+        fn fetch(
+            &self,
+            me: SocketAddr,
+            owner: SocketAddr,
+            id: SessionId,
+            drop_reply: impl Fn(usize) -> bool,
+        ) -> Result<(), Step> {
+            let (mut f, mut step) = Fetch::new(id, me, owner, 3);
+            let mut n = 0;
+            loop {
+                step = match step {
+                    Step::Ask(to) => {
+                        let reply = self.serve_copy(to, me, id);
+                        n += 1;
+                        if drop_reply(n) {
+                            f.handle_lost(to)
+                        } else {
+                            f.handle_reply(to, reply)
+                        }
+                    }
+                    Step::Install { from, record } => {
+                        self.table(me).install(&record, 0).unwrap();
+                        self.table(from).ack_handover(&id, me, 0);
+                        return Ok(());
+                    }
+                    fail @ Step::Fail(..) => return Err(fail),
+                };
+            }
+        }
+    }
+
+    #[test]
+    fn move_then_stale_token_follows_moved() {
+        let c = Cluster::new(3);
+        let (a, b, cc) = (addr(0), addr(1), addr(2));
+        let (id, _) = c
+            .table(a)
+            .create(&attrs(&[("u", "alice")]), 60_000, 0, 0)
+            .unwrap();
+        c.fetch(b, a, id, |_| false).unwrap();
+        assert_eq!(c.table(a).get(&id, &[], 1).unwrap_err(), Miss::Moved(b));
+        assert_eq!(
+            c.table(b).get(&id, &[], 1).unwrap().attrs.unpack(),
+            attrs(&[("u", "alice")])
+        );
+        // C holds the stale token naming A: A says MOVED to B, C copies from B.
+        c.fetch(cc, a, id, |_| false).unwrap();
+        assert_eq!(c.table(b).get(&id, &[], 1).unwrap_err(), Miss::Moved(cc));
+        assert!(c.table(cc).get(&id, &[], 1).is_ok());
+    }
+
+    #[test]
+    fn lost_reply_is_asked_again_and_nothing_is_lost() {
+        let c = Cluster::new(3);
+        let (a, b, cc) = (addr(0), addr(1), addr(2));
+        let (id, _) = c.table(a).create(&attrs(&[("n", "1")]), 60_000, 0, 0).unwrap();
+        c.table(a).set(&id, None, &attrs(&[("n", "2")]), &[], 0).unwrap();
+        // The first COPY_DATA is lost; the retry gets the same session.
+        c.fetch(b, a, id, |n| n == 1).unwrap();
+        let got = c.table(b).get(&id, &[], 1).unwrap();
+        assert_eq!((got.meta.version, got.attrs.unpack()), (2, attrs(&[("n", "2")])));
+        // Before B's ACK, a third node would have been told MOVED to B as well.
+        let (id2, _) = c.table(a).create(&attrs(&[]), 60_000, 0, 0).unwrap();
+        assert!(matches!(c.serve_copy(a, b, id2), PeerMessage::CopyData(_)));
+        assert_eq!(
+            c.serve_copy(a, cc, id2),
+            PeerMessage::Moved {
+                session_id: id2,
+                owner: b
+            }
+        );
+        assert!(
+            matches!(c.serve_copy(a, b, id2), PeerMessage::CopyData(_)),
+            "the same asker gets the data again"
+        );
+    }
+
+    #[test]
+    fn every_reply_lost_fails_as_unreachable_and_the_owner_keeps_the_data() {
+        let c = Cluster::new(2);
+        let (a, b) = (addr(0), addr(1));
+        let (id, _) = c.table(a).create(&attrs(&[("k", "v")]), 60_000, 0, 0).unwrap();
+        let err = c.fetch(b, a, id, |_| true).unwrap_err();
+        assert!(matches!(err, Step::Fail(ErrorCode::OwnerUnreachable, _)));
+        // A kept the data for B: a later retry by B (a client's retry) still gets it.
+        c.fetch(b, a, id, |_| false).unwrap();
+        assert_eq!(
+            c.table(b).get(&id, &[], 1).unwrap().attrs.unpack(),
+            attrs(&[("k", "v")])
+        );
+    }
+
+    #[test]
+    fn concurrent_copies_resolve_to_one_owner() {
+        let c = Cluster::new(3);
+        let (a, b, cc) = (addr(0), addr(1), addr(2));
+        let (id, _) = c.table(a).create(&attrs(&[]), 60_000, 0, 0).unwrap();
+        // B and C both ask A; whoever comes first wins, the other is sent to it.
+        let rb = c.serve_copy(a, b, id);
+        let rc = c.serve_copy(a, cc, id);
+        assert!(matches!(rb, PeerMessage::CopyData(_)));
+        assert_eq!(
+            rc,
+            PeerMessage::Moved {
+                session_id: id,
+                owner: b
+            }
+        );
+        let PeerMessage::CopyData(rec) = rb else {
+            unreachable!()
+        };
+        c.table(b).install(&rec, 0).unwrap();
+        c.table(a).ack_handover(&id, b, 0);
+        // C follows MOVED to B and ends as the single owner.
+        c.fetch(cc, b, id, |_| false).unwrap();
+        let owners = c.nodes.iter().filter(|(_, t)| t.get(&id, &[], 1).is_ok()).count();
+        assert_eq!(owners, 1);
+    }
+
+    #[test]
+    fn writes_at_the_old_owner_are_in_the_copy_or_rejected() {
+        let c = Cluster::new(2);
+        let (a, b) = (addr(0), addr(1));
+        let (id, _) = c.table(a).create(&attrs(&[]), 60_000, 0, 0).unwrap();
+        c.table(a)
+            .set(&id, None, &attrs(&[("before", "1")]), &[], 0)
+            .unwrap();
+        let PeerMessage::CopyData(rec) = c.serve_copy(a, b, id) else {
+            panic!("expected data")
+        };
+        // A write at A after the handover began is refused with MOVED, never applied.
+        assert_eq!(
+            c.table(a)
+                .set(&id, None, &attrs(&[("after", "1")]), &[], 0)
+                .unwrap_err(),
+            Miss::Moved(b)
+        );
+        assert_eq!(rec.attributes, attrs(&[("before", "1")]));
+    }
+
+    #[test]
+    fn hop_limit_and_destroyed_tombstones() {
+        let c = Cluster::new(3);
+        let (a, b, cc) = (addr(0), addr(1), addr(2));
+        let id = SessionId::random();
+        // A forwarding loop (impossible in practice, but bounded anyway).
+        let rec = sessync_proto::SessionRecord {
+            id,
+            meta: sessync_proto::SessionMeta {
+                version: 1,
+                idle_ttl_ms: 60_000,
+                ..Default::default()
+            },
+            attributes: attrs(&[]),
+        };
+        c.table(a).install(&rec, 0).unwrap();
+        assert!(matches!(c.table(a).hand_over(&id, b, 0), CopyOutcome::Data(_)));
+        c.table(a).ack_handover(&id, b, 0);
+        c.table(b).install(&rec, 0).unwrap();
+        assert!(matches!(c.table(b).hand_over(&id, a, 0), CopyOutcome::Data(_)));
+        c.table(b).ack_handover(&id, a, 0);
+        // Now A says B and B says A.
+        let err = c.fetch(cc, a, id, |_| false).unwrap_err();
+        assert!(matches!(err, Step::Fail(ErrorCode::TooManyHops, _)), "{err:?}");
+        // A destroyed session is never copied back in.
+        let (d, _) = c.table(cc).create(&attrs(&[]), 60_000, 0, 0).unwrap();
+        let PeerMessage::CopyData(drec) = c.serve_copy(cc, b, d) else {
+            panic!()
+        };
+        c.table(b).install(&drec, 0).unwrap();
+        c.table(cc).ack_handover(&d, b, 0);
+        c.table(b).destroy(&d, 0).unwrap();
+        assert_eq!(c.table(b).install(&drec, 0).unwrap_err(), Miss::NotFound);
+        assert!(matches!(
+            c.fetch(a, cc, d, |_| false).unwrap_err(),
+            Step::Fail(ErrorCode::SessionNotFound, _)
+        ));
+    }
+}

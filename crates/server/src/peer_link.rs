@@ -1,0 +1,314 @@
+//! Outgoing peer links: one persistent, authenticated, multiplexed connection from this
+//! node to each peer it has needed.
+//!
+//! Each node dials its own link to a peer and uses it for its own requests; the peer's
+//! requests to us come over the link the peer dialled (served by `peer_port`). So a pair
+//! of nodes that both ask each other holds two connections, each carrying requests one
+//! way: no simultaneous-dial tie-break is needed and each connection's roles are fixed.
+//!
+//! A link is dialled on first need, keeps many requests in flight (replies matched by
+//! request id, in any order), sends PING when idle and is dropped when the peer goes
+//! quiet. After a failed dial, requests fail at once until a backoff (100 ms doubling to
+//! 5 s) has passed, so a dead peer costs nothing per request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use sessync_proto::{Dialler, FrameCodec, Keyring, Limits, Message, PeerMessage};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout_at, Instant};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+/// Requests queued on one link before senders wait (back-pressure).
+const LINK_QUEUE: usize = 1024;
+/// A PING goes out after this long without traffic from the peer.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+/// A link with no traffic from the peer for this long is dropped.
+const DEAD_AFTER: Duration = Duration::from_secs(15);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Why a peer request got no reply. Either way the request may or may not have been
+/// processed by the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LinkError {
+    /// Could not connect or authenticate (or still backing off after that).
+    Unreachable(String),
+    /// Connected, but no reply before the deadline or the link broke.
+    Lost,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<PeerMessage>>>>;
+
+#[derive(Clone)]
+struct Conn {
+    tx: mpsc::Sender<(u64, PeerMessage)>,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+    next_id: Arc<AtomicU64>,
+}
+
+struct LinkState {
+    conn: Option<Conn>,
+    next_dial: Instant,
+    backoff: Duration,
+}
+
+struct Link {
+    addr: SocketAddr,
+    state: tokio::sync::Mutex<LinkState>,
+}
+
+/// What this node needs to dial and authenticate.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkConfig {
+    pub(crate) node_id: [u8; 16],
+    pub(crate) advertise: SocketAddr,
+    pub(crate) keys: Keyring,
+    pub(crate) limits: Limits,
+}
+
+/// All outgoing links of a node.
+pub(crate) struct Peers {
+    config: LinkConfig,
+    links: Mutex<HashMap<SocketAddr, Arc<Link>>>,
+    /// Replies that arrived after their request gave up (a late COPY_DATA must still be
+    /// installed: the sender already handed the session to us).
+    orphans: mpsc::Sender<(SocketAddr, PeerMessage)>,
+    shutdown: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these short critical sections leaves plain data intact.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Peers {
+    pub(crate) fn new(config: LinkConfig, orphans: mpsc::Sender<(SocketAddr, PeerMessage)>) -> Peers {
+        Peers {
+            config,
+            links: Mutex::new(HashMap::new()),
+            orphans,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Closes every link (at node shutdown).
+    pub(crate) fn close_all(&self) {
+        self.shutdown.cancel();
+    }
+
+    fn link(&self, addr: SocketAddr) -> Arc<Link> {
+        lock(&self.links)
+            .entry(addr)
+            .or_insert_with(|| {
+                Arc::new(Link {
+                    addr,
+                    state: tokio::sync::Mutex::new(LinkState {
+                        conn: None,
+                        next_dial: Instant::now(),
+                        backoff: BACKOFF_MIN,
+                    }),
+                })
+            })
+            .clone()
+    }
+
+    /// Sends `msg` to the peer at `addr` and waits for its reply until `deadline`.
+    pub(crate) async fn request(
+        &self,
+        addr: SocketAddr,
+        msg: PeerMessage,
+        deadline: Instant,
+    ) -> Result<PeerMessage, LinkError> {
+        let link = self.link(addr);
+        let conn = self.connection(&link, deadline).await?;
+        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&conn.pending).insert(id, tx);
+        if timeout_at(deadline, conn.tx.send((id, msg)))
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            lock(&conn.pending).remove(&id);
+            return Err(LinkError::Lost);
+        }
+        match timeout_at(deadline, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(LinkError::Lost),
+            Err(_) => {
+                lock(&conn.pending).remove(&id);
+                Err(LinkError::Lost)
+            }
+        }
+    }
+
+    async fn connection(&self, link: &Link, deadline: Instant) -> Result<Conn, LinkError> {
+        let mut state = timeout_at(deadline, link.state.lock())
+            .await
+            .map_err(|_| LinkError::Lost)?;
+        if let Some(c) = &state.conn {
+            if c.alive.load(Ordering::Acquire) {
+                return Ok(c.clone());
+            }
+        }
+        state.conn = None;
+        if Instant::now() < state.next_dial {
+            return Err(LinkError::Unreachable(format!(
+                "{} failed recently; retrying after a backoff",
+                link.addr
+            )));
+        }
+        match timeout_at(deadline, self.dial(link.addr)).await {
+            Ok(Ok(conn)) => {
+                state.backoff = BACKOFF_MIN;
+                state.conn = Some(conn.clone());
+                Ok(conn)
+            }
+            failed => {
+                state.next_dial = Instant::now() + state.backoff;
+                state.backoff = (state.backoff * 2).min(BACKOFF_MAX);
+                let why = match failed {
+                    Ok(Err(e)) => e,
+                    _ => "connect or handshake timed out".to_string(),
+                };
+                tracing::debug!(peer = %link.addr, "peer link failed: {why}");
+                Err(LinkError::Unreachable(format!("{}: {why}", link.addr)))
+            }
+        }
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> Result<Conn, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, FrameCodec::new(self.config.limits.max_frame_len));
+        let cfg = &self.config;
+        let (dialler, hello) = Dialler::start(cfg.keys.clone(), cfg.node_id, cfg.advertise);
+        framed
+            .send((0, hello))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let challenge = self.read_handshake(&mut framed).await?;
+        let (peer, proof) = dialler
+            .handle_challenge(challenge)
+            .map_err(|e| format!("handshake: {e}"))?;
+        framed
+            .send((0, proof))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        match self.read_handshake(&mut framed).await? {
+            PeerMessage::AuthOk => {}
+            other => return Err(format!("handshake: expected AUTH_OK, got {other:?}")),
+        }
+        tracing::debug!(peer = %addr, advertised = %peer.advertised, "peer link up");
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let conn = Conn {
+            tx,
+            pending: Arc::new(Mutex::new(HashMap::new())),
+            alive: Arc::new(AtomicBool::new(true)),
+            next_id: Arc::new(AtomicU64::new(1)),
+        };
+        tokio::spawn(run_link(
+            addr,
+            framed,
+            rx,
+            conn.clone(),
+            self.orphans.clone(),
+            self.shutdown.clone(),
+            self.config.limits.clone(),
+        ));
+        Ok(conn)
+    }
+
+    async fn read_handshake(
+        &self,
+        framed: &mut Framed<TcpStream, FrameCodec>,
+    ) -> Result<PeerMessage, String> {
+        let frame = match framed.next().await {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return Err(format!("handshake: {e}")),
+            None => return Err("handshake: peer closed the connection".into()),
+        };
+        match PeerMessage::decode_frame(&frame, &self.config.limits) {
+            Ok(PeerMessage::Error(e)) => Err(format!("peer refused: {} {}", e.code, e.message)),
+            Ok(m) => Ok(m),
+            Err(e) => Err(format!("handshake: {e}")),
+        }
+    }
+}
+
+/// Drives one established link: writes queued requests in batches, reads replies and
+/// completes them, pings when idle, and fails everything pending when the link dies.
+async fn run_link(
+    addr: SocketAddr,
+    framed: Framed<TcpStream, FrameCodec>,
+    mut rx: mpsc::Receiver<(u64, PeerMessage)>,
+    conn: Conn,
+    orphans: mpsc::Sender<(SocketAddr, PeerMessage)>,
+    shutdown: CancellationToken,
+    limits: Limits,
+) {
+    let (mut sink, mut stream) = framed.split();
+    let mut last_rx = Instant::now();
+    let mut tick = tokio::time::interval(KEEPALIVE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            queued = rx.recv() => {
+                let Some(first) = queued else { break };
+                if sink.feed(first).await.is_err() { break }
+                while let Ok(more) = rx.try_recv() {
+                    if sink.feed(more).await.is_err() { break }
+                }
+                if sink.flush().await.is_err() { break }
+            }
+            frame = stream.next() => {
+                let frame = match frame {
+                    Some(Ok(f)) => f,
+                    _ => break,
+                };
+                last_rx = Instant::now();
+                let msg = match PeerMessage::decode_frame(&frame, &limits) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(peer = %addr, "peer sent an undecodable reply: {e}");
+                        break;
+                    }
+                };
+                let waiter = lock(&conn.pending).remove(&frame.request_id);
+                match waiter {
+                    Some(w) => {
+                        if let Err(msg) = w.send(msg) {
+                            let _ = orphans.try_send((addr, msg));
+                        }
+                    }
+                    None => {
+                        let _ = orphans.try_send((addr, msg));
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                if last_rx.elapsed() >= DEAD_AFTER {
+                    tracing::info!(peer = %addr, "peer link silent for {DEAD_AFTER:?}; dropping it");
+                    break;
+                }
+                if last_rx.elapsed() >= KEEPALIVE {
+                    let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+                    if sink.send((id, PeerMessage::Ping(id))).await.is_err() { break }
+                }
+            }
+        }
+    }
+    conn.alive.store(false, Ordering::Release);
+    // Dropping the senders wakes every waiter with "link lost".
+    lock(&conn.pending).clear();
+}

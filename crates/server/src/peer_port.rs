@@ -1,0 +1,245 @@
+//! The peer port: other nodes' links into this node. Every connection must complete the
+//! mutual handshake before anything else; until then, any other frame gets AUTH_FAILED and
+//! the connection closes, so no session data ever reaches an unauthenticated peer.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use sessync_proto::{
+    decode_frame, Acceptor, ErrorCode, ErrorReply, Frame, Message, PeerIdentity, PeerMessage,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::now_ms;
+use crate::node::SharedNode;
+use crate::shutdown::Shutdown;
+use crate::stats::Stats;
+use crate::table::CopyOutcome;
+
+/// Time allowed for the whole handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A link with no traffic for this long is closed (peers ping every 5 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes of replies after which they are written before more requests are handled.
+const FLUSH_AT: usize = 256 * 1024;
+
+pub(crate) async fn accept_loop(
+    node: SharedNode,
+    listener: TcpListener,
+    mut shutdown: Shutdown,
+    tasks: TaskTracker,
+) {
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = shutdown.wait() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("peer accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = serve_peer(&node, stream, shutdown).await {
+                tracing::debug!(%addr, "peer connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Reads until one whole frame is buffered. `Ok(None)` when the peer closed cleanly.
+async fn read_frame(
+    stream: &mut TcpStream,
+    input: &mut BytesMut,
+    max: u32,
+) -> std::io::Result<Result<Option<Frame>, ErrorReply>> {
+    loop {
+        match decode_frame(input, max) {
+            Ok(Some(f)) => return Ok(Ok(Some(f))),
+            Ok(None) => {}
+            Err(e) => return Ok(Err(ErrorReply::new(e.code(), e.to_string()))),
+        }
+        if stream.read_buf(input).await? == 0 {
+            return Ok(Ok(None));
+        }
+    }
+}
+
+async fn refuse(stream: &mut TcpStream, request_id: u64, err: ErrorReply) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    PeerMessage::Error(err).encode_frame(request_id, &mut out);
+    let _ = timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+    let _ = stream.shutdown().await;
+    Ok(())
+}
+
+async fn handshake(
+    node: &SharedNode,
+    stream: &mut TcpStream,
+    input: &mut BytesMut,
+) -> std::io::Result<Option<PeerIdentity>> {
+    let limits = &node.config.limits;
+    let failed = |why: String| ErrorReply::new(ErrorCode::AuthFailed, why);
+    let frame = match read_frame(stream, input, limits.max_frame_len).await? {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(None),
+        Err(e) => return refuse(stream, 0, e).await.map(|_| None),
+    };
+    let hello = match PeerMessage::decode_frame(&frame, limits) {
+        Ok(m @ PeerMessage::AuthHello { .. }) => m,
+        _ => {
+            return refuse(
+                stream,
+                frame.request_id,
+                failed("the peer port requires the handshake first".into()),
+            )
+            .await
+            .map(|_| None)
+        }
+    };
+    let (acceptor, challenge) =
+        match Acceptor::handle_hello(node.config.keys.clone(), node.node_id, node.advertise, hello) {
+            Ok(x) => x,
+            Err(e) => {
+                return refuse(stream, frame.request_id, failed(e.to_string()))
+                    .await
+                    .map(|_| None)
+            }
+        };
+    let mut out = BytesMut::new();
+    challenge.encode_frame(frame.request_id, &mut out);
+    stream.write_all(&out).await?;
+    let frame = match read_frame(stream, input, limits.max_frame_len).await? {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(None),
+        Err(e) => return refuse(stream, 0, e).await.map(|_| None),
+    };
+    let proof = match PeerMessage::decode_frame(&frame, limits) {
+        Ok(m) => m,
+        Err(e) => {
+            return refuse(stream, frame.request_id, failed(e.to_string()))
+                .await
+                .map(|_| None)
+        }
+    };
+    match acceptor.handle_proof(proof) {
+        Ok(peer) => {
+            out.clear();
+            PeerMessage::AuthOk.encode_frame(frame.request_id, &mut out);
+            stream.write_all(&out).await?;
+            Ok(Some(peer))
+        }
+        Err(e) => {
+            tracing::warn!("peer failed the handshake: {e}");
+            refuse(stream, frame.request_id, failed(e.to_string()))
+                .await
+                .map(|_| None)
+        }
+    }
+}
+
+async fn serve_peer(node: &SharedNode, mut stream: TcpStream, mut shutdown: Shutdown) -> std::io::Result<()> {
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let peer = match timeout(HANDSHAKE_TIMEOUT, handshake(node, &mut stream, &mut input)).await {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return refuse(
+                &mut stream,
+                0,
+                ErrorReply::new(ErrorCode::Timeout, "handshake not completed in time"),
+            )
+            .await;
+        }
+    };
+    let limits = &node.config.limits;
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    loop {
+        loop {
+            let frame = match decode_frame(&mut input, limits.max_frame_len) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return refuse(&mut stream, 0, ErrorReply::new(e.code(), e.to_string())).await,
+            };
+            let msg = match PeerMessage::decode_frame(&frame, limits) {
+                Ok(m) => m,
+                Err(e) => {
+                    stream.write_all(&out).await?;
+                    return refuse(
+                        &mut stream,
+                        frame.request_id,
+                        ErrorReply::new(e.code(), e.to_string()),
+                    )
+                    .await;
+                }
+            };
+            match handle(node, &peer, msg) {
+                Some(reply) => reply.encode_frame(frame.request_id, &mut out),
+                None => {
+                    stream.write_all(&out).await?;
+                    let err = ErrorReply::new(ErrorCode::UnknownOpcode, "not a peer request");
+                    return refuse(&mut stream, frame.request_id, err).await;
+                }
+            }
+            if out.len() >= FLUSH_AT {
+                stream.write_all(&out).await?;
+                out.clear();
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        let n = tokio::select! {
+            _ = shutdown.wait() => {
+                let _ = stream.shutdown().await;
+                return Ok(());
+            }
+            r = timeout(IDLE_TIMEOUT, stream.read_buf(&mut input)) => match r {
+                Ok(r) => r?,
+                Err(_) => return Ok(()),
+            },
+        };
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Answers one request from an authenticated peer; `None` for a message that is not a
+/// peer request (the connection is then closed).
+fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -> Option<PeerMessage> {
+    let now = now_ms();
+    Some(match msg {
+        PeerMessage::Ping(n) => PeerMessage::Pong(n),
+        PeerMessage::Copy { session_id } => match node.table.hand_over(&session_id, peer.advertised, now) {
+            CopyOutcome::Data(record) => {
+                Stats::bump(&node.stats.copies_served);
+                PeerMessage::CopyData(record)
+            }
+            CopyOutcome::Moved(owner) => {
+                Stats::bump(&node.stats.moved);
+                PeerMessage::Moved { session_id, owner }
+            }
+            CopyOutcome::NotFound => PeerMessage::NotFound { session_id },
+        },
+        PeerMessage::CopyAck { session_id, .. } => {
+            node.table.ack_handover(&session_id, peer.advertised, now);
+            PeerMessage::Ok
+        }
+        PeerMessage::Replicate(_) | PeerMessage::Drop { .. } => PeerMessage::Error(ErrorReply::new(
+            ErrorCode::Internal,
+            "backup replication is not enabled on this node",
+        )),
+        _ => return None,
+    })
+}
