@@ -108,16 +108,26 @@ pub enum PeerMessage {
     /// Asks the receiving node to hand a session over to the sender.
     ///
     /// # Format
-    /// session id (16).
+    /// session id (16), u64 last_transfer.
     Copy {
         /// The session wanted.
         session_id: SessionId,
+        /// The transfer id of the last COPY_DATA for this session the sender installed
+        /// (0: none). Lets the owner tell a retry after a lost reply (resend the data)
+        /// from a new request by a node that already got that data (never resend it).
+        last_transfer: u64,
     },
     /// The session, handed over: the receiver of this reply is now its owner.
     ///
     /// # Format
-    /// session record.
-    CopyData(SessionRecord),
+    /// u64 transfer, session record.
+    CopyData {
+        /// Random id of this handover, chosen by the sender; echoed in COPY_ACK and
+        /// remembered by the receiver for its next COPY's `last_transfer`.
+        transfer: u64,
+        /// The session.
+        record: SessionRecord,
+    },
     /// The session is owned by another node; ask it.
     ///
     /// # Format
@@ -139,12 +149,12 @@ pub enum PeerMessage {
     /// The asker installed the session from COPY_DATA; the old owner may drop its copy.
     ///
     /// # Format
-    /// session id (16), u64 version installed.
+    /// session id (16), u64 transfer (from the COPY_DATA).
     CopyAck {
         /// The session.
         session_id: SessionId,
-        /// The version the asker installed.
-        version: u64,
+        /// The transfer id of the COPY_DATA installed.
+        transfer: u64,
     },
     /// Owner -> backup: store (or replace) this copy of a session the sender owns.
     ///
@@ -178,7 +188,7 @@ impl Message for PeerMessage {
             PeerMessage::Ping(_) => op::PING,
             PeerMessage::Pong(_) => op::PONG,
             PeerMessage::Copy { .. } => op::COPY,
-            PeerMessage::CopyData(_) => op::COPY_DATA,
+            PeerMessage::CopyData { .. } => op::COPY_DATA,
             PeerMessage::Moved { .. } => op::MOVED,
             PeerMessage::NotFound { .. } => op::NOT_FOUND,
             PeerMessage::CopyAck { .. } => op::COPY_ACK,
@@ -216,17 +226,28 @@ impl Message for PeerMessage {
             PeerMessage::AuthProof { proof } => out.put_slice(proof),
             PeerMessage::AuthOk | PeerMessage::Ok => {}
             PeerMessage::Ping(n) | PeerMessage::Pong(n) => out.put_u64(*n),
-            PeerMessage::Copy { session_id }
-            | PeerMessage::NotFound { session_id }
-            | PeerMessage::Drop { session_id } => out.put_slice(&session_id.0),
-            PeerMessage::CopyData(rec) | PeerMessage::Replicate(rec) => rec.encode(out),
+            PeerMessage::NotFound { session_id } | PeerMessage::Drop { session_id } => {
+                out.put_slice(&session_id.0)
+            }
+            PeerMessage::Copy {
+                session_id,
+                last_transfer,
+            } => {
+                out.put_slice(&session_id.0);
+                out.put_u64(*last_transfer);
+            }
+            PeerMessage::CopyData { transfer, record } => {
+                out.put_u64(*transfer);
+                record.encode(out);
+            }
+            PeerMessage::Replicate(rec) => rec.encode(out),
             PeerMessage::Moved { session_id, owner } => {
                 out.put_slice(&session_id.0);
                 put_addr(out, owner);
             }
-            PeerMessage::CopyAck { session_id, version } => {
+            PeerMessage::CopyAck { session_id, transfer } => {
                 out.put_slice(&session_id.0);
-                out.put_u64(*version);
+                out.put_u64(*transfer);
             }
             PeerMessage::Error(e) => e.encode(out),
         }
@@ -253,8 +274,12 @@ impl Message for PeerMessage {
             op::PONG => PeerMessage::Pong(r.u64()?),
             op::COPY => PeerMessage::Copy {
                 session_id: SessionId(r.array()?),
+                last_transfer: r.u64()?,
             },
-            op::COPY_DATA => PeerMessage::CopyData(SessionRecord::decode(&mut r, limits)?),
+            op::COPY_DATA => PeerMessage::CopyData {
+                transfer: r.u64()?,
+                record: SessionRecord::decode(&mut r, limits)?,
+            },
             op::MOVED => PeerMessage::Moved {
                 session_id: SessionId(r.array()?),
                 owner: r.addr()?,
@@ -264,7 +289,7 @@ impl Message for PeerMessage {
             },
             op::COPY_ACK => PeerMessage::CopyAck {
                 session_id: SessionId(r.array()?),
-                version: r.u64()?,
+                transfer: r.u64()?,
             },
             op::REPLICATE => PeerMessage::Replicate(SessionRecord::decode(&mut r, limits)?),
             op::DROP => PeerMessage::Drop {

@@ -15,13 +15,22 @@ use sessync_proto::{ErrorCode, PeerMessage, SessionId, SessionRecord};
 pub enum Step {
     /// Send COPY for the session to this peer.
     Ask(SocketAddr),
+    /// Wait a moment (see [`NOT_YET_PAUSE`]), then send COPY to this peer again: it was
+    /// named by MOVED but does not have the session yet (its copy is still on the wire).
+    AskLater(SocketAddr),
     /// The session arrived from `from`: install it, then send COPY_ACK to `from`.
     Install {
         /// The node that handed it over (receives the COPY_ACK).
         from: SocketAddr,
+        /// The handover's transfer id (for the COPY_ACK and our next COPY).
+        transfer: u64,
         /// The session.
         record: SessionRecord,
     },
+    /// The chain of MOVED answers points back at this node: look in the local table
+    /// again (another request's fetch may have installed the session meanwhile); if it
+    /// is not there, the session is gone.
+    Local,
     /// Give up; answer the client with this error.
     Fail(ErrorCode, String),
 }
@@ -35,17 +44,34 @@ pub struct Fetch {
     asks_left: u8,
     /// Re-asks of the same peer still allowed after a lost reply.
     retries_left: u8,
+    /// Whether the peer being asked was named by a MOVED (rather than by the token).
+    followed_moved: bool,
+    /// Re-asks still allowed of a MOVED-named peer that does not have the session yet.
+    not_yet_left: u8,
 }
 
+/// Pause before asking again a node that MOVED named but that has not installed the
+/// session yet: the owner marks the handover before its reply reaches the new owner, so a
+/// third node can arrive there first.
+pub const NOT_YET_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl Fetch {
-    /// Starts fetching `id`, first from `owner` (the token's owner or our forwarding
-    /// tombstone). `max_hops` bounds how many nodes are asked.
-    pub fn new(id: SessionId, me: SocketAddr, owner: SocketAddr, max_hops: u8) -> (Fetch, Step) {
+    /// Starts fetching `id`, first from `owner`: the token's owner, or (`forwarded`) the
+    /// node our own forwarding tombstone names. `max_hops` bounds how many nodes are asked.
+    pub fn new(
+        id: SessionId,
+        me: SocketAddr,
+        owner: SocketAddr,
+        forwarded: bool,
+        max_hops: u8,
+    ) -> (Fetch, Step) {
         let mut f = Fetch {
             id,
             me,
             asks_left: max_hops.max(1),
             retries_left: 1,
+            followed_moved: forwarded,
+            not_yet_left: 5,
         };
         let step = f.ask(owner);
         (f, step)
@@ -53,8 +79,7 @@ impl Fetch {
 
     fn ask(&mut self, to: SocketAddr) -> Step {
         if to == self.me {
-            // Pointed back at ourselves: we do not have it (we checked before asking).
-            return Step::Fail(ErrorCode::SessionNotFound, "no such session".into());
+            return Step::Local;
         }
         if self.asks_left == 0 {
             return Step::Fail(
@@ -69,11 +94,24 @@ impl Fetch {
     /// Feeds the reply `from` sent to our COPY.
     pub fn handle_reply(&mut self, from: SocketAddr, reply: PeerMessage) -> Step {
         match reply {
-            PeerMessage::CopyData(record) if record.id == self.id => Step::Install { from, record },
-            PeerMessage::Moved { session_id, owner } if session_id == self.id => self.ask(owner),
+            PeerMessage::CopyData { transfer, record } if record.id == self.id => Step::Install {
+                from,
+                transfer,
+                record,
+            },
+            PeerMessage::Moved { session_id, owner } if session_id == self.id => {
+                self.followed_moved = true;
+                self.ask(owner)
+            }
+            PeerMessage::NotFound { session_id }
+                if session_id == self.id && self.followed_moved && self.not_yet_left > 0 =>
+            {
+                self.not_yet_left -= 1;
+                Step::AskLater(from)
+            }
             PeerMessage::NotFound { session_id } if session_id == self.id => Step::Fail(
                 ErrorCode::SessionNotFound,
-                "no such session (expired, destroyed or never existed)".into(),
+                format!("no such session: {from} does not have it (expired, destroyed or never existed)"),
             ),
             PeerMessage::Error(e) => Step::Fail(
                 if e.code == ErrorCode::ShuttingDown {
@@ -146,8 +184,9 @@ mod tests {
 
         /// The owner's reply to a COPY, as the peer port would build it.
         fn serve_copy(&self, owner: SocketAddr, from: SocketAddr, id: SessionId) -> PeerMessage {
-            match self.table(owner).hand_over(&id, from, 0) {
-                CopyOutcome::Data(r) => PeerMessage::CopyData(r),
+            let last = self.table(from).last_received(&id);
+            match self.table(owner).hand_over(&id, from, last, 0) {
+                CopyOutcome::Data { transfer, record } => PeerMessage::CopyData { transfer, record },
                 CopyOutcome::Moved(to) => PeerMessage::Moved {
                     session_id: id,
                     owner: to,
@@ -164,11 +203,11 @@ mod tests {
             id: SessionId,
             drop_reply: impl Fn(usize) -> bool,
         ) -> Result<(), Step> {
-            let (mut f, mut step) = Fetch::new(id, me, owner, 3);
+            let (mut f, mut step) = Fetch::new(id, me, owner, false, 3);
             let mut n = 0;
             loop {
                 step = match step {
-                    Step::Ask(to) => {
+                    Step::Ask(to) | Step::AskLater(to) => {
                         let reply = self.serve_copy(to, me, id);
                         n += 1;
                         if drop_reply(n) {
@@ -177,12 +216,16 @@ mod tests {
                             f.handle_reply(to, reply)
                         }
                     }
-                    Step::Install { from, record } => {
-                        self.table(me).install(&record, 0).unwrap();
-                        self.table(from).ack_handover(&id, me, 0);
+                    Step::Install {
+                        from,
+                        transfer,
+                        record,
+                    } => {
+                        self.table(me).install(&record, transfer, 0).unwrap();
+                        self.table(from).ack_handover(&id, me, transfer, 0);
                         return Ok(());
                     }
-                    fail @ Step::Fail(..) => return Err(fail),
+                    other @ (Step::Fail(..) | Step::Local) => return Err(other),
                 };
             }
         }
@@ -220,7 +263,7 @@ mod tests {
         assert_eq!((got.meta.version, got.attrs.unpack()), (2, attrs(&[("n", "2")])));
         // Before B's ACK, a third node would have been told MOVED to B as well.
         let (id2, _) = c.table(a).create(&attrs(&[]), 60_000, 0, 0).unwrap();
-        assert!(matches!(c.serve_copy(a, b, id2), PeerMessage::CopyData(_)));
+        assert!(matches!(c.serve_copy(a, b, id2), PeerMessage::CopyData { .. }));
         assert_eq!(
             c.serve_copy(a, cc, id2),
             PeerMessage::Moved {
@@ -229,7 +272,7 @@ mod tests {
             }
         );
         assert!(
-            matches!(c.serve_copy(a, b, id2), PeerMessage::CopyData(_)),
+            matches!(c.serve_copy(a, b, id2), PeerMessage::CopyData { .. }),
             "the same asker gets the data again"
         );
     }
@@ -257,7 +300,7 @@ mod tests {
         // B and C both ask A; whoever comes first wins, the other is sent to it.
         let rb = c.serve_copy(a, b, id);
         let rc = c.serve_copy(a, cc, id);
-        assert!(matches!(rb, PeerMessage::CopyData(_)));
+        assert!(matches!(rb, PeerMessage::CopyData { .. }));
         assert_eq!(
             rc,
             PeerMessage::Moved {
@@ -265,11 +308,15 @@ mod tests {
                 owner: b
             }
         );
-        let PeerMessage::CopyData(rec) = rb else {
+        let PeerMessage::CopyData {
+            transfer: rec_t,
+            record: rec,
+        } = rb
+        else {
             unreachable!()
         };
-        c.table(b).install(&rec, 0).unwrap();
-        c.table(a).ack_handover(&id, b, 0);
+        c.table(b).install(&rec, rec_t, 0).unwrap();
+        c.table(a).ack_handover(&id, b, rec_t, 0);
         // C follows MOVED to B and ends as the single owner.
         c.fetch(cc, b, id, |_| false).unwrap();
         let owners = c.nodes.iter().filter(|(_, t)| t.get(&id, &[], 1).is_ok()).count();
@@ -284,7 +331,7 @@ mod tests {
         c.table(a)
             .set(&id, None, &attrs(&[("before", "1")]), &[], 0)
             .unwrap();
-        let PeerMessage::CopyData(rec) = c.serve_copy(a, b, id) else {
+        let PeerMessage::CopyData { record: rec, .. } = c.serve_copy(a, b, id) else {
             panic!("expected data")
         };
         // A write at A after the handover began is refused with MOVED, never applied.
@@ -312,27 +359,86 @@ mod tests {
             },
             attributes: attrs(&[]),
         };
-        c.table(a).install(&rec, 0).unwrap();
-        assert!(matches!(c.table(a).hand_over(&id, b, 0), CopyOutcome::Data(_)));
-        c.table(a).ack_handover(&id, b, 0);
-        c.table(b).install(&rec, 0).unwrap();
-        assert!(matches!(c.table(b).hand_over(&id, a, 0), CopyOutcome::Data(_)));
-        c.table(b).ack_handover(&id, a, 0);
+        c.table(a).install(&rec, 5, 0).unwrap();
+        let CopyOutcome::Data { transfer: t1, .. } = c.table(a).hand_over(&id, b, 0, 0) else {
+            panic!()
+        };
+        c.table(a).ack_handover(&id, b, t1, 0);
+        c.table(b).install(&rec, t1, 0).unwrap();
+        let CopyOutcome::Data { transfer: t2, .. } = c.table(b).hand_over(&id, a, 5, 0) else {
+            panic!()
+        };
+        c.table(b).ack_handover(&id, a, t2, 0);
         // Now A says B and B says A.
         let err = c.fetch(cc, a, id, |_| false).unwrap_err();
         assert!(matches!(err, Step::Fail(ErrorCode::TooManyHops, _)), "{err:?}");
         // A destroyed session is never copied back in.
         let (d, _) = c.table(cc).create(&attrs(&[]), 60_000, 0, 0).unwrap();
-        let PeerMessage::CopyData(drec) = c.serve_copy(cc, b, d) else {
+        let PeerMessage::CopyData {
+            transfer: drec_t,
+            record: drec,
+        } = c.serve_copy(cc, b, d)
+        else {
             panic!()
         };
-        c.table(b).install(&drec, 0).unwrap();
-        c.table(cc).ack_handover(&d, b, 0);
+        c.table(b).install(&drec, drec_t, 0).unwrap();
+        c.table(cc).ack_handover(&d, b, drec_t, 0);
         c.table(b).destroy(&d, 0).unwrap();
-        assert_eq!(c.table(b).install(&drec, 0).unwrap_err(), Miss::NotFound);
+        assert_eq!(c.table(b).install(&drec, drec_t, 0).unwrap_err(), Miss::NotFound);
         assert!(matches!(
             c.fetch(a, cc, d, |_| false).unwrap_err(),
             Step::Fail(ErrorCode::SessionNotFound, _)
         ));
+    }
+
+    /// The race the round-robin test over sockets found: B installed A's copy but its ACK
+    /// has not reached A yet; the session moves from B back to A (A asked B), and before A
+    /// installs it, B asks A again. A must not resend the stale copy it still holds for B
+    /// (that made two owners at one version); it answers MOVED and treats the COPY as B's ACK.
+    #[test]
+    fn a_new_copy_from_a_node_that_already_got_the_data_is_not_a_retry() {
+        let c = Cluster::new(2);
+        let (a, b) = (addr(0), addr(1));
+        let (id, _) = c.table(a).create(&attrs(&[("n", "0")]), 60_000, 0, 0).unwrap();
+        // A -> B; B installs, its ACK is delayed (not delivered).
+        let PeerMessage::CopyData { transfer: t1, record } = c.serve_copy(a, b, id) else {
+            panic!()
+        };
+        c.table(b).install(&record, t1, 0).unwrap();
+        c.table(b)
+            .set(&id, Some(1), &attrs(&[("n", "1")]), &[], 0)
+            .unwrap();
+        // A asks B (a request at A): B hands v2 over; A has not installed it yet.
+        let PeerMessage::CopyData {
+            transfer: t2,
+            record: v2,
+        } = c.serve_copy(b, a, id)
+        else {
+            panic!()
+        };
+        assert_eq!(v2.meta.version, 2);
+        // B asks A anew (a request at B): A still holds B's old copy, but must not send it.
+        assert_eq!(
+            c.serve_copy(a, b, id),
+            PeerMessage::Moved {
+                session_id: id,
+                owner: b
+            }
+        );
+        // A installs v2 (its reply arrives); B's late ACK of t1 changes nothing now.
+        c.table(a).install(&v2, t2, 0).unwrap();
+        assert!(!c.table(a).ack_handover(&id, b, t1, 0));
+        c.table(b).ack_handover(&id, a, t2, 0);
+        // Exactly one owner, at version 2.
+        assert_eq!(c.table(a).get(&id, &[], 1).unwrap().meta.version, 2);
+        assert_eq!(c.table(b).get(&id, &[], 1).unwrap_err(), Miss::Moved(a));
+        // And a genuine retry (B never got t3) still gets the data again.
+        let PeerMessage::CopyData { transfer: t3, .. } = c.serve_copy(a, b, id) else {
+            panic!()
+        };
+        let PeerMessage::CopyData { transfer: again, .. } = c.serve_copy(a, b, id) else {
+            panic!()
+        };
+        assert_eq!(t3, again);
     }
 }

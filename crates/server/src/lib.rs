@@ -87,8 +87,18 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
     let node = Arc::new(Node::new(config, advertise, orphan_tx));
     let (trigger, shutdown) = Shutdown::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(client_port::accept_loop(node.clone(), client, shutdown.clone(), tasks.clone()));
-    tasks.spawn(peer_port::accept_loop(node.clone(), peer, shutdown.clone(), tasks.clone()));
+    tasks.spawn(client_port::accept_loop(
+        node.clone(),
+        client,
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    tasks.spawn(peer_port::accept_loop(
+        node.clone(),
+        peer,
+        shutdown.clone(),
+        tasks.clone(),
+    ));
     tasks.spawn(sweeper(node.clone(), sweep_interval, shutdown.clone()));
     tasks.spawn(late_replies(node.clone(), orphan_rx, shutdown.clone()));
     Ok(NodeHandle {
@@ -119,9 +129,9 @@ async fn late_replies(
                 None => return,
             },
         };
-        if let sessync_proto::PeerMessage::CopyData(record) = msg {
+        if let sessync_proto::PeerMessage::CopyData { transfer, record } = msg {
             tracing::debug!(%from, session = %record.id, "installing a late COPY_DATA");
-            node.install_copy(from, &record);
+            node.install_copy(from, transfer, &record);
         }
     }
 }

@@ -17,13 +17,22 @@ use tokio::time::Instant;
 
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
-use crate::handover::{Fetch, Step};
+use crate::handover::{Fetch, Step, NOT_YET_PAUSE};
 use crate::peer_link::{LinkConfig, LinkError, Peers};
 use crate::stats::Stats;
 use crate::table::{Miss, Served, Table, TableConfig, TableStats};
 
+/// How a fetch ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetched {
+    /// The session was copied here.
+    Installed,
+    /// The MOVED chain points back at this node.
+    PointsHere,
+}
+
 /// The outcome of one fetch, shared with every request that waited on it.
-type FetchResult = Result<(), (ErrorCode, String)>;
+type FetchResult = Result<Fetched, (ErrorCode, String)>;
 
 /// What a connection must do after a request was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,8 +215,8 @@ impl Node {
                 Ok(t) => return Ok((t, fresh())),
                 // We handed it on: follow it. Never here: ask the owner the token names
                 // (its MAC verified, so the address is one a node of ours wrote).
-                Err(Miss::Moved(to)) => to,
-                Err(Miss::Absent) if token.owner != self.advertise => token.owner,
+                Err(Miss::Moved(to)) => (to, true),
+                Err(Miss::Absent) if token.owner != self.advertise => (token.owner, false),
                 Err(m) => return Err(SessionFailure::Miss(m)),
             };
             // A session snatched away between our install and our op is followed again,
@@ -219,15 +228,32 @@ impl Node {
                 ));
             }
             fetches += 1;
-            self.fetch(id, ask)
+            let fetched = self
+                .fetch(id, ask.0, ask.1)
                 .await
                 .map_err(|(c, m)| SessionFailure::Fetch(c, m))?;
+            if fetched == Fetched::PointsHere {
+                // The owners' chain ends here: if the table has moved on (another request
+                // handed it away meanwhile), the loop follows it; if it has nothing, the
+                // session is gone.
+                match op(&self.table, &id, now_ms()) {
+                    Ok(t) => return Ok((t, fresh())),
+                    Err(Miss::Moved(_)) => continue,
+                    Err(Miss::Absent) => {
+                        return Err(SessionFailure::Fetch(
+                            ErrorCode::SessionNotFound,
+                            "no such session: its forwarding path ends here and it is not here".into(),
+                        ))
+                    }
+                    Err(m) => return Err(SessionFailure::Miss(m)),
+                }
+            }
         }
     }
 
     /// Copies session `id` here from `owner` (following MOVED). Concurrent callers for the
     /// same id share one fetch.
-    async fn fetch(&self, id: SessionId, owner: SocketAddr) -> FetchResult {
+    async fn fetch(&self, id: SessionId, owner: SocketAddr, forwarded: bool) -> FetchResult {
         let leader = match self.inflight.entry(id) {
             dashmap::mapref::entry::Entry::Occupied(o) => Err(o.get().clone()),
             dashmap::mapref::entry::Entry::Vacant(v) => {
@@ -242,7 +268,7 @@ impl Node {
                     map: &self.inflight,
                     id,
                 };
-                let result = self.fetch_from_peers(id, owner).await;
+                let result = self.fetch_from_peers(id, owner, forwarded).await;
                 let _ = tx.send(Some(result.clone()));
                 result
             }
@@ -258,14 +284,21 @@ impl Node {
         }
     }
 
-    async fn fetch_from_peers(&self, id: SessionId, owner: SocketAddr) -> FetchResult {
+    async fn fetch_from_peers(&self, id: SessionId, owner: SocketAddr, forwarded: bool) -> FetchResult {
         let deadline = Instant::now() + self.config.peer_timeout;
-        let (mut fetch, mut step) = Fetch::new(id, self.advertise, owner, self.config.max_hops);
+        let (mut fetch, mut step) = Fetch::new(id, self.advertise, owner, forwarded, self.config.max_hops);
         loop {
             step = match step {
                 Step::Ask(to) => match self
                     .peers
-                    .request(to, PeerMessage::Copy { session_id: id }, deadline)
+                    .request(
+                        to,
+                        PeerMessage::Copy {
+                            session_id: id,
+                            last_transfer: self.table.last_received(&id),
+                        },
+                        deadline,
+                    )
                     .await
                 {
                     Ok(reply) => fetch.handle_reply(to, reply),
@@ -276,10 +309,26 @@ impl Node {
                     ),
                     Err(LinkError::Lost) => fetch.handle_lost(to),
                 },
-                Step::Install { from, record } => {
-                    self.install_copy(from, &record);
-                    return Ok(());
+                Step::AskLater(to) => {
+                    if Instant::now() + NOT_YET_PAUSE >= deadline {
+                        Step::Fail(
+                            ErrorCode::OwnerUnreachable,
+                            format!("{to} did not receive the session in time"),
+                        )
+                    } else {
+                        tokio::time::sleep(NOT_YET_PAUSE).await;
+                        Step::Ask(to)
+                    }
                 }
+                Step::Install {
+                    from,
+                    transfer,
+                    record,
+                } => {
+                    self.install_copy(from, transfer, &record);
+                    return Ok(Fetched::Installed);
+                }
+                Step::Local => return Ok(Fetched::PointsHere),
                 Step::Fail(code, message) => {
                     Stats::bump(&self.stats.handover_failures);
                     return Err((code, message));
@@ -291,15 +340,20 @@ impl Node {
     /// Installs a session handed over by `from` and acknowledges it, so `from` can drop
     /// its copy. Also used for a COPY_DATA that arrived after its request gave up: the
     /// sender handed the session to us, so it must be installed, not ignored.
-    pub(crate) fn install_copy(&self, from: SocketAddr, record: &sessync_proto::SessionRecord) {
-        if self.table.install(record, now_ms()).is_ok() {
+    pub(crate) fn install_copy(
+        &self,
+        from: SocketAddr,
+        transfer: u64,
+        record: &sessync_proto::SessionRecord,
+    ) {
+        if self.table.install(record, transfer, now_ms()).is_ok() {
             Stats::bump(&self.stats.copies_received);
         }
         // The ACK is sent even when the install was refused (a destroyed tombstone here):
         // the sender must not keep offering the data.
         let ack = PeerMessage::CopyAck {
             session_id: record.id,
-            version: record.meta.version,
+            transfer,
         };
         let timeout = self.config.peer_timeout;
         let peers = self.peers.clone();

@@ -221,10 +221,16 @@ fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -> Option<Pe
     let now = now_ms();
     Some(match msg {
         PeerMessage::Ping(n) => PeerMessage::Pong(n),
-        PeerMessage::Copy { session_id } => match node.table.hand_over(&session_id, peer.advertised, now) {
-            CopyOutcome::Data(record) => {
+        PeerMessage::Copy {
+            session_id,
+            last_transfer,
+        } => match node
+            .table
+            .hand_over(&session_id, peer.advertised, last_transfer, now)
+        {
+            CopyOutcome::Data { transfer, record } => {
                 Stats::bump(&node.stats.copies_served);
-                PeerMessage::CopyData(record)
+                PeerMessage::CopyData { transfer, record }
             }
             CopyOutcome::Moved(owner) => {
                 Stats::bump(&node.stats.moved);
@@ -232,8 +238,9 @@ fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -> Option<Pe
             }
             CopyOutcome::NotFound => PeerMessage::NotFound { session_id },
         },
-        PeerMessage::CopyAck { session_id, .. } => {
-            node.table.ack_handover(&session_id, peer.advertised, now);
+        PeerMessage::CopyAck { session_id, transfer } => {
+            node.table
+                .ack_handover(&session_id, peer.advertised, transfer, now);
             PeerMessage::Ok
         }
         PeerMessage::Replicate(_) | PeerMessage::Drop { .. } => PeerMessage::Error(ErrorReply::new(

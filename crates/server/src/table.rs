@@ -57,6 +57,8 @@ type Map = DashMap<SessionId, Entry, BuildHasherDefault<IdHasher>>;
 #[derive(Debug)]
 pub struct Live {
     meta: SessionMeta,
+    /// The transfer id of the COPY_DATA that brought the session here (0: created here).
+    received: u64,
     /// Updated under a read lock by GET and TOUCH; the meta's field is ignored.
     last_access_ms: AtomicU64,
     attrs: PackedAttributes,
@@ -87,11 +89,21 @@ impl Live {
     }
 }
 
+/// A random, non-zero transfer id (0 means "none" on the wire).
+fn new_transfer_id() -> u64 {
+    rand::random::<u64>().max(1)
+}
+
 /// The owner's answer to a COPY.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyOutcome {
     /// Here is the session; the asker owns it now.
-    Data(SessionRecord),
+    Data {
+        /// This handover's transfer id.
+        transfer: u64,
+        /// The session.
+        record: SessionRecord,
+    },
     /// Handed to another node: ask it.
     Moved(SocketAddr),
     /// No live session here.
@@ -111,6 +123,8 @@ pub enum Entry {
         to: SocketAddr,
         /// The session as handed over.
         live: Live,
+        /// This handover's transfer id.
+        transfer: u64,
     },
     /// This node handed the session to `to`; kept until the session's own deadline.
     Forwarded {
@@ -118,6 +132,8 @@ pub enum Entry {
         to: SocketAddr,
         /// When the tombstone may go.
         until_ms: u64,
+        /// The transfer id with which this node had received the session (0: created here).
+        received: u64,
     },
     /// Destroyed or rotated away; kept until the session's own deadline.
     Destroyed {
@@ -369,6 +385,7 @@ impl Table {
             if let MapEntry::Vacant(v) = shard.map.entry(id) {
                 let e = Entry::Live(Live {
                     meta,
+                    received: 0,
                     last_access_ms: AtomicU64::new(now),
                     attrs: packed.clone(),
                 });
@@ -509,6 +526,7 @@ impl Table {
             if let MapEntry::Vacant(v) = shard.map.entry(new_id) {
                 let e = Entry::Live(Live {
                     meta: served.meta,
+                    received: 0,
                     last_access_ms: AtomicU64::new(now),
                     attrs: served.attrs.clone(),
                 });
@@ -519,46 +537,94 @@ impl Table {
         }
     }
 
-    /// The owner's half of the handover: answers a COPY from `requester`. See protocol.md,
-    /// "The COPY handover". Runs under the entry's write lock, so a write at this node
-    /// either lands before (and is in the copy) or after (and sees MOVED).
-    pub fn hand_over(&self, id: &SessionId, requester: SocketAddr, now: u64) -> CopyOutcome {
+    /// The transfer id with which this node last received the session (0: never, or
+    /// created here): what this node puts in its COPY's `last_transfer`.
+    pub fn last_received(&self, id: &SessionId) -> u64 {
+        match self.shard(id).map.get(id).as_deref() {
+            Some(Entry::Live(l)) | Some(Entry::HandingOver { live: l, .. }) => l.received,
+            Some(Entry::Forwarded { received, .. }) => *received,
+            _ => 0,
+        }
+    }
+
+    /// The owner's half of the handover: answers a COPY from `requester`, who last
+    /// received this session with transfer `their_last`. See protocol.md, "The COPY
+    /// handover". Runs under the entry's write lock, so a write at this node either lands
+    /// before (and is in the copy) or after (and sees MOVED).
+    pub fn hand_over(&self, id: &SessionId, requester: SocketAddr, their_last: u64, now: u64) -> CopyOutcome {
         let shard = self.shard(id);
         let Some(mut r) = shard.map.get_mut(id) else {
             return CopyOutcome::NotFound;
         };
-        let outcome = match r.value() {
-            Entry::Live(l) if !l.expired(now) => CopyOutcome::Data(l.record(id)),
-            Entry::HandingOver { to, live } if *to == requester && !live.expired(now) => {
-                return CopyOutcome::Data(live.record(id));
+        match r.value() {
+            Entry::Live(l) if !l.expired(now) => {
+                let transfer = new_transfer_id();
+                let record = l.record(id);
+                tracing::debug!(session = %id, to = %requester, transfer, version = record.meta.version, "hand_over");
+                // Live -> HandingOver: same charge, same counters.
+                let placeholder = Entry::Destroyed { until_ms: 0 };
+                if let Entry::Live(live) = std::mem::replace(r.value_mut(), placeholder) {
+                    *r.value_mut() = Entry::HandingOver {
+                        to: requester,
+                        live,
+                        transfer,
+                    };
+                }
+                CopyOutcome::Data { transfer, record }
             }
-            Entry::HandingOver { to, live } if !live.expired(now) => return CopyOutcome::Moved(*to),
-            Entry::Forwarded { to, until_ms } if now < *until_ms => return CopyOutcome::Moved(*to),
-            _ => return CopyOutcome::NotFound,
-        };
-        // Live -> HandingOver: same charge, same counters.
-        let placeholder = Entry::Destroyed { until_ms: 0 };
-        if let Entry::Live(live) = std::mem::replace(r.value_mut(), placeholder) {
-            *r.value_mut() = Entry::HandingOver { to: requester, live };
+            Entry::HandingOver { to, live, transfer } if *to == requester && !live.expired(now) => {
+                if their_last == *transfer {
+                    // The asker already installed this very copy (its ACK is still on the
+                    // way) and asks anew because the session moved on from it: the data
+                    // kept here is stale and must never be sent again.
+                    let (to, until_ms, received) =
+                        (*to, live.meta().expires_at_ms().max(now + 1), live.received);
+                    let t = Entry::Forwarded {
+                        to,
+                        until_ms,
+                        received,
+                    };
+                    self.account_remove(shard, r.value());
+                    self.account_add(shard, &t);
+                    *r.value_mut() = t;
+                    CopyOutcome::Moved(to)
+                } else {
+                    // Its reply was lost: the same data again, under the same transfer id.
+                    CopyOutcome::Data {
+                        transfer: *transfer,
+                        record: live.record(id),
+                    }
+                }
+            }
+            Entry::HandingOver { to, live, .. } if !live.expired(now) => CopyOutcome::Moved(*to),
+            Entry::Forwarded { to, until_ms, .. } if now < *until_ms => CopyOutcome::Moved(*to),
+            _ => CopyOutcome::NotFound,
         }
-        outcome
     }
 
-    /// The owner's last step: `requester` installed the session, so the data goes and a
-    /// forwarding tombstone stays until the session's own deadline. Returns whether the
-    /// entry changed (a duplicate or stray ACK changes nothing).
-    pub fn ack_handover(&self, id: &SessionId, requester: SocketAddr, now: u64) -> bool {
+    /// The owner's last step: `requester` installed transfer `transfer`, so the data goes
+    /// and a forwarding tombstone stays until the session's own deadline. Returns whether
+    /// the entry changed (a duplicate or stale ACK changes nothing).
+    pub fn ack_handover(&self, id: &SessionId, requester: SocketAddr, transfer: u64, now: u64) -> bool {
         let shard = self.shard(id);
         let Some(mut r) = shard.map.get_mut(id) else {
             return false;
         };
-        let until_ms = match r.value() {
-            Entry::HandingOver { to, live } if *to == requester => live.meta().expires_at_ms().max(now + 1),
+        let (until_ms, received) = match r.value() {
+            Entry::HandingOver {
+                to,
+                live,
+                transfer: t,
+            } if *to == requester && *t == transfer => {
+                (live.meta().expires_at_ms().max(now + 1), live.received)
+            }
             _ => return false,
         };
+        tracing::debug!(session = %id, to = %requester, transfer, "ack_handover");
         let t = Entry::Forwarded {
             to: requester,
             until_ms,
+            received,
         };
         self.account_remove(shard, r.value());
         self.account_add(shard, &t);
@@ -571,11 +637,12 @@ impl Table {
     /// cluster's total, and refusing it would strand the data mid-handover. A destroyed
     /// tombstone here wins (nothing is resurrected); a live copy with a newer or equal
     /// version wins (a duplicate reply changes nothing).
-    pub fn install(&self, record: &SessionRecord, now: u64) -> Result<(), Miss> {
+    pub fn install(&self, record: &SessionRecord, transfer: u64, now: u64) -> Result<(), Miss> {
         let id = record.id;
         let shard = self.shard(&id);
         let live = Live {
             meta: record.meta,
+            received: transfer,
             last_access_ms: AtomicU64::new(record.meta.last_access_ms),
             attrs: PackedAttributes::pack(&record.attributes),
         };
@@ -583,6 +650,7 @@ impl Table {
             return Err(Miss::NotFound);
         }
         let new = Entry::Live(live);
+        tracing::debug!(session = %id, version = record.meta.version, transfer, "install");
         match shard.map.entry(id) {
             MapEntry::Vacant(v) => {
                 self.account_add(shard, &new);

@@ -1,0 +1,122 @@
+//! Shared test helpers: nodes in-process or as child processes, on OS-chosen ports.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sessync_client::{Client, ClientConfig};
+use sessync_proto::Keyring;
+use sessync_server::{NodeConfig, NodeHandle};
+
+/// The secret every test cluster shares.
+pub const SECRET: &[u8] = b"test-cluster-secret-0123456789ab";
+
+/// Every network wait in these tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn keys() -> Keyring {
+    Keyring::single(SECRET).unwrap()
+}
+
+pub fn config() -> NodeConfig {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    NodeConfig::new(any, any, keys())
+}
+
+/// Starts `n` in-process nodes sharing the secret.
+pub async fn cluster(n: usize) -> Vec<NodeHandle> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(sessync_server::start(config()).await.unwrap());
+    }
+    v
+}
+
+pub async fn client(addr: SocketAddr) -> Client {
+    tokio::time::timeout(WAIT, Client::connect(addr, ClientConfig::default()))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+pub async fn stop(nodes: Vec<NodeHandle>) {
+    for n in nodes {
+        assert!(n.shutdown(WAIT).await, "node did not shut down in time");
+    }
+}
+
+/// A `sessync node` child process; killed when dropped.
+pub struct NodeProcess {
+    pub child: Child,
+    pub client: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `sessync node` with the given extra flags on OS-chosen ports and waits (bounded)
+/// for its `ready client=.. peer=..` line.
+pub fn spawn_node(extra: &[&str]) -> NodeProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sessync"))
+        .args([
+            "node",
+            "--client",
+            "127.0.0.1:0",
+            "--peer",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sessync node");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line = rx.recv_timeout(WAIT).expect("node printed no ready line in time");
+    let mut client = None;
+    let mut peer = None;
+    for part in line.split_whitespace() {
+        if let Some(a) = part.strip_prefix("client=") {
+            client = Some(a.parse().unwrap());
+        }
+        if let Some(a) = part.strip_prefix("peer=") {
+            peer = Some(a.parse().unwrap());
+        }
+    }
+    NodeProcess {
+        child,
+        client: client.expect("client addr"),
+        peer: peer.expect("peer addr"),
+    }
+}
+
+/// Writes the shared secret to a temp file for child processes.
+pub fn secret_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("secret");
+    std::fs::write(&p, SECRET).unwrap();
+    p
+}
+
+/// A fresh temporary directory under the target dir.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("sessync-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
