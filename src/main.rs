@@ -1,1 +1,279 @@
-fn main() {}
+//! The `sessync` command: run a node, a local trial cluster, or talk to a node.
+
+mod cli_session;
+mod secret;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use sessync_server::{EvictPolicy, NodeConfig};
+
+/// Web sessions that follow the user across a cluster.
+#[derive(Parser, Debug)]
+#[command(name = "sessync", version, about)]
+struct Cli {
+    /// Log filter (e.g. info, debug, sessync_server=trace); RUST_LOG wins when set.
+    #[arg(long, global = true, env = "SESSYNC_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one node.
+    Node(NodeArgs),
+    /// Talk to a node: create, read, write and end sessions.
+    Session(cli_session::SessionArgs),
+    /// Print a node's counters.
+    Stats(cli_session::StatsArgs),
+    /// Start a local trial cluster in this process (Ctrl-C stops it).
+    Cluster(ClusterArgs),
+}
+
+/// Flags of `sessync cluster`.
+#[derive(clap::Args, Debug)]
+struct ClusterArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=50))]
+    nodes: u16,
+    /// Node i serves clients on base+i and peers on base+100+i (127.0.0.1).
+    #[arg(long, default_value_t = 7700)]
+    base_port: u16,
+    /// Idle time to live of sessions.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    idle_ttl: Duration,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum Evict {
+    /// CREATE fails with CAPACITY at the limit.
+    Reject,
+    /// Sessions closest to expiry are evicted to make room.
+    SoonestExpiry,
+}
+
+/// Flags of `sessync node`; each can also be set through the SESSYNC_* variable named.
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    /// Address applications connect to.
+    #[arg(long, env = "SESSYNC_CLIENT", default_value = "127.0.0.1:7700")]
+    client: SocketAddr,
+    /// Address other nodes connect to.
+    #[arg(long, env = "SESSYNC_PEER", default_value = "127.0.0.1:7800")]
+    peer: SocketAddr,
+    /// Peer address written into tokens (when --peer is a wildcard or behind NAT).
+    #[arg(long, env = "SESSYNC_ADVERTISE")]
+    advertise: Option<SocketAddr>,
+    /// File holding the cluster secret (see README: one secret, or `id=secret` lines, first is current).
+    #[arg(long, env = "SESSYNC_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// Idle time to live of sessions (e.g. 30m, 90s).
+    #[arg(long, env = "SESSYNC_IDLE_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
+    idle_ttl: Duration,
+    /// Absolute lifetime of sessions from creation (e.g. 12h); none by default.
+    #[arg(long, env = "SESSYNC_MAX_LIFETIME", value_parser = humantime::parse_duration)]
+    max_lifetime: Option<Duration>,
+    /// Most live sessions.
+    #[arg(long, env = "SESSYNC_MAX_SESSIONS", default_value_t = 1_000_000)]
+    max_sessions: usize,
+    /// Most bytes of session data and tombstones (e.g. 1G, 512M, 1048576).
+    #[arg(long, env = "SESSYNC_MAX_MEMORY", default_value = "1G", value_parser = parse_bytes)]
+    max_memory: usize,
+    /// What CREATE does at the limits.
+    #[arg(long, env = "SESSYNC_EVICT", value_enum, default_value = "reject")]
+    evict: Evict,
+    /// Password clients must send in HELLO.
+    #[arg(long, env = "SESSYNC_PASSWORD")]
+    password: Option<String>,
+    /// Most client connections at once.
+    #[arg(long, env = "SESSYNC_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Time allowed to complete a frame once started (and the first frame after connecting).
+    #[arg(long, env = "SESSYNC_FRAME_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    frame_timeout: Duration,
+    /// How long a request waits on another node before OWNER_UNREACHABLE.
+    #[arg(long, env = "SESSYNC_PEER_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    peer_timeout: Duration,
+}
+
+/// Parses a byte size: a number with an optional K, M, G or T suffix (powers of 1024).
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: usize = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix in {s:?} (use K, M, G or T)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: usize = digits.trim().parse().map_err(|_| format!("not a size: {s:?}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run_node(args: NodeArgs) -> Result<()> {
+    let keys = match &args.secret_file {
+        Some(path) => secret::load(path)?,
+        None => {
+            tracing::warn!(
+                "no --secret-file: generated a random cluster secret; tokens die with this process and no other node can join"
+            );
+            secret::generate()
+        }
+    };
+    let mut config = NodeConfig::new(args.client, args.peer, keys);
+    config.advertise = args.advertise;
+    config.idle_ttl = args.idle_ttl;
+    config.max_lifetime = args.max_lifetime;
+    config.max_sessions = args.max_sessions;
+    config.max_memory = args.max_memory;
+    config.evict = match args.evict {
+        Evict::Reject => EvictPolicy::Reject,
+        Evict::SoonestExpiry => EvictPolicy::SoonestExpiry,
+    };
+    config.password = args.password;
+    config.max_connections = args.max_connections;
+    config.frame_timeout = args.frame_timeout;
+    config.peer_timeout = args.peer_timeout;
+    let handle = sessync_server::start(config).await.context("starting the node")?;
+    tracing::info!(
+        client = %handle.client_addr(),
+        peer = %handle.peer_addr(),
+        advertise = %handle.node().advertise(),
+        "sessync node ready"
+    );
+    // One machine-readable line, so scripts and tests can use port 0.
+    println!(
+        "ready client={} peer={}",
+        handle.client_addr(),
+        handle.peer_addr()
+    );
+    termination().await;
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    if !handle.shutdown(Duration::from_secs(10)).await {
+        tracing::warn!("some connections did not finish within 10 s");
+    }
+    Ok(())
+}
+
+async fn run_cluster(args: ClusterArgs) -> Result<()> {
+    let keys = secret::generate();
+    let mut handles = Vec::new();
+    for i in 0..args.nodes {
+        let port = |offset: u16| {
+            args.base_port
+                .checked_add(offset + i)
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+                .context("--base-port too high for this many nodes")
+        };
+        let mut config = NodeConfig::new(port(0)?, port(100)?, keys.clone());
+        config.idle_ttl = args.idle_ttl;
+        let handle = sessync_server::start(config)
+            .await
+            .with_context(|| format!("starting node {i}"))?;
+        handles.push(handle);
+    }
+    println!(
+        "sessync trial cluster: {} nodes sharing a generated secret",
+        handles.len()
+    );
+    for (i, h) in handles.iter().enumerate() {
+        println!("  node {i}: clients {}  peers {}", h.client_addr(), h.peer_addr());
+    }
+    let a = handles[0].client_addr();
+    let b = handles[handles.len() - 1].client_addr();
+    println!();
+    println!("Try it (in another terminal):");
+    println!("  TOKEN=$(sessync session create --node {a} user=alice)");
+    println!("  sessync session get --node {b} \"$TOKEN\"    # copied to the other node, new token printed");
+    println!();
+    println!("Ctrl-C stops every node.");
+    termination().await;
+    for h in handles {
+        h.shutdown(Duration::from_secs(5)).await;
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Node(args) => run_node(args).await.map(|_| std::process::ExitCode::SUCCESS),
+            Command::Session(args) => cli_session::run_session(args).await,
+            Command::Stats(args) => cli_session::run_stats(args).await,
+            Command::Cluster(args) => run_cluster(args).await.map(|_| std::process::ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert!(parse_bytes("1X").is_err());
+        assert!(parse_bytes("abc").is_err());
+        assert!(parse_bytes("99999999999999999999T").is_err());
+    }
+}

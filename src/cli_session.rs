@@ -1,0 +1,261 @@
+//! `sessync session ...` and `sessync stats`: a node's client protocol from the shell.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use sessync_client::{Attributes, Bytes, Client, ClientConfig, ClientError, Session, Write};
+
+/// Where and how to connect.
+#[derive(Args, Debug)]
+pub(crate) struct Connection {
+    /// The node's client address.
+    #[arg(long, env = "SESSYNC_NODE", default_value = "127.0.0.1:7700")]
+    node: SocketAddr,
+    /// The node's client password.
+    #[arg(long, env = "SESSYNC_PASSWORD")]
+    password: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `sessync session`.
+#[derive(Args, Debug)]
+pub(crate) struct SessionArgs {
+    #[command(subcommand)]
+    command: SessionCommand,
+    #[command(flatten)]
+    conn: Connection,
+}
+
+#[derive(Subcommand, Debug)]
+enum SessionCommand {
+    /// Create a session with `key=value` attributes; prints its token.
+    Create {
+        /// Initial attributes, `key=value`.
+        attrs: Vec<String>,
+        /// Idle time to live (e.g. 30m); the node's default if absent.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        idle_ttl: Option<std::time::Duration>,
+        /// Absolute lifetime (e.g. 12h); the node's default if absent.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_lifetime: Option<std::time::Duration>,
+    },
+    /// Read a session: every attribute, or the named ones.
+    Get {
+        /// The session's token.
+        token: String,
+        /// Attribute names; all when none are given.
+        keys: Vec<String>,
+    },
+    /// Put and delete attributes in one atomic change.
+    Set {
+        /// The session's token.
+        token: String,
+        /// Attributes to put, `key=value`.
+        attrs: Vec<String>,
+        /// Attribute to delete (repeatable).
+        #[arg(long = "delete")]
+        deletes: Vec<String>,
+        /// Apply only if the session is at this version.
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// Push the idle deadline forward.
+    Touch {
+        /// The session's token.
+        token: String,
+    },
+    /// Give the session a new id and token; the old token stops working.
+    Rotate {
+        /// The session's token.
+        token: String,
+    },
+    /// End the session.
+    Destroy {
+        /// The session's token.
+        token: String,
+    },
+}
+
+/// `sessync stats`.
+#[derive(Args, Debug)]
+pub(crate) struct StatsArgs {
+    #[command(flatten)]
+    conn: Connection,
+}
+
+fn parse_pairs(pairs: &[String]) -> Result<Attributes> {
+    let mut attrs = Attributes::new();
+    for p in pairs {
+        let Some((k, v)) = p.split_once('=') else {
+            bail!("expected key=value, got {p:?}")
+        };
+        attrs.insert(k.to_string(), Bytes::copy_from_slice(v.as_bytes()));
+    }
+    Ok(attrs)
+}
+
+async fn connect(conn: &Connection) -> Result<Client, ClientError> {
+    let config = ClientConfig {
+        password: conn.password.clone(),
+        client_name: concat!("sessync-cli/", env!("CARGO_PKG_VERSION")).into(),
+        ..ClientConfig::default()
+    };
+    Client::connect(conn.node, config).await
+}
+
+/// A value as JSON: the UTF-8 string where valid, else `{"base64": "..."}`.
+fn json_value(v: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(v) {
+        Ok(s) => serde_json::Value::String(s.to_string()),
+        Err(_) => serde_json::json!({ "base64": STANDARD.encode(v) }),
+    }
+}
+
+fn print_session(s: &Session, json: bool, always_token: bool) {
+    if json {
+        let attrs: serde_json::Map<String, serde_json::Value> = s
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), json_value(v)))
+            .collect();
+        let out = serde_json::json!({
+            "token": s.token,
+            "token_changed": s.token_changed,
+            "version": s.meta.version,
+            "expires_at_ms": s.meta.expires_at_ms(),
+            "attributes": attrs,
+        });
+        println!("{out}");
+        return;
+    }
+    if always_token {
+        println!("{}", s.token);
+        return;
+    }
+    if s.token_changed {
+        println!("token {}", s.token);
+    }
+    println!("version {}", s.meta.version);
+    for (k, v) in &s.attributes {
+        match std::str::from_utf8(v) {
+            Ok(text) => println!("{k}={text}"),
+            Err(_) => println!("{k}=base64:{}", STANDARD.encode(v)),
+        }
+    }
+}
+
+fn report(e: ClientError, json: bool) -> ExitCode {
+    let (name, code) = match e.code() {
+        Some(c) => (c.name().to_string(), Some(c.as_u16())),
+        None => ("CLIENT_ERROR".to_string(), None),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "error": name, "code": code, "message": e.to_string() })
+        );
+    } else {
+        eprintln!("error: {name}: {e}");
+    }
+    ExitCode::from(2)
+}
+
+/// Runs `sessync session ...`.
+pub(crate) async fn run_session(args: SessionArgs) -> Result<ExitCode> {
+    let json = args.conn.json;
+    let client = match connect(&args.conn).await {
+        Ok(c) => c,
+        Err(e) => return Ok(report(e, json)),
+    };
+    let result = match args.command {
+        SessionCommand::Create {
+            attrs,
+            idle_ttl,
+            max_lifetime,
+        } => {
+            let opts = sessync_client::CreateOptions {
+                idle_ttl,
+                max_lifetime,
+            };
+            client
+                .create_with(parse_pairs(&attrs)?, opts)
+                .await
+                .map(|s| print_session(&s, json, true))
+        }
+        SessionCommand::Get { token, keys } => {
+            let r = if keys.is_empty() {
+                client.get(&token).await
+            } else {
+                let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+                client.get_only(&token, &names).await
+            };
+            r.map(|s| print_session(&s, json, false))
+        }
+        SessionCommand::Set {
+            token,
+            attrs,
+            deletes,
+            if_version,
+        } => {
+            let mut w = Write::new();
+            for (k, v) in parse_pairs(&attrs)? {
+                w = w.put(k, v);
+            }
+            for d in deletes {
+                w = w.delete(d);
+            }
+            if let Some(v) = if_version {
+                w = w.if_version(v);
+            }
+            client
+                .write(&token, w)
+                .await
+                .map(|s| print_session(&s, json, false))
+        }
+        SessionCommand::Touch { token } => client.touch(&token).await.map(|s| print_session(&s, json, false)),
+        SessionCommand::Rotate { token } => {
+            client.rotate(&token).await.map(|s| print_session(&s, json, true))
+        }
+        SessionCommand::Destroy { token } => client.destroy(&token).await.map(|_| {
+            if json {
+                println!("{}", serde_json::json!({ "destroyed": true }));
+            }
+        }),
+    };
+    Ok(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(e, json),
+    })
+}
+
+/// Runs `sessync stats`.
+pub(crate) async fn run_stats(args: StatsArgs) -> Result<ExitCode> {
+    let json = args.conn.json;
+    let stats = match connect(&args.conn).await {
+        Ok(c) => c.stats().await,
+        Err(e) => Err(e),
+    };
+    match stats {
+        Ok(counters) => {
+            if json {
+                let map: serde_json::Map<String, serde_json::Value> = counters
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::from(v)))
+                    .collect();
+                println!("{}", serde_json::Value::Object(map));
+            } else {
+                for (k, v) in counters {
+                    println!("{k} {v}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(report(e, json)),
+    }
+}
