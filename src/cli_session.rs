@@ -13,13 +13,13 @@ use sessync_client::{Attributes, Bytes, Client, ClientConfig, ClientError, Sessi
 #[derive(Args, Debug)]
 pub(crate) struct Connection {
     /// The node's client address.
-    #[arg(long, env = "SESSYNC_NODE", default_value = "127.0.0.1:7700")]
+    #[arg(long, global = true, env = "SESSYNC_NODE", default_value = "127.0.0.1:7700")]
     node: SocketAddr,
     /// The node's client password.
-    #[arg(long, env = "SESSYNC_PASSWORD")]
+    #[arg(long, global = true, env = "SESSYNC_PASSWORD")]
     password: Option<String>,
     /// Print one JSON object instead of text.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 

@@ -103,7 +103,8 @@ pub enum Request {
         if_version: Option<u64>,
         /// Attributes to add or replace.
         puts: Attributes,
-        /// Attributes to remove (absent names are ignored).
+        /// Attributes to remove (absent names are ignored). A name may not also be in
+        /// `puts`: the node answers INVALID_REQUEST (and keeps the connection).
         deletes: Vec<String>,
     },
     /// Refreshes the idle deadline without reading the data.
@@ -333,11 +334,6 @@ impl Message for Request {
                 let if_version = if r.bool()? { Some(r.u64()?) } else { None };
                 let puts = decode_attributes(&mut r, limits)?;
                 let deletes = decode_names(&mut r, limits)?;
-                if deletes.iter().any(|d| puts.contains_key(d)) {
-                    return Err(DecodeError::Invalid(
-                        "an attribute is both put and deleted".into(),
-                    ));
-                }
                 Request::Set {
                     token,
                     if_version,

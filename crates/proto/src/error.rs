@@ -23,6 +23,9 @@ pub enum ErrorCode {
     UnknownOpcode,
     /// A count, string or value inside the message exceeds a configured limit.
     LimitExceeded,
+    /// The message is well formed but its fields contradict each other (e.g. a SET that
+    /// puts and deletes the same attribute). Nothing changed; the connection stays open.
+    InvalidRequest,
     /// The node requires HELLO (with a password) before any other request.
     AuthRequired,
     /// Wrong password, or a peer handshake proof that does not verify. Connection closed.
@@ -57,13 +60,14 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this library knows, in table order (used by protocol.md's test).
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::MalformedFrame,
         ErrorCode::BadCrc,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownOpcode,
         ErrorCode::LimitExceeded,
+        ErrorCode::InvalidRequest,
         ErrorCode::AuthRequired,
         ErrorCode::AuthFailed,
         ErrorCode::InvalidToken,
@@ -89,6 +93,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedVersion => 103,
             ErrorCode::UnknownOpcode => 104,
             ErrorCode::LimitExceeded => 105,
+            ErrorCode::InvalidRequest => 106,
             ErrorCode::AuthRequired => 200,
             ErrorCode::AuthFailed => 201,
             ErrorCode::InvalidToken => 300,
@@ -124,6 +129,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
             ErrorCode::UnknownOpcode => "UNKNOWN_OPCODE",
             ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
             ErrorCode::AuthRequired => "AUTH_REQUIRED",
             ErrorCode::AuthFailed => "AUTH_FAILED",
             ErrorCode::InvalidToken => "INVALID_TOKEN",

@@ -118,9 +118,13 @@ pub(crate) fn decode_attributes(r: &mut Reader<'_>, limits: &Limits) -> Result<A
     for _ in 0..n {
         let name = r.string("attribute name", limits.max_name_len)?;
         let value = r.bytes("attribute value", limits.max_value_len)?;
-        if attrs.insert(name, value).is_some() {
-            return Err(DecodeError::Invalid("duplicate attribute name".into()));
+        // Strictly increasing names (sorted, unique): the one encoding the writer produces.
+        if attrs.last_key_value().is_some_and(|(last, _)| *last >= name) {
+            return Err(DecodeError::Invalid(
+                "attribute names not sorted and unique".into(),
+            ));
         }
+        attrs.insert(name, value);
     }
     Ok(attrs)
 }

@@ -103,10 +103,14 @@ async fn serve_connection(
     // The first frame must be complete within the frame timeout of connecting, and so
     // must every frame after its first byte arrives.
     let mut partial_since = Some(Instant::now());
+    let mut got_frame = false;
     loop {
         loop {
             let frame = match decode_frame(&mut input, cfg.limits.max_frame_len) {
-                Ok(Some(f)) => f,
+                Ok(Some(f)) => {
+                    got_frame = true;
+                    f
+                }
                 Ok(None) => break,
                 Err(e) => {
                     Stats::bump(&node.stats.errors);
@@ -148,6 +152,8 @@ async fn serve_connection(
             return Ok(());
         }
         partial_since = match (input.is_empty(), partial_since) {
+            // Before the first frame, the clock started at connect keeps running.
+            (true, since) if !got_frame => since,
             (true, _) => None,
             (false, None) => Some(Instant::now()),
             (false, since) => since,

@@ -472,6 +472,14 @@ impl Node {
                 puts,
                 deletes,
             } => {
+                if let Some(both) = deletes.iter().find(|d| puts.contains_key(*d)) {
+                    return self.error(
+                        request_id,
+                        ErrorCode::InvalidRequest,
+                        format!("attribute {both:?} is both put and deleted; nothing was changed"),
+                        out,
+                    );
+                }
                 match self
                     .on_session(&token, |t, id, now| t.set(id, if_version, &puts, &deletes, now))
                     .await

@@ -511,15 +511,13 @@ impl Table {
     }
 
     /// Gives a session a new id, keeping data and deadlines; the old id becomes a
-    /// `Destroyed` tombstone at once. Bumps the version.
+    /// `Destroyed` tombstone at once. Bumps the version. Never refused for capacity: the
+    /// number of sessions stays the same and only a tombstone is added, and a login (the
+    /// usual reason to rotate) must not fail or lose the session at a full node.
     pub fn rotate(&self, id: &SessionId, now: u64) -> Result<(SessionId, Served), Miss> {
         let mut served = self.destroy(id, now)?;
         served.meta.version += 1;
         served.meta.last_access_ms = now;
-        let charge = SESSION_OVERHEAD + served.attrs.encoded_len();
-        // The old entry was just released, so room for the new one exists unless another
-        // CREATE raced in; in that case the rotation fails like a CREATE would.
-        self.reserve(charge, now)?;
         loop {
             let new_id = SessionId::random();
             let shard = self.shard(&new_id);

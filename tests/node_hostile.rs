@@ -1,0 +1,278 @@
+//! Bad input over real sockets: each case gets an error frame (or a refusal) and a closed
+//! connection, while another client on the same node keeps working.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::*;
+use sessync_client::{Attributes, Bytes, ErrorCode};
+use sessync_proto::{decode_frame, Message, Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Reads until EOF (bounded); returns every frame the node sent.
+async fn read_all_frames(stream: &mut TcpStream) -> Vec<(u64, Response)> {
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    loop {
+        match timeout(WAIT, stream.read_buf(&mut buf))
+            .await
+            .expect("node never closed the connection")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        while let Ok(Some(f)) = decode_frame(&mut buf, 1 << 20) {
+            frames.push((
+                f.request_id,
+                Response::decode_frame(&f, &Default::default()).unwrap(),
+            ));
+        }
+    }
+    frames
+}
+
+fn error_code(frames: &[(u64, Response)]) -> Option<ErrorCode> {
+    frames.iter().find_map(|(_, r)| match r {
+        Response::Error(e) => Some(e.code),
+        _ => None,
+    })
+}
+
+async fn bystander_still_works(addr: std::net::SocketAddr) {
+    let c = client(addr).await;
+    let mut attrs = Attributes::new();
+    attrs.insert("ok".into(), Bytes::from_static(b"1"));
+    let s = timeout(WAIT, c.create(attrs)).await.unwrap().unwrap();
+    assert_eq!(
+        timeout(WAIT, c.get(&s.token))
+            .await
+            .unwrap()
+            .unwrap()
+            .get("ok")
+            .unwrap(),
+        "1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frame_gets_an_error_and_a_close_others_unaffected() {
+    let nodes = cluster(1).await;
+    let addr = nodes[0].client_addr();
+    let bystander = client(addr).await;
+    let before = bystander.create(Attributes::new()).await.unwrap();
+
+    // A frame whose CRC is wrong.
+    let mut out = BytesMut::new();
+    Request::Stats.encode_frame(9, &mut out);
+    let last = out.len() - 1;
+    out[last] ^= 0xff;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    assert_eq!(
+        error_code(&read_all_frames(&mut s).await),
+        Some(ErrorCode::BadCrc)
+    );
+
+    // A well-framed body that is garbage for its opcode.
+    let mut out = BytesMut::new();
+    sessync_proto::write_frame(&mut out, sessync_proto::client_op::GET, 3, |b| {
+        b.extend_from_slice(&[0x00, 0x05, b'a'])
+    });
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    let frames = read_all_frames(&mut s).await;
+    assert_eq!(error_code(&frames), Some(ErrorCode::MalformedFrame));
+    assert_eq!(frames[0].0, 3, "the error echoes the request id");
+
+    // An unknown opcode.
+    let mut out = BytesMut::new();
+    sessync_proto::write_frame(&mut out, 0x3e, 4, |_| {});
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    assert_eq!(
+        error_code(&read_all_frames(&mut s).await),
+        Some(ErrorCode::UnknownOpcode)
+    );
+
+    // The bystander's connection and session never noticed.
+    assert!(timeout(WAIT, bystander.get(&before.token)).await.unwrap().is_ok());
+    bystander_still_works(addr).await;
+    stop(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_gib_length_prefix_is_refused_at_once() {
+    let nodes = cluster(1).await;
+    let addr = nodes[0].client_addr();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        error_code(&read_all_frames(&mut s).await),
+        Some(ErrorCode::FrameTooLarge)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused without waiting for a body"
+    );
+    bystander_still_works(addr).await;
+    stop(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_slowloris_connections_are_closed_at_the_frame_timeout() {
+    let mut cfg = config();
+    cfg.frame_timeout = Duration::from_millis(300);
+    cfg.idle_timeout = Duration::from_secs(30);
+    let node = sessync_server::start(cfg).await.unwrap();
+    let addr = node.client_addr();
+
+    // Connects and says nothing: closed at the frame timeout, not the idle timeout.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        error_code(&read_all_frames(&mut silent).await),
+        Some(ErrorCode::Timeout)
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+
+    // A byte every 100 ms never completes a frame in time.
+    let mut out = BytesMut::new();
+    Request::Stats.encode_frame(1, &mut out);
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for b in out.iter() {
+        if slow.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+    }
+    let frames = read_all_frames(&mut slow).await;
+    assert!(
+        closed || error_code(&frames) == Some(ErrorCode::Timeout),
+        "slowloris was not cut off"
+    );
+    assert!(
+        !frames.iter().any(|(_, r)| matches!(r, Response::Stats(_))),
+        "the slow request must not be served"
+    );
+    bystander_still_works(addr).await;
+    assert!(node.shutdown(WAIT).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused_and_counted() {
+    let mut cfg = config();
+    cfg.max_connections = 4;
+    let node = sessync_server::start(cfg).await.unwrap();
+    let addr = node.client_addr();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(client(addr).await);
+    }
+    for c in &held {
+        timeout(WAIT, c.ping()).await.unwrap().unwrap();
+    }
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        error_code(&read_all_frames(&mut extra).await),
+        Some(ErrorCode::TooManyConnections)
+    );
+    let stats = held[0].stats().await.unwrap();
+    assert!(stats.iter().any(|(k, v)| k == "connections_refused" && *v >= 1));
+    // Freeing a slot lets a new client in.
+    drop(held.pop());
+    let mut ok = false;
+    for _ in 0..50 {
+        if let Ok(Ok(c)) = timeout(WAIT, sessync_client::Client::connect(addr, Default::default())).await {
+            if c.ping().await.is_ok() {
+                ok = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "a slot freed by a closed connection was never reusable");
+    drop(held);
+    assert!(node.shutdown(WAIT).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contradictory_set_is_refused_but_the_connection_stays_open() {
+    let nodes = cluster(1).await;
+    let addr = nodes[0].client_addr();
+    let c = client(addr).await;
+    let s = c.create(Attributes::new()).await.unwrap();
+    // Raw, since the SDK refuses to send this.
+    let mut out = BytesMut::new();
+    let mut puts = Attributes::new();
+    puts.insert("x".into(), Bytes::from_static(b"1"));
+    Request::Set {
+        token: s.token.clone(),
+        if_version: None,
+        puts,
+        deletes: vec!["x".into()],
+    }
+    .encode_frame(1, &mut out);
+    Request::Get {
+        token: s.token.clone(),
+        names: vec![],
+    }
+    .encode_frame(2, &mut out);
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut replies = Vec::new();
+    while replies.len() < 2 {
+        timeout(WAIT, raw.read_buf(&mut buf)).await.unwrap().unwrap();
+        while let Ok(Some(f)) = decode_frame(&mut buf, 1 << 20) {
+            replies.push((
+                f.request_id,
+                Response::decode_frame(&f, &Default::default()).unwrap(),
+            ));
+        }
+    }
+    assert!(matches!(&replies[0], (1, Response::Error(e)) if e.code == ErrorCode::InvalidRequest));
+    assert!(
+        matches!(&replies[1], (2, Response::Session(s)) if s.meta.version == 1),
+        "nothing changed, still open"
+    );
+    stop(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_at_a_full_node_keeps_the_session() {
+    let mut cfg = config();
+    cfg.max_sessions = 1;
+    let node = sessync_server::start(cfg).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let mut attrs = Attributes::new();
+    attrs.insert("user".into(), Bytes::from_static(b"alice"));
+    let s = c.create(attrs).await.unwrap();
+    assert_eq!(
+        c.create(Attributes::new()).await.unwrap_err().code(),
+        Some(ErrorCode::Capacity)
+    );
+    let r = timeout(WAIT, c.rotate(&s.token)).await.unwrap().unwrap();
+    assert_eq!(r.get("user").unwrap(), "alice");
+    assert_eq!(
+        c.get(&s.token).await.unwrap_err().code(),
+        Some(ErrorCode::SessionNotFound)
+    );
+    assert_eq!(c.get(&r.token).await.unwrap().get("user").unwrap(), "alice");
+    assert!(node.shutdown(WAIT).await);
+}
