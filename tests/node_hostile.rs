@@ -276,3 +276,26 @@ async fn rotate_at_a_full_node_keeps_the_session() {
     assert_eq!(c.get(&r.token).await.unwrap().get("user").unwrap(), "alice");
     assert!(node.shutdown(WAIT).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_never_grows_past_what_one_frame_can_carry() {
+    let nodes = cluster(1).await;
+    let c = client(nodes[0].client_addr()).await;
+    let s = c.create(Attributes::new()).await.unwrap();
+    let mb = Bytes::from(vec![b'x'; 1 << 20]);
+    let mut refused = None;
+    for i in 0..5 {
+        match timeout(WAIT, c.set(&s.token).put(format!("k{i}"), mb.clone()).send()).await.unwrap() {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some((i, e.code()));
+                break;
+            }
+        }
+    }
+    // 4 MiB frames: the fourth 1 MiB value would make the session too big to read back.
+    assert_eq!(refused, Some((3, Some(ErrorCode::LimitExceeded))));
+    let got = timeout(WAIT, c.get(&s.token)).await.unwrap().unwrap();
+    assert_eq!(got.attributes.len(), 3, "the refused write changed nothing and the rest reads back");
+    stop(nodes).await;
+}

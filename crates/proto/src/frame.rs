@@ -28,6 +28,8 @@ pub const HEADER_LEN: usize = 12;
 pub const CRC_LEN: usize = 4;
 /// The smallest legal value of the length prefix: a header and a CRC, no body.
 pub const MIN_FRAME_LEN: u32 = (HEADER_LEN + CRC_LEN) as u32;
+/// Most bytes [`decode_frame`] reserves ahead of data that has not arrived yet.
+const RESERVE_STEP: usize = 64 * 1024;
 
 /// A decoded frame: the header fields a dispatcher needs and the still-undecoded body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,11 +102,13 @@ fn parse_complete(raw: Bytes) -> Result<Frame, FrameError> {
 pub fn decode_frame(buf: &mut BytesMut, max_frame_len: u32) -> Result<Option<Frame>, FrameError> {
     match check_frame(buf, max_frame_len)? {
         None => {
-            // Reserve for the announced frame (already checked against the limit) so the
-            // body arrives without repeated reallocation.
+            // Reserve for the rest of the announced frame, but at most RESERVE_STEP at a
+            // time: memory follows the bytes that actually arrive, so a peer that announces
+            // a large frame and sends nothing costs no more than a small one.
             if buf.len() >= LENGTH_PREFIX_LEN {
                 let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                buf.reserve(LENGTH_PREFIX_LEN + len - buf.len());
+                let missing = (LENGTH_PREFIX_LEN + len).saturating_sub(buf.len());
+                buf.reserve(missing.min(RESERVE_STEP));
             }
             Ok(None)
         }

@@ -113,14 +113,17 @@ impl Fetch {
                 ErrorCode::SessionNotFound,
                 format!("no such session: {from} does not have it (expired, destroyed or never existed)"),
             ),
-            PeerMessage::Error(e) => Step::Fail(
-                if e.code == ErrorCode::ShuttingDown {
-                    ErrorCode::OwnerUnreachable
-                } else {
-                    e.code
-                },
-                format!("owner {from} answered: {}", e.message),
-            ),
+            PeerMessage::Error(e) => {
+                // A peer's own troubles are not the client's: codes about a connection or
+                // a frame (1xx, 2xx, and anything that would close the client's connection)
+                // become INTERNAL; a peer shutting down is an unreachable owner.
+                let code = match e.code {
+                    ErrorCode::ShuttingDown | ErrorCode::Timeout => ErrorCode::OwnerUnreachable,
+                    c if c.closes_connection() || c.as_u16() < 300 => ErrorCode::Internal,
+                    c => c,
+                };
+                Step::Fail(code, format!("owner {from} answered: {}", e.message))
+            }
             other => Step::Fail(
                 ErrorCode::Internal,
                 format!("owner {from} sent an unexpected reply: {other:?}"),
@@ -158,6 +161,16 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], 7800 + i))
     }
 
+    /// The identity a node at `a` proves in the handshake (one process per address here).
+    fn who(a: SocketAddr) -> sessync_proto::PeerIdentity {
+        let mut node_id = [0u8; 16];
+        node_id[..2].copy_from_slice(&a.port().to_be_bytes());
+        sessync_proto::PeerIdentity {
+            node_id,
+            advertised: a,
+        }
+    }
+
     fn attrs(pairs: &[(&str, &str)]) -> Attributes {
         pairs
             .iter()
@@ -171,6 +184,7 @@ mod tests {
                 max_sessions: 100,
                 max_memory: 1 << 20,
                 max_attributes: 16,
+                max_session_bytes: 1 << 20,
                 evict: EvictPolicy::Reject,
             };
             Cluster {
@@ -185,7 +199,7 @@ mod tests {
         /// The owner's reply to a COPY, as the peer port would build it.
         fn serve_copy(&self, owner: SocketAddr, from: SocketAddr, id: SessionId) -> PeerMessage {
             let last = self.table(from).last_received(&id);
-            match self.table(owner).hand_over(&id, from, last, 0) {
+            match self.table(owner).hand_over(&id, who(from), last, 0) {
                 CopyOutcome::Data { transfer, record } => PeerMessage::CopyData { transfer, record },
                 CopyOutcome::Moved(to) => PeerMessage::Moved {
                     session_id: id,
@@ -222,7 +236,7 @@ mod tests {
                         record,
                     } => {
                         self.table(me).install(&record, transfer, 0).unwrap();
-                        self.table(from).ack_handover(&id, me, transfer, 0);
+                        self.table(from).ack_handover(&id, who(me), transfer, 0);
                         return Ok(());
                     }
                     other @ (Step::Fail(..) | Step::Local) => return Err(other),
@@ -316,7 +330,7 @@ mod tests {
             unreachable!()
         };
         c.table(b).install(&rec, rec_t, 0).unwrap();
-        c.table(a).ack_handover(&id, b, rec_t, 0);
+        c.table(a).ack_handover(&id, who(b), rec_t, 0);
         // C follows MOVED to B and ends as the single owner.
         c.fetch(cc, b, id, |_| false).unwrap();
         let owners = c.nodes.iter().filter(|(_, t)| t.get(&id, &[], 1).is_ok()).count();
@@ -360,15 +374,15 @@ mod tests {
             attributes: attrs(&[]),
         };
         c.table(a).install(&rec, 5, 0).unwrap();
-        let CopyOutcome::Data { transfer: t1, .. } = c.table(a).hand_over(&id, b, 0, 0) else {
+        let CopyOutcome::Data { transfer: t1, .. } = c.table(a).hand_over(&id, who(b), 0, 0) else {
             panic!()
         };
-        c.table(a).ack_handover(&id, b, t1, 0);
+        c.table(a).ack_handover(&id, who(b), t1, 0);
         c.table(b).install(&rec, t1, 0).unwrap();
-        let CopyOutcome::Data { transfer: t2, .. } = c.table(b).hand_over(&id, a, 5, 0) else {
+        let CopyOutcome::Data { transfer: t2, .. } = c.table(b).hand_over(&id, who(a), 5, 0) else {
             panic!()
         };
-        c.table(b).ack_handover(&id, a, t2, 0);
+        c.table(b).ack_handover(&id, who(a), t2, 0);
         // Now A says B and B says A.
         let err = c.fetch(cc, a, id, |_| false).unwrap_err();
         assert!(matches!(err, Step::Fail(ErrorCode::TooManyHops, _)), "{err:?}");
@@ -382,7 +396,7 @@ mod tests {
             panic!()
         };
         c.table(b).install(&drec, drec_t, 0).unwrap();
-        c.table(cc).ack_handover(&d, b, drec_t, 0);
+        c.table(cc).ack_handover(&d, who(b), drec_t, 0);
         c.table(b).destroy(&d, 0).unwrap();
         assert_eq!(c.table(b).install(&drec, drec_t, 0).unwrap_err(), Miss::NotFound);
         assert!(matches!(
@@ -427,8 +441,8 @@ mod tests {
         );
         // A installs v2 (its reply arrives); B's late ACK of t1 changes nothing now.
         c.table(a).install(&v2, t2, 0).unwrap();
-        assert!(!c.table(a).ack_handover(&id, b, t1, 0));
-        c.table(b).ack_handover(&id, a, t2, 0);
+        assert!(!c.table(a).ack_handover(&id, who(b), t1, 0));
+        c.table(b).ack_handover(&id, who(a), t2, 0);
         // Exactly one owner, at version 2.
         assert_eq!(c.table(a).get(&id, &[], 1).unwrap().meta.version, 2);
         assert_eq!(c.table(b).get(&id, &[], 1).unwrap_err(), Miss::Moved(a));
@@ -440,5 +454,29 @@ mod tests {
             panic!()
         };
         assert_eq!(t3, again);
+    }
+
+    /// A node that installed a copy, acknowledged writes and died before its COPY_ACK
+    /// arrived comes back (same address, new node id) and asks again: it must not be sent
+    /// the old owner's stale copy, which would silently undo those writes.
+    #[test]
+    fn a_restarted_node_is_not_sent_the_stale_copy() {
+        let c = Cluster::new(2);
+        let (a, b) = (addr(0), addr(1));
+        let (id, _) = c.table(a).create(&attrs(&[("n", "0")]), 60_000, 0, 0).unwrap();
+        assert!(matches!(
+            c.table(a).hand_over(&id, who(b), 0, 0),
+            CopyOutcome::Data { .. }
+        ));
+        let reborn = sessync_proto::PeerIdentity {
+            node_id: [9; 16],
+            advertised: b,
+        };
+        assert_eq!(c.table(a).hand_over(&id, reborn, 0, 0), CopyOutcome::Moved(b));
+        // The original process (had it lived) would still get its lost reply again.
+        assert!(matches!(
+            c.table(a).hand_over(&id, who(b), 0, 0),
+            CopyOutcome::Data { .. }
+        ));
     }
 }

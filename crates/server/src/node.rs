@@ -79,6 +79,8 @@ impl Node {
             max_sessions: config.max_sessions,
             max_memory: config.max_memory,
             max_attributes: config.limits.max_attributes,
+            // Room for the reply's header, token and metadata in the same frame.
+            max_session_bytes: (config.limits.max_frame_len as usize).saturating_sub(1024),
             evict: config.evict,
         });
         // A fresh id per process start: a restarted node is a different peer.
@@ -181,6 +183,12 @@ impl Node {
                     "a session holds at most {} attributes",
                     self.config.limits.max_attributes
                 ),
+                out,
+            ),
+            Miss::TooLarge => self.error(
+                request_id,
+                ErrorCode::LimitExceeded,
+                "the session would not fit in one frame; nothing was changed",
                 out,
             ),
             Miss::Capacity => self.error(

@@ -224,10 +224,7 @@ fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -> Option<Pe
         PeerMessage::Copy {
             session_id,
             last_transfer,
-        } => match node
-            .table
-            .hand_over(&session_id, peer.advertised, last_transfer, now)
-        {
+        } => match node.table.hand_over(&session_id, *peer, last_transfer, now) {
             CopyOutcome::Data { transfer, record } => {
                 Stats::bump(&node.stats.copies_served);
                 PeerMessage::CopyData { transfer, record }
@@ -239,8 +236,7 @@ fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -> Option<Pe
             CopyOutcome::NotFound => PeerMessage::NotFound { session_id },
         },
         PeerMessage::CopyAck { session_id, transfer } => {
-            node.table
-                .ack_handover(&session_id, peer.advertised, transfer, now);
+            node.table.ack_handover(&session_id, *peer, transfer, now);
             PeerMessage::Ok
         }
         PeerMessage::Replicate(_) | PeerMessage::Drop { .. } => PeerMessage::Error(ErrorReply::new(

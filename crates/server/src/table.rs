@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
-use sessync_proto::{Attributes, PackedAttributes, SessionId, SessionMeta, SessionRecord};
+use sessync_proto::{Attributes, PackedAttributes, PeerIdentity, SessionId, SessionMeta, SessionRecord};
 
 /// Number of top-level shards (a power of two).
 pub const SHARDS: usize = 16;
@@ -121,6 +121,9 @@ pub enum Entry {
     HandingOver {
         /// The node the session was handed to.
         to: SocketAddr,
+        /// That node's id from the handshake: a restarted process at the same address is a
+        /// different node and must never be sent this (possibly stale) copy.
+        to_node: [u8; 16],
         /// The session as handed over.
         live: Live,
         /// This handover's transfer id.
@@ -177,6 +180,9 @@ pub struct TableConfig {
     pub max_memory: usize,
     /// Most attributes per session.
     pub max_attributes: usize,
+    /// Most bytes of packed attributes per session, so that a whole session always fits
+    /// in one reply frame.
+    pub max_session_bytes: usize,
     /// What happens at the limit.
     pub evict: EvictPolicy,
 }
@@ -198,6 +204,8 @@ pub enum Miss {
     },
     /// The write would pass the attribute count limit; nothing changed.
     TooManyAttributes,
+    /// The session would be larger than one frame can carry; nothing changed.
+    TooLarge,
     /// The table is full and does not evict (or nothing could be evicted).
     Capacity,
 }
@@ -369,6 +377,9 @@ impl Table {
             return Err(Miss::TooManyAttributes);
         }
         let packed = PackedAttributes::pack(attrs);
+        if packed.encoded_len() > self.config.max_session_bytes {
+            return Err(Miss::TooLarge);
+        }
         self.reserve(SESSION_OVERHEAD + packed.encoded_len(), now)?;
         let meta = SessionMeta {
             version: 1,
@@ -470,6 +481,9 @@ impl Table {
             .ok_or(Miss::TooManyAttributes)?;
         let old = l.attrs.encoded_len();
         let new = attrs.encoded_len();
+        if new > self.config.max_session_bytes {
+            return Err(Miss::TooLarge);
+        }
         if new > old {
             // Growth is checked against the memory limit; a write never evicts others.
             let s = self.stats();
@@ -549,7 +563,14 @@ impl Table {
     /// received this session with transfer `their_last`. See protocol.md, "The COPY
     /// handover". Runs under the entry's write lock, so a write at this node either lands
     /// before (and is in the copy) or after (and sees MOVED).
-    pub fn hand_over(&self, id: &SessionId, requester: SocketAddr, their_last: u64, now: u64) -> CopyOutcome {
+    pub fn hand_over(
+        &self,
+        id: &SessionId,
+        requester: PeerIdentity,
+        their_last: u64,
+        now: u64,
+    ) -> CopyOutcome {
+        let (requester_node, requester) = (requester.node_id, requester.advertised);
         let shard = self.shard(id);
         let Some(mut r) = shard.map.get_mut(id) else {
             return CopyOutcome::NotFound;
@@ -564,13 +585,19 @@ impl Table {
                 if let Entry::Live(live) = std::mem::replace(r.value_mut(), placeholder) {
                     *r.value_mut() = Entry::HandingOver {
                         to: requester,
+                        to_node: requester_node,
                         live,
                         transfer,
                     };
                 }
                 CopyOutcome::Data { transfer, record }
             }
-            Entry::HandingOver { to, live, transfer } if *to == requester && !live.expired(now) => {
+            Entry::HandingOver {
+                to,
+                to_node,
+                live,
+                transfer,
+            } if *to == requester && *to_node == requester_node && !live.expired(now) => {
                 if their_last == *transfer {
                     // The asker already installed this very copy (its ACK is still on the
                     // way) and asks anew because the session moved on from it: the data
@@ -603,7 +630,8 @@ impl Table {
     /// The owner's last step: `requester` installed transfer `transfer`, so the data goes
     /// and a forwarding tombstone stays until the session's own deadline. Returns whether
     /// the entry changed (a duplicate or stale ACK changes nothing).
-    pub fn ack_handover(&self, id: &SessionId, requester: SocketAddr, transfer: u64, now: u64) -> bool {
+    pub fn ack_handover(&self, id: &SessionId, requester: PeerIdentity, transfer: u64, now: u64) -> bool {
+        let (requester_node, requester) = (requester.node_id, requester.advertised);
         let shard = self.shard(id);
         let Some(mut r) = shard.map.get_mut(id) else {
             return false;
@@ -611,9 +639,10 @@ impl Table {
         let (until_ms, received) = match r.value() {
             Entry::HandingOver {
                 to,
+                to_node,
                 live,
                 transfer: t,
-            } if *to == requester && *t == transfer => {
+            } if *to == requester && *to_node == requester_node && *t == transfer => {
                 (live.meta().expires_at_ms().max(now + 1), live.received)
             }
             _ => return false,
@@ -700,6 +729,7 @@ mod tests {
             max_sessions,
             max_memory: usize::MAX,
             max_attributes: 8,
+            max_session_bytes: 1 << 20,
             evict,
         })
     }
