@@ -719,7 +719,7 @@ fn handshake_examples_are_a_real_handshake() {
 
 /// Prints the example blocks for protocol.md (see the module docs).
 #[test]
-#[ignore]
+#[ignore = "a generator, not a check: run by hand after a format change to regenerate the examples"]
 fn print_examples() {
     for (name, e) in frame_examples() {
         println!(
