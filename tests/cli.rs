@@ -167,3 +167,48 @@ fn sigterm_shuts_a_node_down_gracefully() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn cluster_command_starts_nodes_that_share_sessions() {
+    use std::io::{BufRead, BufReader};
+    // The cluster uses fixed offsets from a base port; try a few random bases until one is free.
+    for attempt in 0..5u16 {
+        let base = 20_000 + (std::process::id() as u16 % 1000) * 20 + attempt * 7;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sessync"))
+            .args(["cluster", "--nodes", "2", "--base-port", &base.to_string(), "--log", "warn"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut clients = Vec::new();
+        while let Ok(line) = rx.recv_timeout(WAIT) {
+            if let Some(rest) = line.trim().strip_prefix("node ") {
+                let addr = rest.split_whitespace().nth(2).unwrap().to_string();
+                clients.push(addr);
+            }
+            if line.contains("Ctrl-C") {
+                break;
+            }
+        }
+        let guard = NodeProcess { child, client: "127.0.0.1:1".parse().unwrap(), peer: "127.0.0.1:1".parse().unwrap() };
+        if clients.len() != 2 {
+            drop(guard);
+            continue; // a port was taken: try another base
+        }
+        assert_eq!(clients[0], format!("127.0.0.1:{base}"));
+        let token = stdout(&sessync(&["session", "create", "--node", &clients[0], "user=alice"])).trim().to_string();
+        let j: serde_json::Value =
+            serde_json::from_str(&stdout(&sessync(&["session", "get", "--node", &clients[1], &token, "--json"]))).unwrap();
+        assert_eq!(j["attributes"]["user"], "alice");
+        assert_eq!(j["token_changed"], true, "the session moved to node 1 and a new token came back");
+        return;
+    }
+    panic!("no free base port found for the trial cluster");
+}
