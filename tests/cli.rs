@@ -175,7 +175,15 @@ fn cluster_command_starts_nodes_that_share_sessions() {
     for attempt in 0..5u16 {
         let base = 20_000 + (std::process::id() as u16 % 1000) * 20 + attempt * 7;
         let mut child = Command::new(env!("CARGO_BIN_EXE_sessync"))
-            .args(["cluster", "--nodes", "2", "--base-port", &base.to_string(), "--log", "warn"])
+            .args([
+                "cluster",
+                "--nodes",
+                "2",
+                "--base-port",
+                &base.to_string(),
+                "--log",
+                "warn",
+            ])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -197,17 +205,39 @@ fn cluster_command_starts_nodes_that_share_sessions() {
                 break;
             }
         }
-        let guard = NodeProcess { child, client: "127.0.0.1:1".parse().unwrap(), peer: "127.0.0.1:1".parse().unwrap() };
+        let guard = NodeProcess {
+            child,
+            client: "127.0.0.1:1".parse().unwrap(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+        };
         if clients.len() != 2 {
             drop(guard);
             continue; // a port was taken: try another base
         }
         assert_eq!(clients[0], format!("127.0.0.1:{base}"));
-        let token = stdout(&sessync(&["session", "create", "--node", &clients[0], "user=alice"])).trim().to_string();
-        let j: serde_json::Value =
-            serde_json::from_str(&stdout(&sessync(&["session", "get", "--node", &clients[1], &token, "--json"]))).unwrap();
+        let token = stdout(&sessync(&[
+            "session",
+            "create",
+            "--node",
+            &clients[0],
+            "user=alice",
+        ]))
+        .trim()
+        .to_string();
+        let j: serde_json::Value = serde_json::from_str(&stdout(&sessync(&[
+            "session",
+            "get",
+            "--node",
+            &clients[1],
+            &token,
+            "--json",
+        ])))
+        .unwrap();
         assert_eq!(j["attributes"]["user"], "alice");
-        assert_eq!(j["token_changed"], true, "the session moved to node 1 and a new token came back");
+        assert_eq!(
+            j["token_changed"], true,
+            "the session moved to node 1 and a new token came back"
+        );
         return;
     }
     panic!("no free base port found for the trial cluster");
