@@ -285,7 +285,10 @@ async fn a_session_never_grows_past_what_one_frame_can_carry() {
     let mb = Bytes::from(vec![b'x'; 1 << 20]);
     let mut refused = None;
     for i in 0..5 {
-        match timeout(WAIT, c.set(&s.token).put(format!("k{i}"), mb.clone()).send()).await.unwrap() {
+        match timeout(WAIT, c.set(&s.token).put(format!("k{i}"), mb.clone()).send())
+            .await
+            .unwrap()
+        {
             Ok(_) => {}
             Err(e) => {
                 refused = Some((i, e.code()));
@@ -296,6 +299,10 @@ async fn a_session_never_grows_past_what_one_frame_can_carry() {
     // 4 MiB frames: the fourth 1 MiB value would make the session too big to read back.
     assert_eq!(refused, Some((3, Some(ErrorCode::LimitExceeded))));
     let got = timeout(WAIT, c.get(&s.token)).await.unwrap().unwrap();
-    assert_eq!(got.attributes.len(), 3, "the refused write changed nothing and the rest reads back");
+    assert_eq!(
+        got.attributes.len(),
+        3,
+        "the refused write changed nothing and the rest reads back"
+    );
     stop(nodes).await;
 }
