@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::task::TaskTracker;
 
+use crate::listen::next_connection;
 use crate::node::{After, SharedNode};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -37,19 +38,9 @@ pub(crate) async fn accept_loop(
 ) {
     let permits = Arc::new(Semaphore::new(node.config.max_connections));
     loop {
-        let (stream, addr) = tokio::select! {
-            _ = shutdown.wait() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("client accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, addr)) = next_connection(&listener, &mut shutdown, "client").await else {
+            return;
         };
-        let _ = stream.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             Stats::bump(&node.stats.connections_refused);
             tasks.spawn(refuse(stream));

@@ -5,6 +5,7 @@ mod client_port;
 pub mod clock;
 mod config;
 pub mod handover;
+mod listen;
 mod node;
 mod peer_link;
 mod peer_port;
@@ -19,7 +20,6 @@ use std::time::Duration;
 pub use config::NodeConfig;
 pub use node::Node;
 pub use table::{EvictPolicy, TableStats};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -60,25 +60,10 @@ impl NodeHandle {
     }
 }
 
-fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let domain = if addr.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    // Restarting a node must not wait for the old sockets' TIME_WAIT.
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
-}
-
 /// Binds the client and peer ports and starts serving. Must run inside a tokio runtime.
 pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
-    let client = listener(config.client_addr)?;
-    let peer = listener(config.peer_addr)?;
+    let client = listen::bind(config.client_addr)?;
+    let peer = listen::bind(config.peer_addr)?;
     let client_addr = client.local_addr()?;
     let peer_addr = peer.local_addr()?;
     let advertise = config.advertise.unwrap_or(peer_addr);

@@ -14,6 +14,7 @@ use tokio::time::timeout;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::now_ms;
+use crate::listen::next_connection;
 use crate::node::SharedNode;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -33,18 +34,9 @@ pub(crate) async fn accept_loop(
     tasks: TaskTracker,
 ) {
     loop {
-        let (stream, addr) = tokio::select! {
-            _ = shutdown.wait() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("peer accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, addr)) = next_connection(&listener, &mut shutdown, "peer").await else {
+            return;
         };
-        let _ = stream.set_nodelay(true);
         let node = node.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
