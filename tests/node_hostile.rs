@@ -306,3 +306,41 @@ async fn a_session_never_grows_past_what_one_frame_can_carry() {
     );
     stop(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_requests_already_in_flight() {
+    // An "owner" that accepts peer connections and never answers: a GET for a session it
+    // supposedly owns stays in flight for the whole peer timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let mut cfg = config();
+    cfg.peer_timeout = Duration::from_millis(800);
+    let node = sessync_server::start(cfg).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let token = sessync_proto::Token {
+        session_id: sessync_proto::SessionId::random(),
+        owner: silent_addr,
+        backups: vec![],
+    }
+    .sign(&keys());
+    let in_flight = tokio::spawn({
+        let c = c.clone();
+        async move { c.get(&token).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = Instant::now();
+    assert!(
+        node.shutdown(WAIT).await,
+        "shutdown did not finish within the grace period"
+    );
+    let reply = timeout(WAIT, in_flight).await.unwrap().unwrap();
+    // The request was answered (not cut off): the owner could not be reached.
+    assert_eq!(reply.unwrap_err().code(), Some(ErrorCode::OwnerUnreachable));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
