@@ -344,3 +344,48 @@ async fn shutdown_answers_requests_already_in_flight() {
     assert_eq!(reply.unwrap_err().code(), Some(ErrorCode::OwnerUnreachable));
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_owner_does_not_hold_up_other_requests_on_the_connection() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let mut cfg = config();
+    cfg.peer_timeout = Duration::from_millis(1500);
+    let node = sessync_server::start(cfg).await.unwrap();
+    // One client = one multiplexed connection, as an app server uses it.
+    let c = client(node.client_addr()).await;
+    let local = c.create(Attributes::new()).await.unwrap();
+    let stuck_token = sessync_proto::Token {
+        session_id: sessync_proto::SessionId::random(),
+        owner: silent_addr,
+        backups: vec![],
+    }
+    .sign(&keys());
+    let stuck = tokio::spawn({
+        let c = c.clone();
+        async move { c.get(&stuck_token).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    for _ in 0..20 {
+        timeout(WAIT, c.get(&local.token)).await.unwrap().unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(700),
+        "local requests waited behind the stuck one: {took:?}"
+    );
+    assert!(
+        !stuck.is_finished(),
+        "the stuck request should still be waiting on its owner"
+    );
+    let e = timeout(WAIT, stuck).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::OwnerUnreachable));
+    assert!(node.shutdown(WAIT).await);
+}

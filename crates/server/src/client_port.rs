@@ -1,29 +1,40 @@
 //! The client port: accepts application connections and serves their requests.
 //!
 //! Each connection is one task: it decodes every complete frame in its read buffer,
-//! answers each in order into one output buffer, and writes that buffer before it reads
-//! again. Pipelined requests therefore cost one read and one write per batch, and a client
-//! that does not read its replies stops being read from (back-pressure): the output buffer
-//! is flushed whenever it passes [`FLUSH_AT`], so it stays bounded.
+//! answers each into one output buffer, and writes that buffer before it reads again.
+//! Pipelined requests therefore cost one read and one write per batch, and a client that
+//! does not read its replies stops being read from (back-pressure): the output buffer is
+//! flushed whenever it passes [`FLUSH_AT`], so it stays bounded.
+//!
+//! A request this node can answer alone is answered in place. One that needs another node
+//! (its session must be copied here) runs in its own task and its reply is written when
+//! it is ready, out of order (replies are matched by request id): an SDK sends all of an
+//! application's users over one connection, and one user's session on a slow or dead
+//! node must not hold up everyone else's. At most [`MAX_DEFERRED`] such requests per
+//! connection wait at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use sessync_proto::{decode_frame, ErrorCode, ErrorReply, Message, Request, Response};
+use futures_util::FutureExt;
+use sessync_proto::{check_frame, decode_frame, ErrorCode, ErrorReply, Message, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{timeout_at, Instant};
 use tokio_util::task::TaskTracker;
 
 use crate::listen::next_connection;
-use crate::node::{After, SharedNode};
+use crate::node::{After, Mode, SharedNode};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 
 /// Output bytes after which replies are written out before more requests are handled.
 const FLUSH_AT: usize = 64 * 1024;
+/// Requests of one connection that may wait on other nodes at once; past it the
+/// connection is not read until some are answered (back-pressure).
+const MAX_DEFERRED: usize = 256;
 /// How long a refusal or final error frame may take to write before the socket is dropped.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -91,12 +102,17 @@ async fn serve_connection(
     let mut input = BytesMut::with_capacity(8 * 1024);
     let mut out = BytesMut::with_capacity(8 * 1024);
     let mut authenticated = cfg.password.is_none();
+    // Replies of requests that needed another node, computed off this task.
+    let (late_tx, mut late_rx) = mpsc::channel::<BytesMut>(MAX_DEFERRED);
+    let mut deferred = 0usize;
     // The first frame must be complete within the frame timeout of connecting, and so
     // must every frame after its first byte arrives.
     let mut partial_since = Some(Instant::now());
     let mut got_frame = false;
+    let mut reading = true;
     loop {
-        loop {
+        // Decode and answer what is buffered, unless too many requests wait on peers.
+        while deferred < MAX_DEFERRED {
             let frame = match decode_frame(&mut input, cfg.limits.max_frame_len) {
                 Ok(Some(f)) => {
                     got_frame = true;
@@ -110,7 +126,23 @@ async fn serve_connection(
                 }
             };
             let after = match Request::decode_frame(&frame, &cfg.limits) {
-                Ok(req) => node.handle(frame.request_id, req, authenticated, &mut out).await,
+                Ok(req) => {
+                    // LocalOnly never waits, so one poll completes it.
+                    let local = node.handle(frame.request_id, &req, authenticated, Mode::LocalOnly, &mut out);
+                    match local.now_or_never().unwrap_or(After::Defer) {
+                        After::Defer => {
+                            deferred += 1;
+                            let (node, tx, id) = (node.clone(), late_tx.clone(), frame.request_id);
+                            tokio::spawn(async move {
+                                let mut reply = BytesMut::new();
+                                node.handle(id, &req, true, Mode::Full, &mut reply).await;
+                                let _ = tx.send(reply).await;
+                            });
+                            After::Continue
+                        }
+                        after => after,
+                    }
+                }
                 Err(e) => {
                     Stats::bump(&node.stats.errors);
                     let code = e.code();
@@ -124,7 +156,7 @@ async fn serve_connection(
                 }
             };
             match after {
-                After::Continue => {}
+                After::Continue | After::Defer => {}
                 After::Authenticated => authenticated = true,
                 After::Close => return write_final(&mut stream, &out).await,
             }
@@ -133,12 +165,23 @@ async fn serve_connection(
                 out.clear();
             }
         }
+        while let Ok(reply) = late_rx.try_recv() {
+            deferred -= 1;
+            out.extend_from_slice(&reply);
+        }
         if !out.is_empty() {
             stream.write_all(&out).await?;
             out.clear();
         }
-        if shutdown.is_shutting_down() {
-            // Every complete request read so far has been answered; a partial one is dropped.
+        let frame_waiting = matches!(check_frame(&input, cfg.limits.max_frame_len), Ok(Some(_)));
+        if shutdown.is_shutting_down() || (!reading && !frame_waiting) {
+            // Every complete request read so far gets its answer, late ones included; a
+            // partial frame is dropped.
+            while deferred > 0 {
+                let Some(reply) = late_rx.recv().await else { break };
+                deferred -= 1;
+                stream.write_all(&reply).await?;
+            }
             let _ = stream.shutdown().await;
             return Ok(());
         }
@@ -149,24 +192,38 @@ async fn serve_connection(
             (false, None) => Some(Instant::now()),
             (false, since) => since,
         };
+        // While requests wait on peers, the client is not idle: only a started frame's
+        // timeout applies.
         let deadline = match partial_since {
             Some(since) => since + cfg.frame_timeout,
+            None if deferred > 0 => Instant::now() + cfg.idle_timeout.max(cfg.peer_timeout * 4),
             None => Instant::now() + cfg.idle_timeout,
         };
-        let n = tokio::select! {
+        let can_read = deferred < MAX_DEFERRED;
+        tokio::select! {
             _ = shutdown.wait() => continue,
-            r = timeout_at(deadline, stream.read_buf(&mut input)) => match r {
-                Ok(r) => r?,
+            Some(reply) = late_rx.recv(), if deferred > 0 => {
+                deferred -= 1;
+                out.extend_from_slice(&reply);
+            }
+            r = timeout_at(deadline, stream.read_buf(&mut input)), if can_read && reading => match r {
+                Ok(r) => {
+                    if r? == 0 {
+                        // The client finished sending; answer what it sent, then close.
+                        reading = false;
+                    }
+                }
                 Err(_) => {
-                    let what = if partial_since.is_some() { "no complete frame within the frame timeout" } else { "idle timeout" };
+                    let what = if partial_since.is_some() {
+                        "no complete frame within the frame timeout"
+                    } else {
+                        "idle timeout"
+                    };
                     Stats::bump(&node.stats.errors);
                     Response::Error(ErrorReply::new(ErrorCode::Timeout, what)).encode_frame(0, &mut out);
                     return write_final(&mut stream, &out).await;
                 }
             },
-        };
-        if n == 0 {
-            return Ok(());
         }
     }
 }

@@ -43,6 +43,20 @@ pub(crate) enum After {
     Authenticated,
     /// Flush and close (the reply was a connection-closing error).
     Close,
+    /// Nothing was written: the request needs another node (a fetch). Run it again with
+    /// [`Mode::Full`] off the connection's path, so it does not hold up the requests
+    /// behind it.
+    Defer,
+}
+
+/// How far [`Node::handle`] may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Only what this node can answer by itself; never waits (the future completes on its
+    /// first poll). A request that needs a peer returns [`After::Defer`].
+    LocalOnly,
+    /// Everything, including copying the session from another node.
+    Full,
 }
 
 /// One node's state, shared by all its connections.
@@ -206,6 +220,7 @@ impl Node {
     async fn on_session<T>(
         &self,
         token: &str,
+        mode: Mode,
         op: impl Fn(&Table, &SessionId, u64) -> Result<T, Miss>,
     ) -> Result<(T, Option<String>), SessionFailure> {
         let token = Token::verify(token, &self.config.keys).map_err(SessionFailure::Token)?;
@@ -227,6 +242,9 @@ impl Node {
                 Err(Miss::Absent) if token.owner != self.advertise => (token.owner, false),
                 Err(m) => return Err(SessionFailure::Miss(m)),
             };
+            if mode == Mode::LocalOnly {
+                return Err(SessionFailure::Defer);
+            }
             // A session snatched away between our install and our op is followed again,
             // within the hop limit.
             if fetches >= self.config.max_hops {
@@ -385,6 +403,7 @@ impl Node {
             ),
             SessionFailure::Miss(m) => self.miss_error(request_id, m, out),
             SessionFailure::Fetch(code, message) => self.error(request_id, code, message, out),
+            SessionFailure::Defer => After::Defer,
         }
     }
 
@@ -405,11 +424,15 @@ impl Node {
     pub(crate) async fn handle(
         &self,
         request_id: u64,
-        req: Request,
+        req: &Request,
         authenticated: bool,
+        mode: Mode,
         out: &mut BytesMut,
     ) -> After {
-        Stats::bump(&self.stats.requests);
+        // Counted once: every client request passes here first with LocalOnly.
+        if mode == Mode::LocalOnly {
+            Stats::bump(&self.stats.requests);
+        }
         if !authenticated && !matches!(req, Request::Hello { .. }) {
             return self.error(
                 request_id,
@@ -425,7 +448,7 @@ impl Node {
                 password,
                 ..
             } => {
-                if !(min_version..=max_version).contains(&PROTOCOL_VERSION) {
+                if !(*min_version..=*max_version).contains(&PROTOCOL_VERSION) {
                     return self.error(
                         request_id,
                         ErrorCode::UnsupportedVersion,
@@ -455,7 +478,7 @@ impl Node {
                 After::Authenticated
             }
             Request::Ping(payload) => {
-                Response::Pong(payload).encode_frame(request_id, out);
+                Response::Pong(payload.clone()).encode_frame(request_id, out);
                 After::Continue
             }
             Request::Stats => {
@@ -466,9 +489,9 @@ impl Node {
                 idle_ttl_ms,
                 max_lifetime_ms,
                 attributes,
-            } => self.create(request_id, idle_ttl_ms, max_lifetime_ms, &attributes, out),
+            } => self.create(request_id, *idle_ttl_ms, *max_lifetime_ms, attributes, out),
             Request::Get { token, names } => match self
-                .on_session(&token, |t, id, now| t.get(id, &names, now))
+                .on_session(token, mode, |t, id, now| t.get(id, names, now))
                 .await
             {
                 Ok((s, fresh)) => self.reply_session(request_id, fresh.as_deref(), &s.meta, &s.attrs, out),
@@ -489,7 +512,9 @@ impl Node {
                     );
                 }
                 match self
-                    .on_session(&token, |t, id, now| t.set(id, if_version, &puts, &deletes, now))
+                    .on_session(token, mode, |t, id, now| {
+                        t.set(id, *if_version, puts, deletes, now)
+                    })
                     .await
                 {
                     Ok((s, fresh)) => {
@@ -498,12 +523,15 @@ impl Node {
                     Err(f) => self.session_failure(request_id, f, out),
                 }
             }
-            Request::Touch { token } => match self.on_session(&token, |t, id, now| t.touch(id, now)).await {
+            Request::Touch { token } => match self
+                .on_session(token, mode, |t, id, now| t.touch(id, now))
+                .await
+            {
                 Ok((s, fresh)) => self.reply_session(request_id, fresh.as_deref(), &s.meta, &s.attrs, out),
                 Err(f) => self.session_failure(request_id, f, out),
             },
             Request::Rotate { token } => {
-                match self.on_session(&token, |t, id, now| t.rotate(id, now)).await {
+                match self.on_session(token, mode, |t, id, now| t.rotate(id, now)).await {
                     Ok(((new_id, s), _)) => {
                         Stats::bump(&self.stats.rotated);
                         let token = self.sign(new_id);
@@ -513,7 +541,10 @@ impl Node {
                 }
             }
             Request::Destroy { token } => {
-                match self.on_session(&token, |t, id, now| t.destroy(id, now)).await {
+                match self
+                    .on_session(token, mode, |t, id, now| t.destroy(id, now))
+                    .await
+                {
                     Ok((_, _)) => {
                         Stats::bump(&self.stats.destroyed);
                         Response::Done.encode_frame(request_id, out);
@@ -565,6 +596,8 @@ enum SessionFailure {
     Token(TokenError),
     Miss(Miss),
     Fetch(ErrorCode, String),
+    /// Needs a fetch, and the caller asked for local work only.
+    Defer,
 }
 
 /// Shared handle type for connection tasks.
