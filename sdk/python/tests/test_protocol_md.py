@@ -188,7 +188,7 @@ def peer_encode(opcode: int, fields: dict) -> bytes:
             _record_write(w, v)
         elif kind == "text":
             w.string(v, 1024)
-    return w.bytes()
+    return w.getvalue()
 
 
 def proof(role: int) -> bytes:
@@ -352,7 +352,7 @@ def test_token_examples(name: str) -> None:
     w.u8(len(backups))
     for b in backups:
         _addr_write(w, b)
-    signed = w.bytes()
+    signed = w.getvalue()
     signed += hmac.new(SECRET, signed, hashlib.sha256).digest()[:16]
     assert base64.urlsafe_b64encode(signed).rstrip(b"=").decode() == text
 
@@ -362,13 +362,13 @@ def test_stated_crc_and_byte_strings_in_prose() -> None:
     assert encode_frame(0xC1, 2, b"") == bytes.fromhex("00000010" "01c10000000000000000 0002".replace(" ", "") + "6e59189c")
     w = Writer()
     _addr_write(w, ("10.0.0.2", 7401))
-    assert w.bytes() == bytes.fromhex("040a0000021ce9")
+    assert w.getvalue() == bytes.fromhex("040a0000021ce9")
     w = Writer()
     _addr_write(w, ("fd00::3", 7401))
-    assert w.bytes() == bytes.fromhex("06fd000000000000000000000000000003 1ce9".replace(" ", ""))
+    assert w.getvalue() == bytes.fromhex("06fd000000000000000000000000000003 1ce9".replace(" ", ""))
     w = Writer()
     w.attributes({"user": b"alice"})
-    assert w.bytes() == bytes.fromhex("0001" "00047573 6572" "00000005616c696365".replace(" ", ""))
+    assert w.getvalue() == bytes.fromhex("0001" "00047573 6572" "00000005616c696365".replace(" ", ""))
     assert struct.pack(">Q", IDLE) == bytes.fromhex("00000000001b7740")
 
 

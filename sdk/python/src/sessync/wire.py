@@ -14,7 +14,7 @@ re-encode every example of protocol.md, and tests can play a node.
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import LimitExceeded, ProtocolViolation
 
@@ -250,7 +250,7 @@ class Writer:
         self._parts: List[bytes] = []
         self.limits = limits
 
-    def bytes(self) -> bytes:
+    def getvalue(self) -> bytes:
         return b"".join(self._parts)
 
     def u8(self, v: int) -> None:
@@ -422,7 +422,7 @@ class ErrorReply:
 Request = Union[Hello, Ping, Create, Get, Set, Touch, Rotate, Destroy, Stats]
 Reply = Union[HelloOk, Pong, SessionReply, Done, StatsReply, ErrorReply]
 
-_TOKEN_OPS = {Op.TOUCH: Touch, Op.ROTATE: Rotate, Op.DESTROY: Destroy}
+_TOKEN_OPS: Dict[int, Callable[[str], Request]] = {Op.TOUCH: Touch, Op.ROTATE: Rotate, Op.DESTROY: Destroy}
 
 
 def encode_request(req: Request, limits: Limits = DEFAULT_LIMITS) -> Tuple[int, bytes]:
@@ -438,19 +438,19 @@ def encode_request(req: Request, limits: Limits = DEFAULT_LIMITS) -> Tuple[int, 
         else:
             w.u8(1)
             w.string(req.password, limits.max_text_len, "password")
-        return Op.HELLO, w.bytes()
+        return Op.HELLO, w.getvalue()
     if isinstance(req, Ping):
         w.blob(req.payload, "ping payload")
-        return Op.PING, w.bytes()
+        return Op.PING, w.getvalue()
     if isinstance(req, Create):
         w.u64(req.idle_ttl_ms)
         w.u64(req.max_lifetime_ms)
         w.attributes(req.attributes)
-        return Op.CREATE, w.bytes()
+        return Op.CREATE, w.getvalue()
     if isinstance(req, Get):
         w.string(req.token, limits.max_token_len, "token")
         w.names(req.names)
-        return Op.GET, w.bytes()
+        return Op.GET, w.getvalue()
     if isinstance(req, Set):
         w.string(req.token, limits.max_token_len, "token")
         if req.if_version is None:
@@ -460,11 +460,11 @@ def encode_request(req: Request, limits: Limits = DEFAULT_LIMITS) -> Tuple[int, 
             w.u64(req.if_version)
         w.attributes(req.puts)
         w.names(req.deletes)
-        return Op.SET, w.bytes()
+        return Op.SET, w.getvalue()
     if isinstance(req, (Touch, Rotate, Destroy)):
         w.string(req.token, limits.max_token_len, "token")
         op = {Touch: Op.TOUCH, Rotate: Op.ROTATE, Destroy: Op.DESTROY}[type(req)]
-        return op, w.bytes()
+        return op, w.getvalue()
     if isinstance(req, Stats):
         return Op.STATS, b""
     raise TypeError(f"not a request: {req!r}")
@@ -508,10 +508,10 @@ def encode_reply(reply: Reply, limits: Limits = DEFAULT_LIMITS) -> Tuple[int, by
         w.u8(reply.version)
         w.string(reply.server_name, limits.max_text_len, "server name")
         w.u32(reply.max_frame_len)
-        return Op.HELLO_OK, w.bytes()
+        return Op.HELLO_OK, w.getvalue()
     if isinstance(reply, Pong):
         w.blob(reply.payload, "ping payload")
-        return Op.PONG, w.bytes()
+        return Op.PONG, w.getvalue()
     if isinstance(reply, SessionReply):
         if reply.token is None:
             w.u8(0)
@@ -520,7 +520,7 @@ def encode_reply(reply: Reply, limits: Limits = DEFAULT_LIMITS) -> Tuple[int, by
             w.string(reply.token, limits.max_token_len, "token")
         w.meta(reply.meta)
         w.attributes(reply.attributes)
-        return Op.SESSION, w.bytes()
+        return Op.SESSION, w.getvalue()
     if isinstance(reply, Done):
         return Op.DONE, b""
     if isinstance(reply, StatsReply):
@@ -528,11 +528,11 @@ def encode_reply(reply: Reply, limits: Limits = DEFAULT_LIMITS) -> Tuple[int, by
         for name, value in reply.counters:
             w.string(name, limits.max_text_len, "stat name")
             w.u64(value)
-        return Op.STATS_REPLY, w.bytes()
+        return Op.STATS_REPLY, w.getvalue()
     if isinstance(reply, ErrorReply):
         w.u16(reply.code)
         w.string(reply.message, limits.max_text_len, "error message")
-        return Op.ERROR, w.bytes()
+        return Op.ERROR, w.getvalue()
     raise TypeError(f"not a reply: {reply!r}")
 
 
