@@ -200,6 +200,20 @@ pub(crate) struct Sample {
 }
 
 impl Sample {
+    /// Adds another slice of the same target and workload.
+    pub(crate) fn merge(&mut self, other: Sample) -> anyhow::Result<()> {
+        let (a, b) = (self.requests.max(1) as f64, other.requests.max(1) as f64);
+        self.req_bytes = (self.req_bytes * a + other.req_bytes * b) / (a + b);
+        self.reply_bytes = (self.reply_bytes * a + other.reply_bytes * b) / (a + b);
+        self.requests += other.requests;
+        self.elapsed += other.elapsed;
+        self.hist.add(&other.hist)?;
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_insert(0) += v;
+        }
+        Ok(())
+    }
+
     pub(crate) fn throughput(&self) -> f64 {
         if self.elapsed > 0.0 {
             self.requests as f64 / self.elapsed

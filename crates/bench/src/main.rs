@@ -121,9 +121,17 @@ struct LoadArgs {
     /// Repetitions; ratios are computed per repetition and their median reported.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Split each repetition's --duration (and --warmup) into this many slices, running the
+    /// targets in turn slice by slice, so that background load on a shared machine falls
+    /// on every target alike. A target's slices are merged into one sample.
+    #[arg(long, default_value_t = 1)]
+    slices: usize,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON document to this file (the table is still printed).
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -218,92 +226,144 @@ async fn load_all(args: &LoadArgs, nodes: Vec<SocketAddr>, echo: Option<SocketAd
     let mut report = Report::default();
     let echo_case = scenarios.first().map(|s| s.name());
     let touch = if args.no_redis_touch { "" } else { " + EXPIRE" };
+    // Every job of a repetition, in the order they run within a slice.
+    let mut jobs: Vec<Job> = Vec::new();
+    for s in &scenarios {
+        let what = match s {
+            Scenario::Local | Scenario::Move | Scenario::Sticky90 => "GET",
+            Scenario::Mixed => "GET/SET",
+            Scenario::Create => "CREATE",
+        };
+        jobs.push(Job {
+            kind: JobKind::Sessync,
+            scenario: *s,
+            case: s.name(),
+            what: format!("{what}, {} node(s)", nodes.len()),
+        });
+    }
+    if let (Some(_), Some(case)) = (echo, echo_case) {
+        jobs.push(Job {
+            kind: JobKind::Echo,
+            scenario: scenarios[0],
+            case,
+            what: String::new(),
+        });
+    }
+    if args.against_redis.is_some() {
+        for (mix, s) in &mixes {
+            for mode in &args.redis_mode {
+                let what = match (mode, mix) {
+                    (RedisMode::Hash, Mix::Read) => format!("HGETALL{touch}"),
+                    (RedisMode::Hash, Mix::Mixed) => format!("HGETALL{touch} / HSET + EXPIRE"),
+                    (RedisMode::Hash, Mix::Create) => "HSET (all) + EXPIRE".into(),
+                    (RedisMode::String, Mix::Read) => "GET".into(),
+                    (RedisMode::String, Mix::Mixed) => "GET / SET EX".into(),
+                    (RedisMode::String, Mix::Create) => "SET EX".into(),
+                };
+                jobs.push(Job {
+                    kind: JobKind::Redis(*mode),
+                    scenario: *s,
+                    case: mix.name(),
+                    what,
+                });
+            }
+        }
+    }
+    let slices = args.slices.max(1);
+    let slice_timing = Timing {
+        warmup: timing.warmup / slices as u32,
+        duration: timing.duration / slices as u32,
+        requests: timing.requests.map(|n| n.div_ceil(slices as u64)),
+    };
+    // The echo baseline uses the frame sizes of the first sessync scenario's first slice.
+    let mut echo_sizes: Option<(usize, usize)> = None;
     for rep in 0..args.repeat.max(1) {
-        pb.set_prefix(format!("run {}/{}", rep + 1, args.repeat.max(1)));
-        let mut echo_sizes = None;
-        for s in &scenarios {
-            let sample = load::run(Target::Sessync(nodes.clone()), &workload(*s), timing, &pb)
-                .await
-                .with_context(|| format!("sessync {}", s.name()))?;
-            echo_sizes.get_or_insert((
-                sample.req_bytes.round() as usize,
-                sample.reply_bytes.round() as usize,
+        let mut samples: Vec<Option<load::Sample>> = jobs.iter().map(|_| None).collect();
+        for slice in 0..slices {
+            pb.set_prefix(format!(
+                "run {}/{} slice {}/{slices}",
+                rep + 1,
+                args.repeat.max(1),
+                slice + 1
             ));
-            let what = match s {
-                Scenario::Local | Scenario::Move | Scenario::Sticky90 => "GET",
-                Scenario::Mixed => "GET/SET",
-                Scenario::Create => "CREATE",
-            };
-            report.add(
-                "sessync",
-                s.name(),
-                &format!("{what}, {} node(s)", nodes.len()),
-                &sample,
-            );
-        }
-        if let (Some(addr), Some((req_len, reply_len)), Some(case)) = (echo, echo_sizes, echo_case) {
-            let target = Target::Echo {
-                addr,
-                req_len,
-                reply_len,
-            };
-            let sample = load::run(target, &workload(scenarios[0]), timing, &pb)
-                .await
-                .context("echo")?;
-            report.add(
-                "echo",
-                case,
-                &format!("{req_len} B out, {reply_len} B back"),
-                &sample,
-            );
-        }
-        if let Some(addr) = args.against_redis {
-            for (mix, s) in &mixes {
-                for mode in &args.redis_mode {
-                    if args.redis_flush {
-                        redis_flushall(addr).await?;
+            for (i, job) in jobs.iter().enumerate() {
+                let target = match job.kind {
+                    JobKind::Sessync => Target::Sessync(nodes.clone()),
+                    JobKind::Echo => {
+                        let (req_len, reply_len) = echo_sizes.context("no sessync run to size the echo")?;
+                        Target::Echo {
+                            addr: echo.context("no echo server")?,
+                            req_len,
+                            reply_len,
+                        }
                     }
-                    let (target, what) = match (mode, mix) {
-                        (RedisMode::Hash, Mix::Read) => (Target::RedisHash(addr), format!("HGETALL{touch}")),
-                        (RedisMode::Hash, Mix::Mixed) => {
-                            (Target::RedisHash(addr), format!("HGETALL{touch} / HSET + EXPIRE"))
+                    JobKind::Redis(mode) => {
+                        let addr = args.against_redis.context("no redis")?;
+                        if args.redis_flush {
+                            redis_flushall(addr).await?;
                         }
-                        (RedisMode::Hash, Mix::Create) => {
-                            (Target::RedisHash(addr), "HSET (all) + EXPIRE".into())
+                        match mode {
+                            RedisMode::Hash => Target::RedisHash(addr),
+                            RedisMode::String => Target::RedisString(addr),
                         }
-                        (RedisMode::String, Mix::Read) => (Target::RedisString(addr), "GET".into()),
-                        (RedisMode::String, Mix::Mixed) => (Target::RedisString(addr), "GET / SET EX".into()),
-                        (RedisMode::String, Mix::Create) => (Target::RedisString(addr), "SET EX".into()),
-                    };
-                    let label = target.label();
-                    let sample = load::run(target, &workload(*s), timing, &pb)
-                        .await
-                        .with_context(|| format!("{label} {}", mix.name()))?;
-                    report.add(label, mix.name(), &what, &sample);
+                    }
+                };
+                let label = target.label();
+                let sample = load::run(target, &workload(job.scenario), slice_timing, &pb)
+                    .await
+                    .with_context(|| format!("{label} {}", job.case))?;
+                if job.kind == JobKind::Sessync {
+                    echo_sizes.get_or_insert((
+                        sample.req_bytes.round() as usize,
+                        sample.reply_bytes.round() as usize,
+                    ));
+                }
+                match &mut samples[i] {
+                    Some(acc) => acc.merge(sample)?,
+                    slot => *slot = Some(sample),
                 }
             }
+        }
+        for (job, sample) in jobs.iter().zip(samples) {
+            let Some(sample) = sample else { continue };
+            let what = match job.kind {
+                JobKind::Echo => format!("{:.0} B out, {:.0} B back", sample.req_bytes, sample.reply_bytes),
+                _ => job.what.clone(),
+            };
+            let label = match job.kind {
+                JobKind::Sessync => "sessync",
+                JobKind::Echo => "echo",
+                JobKind::Redis(RedisMode::Hash) => "redis-hash",
+                JobKind::Redis(RedisMode::String) => "redis-string",
+            };
+            report.add(label, job.case, &what, &sample);
         }
     }
     pb.finish_and_clear();
     let ratios = report.ratios(&scenarios, echo_case);
+    let config = json!({
+        "scenarios": scenarios,
+        "nodes": nodes.len(),
+        "connections": args.connections,
+        "depth": args.depth,
+        "sessions": args.sessions,
+        "size": args.size,
+        "attrs": args.attrs,
+        "write_pct": args.write_pct,
+        "duration_secs": args.duration.as_secs_f64(),
+        "warmup_secs": args.warmup.as_secs_f64(),
+        "requests": args.requests,
+        "repeat": args.repeat,
+        "slices": args.slices,
+        "redis": args.against_redis.map(|a| a.to_string()),
+        "redis_touch": !args.no_redis_touch,
+    });
+    let doc = serde_json::to_string_pretty(&report.json(config, &ratios))?;
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, &doc).with_context(|| format!("writing {}", path.display()))?;
+    }
     if args.json {
-        let config = json!({
-            "scenarios": scenarios,
-            "nodes": nodes.len(),
-            "connections": args.connections,
-            "depth": args.depth,
-            "sessions": args.sessions,
-            "size": args.size,
-            "attrs": args.attrs,
-            "write_pct": args.write_pct,
-            "duration_secs": args.duration.as_secs_f64(),
-            "warmup_secs": args.warmup.as_secs_f64(),
-            "requests": args.requests,
-            "repeat": args.repeat,
-            "redis": args.against_redis.map(|a| a.to_string()),
-            "redis_touch": !args.no_redis_touch,
-        });
-        println!("{}", serde_json::to_string_pretty(&report.json(config, &ratios))?);
+        println!("{doc}");
     } else {
         let header = format!(
             "sessync-bench: {} conn(s) x pipeline {}, {} B in {} attrs, {} session(s), {} node(s), {:?} per run",
@@ -318,6 +378,21 @@ async fn load_all(args: &LoadArgs, nodes: Vec<SocketAddr>, echo: Option<SocketAd
         report.print(&header, &ratios);
     }
     Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobKind {
+    Sessync,
+    Echo,
+    Redis(RedisMode),
+}
+
+/// One target on one scenario, run once per slice of every repetition.
+struct Job {
+    kind: JobKind,
+    scenario: Scenario,
+    case: &'static str,
+    what: String,
 }
 
 async fn redis_flushall(addr: SocketAddr) -> anyhow::Result<()> {

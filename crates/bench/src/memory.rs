@@ -49,6 +49,9 @@ pub(crate) struct MemoryArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON object to this file (the table is still printed).
+    #[arg(long)]
+    json_out: Option<PathBuf>,
 }
 
 /// A child `sessync node`, killed when dropped.
@@ -84,7 +87,8 @@ fn spawn_node(bin: &PathBuf, max_sessions: usize) -> anyhow::Result<NodeChild> {
             "--peer",
             "127.0.0.1:0",
             "--log",
-            "warn",
+            // A node without a secret file warns that it generated one; that is expected.
+            "error",
         ])
         .args(["--max-sessions", &max_sessions.to_string(), "--max-memory", "1T"])
         .stdout(Stdio::piped())
@@ -132,6 +136,9 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     s.set_nodelay(true)?;
     Ok(s)
 }
+
+/// Bound on one control command (STATS, INFO, FLUSHALL of a million keys, ...).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
 
 type Parse = fn(&mut BytesMut) -> anyhow::Result<Option<Outcome>>;
 
@@ -215,7 +222,9 @@ async fn sessync_stats(addr: SocketAddr) -> anyhow::Result<Vec<(String, u64)>> {
         if let Some(c) = wire::sessync_stats_reply(&mut input)? {
             return Ok(c);
         }
-        let n = tokio::time::timeout(IO_TIMEOUT, s.read_buf(&mut input)).await??;
+        let n = tokio::time::timeout(CONTROL_TIMEOUT, s.read_buf(&mut input))
+            .await
+            .context("no STATS reply in time")??;
         anyhow::ensure!(n > 0, "connection closed");
     }
 }
@@ -234,7 +243,9 @@ async fn redis_text(s: &mut TcpStream, args: &[&[u8]]) -> anyhow::Result<String>
         if let Some(t) = wire::resp_bulk_text(&mut input)? {
             return Ok(t);
         }
-        let n = tokio::time::timeout(IO_TIMEOUT, s.read_buf(&mut input)).await??;
+        let n = tokio::time::timeout(CONTROL_TIMEOUT, s.read_buf(&mut input))
+            .await
+            .with_context(|| format!("no reply to redis {} in time", String::from_utf8_lossy(args[0])))??;
         anyhow::ensure!(n > 0, "connection closed");
     }
 }
@@ -325,7 +336,7 @@ pub(crate) async fn run(args: MemoryArgs) -> anyhow::Result<()> {
     }
 
     let over = |per: f64| per - payload as f64;
-    if args.json {
+    {
         let mut doc = json!({
             "sessions": n,
             "size": args.size,
@@ -351,8 +362,14 @@ pub(crate) async fn run(args: MemoryArgs) -> anyhow::Result<()> {
                 "rss_overhead": over(rss_per) / over(*per),
             });
         }
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
+        let text = serde_json::to_string_pretty(&doc)?;
+        if let Some(path) = &args.json_out {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        if args.json {
+            println!("{text}");
+            return Ok(());
+        }
     }
     println!(
         "memory: {n} sessions, {} B in {} attributes ({payload} B of names and values per session)",

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# sessync side by side with Redis and a loopback echo baseline, on this machine, in one run.
+#
+# Installs Redis (Debian's redis-server) if it is missing, starts it on a free loopback
+# port with no persistence, starts three `sessync node` processes sharing a secret, builds
+# with --release, runs the comparisons of issue 7 (each repeated, ratios per repetition,
+# median reported), stops everything it started, and prints the ratio table.
+#
+#   bash benches/compare.sh                 # everything, about 12 minutes on 2 cores
+#   DURATION=2s REPEAT=1 MEMORY_SESSIONS=100000 bash benches/compare.sh   # a quick look
+#
+# Results (JSON and the printed tables) go to $OUT (default target/bench-compare).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-1s}
+REPEAT=${REPEAT:-3}
+SLICES=${SLICES:-5}
+MEMORY_SESSIONS=${MEMORY_SESSIONS:-1000000}
+OUT=${OUT:-target/bench-compare}
+mkdir -p "$OUT"
+
+pids=()
+tmp=$(mktemp -d)
+cleanup() {
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+if ! command -v redis-server >/dev/null; then
+  echo "== installing redis-server (Debian package)"
+  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
+
+echo "== building (release)"
+cargo build --release -q -p sessync -p sessync-bench
+bin=target/release
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+  --daemonize no --logfile "$tmp/redis.log" &
+pids+=($!)
+for _ in $(seq 100); do
+  redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+redis-cli -p "$redis_port" ping >/dev/null
+redis="127.0.0.1:$redis_port"
+echo "== redis $(redis-server --version | awk '{print $3}') on $redis (no persistence)"
+
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$tmp/secret"
+nodes=()
+for i in 0 1 2; do
+  "$bin/sessync" node --client 127.0.0.1:0 --peer 127.0.0.1:0 --secret-file "$tmp/secret" \
+    --max-sessions 50000000 --max-memory 200G --log warn >"$tmp/node$i.out" 2>"$tmp/node$i.err" &
+  pids+=($!)
+  for _ in $(seq 100); do
+    grep -q '^ready ' "$tmp/node$i.out" 2>/dev/null && break
+    sleep 0.1
+  done
+  addr=$(sed -n 's/^ready client=\([^ ]*\) .*/\1/p' "$tmp/node$i.out")
+  [ -n "$addr" ] || { echo "node $i did not start:" >&2; cat "$tmp/node$i.err" >&2; exit 1; }
+  nodes+=("$addr")
+done
+all_nodes=$(IFS=,; echo "${nodes[*]}")
+echo "== sessync nodes: $all_nodes"
+
+common=(--duration "$DURATION" --warmup "$WARMUP" --repeat "$REPEAT" --slices "$SLICES" --quiet)
+
+echo
+echo "== 1. throughput: one node vs one Redis, 50 connections, pipeline 16, 1 KiB in 8 attributes"
+"$bin/sessync-bench" load --nodes "${nodes[0]}" --scenario local,mixed,create \
+  --against-redis "$redis" --redis-flush --connections 50 --depth 16 "${common[@]}" \
+  --json-out "$OUT/throughput.json" | tee "$OUT/throughput.txt"
+
+echo
+echo "== 2. latency: one node, 1 connection, no pipelining"
+"$bin/sessync-bench" load --nodes "${nodes[0]}" --scenario local \
+  --against-redis "$redis" --redis-flush --connections 1 --depth 1 "${common[@]}" \
+  --json-out "$OUT/latency.json" | tee "$OUT/latency.txt"
+
+echo
+echo "== 3. instant copy: three nodes, 1 connection, no pipelining"
+"$bin/sessync-bench" load --nodes "$all_nodes" --scenario local,move,sticky-90 \
+  --connections 1 --depth 1 "${common[@]}" \
+  --json-out "$OUT/move-latency.json" | tee "$OUT/move-latency.txt"
+
+echo
+echo "== 4. instant copy: three nodes, 50 connections, pipeline 16"
+"$bin/sessync-bench" load --nodes "$all_nodes" --scenario local,move,sticky-90 \
+  --against-redis "$redis" --redis-flush --redis-mode hash --connections 50 --depth 16 "${common[@]}" \
+  --json-out "$OUT/move-throughput.json" | tee "$OUT/move-throughput.txt"
+
+echo
+echo "== 5. memory per session ($MEMORY_SESSIONS sessions)"
+"$bin/sessync-bench" memory --sessions "$MEMORY_SESSIONS" --size 1024 --attrs 8 \
+  --against-redis "$redis" --redis-flush --json-out "$OUT/memory-1k.json" | tee "$OUT/memory-1k.txt"
+"$bin/sessync-bench" memory --sessions "$MEMORY_SESSIONS" --size 100 --attrs 8 \
+  --against-redis "$redis" --redis-flush --json-out "$OUT/memory-100.json" | tee "$OUT/memory-100.txt"
+
+echo
+echo "== the issue's targets (median of $REPEAT runs; ratios measured in the same run)"
+python3 - "$OUT" <<'PY' | tee "$OUT/targets.txt"
+import json, sys
+out = sys.argv[1]
+def ratio(file, name):
+    doc = json.load(open(f"{out}/{file}.json"))
+    for r in doc["ratios"]:
+        if r["name"] == name:
+            return r["median"]
+    return float("nan")
+def mem(file):
+    d = json.load(open(f"{out}/{file}.json"))
+    return d
+rows = [
+    ("local 50x16: sessync / Redis HGETALL+EXPIRE throughput", ratio("throughput", "local: sessync/redis-hash throughput"), ">=", 2.0),
+    ("mixed 50x16: sessync / Redis HGETALL/HSET throughput", ratio("throughput", "mixed: sessync/redis-hash throughput"), ">=", 2.0),
+    ("local 50x16: sessync / Redis GET 1 KiB string throughput", ratio("throughput", "local: sessync/redis-string throughput"), ">=", 1.0),
+    ("mixed 50x16: sessync / Redis GET/SET 1 KiB string throughput", ratio("throughput", "mixed: sessync/redis-string throughput"), ">=", 1.0),
+    ("local 1x1: sessync p50 / echo p50", ratio("latency", "local: sessync/echo p50"), "<=", 1.1),
+    ("local 1x1: sessync p99 / echo p99", ratio("latency", "local: sessync/echo p99"), "<=", 1.5),
+    ("move 1x1: move p50 / local p50", ratio("move-latency", "move: move/local p50"), "<=", 2.5),
+    ("move 50x16: move p50 / local p50", ratio("move-throughput", "move: move/local p50"), "<=", 2.5),
+    ("move 50x16: move / local throughput", ratio("move-throughput", "move: move/local throughput"), "", None),
+]
+for size in ("1k", "100"):
+    d = mem(f"memory-{size}")
+    s, r = d["sessync"], d.get("redis", {})
+    rows.append((f"memory {size}: sessync RSS overhead B/session", s["rss_overhead_per_session"], "<=", 145))
+    if r:
+        rows.append((f"memory {size}: sessync / Redis overhead ({r['encoding']})", s["rss_overhead_per_session"] / r["overhead_per_session"], "<=", 0.25))
+print(f"{'target':<62} {'measured':>9}  {'wanted':<9} met")
+for name, v, op, want in rows:
+    met = "" if want is None else ("yes" if (v >= want if op == ">=" else v <= want) else "NO")
+    wanted = "" if want is None else f"{op} {want}"
+    print(f"{name:<62} {v:>9.2f}  {wanted:<9} {met}")
+PY
