@@ -281,8 +281,8 @@ impl Client {
         check_attributes(&write.puts, self.limits())?;
         check_names("deletes", &write.deletes, self.limits())?;
         if let Some(both) = write.deletes.iter().find(|d| write.puts.contains_key(*d)) {
-            // The node treats this as a malformed frame and closes the connection, which
-            // would fail every other request on it.
+            // The node would refuse it with INVALID_REQUEST and change nothing; refusing
+            // here saves the round trip.
             return Err(ClientError::InvalidRequest(format!(
                 "attribute {both:?} is both put and deleted"
             )));
