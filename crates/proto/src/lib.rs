@@ -11,6 +11,8 @@ mod client;
 mod codec;
 mod error;
 mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod handshake;
 mod keys;
 mod limits;
