@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# CI: every cargo-fuzz target, briefly, on the stable toolchain (no sanitizer).
+#
+# Installs cargo-fuzz when it is missing, builds the targets once, then runs each for
+# FUZZ_SECONDS (default 25; 8 targets, so about 4 minutes plus the build) starting from the
+# committed corpus. New inputs go to a scratch directory, so the committed corpus never
+# changes here. A crash, a timeout or an out-of-memory fails the step; the input is left in
+# fuzz/artifacts/TARGET/ and the fuzzer's log is printed. fuzz/README.md says how to
+# reproduce, minimise and keep it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds="${FUZZ_SECONDS:-25}"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "== installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+
+cargo fuzz build --sanitizer none
+failed=0
+for target in $(cargo fuzz list); do
+  mkdir -p "$scratch/$target"
+  log="$scratch/$target.log"
+  # -timeout: one input may not take 10 s; -malloc_limit_mb: no single allocation of more
+  # than 256 MiB (inputs are at most a few KiB, so that would be an unchecked length).
+  if cargo fuzz run --sanitizer none "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
+      -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 \
+      -print_final_stats=1 >"$log" 2>&1; then
+    runs="$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')"
+    echo "== fuzz $target: ${seconds}s, $runs executions, no finding"
+  else
+    echo "== fuzz $target FAILED; the fuzzer's log:" >&2
+    cat "$log" >&2
+    failed=1
+  fi
+done
+exit "$failed"
