@@ -872,12 +872,15 @@ async fn unauthenticated_peer_requests_get_no_session_data() {
             "{what}: {msgs:?}"
         );
     }
-    // The session never left A: A still serves it, and handed nothing to anyone but the
-    // bystander's copies.
+    // The session never left A: A still serves it, and A handed nothing to anyone (the
+    // bystander's sessions only travel from B to A).
     let got = ca.get(&s.token).await.unwrap();
     assert!(!got.token_changed);
     assert_eq!(got.get("secret").map(|v| &v[..]), Some(&b"data"[..]));
     bystander.finish().await;
+    let sa = stats(a.client_addr()).await;
+    assert_eq!(sa["copies_served"], 0, "A handed a session over: {sa:?}");
+    assert_eq!(wait_for_stat(a.client_addr(), "sessions", |v| v == 1).await, 1);
     assert!(a.shutdown(WAIT).await && b.shutdown(WAIT).await);
 }
 
@@ -969,11 +972,14 @@ async fn reflected_and_replayed_handshakes_fail() {
         "B went on after a replayed challenge: opcodes {after:02x?}"
     );
 
-    // No session data moved: A still serves the session itself.
+    // No session data moved: A still serves the session itself and handed nothing over.
     let got = ca.get(&s.token).await.unwrap();
     assert!(!got.token_changed);
     assert_eq!(got.get("secret").map(|v| &v[..]), Some(&b"data"[..]));
     bystander.finish().await;
+    let sa = stats(a.client_addr()).await;
+    assert_eq!(sa["copies_served"], 0, "A handed a session over: {sa:?}");
+    assert_eq!(wait_for_stat(a.client_addr(), "sessions", |v| v == 1).await, 1);
     assert!(a.shutdown(WAIT).await && b.shutdown(WAIT).await);
 }
 
