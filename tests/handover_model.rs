@@ -272,10 +272,10 @@ fn scenarios_keep_every_promise() {
 /// visible: with the model's guard off, a COPY_DATA that B installed before and receives
 /// again (the giver resends it to B's next fetch after B's first fetch timed out) replaces
 /// B's HandingOver entry, so B and C both own the session and B serves version 1 after it
-/// acknowledged version 2. Fails until `install` refuses a transfer id it has already
-/// installed; then drop the `ignore` and make `strict` the model's default.
+/// acknowledged version 2. Fixed: transfer ids are the session's handover generation and
+/// `install` refuses one that is not newer than what the entry remembers.
 #[test]
-#[ignore = "known bug in Table::install: a resent COPY_DATA brings back a handed-on session"]
+
 fn strict_a_resent_copy_data_does_not_bring_back_a_handed_on_session() {
     let mut m = Model::new();
     m.strict = true;
@@ -287,7 +287,7 @@ fn strict_a_resent_copy_data_does_not_bring_back_a_handed_on_session() {
 /// The same, over random lists (seed 2809 also shows a reply delayed across two later
 /// handovers re-installing an older copy over a Forwarded entry).
 #[test]
-#[ignore = "known bug in Table::install: a resent or delayed COPY_DATA brings back a handed-on session"]
+
 fn strict_seeded_random_operation_lists() {
     for seed in 0..3000 {
         let ops = random_ops(&mut StdRng::seed_from_u64(seed));

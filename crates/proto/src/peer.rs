@@ -122,7 +122,8 @@ pub enum PeerMessage {
     /// # Format
     /// u64 transfer, session record.
     CopyData {
-        /// Random id of this handover, chosen by the sender; echoed in COPY_ACK and
+        /// The session's handover generation (one more than the sender received it with);
+        /// a receiver installs only a generation newer than it knows. Echoed in COPY_ACK and
         /// remembered by the receiver for its next COPY's `last_transfer`.
         transfer: u64,
         /// The session.

@@ -89,11 +89,6 @@ impl Live {
     }
 }
 
-/// A random, non-zero transfer id (0 means "none" on the wire).
-fn new_transfer_id() -> u64 {
-    rand::random::<u64>().max(1)
-}
-
 /// The owner's answer to a COPY.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyOutcome {
@@ -577,7 +572,7 @@ impl Table {
         };
         match r.value() {
             Entry::Live(l) if !l.expired(now) => {
-                let transfer = new_transfer_id();
+                let transfer = l.received + 1;
                 let record = l.record(id);
                 tracing::debug!(session = %id, to = %requester, transfer, version = record.meta.version, "hand_over");
                 // Live -> HandingOver: same charge, same counters.
@@ -659,7 +654,9 @@ impl Table {
         true
     }
 
-    /// The new owner's step: installs a session received in COPY_DATA as live here.
+    /// The new owner's step: installs a session received in COPY_DATA (generation
+    /// `transfer`) as live here; a copy not newer than what this node already had is a
+    /// duplicate and changes nothing.
     /// A session moving in is accepted even past the limits: a move adds nothing to the
     /// cluster's total, and refusing it would strand the data mid-handover. A destroyed
     /// tombstone here wins (nothing is resurrected); a live copy with a newer or equal
@@ -685,12 +682,19 @@ impl Table {
                 Ok(())
             }
             MapEntry::Occupied(mut o) => {
-                match o.get() {
+                // Transfer ids are the session's handover generation, which only grows
+                // along its one-owner history: a copy whose generation is not newer than
+                // what this entry remembers is a resent or delayed duplicate of one this
+                // node already installed (and maybe passed on). Installing it would make
+                // a second owner.
+                let known = match o.get() {
                     Entry::Destroyed { until_ms } if now < *until_ms => return Err(Miss::NotFound),
-                    Entry::Live(l) if !l.expired(now) && l.meta.version >= record.meta.version => {
-                        return Ok(())
-                    }
-                    _ => {}
+                    Entry::Destroyed { .. } => 0,
+                    Entry::Live(l) | Entry::HandingOver { live: l, .. } => l.received,
+                    Entry::Forwarded { received, .. } => *received,
+                };
+                if transfer <= known {
+                    return Ok(());
                 }
                 self.account_remove(shard, o.get());
                 self.account_add(shard, &new);
