@@ -130,26 +130,28 @@ fn init_logging(level: &str) {
         .init();
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn termination() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+/// Registers for Ctrl-C and SIGTERM *now*, and returns a future that resolves on either.
+/// Registering before the node says it is ready means a signal sent right after the
+/// `ready` line is a graceful shutdown, not the default action (an abrupt exit).
+#[cfg(unix)]
+fn termination() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
+    Ok(async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn termination() -> Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 async fn run_node(args: NodeArgs) -> Result<()> {
@@ -176,6 +178,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     config.max_connections = args.max_connections;
     config.frame_timeout = args.frame_timeout;
     config.peer_timeout = args.peer_timeout;
+    let stop = termination()?;
     let handle = sessync_server::start(config).await.context("starting the node")?;
     tracing::info!(
         client = %handle.client_addr(),
@@ -189,7 +192,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         handle.client_addr(),
         handle.peer_addr()
     );
-    termination().await;
+    stop.await;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     if !handle.shutdown(Duration::from_secs(10)).await {
         tracing::warn!("some connections did not finish within 10 s");
@@ -198,6 +201,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
 }
 
 async fn run_cluster(args: ClusterArgs) -> Result<()> {
+    let stop = termination()?;
     let keys = secret::generate();
     let mut handles = Vec::new();
     for i in 0..args.nodes {
@@ -229,7 +233,7 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
     println!("  sessync session get --node {b} \"$TOKEN\"    # copied to the other node, new token printed");
     println!();
     println!("Ctrl-C stops every node.");
-    termination().await;
+    stop.await;
     for h in handles {
         h.shutdown(Duration::from_secs(5)).await;
     }
