@@ -1090,7 +1090,7 @@ async fn a_client_that_never_reads_costs_bounded_memory() {
 /// after a 1 s idle timeout, and a crowd of such clients can hold every slot of
 /// `--max-connections`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap in crates/server/src/client_port.rs: no write timeout; a client that never reads is never cut off"]
+#[ignore = "known gap in crates/server/src/client_port.rs (no write timeout: a client that never reads is never cut off); runs with --ignored, and loses the ignore once fixed"]
 async fn a_client_that_never_reads_is_cut_off() {
     let node = start(|c| {
         c.frame_timeout = Duration::from_millis(500);
@@ -1122,7 +1122,7 @@ async fn a_client_that_never_reads_is_cut_off() {
 /// timeout: memory an attacker who cannot authenticate controls. A handshake read limit of
 /// a few hundred bytes (and a cap on connections still in the handshake) would bound it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap in crates/server/src/peer_port.rs: handshake frames are read up to max_frame_len, with no peer connection limit"]
+#[ignore = "known gap in crates/server/src/peer_port.rs (handshake frames read up to max_frame_len, no limit on peer connections); runs with --ignored, and loses the ignore once fixed"]
 async fn unauthenticated_peers_cannot_make_the_node_buffer_big_frames() {
     let dir = temp_dir("peer-buffers");
     let secret = secret_file(&dir);

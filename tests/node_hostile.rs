@@ -36,6 +36,20 @@ async fn read_all_frames(stream: &mut TcpStream) -> Vec<(u64, Response)> {
     frames
 }
 
+/// An "owner" that accepts peer connections and never answers: a request for a session
+/// it supposedly owns waits out the whole peer timeout.
+async fn silent_owner() -> std::net::SocketAddr {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
 fn error_code(frames: &[(u64, Response)]) -> Option<ErrorCode> {
     frames.iter().find_map(|(_, r)| match r {
         Response::Error(e) => Some(e.code),
@@ -311,14 +325,7 @@ async fn a_session_never_grows_past_what_one_frame_can_carry() {
 async fn shutdown_answers_requests_already_in_flight() {
     // An "owner" that accepts peer connections and never answers: a GET for a session it
     // supposedly owns stays in flight for the whole peer timeout.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
+    let silent_addr = silent_owner().await;
     let mut cfg = config();
     cfg.peer_timeout = Duration::from_millis(800);
     let node = sessync_server::start(cfg).await.unwrap();
@@ -347,14 +354,7 @@ async fn shutdown_answers_requests_already_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_owner_does_not_hold_up_other_requests_on_the_connection() {
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
+    let silent_addr = silent_owner().await;
     let mut cfg = config();
     cfg.peer_timeout = Duration::from_millis(1500);
     let node = sessync_server::start(cfg).await.unwrap();
