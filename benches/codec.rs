@@ -189,7 +189,13 @@ fn peer_messages() -> Vec<(&'static str, PeerMessage)> {
                 transfer: 43,
             },
         ),
-        ("REPLICATE 1KiB/8", PeerMessage::Replicate(record)),
+        (
+            "REPLICATE 1KiB/8",
+            PeerMessage::Replicate {
+                generation: 1,
+                record,
+            },
+        ),
         ("OK", PeerMessage::Ok),
     ]
 }

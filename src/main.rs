@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use sessync_server::{EvictPolicy, NodeConfig};
+use sessync_server::{BackupPolicy, EvictPolicy, NodeConfig};
 
 /// Web sessions that follow the user across a cluster.
 #[derive(Parser, Debug)]
@@ -46,6 +46,17 @@ struct ClusterArgs {
     /// Idle time to live of sessions.
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     idle_ttl: Duration,
+    /// Backup copies of each session (0, 1 or 2; at most nodes - 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    replicas: u8,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum OnNoBackup {
+    /// Refuse the write (BACKUP_UNAVAILABLE, or INDETERMINATE if a backup fails mid-write).
+    Refuse,
+    /// Accept the write with fewer copies (STATS under_replicated_writes counts them).
+    Degrade,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -98,6 +109,16 @@ struct NodeArgs {
     /// How long a request waits on another node before OWNER_UNREACHABLE.
     #[arg(long, env = "SESSYNC_PEER_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     peer_timeout: Duration,
+    /// The cluster's advertised peer addresses, comma-separated (this node's own may be
+    /// listed): where backup copies go.
+    #[arg(long, env = "SESSYNC_PEERS", value_delimiter = ',')]
+    peers: Vec<SocketAddr>,
+    /// Backup copies of each session this node owns (0, 1 or 2).
+    #[arg(long, env = "SESSYNC_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    replicas: u8,
+    /// What a write does when fewer than --replicas backups can be had.
+    #[arg(long, env = "SESSYNC_ON_NO_BACKUP", value_enum, default_value = "refuse")]
+    on_no_backup: OnNoBackup,
 }
 
 /// Parses a byte size: a number with an optional K, M, G or T suffix (powers of 1024).
@@ -178,6 +199,21 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     config.max_connections = args.max_connections;
     config.frame_timeout = args.frame_timeout;
     config.peer_timeout = args.peer_timeout;
+    let me = args.advertise.unwrap_or(args.peer);
+    let others = args.peers.iter().filter(|p| **p != me).count();
+    if usize::from(args.replicas) > others {
+        anyhow::bail!(
+            "--replicas {} needs at least {} other node(s) in --peers (got {others})",
+            args.replicas,
+            args.replicas
+        );
+    }
+    config.peers = args.peers;
+    config.replicas = args.replicas;
+    config.backup_policy = match args.on_no_backup {
+        OnNoBackup::Refuse => BackupPolicy::Refuse,
+        OnNoBackup::Degrade => BackupPolicy::Degrade,
+    };
     let stop = termination()?;
     let handle = sessync_server::start(config).await.context("starting the node")?;
     tracing::info!(
@@ -203,24 +239,37 @@ async fn run_node(args: NodeArgs) -> Result<()> {
 async fn run_cluster(args: ClusterArgs) -> Result<()> {
     let stop = termination()?;
     let keys = secret::generate();
+    if usize::from(args.replicas) >= usize::from(args.nodes) {
+        anyhow::bail!(
+            "--replicas {} needs more than {} node(s)",
+            args.replicas,
+            args.nodes
+        );
+    }
+    let port = |offset: u16, i: u16| {
+        args.base_port
+            .checked_add(offset + i)
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .context("--base-port too high for this many nodes")
+    };
+    let peers = (0..args.nodes)
+        .map(|i| port(100, i))
+        .collect::<Result<Vec<_>>>()?;
     let mut handles = Vec::new();
     for i in 0..args.nodes {
-        let port = |offset: u16| {
-            args.base_port
-                .checked_add(offset + i)
-                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
-                .context("--base-port too high for this many nodes")
-        };
-        let mut config = NodeConfig::new(port(0)?, port(100)?, keys.clone());
+        let mut config = NodeConfig::new(port(0, i)?, port(100, i)?, keys.clone());
         config.idle_ttl = args.idle_ttl;
+        config.peers = peers.clone();
+        config.replicas = args.replicas;
         let handle = sessync_server::start(config)
             .await
             .with_context(|| format!("starting node {i}"))?;
         handles.push(handle);
     }
     println!(
-        "sessync trial cluster: {} nodes sharing a generated secret",
-        handles.len()
+        "sessync trial cluster: {} nodes sharing a generated secret, {} backup(s) per session",
+        handles.len(),
+        args.replicas
     );
     for (i, h) in handles.iter().enumerate() {
         println!("  node {i}: clients {}  peers {}", h.client_addr(), h.peer_addr());

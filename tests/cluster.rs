@@ -10,22 +10,11 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::*;
-use sessync_client::{Attributes, Bytes, ClientError, ErrorCode, Write};
+use sessync_client::{ClientError, ErrorCode, Write};
 use sessync_proto::{decode_frame, Dialler, FrameCodec, Keyring, Message, PeerMessage, SessionId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
-
-fn attrs(pairs: &[(&str, &str)]) -> Attributes {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v.as_bytes())))
-        .collect()
-}
-
-fn stat(stats: &[(String, u64)], name: &str) -> u64 {
-    stats.iter().find(|(k, _)| k == name).map(|(_, v)| *v).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_follows_the_user_and_stale_tokens_follow_moved() {

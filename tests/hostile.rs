@@ -802,7 +802,15 @@ async fn unauthenticated_peer_requests_get_no_session_data() {
             session_id: id,
             transfer: 1,
         },
-        PeerMessage::Drop { session_id: id },
+        PeerMessage::Drop {
+            session_id: id,
+            generation: 1,
+        },
+        PeerMessage::Promote {
+            session_id: id,
+            last_transfer: 0,
+            failed_owner: a.peer_addr(),
+        },
         PeerMessage::Ping(1),
     ];
 

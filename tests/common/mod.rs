@@ -79,6 +79,13 @@ pub fn spawn_node(extra: &[&str]) -> NodeProcess {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn sessync node");
+    let (client, peer) = wait_ready(&mut child);
+    NodeProcess { child, client, peer }
+}
+
+/// Waits (bounded) for a started `sessync node`'s `ready client=.. peer=..` line on its
+/// piped stdout, and returns those addresses.
+pub fn wait_ready(child: &mut Child) -> (SocketAddr, SocketAddr) {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -99,11 +106,25 @@ pub fn spawn_node(extra: &[&str]) -> NodeProcess {
             peer = Some(a.parse().unwrap());
         }
     }
-    NodeProcess {
-        child,
-        client: client.expect("client addr"),
-        peer: peer.expect("peer addr"),
-    }
+    (client.expect("client addr"), peer.expect("peer addr"))
+}
+
+/// Attributes from string pairs.
+pub fn attrs(pairs: &[(&str, &str)]) -> sessync_client::Attributes {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                sessync_client::Bytes::copy_from_slice(v.as_bytes()),
+            )
+        })
+        .collect()
+}
+
+/// One counter of a STATS reply.
+pub fn stat(stats: &[(String, u64)], name: &str) -> u64 {
+    stats.iter().find(|(k, _)| k == name).map(|(_, v)| *v).unwrap()
 }
 
 /// Writes the shared secret to a temp file for child processes.

@@ -674,7 +674,7 @@ impl Model {
             return;
         }
         match self.nodes[j].table.install(record, transfer, NOW) {
-            Ok(()) => self.log.push(format!(
+            Ok(_) => self.log.push(format!(
                 "  node {j} installed v{} from {from} (transfer {transfer:x})",
                 record.meta.version
             )),
@@ -720,7 +720,7 @@ impl Model {
                 let id = self.sessions[s].id;
                 let reply = match self.nodes[to]
                     .table
-                    .hand_over(&id, self.nodes[from].who, last, NOW)
+                    .hand_over(&id, self.nodes[from].who, last, None, NOW)
                 {
                     CopyOutcome::Data { transfer, record } => {
                         self.counts.handed_over += 1;
@@ -783,6 +783,7 @@ impl Model {
                 if self.nodes[to]
                     .table
                     .ack_handover(&id, self.nodes[from].who, transfer, NOW)
+                    .is_some()
                 {
                     self.counts.acks_applied += 1;
                 }
@@ -842,6 +843,6 @@ impl Model {
             },
             attributes: attrs(self.sessions[s].acked.1),
         };
-        self.nodes[j].table.install(&record, 99, NOW)
+        self.nodes[j].table.install(&record, 99, NOW).map(drop)
     }
 }

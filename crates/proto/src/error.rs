@@ -44,6 +44,9 @@ pub enum ErrorCode {
     Indeterminate,
     /// A peer reports the session is now owned elsewhere (peer traffic only).
     Moved,
+    /// The write needs backup copies and too few backup nodes can be reached; nothing
+    /// changed.
+    BackupUnavailable,
     /// The node is at its session or memory limit and does not evict.
     Capacity,
     /// The node is shutting down and takes no new requests.
@@ -60,7 +63,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this library knows, in table order (used by protocol.md's test).
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::MalformedFrame,
         ErrorCode::BadCrc,
         ErrorCode::FrameTooLarge,
@@ -77,6 +80,7 @@ impl ErrorCode {
         ErrorCode::TooManyHops,
         ErrorCode::Indeterminate,
         ErrorCode::Moved,
+        ErrorCode::BackupUnavailable,
         ErrorCode::Capacity,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
@@ -103,6 +107,7 @@ impl ErrorCode {
             ErrorCode::TooManyHops => 401,
             ErrorCode::Indeterminate => 402,
             ErrorCode::Moved => 403,
+            ErrorCode::BackupUnavailable => 404,
             ErrorCode::Capacity => 500,
             ErrorCode::ShuttingDown => 501,
             ErrorCode::Internal => 502,
@@ -138,6 +143,7 @@ impl ErrorCode {
             ErrorCode::OwnerUnreachable => "OWNER_UNREACHABLE",
             ErrorCode::TooManyHops => "TOO_MANY_HOPS",
             ErrorCode::Indeterminate => "INDETERMINATE",
+            ErrorCode::BackupUnavailable => "BACKUP_UNAVAILABLE",
             ErrorCode::Moved => "MOVED",
             ErrorCode::Capacity => "CAPACITY",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",

@@ -276,7 +276,7 @@ fn is_client_response(op: u8) -> bool {
 }
 
 fn is_peer(op: u8) -> bool {
-    (crate::peer::op::AUTH_HELLO..=crate::peer::op::DROP).contains(&op)
+    (crate::peer::op::AUTH_HELLO..=crate::peer::op::PROMOTE).contains(&op)
         || (crate::peer::op::AUTH_CHALLENGE..=crate::peer::op::OK).contains(&op)
         || op == crate::OP_ERROR
 }
@@ -473,7 +473,7 @@ impl Checked for Response {
 impl Checked for PeerMessage {
     fn within(&self, l: &Limits) {
         match self {
-            PeerMessage::CopyData { record, .. } | PeerMessage::Replicate(record) => {
+            PeerMessage::CopyData { record, .. } | PeerMessage::Replicate { record, .. } => {
                 attributes_within(&record.attributes, l)
             }
             PeerMessage::Error(e) => text_within("error message", &e.message, l.max_text_len),

@@ -35,6 +35,8 @@ pub mod op {
     pub const REPLICATE: u8 = 0x45;
     /// DROP: forget a backup copy.
     pub const DROP: u8 = 0x46;
+    /// PROMOTE: the owner is gone; hand the backup copy over to the asker.
+    pub const PROMOTE: u8 = 0x47;
     /// AUTH_CHALLENGE: the accepting node's nonce and proof.
     pub const AUTH_CHALLENGE: u8 = 0xC0;
     /// AUTH_OK: the handshake is complete.
@@ -158,17 +160,41 @@ pub enum PeerMessage {
         transfer: u64,
     },
     /// Owner -> backup: store (or replace) this copy of a session the sender owns.
+    /// Answered OK, or MOVED when the backup knows of a newer owner (the sender lost the
+    /// session to a promotion and must stop serving it).
     ///
     /// # Format
-    /// session record.
-    Replicate(SessionRecord),
-    /// Owner -> backup: forget this session's backup copy.
+    /// u64 generation, session record.
+    Replicate {
+        /// The handover generation under which the sender owns the session (its
+        /// `received`): copies are ordered by (generation, version, last access).
+        generation: u64,
+        /// The session.
+        record: SessionRecord,
+    },
+    /// Owner -> backup: forget this session's backup copy, if it is the sender's and of
+    /// this generation or older.
     ///
     /// # Format
-    /// session id (16).
+    /// session id (16), u64 generation.
     Drop {
         /// The session.
         session_id: SessionId,
+        /// The sender's generation for the session: a newer owner's copy is kept.
+        generation: u64,
+    },
+    /// "The owner `failed_owner` did not answer me (or lost the session): if your backup
+    /// copy is that owner's, hand it over to me." Answered like COPY.
+    ///
+    /// # Format
+    /// session id (16), u64 last_transfer, failed owner peer address.
+    Promote {
+        /// The session wanted.
+        session_id: SessionId,
+        /// As in COPY.
+        last_transfer: u64,
+        /// The owner the sender could not get the session from.
+        failed_owner: SocketAddr,
     },
     /// COPY_ACK, REPLICATE or DROP done.
     ///
@@ -193,8 +219,9 @@ impl Message for PeerMessage {
             PeerMessage::Moved { .. } => op::MOVED,
             PeerMessage::NotFound { .. } => op::NOT_FOUND,
             PeerMessage::CopyAck { .. } => op::COPY_ACK,
-            PeerMessage::Replicate(_) => op::REPLICATE,
+            PeerMessage::Replicate { .. } => op::REPLICATE,
             PeerMessage::Drop { .. } => op::DROP,
+            PeerMessage::Promote { .. } => op::PROMOTE,
             PeerMessage::Ok => op::OK,
             PeerMessage::Error(_) => OP_ERROR,
         }
@@ -227,8 +254,22 @@ impl Message for PeerMessage {
             PeerMessage::AuthProof { proof } => out.put_slice(proof),
             PeerMessage::AuthOk | PeerMessage::Ok => {}
             PeerMessage::Ping(n) | PeerMessage::Pong(n) => out.put_u64(*n),
-            PeerMessage::NotFound { session_id } | PeerMessage::Drop { session_id } => {
-                out.put_slice(&session_id.0)
+            PeerMessage::NotFound { session_id } => out.put_slice(&session_id.0),
+            PeerMessage::Drop {
+                session_id,
+                generation,
+            } => {
+                out.put_slice(&session_id.0);
+                out.put_u64(*generation);
+            }
+            PeerMessage::Promote {
+                session_id,
+                last_transfer,
+                failed_owner,
+            } => {
+                out.put_slice(&session_id.0);
+                out.put_u64(*last_transfer);
+                put_addr(out, failed_owner);
             }
             PeerMessage::Copy {
                 session_id,
@@ -241,7 +282,10 @@ impl Message for PeerMessage {
                 out.put_u64(*transfer);
                 record.encode(out);
             }
-            PeerMessage::Replicate(rec) => rec.encode(out),
+            PeerMessage::Replicate { generation, record } => {
+                out.put_u64(*generation);
+                record.encode(out);
+            }
             PeerMessage::Moved { session_id, owner } => {
                 out.put_slice(&session_id.0);
                 put_addr(out, owner);
@@ -292,9 +336,18 @@ impl Message for PeerMessage {
                 session_id: SessionId(r.array()?),
                 transfer: r.u64()?,
             },
-            op::REPLICATE => PeerMessage::Replicate(SessionRecord::decode(&mut r, limits)?),
+            op::REPLICATE => PeerMessage::Replicate {
+                generation: r.u64()?,
+                record: SessionRecord::decode(&mut r, limits)?,
+            },
             op::DROP => PeerMessage::Drop {
                 session_id: SessionId(r.array()?),
+                generation: r.u64()?,
+            },
+            op::PROMOTE => PeerMessage::Promote {
+                session_id: SessionId(r.array()?),
+                last_transfer: r.u64()?,
+                failed_owner: r.addr()?,
             },
             op::OK => PeerMessage::Ok,
             OP_ERROR => PeerMessage::Error(ErrorReply::decode(&mut r, limits)?),

@@ -125,8 +125,19 @@ fn sample_frames() -> Vec<(String, Vec<u8>)> {
             session_id: id,
             transfer: 9,
         },
-        PeerMessage::Replicate(record),
-        PeerMessage::Drop { session_id: id },
+        PeerMessage::Replicate {
+            generation: 3,
+            record,
+        },
+        PeerMessage::Drop {
+            session_id: id,
+            generation: 3,
+        },
+        PeerMessage::Promote {
+            session_id: id,
+            last_transfer: 2,
+            failed_owner: addr("10.0.0.3:4"),
+        },
         PeerMessage::Ok,
         PeerMessage::Error(ErrorReply::new(ErrorCode::Internal, "x")),
     ];

@@ -364,8 +364,37 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
         "not_found",
         Peer(8, PeerMessage::NotFound { session_id: SESSION }),
     );
-    add("replicate", Peer(9, PeerMessage::Replicate(record())));
-    add("drop", Peer(10, PeerMessage::Drop { session_id: SESSION }));
+    add(
+        "replicate",
+        Peer(
+            9,
+            PeerMessage::Replicate {
+                generation: 1,
+                record: record(),
+            },
+        ),
+    );
+    add(
+        "drop",
+        Peer(
+            10,
+            PeerMessage::Drop {
+                session_id: SESSION,
+                generation: 1,
+            },
+        ),
+    );
+    add(
+        "promote",
+        Peer(
+            11,
+            PeerMessage::Promote {
+                session_id: SESSION,
+                last_transfer: 0,
+                failed_owner: addr("10.0.0.1:7401"),
+            },
+        ),
+    );
     add(
         "peer_error",
         Peer(
@@ -564,6 +593,7 @@ fn every_opcode_has_an_example() {
         peer_op::COPY_ACK,
         peer_op::REPLICATE,
         peer_op::DROP,
+        peer_op::PROMOTE,
         peer_op::AUTH_CHALLENGE,
         peer_op::AUTH_OK,
         peer_op::PONG,
@@ -585,10 +615,10 @@ fn every_opcode_has_an_example() {
         );
     }
     // Opcode constants are distinct within each set, so the lists above really are
-    // 9, 6 and 15 different messages.
+    // 9, 6 and 16 different messages.
     assert_eq!(requests.iter().collect::<BTreeSet<_>>().len(), 9);
     assert_eq!(responses.iter().collect::<BTreeSet<_>>().len(), 6);
-    assert_eq!(peer.iter().collect::<BTreeSet<_>>().len(), 15);
+    assert_eq!(peer.iter().collect::<BTreeSet<_>>().len(), 16);
 }
 
 /// Rows of a markdown table whose first cell satisfies `first`, as trimmed cells.

@@ -194,8 +194,19 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
         session_id().prop_map(|session_id| PeerMessage::NotFound { session_id }),
         (session_id(), any::<u64>())
             .prop_map(|(session_id, transfer)| PeerMessage::CopyAck { session_id, transfer }),
-        record().prop_map(PeerMessage::Replicate),
-        session_id().prop_map(|session_id| PeerMessage::Drop { session_id }),
+        (any::<u64>(), record())
+            .prop_map(|(generation, record)| PeerMessage::Replicate { generation, record }),
+        (session_id(), any::<u64>()).prop_map(|(session_id, generation)| PeerMessage::Drop {
+            session_id,
+            generation
+        }),
+        (session_id(), any::<u64>(), addr()).prop_map(|(session_id, last_transfer, failed_owner)| {
+            PeerMessage::Promote {
+                session_id,
+                last_transfer,
+                failed_owner,
+            }
+        }),
         Just(PeerMessage::Ok),
         error_reply().prop_map(PeerMessage::Error),
     ]
@@ -344,7 +355,7 @@ fn each_side_rejects_the_other_sides_opcodes() {
     for opcode in 0..=u8::MAX {
         let is_request = (0x01..=0x09).contains(&opcode);
         let is_response = (0x81..=0x85).contains(&opcode) || opcode == 0xff;
-        let is_peer = (0x40..=0x46).contains(&opcode) || (0xc0..=0xc6).contains(&opcode) || opcode == 0xff;
+        let is_peer = (0x40..=0x47).contains(&opcode) || (0xc0..=0xc6).contains(&opcode) || opcode == 0xff;
         let unknown = |e: Option<sessync_proto::DecodeError>| matches!(e, Some(sessync_proto::DecodeError::UnknownOpcode(op)) if op == opcode);
         assert_eq!(
             unknown(Request::decode_body(opcode, &empty, &limits).err()),

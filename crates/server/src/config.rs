@@ -45,12 +45,30 @@ pub struct NodeConfig {
     pub peer_timeout: Duration,
     /// Most MOVED answers followed for one request.
     pub max_hops: u8,
+    /// The cluster's advertised peer addresses (this node's own may be among them): where
+    /// backup copies may go.
+    pub peers: Vec<SocketAddr>,
+    /// Backup copies kept of each session this node owns (0, 1 or 2).
+    pub replicas: u8,
+    /// What a write does when fewer than `replicas` backups can be had.
+    pub backup_policy: BackupPolicy,
+}
+
+/// What a write does when fewer than `replicas` backup nodes can be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupPolicy {
+    /// Refuse it with BACKUP_UNAVAILABLE before changing anything when too few backup
+    /// nodes are reachable; a backup that fails mid-write makes the reply INDETERMINATE.
+    Refuse,
+    /// Accept it with fewer copies (counted in STATS `under_replicated_writes`).
+    Degrade,
 }
 
 impl NodeConfig {
     /// Defaults: 30 min idle TTL, no absolute lifetime, 1M sessions, 1 GiB, reject at the
     /// limit, no password, 10 000 connections, 10 s frame timeout, 5 min idle timeout,
-    /// 1 s peer timeout, 3 hops.
+    /// 1 s peer timeout, 3 hops, no backups (replicas 0; refuse writes without enough
+    /// backups when replicas are turned on).
     pub fn new(client_addr: SocketAddr, peer_addr: SocketAddr, keys: Keyring) -> NodeConfig {
         NodeConfig {
             client_addr,
@@ -70,6 +88,9 @@ impl NodeConfig {
             sweep_interval: Duration::from_millis(50),
             peer_timeout: Duration::from_secs(1),
             max_hops: 3,
+            peers: Vec::new(),
+            replicas: 0,
+            backup_policy: BackupPolicy::Refuse,
         }
     }
 }

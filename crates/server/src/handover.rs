@@ -199,7 +199,7 @@ mod tests {
         /// The owner's reply to a COPY, as the peer port would build it.
         fn serve_copy(&self, owner: SocketAddr, from: SocketAddr, id: SessionId) -> PeerMessage {
             let last = self.table(from).last_received(&id);
-            match self.table(owner).hand_over(&id, who(from), last, 0) {
+            match self.table(owner).hand_over(&id, who(from), last, None, 0) {
                 CopyOutcome::Data { transfer, record } => PeerMessage::CopyData { transfer, record },
                 CopyOutcome::Moved(to) => PeerMessage::Moved {
                     session_id: id,
@@ -374,12 +374,12 @@ mod tests {
             attributes: attrs(&[]),
         };
         c.table(a).install(&rec, 5, 0).unwrap();
-        let CopyOutcome::Data { transfer: t1, .. } = c.table(a).hand_over(&id, who(b), 0, 0) else {
+        let CopyOutcome::Data { transfer: t1, .. } = c.table(a).hand_over(&id, who(b), 0, None, 0) else {
             panic!()
         };
         c.table(a).ack_handover(&id, who(b), t1, 0);
         c.table(b).install(&rec, t1, 0).unwrap();
-        let CopyOutcome::Data { transfer: t2, .. } = c.table(b).hand_over(&id, who(a), 5, 0) else {
+        let CopyOutcome::Data { transfer: t2, .. } = c.table(b).hand_over(&id, who(a), 5, None, 0) else {
             panic!()
         };
         c.table(b).ack_handover(&id, who(a), t2, 0);
@@ -441,7 +441,7 @@ mod tests {
         );
         // A installs v2 (its reply arrives); B's late ACK of t1 changes nothing now.
         c.table(a).install(&v2, t2, 0).unwrap();
-        assert!(!c.table(a).ack_handover(&id, who(b), t1, 0));
+        assert!(c.table(a).ack_handover(&id, who(b), t1, 0).is_none());
         c.table(b).ack_handover(&id, who(a), t2, 0);
         // Exactly one owner, at version 2.
         assert_eq!(c.table(a).get(&id, &[], 1).unwrap().meta.version, 2);
@@ -465,17 +465,20 @@ mod tests {
         let (a, b) = (addr(0), addr(1));
         let (id, _) = c.table(a).create(&attrs(&[("n", "0")]), 60_000, 0, 0).unwrap();
         assert!(matches!(
-            c.table(a).hand_over(&id, who(b), 0, 0),
+            c.table(a).hand_over(&id, who(b), 0, None, 0),
             CopyOutcome::Data { .. }
         ));
         let reborn = sessync_proto::PeerIdentity {
             node_id: [9; 16],
             advertised: b,
         };
-        assert_eq!(c.table(a).hand_over(&id, reborn, 0, 0), CopyOutcome::Moved(b));
+        assert_eq!(
+            c.table(a).hand_over(&id, reborn, 0, None, 0),
+            CopyOutcome::Moved(b)
+        );
         // The original process (had it lived) would still get its lost reply again.
         assert!(matches!(
-            c.table(a).hand_over(&id, who(b), 0, 0),
+            c.table(a).hand_over(&id, who(b), 0, None, 0),
             CopyOutcome::Data { .. }
         ));
     }

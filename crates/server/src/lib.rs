@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::NodeConfig;
+pub use config::{BackupPolicy, NodeConfig};
 pub use node::Node;
 pub use table::{EvictPolicy, TableStats};
 use tokio::sync::watch;
@@ -69,7 +69,8 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
     let advertise = config.advertise.unwrap_or(peer_addr);
     let sweep_interval = config.sweep_interval;
     let (orphan_tx, orphan_rx) = tokio::sync::mpsc::channel(ORPHAN_QUEUE);
-    let node = Arc::new(Node::new(config, advertise, orphan_tx));
+    let (refresh_tx, refresh_rx) = tokio::sync::mpsc::channel(REFRESH_QUEUE);
+    let node = Arc::new(Node::new(config, advertise, orphan_tx, refresh_tx));
     let (trigger, shutdown) = Shutdown::new();
     let tasks = TaskTracker::new();
     tasks.spawn(client_port::accept_loop(
@@ -86,6 +87,7 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
     ));
     tasks.spawn(sweeper(node.clone(), sweep_interval, shutdown.clone()));
     tasks.spawn(late_replies(node.clone(), orphan_rx, shutdown.clone()));
+    tasks.spawn(backup_refreshes(node.clone(), refresh_rx, shutdown.clone()));
     Ok(NodeHandle {
         node,
         client_addr,
@@ -98,6 +100,28 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
 /// Late peer replies kept before further ones are dropped (they are rare: a reply that
 /// arrived after its request's deadline).
 const ORPHAN_QUEUE: usize = 1024;
+
+/// Backup access-time refreshes queued by reads before further ones are dropped (a
+/// dropped one is sent by a later read).
+const REFRESH_QUEUE: usize = 4096;
+
+/// Sends reads' newer access times to backups, off the reads' path.
+async fn backup_refreshes(
+    node: Arc<Node>,
+    mut rx: tokio::sync::mpsc::Receiver<sessync_proto::SessionId>,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        let id = tokio::select! {
+            _ = shutdown.wait() => return,
+            m = rx.recv() => match m {
+                Some(id) => id,
+                None => return,
+            },
+        };
+        node.refresh_backups(id).await;
+    }
+}
 
 /// Installs COPY_DATA replies that arrived after their request gave up: the owner handed
 /// the session to us when it sent them, so dropping them would strand the session.
@@ -116,7 +140,7 @@ async fn late_replies(
         };
         if let sessync_proto::PeerMessage::CopyData { transfer, record } = msg {
             tracing::debug!(%from, session = %record.id, "installing a late COPY_DATA");
-            node.install_copy(from, transfer, &record);
+            node.install_copy(from, transfer, &record, &[]).await;
         }
     }
 }

@@ -16,11 +16,45 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::clock::now_ms;
-use crate::config::NodeConfig;
+use crate::config::{BackupPolicy, NodeConfig};
 use crate::handover::{Fetch, Step, NOT_YET_PAUSE};
 use crate::peer_link::{LinkConfig, LinkError, Peers};
 use crate::stats::Stats;
-use crate::table::{Miss, Served, Table, TableConfig, TableStats};
+use crate::table::{Miss, OldBackups, Served, Table, TableConfig, TableStats};
+
+/// Stripes of the replication lock: one session's REPLICATEs go out one at a time (each
+/// carries the newest state), unrelated sessions rarely wait on each other.
+const REPLICATION_STRIPES: usize = 256;
+
+/// Where a fetch starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// COPY from this node (the token's owner, or, when `true`, named by our own entry).
+    Ask(SocketAddr, bool),
+    /// The owner named by the token is this node and the session is not here (this node
+    /// restarted): go straight to the backups.
+    Failover(SocketAddr),
+}
+
+/// How replicating a session's current state to its backups went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Replication {
+    /// The session is not live here any more (handed over, destroyed or expired
+    /// meanwhile): whatever was written went with it.
+    NotHere,
+    /// These backups confirmed the state (maybe fewer than `replicas`).
+    Done(Box<[SocketAddr]>),
+    /// A backup knows a newer owner (it promoted its copy while this node seemed gone);
+    /// the session was given up here.
+    Lost(SocketAddr),
+}
+
+/// A request's session, resolved: the operation's result, the id and the verified token.
+struct Resolved<T> {
+    value: T,
+    id: SessionId,
+    token: Token,
+}
 
 /// How a fetch ended, when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +103,11 @@ pub struct Node {
     pub(crate) peers: Arc<Peers>,
     /// Fetches under way, so concurrent requests for one session send one COPY.
     inflight: DashMap<SessionId, watch::Receiver<Option<FetchResult>>>,
+    /// See [`REPLICATION_STRIPES`].
+    replication_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// Sessions whose backups should get a newer access time (sent by reads, served by a
+    /// background task so that reads never wait for it).
+    refresh: tokio::sync::mpsc::Sender<SessionId>,
 }
 
 /// Removes a fetch from the in-flight map even if the fetching request is cancelled.
@@ -88,6 +127,7 @@ impl Node {
         config: NodeConfig,
         advertise: SocketAddr,
         orphans: tokio::sync::mpsc::Sender<(SocketAddr, sessync_proto::PeerMessage)>,
+        refresh: tokio::sync::mpsc::Sender<SessionId>,
     ) -> Node {
         let table = Table::new(TableConfig {
             max_sessions: config.max_sessions,
@@ -116,6 +156,10 @@ impl Node {
             stats: Stats::default(),
             peers,
             inflight: DashMap::new(),
+            replication_locks: (0..REPLICATION_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            refresh,
         }
     }
 
@@ -134,6 +178,7 @@ impl Node {
         let t = self.table.stats();
         let mut s = vec![
             ("sessions".to_string(), t.sessions as u64),
+            ("backups".to_string(), t.backups as u64),
             ("tombstones".to_string(), t.tombstones as u64),
             ("bytes".to_string(), t.bytes as u64),
             ("evicted".to_string(), t.evicted),
@@ -145,13 +190,23 @@ impl Node {
         s
     }
 
-    fn sign(&self, id: SessionId) -> String {
+    fn sign(&self, id: SessionId, backups: &[SocketAddr]) -> String {
         Token {
             session_id: id,
             owner: self.advertise,
-            backups: Vec::new(),
+            backups: backups.to_vec(),
         }
         .sign(&self.config.keys)
+    }
+
+    /// The replacement token a reply carries, when the client's does not name this node
+    /// and these backups.
+    fn fresh_token(&self, token: &Token, backups: &[SocketAddr]) -> Option<String> {
+        if token.owner == self.advertise && token.backups == backups {
+            None
+        } else {
+            Some(self.sign(token.session_id, backups))
+        }
     }
 
     fn error(
@@ -215,31 +270,28 @@ impl Node {
     }
 
     /// Verifies a token and runs `op` on the session it names, copying the session here
-    /// first when another node holds it (instant copy). Returns the result and the
-    /// replacement token to send when the client's token does not name this node.
+    /// first when another node holds it (instant copy), or taking it over from a backup
+    /// when its owner is gone.
     async fn on_session<T>(
         &self,
         token: &str,
         mode: Mode,
         op: impl Fn(&Table, &SessionId, u64) -> Result<T, Miss>,
-    ) -> Result<(T, Option<String>), SessionFailure> {
+    ) -> Result<Resolved<T>, SessionFailure> {
         let token = Token::verify(token, &self.config.keys).map_err(SessionFailure::Token)?;
         let id = token.session_id;
-        let fresh = || {
-            if token.owner == self.advertise && token.backups.is_empty() {
-                None
-            } else {
-                Some(self.sign(id))
-            }
-        };
         let mut fetches = 0;
         loop {
-            let ask = match op(&self.table, &id, now_ms()) {
-                Ok(t) => return Ok((t, fresh())),
-                // We handed it on: follow it. Never here: ask the owner the token names
-                // (its MAC verified, so the address is one a node of ours wrote).
-                Err(Miss::Moved(to)) => (to, true),
-                Err(Miss::Absent) if token.owner != self.advertise => (token.owner, false),
+            let start = match op(&self.table, &id, now_ms()) {
+                Ok(value) => return Ok(Resolved { value, id, token }),
+                // We handed it on (or hold a backup): follow it. Never here: ask the owner
+                // the token names (its MAC verified, so the address is one a node of ours
+                // wrote).
+                Err(Miss::Moved(to)) => Start::Ask(to, true),
+                Err(Miss::Absent) if token.owner != self.advertise => Start::Ask(token.owner, false),
+                // The token names this node, which does not have the session: it lost it
+                // (a restart). Its backups may have it.
+                Err(Miss::Absent) if !token.backups.is_empty() => Start::Failover(self.advertise),
                 Err(m) => return Err(SessionFailure::Miss(m)),
             };
             if mode == Mode::LocalOnly {
@@ -255,7 +307,7 @@ impl Node {
             }
             fetches += 1;
             let fetched = self
-                .fetch(id, ask.0, ask.1)
+                .fetch(id, start, &token.backups)
                 .await
                 .map_err(|(c, m)| SessionFailure::Fetch(c, m))?;
             if fetched == Fetched::PointsHere {
@@ -263,7 +315,7 @@ impl Node {
                 // handed it away meanwhile), the loop follows it; if it has nothing, the
                 // session is gone.
                 match op(&self.table, &id, now_ms()) {
-                    Ok(t) => return Ok((t, fresh())),
+                    Ok(value) => return Ok(Resolved { value, id, token }),
                     Err(Miss::Moved(_)) => continue,
                     Err(Miss::Absent) => {
                         return Err(SessionFailure::Fetch(
@@ -277,9 +329,9 @@ impl Node {
         }
     }
 
-    /// Copies session `id` here from `owner` (following MOVED). Concurrent callers for the
-    /// same id share one fetch.
-    async fn fetch(&self, id: SessionId, owner: SocketAddr, forwarded: bool) -> FetchResult {
+    /// Copies session `id` here (following MOVED, and falling back on `backups` when the
+    /// owner is gone). Concurrent callers for the same id share one fetch.
+    async fn fetch(&self, id: SessionId, start: Start, backups: &[SocketAddr]) -> FetchResult {
         let leader = match self.inflight.entry(id) {
             dashmap::mapref::entry::Entry::Occupied(o) => Err(o.get().clone()),
             dashmap::mapref::entry::Entry::Vacant(v) => {
@@ -294,7 +346,7 @@ impl Node {
                     map: &self.inflight,
                     id,
                 };
-                let result = self.fetch_from_peers(id, owner, forwarded).await;
+                let result = self.fetch_from_peers(id, start, backups).await;
                 let _ = tx.send(Some(result.clone()));
                 result
             }
@@ -310,31 +362,101 @@ impl Node {
         }
     }
 
-    async fn fetch_from_peers(&self, id: SessionId, owner: SocketAddr, forwarded: bool) -> FetchResult {
+    async fn fetch_from_peers(&self, id: SessionId, start: Start, backups: &[SocketAddr]) -> FetchResult {
+        let (result, chain) = match start {
+            Start::Ask(owner, forwarded) => self.copy_chain(id, owner, forwarded, backups).await,
+            Start::Failover(me) => (
+                Err((
+                    ErrorCode::SessionNotFound,
+                    "no such session here (this node lost it) and no backup has it".into(),
+                )),
+                vec![me],
+            ),
+        };
+        let (result, chain) = match (result, chain.last().copied()) {
+            // Our link said the owner is unreachable. Before anyone takes its sessions
+            // over, make sure it is not just our link (backing off after an old failure,
+            // say, while the owner restarted): dial it afresh and PING it. If it answers,
+            // it is alive: ask it again, and never fail over from a live owner.
+            (Err((ErrorCode::OwnerUnreachable, _)), Some(f))
+                if f != self.advertise && self.alive(f).await =>
+            {
+                self.copy_chain(id, f, true, backups).await
+            }
+            (result, _) => (result, chain),
+        };
+        let result = match (result, chain.split_last()) {
+            // The owner is gone (unreachable, or restarted without it): the nodes that
+            // pointed to it (it may have made its giver its backup, or never taken the
+            // session over) and then its backups may hold the session.
+            (Err((code, message)), Some((&failed, before)))
+                if matches!(code, ErrorCode::OwnerUnreachable | ErrorCode::SessionNotFound) =>
+            {
+                let mut candidates: Vec<SocketAddr> = before.iter().rev().copied().collect();
+                candidates.extend(backups.iter().filter(|b| !before.contains(b)));
+                match self.failover(id, failed, &candidates).await {
+                    Some(r) => r,
+                    None => Err((code, message)),
+                }
+            }
+            (r, _) => r,
+        };
+        if result.is_err() {
+            Stats::bump(&self.stats.handover_failures);
+        }
+        result
+    }
+
+    /// Whether `peer` answers a PING over a freshly dialled (or live) link within the peer
+    /// timeout.
+    async fn alive(&self, peer: SocketAddr) -> bool {
+        self.peers.forget_backoff(peer);
+        let deadline = Instant::now() + self.config.peer_timeout;
+        matches!(
+            self.peers.request(peer, PeerMessage::Ping(0), deadline).await,
+            Ok(PeerMessage::Pong(_))
+        )
+    }
+
+    /// The COPY chain from `owner`, following MOVED. Returns the outcome and the nodes
+    /// asked, in order (when it failed, the last is the node it failed at).
+    async fn copy_chain(
+        &self,
+        id: SessionId,
+        owner: SocketAddr,
+        forwarded: bool,
+        prefer: &[SocketAddr],
+    ) -> (FetchResult, Vec<SocketAddr>) {
         let deadline = Instant::now() + self.config.peer_timeout;
         let (mut fetch, mut step) = Fetch::new(id, self.advertise, owner, forwarded, self.config.max_hops);
+        let mut chain: Vec<SocketAddr> = Vec::new();
         loop {
             step = match step {
-                Step::Ask(to) => match self
-                    .peers
-                    .request(
-                        to,
-                        PeerMessage::Copy {
-                            session_id: id,
-                            last_transfer: self.table.last_received(&id),
-                        },
-                        deadline,
-                    )
-                    .await
-                {
-                    Ok(reply) => fetch.handle_reply(to, reply),
-                    Err(LinkError::Unreachable(why)) => Step::Fail(ErrorCode::OwnerUnreachable, why),
-                    Err(LinkError::Lost) if Instant::now() >= deadline => Step::Fail(
-                        ErrorCode::OwnerUnreachable,
-                        format!("owner {to} did not answer within {:?}", self.config.peer_timeout),
-                    ),
-                    Err(LinkError::Lost) => fetch.handle_lost(to),
-                },
+                Step::Ask(to) => {
+                    if chain.last() != Some(&to) {
+                        chain.push(to);
+                    }
+                    match self
+                        .peers
+                        .request(
+                            to,
+                            PeerMessage::Copy {
+                                session_id: id,
+                                last_transfer: self.table.last_received(&id),
+                            },
+                            deadline,
+                        )
+                        .await
+                    {
+                        Ok(reply) => fetch.handle_reply(to, reply),
+                        Err(LinkError::Unreachable(why)) => Step::Fail(ErrorCode::OwnerUnreachable, why),
+                        Err(LinkError::Lost) if Instant::now() >= deadline => Step::Fail(
+                            ErrorCode::OwnerUnreachable,
+                            format!("owner {to} did not answer within {:?}", self.config.peer_timeout),
+                        ),
+                        Err(LinkError::Lost) => fetch.handle_lost(to),
+                    }
+                }
                 Step::AskLater(to) => {
                     if Instant::now() + NOT_YET_PAUSE >= deadline {
                         Step::Fail(
@@ -351,32 +473,98 @@ impl Node {
                     transfer,
                     record,
                 } => {
-                    self.install_copy(from, transfer, &record);
-                    return Ok(Fetched::Installed);
+                    self.install_copy(from, transfer, &record, prefer).await;
+                    return (Ok(Fetched::Installed), chain);
                 }
-                Step::Local => return Ok(Fetched::PointsHere),
-                Step::Fail(code, message) => {
-                    Stats::bump(&self.stats.handover_failures);
-                    return Err((code, message));
-                }
+                Step::Local => return (Ok(Fetched::PointsHere), chain),
+                Step::Fail(code, message) => return (Err((code, message)), chain),
             };
         }
     }
 
-    /// Installs a session handed over by `from` and acknowledges it, so `from` can drop
-    /// its copy. Also used for a COPY_DATA that arrived after its request gave up: the
-    /// sender handed the session to us, so it must be installed, not ignored.
-    pub(crate) fn install_copy(
+    /// Takes session `id` over from a backup copy: `failed` (the owner) is gone. Tries a
+    /// copy held here first, then each backup in the token's order with PROMOTE. `None`
+    /// when no backup had it. A backup hands its copy over once (under its entry lock), so
+    /// two nodes racing to promote end with one owner.
+    async fn failover(
+        &self,
+        id: SessionId,
+        failed: SocketAddr,
+        backups: &[SocketAddr],
+    ) -> Option<FetchResult> {
+        tracing::debug!(session = %id, %failed, ?backups, "owner gone; trying its backups");
+        if self.table.promote_local(&id, failed, now_ms()) {
+            Stats::bump(&self.stats.promotions);
+            self.protect_installed(id, backups).await;
+            return Some(Ok(Fetched::Installed));
+        }
+        for &b in backups {
+            if b == self.advertise || b == failed {
+                continue;
+            }
+            let mut attempts = 0;
+            let reply = loop {
+                attempts += 1;
+                let ask = PeerMessage::Promote {
+                    session_id: id,
+                    last_transfer: self.table.last_received(&id),
+                    failed_owner: failed,
+                };
+                match self
+                    .peers
+                    .request(b, ask, Instant::now() + self.config.peer_timeout)
+                    .await
+                {
+                    // A lost reply is asked again: a backup that handed its copy to us
+                    // sends the same copy again.
+                    Err(LinkError::Lost) if attempts < 2 => continue,
+                    r => break r,
+                }
+            };
+            match reply {
+                Ok(PeerMessage::CopyData { transfer, record }) if record.id == id => {
+                    tracing::info!(session = %id, %failed, backup = %b, "took the session over from a backup");
+                    Stats::bump(&self.stats.promotions);
+                    self.install_copy(b, transfer, &record, backups).await;
+                    return Some(Ok(Fetched::Installed));
+                }
+                Ok(PeerMessage::Moved { owner, .. }) if owner == self.advertise => {
+                    return Some(Ok(Fetched::PointsHere))
+                }
+                // The backup knows a newer owner: the session lives on there.
+                Ok(PeerMessage::Moved { owner, .. }) if owner != failed => {
+                    return Some(self.copy_chain(id, owner, true, backups).await.0)
+                }
+                other => {
+                    tracing::debug!(session = %id, backup = %b, "backup did not hand the session over: {other:?}")
+                }
+            }
+        }
+        None
+    }
+
+    /// Installs a session handed over by `from`, gives it backups (preferring `prefer`,
+    /// the previous owner's), and acknowledges it, so `from` can drop its copy and tell
+    /// its backups to drop theirs. Also used for a COPY_DATA that arrived after its
+    /// request gave up: the sender handed the session to us, so it must be installed.
+    pub(crate) async fn install_copy(
         &self,
         from: SocketAddr,
         transfer: u64,
         record: &sessync_proto::SessionRecord,
+        prefer: &[SocketAddr],
     ) {
-        if self.table.install(record, transfer, now_ms()).is_ok() {
+        if let Ok(true) = self.table.install(record, transfer, now_ms()) {
             Stats::bump(&self.stats.copies_received);
+            // The giver first: it is alive (it just answered), and as our backup it is
+            // where anyone who finds us gone looks first (it named us in MOVED).
+            let mut first = vec![from];
+            first.extend_from_slice(prefer);
+            self.protect_installed(record.id, &first).await;
         }
         // The ACK is sent even when the install was refused (a destroyed tombstone here):
-        // the sender must not keep offering the data.
+        // the sender must not keep offering the data. It goes after the backups have the
+        // copy: the sender then drops its own backups.
         let ack = PeerMessage::CopyAck {
             session_id: record.id,
             transfer,
@@ -390,6 +578,214 @@ impl Node {
                     return;
                 }
             }
+        });
+    }
+
+    /// Replicates a session that just became ours, before anyone is served from it.
+    async fn protect_installed(&self, id: SessionId, prefer: &[SocketAddr]) {
+        if self.config.replicas == 0 {
+            return;
+        }
+        if let Replication::Done(b) = self.replicate(id, prefer).await {
+            if b.len() < usize::from(self.config.replicas) {
+                tracing::warn!(session = %id, backups = b.len(), "session taken over with fewer backups than wanted");
+            }
+        }
+    }
+
+    /// The nodes that may hold `id`'s backups, best first: its current backups, then
+    /// `prefer`, then the cluster's peers in rendezvous order of the id (so every owner of
+    /// a session tends to pick the same backups, and load spreads evenly). Never this node.
+    fn backup_candidates(
+        &self,
+        id: &SessionId,
+        current: &[SocketAddr],
+        prefer: &[SocketAddr],
+    ) -> Vec<SocketAddr> {
+        use std::hash::{Hash, Hasher};
+        let mut ranked: Vec<(u64, SocketAddr)> = self
+            .config
+            .peers
+            .iter()
+            .map(|p| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                id.0.hash(&mut h);
+                p.hash(&mut h);
+                (h.finish(), *p)
+            })
+            .collect();
+        ranked.sort_by_key(|r| std::cmp::Reverse(r.0));
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for a in current
+            .iter()
+            .chain(prefer)
+            .copied()
+            .chain(ranked.into_iter().map(|(_, a)| a))
+        {
+            if a != self.advertise && !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    /// Whether enough backup nodes look reachable for a write (links up, or not backing
+    /// off after a failure). Checked before a write under [`BackupPolicy::Refuse`].
+    fn enough_backups(&self) -> bool {
+        let want = usize::from(self.config.replicas);
+        want == 0
+            || self
+                .config
+                .peers
+                .iter()
+                .filter(|p| **p != self.advertise && self.peers.reachable(**p))
+                .count()
+                >= want
+    }
+
+    /// Sends the session's current state to `replicas` backups and waits for them: its
+    /// current backups first; one that fails is replaced by the next candidate. Bounded
+    /// by two peer timeouts.
+    async fn replicate(&self, id: SessionId, prefer: &[SocketAddr]) -> Replication {
+        let want = usize::from(self.config.replicas);
+        let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
+        let _one_at_a_time = self.replication_locks[stripe].lock().await;
+        let Some(snap) = self.table.snapshot(&id, now_ms()) else {
+            return Replication::NotHere;
+        };
+        if want == 0 {
+            return Replication::Done(snap.backups);
+        }
+        let candidates = self.backup_candidates(&id, &snap.backups, prefer);
+        let overall = Instant::now() + self.config.peer_timeout * 2;
+        let mut confirmed: Vec<SocketAddr> = Vec::new();
+        let mut next = 0;
+        while confirmed.len() < want && next < candidates.len() && Instant::now() < overall {
+            let take = (want - confirmed.len()).min(candidates.len() - next);
+            let batch = &candidates[next..next + take];
+            next += take;
+            let deadline = (Instant::now() + self.config.peer_timeout).min(overall);
+            let replies = futures_util::future::join_all(batch.iter().map(|&b| {
+                let msg = PeerMessage::Replicate {
+                    generation: snap.generation,
+                    record: snap.record.clone(),
+                };
+                self.peers.request(b, msg, deadline)
+            }))
+            .await;
+            for (&b, reply) in batch.iter().zip(replies) {
+                match reply {
+                    Ok(PeerMessage::Ok) => {
+                        Stats::bump(&self.stats.replicated);
+                        confirmed.push(b);
+                    }
+                    Ok(PeerMessage::Moved { owner, .. }) => {
+                        // Still ours here: a backup promoted it meanwhile, so we give it up.
+                        // Not ours any more: we handed it on after the write (which went
+                        // with it), and the backup has heard from the new owner already.
+                        if self.table.lose_ownership(&id, snap.generation, owner, now_ms()) {
+                            return Replication::Lost(owner);
+                        }
+                        return Replication::NotHere;
+                    }
+                    other => {
+                        Stats::bump(&self.stats.replicate_failures);
+                        tracing::debug!(session = %id, backup = %b, "REPLICATE failed: {other:?}");
+                    }
+                }
+            }
+        }
+        // A backup that failed is left out of the list: its copy (if any) is older and
+        // expires on its own; the token names only the confirmed ones.
+        tracing::debug!(session = %id, generation = snap.generation, version = snap.record.meta.version, ?confirmed, "replicated");
+        self.table.set_backups(&id, snap.generation, &confirmed);
+        Replication::Done(confirmed.into())
+    }
+
+    /// After a write applied here: replicates it, and says what the reply may claim.
+    /// `Ok(backups)`: acknowledge, with a token naming these backups; `Err(message)`: the
+    /// write is applied here but not protected as configured: INDETERMINATE.
+    async fn replicate_write(
+        &self,
+        id: SessionId,
+        served: &[SocketAddr],
+    ) -> Result<Box<[SocketAddr]>, String> {
+        let want = usize::from(self.config.replicas);
+        if want == 0 {
+            return Ok(served.into());
+        }
+        match self.replicate(id, &[]).await {
+            // Handed over (or gone) meanwhile: the write was applied before, so it is in
+            // the copy the next owner got, and that owner replicates before it serves.
+            Replication::NotHere => Ok(served.into()),
+            Replication::Done(b) if b.len() >= want => Ok(b),
+            Replication::Done(b) => {
+                Stats::bump(&self.stats.under_replicated_writes);
+                if self.config.backup_policy == BackupPolicy::Degrade {
+                    Ok(b)
+                } else {
+                    Err(format!(
+                        "the write is applied at this node, but only {} of {want} backups confirmed it: it is lost if this node dies",
+                        b.len()
+                    ))
+                }
+            }
+            Replication::Lost(to) => Err(format!(
+                "another node ({to}) took the session over while this write was being replicated; the write may be lost"
+            )),
+        }
+    }
+
+    /// Tells `backups` to drop their copies of `id` (those of `generation` or older);
+    /// returns how many could not be told.
+    async fn drop_backups(&self, id: SessionId, old: &OldBackups) -> usize {
+        let deadline = Instant::now() + self.config.peer_timeout;
+        let replies = futures_util::future::join_all(old.backups.iter().map(|&b| {
+            self.peers.request(
+                b,
+                PeerMessage::Drop {
+                    session_id: id,
+                    generation: old.generation,
+                },
+                deadline,
+            )
+        }))
+        .await;
+        replies
+            .into_iter()
+            .filter(|r| !matches!(r, Ok(PeerMessage::Ok)))
+            .count()
+    }
+
+    /// Sends a read's newer access time to the session's backups in the background, when
+    /// theirs lags by more than a quarter of the idle TTL (so a backup promoted after its
+    /// owner died does not expire an active session early by more than that).
+    fn refresh_backups_if_stale(&self, id: SessionId, s: &Served) {
+        if self.config.replicas > 0
+            && !s.backups.is_empty()
+            && s.meta.last_access_ms.saturating_sub(s.replicated_access_ms) > s.meta.idle_ttl_ms / 4
+        {
+            let _ = self.refresh.try_send(id);
+        }
+    }
+
+    /// Serves the background refreshes of [`Node::refresh_backups_if_stale`].
+    pub(crate) async fn refresh_backups(self: &Arc<Self>, id: SessionId) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let _ = node.replicate(id, &[]).await;
+        });
+    }
+
+    /// Tells a handed-over session's old backups to drop their copies, in the background
+    /// (leftovers expire on their own).
+    pub(crate) fn spawn_drop_backups(self: &Arc<Self>, id: SessionId, old: OldBackups) {
+        if old.backups.is_empty() {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            node.drop_backups(id, &old).await;
         });
     }
 
@@ -489,12 +885,22 @@ impl Node {
                 idle_ttl_ms,
                 max_lifetime_ms,
                 attributes,
-            } => self.create(request_id, *idle_ttl_ms, *max_lifetime_ms, attributes, out),
+            } => {
+                if let Some(after) = self.before_write(request_id, mode, out) {
+                    return after;
+                }
+                self.create(request_id, *idle_ttl_ms, *max_lifetime_ms, attributes, out)
+                    .await
+            }
             Request::Get { token, names } => match self
                 .on_session(token, mode, |t, id, now| t.get(id, names, now))
                 .await
             {
-                Ok((s, fresh)) => self.reply_session(request_id, fresh.as_deref(), &s.meta, &s.attrs, out),
+                Ok(r) => {
+                    self.refresh_backups_if_stale(r.id, &r.value);
+                    let fresh = self.fresh_token(&r.token, &r.value.backups);
+                    self.reply_session(request_id, fresh.as_deref(), &r.value.meta, &r.value.attrs, out)
+                }
                 Err(f) => self.session_failure(request_id, f, out),
             },
             Request::Set {
@@ -511,42 +917,94 @@ impl Node {
                         out,
                     );
                 }
+                if let Some(after) = self.before_write(request_id, mode, out) {
+                    return after;
+                }
                 match self
                     .on_session(token, mode, |t, id, now| {
                         t.set(id, *if_version, puts, deletes, now)
                     })
                     .await
                 {
-                    Ok((s, fresh)) => {
-                        self.reply_session(request_id, fresh.as_deref(), &s.meta, &s.attrs, out)
+                    Ok(r) => match self.replicate_write(r.id, &r.value.backups).await {
+                        Ok(backups) => {
+                            let fresh = self.fresh_token(&r.token, &backups);
+                            self.reply_session(
+                                request_id,
+                                fresh.as_deref(),
+                                &r.value.meta,
+                                &r.value.attrs,
+                                out,
+                            )
+                        }
+                        Err(why) => self.indeterminate(request_id, why, out),
+                    },
+                    Err(f) => self.session_failure(request_id, f, out),
+                }
+            }
+            Request::Touch { token } => {
+                match self.on_session(token, mode, |t, id, now| t.touch(id, now)).await {
+                    Ok(r) => {
+                        self.refresh_backups_if_stale(r.id, &r.value);
+                        let fresh = self.fresh_token(&r.token, &r.value.backups);
+                        self.reply_session(request_id, fresh.as_deref(), &r.value.meta, &r.value.attrs, out)
                     }
                     Err(f) => self.session_failure(request_id, f, out),
                 }
             }
-            Request::Touch { token } => match self
-                .on_session(token, mode, |t, id, now| t.touch(id, now))
-                .await
-            {
-                Ok((s, fresh)) => self.reply_session(request_id, fresh.as_deref(), &s.meta, &s.attrs, out),
-                Err(f) => self.session_failure(request_id, f, out),
-            },
             Request::Rotate { token } => {
+                if let Some(after) = self.before_write(request_id, mode, out) {
+                    return after;
+                }
                 match self.on_session(token, mode, |t, id, now| t.rotate(id, now)).await {
-                    Ok(((new_id, s), _)) => {
+                    Ok(r) => {
+                        let (new_id, s) = r.value;
                         Stats::bump(&self.stats.rotated);
-                        let token = self.sign(new_id);
-                        self.reply_session(request_id, Some(&token), &s.meta, &s.attrs, out)
+                        // The old id's backups must forget it (it is destroyed), the new
+                        // id gets backups of its own.
+                        let old = OldBackups {
+                            backups: s.backups.clone(),
+                            generation: s.generation,
+                        };
+                        let dropped = self.drop_backups(r.id, &old).await;
+                        match self.replicate_write(new_id, &[]).await {
+                            Ok(backups) if dropped == 0 || self.config.backup_policy == BackupPolicy::Degrade => {
+                                let token = self.sign(new_id, &backups);
+                                self.reply_session(request_id, Some(&token), &s.meta, &s.attrs, out)
+                            }
+                            Ok(_) => self.indeterminate(
+                                request_id,
+                                format!("rotated here, but {dropped} backup(s) could not be told to forget the old id"),
+                                out,
+                            ),
+                            Err(why) => self.indeterminate(request_id, why, out),
+                        }
                     }
                     Err(f) => self.session_failure(request_id, f, out),
                 }
             }
             Request::Destroy { token } => {
+                if let Some(after) = self.before_write(request_id, mode, out) {
+                    return after;
+                }
                 match self
                     .on_session(token, mode, |t, id, now| t.destroy(id, now))
                     .await
                 {
-                    Ok((_, _)) => {
+                    Ok(r) => {
                         Stats::bump(&self.stats.destroyed);
+                        let old = OldBackups {
+                            backups: r.value.backups.clone(),
+                            generation: r.value.generation,
+                        };
+                        let failed = self.drop_backups(r.id, &old).await;
+                        if failed > 0 && self.config.backup_policy == BackupPolicy::Refuse {
+                            return self.indeterminate(
+                                request_id,
+                                format!("destroyed here, but {failed} backup(s) could not be told; if this node dies before their copies expire, the session may come back"),
+                                out,
+                            );
+                        }
                         Response::Done.encode_frame(request_id, out);
                         After::Continue
                     }
@@ -556,7 +1014,37 @@ impl Node {
         }
     }
 
-    fn create(
+    /// Writes that must reach backups before they are acknowledged: never answered in
+    /// [`Mode::LocalOnly`] (that mode may not wait, and must not apply a write it cannot
+    /// finish), and refused up front when too few backup nodes are reachable.
+    fn before_write(&self, request_id: u64, mode: Mode, out: &mut BytesMut) -> Option<After> {
+        if self.config.replicas == 0 {
+            return None;
+        }
+        if mode == Mode::LocalOnly {
+            return Some(After::Defer);
+        }
+        if self.config.backup_policy == BackupPolicy::Refuse && !self.enough_backups() {
+            Stats::bump(&self.stats.backup_unavailable);
+            return Some(self.error(
+                request_id,
+                ErrorCode::BackupUnavailable,
+                format!(
+                    "this write needs {} backup node(s) and too few are reachable; nothing was changed",
+                    self.config.replicas
+                ),
+                out,
+            ));
+        }
+        None
+    }
+
+    fn indeterminate(&self, request_id: u64, why: String, out: &mut BytesMut) -> After {
+        Stats::bump(&self.stats.indeterminate);
+        self.error(request_id, ErrorCode::Indeterminate, why, out)
+    }
+
+    async fn create(
         &self,
         request_id: u64,
         idle_ttl_ms: u64,
@@ -580,13 +1068,37 @@ impl Node {
         } else {
             now.saturating_add(lifetime)
         };
-        match self.table.create(attrs, idle, deadline, now) {
-            Ok((id, Served { meta, attrs })) => {
+        let (id, Served { meta, attrs, .. }) = match self.table.create(attrs, idle, deadline, now) {
+            Ok(created) => created,
+            Err(m) => return self.miss_error(request_id, m, out),
+        };
+        match self.replicate_write(id, &[]).await {
+            Ok(backups) => {
                 Stats::bump(&self.stats.created);
-                let token = self.sign(id);
+                let token = self.sign(id, &backups);
                 self.reply_session(request_id, Some(&token), &meta, &attrs, out)
             }
-            Err(m) => self.miss_error(request_id, m, out),
+            Err(_) => {
+                // No token was handed out, so the session can simply be taken back: the
+                // CREATE did not happen.
+                if let Ok(s) = self.table.destroy(&id, now_ms()) {
+                    let old = OldBackups {
+                        backups: s.backups,
+                        generation: s.generation,
+                    };
+                    self.drop_backups(id, &old).await;
+                }
+                Stats::bump(&self.stats.backup_unavailable);
+                self.error(
+                    request_id,
+                    ErrorCode::BackupUnavailable,
+                    format!(
+                        "too few of the {} backup node(s) this session needs confirmed it; nothing was created",
+                        self.config.replicas
+                    ),
+                    out,
+                )
+            }
         }
     }
 }

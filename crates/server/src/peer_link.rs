@@ -149,6 +149,32 @@ impl Peers {
         }
     }
 
+    /// Lets the next request to `addr` dial at once, even while backing off after a
+    /// failure: used before declaring `addr` dead, since a peer that restarted a moment
+    /// ago is alive although our link to it is still backing off.
+    pub(crate) fn forget_backoff(&self, addr: SocketAddr) {
+        let link = self.link(addr);
+        let state = link.state.try_lock();
+        if let Ok(mut state) = state {
+            state.next_dial = Instant::now();
+            state.backoff = BACKOFF_MIN;
+        }
+    }
+
+    /// Whether a request to `addr` may get through now: its link is up, or may be dialled
+    /// (not backing off after a failure). Never waits.
+    pub(crate) fn reachable(&self, addr: SocketAddr) -> bool {
+        let link = self.link(addr);
+        let Ok(state) = link.state.try_lock() else {
+            // Someone is dialling it right now.
+            return true;
+        };
+        match &state.conn {
+            Some(c) if c.alive.load(Ordering::Acquire) => true,
+            _ => Instant::now() >= state.next_dial,
+        }
+    }
+
     async fn connection(&self, link: &Link, deadline: Instant) -> Result<Conn, LinkError> {
         let mut state = timeout_at(deadline, link.state.lock())
             .await

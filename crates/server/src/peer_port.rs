@@ -18,7 +18,7 @@ use crate::listen::next_connection;
 use crate::node::SharedNode;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
-use crate::table::CopyOutcome;
+use crate::table::{CopyOutcome, Replicated};
 
 /// Time allowed for the whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -211,30 +211,70 @@ async fn serve_peer(node: &SharedNode, mut stream: TcpStream, mut shutdown: Shut
 /// peer request (the connection is then closed).
 fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -> Option<PeerMessage> {
     let now = now_ms();
+    let copy = |session_id, last_transfer, failed_owner: Option<std::net::SocketAddr>| match node
+        .table
+        .hand_over(&session_id, *peer, last_transfer, failed_owner, now)
+    {
+        CopyOutcome::Data { transfer, record } => {
+            Stats::bump(&node.stats.copies_served);
+            if failed_owner.is_some() {
+                Stats::bump(&node.stats.backups_promoted);
+            }
+            PeerMessage::CopyData { transfer, record }
+        }
+        CopyOutcome::Moved(owner) => {
+            Stats::bump(&node.stats.moved);
+            PeerMessage::Moved { session_id, owner }
+        }
+        CopyOutcome::NotFound => PeerMessage::NotFound { session_id },
+    };
     Some(match msg {
         PeerMessage::Ping(n) => PeerMessage::Pong(n),
         PeerMessage::Copy {
             session_id,
             last_transfer,
-        } => match node.table.hand_over(&session_id, *peer, last_transfer, now) {
-            CopyOutcome::Data { transfer, record } => {
-                Stats::bump(&node.stats.copies_served);
-                PeerMessage::CopyData { transfer, record }
-            }
-            CopyOutcome::Moved(owner) => {
-                Stats::bump(&node.stats.moved);
-                PeerMessage::Moved { session_id, owner }
-            }
-            CopyOutcome::NotFound => PeerMessage::NotFound { session_id },
-        },
+        } => copy(session_id, last_transfer, None),
+        PeerMessage::Promote {
+            session_id,
+            last_transfer,
+            failed_owner,
+        } => copy(session_id, last_transfer, Some(failed_owner)),
         PeerMessage::CopyAck { session_id, transfer } => {
-            node.table.ack_handover(&session_id, *peer, transfer, now);
+            if let Some(old) = node.table.ack_handover(&session_id, *peer, transfer, now) {
+                node.spawn_drop_backups(session_id, old);
+            }
             PeerMessage::Ok
         }
-        PeerMessage::Replicate(_) | PeerMessage::Drop { .. } => PeerMessage::Error(ErrorReply::new(
-            ErrorCode::Internal,
-            "backup replication is not enabled on this node",
-        )),
+        PeerMessage::Replicate { generation, record } => {
+            match node.table.replicate_in(*peer, generation, &record, now) {
+                Replicated::Stored(old) => {
+                    if let Some(old) = old {
+                        node.spawn_drop_backups(record.id, old);
+                    }
+                    PeerMessage::Ok
+                }
+                Replicated::Ignored => PeerMessage::Ok,
+                Replicated::Moved(owner) => PeerMessage::Moved {
+                    session_id: record.id,
+                    owner,
+                },
+                Replicated::OwnedHere => PeerMessage::Moved {
+                    session_id: record.id,
+                    owner: node.advertise,
+                },
+                Replicated::Capacity => PeerMessage::Error(ErrorReply::new(
+                    ErrorCode::Capacity,
+                    "no room for a backup copy at this node",
+                )),
+            }
+        }
+        PeerMessage::Drop {
+            session_id,
+            generation,
+        } => {
+            node.table.drop_backup(&session_id, peer.advertised, generation);
+            PeerMessage::Ok
+        }
         _ => return None,
     })
 }

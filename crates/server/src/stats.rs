@@ -29,6 +29,20 @@ pub(crate) struct Stats {
     pub(crate) moved: AtomicU64,
     /// Copies that failed (owner unreachable, too many hops, peer error).
     pub(crate) handover_failures: AtomicU64,
+    /// Backup copies confirmed by backups (REPLICATE answered OK).
+    pub(crate) replicated: AtomicU64,
+    /// REPLICATE requests that failed (no answer, refused); the backup was replaced.
+    pub(crate) replicate_failures: AtomicU64,
+    /// Writes acknowledged or answered with fewer backups than `replicas`.
+    pub(crate) under_replicated_writes: AtomicU64,
+    /// Writes answered INDETERMINATE.
+    pub(crate) indeterminate: AtomicU64,
+    /// Writes refused with BACKUP_UNAVAILABLE.
+    pub(crate) backup_unavailable: AtomicU64,
+    /// Sessions this node took over from a backup copy after their owner was gone.
+    pub(crate) promotions: AtomicU64,
+    /// Backup copies this node handed to a node that reported their owner gone.
+    pub(crate) backups_promoted: AtomicU64,
 }
 
 impl Stats {
@@ -53,6 +67,13 @@ impl Stats {
             ("copies_received".into(), g(&self.copies_received)),
             ("moved".into(), g(&self.moved)),
             ("handover_failures".into(), g(&self.handover_failures)),
+            ("replicated".into(), g(&self.replicated)),
+            ("replicate_failures".into(), g(&self.replicate_failures)),
+            ("under_replicated_writes".into(), g(&self.under_replicated_writes)),
+            ("indeterminate".into(), g(&self.indeterminate)),
+            ("backup_unavailable".into(), g(&self.backup_unavailable)),
+            ("promotions".into(), g(&self.promotions)),
+            ("backups_promoted".into(), g(&self.backups_promoted)),
         ]
     }
 }

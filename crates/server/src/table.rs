@@ -56,12 +56,18 @@ type Map = DashMap<SessionId, Entry, BuildHasherDefault<IdHasher>>;
 /// A live session as the table holds it.
 #[derive(Debug)]
 pub struct Live {
+    /// The meta; its `last_access_ms` is the access time last sent to the backups (the
+    /// live one is the atomic below).
     meta: SessionMeta,
-    /// The transfer id of the COPY_DATA that brought the session here (0: created here).
+    /// The session's handover generation here: the transfer id of the COPY_DATA (or
+    /// promotion) that brought it (0: created here). For a backup copy, the owner's.
     received: u64,
-    /// Updated under a read lock by GET and TOUCH; the meta's field is ignored.
+    /// Updated under a read lock by GET and TOUCH.
     last_access_ms: AtomicU64,
     attrs: PackedAttributes,
+    /// The nodes holding backup copies (empty without replication). Boxed slice: no
+    /// allocation when empty, 16 bytes.
+    backups: Box<[SocketAddr]>,
 }
 
 impl Live {
@@ -87,6 +93,86 @@ impl Live {
             attributes: self.attrs.unpack(),
         }
     }
+
+    fn from_record(record: &SessionRecord, received: u64) -> Live {
+        Live {
+            meta: record.meta,
+            received,
+            last_access_ms: AtomicU64::new(record.meta.last_access_ms),
+            attrs: PackedAttributes::pack(&record.attributes),
+            backups: Box::default(),
+        }
+    }
+
+    fn served(&self, attrs: PackedAttributes) -> Served {
+        Served {
+            meta: self.meta(),
+            attrs,
+            generation: self.received,
+            backups: self.backups.clone(),
+            replicated_access_ms: self.meta.last_access_ms,
+        }
+    }
+}
+
+/// A handover in progress: see [`Entry::HandingOver`].
+#[derive(Debug)]
+pub struct HandingOver {
+    /// The node the session was handed to.
+    pub to: SocketAddr,
+    /// That node's id from the handshake: a restarted process at the same address is a
+    /// different node and must never be sent this (possibly stale) copy.
+    pub to_node: [u8; 16],
+    /// The session as handed over (with the backups it had here).
+    live: Live,
+    /// This handover's transfer id.
+    pub transfer: u64,
+}
+
+/// A backup copy of a session another node owns: see [`Entry::Backup`].
+#[derive(Debug)]
+pub struct BackupCopy {
+    /// The owner that sent it (its advertised peer address).
+    pub owner: SocketAddr,
+    /// The copy; its `received` is the owner's generation.
+    live: Live,
+}
+
+/// What a backup did with a REPLICATE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replicated {
+    /// Stored (or it replaced an older copy). When it replaced this node's own pending
+    /// handover to the sender (the sender chose the giver as its backup), the backups the
+    /// session had here, which must now be told to DROP.
+    Stored(Option<OldBackups>),
+    /// The copy held is as new or newer; nothing changed (still OK for the sender).
+    Ignored,
+    /// This node knows a newer owner: the sender lost the session and must stop serving it.
+    Moved(SocketAddr),
+    /// This node owns the session itself: the sender must stop serving it.
+    OwnedHere,
+    /// No room for the copy.
+    Capacity,
+}
+
+/// What the new owner must tell the old backups after a handover completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OldBackups {
+    /// The backups the session had here.
+    pub backups: Box<[SocketAddr]>,
+    /// The generation under which this node owned it (DROP's guard).
+    pub generation: u64,
+}
+
+/// A live session's state to send to backups.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The owner's generation.
+    pub generation: u64,
+    /// The session.
+    pub record: SessionRecord,
+    /// Its current backups.
+    pub backups: Box<[SocketAddr]>,
 }
 
 /// The owner's answer to a COPY.
@@ -105,25 +191,19 @@ pub enum CopyOutcome {
     NotFound,
 }
 
-/// One slot of the table.
+/// One slot of the table. The rare, large states are boxed so that a live session's slot
+/// stays small.
 #[derive(Debug)]
 pub enum Entry {
     /// This node owns the session.
     Live(Live),
-    /// This node answered a COPY from `to` with this data and waits for its COPY_ACK. The
-    /// data is kept so that a retried COPY from `to` (its reply was lost) gets it again;
-    /// anyone else is told MOVED. Never served here, never taken back.
-    HandingOver {
-        /// The node the session was handed to.
-        to: SocketAddr,
-        /// That node's id from the handshake: a restarted process at the same address is a
-        /// different node and must never be sent this (possibly stale) copy.
-        to_node: [u8; 16],
-        /// The session as handed over.
-        live: Live,
-        /// This handover's transfer id.
-        transfer: u64,
-    },
+    /// This node answered a COPY (or PROMOTE) from `to` with this data and waits for its
+    /// COPY_ACK. The data is kept so that a retried COPY from `to` (its reply was lost)
+    /// gets it again; anyone else is told MOVED. Never served here, never taken back.
+    HandingOver(Box<HandingOver>),
+    /// A backup copy of a session `owner` owns: never served here; handed over (promoted)
+    /// only to a node that reports `owner` gone.
+    Backup(Box<BackupCopy>),
     /// This node handed the session to `to`; kept until the session's own deadline.
     Forwarded {
         /// The new owner's peer address.
@@ -143,7 +223,9 @@ pub enum Entry {
 impl Entry {
     fn charge(&self) -> usize {
         match self {
-            Entry::Live(l) | Entry::HandingOver { live: l, .. } => l.charge(),
+            Entry::Live(l) => l.charge(),
+            Entry::HandingOver(h) => l_charge_boxed(&h.live),
+            Entry::Backup(b) => l_charge_boxed(&b.live),
             _ => TOMBSTONE_OVERHEAD,
         }
     }
@@ -151,10 +233,29 @@ impl Entry {
     /// Whether the entry may be reclaimed at `now`.
     fn dead(&self, now: u64) -> bool {
         match self {
-            Entry::Live(l) | Entry::HandingOver { live: l, .. } => l.expired(now),
+            Entry::Live(l) => l.expired(now),
+            Entry::HandingOver(h) => h.live.expired(now),
+            Entry::Backup(b) => b.live.expired(now),
             Entry::Forwarded { until_ms, .. } | Entry::Destroyed { until_ms } => now >= *until_ms,
         }
     }
+
+    /// The handover generation this entry remembers (what a COPY's `last_transfer` says,
+    /// and what an incoming copy must exceed).
+    fn known_generation(&self) -> u64 {
+        match self {
+            Entry::Live(l) => l.received,
+            Entry::HandingOver(h) => h.live.received,
+            Entry::Backup(b) => b.live.received,
+            Entry::Forwarded { received, .. } => *received,
+            Entry::Destroyed { .. } => 0,
+        }
+    }
+}
+
+/// A boxed state's charge: the session plus the box.
+fn l_charge_boxed(l: &Live) -> usize {
+    l.charge() + std::mem::size_of::<HandingOver>().max(std::mem::size_of::<BackupCopy>())
 }
 
 /// What to do when a CREATE would pass the limits.
@@ -212,11 +313,18 @@ pub struct Served {
     pub meta: SessionMeta,
     /// Attributes (all, or a selection, or none, per operation).
     pub attrs: PackedAttributes,
+    /// The session's handover generation here.
+    pub generation: u64,
+    /// The session's backups (what the reply's token must name).
+    pub backups: Box<[SocketAddr]>,
+    /// The access time the backups last got: reads refresh them when it lags.
+    pub replicated_access_ms: u64,
 }
 
 #[derive(Default)]
 struct ShardStats {
     live: AtomicUsize,
+    backups: AtomicUsize,
     tombstones: AtomicUsize,
     bytes: AtomicUsize,
 }
@@ -231,6 +339,8 @@ struct Shard {
 pub struct TableStats {
     /// Live sessions (some may have expired but not been swept yet).
     pub sessions: usize,
+    /// Backup copies of sessions other nodes own.
+    pub backups: usize,
     /// Tombstones.
     pub tombstones: usize,
     /// Bytes charged against `max_memory`.
@@ -281,26 +391,36 @@ impl Table {
         };
         for sh in self.shards.iter() {
             s.sessions += sh.stats.live.load(Ordering::Relaxed);
+            s.backups += sh.stats.backups.load(Ordering::Relaxed);
             s.tombstones += sh.stats.tombstones.load(Ordering::Relaxed);
             s.bytes += sh.stats.bytes.load(Ordering::Relaxed);
         }
         s
     }
 
+    fn counter<'a>(shard: &'a Shard, e: &Entry) -> &'a AtomicUsize {
+        match e {
+            Entry::Live(_) | Entry::HandingOver(_) => &shard.stats.live,
+            Entry::Backup(_) => &shard.stats.backups,
+            _ => &shard.stats.tombstones,
+        }
+    }
+
     fn account_add(&self, shard: &Shard, e: &Entry) {
         shard.stats.bytes.fetch_add(e.charge(), Ordering::Relaxed);
-        match e {
-            Entry::Live(_) | Entry::HandingOver { .. } => shard.stats.live.fetch_add(1, Ordering::Relaxed),
-            _ => shard.stats.tombstones.fetch_add(1, Ordering::Relaxed),
-        };
+        Self::counter(shard, e).fetch_add(1, Ordering::Relaxed);
     }
 
     fn account_remove(&self, shard: &Shard, e: &Entry) {
         shard.stats.bytes.fetch_sub(e.charge(), Ordering::Relaxed);
-        match e {
-            Entry::Live(_) | Entry::HandingOver { .. } => shard.stats.live.fetch_sub(1, Ordering::Relaxed),
-            _ => shard.stats.tombstones.fetch_sub(1, Ordering::Relaxed),
-        };
+        Self::counter(shard, e).fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Replaces the entry behind `slot` with `new`, keeping the counters right.
+    fn replace(&self, shard: &Shard, slot: &mut Entry, new: Entry) -> Entry {
+        self.account_remove(shard, slot);
+        self.account_add(shard, &new);
+        std::mem::replace(slot, new)
     }
 
     /// Makes room for one more session of `bytes`, evicting if configured.
@@ -308,7 +428,8 @@ impl Table {
         let mut evictions = 0;
         loop {
             let s = self.stats();
-            if s.sessions < self.config.max_sessions && s.bytes + bytes <= self.config.max_memory {
+            if s.sessions + s.backups < self.config.max_sessions && s.bytes + bytes <= self.config.max_memory
+            {
                 return Ok(());
             }
             if self.config.evict == EvictPolicy::Reject || evictions >= 64 || !self.evict_one(now) {
@@ -389,15 +510,18 @@ impl Table {
             // A collision of 128-bit random ids does not happen in practice; if it ever
             // does, a fresh id is drawn rather than touching the existing entry.
             if let MapEntry::Vacant(v) = shard.map.entry(id) {
-                let e = Entry::Live(Live {
+                let live = Live {
                     meta,
                     received: 0,
                     last_access_ms: AtomicU64::new(now),
                     attrs: packed.clone(),
-                });
+                    backups: Box::default(),
+                };
+                let served = live.served(packed);
+                let e = Entry::Live(live);
                 self.account_add(shard, &e);
                 v.insert(e);
-                return Ok((id, Served { meta, attrs: packed }));
+                return Ok((id, served));
             }
         }
     }
@@ -405,7 +529,10 @@ impl Table {
     /// Looks up a live session without touching it.
     fn miss_for(e: &Entry) -> Miss {
         match e {
-            Entry::Forwarded { to, .. } | Entry::HandingOver { to, .. } => Miss::Moved(*to),
+            Entry::Forwarded { to, .. } => Miss::Moved(*to),
+            Entry::HandingOver(h) => Miss::Moved(h.to),
+            // Not ours: its owner (as far as we know) is the one to ask.
+            Entry::Backup(b) => Miss::Moved(b.owner),
             _ => Miss::NotFound,
         }
     }
@@ -423,10 +550,7 @@ impl Table {
                 } else {
                     l.attrs.select(names)
                 };
-                Ok(Served {
-                    meta: l.meta(),
-                    attrs,
-                })
+                Ok(l.served(attrs))
             }
             e => Err(Self::miss_for(e)),
         }
@@ -439,10 +563,7 @@ impl Table {
         match r.value() {
             Entry::Live(l) if !l.expired(now) => {
                 l.last_access_ms.fetch_max(now, Ordering::Relaxed);
-                Ok(Served {
-                    meta: l.meta(),
-                    attrs: PackedAttributes::default(),
-                })
+                Ok(l.served(PackedAttributes::default()))
             }
             e => Err(Self::miss_for(e)),
         }
@@ -492,10 +613,7 @@ impl Table {
         l.attrs = attrs;
         l.meta.version += 1;
         l.last_access_ms.fetch_max(now, Ordering::Relaxed);
-        Ok(Served {
-            meta: l.meta(),
-            attrs: PackedAttributes::default(),
-        })
+        Ok(l.served(PackedAttributes::default()))
     }
 
     /// Replaces a live session with a `Destroyed` tombstone that lasts as long as the session
@@ -504,18 +622,13 @@ impl Table {
         let shard = self.shard(id);
         let mut r = shard.map.get_mut(id).ok_or(Miss::Absent)?;
         let served = match r.value() {
-            Entry::Live(l) if !l.expired(now) => Served {
-                meta: l.meta(),
-                attrs: l.attrs.clone(),
-            },
+            Entry::Live(l) if !l.expired(now) => l.served(l.attrs.clone()),
             e => return Err(Self::miss_for(e)),
         };
         let t = Entry::Destroyed {
             until_ms: served.meta.expires_at_ms().max(now + 1),
         };
-        self.account_remove(shard, r.value());
-        self.account_add(shard, &t);
-        *r.value_mut() = t;
+        self.replace(shard, r.value_mut(), t);
         Ok(served)
     }
 
@@ -523,6 +636,8 @@ impl Table {
     /// `Destroyed` tombstone at once. Bumps the version. Never refused for capacity: the
     /// number of sessions stays the same and only a tombstone is added, and a login (the
     /// usual reason to rotate) must not fail or lose the session at a full node.
+    /// The returned `Served` carries the *old* id's backups and generation (for DROP);
+    /// the new id starts with none.
     pub fn rotate(&self, id: &SessionId, now: u64) -> Result<(SessionId, Served), Miss> {
         let mut served = self.destroy(id, now)?;
         served.meta.version += 1;
@@ -536,6 +651,7 @@ impl Table {
                     received: 0,
                     last_access_ms: AtomicU64::new(now),
                     attrs: served.attrs.clone(),
+                    backups: Box::default(),
                 });
                 self.account_add(shard, &e);
                 v.insert(e);
@@ -544,25 +660,27 @@ impl Table {
         }
     }
 
-    /// The transfer id with which this node last received the session (0: never, or
-    /// created here): what this node puts in its COPY's `last_transfer`.
+    /// The handover generation this node remembers for the session (0: none, or created
+    /// here): what this node puts in its COPY's `last_transfer`.
     pub fn last_received(&self, id: &SessionId) -> u64 {
-        match self.shard(id).map.get(id).as_deref() {
-            Some(Entry::Live(l)) | Some(Entry::HandingOver { live: l, .. }) => l.received,
-            Some(Entry::Forwarded { received, .. }) => *received,
-            _ => 0,
-        }
+        self.shard(id)
+            .map
+            .get(id)
+            .map_or(0, |r| r.value().known_generation())
     }
 
-    /// The owner's half of the handover: answers a COPY from `requester`, who last
-    /// received this session with transfer `their_last`. See protocol.md, "The COPY
-    /// handover". Runs under the entry's write lock, so a write at this node either lands
-    /// before (and is in the copy) or after (and sees MOVED).
+    /// The giving side of the handover: answers a COPY (`failed_owner` `None`) or a
+    /// PROMOTE (`Some(owner the requester could not get it from)`) from `requester`, whose
+    /// own entry remembers generation `their_last`. See protocol.md, "The COPY handover"
+    /// and "Backups". Runs under the entry's write lock, so a write at this node either
+    /// lands before (and is in the copy) or after (and sees MOVED), and two promotions of
+    /// one backup copy resolve to one owner.
     pub fn hand_over(
         &self,
         id: &SessionId,
         requester: PeerIdentity,
         their_last: u64,
+        failed_owner: Option<SocketAddr>,
         now: u64,
     ) -> CopyOutcome {
         let (requester_node, requester) = (requester.node_id, requester.advertised);
@@ -570,106 +688,148 @@ impl Table {
         let Some(mut r) = shard.map.get_mut(id) else {
             return CopyOutcome::NotFound;
         };
-        match r.value() {
-            Entry::Live(l) if !l.expired(now) => {
-                let transfer = l.received + 1;
-                let record = l.record(id);
-                tracing::debug!(session = %id, to = %requester, transfer, version = record.meta.version, "hand_over");
-                // Live -> HandingOver: same charge, same counters.
-                let placeholder = Entry::Destroyed { until_ms: 0 };
-                if let Entry::Live(live) = std::mem::replace(r.value_mut(), placeholder) {
-                    *r.value_mut() = Entry::HandingOver {
-                        to: requester,
-                        to_node: requester_node,
-                        live,
-                        transfer,
-                    };
-                }
-                CopyOutcome::Data { transfer, record }
-            }
-            Entry::HandingOver {
-                to,
-                to_node,
+        let start = |live: Live| {
+            let transfer = live.received + 1;
+            let record = live.record(id);
+            tracing::debug!(session = %id, to = %requester, transfer, version = record.meta.version, "hand_over");
+            let h = Entry::HandingOver(Box::new(HandingOver {
+                to: requester,
+                to_node: requester_node,
                 live,
                 transfer,
-            } if *to == requester && *to_node == requester_node && !live.expired(now) => {
-                if their_last == *transfer {
-                    // The asker already installed this very copy (its ACK is still on the
-                    // way) and asks anew because the session moved on from it: the data
-                    // kept here is stale and must never be sent again.
-                    let (to, until_ms, received) =
-                        (*to, live.meta().expires_at_ms().max(now + 1), live.received);
+            }));
+            (h, CopyOutcome::Data { transfer, record })
+        };
+        match r.value() {
+            Entry::Live(l) if !l.expired(now) => {
+                let placeholder = Entry::Destroyed { until_ms: 0 };
+                let old = std::mem::replace(r.value_mut(), placeholder);
+                self.account_remove(shard, &old);
+                let Entry::Live(live) = old else {
+                    return CopyOutcome::NotFound;
+                };
+                let (h, out) = start(live);
+                self.account_add(shard, &h);
+                *r.value_mut() = h;
+                out
+            }
+            Entry::Backup(b) if !b.live.expired(now) => {
+                if failed_owner != Some(b.owner) {
+                    // A plain COPY, or a PROMOTE naming another owner: the owner we know of
+                    // is alive as far as anyone told us.
+                    return CopyOutcome::Moved(b.owner);
+                }
+                let placeholder = Entry::Destroyed { until_ms: 0 };
+                let old = std::mem::replace(r.value_mut(), placeholder);
+                self.account_remove(shard, &old);
+                let Entry::Backup(b) = old else {
+                    return CopyOutcome::NotFound;
+                };
+                tracing::info!(session = %id, failed = %b.owner, to = %requester, "promoting a backup copy");
+                let (h, out) = start(b.live);
+                self.account_add(shard, &h);
+                *r.value_mut() = h;
+                out
+            }
+            Entry::HandingOver(h)
+                if h.to == requester && h.to_node == requester_node && !h.live.expired(now) =>
+            {
+                if their_last >= h.transfer {
+                    // The asker already installed this very copy (or a later one; its ACK
+                    // is still on the way) and asks anew because the session moved on from
+                    // it: the data kept here is stale and must never be sent again.
                     let t = Entry::Forwarded {
-                        to,
-                        until_ms,
-                        received,
+                        to: h.to,
+                        until_ms: h.live.meta().expires_at_ms().max(now + 1),
+                        received: h.live.received,
                     };
-                    self.account_remove(shard, r.value());
-                    self.account_add(shard, &t);
-                    *r.value_mut() = t;
+                    let to = h.to;
+                    self.replace(shard, r.value_mut(), t);
                     CopyOutcome::Moved(to)
                 } else {
                     // Its reply was lost: the same data again, under the same transfer id.
                     CopyOutcome::Data {
-                        transfer: *transfer,
-                        record: live.record(id),
+                        transfer: h.transfer,
+                        record: h.live.record(id),
                     }
                 }
             }
-            Entry::HandingOver { to, live, .. } if !live.expired(now) => CopyOutcome::Moved(*to),
+            Entry::HandingOver(h)
+                if failed_owner == Some(h.to) && h.to != requester && !h.live.expired(now) =>
+            {
+                // The node we handed the session to is gone before it took the session
+                // over: it neither acknowledged this handover nor made this node its
+                // backup (it REPLICATEs here first, before it serves anything), so nothing
+                // was acknowledged past the copy kept here. Hand that copy on instead.
+                let transfer = h.transfer + 1;
+                let record = h.live.record(id);
+                tracing::info!(session = %id, failed = %h.to, to = %requester, transfer, "re-handing a copy its receiver never took over");
+                let placeholder = Entry::Destroyed { until_ms: 0 };
+                let old = std::mem::replace(r.value_mut(), placeholder);
+                self.account_remove(shard, &old);
+                let Entry::HandingOver(mut h) = old else {
+                    return CopyOutcome::NotFound;
+                };
+                h.to = requester;
+                h.to_node = requester_node;
+                h.transfer = transfer;
+                let e = Entry::HandingOver(h);
+                self.account_add(shard, &e);
+                *r.value_mut() = e;
+                CopyOutcome::Data { transfer, record }
+            }
+            Entry::HandingOver(h) if !h.live.expired(now) => CopyOutcome::Moved(h.to),
             Entry::Forwarded { to, until_ms, .. } if now < *until_ms => CopyOutcome::Moved(*to),
             _ => CopyOutcome::NotFound,
         }
     }
 
-    /// The owner's last step: `requester` installed transfer `transfer`, so the data goes
-    /// and a forwarding tombstone stays until the session's own deadline. Returns whether
-    /// the entry changed (a duplicate or stale ACK changes nothing).
-    pub fn ack_handover(&self, id: &SessionId, requester: PeerIdentity, transfer: u64, now: u64) -> bool {
+    /// The giver's last step: `requester` installed transfer `transfer`, so the data goes
+    /// and a forwarding tombstone stays until the session's own deadline. Returns the
+    /// backups the session had here, to be told to DROP, when the entry changed (a
+    /// duplicate or stale ACK changes nothing).
+    pub fn ack_handover(
+        &self,
+        id: &SessionId,
+        requester: PeerIdentity,
+        transfer: u64,
+        now: u64,
+    ) -> Option<OldBackups> {
         let (requester_node, requester) = (requester.node_id, requester.advertised);
         let shard = self.shard(id);
-        let Some(mut r) = shard.map.get_mut(id) else {
-            return false;
-        };
-        let (until_ms, received) = match r.value() {
-            Entry::HandingOver {
-                to,
-                to_node,
-                live,
-                transfer: t,
-            } if *to == requester && *to_node == requester_node && *t == transfer => {
-                (live.meta().expires_at_ms().max(now + 1), live.received)
+        let mut r = shard.map.get_mut(id)?;
+        let t = match r.value() {
+            Entry::HandingOver(h)
+                if h.to == requester && h.to_node == requester_node && h.transfer == transfer =>
+            {
+                Entry::Forwarded {
+                    to: requester,
+                    until_ms: h.live.meta().expires_at_ms().max(now + 1),
+                    received: h.live.received,
+                }
             }
-            _ => return false,
+            _ => return None,
         };
         tracing::debug!(session = %id, to = %requester, transfer, "ack_handover");
-        let t = Entry::Forwarded {
-            to: requester,
-            until_ms,
-            received,
-        };
-        self.account_remove(shard, r.value());
-        self.account_add(shard, &t);
-        *r.value_mut() = t;
-        true
+        match self.replace(shard, r.value_mut(), t) {
+            Entry::HandingOver(h) => Some(OldBackups {
+                backups: h.live.backups,
+                generation: h.live.received,
+            }),
+            _ => None,
+        }
     }
 
     /// The new owner's step: installs a session received in COPY_DATA (generation
     /// `transfer`) as live here; a copy not newer than what this node already had is a
-    /// duplicate and changes nothing.
+    /// duplicate and changes nothing. Returns whether it was installed.
     /// A session moving in is accepted even past the limits: a move adds nothing to the
     /// cluster's total, and refusing it would strand the data mid-handover. A destroyed
-    /// tombstone here wins (nothing is resurrected); a live copy with a newer or equal
-    /// version wins (a duplicate reply changes nothing).
-    pub fn install(&self, record: &SessionRecord, transfer: u64, now: u64) -> Result<(), Miss> {
+    /// tombstone here wins (nothing is resurrected).
+    pub fn install(&self, record: &SessionRecord, transfer: u64, now: u64) -> Result<bool, Miss> {
         let id = record.id;
         let shard = self.shard(&id);
-        let live = Live {
-            meta: record.meta,
-            received: transfer,
-            last_access_ms: AtomicU64::new(record.meta.last_access_ms),
-            attrs: PackedAttributes::pack(&record.attributes),
-        };
+        let live = Live::from_record(record, transfer);
         if live.expired(now) {
             return Err(Miss::NotFound);
         }
@@ -679,7 +839,7 @@ impl Table {
             MapEntry::Vacant(v) => {
                 self.account_add(shard, &new);
                 v.insert(new);
-                Ok(())
+                Ok(true)
             }
             MapEntry::Occupied(mut o) => {
                 // Transfer ids are the session's handover generation, which only grows
@@ -689,19 +849,177 @@ impl Table {
                 // a second owner.
                 let known = match o.get() {
                     Entry::Destroyed { until_ms } if now < *until_ms => return Err(Miss::NotFound),
-                    Entry::Destroyed { .. } => 0,
-                    Entry::Live(l) | Entry::HandingOver { live: l, .. } => l.received,
-                    Entry::Forwarded { received, .. } => *received,
+                    e => e.known_generation(),
                 };
                 if transfer <= known {
-                    return Ok(());
+                    return Ok(false);
                 }
-                self.account_remove(shard, o.get());
-                self.account_add(shard, &new);
-                o.insert(new);
-                Ok(())
+                self.replace(shard, o.get_mut(), new);
+                Ok(true)
             }
         }
+    }
+
+    /// Turns a backup copy of `failed_owner`'s into a session owned here (this node is
+    /// serving a request for it and the owner is gone). Returns whether it did.
+    pub fn promote_local(&self, id: &SessionId, failed_owner: SocketAddr, now: u64) -> bool {
+        let shard = self.shard(id);
+        let Some(mut r) = shard.map.get_mut(id) else {
+            return false;
+        };
+        match r.value() {
+            Entry::Backup(b) if b.owner == failed_owner && !b.live.expired(now) => {}
+            _ => return false,
+        }
+        let placeholder = Entry::Destroyed { until_ms: 0 };
+        let old = std::mem::replace(r.value_mut(), placeholder);
+        self.account_remove(shard, &old);
+        let Entry::Backup(b) = old else { return false };
+        let mut live = b.live;
+        live.received += 1;
+        tracing::info!(session = %id, failed = %failed_owner, "promoted a local backup copy");
+        let e = Entry::Live(live);
+        self.account_add(shard, &e);
+        *r.value_mut() = e;
+        true
+    }
+
+    /// A backup's step: stores `record`, sent by `owner`, which owns it under
+    /// `generation`. Copies are ordered by (generation, version, last access); an older
+    /// one is ignored. A node that handed the session on (or promoted it) to another node
+    /// answers with that node when the sender is not it or newer: the sender lost the
+    /// session.
+    pub fn replicate_in(
+        &self,
+        owner: PeerIdentity,
+        generation: u64,
+        record: &SessionRecord,
+        now: u64,
+    ) -> Replicated {
+        let id = record.id;
+        let shard = self.shard(&id);
+        let order = |g: u64, m: &SessionMeta| (g, m.version, m.last_access_ms);
+        let incoming = order(generation, &record.meta);
+        let backup = || {
+            Entry::Backup(Box::new(BackupCopy {
+                owner: owner.advertised,
+                live: Live::from_record(record, generation),
+            }))
+        };
+        if Live::from_record(record, generation).expired(now) {
+            return Replicated::Ignored;
+        }
+        let fits = |extra: usize| {
+            let s = self.stats();
+            s.sessions + s.backups < self.config.max_sessions && s.bytes + extra <= self.config.max_memory
+        };
+        match shard.map.entry(id) {
+            MapEntry::Vacant(v) => {
+                let e = backup();
+                if !fits(e.charge()) {
+                    return Replicated::Capacity;
+                }
+                self.account_add(shard, &e);
+                v.insert(e);
+                Replicated::Stored(None)
+            }
+            MapEntry::Occupied(mut o) => {
+                let handed_to = match o.get() {
+                    Entry::Live(l) if !l.expired(now) => return Replicated::OwnedHere,
+                    Entry::Backup(b) => {
+                        if incoming <= order(b.live.received, &b.live.meta()) {
+                            return Replicated::Ignored;
+                        }
+                        None
+                    }
+                    Entry::HandingOver(h) => Some((h.to, h.transfer)),
+                    Entry::Forwarded { to, received, .. } => Some((*to, received + 1)),
+                    Entry::Destroyed { until_ms } if now < *until_ms => return Replicated::Ignored,
+                    _ => None,
+                };
+                if let Some((to, transfer)) = handed_to {
+                    // We handed the session to `to` under `transfer`: the sender is that
+                    // node (it installed our copy), or someone who got it later.
+                    let newer = generation > transfer || (generation == transfer && to == owner.advertised);
+                    if !newer {
+                        return Replicated::Moved(to);
+                    }
+                }
+                let e = backup();
+                match self.replace(shard, o.get_mut(), e) {
+                    Entry::HandingOver(h) => Replicated::Stored(Some(OldBackups {
+                        backups: h.live.backups,
+                        generation: h.live.received,
+                    })),
+                    _ => Replicated::Stored(None),
+                }
+            }
+        }
+    }
+
+    /// A backup's step: forgets `owner`'s copy of the session if it is of `generation` or
+    /// older (a newer owner's copy stays). Returns whether it did.
+    pub fn drop_backup(&self, id: &SessionId, owner: SocketAddr, generation: u64) -> bool {
+        let shard = self.shard(id);
+        match shard.map.remove_if(
+            id,
+            |_, e| matches!(e, Entry::Backup(b) if b.owner == owner && b.live.received <= generation),
+        ) {
+            Some((_, e)) => {
+                self.account_remove(shard, &e);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The live session's state for its backups; also records that its current access
+    /// time is being sent (so reads know when the backups lag).
+    pub fn snapshot(&self, id: &SessionId, now: u64) -> Option<Snapshot> {
+        let mut r = self.shard(id).map.get_mut(id)?;
+        match r.value_mut() {
+            Entry::Live(l) if !l.expired(now) => {
+                l.meta.last_access_ms = l.last_access_ms.load(Ordering::Relaxed);
+                Some(Snapshot {
+                    generation: l.received,
+                    record: l.record(id),
+                    backups: l.backups.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Records the backups that confirmed the session's copy, if it is still live here
+    /// under `generation`.
+    pub fn set_backups(&self, id: &SessionId, generation: u64, backups: &[SocketAddr]) {
+        if let Some(mut r) = self.shard(id).map.get_mut(id) {
+            if let Entry::Live(l) = r.value_mut() {
+                if l.received == generation && *l.backups != *backups {
+                    l.backups = backups.into();
+                }
+            }
+        }
+    }
+
+    /// Gives up a session a backup says is owned elsewhere now (`to` promoted it while this
+    /// node seemed gone): it becomes a forwarding tombstone, so requests follow it.
+    pub fn lose_ownership(&self, id: &SessionId, generation: u64, to: SocketAddr, now: u64) -> bool {
+        let shard = self.shard(id);
+        let Some(mut r) = shard.map.get_mut(id) else {
+            return false;
+        };
+        let t = match r.value() {
+            Entry::Live(l) if l.received == generation => Entry::Forwarded {
+                to,
+                until_ms: l.meta().expires_at_ms().max(now + 1),
+                received: l.received,
+            },
+            _ => return false,
+        };
+        tracing::warn!(session = %id, %to, "a backup knows a newer owner; giving the session up");
+        self.replace(shard, r.value_mut(), t);
+        true
     }
 
     /// Reclaims dead entries (expired sessions, tombstones past their deadline) in one
@@ -805,5 +1123,104 @@ mod tests {
         assert!(t.get(&late, &[], 2).is_ok());
         assert!(t.get(&third, &[], 2).is_ok());
         assert_eq!(t.stats().evicted, 1);
+    }
+    fn who(port: u16) -> PeerIdentity {
+        let mut node_id = [0u8; 16];
+        node_id[..2].copy_from_slice(&port.to_be_bytes());
+        PeerIdentity {
+            node_id,
+            advertised: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn record_of(t: &Table, id: &SessionId) -> SessionRecord {
+        t.snapshot(id, 0).unwrap().record
+    }
+
+    #[test]
+    fn backups_keep_the_newest_copy_and_answer_promote_once() {
+        let (a, b, c) = (who(1), who(3), who(4));
+        let owner = table(10, EvictPolicy::Reject);
+        let backup = table(10, EvictPolicy::Reject);
+        let (id, _) = owner.create(&attrs(&[("n", "1")]), 1000, 0, 0).unwrap();
+        let v1 = record_of(&owner, &id);
+        assert_eq!(backup.replicate_in(a, 0, &v1, 0), Replicated::Stored(None));
+        owner.set(&id, None, &attrs(&[("n", "2")]), &[], 1).unwrap();
+        let v2 = record_of(&owner, &id);
+        assert_eq!(backup.replicate_in(a, 0, &v2, 1), Replicated::Stored(None));
+        // A delayed older copy changes nothing.
+        assert_eq!(backup.replicate_in(a, 0, &v1, 2), Replicated::Ignored);
+        assert_eq!(backup.stats().backups, 1);
+        // Never served, and a plain COPY is sent to the owner.
+        assert_eq!(backup.get(&id, &[], 2).unwrap_err(), Miss::Moved(a.advertised));
+        assert_eq!(
+            backup.hand_over(&id, b, 0, None, 2),
+            CopyOutcome::Moved(a.advertised)
+        );
+        // A PROMOTE naming another node as the failed owner is sent to the owner too.
+        assert_eq!(
+            backup.hand_over(&id, b, 0, Some(c.advertised), 2),
+            CopyOutcome::Moved(a.advertised)
+        );
+        // The first PROMOTE naming the owner gets the copy, under the next generation...
+        match backup.hand_over(&id, b, 0, Some(a.advertised), 3) {
+            CopyOutcome::Data { transfer, record } => {
+                assert_eq!(transfer, 1);
+                assert_eq!(record.meta.version, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        // ...a second node racing for it is sent to the first: one owner.
+        assert_eq!(
+            backup.hand_over(&id, c, 0, Some(a.advertised), 3),
+            CopyOutcome::Moved(b.advertised)
+        );
+        // The winner makes the giver its backup: the pending handover becomes a copy.
+        let promoted = table(10, EvictPolicy::Reject);
+        promoted.install(&v2, 1, 3).unwrap();
+        let r = record_of(&promoted, &id);
+        assert_eq!(
+            backup.replicate_in(b, 1, &r, 4),
+            Replicated::Stored(Some(OldBackups {
+                backups: Box::default(),
+                generation: 0
+            }))
+        );
+        // A delayed REPLICATE from the old owner changes nothing.
+        assert_eq!(backup.replicate_in(a, 0, &v2, 5), Replicated::Ignored);
+        assert!(backup.drop_backup(&id, b.advertised, 1));
+        assert_eq!(backup.stats().backups, 0);
+    }
+
+    #[test]
+    fn a_handover_whose_receiver_died_is_handed_on_and_stale_owners_are_told() {
+        let (a, b, c) = (who(1), who(2), who(3));
+        let t = table(10, EvictPolicy::Reject);
+        let (id, _) = t.create(&attrs(&[("k", "v")]), 1000, 0, 0).unwrap();
+        let CopyOutcome::Data { transfer: t1, .. } = t.hand_over(&id, b, 0, None, 1) else {
+            panic!("no copy")
+        };
+        // C found B gone (B never took the session over): the kept copy goes to C.
+        let CopyOutcome::Data { transfer: t2, record } = t.hand_over(&id, c, 0, Some(b.advertised), 2) else {
+            panic!("no copy for C")
+        };
+        assert_eq!(t2, t1 + 1);
+        assert_eq!(record.meta.version, 1);
+        // B (had it lived) replicating its older claim is told the session is C's.
+        assert_eq!(t.replicate_in(b, t1, &record, 3), Replicated::Moved(c.advertised));
+        // A node that owns the session tells a stray REPLICATE so.
+        let (own, _) = t.create(&attrs(&[]), 1000, 0, 0).unwrap();
+        let r = record_of(&t, &own);
+        assert_eq!(t.replicate_in(a, 9, &r, 3), Replicated::OwnedHere);
+        // A local backup copy of a failed owner becomes ours, one generation on.
+        let u = table(10, EvictPolicy::Reject);
+        u.replicate_in(a, 4, &r, 3);
+        assert!(
+            !u.promote_local(&own, b.advertised, 3),
+            "only the failed owner's copy"
+        );
+        assert!(u.promote_local(&own, a.advertised, 3));
+        assert_eq!(u.last_received(&own), 5);
+        assert!(u.get(&own, &[], 3).is_ok());
     }
 }

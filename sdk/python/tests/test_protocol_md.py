@@ -137,8 +137,9 @@ PEER_LAYOUTS = {
     0xC5: ("not_found", [("session_id", 16)]),
     0x44: ("copy_ack", [("session_id", 16), ("transfer", "u64")]),
     0xC6: ("ok", []),
-    0x45: ("replicate", [("record", "record")]),
-    0x46: ("drop", [("session_id", 16)]),
+    0x45: ("replicate", [("generation", "u64"), ("record", "record")]),
+    0x46: ("drop", [("session_id", 16), ("generation", "u64")]),
+    0x47: ("promote", [("session_id", 16), ("last_transfer", "u64"), ("failed_owner", "addr")]),
     0xFF: ("error", [("code", "u16"), ("message", "text")]),
 }
 
@@ -219,8 +220,9 @@ PEER = {
     "not_found": (8, 0xC5, {"session_id": SESSION}),
     "copy_ack": (5, 0x44, {"session_id": SESSION, "transfer": TRANSFER}),
     "ok": (5, 0xC6, {}),
-    "replicate": (9, 0x45, {"record": RECORD}),
-    "drop": (10, 0x46, {"session_id": SESSION}),
+    "replicate": (9, 0x45, {"generation": 1, "record": RECORD}),
+    "drop": (10, 0x46, {"session_id": SESSION, "generation": 1}),
+    "promote": (11, 0x47, {"session_id": SESSION, "last_transfer": 0, "failed_owner": ("10.0.0.1", 7401)}),
     "peer_error": (2, 0xFF, {"code": 201, "message": "peer proof does not verify"}),
 }
 

@@ -67,6 +67,7 @@ ERROR_CODES: Dict[int, Tuple[str, bool]] = {
     401: ("TOO_MANY_HOPS", False),
     402: ("INDETERMINATE", False),
     403: ("MOVED", False),
+    404: ("BACKUP_UNAVAILABLE", False),
     500: ("CAPACITY", False),
     501: ("SHUTTING_DOWN", False),
     502: ("INTERNAL", False),
@@ -201,10 +202,19 @@ class TooManyHops(ClusterError):
 
 
 class Indeterminate(ClusterError):
-    """402: the write may or may not have been applied."""
+    """402: the write is applied at the node that answered, but no backup confirmed it (or
+    another node took the session over meanwhile): it may or may not survive."""
 
     code = 402
     name = "INDETERMINATE"
+
+
+class BackupUnavailable(ClusterError):
+    """404: the write needs backup copies and too few backup nodes are reachable; nothing
+    changed. Retry later."""
+
+    code = 404
+    name = "BACKUP_UNAVAILABLE"
 
 
 # 5xx -----------------------------------------------------------------------------------
@@ -287,6 +297,7 @@ _SPECIFIC: Dict[int, Type[SessyncError]] = {
     400: OwnerUnreachable,
     401: TooManyHops,
     402: Indeterminate,
+    404: BackupUnavailable,
     500: Capacity,
     501: ShuttingDown,
     502: Internal,

@@ -1,0 +1,335 @@
+//! Backup replicas over real sockets, with in-process nodes: a dead owner's sessions are
+//! served from their backups, two nodes racing to promote one session end with one owner,
+//! a move hands the backups over, and the refuse/degrade policies. The chaos test with
+//! killed processes is in tests/chaos.rs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::time::Duration;
+
+use common::*;
+use sessync_client::{Client, ClientError, ErrorCode};
+use sessync_proto::Token;
+use sessync_server::{BackupPolicy, NodeConfig, NodeHandle};
+use tokio::time::timeout;
+
+/// A loopback address the OS just handed out and that nothing listens on now: nodes that
+/// must know each other's peer addresses before they start bind to these. (Another
+/// process could take the port in between; on a test machine that does not happen.)
+fn reserve_addr() -> SocketAddr {
+    let l = StdListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The peer addresses for `n` nodes.
+fn peer_addrs(n: usize) -> Vec<SocketAddr> {
+    (0..n).map(|_| reserve_addr()).collect()
+}
+
+/// Starts a node on `peer` that knows `peers` and keeps `replicas` backups.
+async fn start_node(
+    peer: SocketAddr,
+    peers: &[SocketAddr],
+    replicas: u8,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> NodeHandle {
+    let mut c = config();
+    c.peer_addr = peer;
+    c.peers = peers.to_vec();
+    c.replicas = replicas;
+    c.peer_timeout = Duration::from_millis(500);
+    tweak(&mut c);
+    sessync_server::start(c).await.unwrap()
+}
+
+async fn stats(c: &Client) -> Vec<(String, u64)> {
+    timeout(WAIT, c.stats()).await.unwrap().unwrap()
+}
+
+fn backups_of(token: &str) -> Vec<SocketAddr> {
+    Token::verify(token, &keys()).unwrap().backups
+}
+
+fn owner_of(token: &str) -> SocketAddr {
+    Token::verify(token, &keys()).unwrap().owner
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_owners_sessions_are_served_from_their_backups_with_every_acknowledged_write() {
+    let peers = peer_addrs(3);
+    let mut nodes = Vec::new();
+    for p in &peers {
+        nodes.push(start_node(*p, &peers, 1, |_| {}).await);
+    }
+    let clients = [
+        client(nodes[0].client_addr()).await,
+        client(nodes[1].client_addr()).await,
+        client(nodes[2].client_addr()).await,
+    ];
+    // Sessions owned by node 0, each written a few times there.
+    let mut tokens = Vec::new();
+    for i in 0..20 {
+        let s = timeout(WAIT, clients[0].create(attrs(&[("n", "0")])))
+            .await
+            .unwrap()
+            .unwrap();
+        let backups = backups_of(&s.token);
+        assert_eq!(backups.len(), 1, "one backup named in the token");
+        assert_ne!(backups[0], peers[0], "never its own backup");
+        let mut token = s.token;
+        for n in 1..=3 {
+            let r = timeout(
+                WAIT,
+                clients[0]
+                    .set(&token)
+                    .put("n", n.to_string())
+                    .put("i", i.to_string())
+                    .send(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            token = r.token;
+        }
+        tokens.push(token);
+    }
+    let s0 = stats(&clients[0]).await;
+    assert_eq!(stat(&s0, "replicated"), 80, "every write reached its backup");
+    let backups_held =
+        stat(&stats(&clients[1]).await, "backups") + stat(&stats(&clients[2]).await, "backups");
+    assert_eq!(backups_held, 20);
+
+    // The owner goes away.
+    let dead = nodes.remove(0);
+    assert!(dead.shutdown(WAIT).await);
+
+    for (i, token) in tokens.iter().enumerate() {
+        let via = &clients[1 + i % 2];
+        let s = timeout(WAIT, via.get(token)).await.unwrap().unwrap();
+        assert_eq!(s.get("n").unwrap(), "3", "the last acknowledged write survived");
+        assert_eq!(s.get("i").unwrap(), i.to_string().as_str());
+        assert_eq!(s.meta.version, 4);
+        assert!(s.token_changed);
+        assert_ne!(owner_of(&s.token), peers[0]);
+        // The new owner has a new backup (the only other live node).
+        let backups = backups_of(&s.token);
+        assert_eq!(backups.len(), 1);
+        assert!(!backups.contains(&peers[0]) && !backups.contains(&owner_of(&s.token)));
+        // And it is writable there.
+        let w = timeout(WAIT, via.set(&s.token).put("n", "4").if_version(4).send())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(w.meta.version, 5);
+    }
+    let promotions =
+        stat(&stats(&clients[1]).await, "promotions") + stat(&stats(&clients[2]).await, "promotions");
+    assert_eq!(promotions, 20, "each session was taken over from a backup once");
+    stop(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_racing_to_promote_one_session_end_with_one_owner() {
+    // Owner A may only use X as backup, so X holds every copy; B and C race to take the
+    // sessions over after A dies.
+    let [a, x, b, c] = [reserve_addr(), reserve_addr(), reserve_addr(), reserve_addr()];
+    let all = [a, x, b, c];
+    let node_a = start_node(a, &[x], 1, |_| {}).await;
+    let node_x = start_node(x, &all, 1, |_| {}).await;
+    let node_b = start_node(b, &all, 1, |_| {}).await;
+    let node_c = start_node(c, &all, 1, |_| {}).await;
+    let (ca, cx, cb, cc) = (
+        client(node_a.client_addr()).await,
+        client(node_x.client_addr()).await,
+        client(node_b.client_addr()).await,
+        client(node_c.client_addr()).await,
+    );
+    let mut tokens = Vec::new();
+    for _ in 0..10 {
+        let s = timeout(WAIT, ca.create(attrs(&[("count", "0")])))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(backups_of(&s.token), vec![x]);
+        tokens.push(s.token);
+    }
+    assert!(node_a.shutdown(WAIT).await);
+
+    for token in &tokens {
+        // Both at once, each a compare-and-set increment from what it read. A session that
+        // two nodes keep taking from each other can run out of hops (TOO_MANY_HOPS, a 4xx:
+        // retry later; nothing was applied).
+        let inc = |c: Client, token: String| async move {
+            for _ in 0..50 {
+                let s = match timeout(WAIT, c.get(&token)).await.unwrap() {
+                    Ok(s) => s,
+                    Err(ClientError::Server {
+                        code: ErrorCode::TooManyHops,
+                        ..
+                    }) => continue,
+                    Err(e) => panic!("read failed: {e}"),
+                };
+                let n: u64 = std::str::from_utf8(s.get("count").unwrap())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                match timeout(
+                    WAIT,
+                    c.set(&s.token)
+                        .put("count", (n + 1).to_string())
+                        .if_version(s.meta.version)
+                        .send(),
+                )
+                .await
+                .unwrap()
+                {
+                    Ok(w) => return w.token,
+                    Err(ClientError::Server {
+                        code: ErrorCode::VersionConflict | ErrorCode::TooManyHops,
+                        ..
+                    }) => continue,
+                    Err(e) => panic!("increment failed: {e}"),
+                }
+            }
+            panic!("no increment in 50 tries");
+        };
+        let (tb, tc) = tokio::join!(inc(cb.clone(), token.clone()), inc(cc.clone(), token.clone()));
+        // Both increments landed on one session: neither was lost to a second owner.
+        let final_b = timeout(WAIT, cb.get(&tb)).await.unwrap().unwrap();
+        assert_eq!(final_b.get("count").unwrap(), "2", "both increments, on one copy");
+        let final_c = timeout(WAIT, cc.get(&tc)).await.unwrap().unwrap();
+        assert_eq!(final_c.get("count").unwrap(), "2");
+    }
+    // X handed each copy over exactly once; B and C took over ten sessions between them.
+    let sx = stats(&cx).await;
+    assert_eq!(stat(&sx, "backups_promoted"), 10, "one promotion per session");
+    let promotions = stat(&stats(&cb).await, "promotions") + stat(&stats(&cc).await, "promotions");
+    assert_eq!(promotions, 10);
+    stop(vec![node_x, node_b, node_c]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_gives_the_session_new_backups_and_the_old_ones_drop_their_copies() {
+    let peers = peer_addrs(3);
+    let mut nodes = Vec::new();
+    for p in &peers {
+        nodes.push(start_node(*p, &peers, 1, |_| {}).await);
+    }
+    let c0 = client(nodes[0].client_addr()).await;
+    let c1 = client(nodes[1].client_addr()).await;
+    let c2 = client(nodes[2].client_addr()).await;
+    let mut token = timeout(WAIT, c0.create(attrs(&[("k", "v")])))
+        .await
+        .unwrap()
+        .unwrap()
+        .token;
+    // Round-robin: every access moves the session.
+    for round in 0..9 {
+        let via = [&c1, &c2, &c0][round % 3];
+        let s = timeout(WAIT, via.get(&token)).await.unwrap().unwrap();
+        token = s.token;
+        assert_eq!(owner_of(&token), peers[(round + 1) % 3]);
+        assert_eq!(backups_of(&token).len(), 1);
+    }
+    // Exactly one backup copy is left in the cluster once the DROPs have landed.
+    let mut held = 0;
+    for _ in 0..100 {
+        held = 0;
+        for c in [&c0, &c1, &c2] {
+            held += stat(&stats(c).await, "backups");
+        }
+        if held == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held, 1, "old backups dropped their copies");
+    // The owner dies: its backup still has the session.
+    let owner = owner_of(&token);
+    let i = peers.iter().position(|p| *p == owner).unwrap();
+    let dead = nodes.remove(i);
+    assert!(dead.shutdown(WAIT).await);
+    let survivor = client(nodes[0].client_addr()).await;
+    let s = timeout(WAIT, survivor.get(&token)).await.unwrap().unwrap();
+    assert_eq!(s.get("k").unwrap(), "v");
+    stop(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_reachable_backups_writes_are_refused_or_degraded_as_configured() {
+    // The only peer listed is an address where nothing listens.
+    let nowhere = reserve_addr();
+    let me = reserve_addr();
+    let strict = start_node(me, &[me, nowhere], 1, |_| {}).await;
+    let c = client(strict.client_addr()).await;
+    for _ in 0..2 {
+        match timeout(WAIT, c.create(attrs(&[]))).await.unwrap() {
+            Err(ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::BackupUnavailable),
+            other => panic!("expected BACKUP_UNAVAILABLE, got {other:?}"),
+        }
+    }
+    let s = stats(&c).await;
+    assert_eq!(stat(&s, "sessions"), 0, "nothing was created");
+    assert_eq!(stat(&s, "backup_unavailable"), 2);
+
+    let lenient_addr = reserve_addr();
+    let lenient = start_node(lenient_addr, &[nowhere], 1, |c| {
+        c.backup_policy = BackupPolicy::Degrade
+    })
+    .await;
+    let c = client(lenient.client_addr()).await;
+    let s = timeout(WAIT, c.create(attrs(&[("a", "1")])))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        backups_of(&s.token).is_empty(),
+        "the token names no backup it does not have"
+    );
+    let w = timeout(WAIT, c.set(&s.token).put("a", "2").send())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(w.meta.version, 2);
+    assert_eq!(stat(&stats(&c).await, "under_replicated_writes"), 2);
+    stop(vec![strict, lenient]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_and_rotate_remove_the_backup_copies() {
+    let peers = peer_addrs(2);
+    let n0 = start_node(peers[0], &peers, 1, |_| {}).await;
+    let n1 = start_node(peers[1], &peers, 1, |_| {}).await;
+    let c0 = client(n0.client_addr()).await;
+    let c1 = client(n1.client_addr()).await;
+    let s = timeout(WAIT, c0.create(attrs(&[("u", "alice")])))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stat(&stats(&c1).await, "backups"), 1);
+    let r = timeout(WAIT, c0.rotate(&s.token)).await.unwrap().unwrap();
+    assert_eq!(backups_of(&r.token), vec![peers[1]]);
+    assert_eq!(
+        stat(&stats(&c1).await, "backups"),
+        1,
+        "the old id's copy went, the new id's came"
+    );
+    timeout(WAIT, c0.destroy(&r.token)).await.unwrap().unwrap();
+    assert_eq!(stat(&stats(&c1).await, "backups"), 0);
+    // The owner dies: neither id comes back from a backup.
+    assert!(n0.shutdown(WAIT).await);
+    for t in [&s.token, &r.token] {
+        match timeout(WAIT, c1.get(t)).await.unwrap() {
+            Err(ClientError::Server { code, .. }) => {
+                assert!(
+                    matches!(code, ErrorCode::OwnerUnreachable | ErrorCode::SessionNotFound),
+                    "{code}"
+                )
+            }
+            other => panic!("a destroyed or rotated-away session came back: {other:?}"),
+        }
+    }
+    stop(vec![n1]).await;
+}
