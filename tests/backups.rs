@@ -15,33 +15,34 @@ use sessync_proto::Token;
 use sessync_server::{BackupPolicy, NodeConfig, NodeHandle};
 use tokio::time::timeout;
 
-/// A loopback address the OS just handed out and that nothing listens on now: nodes that
-/// must know each other's peer addresses before they start bind to these. (Another
-/// process could take the port in between; on a test machine that does not happen.)
-fn reserve_addr() -> SocketAddr {
+/// A loopback address the OS just handed out and that nothing listens on now (for a
+/// backup node that is never there).
+fn nowhere() -> SocketAddr {
     let l = StdListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
 
-/// The peer addresses for `n` nodes.
-fn peer_addrs(n: usize) -> Vec<SocketAddr> {
-    (0..n).map(|_| reserve_addr()).collect()
-}
-
-/// Starts a node on `peer` that knows `peers` and keeps `replicas` backups.
-async fn start_node(
-    peer: SocketAddr,
-    peers: &[SocketAddr],
-    replicas: u8,
-    tweak: impl FnOnce(&mut NodeConfig),
-) -> NodeHandle {
+/// Starts a node on OS-chosen ports that keeps `replicas` backups.
+async fn start_node(replicas: u8, tweak: impl FnOnce(&mut NodeConfig)) -> NodeHandle {
     let mut c = config();
-    c.peer_addr = peer;
-    c.peers = peers.to_vec();
     c.replicas = replicas;
     c.peer_timeout = Duration::from_millis(500);
     tweak(&mut c);
     sessync_server::start(c).await.unwrap()
+}
+
+/// `n` nodes that know each other's peer addresses and keep `replicas` backups (the peer
+/// lists are set once every node is bound, so no port is chosen ahead).
+async fn replicated_cluster(n: usize, replicas: u8) -> (Vec<NodeHandle>, Vec<SocketAddr>) {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(start_node(replicas, |_| {}).await);
+    }
+    let peers: Vec<SocketAddr> = nodes.iter().map(|n| n.peer_addr()).collect();
+    for n in &nodes {
+        n.node().set_peers(peers.clone());
+    }
+    (nodes, peers)
 }
 
 async fn stats(c: &Client) -> Vec<(String, u64)> {
@@ -58,11 +59,7 @@ fn owner_of(token: &str) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_owners_sessions_are_served_from_their_backups_with_every_acknowledged_write() {
-    let peers = peer_addrs(3);
-    let mut nodes = Vec::new();
-    for p in &peers {
-        nodes.push(start_node(*p, &peers, 1, |_| {}).await);
-    }
+    let (mut nodes, peers) = replicated_cluster(3, 1).await;
     let clients = [
         client(nodes[0].client_addr()).await,
         client(nodes[1].client_addr()).await,
@@ -134,12 +131,13 @@ async fn a_dead_owners_sessions_are_served_from_their_backups_with_every_acknowl
 async fn two_nodes_racing_to_promote_one_session_end_with_one_owner() {
     // Owner A may only use X as backup, so X holds every copy; B and C race to take the
     // sessions over after A dies.
-    let [a, x, b, c] = [reserve_addr(), reserve_addr(), reserve_addr(), reserve_addr()];
-    let all = [a, x, b, c];
-    let node_a = start_node(a, &[x], 1, |_| {}).await;
-    let node_x = start_node(x, &all, 1, |_| {}).await;
-    let node_b = start_node(b, &all, 1, |_| {}).await;
-    let node_c = start_node(c, &all, 1, |_| {}).await;
+    let (mut nodes, all) = replicated_cluster(4, 1).await;
+    let x = all[1];
+    nodes[0].node().set_peers(vec![x]);
+    let node_c = nodes.pop().unwrap();
+    let node_b = nodes.pop().unwrap();
+    let node_x = nodes.pop().unwrap();
+    let node_a = nodes.pop().unwrap();
     let (ca, cx, cb, cc) = (
         client(node_a.client_addr()).await,
         client(node_x.client_addr()).await,
@@ -212,11 +210,7 @@ async fn two_nodes_racing_to_promote_one_session_end_with_one_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_gives_the_session_new_backups_and_the_old_ones_drop_their_copies() {
-    let peers = peer_addrs(3);
-    let mut nodes = Vec::new();
-    for p in &peers {
-        nodes.push(start_node(*p, &peers, 1, |_| {}).await);
-    }
+    let (mut nodes, peers) = replicated_cluster(3, 1).await;
     let c0 = client(nodes[0].client_addr()).await;
     let c1 = client(nodes[1].client_addr()).await;
     let c2 = client(nodes[2].client_addr()).await;
@@ -260,9 +254,8 @@ async fn a_move_gives_the_session_new_backups_and_the_old_ones_drop_their_copies
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_reachable_backups_writes_are_refused_or_degraded_as_configured() {
     // The only peer listed is an address where nothing listens.
-    let nowhere = reserve_addr();
-    let me = reserve_addr();
-    let strict = start_node(me, &[me, nowhere], 1, |_| {}).await;
+    let nowhere = nowhere();
+    let strict = start_node(1, |c| c.peers = vec![nowhere]).await;
     let c = client(strict.client_addr()).await;
     for _ in 0..2 {
         match timeout(WAIT, c.create(attrs(&[]))).await.unwrap() {
@@ -274,9 +267,9 @@ async fn without_reachable_backups_writes_are_refused_or_degraded_as_configured(
     assert_eq!(stat(&s, "sessions"), 0, "nothing was created");
     assert_eq!(stat(&s, "backup_unavailable"), 2);
 
-    let lenient_addr = reserve_addr();
-    let lenient = start_node(lenient_addr, &[nowhere], 1, |c| {
-        c.backup_policy = BackupPolicy::Degrade
+    let lenient = start_node(1, |c| {
+        c.peers = vec![nowhere];
+        c.backup_policy = BackupPolicy::Degrade;
     })
     .await;
     let c = client(lenient.client_addr()).await;
@@ -299,9 +292,9 @@ async fn without_reachable_backups_writes_are_refused_or_degraded_as_configured(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_and_rotate_remove_the_backup_copies() {
-    let peers = peer_addrs(2);
-    let n0 = start_node(peers[0], &peers, 1, |_| {}).await;
-    let n1 = start_node(peers[1], &peers, 1, |_| {}).await;
+    let (mut nodes, peers) = replicated_cluster(2, 1).await;
+    let n1 = nodes.pop().unwrap();
+    let n0 = nodes.pop().unwrap();
     let c0 = client(n0.client_addr()).await;
     let c1 = client(n1.client_addr()).await;
     let s = timeout(WAIT, c0.create(attrs(&[("u", "alice")])))

@@ -105,6 +105,9 @@ pub struct Node {
     inflight: DashMap<SessionId, watch::Receiver<Option<FetchResult>>>,
     /// See [`REPLICATION_STRIPES`].
     replication_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// The cluster's peer addresses (backup candidates): `config.peers` at start, replaced
+    /// by [`Node::set_peers`]. Read on every write with replicas on; written rarely.
+    cluster_peers: std::sync::RwLock<Arc<Vec<SocketAddr>>>,
     /// Sessions whose backups should get a newer access time (sent by reads, served by a
     /// background task so that reads never wait for it).
     refresh: tokio::sync::mpsc::Sender<SessionId>,
@@ -148,6 +151,7 @@ impl Node {
             },
             orphans,
         ));
+        let cluster_peers = std::sync::RwLock::new(Arc::new(config.peers.clone()));
         Node {
             config,
             node_id,
@@ -156,11 +160,26 @@ impl Node {
             stats: Stats::default(),
             peers,
             inflight: DashMap::new(),
+            cluster_peers,
             replication_locks: (0..REPLICATION_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             refresh,
         }
+    }
+
+    /// The cluster's peer addresses now (where backups may go).
+    pub fn cluster_peers(&self) -> Arc<Vec<SocketAddr>> {
+        self.cluster_peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the cluster's peer addresses (a node joined or left). Sessions keep the
+    /// backups they have until a write finds one gone.
+    pub fn set_peers(&self, peers: Vec<SocketAddr>) {
+        *self.cluster_peers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(peers);
     }
 
     /// The address this node writes into tokens.
@@ -604,8 +623,7 @@ impl Node {
     ) -> Vec<SocketAddr> {
         use std::hash::{Hash, Hasher};
         let mut ranked: Vec<(u64, SocketAddr)> = self
-            .config
-            .peers
+            .cluster_peers()
             .iter()
             .map(|p| {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -635,8 +653,7 @@ impl Node {
         let want = usize::from(self.config.replicas);
         want == 0
             || self
-                .config
-                .peers
+                .cluster_peers()
                 .iter()
                 .filter(|p| **p != self.advertise && self.peers.reachable(**p))
                 .count()
