@@ -300,6 +300,7 @@ impl Node {
         let token = Token::verify(token, &self.config.keys).map_err(SessionFailure::Token)?;
         let id = token.session_id;
         let mut fetches = 0;
+        let mut first_fetch: Option<Instant> = None;
         loop {
             let start = match op(&self.table, &id, now_ms()) {
                 Ok(value) => return Ok(Resolved { value, id, token }),
@@ -317,18 +318,26 @@ impl Node {
                 return Err(SessionFailure::Defer);
             }
             // A session snatched away between our install and our op is followed again,
-            // within the hop limit.
+            // within the hop limit. Past it (or past the hop limit of one MOVED chain), the
+            // session is moving faster than we follow it: nodes are taking it from each
+            // other (an application sending one user's requests to several servers at
+            // once). Back off a random moment, so that one of them gets to serve, and try
+            // again while the peer timeout lasts.
+            let first = *first_fetch.get_or_insert_with(Instant::now);
             if fetches >= self.config.max_hops {
-                return Err(SessionFailure::Fetch(
-                    ErrorCode::TooManyHops,
-                    "session keeps moving".into(),
-                ));
+                self.back_off(first, "session keeps moving").await?;
+                fetches = self.config.max_hops - 1;
+                continue;
             }
             fetches += 1;
-            let fetched = self
-                .fetch(id, start, &token.backups)
-                .await
-                .map_err(|(c, m)| SessionFailure::Fetch(c, m))?;
+            let fetched = match self.fetch(id, start, &token.backups).await {
+                Ok(f) => f,
+                Err((ErrorCode::TooManyHops, message)) => {
+                    self.back_off(first, &message).await?;
+                    continue;
+                }
+                Err((c, m)) => return Err(SessionFailure::Fetch(c, m)),
+            };
             if fetched == Fetched::PointsHere {
                 // The owners' chain ends here: if the table has moved on (another request
                 // handed it away meanwhile), the loop follows it; if it has nothing, the
@@ -346,6 +355,19 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Sleeps a random 2-25 ms before a request chases a session that keeps moving again,
+    /// or fails it with TOO_MANY_HOPS when that would pass the peer timeout counted from
+    /// `first` (its first fetch).
+    async fn back_off(&self, first: Instant, why: &str) -> Result<(), SessionFailure> {
+        let pause = std::time::Duration::from_millis(2 + u64::from(SessionId::random().0[0] % 24));
+        if first.elapsed() + pause >= self.config.peer_timeout {
+            return Err(SessionFailure::Fetch(ErrorCode::TooManyHops, why.to_string()));
+        }
+        Stats::bump(&self.stats.contention_backoffs);
+        tokio::time::sleep(pause).await;
+        Ok(())
     }
 
     /// Copies session `id` here (following MOVED, and falling back on `backups` when the

@@ -29,6 +29,8 @@ pub(crate) struct Stats {
     pub(crate) moved: AtomicU64,
     /// Copies that failed (owner unreachable, too many hops, peer error).
     pub(crate) handover_failures: AtomicU64,
+    /// Random pauses taken because two nodes kept taking a session from each other.
+    pub(crate) contention_backoffs: AtomicU64,
     /// Backup copies confirmed by backups (REPLICATE answered OK).
     pub(crate) replicated: AtomicU64,
     /// REPLICATE requests that failed (no answer, refused); the backup was replaced.
@@ -67,6 +69,7 @@ impl Stats {
             ("copies_received".into(), g(&self.copies_received)),
             ("moved".into(), g(&self.moved)),
             ("handover_failures".into(), g(&self.handover_failures)),
+            ("contention_backoffs".into(), g(&self.contention_backoffs)),
             ("replicated".into(), g(&self.replicated)),
             ("replicate_failures".into(), g(&self.replicate_failures)),
             ("under_replicated_writes".into(), g(&self.under_replicated_writes)),
