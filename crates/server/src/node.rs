@@ -595,13 +595,16 @@ impl Node {
         record: &sessync_proto::SessionRecord,
         prefer: &[SocketAddr],
     ) {
+        let mut giver_holds_a_copy = true;
         if let Ok(true) = self.table.install(record, transfer, now_ms()) {
             Stats::bump(&self.stats.copies_received);
             // The giver first: it is alive (it just answered), and as our backup it is
             // where anyone who finds us gone looks first (it named us in MOVED).
             let mut first = vec![from];
             first.extend_from_slice(prefer);
-            self.protect_installed(record.id, &first).await;
+            if let Some(confirmed) = self.protect_installed(record.id, &first).await {
+                giver_holds_a_copy = confirmed.contains(&from);
+            }
         }
         // The ACK is sent even when the install was refused (a destroyed tombstone here):
         // the sender must not keep offering the data. It goes after the backups have the
@@ -612,25 +615,39 @@ impl Node {
         };
         let timeout = self.config.peer_timeout;
         let peers = self.peers.clone();
-        tokio::spawn(async move {
+        let send = async move {
             for _ in 0..3 {
                 if let Ok(PeerMessage::Ok) = peers.request(from, ack.clone(), Instant::now() + timeout).await
                 {
                     return;
                 }
             }
-        });
+        };
+        if giver_holds_a_copy {
+            tokio::spawn(send);
+        } else {
+            // The giver is not our backup, so until it hears our ACK it would hand its
+            // (older) copy on to anyone who reports us gone: it must hear it before we
+            // serve anything from this session.
+            send.await;
+        }
     }
 
     /// Replicates a session that just became ours, before anyone is served from it.
-    async fn protect_installed(&self, id: SessionId, prefer: &[SocketAddr]) {
+    /// Returns the backups that confirmed (`None` without replication, or when the
+    /// session is no longer ours).
+    async fn protect_installed(&self, id: SessionId, prefer: &[SocketAddr]) -> Option<Box<[SocketAddr]>> {
         if self.config.replicas == 0 {
-            return;
+            return None;
         }
-        if let Replication::Done(b) = self.replicate(id, prefer).await {
-            if b.len() < usize::from(self.config.replicas) {
-                tracing::warn!(session = %id, backups = b.len(), "session taken over with fewer backups than wanted");
+        match self.replicate(id, prefer).await {
+            Replication::Done(b) => {
+                if b.len() < usize::from(self.config.replicas) {
+                    tracing::warn!(session = %id, backups = b.len(), "session taken over with fewer backups than wanted");
+                }
+                Some(b)
             }
+            _ => None,
         }
     }
 

@@ -860,8 +860,11 @@ impl Table {
         }
     }
 
-    /// Turns a backup copy of `failed_owner`'s into a session owned here (this node is
-    /// serving a request for it and the owner is gone). Returns whether it did.
+    /// Takes a session over locally because `failed_owner`, which owned it, is gone: a
+    /// backup copy of that owner's becomes ours (its generation + 1), and so does a copy we
+    /// handed to that owner which it never took over (a HandingOver it neither
+    /// acknowledged nor replaced by making us its backup: it served nothing; the
+    /// generation skips past the transfer it may hold). Returns whether it did.
     pub fn promote_local(&self, id: &SessionId, failed_owner: SocketAddr, now: u64) -> bool {
         let shard = self.shard(id);
         let Some(mut r) = shard.map.get_mut(id) else {
@@ -869,15 +872,32 @@ impl Table {
         };
         match r.value() {
             Entry::Backup(b) if b.owner == failed_owner && !b.live.expired(now) => {}
+            Entry::HandingOver(h) if h.to == failed_owner && !h.live.expired(now) => {}
             _ => return false,
         }
         let placeholder = Entry::Destroyed { until_ms: 0 };
         let old = std::mem::replace(r.value_mut(), placeholder);
         self.account_remove(shard, &old);
-        let Entry::Backup(b) = old else { return false };
-        let mut live = b.live;
-        live.received += 1;
-        tracing::info!(session = %id, failed = %failed_owner, "promoted a local backup copy");
+        let live = match old {
+            Entry::Backup(b) => {
+                let mut live = b.live;
+                live.received += 1;
+                tracing::info!(session = %id, failed = %failed_owner, "promoted a local backup copy");
+                live
+            }
+            Entry::HandingOver(h) => {
+                let mut live = h.live;
+                live.received = h.transfer + 1;
+                tracing::info!(session = %id, failed = %failed_owner, "took back a copy its receiver never took over");
+                live
+            }
+            other => {
+                // Not reached (matched above); put it back untouched.
+                self.account_add(shard, &other);
+                *r.value_mut() = other;
+                return false;
+            }
+        };
         let e = Entry::Live(live);
         self.account_add(shard, &e);
         *r.value_mut() = e;
@@ -1212,6 +1232,19 @@ mod tests {
         let (own, _) = t.create(&attrs(&[]), 1000, 0, 0).unwrap();
         let r = record_of(&t, &own);
         assert_eq!(t.replicate_in(a, 9, &r, 3), Replicated::OwnedHere);
+        // A giver whose receiver died before taking the session over takes its copy back.
+        let g = table(10, EvictPolicy::Reject);
+        let (back, _) = g.create(&attrs(&[("k", "v")]), 1000, 0, 0).unwrap();
+        let CopyOutcome::Data { transfer: tb, .. } = g.hand_over(&back, b, 0, None, 1) else {
+            panic!("no copy")
+        };
+        assert!(
+            !g.promote_local(&back, c.advertised, 2),
+            "only from the node it went to"
+        );
+        assert!(g.promote_local(&back, b.advertised, 2));
+        assert_eq!(g.last_received(&back), tb + 1);
+        assert_eq!(g.get(&back, &[], 2).unwrap().attrs.unpack(), attrs(&[("k", "v")]));
         // A local backup copy of a failed owner becomes ours, one generation on.
         let u = table(10, EvictPolicy::Reject);
         u.replicate_in(a, 4, &r, 3);
