@@ -242,3 +242,25 @@ fn cluster_command_starts_nodes_that_share_sessions() {
     }
     panic!("no free base port found for the trial cluster");
 }
+
+#[test]
+fn replicas_without_enough_peers_is_refused_at_start() {
+    let o = sessync(&[
+        "node",
+        "--client",
+        "127.0.0.1:0",
+        "--peer",
+        "127.0.0.1:0",
+        "--replicas",
+        "1",
+    ]);
+    assert!(
+        !o.status.success(),
+        "a node that can never have a backup must not start"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--replicas 1 needs at least 1 other node"), "{err}");
+    let o = sessync(&["cluster", "--nodes", "1", "--replicas", "1"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("needs more than 1 node"));
+}
