@@ -1083,32 +1083,55 @@ async fn a_client_that_never_reads_costs_bounded_memory() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The second half of the "peer that never reads": once its replies back up, the
-/// node should cut such a connection off (a write deadline) instead of holding it, its
-/// connection permit and its pending replies for as long as the client likes. It does not
-/// yet: the frame and idle timeouts only guard reads, so the connection is still open 10 s
-/// after a 1 s idle timeout, and a crowd of such clients can hold every slot of
-/// `--max-connections`.
+/// The second half of the "peer that never reads": once its replies back up and
+/// its socket accepts nothing for the write timeout, the node cuts the connection off
+/// instead of holding it, its connection permit and its pending replies for as long as the
+/// client likes (a crowd of such clients could otherwise hold every slot of
+/// `--max-connections`). Other clients are served meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap in crates/server/src/client_port.rs (no write timeout: a client that never reads is never cut off); runs with --ignored, and loses the ignore once fixed"]
 async fn a_client_that_never_reads_is_cut_off() {
     let node = start(|c| {
         c.frame_timeout = Duration::from_millis(500);
         c.idle_timeout = Duration::from_secs(1);
+        c.write_timeout = Duration::from_secs(1);
     })
     .await;
     let addr = node.client_addr();
     let c = client(addr).await;
     let s = c.create(big_session()).await.unwrap();
-    let (stalled, sent) = never_reading_client(addr, &s.token, 400).await;
-    assert!(sent >= 100);
-    // Only a fresh STATS client and the stalled connection are left (`c` goes idle and
-    // is closed at the idle timeout, as it should be). Within a few idle timeouts the node
-    // should give up on the connection that never reads, too.
+    let bystander = Bystander::start(addr, addr).await;
+    let started = Instant::now();
+    let (mut stalled, sent) = never_reading_client(addr, &s.token, 400).await;
+    assert!(sent >= 100, "only {sent} GETs went out before the writes blocked");
+    // Left are a fresh STATS client, the bystander's two and the stalled connection (`c`
+    // goes idle and is closed at the idle timeout, as it should be). Within a few write
+    // timeouts the node gives up on the connection that never reads.
     drop(c);
-    let open = wait_for_stat(addr, "connections", |n| n == 1).await;
-    assert_eq!(open, 1, "the connection that never reads is still open");
-    drop(stalled);
+    let open = wait_for_stat(addr, "connections", |n| n == 3).await;
+    assert_eq!(open, 3, "the connection that never reads is still open");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "cut off only after {took:?}");
+    let st = stats(addr).await;
+    assert!(st["write_timeouts"] >= 1, "{st:?}");
+    // From the client's side the connection ends (the replies already in flight, then EOF
+    // or a reset), within the bound.
+    let mut sink = vec![0u8; 1 << 20];
+    let mut drained = 0usize;
+    loop {
+        match timeout(WAIT, stalled.read(&mut sink))
+            .await
+            .expect("the cut-off connection is still open")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    assert!(
+        drained < 64 << 20,
+        "{} MiB of replies were pending for a client that never read",
+        drained >> 20
+    );
+    bystander.finish().await;
     assert!(
         node.shutdown(Duration::from_secs(3)).await,
         "shutdown waited for the stalled client"

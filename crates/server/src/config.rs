@@ -37,6 +37,9 @@ pub struct NodeConfig {
     pub frame_timeout: Duration,
     /// A connection with no traffic this long is closed.
     pub idle_timeout: Duration,
+    /// A client connection whose socket accepts no byte of its replies for this long is
+    /// closed: a client that never reads would otherwise hold its connection slot forever.
+    pub write_timeout: Duration,
     /// Wire limits (frame size, attribute counts and sizes).
     pub limits: Limits,
     /// How often the sweeper visits one table shard.
@@ -50,7 +53,7 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// Defaults: 30 min idle TTL, no absolute lifetime, 1M sessions, 1 GiB, reject at the
     /// limit, no password, 10 000 connections, 10 s frame timeout, 5 min idle timeout,
-    /// 1 s peer timeout, 3 hops.
+    /// 10 s write timeout, 1 s peer timeout, 3 hops.
     pub fn new(client_addr: SocketAddr, peer_addr: SocketAddr, keys: Keyring) -> NodeConfig {
         NodeConfig {
             client_addr,
@@ -66,6 +69,7 @@ impl NodeConfig {
             max_connections: 10_000,
             frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(10),
             limits: Limits::DEFAULT,
             sweep_interval: Duration::from_millis(50),
             peer_timeout: Duration::from_secs(1),
