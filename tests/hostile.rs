@@ -438,9 +438,9 @@ async fn four_gib_length_prefix_on_the_peer_port_is_refused_at_once() {
     assert!(a.shutdown(WAIT).await && b.shutdown(WAIT).await);
 }
 
-/// The peer port has no connection limit of its own (unlike the client port, whose limit
-/// tests/node_hostile.rs covers); what bounds a flood there is the handshake timeout (5 s):
-/// silent and trickling connections are closed by then, while real peers keep copying.
+/// What bounds a flood of connections that stay within the handshake limit (256 by
+/// default; the next test covers the limit) is the handshake timeout (5 s): silent and
+/// trickling connections are closed by then, while real peers keep copying.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_port_flood_and_slowloris_are_closed_at_the_handshake_timeout() {
     let a = start(|_| {}).await;
@@ -495,6 +495,73 @@ async fn peer_port_flood_and_slowloris_are_closed_at_the_handshake_timeout() {
         rounds >= 10,
         "the bystander made only {rounds} rounds in {took:?}"
     );
+    assert!(a.shutdown(WAIT).await && b.shutdown(WAIT).await);
+}
+
+/// Past `max_peer_handshakes` connections still in the handshake, further peer connections
+/// are refused at once with TOO_MANY_CONNECTIONS (nothing queued, nothing buffered), while
+/// a link that already authenticated keeps copying; once the held connections go, new
+/// handshakes succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_handshakes_past_the_limit_are_refused_at_once() {
+    let a = start(|c| c.max_peer_handshakes = 8).await;
+    let b = start(|_| {}).await;
+    // Created at A, read at B: B's link to A must be up before the flood.
+    let bystander = Bystander::start(a.client_addr(), b.client_addr()).await;
+    assert!(wait_for_stat(b.client_addr(), "copies_received", |v| v >= 1).await >= 1);
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(
+            timeout(WAIT, TcpStream::connect(a.peer_addr()))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let started = Instant::now();
+    for i in 0..20 {
+        let mut s = timeout(WAIT, TcpStream::connect(a.peer_addr()))
+            .await
+            .unwrap()
+            .unwrap();
+        let frames = frames_until_close(&mut s).await;
+        assert!(
+            matches!(&frames[..], [(0, op, body)] if matches!(peer_message(*op, body), PeerMessage::Error(e) if e.code == ErrorCode::TooManyConnections)),
+            "connection {i} past the limit got {frames:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refusals took {:?}: they waited for the handshake timeout",
+        started.elapsed()
+    );
+    let sa = stats(a.client_addr()).await;
+    assert!(sa["peer_handshakes_refused"] >= 20, "{sa:?}");
+    // The held connections leave; a real handshake gets through again (bounded retries
+    // while the node notices they closed).
+    drop(held);
+    let me: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut st = timeout(WAIT, TcpStream::connect(a.peer_addr()))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut buf = BytesMut::new();
+        let (dialler, hello) = Dialler::start(keys(), SessionId::random().0, me);
+        st.write_all(&encode(1, &hello)).await.unwrap();
+        let (_, op, body) = next_frame(&mut st, &mut buf).await.unwrap();
+        if op == peer_op::AUTH_CHALLENGE {
+            let (_, proof) = dialler.handle_challenge(peer_message(op, &body)).unwrap();
+            st.write_all(&encode(2, &proof)).await.unwrap();
+            let (_, op, _) = next_frame(&mut st, &mut buf).await.unwrap();
+            assert_eq!(op, peer_op::AUTH_OK);
+            break;
+        }
+        assert!(Instant::now() < deadline, "handshakes are still refused");
+        sleep(Duration::from_millis(50)).await;
+    }
+    bystander.finish().await;
     assert!(a.shutdown(WAIT).await && b.shutdown(WAIT).await);
 }
 
@@ -1139,13 +1206,11 @@ async fn a_client_that_never_reads_is_cut_off() {
 }
 
 /// Unauthenticated peers announce the largest frame the node accepts (4 MiB) and send all
-/// of it but the last bytes. The handshake reads its frames with the full `max_frame_len`
-/// although a handshake frame is under 200 bytes, and the peer port has no connection
-/// limit, so each such connection makes the node buffer 4 MiB for up to the 5 s handshake
-/// timeout: memory an attacker who cannot authenticate controls. A handshake read limit of
-/// a few hundred bytes (and a cap on connections still in the handshake) would bound it.
+/// of it but the last bytes. Were handshake frames read with the full `max_frame_len`, each
+/// such connection would make the node buffer 4 MiB for up to the 5 s handshake timeout:
+/// memory an attacker who cannot authenticate controls. The handshake reads with
+/// `MAX_HANDSHAKE_FRAME_LEN` (115 bytes), so each is refused at its length prefix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap in crates/server/src/peer_port.rs (handshake frames read up to max_frame_len, no limit on peer connections); runs with --ignored, and loses the ignore once fixed"]
 async fn unauthenticated_peers_cannot_make_the_node_buffer_big_frames() {
     let dir = temp_dir("peer-buffers");
     let secret = secret_file(&dir);
@@ -1168,6 +1233,17 @@ async fn unauthenticated_peers_cannot_make_the_node_buffer_big_frames() {
         let _ = timeout(Duration::from_secs(2), s.write_all(&almost)).await;
         held.push(s);
     }
+    // Refused at the length prefix (FRAME_TOO_LARGE, or a reset for the bytes it never
+    // read), not held until the handshake timeout.
+    let started = Instant::now();
+    for s in &mut held {
+        frames_until_close(s).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the node held the connections for {:?}",
+        started.elapsed()
+    );
     sleep(Duration::from_millis(300)).await;
     let grew = rss_bytes(pid).saturating_sub(base);
     timeout(WAIT, c.ping()).await.unwrap().unwrap();
