@@ -4,9 +4,14 @@
 //! that the attack left no memory behind (the node's STATS `bytes`, `sessions` and
 //! `connections`, or a child node's RSS). Every network wait is bounded.
 //!
-//! tests/node_hostile.rs covers the client port's malformed frames, 4 GiB prefix,
-//! slowloris and connection limit; tests/cluster.rs a wrong secret, a COPY without a
-//! handshake and a replayed AUTH_PROOF. This file adds the rest of the list.
+//! The list, and where each is: random bytes on both ports, a 4 GiB length prefix
+//! on both ports, slowloris (a crowd of them on the client port, the handshake timeout on
+//! the peer port), a connection flood past `--max-connections` and past the peer
+//! handshake limit, forged tokens, expired and destroyed sessions' tokens, unauthenticated
+//! peers sending COPY and friends, replayed and reflected handshakes, and clients and
+//! peers that never read: all here. tests/node_hostile.rs has single-connection versions
+//! of the client-port cases; tests/cluster.rs a wrong secret, a COPY without a handshake
+//! and a replayed AUTH_PROOF.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -217,10 +222,17 @@ fn error_code(opcode: u8, body: &Bytes) -> Option<ErrorCode> {
 
 /// A peer-port connection that completed the handshake with the cluster secret.
 async fn authenticated_peer(node: &NodeHandle) -> (TcpStream, BytesMut) {
-    let mut st = timeout(WAIT, TcpStream::connect(node.peer_addr()))
-        .await
-        .unwrap()
-        .unwrap();
+    authenticated_peer_at(node.peer_addr()).await
+}
+
+/// [`authenticated_peer`] for a node's peer address (a child process's, say).
+async fn authenticated_peer_at(peer: SocketAddr) -> (TcpStream, BytesMut) {
+    let st = timeout(WAIT, TcpStream::connect(peer)).await.unwrap().unwrap();
+    handshake_on(st).await
+}
+
+/// Completes the handshake as a dialler with the cluster secret on a connected stream.
+async fn handshake_on(mut st: TcpStream) -> (TcpStream, BytesMut) {
     let mut buf = BytesMut::new();
     let me: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let (dialler, hello) = Dialler::start(keys(), SessionId::random().0, me);
@@ -563,6 +575,207 @@ async fn peer_handshakes_past_the_limit_are_refused_at_once() {
     }
     bystander.finish().await;
     assert!(a.shutdown(WAIT).await && b.shutdown(WAIT).await);
+}
+
+// ---------------------------------------------------------------------------------------
+// Floods and slow senders on the client port
+// ---------------------------------------------------------------------------------------
+
+/// The counters of a node through one client, so that each look costs one request and no
+/// connection of its own.
+async fn counters(c: &Client) -> HashMap<String, u64> {
+    timeout(WAIT, c.stats())
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// A flood of 300 simultaneous connections at a node (a child process, so its memory can
+/// be measured alone) limited to 16: those past the limit get TOO_MANY_CONNECTIONS at once
+/// and cost nothing after, the node never holds more than 16, its RSS stays put, and a
+/// bystander connected before is served throughout. Afterwards the slots come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_past_max_connections_is_refused_while_others_are_served() {
+    let dir = temp_dir("conn-flood");
+    let secret = secret_file(&dir);
+    let node = spawn_node(&[
+        "--secret-file",
+        secret.to_str().unwrap(),
+        "--max-connections",
+        "16",
+        "--frame-timeout",
+        "2s",
+    ]);
+    let pid = node.child.id();
+    let addr = node.client;
+    let c = client(addr).await;
+    let bystander = Bystander::start(addr, addr).await;
+    sleep(Duration::from_millis(300)).await;
+    let base = rss_bytes(pid);
+    let before = counters(&c).await;
+    assert_eq!(before["connections"], 3, "{before:?}");
+
+    let flood: Vec<_> = (0..300)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = timeout(WAIT, TcpStream::connect(addr)).await.unwrap().unwrap();
+                let started = Instant::now();
+                let frames = frames_until_close(&mut s).await;
+                (started.elapsed(), frames)
+            })
+        })
+        .collect();
+    let mut peak_rss = 0;
+    let mut peak_open = 0;
+    for _ in 0..10 {
+        peak_rss = peak_rss.max(rss_bytes(pid));
+        peak_open = peak_open.max(counters(&c).await["connections"]);
+        sleep(Duration::from_millis(100)).await;
+    }
+    let (mut refused, mut timed_out) = (0, 0);
+    for f in flood {
+        let (took, frames) = timeout(WAIT * 2, f).await.unwrap().unwrap();
+        match &frames[..] {
+            [(0, op, body)] if error_code(*op, body) == Some(ErrorCode::TooManyConnections) => {
+                assert!(took < Duration::from_secs(1), "a refusal took {took:?}");
+                refused += 1;
+            }
+            // The few that got a slot say nothing and are closed at the frame timeout.
+            [(0, op, body)] if error_code(*op, body) == Some(ErrorCode::Timeout) => timed_out += 1,
+            other => panic!("a flood connection got {other:?}"),
+        }
+    }
+    assert!(
+        timed_out <= 13 && refused + timed_out == 300,
+        "{refused} refused, {timed_out} let in"
+    );
+    assert!(peak_open <= 16, "{peak_open} connections open at the limit of 16");
+    let after = counters(&c).await;
+    assert!(after["connections_refused"] >= before["connections_refused"] + 287);
+    let grew = peak_rss.saturating_sub(base);
+    assert!(
+        grew < 16 * MIB,
+        "the flood made the node grow by {} MiB",
+        grew / MIB
+    );
+    bystander.finish().await;
+    // The slots came back.
+    let open = wait_for_stat(addr, "connections", |n| n == 2).await;
+    assert_eq!(open, 2, "flood connections are still open");
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One byte of `bytes` every `every` until a write fails, while reading what the node
+/// sends; returns how long until it closed and its frames.
+async fn trickle(addr: SocketAddr, bytes: Vec<u8>, every: Duration) -> (Duration, Vec<(u64, u8, Bytes)>) {
+    let s = timeout(WAIT, TcpStream::connect(addr)).await.unwrap().unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        for b in bytes {
+            if wr.write_all(&[b]).await.is_err() {
+                break;
+            }
+            sleep(every).await;
+        }
+        // Keep the write half open (no FIN) until the node has closed.
+        sleep(WAIT).await;
+    });
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    loop {
+        match timeout(WAIT, rd.read_buf(&mut buf))
+            .await
+            .expect("the node never closed the trickling connection")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        while let Ok(Some(f)) = decode_frame(&mut buf, 1 << 24) {
+            frames.push((f.request_id, f.opcode, f.body));
+        }
+    }
+    let took = started.elapsed();
+    writer.abort();
+    (took, frames)
+}
+
+/// Slowloris at scale on the client port: 40 connections trickling a STATS request a byte
+/// every 250 ms and 40 announcing 4 GiB frames, all at once, against a node (a child
+/// process) with a 1 s frame timeout. The 4 GiB prefixes are refused at once without
+/// reading a body; every trickler is closed with TIMEOUT at the frame timeout and never
+/// served; the node's RSS stays put and its connections come back; a bystander is served
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_crowd_and_4gib_prefixes_on_the_client_port_cost_nothing_lasting() {
+    let dir = temp_dir("slowloris-crowd");
+    let secret = secret_file(&dir);
+    let node = spawn_node(&["--secret-file", secret.to_str().unwrap(), "--frame-timeout", "1s"]);
+    let pid = node.child.id();
+    let addr = node.client;
+    let c = client(addr).await;
+    let bystander = Bystander::start(addr, addr).await;
+    sleep(Duration::from_millis(300)).await;
+    let base = rss_bytes(pid);
+
+    let stats_request = encode(7, &Request::Stats);
+    let tricklers: Vec<_> = (0..40)
+        .map(|_| tokio::spawn(trickle(addr, stats_request.clone(), Duration::from_millis(250))))
+        .collect();
+    let huge: Vec<_> = (0..40)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = timeout(WAIT, TcpStream::connect(addr)).await.unwrap().unwrap();
+                let started = Instant::now();
+                s.write_all(&[0xff; 4]).await.unwrap();
+                let frames = frames_until_close(&mut s).await;
+                (started.elapsed(), frames)
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    for _ in 0..12 {
+        peak = peak.max(rss_bytes(pid));
+        sleep(Duration::from_millis(100)).await;
+    }
+    for h in huge {
+        let (took, frames) = timeout(WAIT, h).await.unwrap().unwrap();
+        assert!(
+            took < Duration::from_secs(1),
+            "a 4 GiB prefix was held for {took:?}"
+        );
+        assert!(
+            matches!(&frames[..], [(0, op, body)] if error_code(*op, body) == Some(ErrorCode::FrameTooLarge)),
+            "{frames:?}"
+        );
+    }
+    for t in tricklers {
+        let (took, frames) = timeout(WAIT * 2, t).await.unwrap().unwrap();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+            "a trickler was closed after {took:?}; the frame timeout is 1 s"
+        );
+        assert!(
+            matches!(&frames[..], [(0, op, body)] if error_code(*op, body) == Some(ErrorCode::Timeout)),
+            "a trickler got {frames:?}"
+        );
+    }
+    bystander.finish().await;
+    let grew = peak.saturating_sub(base);
+    assert!(
+        grew < 16 * MIB,
+        "the crowd made the node grow by {} MiB",
+        grew / MIB
+    );
+    let st = counters(&c).await;
+    assert!(st["errors"] >= 80, "{st:?}");
+    let open = wait_for_stat(addr, "connections", |n| n == 2).await;
+    assert_eq!(open, 2, "slow connections are still open");
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1254,4 +1467,93 @@ async fn unauthenticated_peers_cannot_make_the_node_buffer_big_frames() {
     );
     drop(held);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------
+// A peer that never reads
+// ---------------------------------------------------------------------------------------
+
+/// An authenticated peer that pipelines PINGs on a small receive buffer and never reads
+/// until its writes block for a second. Returns the link and how many PINGs went out.
+async fn never_reading_peer(peer: SocketAddr) -> (TcpStream, u64) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let st = timeout(WAIT, socket.connect(peer)).await.unwrap().unwrap();
+    let (mut st, _) = handshake_on(st).await;
+    let mut batch = Vec::new();
+    for i in 0..4096u64 {
+        batch.extend_from_slice(&encode(100 + i, &PeerMessage::Ping(i)));
+    }
+    let mut sent = 0;
+    while sent < 2_000_000 {
+        match timeout(Duration::from_secs(1), st.write_all(&batch)).await {
+            Ok(Ok(())) => sent += 4096,
+            _ => break,
+        }
+    }
+    (st, sent)
+}
+
+/// An authenticated peer (a node with the secret but a bug) sends PINGs and never reads
+/// the PONGs. The node (a child process) stops reading from it once its replies back up:
+/// its RSS stays within a few MiB while the requests keep coming, and its clients and
+/// other peer links are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_costs_bounded_memory() {
+    let dir = temp_dir("peer-never-reads");
+    let secret = secret_file(&dir);
+    let node = spawn_node(&["--secret-file", secret.to_str().unwrap()]);
+    let pid = node.child.id();
+    let other = start(|_| {}).await;
+    let c = client(node.client).await;
+    timeout(WAIT, c.ping()).await.unwrap().unwrap();
+    // Sessions created at the child and read at `other`: copies over the child's peer port.
+    let bystander = Bystander::start(node.client, other.client_addr()).await;
+    sleep(Duration::from_millis(300)).await;
+    let base = rss_bytes(pid);
+    let (stalled, sent) = never_reading_peer(node.peer).await;
+    // The node read at most its socket buffers' worth: the writes blocked long before all
+    // 2 000 000 PINGs (64 MiB) went out.
+    assert!(
+        sent < 2_000_000,
+        "the node read all {sent} PINGs nobody reads the answers to"
+    );
+    let mut peak = 0;
+    for _ in 0..10 {
+        peak = peak.max(rss_bytes(pid));
+        timeout(WAIT, c.ping()).await.unwrap().unwrap();
+        sleep(Duration::from_millis(100)).await;
+    }
+    // Another peer link is served: a fresh handshake and a PING.
+    let (mut fresh, mut buf) = authenticated_peer_at(node.peer).await;
+    fresh.write_all(&encode(9, &PeerMessage::Ping(9))).await.unwrap();
+    let (id, op, _) = next_frame(&mut fresh, &mut buf).await.unwrap();
+    assert_eq!((id, op), (9, peer_op::PONG));
+    bystander.finish().await;
+    let grew = peak.saturating_sub(base);
+    assert!(
+        grew < 32 * MIB,
+        "a peer that never reads made the node grow by {} MiB",
+        grew / MIB
+    );
+    drop(stalled);
+    assert!(other.shutdown(WAIT).await);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The other half for peers: the peer port has no write deadline (its writes are outside
+/// the handshake, in the session-traffic loop), so a link whose peer never reads is held
+/// for as long as the peer likes, and the node's shutdown waits for it: its task is stuck
+/// in a write that never completes and never looks at the shutdown signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap in crates/server/src/peer_port.rs serve_peer (no write timeout on authenticated links: a peer that never reads is never cut off and holds up shutdown); runs with --ignored, and loses the ignore once fixed"]
+async fn a_peer_that_never_reads_is_cut_off() {
+    let node = start(|_| {}).await;
+    let (stalled, sent) = never_reading_peer(node.peer_addr()).await;
+    assert!(sent < 2_000_000);
+    assert!(
+        node.shutdown(Duration::from_secs(5)).await,
+        "shutdown waited for a peer that never reads"
+    );
+    drop(stalled);
 }
