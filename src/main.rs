@@ -106,6 +106,9 @@ struct NodeArgs {
     /// Time allowed to complete a frame once started (and the first frame after connecting).
     #[arg(long, env = "SESSYNC_FRAME_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     frame_timeout: Duration,
+    /// A client that accepts none of its replies for this long is disconnected.
+    #[arg(long, env = "SESSYNC_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    write_timeout: Duration,
     /// How long a request waits on another node before OWNER_UNREACHABLE.
     #[arg(long, env = "SESSYNC_PEER_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     peer_timeout: Duration,
@@ -198,6 +201,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     config.password = args.password;
     config.max_connections = args.max_connections;
     config.frame_timeout = args.frame_timeout;
+    config.write_timeout = args.write_timeout;
     config.peer_timeout = args.peer_timeout;
     let me = args.advertise.unwrap_or(args.peer);
     let others = args.peers.iter().filter(|p| **p != me).count();

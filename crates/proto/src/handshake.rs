@@ -19,11 +19,26 @@ use hmac::Mac;
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 
-use crate::frame::PROTOCOL_VERSION;
+use crate::frame::{CRC_LEN, HEADER_LEN, PROTOCOL_VERSION};
 use crate::keys::Keyring;
 use crate::peer::{PeerMessage, NONCE_LEN, PROOF_LEN};
+use crate::wire::MAX_ADDR_LEN;
 
 const CONTEXT: &[u8] = b"sessync-peer-auth";
+
+/// The largest frame (value of the length prefix) a handshake message needs: AUTH_CHALLENGE
+/// with an IPv6 address, 115 bytes. Until a peer has proved it knows the secret, its frames
+/// are read with this limit rather than `max_frame_len`, so an unauthenticated connection
+/// can make a node buffer at most this much.
+pub const MAX_HANDSHAKE_FRAME_LEN: u32 = {
+    let hello = 16 + 1 + NONCE_LEN + MAX_ADDR_LEN;
+    let challenge = 16 + NONCE_LEN + PROOF_LEN + MAX_ADDR_LEN;
+    let mut body = if hello > challenge { hello } else { challenge };
+    if PROOF_LEN > body {
+        body = PROOF_LEN;
+    }
+    (HEADER_LEN + body + CRC_LEN) as u32
+};
 const ROLE_DIALLER: u8 = 1;
 const ROLE_ACCEPTOR: u8 = 2;
 

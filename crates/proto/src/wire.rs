@@ -191,6 +191,9 @@ pub(crate) fn put_addr(out: &mut impl BufMut, addr: &SocketAddr) {
     out.put_u16(addr.port());
 }
 
+/// The longest address [`put_addr`] writes (IPv6).
+pub(crate) const MAX_ADDR_LEN: usize = 1 + 16 + 2;
+
 /// Encoded length of an address written by [`put_addr`].
 pub(crate) fn addr_len(addr: &SocketAddr) -> usize {
     match addr {

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use hmac::{Hmac, Mac};
 use sessync_proto::{
     decode_frame_slice, Acceptor, Dialler, HandshakeError, Keyring, Limits, Message, PeerIdentity,
-    PeerMessage, NONCE_LEN,
+    PeerMessage, LENGTH_PREFIX_LEN, MAX_HANDSHAKE_FRAME_LEN, NONCE_LEN,
 };
 use sha2::Sha256;
 
@@ -371,4 +371,29 @@ fn unexpected_messages_are_refused() {
             "{m:?}"
         );
     }
+}
+
+/// Every handshake message fits the handshake frame limit with the longest (IPv6)
+/// addresses, and the limit is no larger than the largest of them needs.
+#[test]
+fn handshake_frames_fit_the_handshake_frame_limit_exactly() {
+    let v6: SocketAddr = "[fd00::1:2:3:4]:65535".parse().unwrap_or_else(|e| panic!("{e}"));
+    let keys = single(SECRET);
+    let (dialler, hello) = Dialler::start(keys.clone(), DIALLER_ID, v6);
+    let (acceptor, challenge) = expect(
+        Acceptor::handle_hello(keys, ACCEPTOR_ID, v6, hello.clone()),
+        "hello",
+    );
+    let (_, proof) = expect(dialler.handle_challenge(challenge.clone()), "challenge");
+    expect(acceptor.handle_proof(proof.clone()), "proof");
+    let mut largest = 0;
+    for msg in [hello, challenge, proof, PeerMessage::AuthOk] {
+        let mut out = BytesMut::new();
+        msg.encode_frame(u64::MAX, &mut out);
+        let len = (out.len() - LENGTH_PREFIX_LEN) as u32;
+        assert!(len <= MAX_HANDSHAKE_FRAME_LEN, "{msg:?} is {len} bytes");
+        decode_frame_slice(&out, MAX_HANDSHAKE_FRAME_LEN).unwrap_or_else(|e| panic!("{msg:?}: {e}"));
+        largest = largest.max(len);
+    }
+    assert_eq!(largest, MAX_HANDSHAKE_FRAME_LEN);
 }

@@ -12,6 +12,11 @@
 //! application's users over one connection, and one user's session on a slow or dead
 //! node must not hold up everyone else's. At most [`MAX_DEFERRED`] such requests per
 //! connection wait at once.
+//!
+//! Every write is bounded too: a connection whose socket accepts no byte of its replies for
+//! `NodeConfig::write_timeout` is closed, so a client that never reads gives up its
+//! connection slot (and its pending replies) instead of holding them for as long as it
+//! likes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +88,28 @@ async fn refuse(mut stream: TcpStream) {
     ))
     .encode_frame(0, &mut out);
     let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, stream.write_all(&out)).await;
+}
+
+/// Writes all of `buf`, failing with `TimedOut` once the socket has accepted no byte for
+/// the node's write timeout. Progress, not the whole write, is timed: a slow reader of a
+/// large reply is served, a client that stopped reading is cut off.
+async fn write_bounded(node: &SharedNode, stream: &mut TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = tokio::time::timeout(node.config.write_timeout, stream.write(buf))
+            .await
+            .map_err(|_| {
+                Stats::bump(&node.stats.write_timeouts);
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client read none of its replies within the write timeout",
+                )
+            })??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
 }
 
 async fn write_final(stream: &mut TcpStream, out: &[u8]) -> std::io::Result<()> {
@@ -161,7 +188,7 @@ async fn serve_connection(
                 After::Close => return write_final(&mut stream, &out).await,
             }
             if out.len() >= FLUSH_AT {
-                stream.write_all(&out).await?;
+                write_bounded(node, &mut stream, &out).await?;
                 out.clear();
             }
         }
@@ -170,7 +197,7 @@ async fn serve_connection(
             out.extend_from_slice(&reply);
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            write_bounded(node, &mut stream, &out).await?;
             out.clear();
         }
         let frame_waiting = matches!(check_frame(&input, cfg.limits.max_frame_len), Ok(Some(_)));
@@ -180,7 +207,7 @@ async fn serve_connection(
             while deferred > 0 {
                 let Some(reply) = late_rx.recv().await else { break };
                 deferred -= 1;
-                stream.write_all(&reply).await?;
+                write_bounded(node, &mut stream, &reply).await?;
             }
             let _ = stream.shutdown().await;
             return Ok(());

@@ -37,6 +37,12 @@ pub struct NodeConfig {
     pub frame_timeout: Duration,
     /// A connection with no traffic this long is closed.
     pub idle_timeout: Duration,
+    /// A client connection whose socket accepts no byte of its replies for this long is
+    /// closed: a client that never reads would otherwise hold its connection slot forever.
+    pub write_timeout: Duration,
+    /// Most peer connections still in the handshake at once; further ones get
+    /// TOO_MANY_CONNECTIONS and close. Authenticated links are not counted.
+    pub max_peer_handshakes: usize,
     /// Wire limits (frame size, attribute counts and sizes).
     pub limits: Limits,
     /// How often the sweeper visits one table shard.
@@ -67,8 +73,8 @@ pub enum BackupPolicy {
 impl NodeConfig {
     /// Defaults: 30 min idle TTL, no absolute lifetime, 1M sessions, 1 GiB, reject at the
     /// limit, no password, 10 000 connections, 10 s frame timeout, 5 min idle timeout,
-    /// 1 s peer timeout, 3 hops, no backups (replicas 0; refuse writes without enough
-    /// backups when replicas are turned on).
+    /// 10 s write timeout, 256 peer handshakes at once, 1 s peer timeout, 3 hops, no
+    /// backups (replicas 0; refuse writes without enough backups when they are turned on).
     pub fn new(client_addr: SocketAddr, peer_addr: SocketAddr, keys: Keyring) -> NodeConfig {
         NodeConfig {
             client_addr,
@@ -84,6 +90,8 @@ impl NodeConfig {
             max_connections: 10_000,
             frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(10),
+            max_peer_handshakes: 256,
             limits: Limits::DEFAULT,
             sweep_interval: Duration::from_millis(50),
             peer_timeout: Duration::from_secs(1),

@@ -1,15 +1,23 @@
 //! The peer port: other nodes' links into this node. Every connection must complete the
 //! mutual handshake before anything else; until then, any other frame gets AUTH_FAILED and
 //! the connection closes, so no session data ever reaches an unauthenticated peer.
+//!
+//! What an unauthenticated connection can cost is bounded three ways: its frames are read
+//! with [`MAX_HANDSHAKE_FRAME_LEN`] (115 bytes) instead of `max_frame_len`, the whole
+//! handshake must finish within `HANDSHAKE_TIMEOUT` (5 s), and at most
+//! `NodeConfig::max_peer_handshakes` connections may be in the handshake at once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use sessync_proto::{
     decode_frame, Acceptor, ErrorCode, ErrorReply, Frame, Message, PeerIdentity, PeerMessage,
+    MAX_HANDSHAKE_FRAME_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_util::task::TaskTracker;
 
@@ -27,20 +35,37 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes of replies after which they are written before more requests are handled.
 const FLUSH_AT: usize = 256 * 1024;
 
+/// Accepts peer connections until shutdown. A connection holds a handshake permit until it
+/// has authenticated (mini-redis's connection-limit semaphore, applied to the handshake
+/// only): past the limit a connection is refused at once with TOO_MANY_CONNECTIONS rather
+/// than queued, so a flood of connections that never authenticate costs a bounded number
+/// of tasks and buffers, while links that did authenticate are not counted.
 pub(crate) async fn accept_loop(
     node: SharedNode,
     listener: TcpListener,
     mut shutdown: Shutdown,
     tasks: TaskTracker,
 ) {
+    let handshakes = Arc::new(Semaphore::new(node.config.max_peer_handshakes));
     loop {
-        let Some((stream, addr)) = next_connection(&listener, &mut shutdown, "peer").await else {
+        let Some((mut stream, addr)) = next_connection(&listener, &mut shutdown, "peer").await else {
             return;
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            Stats::bump(&node.stats.peer_handshakes_refused);
+            tasks.spawn(async move {
+                let err = ErrorReply::new(
+                    ErrorCode::TooManyConnections,
+                    "too many peer connections in the handshake",
+                );
+                let _ = refuse(&mut stream, 0, err).await;
+            });
+            continue;
         };
         let node = node.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = serve_peer(&node, stream, shutdown).await {
+            if let Err(e) = serve_peer(&node, stream, shutdown, permit).await {
                 tracing::debug!(%addr, "peer connection ended: {e}");
             }
         });
@@ -80,7 +105,7 @@ async fn handshake(
 ) -> std::io::Result<Option<PeerIdentity>> {
     let limits = &node.config.limits;
     let failed = |why: String| ErrorReply::new(ErrorCode::AuthFailed, why);
-    let frame = match read_frame(stream, input, limits.max_frame_len).await? {
+    let frame = match read_frame(stream, input, MAX_HANDSHAKE_FRAME_LEN).await? {
         Ok(Some(f)) => f,
         Ok(None) => return Ok(None),
         Err(e) => return refuse(stream, 0, e).await.map(|_| None),
@@ -109,7 +134,7 @@ async fn handshake(
     let mut out = BytesMut::new();
     challenge.encode_frame(frame.request_id, &mut out);
     stream.write_all(&out).await?;
-    let frame = match read_frame(stream, input, limits.max_frame_len).await? {
+    let frame = match read_frame(stream, input, MAX_HANDSHAKE_FRAME_LEN).await? {
         Ok(Some(f)) => f,
         Ok(None) => return Ok(None),
         Err(e) => return refuse(stream, 0, e).await.map(|_| None),
@@ -138,8 +163,14 @@ async fn handshake(
     }
 }
 
-async fn serve_peer(node: &SharedNode, mut stream: TcpStream, mut shutdown: Shutdown) -> std::io::Result<()> {
-    let mut input = BytesMut::with_capacity(16 * 1024);
+async fn serve_peer(
+    node: &SharedNode,
+    mut stream: TcpStream,
+    mut shutdown: Shutdown,
+    handshake_permit: OwnedSemaphorePermit,
+) -> std::io::Result<()> {
+    // Sized for the handshake; grown for session traffic once the peer has authenticated.
+    let mut input = BytesMut::with_capacity(2 * MAX_HANDSHAKE_FRAME_LEN as usize);
     let peer = match timeout(HANDSHAKE_TIMEOUT, handshake(node, &mut stream, &mut input)).await {
         Ok(Ok(Some(p))) => p,
         Ok(Ok(None)) => return Ok(()),
@@ -153,6 +184,8 @@ async fn serve_peer(node: &SharedNode, mut stream: TcpStream, mut shutdown: Shut
             .await;
         }
     };
+    drop(handshake_permit);
+    input.reserve(16 * 1024);
     let limits = &node.config.limits;
     let mut out = BytesMut::with_capacity(16 * 1024);
     loop {

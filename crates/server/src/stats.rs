@@ -11,6 +11,10 @@ pub(crate) struct Stats {
     pub(crate) connections_total: AtomicU64,
     /// Client connections refused at `max_connections`.
     pub(crate) connections_refused: AtomicU64,
+    /// Client connections closed because they did not read their replies in time.
+    pub(crate) write_timeouts: AtomicU64,
+    /// Peer connections refused at `max_peer_handshakes`.
+    pub(crate) peer_handshakes_refused: AtomicU64,
     /// Requests handled.
     pub(crate) requests: AtomicU64,
     /// Error replies sent.
@@ -60,6 +64,8 @@ impl Stats {
             ("connections".into(), g(&self.connections)),
             ("connections_total".into(), g(&self.connections_total)),
             ("connections_refused".into(), g(&self.connections_refused)),
+            ("write_timeouts".into(), g(&self.write_timeouts)),
+            ("peer_handshakes_refused".into(), g(&self.peer_handshakes_refused)),
             ("requests".into(), g(&self.requests)),
             ("errors".into(), g(&self.errors)),
             ("created".into(), g(&self.created)),
