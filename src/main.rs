@@ -106,7 +106,7 @@ struct NodeArgs {
     /// Time allowed to complete a frame once started (and the first frame after connecting).
     #[arg(long, env = "SESSYNC_FRAME_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     frame_timeout: Duration,
-    /// A client that accepts none of its replies for this long is disconnected.
+    /// A client (or peer) that accepts none of its replies for this long is disconnected.
     #[arg(long, env = "SESSYNC_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     write_timeout: Duration,
     /// How long a request waits on another node before OWNER_UNREACHABLE.

@@ -1549,19 +1549,31 @@ async fn a_peer_that_never_reads_costs_bounded_memory() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The other half for peers: the peer port has no write deadline (its writes are outside
-/// the handshake, in the session-traffic loop), so a link whose peer never reads is held
-/// for as long as the peer likes, and the node's shutdown waits for it: its task is stuck
-/// in a write that never completes and never looks at the shutdown signal.
+/// The other half for peers: a link whose peer never reads is cut off once the node's
+/// replies make no progress for the write timeout (STATS `write_timeouts`), and a link
+/// stuck in a write does not hold up the node's shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap in crates/server/src/peer_port.rs serve_peer (no write timeout on authenticated links: a peer that never reads is never cut off and holds up shutdown); runs with --ignored, and loses the ignore once fixed"]
 async fn a_peer_that_never_reads_is_cut_off() {
-    let node = start(|_| {}).await;
+    let node = start(|c| c.write_timeout = Duration::from_secs(1)).await;
     let (stalled, sent) = never_reading_peer(node.peer_addr()).await;
     assert!(sent < 2_000_000);
+    let mut cut = 0;
+    for _ in 0..50 {
+        cut = stats(node.client_addr()).await["write_timeouts"];
+        if cut > 0 {
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        cut, 1,
+        "the link that never read was cut off by the write timeout"
+    );
+    // A second one is still stuck when the node shuts down: shutdown does not wait for it.
+    let (stalled_too, _) = never_reading_peer(node.peer_addr()).await;
     assert!(
         node.shutdown(Duration::from_secs(5)).await,
         "shutdown waited for a peer that never reads"
     );
-    drop(stalled);
+    drop((stalled, stalled_too));
 }

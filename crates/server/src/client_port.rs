@@ -93,23 +93,12 @@ async fn refuse(mut stream: TcpStream) {
 /// Writes all of `buf`, failing with `TimedOut` once the socket has accepted no byte for
 /// the node's write timeout. Progress, not the whole write, is timed: a slow reader of a
 /// large reply is served, a client that stopped reading is cut off.
-async fn write_bounded(node: &SharedNode, stream: &mut TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        let n = tokio::time::timeout(node.config.write_timeout, stream.write(buf))
-            .await
-            .map_err(|_| {
-                Stats::bump(&node.stats.write_timeouts);
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the client read none of its replies within the write timeout",
-                )
-            })??;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        buf = &buf[n..];
+async fn write_bounded(node: &SharedNode, stream: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
+    let r = crate::listen::write_with_progress(stream, buf, node.config.write_timeout).await;
+    if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
+        Stats::bump(&node.stats.write_timeouts);
     }
-    Ok(())
+    r
 }
 
 async fn write_final(stream: &mut TcpStream, out: &[u8]) -> std::io::Result<()> {

@@ -37,8 +37,9 @@ pub struct NodeConfig {
     pub frame_timeout: Duration,
     /// A connection with no traffic this long is closed.
     pub idle_timeout: Duration,
-    /// A client connection whose socket accepts no byte of its replies for this long is
-    /// closed: a client that never reads would otherwise hold its connection slot forever.
+    /// A client or authenticated peer connection whose socket accepts no byte of its
+    /// replies for this long is closed: one that never reads would otherwise hold its
+    /// connection (and the node's shutdown) forever.
     pub write_timeout: Duration,
     /// Most peer connections still in the handshake at once; further ones get
     /// TOO_MANY_CONNECTIONS and close. Authenticated links are not counted.

@@ -47,3 +47,30 @@ pub(crate) async fn next_connection(
         }
     }
 }
+
+/// Writes all of `buf`, failing with `TimedOut` once the socket has accepted no byte for
+/// `deadline`. Progress, not the whole write, is timed: a slow reader of a large buffer is
+/// served, a reader that stopped reading is cut off (both ports use it, so a client or a
+/// peer that never reads gives its connection up instead of holding it forever).
+pub(crate) async fn write_with_progress(
+    stream: &mut TcpStream,
+    mut buf: &[u8],
+    deadline: Duration,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    while !buf.is_empty() {
+        let n = tokio::time::timeout(deadline, stream.write(buf))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the other side read nothing within the write timeout",
+                )
+            })??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}

@@ -163,6 +163,29 @@ async fn handshake(
     }
 }
 
+/// Writes replies on an authenticated link: bounded by the node's write timeout (a peer
+/// that stops reading is cut off, like a client) and abandoned when the node shuts down
+/// (a link stuck in a write must not hold the shutdown up).
+async fn send(
+    node: &SharedNode,
+    stream: &mut TcpStream,
+    out: &[u8],
+    shutdown: &mut Shutdown,
+) -> std::io::Result<()> {
+    tokio::select! {
+        r = crate::listen::write_with_progress(stream, out, node.config.write_timeout) => {
+            if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
+                Stats::bump(&node.stats.write_timeouts);
+            }
+            r
+        }
+        _ = shutdown.wait() => Err(std::io::Error::new(
+            std::io::ErrorKind::Interrupted,
+            "shutting down while a peer was not reading",
+        )),
+    }
+}
+
 async fn serve_peer(
     node: &SharedNode,
     mut stream: TcpStream,
@@ -198,7 +221,7 @@ async fn serve_peer(
             let msg = match PeerMessage::decode_frame(&frame, limits) {
                 Ok(m) => m,
                 Err(e) => {
-                    stream.write_all(&out).await?;
+                    send(node, &mut stream, &out, &mut shutdown).await?;
                     return refuse(
                         &mut stream,
                         frame.request_id,
@@ -210,18 +233,18 @@ async fn serve_peer(
             match handle(node, &peer, msg) {
                 Some(reply) => reply.encode_frame(frame.request_id, &mut out),
                 None => {
-                    stream.write_all(&out).await?;
+                    send(node, &mut stream, &out, &mut shutdown).await?;
                     let err = ErrorReply::new(ErrorCode::UnknownOpcode, "not a peer request");
                     return refuse(&mut stream, frame.request_id, err).await;
                 }
             }
             if out.len() >= FLUSH_AT {
-                stream.write_all(&out).await?;
+                send(node, &mut stream, &out, &mut shutdown).await?;
                 out.clear();
             }
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            send(node, &mut stream, &out, &mut shutdown).await?;
             out.clear();
         }
         let n = tokio::select! {
