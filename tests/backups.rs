@@ -326,3 +326,56 @@ async fn destroy_and_rotate_remove_the_backup_copies() {
     }
     stop(vec![n1]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_backup_dies_mid_write_is_indeterminate_not_success() {
+    let (mut nodes, peers) = replicated_cluster(2, 1).await;
+    let backup = nodes.pop().unwrap();
+    let owner = nodes.pop().unwrap();
+    let c = client(owner.client_addr()).await;
+    let s = timeout(WAIT, c.create(attrs(&[("n", "1")])))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(backups_of(&s.token), vec![peers[1]]);
+    // The backup goes away; the owner's link to it still looks up, so the write is
+    // applied, and then no backup confirms it.
+    assert!(backup.shutdown(WAIT).await);
+    match timeout(WAIT, c.set(&s.token).put("n", "2").send()).await.unwrap() {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::Indeterminate),
+        other => panic!("a write no backup has was reported as {other:?}"),
+    }
+    // Applied at the owner, as INDETERMINATE says it may be.
+    let now = timeout(WAIT, c.get(&s.token)).await.unwrap().unwrap();
+    assert_eq!(now.get("n").unwrap(), "2");
+    let st = stats(&c).await;
+    assert_eq!(stat(&st, "indeterminate"), 1);
+    // Once the owner's link knows the backup is gone (the next dial fails and backs
+    // off), writes are refused up front and change nothing. Until then they are applied
+    // and answered INDETERMINATE, never success.
+    let mut applied = 2;
+    let mut refused = false;
+    for n in 3..10 {
+        match timeout(WAIT, c.set(&s.token).put("n", n.to_string()).send())
+            .await
+            .unwrap()
+        {
+            Err(ClientError::Server {
+                code: ErrorCode::BackupUnavailable,
+                ..
+            }) => {
+                refused = true;
+                break;
+            }
+            Err(ClientError::Server {
+                code: ErrorCode::Indeterminate,
+                ..
+            }) => applied = n,
+            other => panic!("a write no backup has was reported as {other:?}"),
+        }
+    }
+    assert!(refused, "writes were never refused with the only backup gone");
+    let now = timeout(WAIT, c.get(&s.token)).await.unwrap().unwrap();
+    assert_eq!(now.get("n").unwrap(), applied.to_string().as_str());
+    stop(vec![owner]).await;
+}
