@@ -149,7 +149,7 @@ fn peer_messages() -> Vec<(&'static str, PeerMessage)> {
     let record = SessionRecord {
         id: SessionId([9; 16]),
         meta: meta(),
-        attributes: attributes(1024, 8),
+        attributes: PackedAttributes::pack(&attributes(1024, 8)),
     };
     vec![
         (

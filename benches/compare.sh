@@ -76,6 +76,36 @@ done
 all_nodes=$(IFS=,; echo "${nodes[*]}")
 echo "== sessync nodes: $all_nodes"
 
+# Two more 3-node clusters for the cost of backups: the same flags plus --peers, one with
+# --replicas 0 (the default) and one with --replicas 1 (every write waits for one
+# REPLICATE round trip). --peers needs the peer ports up front.
+start_cluster() { # $1 = replicas; sets $cluster to the client addresses
+  local ports=() addrs=() i
+  for i in 0 1 2; do ports+=("$(free_port)"); done
+  local peers="127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
+  for i in 0 1 2; do
+    local name="r$1-$i"
+    "$bin/sessync" node --client 127.0.0.1:0 --peer "127.0.0.1:${ports[$i]}" --peers "$peers" \
+      --replicas "$1" --secret-file "$tmp/secret" --max-sessions 50000000 --max-memory 200G \
+      --log warn >"$tmp/$name.out" 2>"$tmp/$name.err" &
+    pids+=($!)
+    for _ in $(seq 100); do
+      grep -q '^ready ' "$tmp/$name.out" 2>/dev/null && break
+      sleep 0.1
+    done
+    local addr
+    addr=$(sed -n 's/^ready client=\([^ ]*\) .*/\1/p' "$tmp/$name.out")
+    [ -n "$addr" ] || { echo "node $name did not start:" >&2; cat "$tmp/$name.err" >&2; exit 1; }
+    addrs+=("$addr")
+  done
+  cluster=$(IFS=,; echo "${addrs[*]}")
+}
+start_cluster 0
+replicas0=$cluster
+start_cluster 1
+replicas1=$cluster
+echo "== backups: --replicas 0 $replicas0; --replicas 1 $replicas1"
+
 common=(--duration "$DURATION" --warmup "$WARMUP" --repeat "$REPEAT" --slices "$SLICES" --quiet)
 
 echo
@@ -103,7 +133,16 @@ echo "== 4. instant copy: three nodes, 50 connections, pipeline 16"
   --json-out "$OUT/move-throughput.json" | tee "$OUT/move-throughput.txt"
 
 echo
-echo "== 5. memory per session ($MEMORY_SESSIONS sessions)"
+echo "== 5. the cost of backups: 3 nodes --replicas 1 vs the same with --replicas 0"
+"$bin/sessync-bench" load --nodes "$replicas0" --against-nodes "$replicas1" --against-label replicas-1 \
+  --scenario mixed,create --connections 50 --depth 16 --no-echo "${common[@]}" \
+  --json-out "$OUT/backups-throughput.json" | tee "$OUT/backups-throughput.txt"
+"$bin/sessync-bench" load --nodes "$replicas0" --against-nodes "$replicas1" --against-label replicas-1 \
+  --scenario mixed,create --connections 1 --depth 1 --no-echo "${common[@]}" \
+  --json-out "$OUT/backups-latency.json" | tee "$OUT/backups-latency.txt"
+
+echo
+echo "== 6. memory per session ($MEMORY_SESSIONS sessions)"
 "$bin/sessync-bench" memory --sessions "$MEMORY_SESSIONS" --size 1024 --attrs 8 \
   --against-redis "$redis" --redis-flush --json-out "$OUT/memory-1k.json" | tee "$OUT/memory-1k.txt"
 "$bin/sessync-bench" memory --sessions "$MEMORY_SESSIONS" --size 100 --attrs 8 \
@@ -133,6 +172,10 @@ rows = [
     ("move 1x1: move p50 / local p50", ratio("move-latency", "move: move/local p50"), "<=", 2.5),
     ("move 50x16: move p50 / local p50", ratio("move-throughput", "move: move/local p50"), "<=", 2.5),
     ("move 50x16: move / local throughput", ratio("move-throughput", "move: move/local throughput"), "", None),
+    ("backups 50x16: mixed, replicas 1 / replicas 0 throughput", ratio("backups-throughput", "mixed: replicas-1/sessync throughput"), "", None),
+    ("backups 50x16: create, replicas 1 / replicas 0 throughput", ratio("backups-throughput", "create: replicas-1/sessync throughput"), "", None),
+    ("backups 1x1: mixed, replicas 1 / replicas 0 p50", ratio("backups-latency", "mixed: replicas-1/sessync p50"), "", None),
+    ("backups 1x1: create, replicas 1 / replicas 0 p50", ratio("backups-latency", "create: replicas-1/sessync p50"), "", None),
 ]
 for size in ("1k", "100"):
     d = mem(f"memory-{size}")

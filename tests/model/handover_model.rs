@@ -27,7 +27,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use sessync_proto::{Attributes, PeerIdentity, PeerMessage, SessionId, SessionMeta, SessionRecord};
+use sessync_proto::{
+    Attributes, PackedAttributes, PeerIdentity, PeerMessage, SessionId, SessionMeta, SessionRecord,
+};
 use sessync_server::handover::{Fetch, Step};
 use sessync_server::table::{CopyOutcome, EvictPolicy, Miss, Served, Table, TableConfig};
 
@@ -841,7 +843,7 @@ impl Model {
                 idle_ttl_ms: TTL,
                 absolute_deadline_ms: 0,
             },
-            attributes: attrs(self.sessions[s].acked.1),
+            attributes: PackedAttributes::pack(&attrs(self.sessions[s].acked.1)),
         };
         self.nodes[j].table.install(&record, 99, NOW).map(drop)
     }

@@ -75,6 +75,14 @@ struct LoadArgs {
     /// Also run the same request mix against this Redis.
     #[arg(long)]
     against_redis: Option<SocketAddr>,
+    /// Also run the sessync scenarios against a second set of running nodes (client
+    /// addresses, comma-separated), e.g. the same cluster with `--replicas 1`; reported
+    /// as ratios to the `--nodes` run, per repetition.
+    #[arg(long, value_delimiter = ',', requires = "nodes")]
+    against_nodes: Vec<SocketAddr>,
+    /// The label of the `--against-nodes` rows and ratios.
+    #[arg(long, default_value = "sessync-b")]
+    against_label: String,
     /// How sessions are stored in Redis (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "hash,string")]
     redis_mode: Vec<RedisMode>,
@@ -240,6 +248,14 @@ async fn load_all(args: &LoadArgs, nodes: Vec<SocketAddr>, echo: Option<SocketAd
             case: s.name(),
             what: format!("{what}, {} node(s)", nodes.len()),
         });
+        if !args.against_nodes.is_empty() {
+            jobs.push(Job {
+                kind: JobKind::SessyncB,
+                scenario: *s,
+                case: s.name(),
+                what: format!("{what}, {} node(s)", args.against_nodes.len()),
+            });
+        }
     }
     if let (Some(_), Some(case)) = (echo, echo_case) {
         jobs.push(Job {
@@ -289,6 +305,7 @@ async fn load_all(args: &LoadArgs, nodes: Vec<SocketAddr>, echo: Option<SocketAd
             for (i, job) in jobs.iter().enumerate() {
                 let target = match job.kind {
                     JobKind::Sessync => Target::Sessync(nodes.clone()),
+                    JobKind::SessyncB => Target::Sessync(args.against_nodes.clone()),
                     JobKind::Echo => {
                         let (req_len, reply_len) = echo_sizes.context("no sessync run to size the echo")?;
                         Target::Echo {
@@ -332,6 +349,7 @@ async fn load_all(args: &LoadArgs, nodes: Vec<SocketAddr>, echo: Option<SocketAd
             };
             let label = match job.kind {
                 JobKind::Sessync => "sessync",
+                JobKind::SessyncB => args.against_label.as_str(),
                 JobKind::Echo => "echo",
                 JobKind::Redis(RedisMode::Hash) => "redis-hash",
                 JobKind::Redis(RedisMode::String) => "redis-string",
@@ -340,7 +358,10 @@ async fn load_all(args: &LoadArgs, nodes: Vec<SocketAddr>, echo: Option<SocketAd
         }
     }
     pb.finish_and_clear();
-    let ratios = report.ratios(&scenarios, echo_case);
+    let mut ratios = report.ratios(&scenarios, echo_case);
+    if !args.against_nodes.is_empty() {
+        ratios.extend(report.against(&scenarios, &args.against_label));
+    }
     let config = json!({
         "scenarios": scenarios,
         "nodes": nodes.len(),
@@ -383,6 +404,8 @@ async fn load_all(args: &LoadArgs, nodes: Vec<SocketAddr>, echo: Option<SocketAd
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JobKind {
     Sessync,
+    /// The `--against-nodes` cluster.
+    SessyncB,
     Echo,
     Redis(RedisMode),
 }

@@ -210,6 +210,20 @@ impl Report {
         out
     }
 
+    /// The `--against-nodes` rows as ratios to the `--nodes` rows of the same scenario.
+    pub(crate) fn against(&self, scenarios: &[Scenario], label: &str) -> Vec<Ratio> {
+        let mut out = Vec::new();
+        for s in scenarios {
+            let (Some(b), Some(ours)) = (self.row(label, s.name()), self.row("sessync", s.name())) else {
+                continue;
+            };
+            for m in [Metric::Throughput, Metric::P50, Metric::P99] {
+                out.extend(self.ratio(format!("{}: {label}/sessync {}", s.name(), m.name()), b, ours, m));
+            }
+        }
+        out
+    }
+
     /// The human table: medians, then ratios.
     pub(crate) fn print(&self, header: &str, ratios: &[Ratio]) {
         let reps = self.rows.first().map_or(0, |r| r.runs.len());

@@ -474,7 +474,7 @@ impl Checked for PeerMessage {
     fn within(&self, l: &Limits) {
         match self {
             PeerMessage::CopyData { record, .. } | PeerMessage::Replicate { record, .. } => {
-                attributes_within(&record.attributes, l)
+                attributes_within(&record.attributes.unpack(), l)
             }
             PeerMessage::Error(e) => text_within("error message", &e.message, l.max_text_len),
             _ => {}

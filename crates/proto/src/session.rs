@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
 use rand::RngCore;
@@ -151,6 +152,10 @@ pub(crate) fn decode_names(r: &mut Reader<'_>, limits: &Limits) -> Result<Vec<St
 ///
 /// # Format
 /// id (16 bytes), [`SessionMeta`] (40 bytes), attributes.
+///
+/// The attributes travel in their packed form, which is their wire encoding: a node sends
+/// the bytes it stores and the receiver stores the bytes it got (after checking them as
+/// strictly as [`Attributes`] decoding does), with no map built on either side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     /// The session id.
@@ -158,29 +163,37 @@ pub struct SessionRecord {
     /// Version, times and deadlines.
     pub meta: SessionMeta,
     /// The data.
-    pub attributes: Attributes,
+    pub attributes: PackedAttributes,
 }
 
 impl SessionRecord {
     pub(crate) fn encode(&self, out: &mut impl BufMut) {
         out.put_slice(&self.id.0);
         self.meta.encode(out);
-        encode_attributes(out, &self.attributes);
+        out.put_slice(self.attributes.as_bytes());
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>, limits: &Limits) -> Result<SessionRecord, DecodeError> {
         Ok(SessionRecord {
             id: SessionId(r.array()?),
             meta: SessionMeta::decode(r)?,
-            attributes: decode_attributes(r, limits)?,
+            attributes: PackedAttributes::decode(r, limits)?,
         })
     }
 }
 
 /// Attributes kept in their wire encoding (u16 count, then sorted unique pairs): one
 /// allocation per session, copied into replies as is. This is how a node stores them.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PackedAttributes(Bytes);
+///
+/// Why `Option<Arc<[u8]>>` and not `Bytes`: 16 bytes in the table's slot instead of 32,
+/// the reference count lives in the same allocation as the data, and a clone never
+/// allocates (a `Bytes` made from a `Vec` allocates a separate shared header on its first
+/// clone, which every session served once would carry). `None` is the empty set.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct PackedAttributes(Option<Arc<[u8]>>);
+
+/// The encoding of no attributes: a zero count.
+const EMPTY: [u8; 2] = [0, 0];
 
 impl std::fmt::Debug for PackedAttributes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -188,22 +201,48 @@ impl std::fmt::Debug for PackedAttributes {
     }
 }
 
-impl Default for PackedAttributes {
-    fn default() -> Self {
-        PackedAttributes(Bytes::from_static(&[0, 0]))
-    }
-}
-
 impl PackedAttributes {
+    /// Takes an encoded buffer (the caller built it with the sorted, unique layout).
+    fn from_encoded(out: Vec<u8>) -> PackedAttributes {
+        if out[..] == EMPTY {
+            PackedAttributes(None)
+        } else {
+            PackedAttributes(Some(Arc::from(out)))
+        }
+    }
+
     /// Packs a map.
     pub fn pack(attrs: &Attributes) -> PackedAttributes {
         let len = 2 + attrs.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>();
         let mut out = Vec::with_capacity(len);
         encode_attributes(&mut out, attrs);
-        PackedAttributes(Bytes::from(out))
+        PackedAttributes::from_encoded(out)
     }
 
-    /// Unpacks into a map (used when a whole session crosses to a peer).
+    /// Reads an encoded attribute set, checked exactly as a decoded [`Attributes`] map
+    /// is (limits, UTF-8 names, strictly increasing names), and keeps its bytes as they
+    /// are: one allocation of exactly their size, never a slice of the frame.
+    pub(crate) fn decode(r: &mut Reader<'_>, limits: &Limits) -> Result<PackedAttributes, DecodeError> {
+        let start = r.position();
+        let n = r.count("attribute count", limits.max_attributes, MIN_ATTRIBUTE_LEN)?;
+        let mut last: Option<&str> = None;
+        for _ in 0..n {
+            let name = r.str("attribute name", limits.max_name_len)?;
+            r.skip_bytes("attribute value", limits.max_value_len)?;
+            if last.is_some_and(|last| last >= name) {
+                return Err(DecodeError::Invalid(
+                    "attribute names not sorted and unique".into(),
+                ));
+            }
+            last = Some(name);
+        }
+        if n == 0 {
+            return Ok(PackedAttributes(None));
+        }
+        Ok(PackedAttributes(Some(Arc::from(r.since(start)))))
+    }
+
+    /// Unpacks into a map (for clients and tests; nodes keep the packed form).
     pub fn unpack(&self) -> Attributes {
         self.iter()
             .map(|(k, v)| (k.to_owned(), Bytes::copy_from_slice(v)))
@@ -212,23 +251,28 @@ impl PackedAttributes {
 
     /// The encoded bytes, ready to be appended to a SESSION reply or a record.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            Some(b) => b,
+            None => &EMPTY,
+        }
     }
 
     /// How many attributes.
     pub fn count(&self) -> usize {
-        usize::from(u16::from_be_bytes([self.0[0], self.0[1]]))
+        let b = self.as_bytes();
+        usize::from(u16::from_be_bytes([b[0], b[1]]))
     }
 
     /// Bytes held, including the encoding's length fields.
     pub fn encoded_len(&self) -> usize {
-        self.0.len()
+        self.as_bytes().len()
     }
 
-    /// The pairs in name order. The buffer was built by [`PackedAttributes::pack`] or
-    /// [`PackedAttributes::apply`], so it is well formed; iteration stops at any defect.
+    /// The pairs in name order. The buffer was built by [`PackedAttributes::pack`],
+    /// [`PackedAttributes::apply`] or a checked decode, so it is well formed; iteration
+    /// stops at any defect.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        let buf = &self.0[..];
+        let buf = self.as_bytes();
         let mut pos = 2usize;
         let mut left = self.count();
         std::iter::from_fn(move || {
@@ -259,7 +303,7 @@ impl PackedAttributes {
             put_string(&mut out, k);
             put_bytes(&mut out, v);
         }
-        PackedAttributes(Bytes::from(out))
+        PackedAttributes::from_encoded(out)
     }
 
     /// A new packed set: these attributes with `puts` added or replaced and `deletes`
@@ -308,7 +352,7 @@ impl PackedAttributes {
             put_string(&mut out, k);
             put_bytes(&mut out, v);
         }
-        Some(PackedAttributes(Bytes::from(out)))
+        Some(PackedAttributes::from_encoded(out))
     }
 }
 
@@ -346,5 +390,40 @@ mod tests {
         let mut wire = Vec::new();
         encode_attributes(&mut wire, &a);
         assert_eq!(p.as_bytes(), &wire[..]);
+        assert_eq!(PackedAttributes::default().as_bytes(), &[0, 0]);
+        assert_eq!(
+            PackedAttributes::pack(&Attributes::new()),
+            PackedAttributes::default()
+        );
+    }
+
+    #[test]
+    fn packed_decode_checks_like_the_map_decode() {
+        let limits = Limits::default();
+        let wire = PackedAttributes::pack(&attrs(&[("a", "1"), ("b", "")]))
+            .as_bytes()
+            .to_vec();
+        let mut r = Reader::new(&wire);
+        let p = PackedAttributes::decode(&mut r, &limits).unwrap();
+        assert_eq!(r.remaining(), 0);
+        assert_eq!(p.as_bytes(), &wire[..]);
+        assert_eq!(
+            p.unpack(),
+            decode_attributes(&mut Reader::new(&wire), &limits).unwrap()
+        );
+        // Unsorted, duplicate, non-UTF-8 names and over-limit counts fail as the map
+        // decode fails.
+        let bad: [&[u8]; 4] = [
+            &[0, 2, 0, 1, b'b', 0, 0, 0, 0, 0, 1, b'a', 0, 0, 0, 0],
+            &[0, 2, 0, 1, b'a', 0, 0, 0, 0, 0, 1, b'a', 0, 0, 0, 0],
+            &[0, 1, 0, 1, 0xff, 0, 0, 0, 0],
+            &[0xff, 0xff, 0, 0],
+        ];
+        for b in bad {
+            let packed = PackedAttributes::decode(&mut Reader::new(b), &limits);
+            let map = decode_attributes(&mut Reader::new(b), &limits);
+            assert!(packed.is_err() && map.is_err(), "{b:?}");
+            assert_eq!(packed.unwrap_err().to_string(), map.unwrap_err().to_string());
+        }
     }
 }

@@ -32,9 +32,11 @@ pub const TOKEN_VERSION: u8 = 1;
 pub const TAG_LEN: usize = 16;
 /// Most backup addresses a token may name.
 pub const MAX_BACKUPS: usize = 2;
+/// Longest binary token: three IPv6 addresses.
+const MAX_TOKEN_LEN: usize = 2 + 16 + 3 * 19 + 1 + TAG_LEN;
 /// Longest token string this crate can produce (three IPv6 addresses); longer input is
 /// rejected before it is decoded.
-pub const MAX_TOKEN_STR_LEN: usize = 4 * (2 + 16 + 3 * 19 + 1 + TAG_LEN).div_ceil(3);
+pub const MAX_TOKEN_STR_LEN: usize = 4 * MAX_TOKEN_LEN.div_ceil(3);
 /// Shortest binary token: one IPv4 owner, no backups.
 const MIN_TOKEN_LEN: usize = 2 + 16 + 7 + 1 + TAG_LEN;
 
@@ -93,7 +95,13 @@ impl Token {
         if token.len() > MAX_TOKEN_STR_LEN {
             return Err(TokenError::Malformed);
         }
-        let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| TokenError::Malformed)?;
+        // Decoded on the stack: verification runs on every request and allocates nothing
+        // (the backups list only when the token names some).
+        let mut buf = [0u8; MAX_TOKEN_LEN + 3];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(token, &mut buf)
+            .map_err(|_| TokenError::Malformed)?;
+        let raw = &buf[..n];
         if raw.len() < MIN_TOKEN_LEN {
             return Err(TokenError::Malformed);
         }

@@ -118,6 +118,35 @@ impl<'a> Reader<'a> {
             .map_err(|_| DecodeError::Invalid(format!("{what} is not valid UTF-8")))
     }
 
+    /// Like [`Reader::string`], borrowing the text instead of copying it.
+    pub(crate) fn str(&mut self, what: &'static str, max: usize) -> Result<&'a str, DecodeError> {
+        let n = usize::from(self.u16()?);
+        if n > max {
+            return Err(DecodeError::LimitExceeded { what, len: n, max });
+        }
+        std::str::from_utf8(self.take(n)?)
+            .map_err(|_| DecodeError::Invalid(format!("{what} is not valid UTF-8")))
+    }
+
+    /// Checks and passes over a byte string as [`Reader::bytes`] reads it.
+    pub(crate) fn skip_bytes(&mut self, what: &'static str, max: usize) -> Result<(), DecodeError> {
+        let n = usize::try_from(self.u32()?).unwrap_or(usize::MAX);
+        if n > max {
+            return Err(DecodeError::LimitExceeded { what, len: n, max });
+        }
+        self.take(n).map(|_| ())
+    }
+
+    /// How many bytes have been read.
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The bytes read since position `start`.
+    pub(crate) fn since(&self, start: usize) -> &'a [u8] {
+        &self.buf[start..self.pos]
+    }
+
     /// A byte string with a u32 length prefix, at most `max` bytes.
     pub(crate) fn bytes(&mut self, what: &'static str, max: usize) -> Result<Bytes, DecodeError> {
         let n32 = self.u32()?;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use sessync_proto::{
     check_frame, client_op, decode_frame, decode_frame_slice, write_frame, Attributes, DecodeError,
-    ErrorCode, ErrorReply, FrameError, Limits, Message, PeerMessage, Request, Response, SessionId,
-    SessionMeta, SessionRecord, SessionReply, MIN_FRAME_LEN, PROTOCOL_VERSION,
+    ErrorCode, ErrorReply, FrameError, Limits, Message, PackedAttributes, PeerMessage, Request, Response,
+    SessionId, SessionMeta, SessionRecord, SessionReply, MIN_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 const MAX: u32 = Limits::DEFAULT.max_frame_len;
@@ -45,7 +45,7 @@ fn sample_frames() -> Vec<(String, Vec<u8>)> {
     let record = SessionRecord {
         id,
         meta,
-        attributes: attrs(&[("a", "1"), ("b", "")]),
+        attributes: PackedAttributes::pack(&attrs(&[("a", "1"), ("b", "")])),
     };
     let requests = [
         Request::Hello {

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use sessync_proto::{
     client_op, decode_frame_slice, peer_op, Acceptor, Attributes, Dialler, ErrorCode, ErrorReply, Keyring,
-    Limits, Message, PeerIdentity, PeerMessage, Request, Response, SessionId, SessionMeta, SessionRecord,
-    SessionReply, Token, OP_ERROR,
+    Limits, Message, PackedAttributes, PeerIdentity, PeerMessage, Request, Response, SessionId, SessionMeta,
+    SessionRecord, SessionReply, Token, OP_ERROR,
 };
 
 const DOC: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../protocol.md"));
@@ -93,7 +93,7 @@ fn record() -> SessionRecord {
     SessionRecord {
         id: SESSION,
         meta: meta(1, CREATED),
-        attributes: attrs(&[("user", "alice")]),
+        attributes: PackedAttributes::pack(&attrs(&[("user", "alice")])),
     }
 }
 

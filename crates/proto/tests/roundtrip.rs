@@ -8,8 +8,8 @@ use bytes::{Bytes, BytesMut};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use sessync_proto::{
-    decode_frame_slice, Attributes, ErrorCode, ErrorReply, Limits, Message, PeerMessage, Request, Response,
-    SessionId, SessionMeta, SessionRecord, SessionReply,
+    decode_frame_slice, Attributes, ErrorCode, ErrorReply, Limits, Message, PackedAttributes, PeerMessage,
+    Request, Response, SessionId, SessionMeta, SessionRecord, SessionReply,
 };
 
 /// Any UTF-8 text of at most `max_chars` characters (so at most 4 x `max_chars` bytes).
@@ -76,7 +76,7 @@ fn record() -> impl Strategy<Value = SessionRecord> {
     (session_id(), meta(), attributes()).prop_map(|(id, meta, attributes)| SessionRecord {
         id,
         meta,
-        attributes,
+        attributes: PackedAttributes::pack(&attributes),
     })
 }
 

@@ -355,7 +355,7 @@ mod tests {
                 .unwrap_err(),
             Miss::Moved(b)
         );
-        assert_eq!(rec.attributes, attrs(&[("before", "1")]));
+        assert_eq!(rec.attributes.unpack(), attrs(&[("before", "1")]));
     }
 
     #[test]
@@ -371,7 +371,7 @@ mod tests {
                 idle_ttl_ms: 60_000,
                 ..Default::default()
             },
-            attributes: attrs(&[]),
+            attributes: sessync_proto::PackedAttributes::default(),
         };
         c.table(a).install(&rec, 5, 0).unwrap();
         let CopyOutcome::Data { transfer: t1, .. } = c.table(a).hand_over(&id, who(b), 0, None, 0) else {

@@ -90,7 +90,7 @@ impl Live {
         SessionRecord {
             id: *id,
             meta: self.meta(),
-            attributes: self.attrs.unpack(),
+            attributes: self.attrs.clone(),
         }
     }
 
@@ -99,7 +99,7 @@ impl Live {
             meta: record.meta,
             received,
             last_access_ms: AtomicU64::new(record.meta.last_access_ms),
-            attrs: PackedAttributes::pack(&record.attributes),
+            attrs: record.attributes.clone(),
             backups: Box::default(),
         }
     }
