@@ -1,4 +1,4 @@
-//! Chaos: three `sessync node` processes with one backup per session; clients append to
+//! Chaos: three `sessync node` processes with one (or two) backups per session; clients append to
 //! per-session lists through random nodes while the node owning the most sessions is
 //! killed with SIGKILL and restarted, several times. Afterwards every acknowledged append
 //! is present, in order; appends whose outcome the client could not know (INDETERMINATE,
@@ -35,7 +35,7 @@ struct Node {
 }
 
 impl Node {
-    fn start(&mut self, peers: &[SocketAddr], secret: &str, log: &std::path::Path) {
+    fn start(&mut self, peers: &[SocketAddr], replicas: u8, secret: &str, log: &std::path::Path) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -50,7 +50,8 @@ impl Node {
                 "--peer",
                 &self.peer.to_string(),
             ])
-            .args(["--peers", &peers, "--replicas", "1", "--secret-file", secret])
+            .args(["--peers", &peers, "--replicas", &replicas.to_string()])
+            .args(["--secret-file", secret])
             .args(["--peer-timeout", "500ms"])
             .env(
                 "RUST_LOG",
@@ -194,8 +195,21 @@ async fn final_list(clients: &[Client], token: &str) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_owners_loses_no_acknowledged_append() {
+    chaos(1, 1, "chaos").await;
+}
+
+/// With two backups per session, the two busiest owners die at once: the third node has a
+/// copy of everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_two_nodes_at_once_with_two_backups_loses_no_acknowledged_append() {
+    chaos(2, 2, "chaos2").await;
+}
+
+/// Three nodes keeping `replicas` backups; `KILLS` times, the `at_once` busiest owners are
+/// killed together and restarted.
+async fn chaos(replicas: u8, at_once: usize, name: &str) {
     let started = Instant::now();
-    let dir = temp_dir("chaos");
+    let dir = temp_dir(name);
     let secret = secret_file(&dir);
     let secret = secret.to_str().unwrap().to_string();
     let mut nodes: Vec<Node> = (0..NODES)
@@ -208,7 +222,7 @@ async fn killing_owners_loses_no_acknowledged_append() {
     let peers: Vec<SocketAddr> = nodes.iter().map(|n| n.peer).collect();
     let log = |i: usize| dir.join(format!("node{i}.log"));
     for (i, n) in nodes.iter_mut().enumerate() {
-        n.start(&peers, &secret, &log(i));
+        n.start(&peers, replicas, &secret, &log(i));
     }
     let mut cs = Vec::new();
     for n in &nodes {
@@ -234,23 +248,24 @@ async fn killing_owners_loses_no_acknowledged_append() {
 
     for round in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        // The busiest owner.
-        let mut busiest = (0, 0);
+        // The busiest owners.
+        let mut owned = Vec::new();
         for (i, c) in clients.iter().enumerate() {
             if let Ok(Ok(s)) = timeout(Duration::from_secs(2), c.stats()).await {
                 let n = s.iter().find(|(k, _)| k == "sessions").map_or(0, |(_, v)| *v);
-                if n >= busiest.1 {
-                    busiest = (i, n);
-                }
+                owned.push((n, i));
             }
         }
-        eprintln!(
-            "round {round}: killing node {} (owns {} sessions)",
-            busiest.0, busiest.1
-        );
-        nodes[busiest.0].kill();
+        owned.sort_unstable_by(|a, b| b.cmp(a));
+        let victims: Vec<usize> = owned.iter().take(at_once).map(|(_, i)| *i).collect();
+        eprintln!("round {round}: killing nodes {victims:?} (sessions owned: {owned:?})");
+        for &v in &victims {
+            nodes[v].kill();
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        nodes[busiest.0].start(&peers, &secret, &log(busiest.0));
+        for &v in &victims {
+            nodes[v].start(&peers, replicas, &secret, &log(v));
+        }
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -306,7 +321,7 @@ async fn killing_owners_loses_no_acknowledged_append() {
             );
         }
     }
-    eprintln!("chaos: {acked} acknowledged appends, {unknown} of unknown outcome, {KILLS} kills");
+    eprintln!("{name}: {acked} acknowledged appends, {unknown} of unknown outcome, {KILLS} rounds of {at_once} kill(s)");
     assert!(
         acked >= 10 * SESSIONS,
         "too few appends to mean anything: {acked}"
