@@ -371,7 +371,7 @@ fn the_seed_corpus_is_committed() {
 }
 
 #[test]
-#[ignore = "writes the seed corpus into fuzz/corpus/handover"]
+#[ignore = "a generator that writes fuzz/corpus/handover, not a check: runs by hand after the model's operation encoding changes (`cargo test --test handover_model -- --ignored write_seed_corpus`); committed_corpus_replays and the_seed_corpus_is_committed check the files in every run"]
 fn write_seed_corpus() {
     std::fs::create_dir_all(corpus_dir()).unwrap();
     for (name, ops) in scenarios() {

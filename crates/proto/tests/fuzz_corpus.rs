@@ -168,7 +168,7 @@ fn the_seed_corpus_holds_every_protocol_md_example() {
 }
 
 #[test]
-#[ignore = "writes the seed corpus into fuzz/corpus"]
+#[ignore = "a generator that writes fuzz/corpus, not a check: runs by hand after protocol.md's examples change (`cargo test -p sessync-proto --test fuzz_corpus -- --ignored write_seed_corpus`); the_seed_corpus_holds_every_protocol_md_example then checks the result in every run"]
 fn write_seed_corpus() {
     for (target, name, bytes) in seeds() {
         let dir = corpus_dir(target);

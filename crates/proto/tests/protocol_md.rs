@@ -749,7 +749,7 @@ fn handshake_examples_are_a_real_handshake() {
 
 /// Prints the example blocks for protocol.md (see the module docs).
 #[test]
-#[ignore = "a generator, not a check: run by hand after a format change to regenerate the examples"]
+#[ignore = "a generator, not a check: runs by hand after a wire format change (`cargo test -p sessync-proto --test protocol_md -- --ignored --nocapture print_examples`) to regenerate the examples; every_frame_example_decodes_to_its_prose_and_reencodes_exactly checks them in every run"]
 fn print_examples() {
     for (name, e) in frame_examples() {
         println!(
