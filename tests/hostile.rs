@@ -161,7 +161,7 @@ fn encode<M: Message>(request_id: u64, msg: &M) -> Vec<u8> {
 
 /// Reads until the node closes the connection (bounded); returns every frame it sent, as
 /// (request id, opcode, body).
-async fn frames_until_close(stream: &mut TcpStream) -> Vec<(u64, u8, Bytes)> {
+async fn frames_until_close<R: tokio::io::AsyncRead + Unpin>(stream: &mut R) -> Vec<(u64, u8, Bytes)> {
     let mut buf = BytesMut::new();
     let mut frames = Vec::new();
     loop {
@@ -684,20 +684,7 @@ async fn trickle(addr: SocketAddr, bytes: Vec<u8>, every: Duration) -> (Duration
         // Keep the write half open (no FIN) until the node has closed.
         sleep(WAIT).await;
     });
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    loop {
-        match timeout(WAIT, rd.read_buf(&mut buf))
-            .await
-            .expect("the node never closed the trickling connection")
-        {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        while let Ok(Some(f)) = decode_frame(&mut buf, 1 << 24) {
-            frames.push((f.request_id, f.opcode, f.body));
-        }
-    }
+    let frames = frames_until_close(&mut rd).await;
     let took = started.elapsed();
     writer.abort();
     (took, frames)

@@ -119,7 +119,7 @@ async fn backup_refreshes(
                 None => return,
             },
         };
-        node.refresh_backups(id).await;
+        node.refresh_backups(id);
     }
 }
 

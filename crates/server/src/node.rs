@@ -652,32 +652,38 @@ impl Node {
     }
 
     /// The nodes that may hold `id`'s backups, best first: its current backups, then
-    /// `prefer`, then the cluster's peers in rendezvous order of the id (so every owner of
-    /// a session tends to pick the same backups, and load spreads evenly). Never this node.
+    /// `prefer`, then (with `ranked`) the cluster's peers in rendezvous order of the id (so
+    /// every owner of a session tends to pick the same backups, and load spreads evenly).
+    /// Never this node. The ranking hashes and sorts every peer, so a write whose current
+    /// backups suffice asks for it only when one of them fails.
     fn backup_candidates(
         &self,
         id: &SessionId,
         current: &[SocketAddr],
         prefer: &[SocketAddr],
+        ranked: bool,
     ) -> Vec<SocketAddr> {
         use std::hash::{Hash, Hasher};
-        let mut ranked: Vec<(u64, SocketAddr)> = self
-            .cluster_peers()
-            .iter()
-            .map(|p| {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                id.0.hash(&mut h);
-                p.hash(&mut h);
-                (h.finish(), *p)
-            })
-            .collect();
-        ranked.sort_by_key(|r| std::cmp::Reverse(r.0));
+        let mut order: Vec<(u64, SocketAddr)> = Vec::new();
+        if ranked {
+            order = self
+                .cluster_peers()
+                .iter()
+                .map(|p| {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    id.0.hash(&mut h);
+                    p.hash(&mut h);
+                    (h.finish(), *p)
+                })
+                .collect();
+            order.sort_by_key(|r| std::cmp::Reverse(r.0));
+        }
         let mut out: Vec<SocketAddr> = Vec::new();
         for a in current
             .iter()
             .chain(prefer)
             .copied()
-            .chain(ranked.into_iter().map(|(_, a)| a))
+            .chain(order.into_iter().map(|(_, a)| a))
         {
             if a != self.advertise && !out.contains(&a) {
                 out.push(a);
@@ -712,11 +718,26 @@ impl Node {
         if want == 0 {
             return Replication::Done(snap.backups);
         }
-        let candidates = self.backup_candidates(&id, &snap.backups, prefer);
+        let mut candidates = self.backup_candidates(&id, &snap.backups, prefer, false);
+        let mut ranked = false;
         let overall = Instant::now() + self.config.peer_timeout * 2;
         let mut confirmed: Vec<SocketAddr> = Vec::new();
         let mut next = 0;
-        while confirmed.len() < want && next < candidates.len() && Instant::now() < overall {
+        loop {
+            if confirmed.len() >= want || Instant::now() >= overall {
+                break;
+            }
+            if next >= candidates.len() {
+                if ranked {
+                    break;
+                }
+                // The current and preferred backups are used up: the rest of the cluster,
+                // in rendezvous order (those already asked are skipped by `next`, since
+                // the ranked list starts with the same ones).
+                candidates = self.backup_candidates(&id, &snap.backups, prefer, true);
+                ranked = true;
+                continue;
+            }
             let take = (want - confirmed.len()).min(candidates.len() - next);
             let batch = &candidates[next..next + take];
             next += take;
@@ -826,7 +847,7 @@ impl Node {
     }
 
     /// Serves the background refreshes of [`Node::refresh_backups_if_stale`].
-    pub(crate) async fn refresh_backups(self: &Arc<Self>, id: SessionId) {
+    pub(crate) fn refresh_backups(self: &Arc<Self>, id: SessionId) {
         let node = self.clone();
         tokio::spawn(async move {
             let _ = node.replicate(id, &[]).await;

@@ -416,6 +416,16 @@ impl Table {
         Self::counter(shard, e).fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Rebuilds the entry behind `slot` from its old value (moved out, so a live session
+    /// changes state without a copy), keeping the counters right.
+    fn transform(&self, shard: &Shard, slot: &mut Entry, f: impl FnOnce(Entry) -> Entry) {
+        let old = std::mem::replace(slot, Entry::Destroyed { until_ms: 0 });
+        self.account_remove(shard, &old);
+        let new = f(old);
+        self.account_add(shard, &new);
+        *slot = new;
+    }
+
     /// Replaces the entry behind `slot` with `new`, keeping the counters right.
     fn replace(&self, shard: &Shard, slot: &mut Entry, new: Entry) -> Entry {
         self.account_remove(shard, slot);
@@ -702,15 +712,15 @@ impl Table {
         };
         match r.value() {
             Entry::Live(l) if !l.expired(now) => {
-                let placeholder = Entry::Destroyed { until_ms: 0 };
-                let old = std::mem::replace(r.value_mut(), placeholder);
-                self.account_remove(shard, &old);
-                let Entry::Live(live) = old else {
-                    return CopyOutcome::NotFound;
-                };
-                let (h, out) = start(live);
-                self.account_add(shard, &h);
-                *r.value_mut() = h;
+                let mut out = CopyOutcome::NotFound;
+                self.transform(shard, r.value_mut(), |old| match old {
+                    Entry::Live(live) => {
+                        let (h, o) = start(live);
+                        out = o;
+                        h
+                    }
+                    other => other,
+                });
                 out
             }
             Entry::Backup(b) if !b.live.expired(now) => {
@@ -719,16 +729,16 @@ impl Table {
                     // is alive as far as anyone told us.
                     return CopyOutcome::Moved(b.owner);
                 }
-                let placeholder = Entry::Destroyed { until_ms: 0 };
-                let old = std::mem::replace(r.value_mut(), placeholder);
-                self.account_remove(shard, &old);
-                let Entry::Backup(b) = old else {
-                    return CopyOutcome::NotFound;
-                };
                 tracing::info!(session = %id, failed = %b.owner, to = %requester, "promoting a backup copy");
-                let (h, out) = start(b.live);
-                self.account_add(shard, &h);
-                *r.value_mut() = h;
+                let mut out = CopyOutcome::NotFound;
+                self.transform(shard, r.value_mut(), |old| match old {
+                    Entry::Backup(b) => {
+                        let (h, o) = start(b.live);
+                        out = o;
+                        h
+                    }
+                    other => other,
+                });
                 out
             }
             Entry::HandingOver(h)
@@ -764,18 +774,12 @@ impl Table {
                 let transfer = h.transfer + 1;
                 let record = h.live.record(id);
                 tracing::info!(session = %id, failed = %h.to, to = %requester, transfer, "re-handing a copy its receiver never took over");
-                let placeholder = Entry::Destroyed { until_ms: 0 };
-                let old = std::mem::replace(r.value_mut(), placeholder);
-                self.account_remove(shard, &old);
-                let Entry::HandingOver(mut h) = old else {
-                    return CopyOutcome::NotFound;
-                };
-                h.to = requester;
-                h.to_node = requester_node;
-                h.transfer = transfer;
-                let e = Entry::HandingOver(h);
-                self.account_add(shard, &e);
-                *r.value_mut() = e;
+                // Same state, same charge: only the receiver and the transfer change.
+                if let Entry::HandingOver(h) = r.value_mut() {
+                    h.to = requester;
+                    h.to_node = requester_node;
+                    h.transfer = transfer;
+                }
                 CopyOutcome::Data { transfer, record }
             }
             Entry::HandingOver(h) if !h.live.expired(now) => CopyOutcome::Moved(h.to),
@@ -875,32 +879,21 @@ impl Table {
             Entry::HandingOver(h) if h.to == failed_owner && !h.live.expired(now) => {}
             _ => return false,
         }
-        let placeholder = Entry::Destroyed { until_ms: 0 };
-        let old = std::mem::replace(r.value_mut(), placeholder);
-        self.account_remove(shard, &old);
-        let live = match old {
+        self.transform(shard, r.value_mut(), |old| match old {
             Entry::Backup(b) => {
                 let mut live = b.live;
                 live.received += 1;
                 tracing::info!(session = %id, failed = %failed_owner, "promoted a local backup copy");
-                live
+                Entry::Live(live)
             }
             Entry::HandingOver(h) => {
                 let mut live = h.live;
                 live.received = h.transfer + 1;
                 tracing::info!(session = %id, failed = %failed_owner, "took back a copy its receiver never took over");
-                live
+                Entry::Live(live)
             }
-            other => {
-                // Not reached (matched above); put it back untouched.
-                self.account_add(shard, &other);
-                *r.value_mut() = other;
-                return false;
-            }
-        };
-        let e = Entry::Live(live);
-        self.account_add(shard, &e);
-        *r.value_mut() = e;
+            other => other,
+        });
         true
     }
 
