@@ -129,6 +129,40 @@ impl Peers {
     ) -> Result<PeerMessage, LinkError> {
         let link = self.link(addr);
         let conn = self.connection(&link, deadline).await?;
+        Self::ask(&conn, msg, deadline).await
+    }
+
+    /// Whether the peer at `addr` answers a PING on a connection dialled for the purpose,
+    /// before `deadline`. The verdict of a failure detector must not depend on the state
+    /// of the link we already have: after a partition heals, that link can sit in TCP
+    /// retransmission for many seconds while the peer is fine. A probe that succeeds
+    /// replaces the link (and clears its backoff), so requests that follow use a
+    /// connection known to work.
+    pub(crate) async fn probe(&self, addr: SocketAddr, deadline: Instant) -> bool {
+        let conn = match timeout_at(deadline, self.dial(addr)).await {
+            Ok(Ok(c)) => c,
+            _ => return false,
+        };
+        if !matches!(
+            Self::ask(&conn, PeerMessage::Ping(0), deadline).await,
+            Ok(PeerMessage::Pong(_))
+        ) {
+            conn.alive.store(false, Ordering::Release);
+            return false;
+        }
+        let link = self.link(addr);
+        if let Ok(mut state) = timeout_at(deadline, link.state.lock()).await {
+            if let Some(old) = state.conn.replace(conn) {
+                old.alive.store(false, Ordering::Release);
+            }
+            state.next_dial = Instant::now();
+            state.backoff = BACKOFF_MIN;
+        }
+        true
+    }
+
+    /// Sends `msg` on `conn` and waits for its reply until `deadline`.
+    async fn ask(conn: &Conn, msg: PeerMessage, deadline: Instant) -> Result<PeerMessage, LinkError> {
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
@@ -146,18 +180,6 @@ impl Peers {
                 lock(&conn.pending).remove(&id);
                 Err(LinkError::Lost)
             }
-        }
-    }
-
-    /// Lets the next request to `addr` dial at once, even while backing off after a
-    /// failure: used before declaring `addr` dead, since a peer that restarted a moment
-    /// ago is alive although our link to it is still backing off.
-    pub(crate) fn forget_backoff(&self, addr: SocketAddr) {
-        let link = self.link(addr);
-        let state = link.state.try_lock();
-        if let Ok(mut state) = state {
-            state.next_dial = Instant::now();
-            state.backoff = BACKOFF_MIN;
         }
     }
 

@@ -318,6 +318,9 @@ fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -> Option<Pe
                     session_id: record.id,
                     owner: node.advertise,
                 },
+                Replicated::Destroyed => PeerMessage::NotFound {
+                    session_id: record.id,
+                },
                 Replicated::Capacity => PeerMessage::Error(ErrorReply::new(
                     ErrorCode::Capacity,
                     "no room for a backup copy at this node",
@@ -328,7 +331,8 @@ fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -> Option<Pe
             session_id,
             generation,
         } => {
-            node.table.drop_backup(&session_id, peer.advertised, generation);
+            node.table
+                .drop_backup(&session_id, peer.advertised, generation, now);
             PeerMessage::Ok
         }
         _ => return None,

@@ -151,6 +151,9 @@ pub enum Replicated {
     Moved(SocketAddr),
     /// This node owns the session itself: the sender must stop serving it.
     OwnedHere,
+    /// The session was destroyed here: nothing is stored, and the sender must not count
+    /// this node as holding its write.
+    Destroyed,
     /// No room for the copy.
     Capacity,
 }
@@ -213,6 +216,19 @@ pub enum Entry {
         /// The transfer id with which this node had received the session (0: created here).
         received: u64,
     },
+    /// This node held a backup copy from `owner` under `generation` and was told (DROP)
+    /// that the session moved on or ended: a *fence*. Copies from `owner` at `generation` or
+    /// older are refused from now on (a paused or cut-off owner cannot get a write
+    /// accepted here), and requests are pointed at `owner`, which knows where the session
+    /// went. Kept until the session's own deadline.
+    Fenced {
+        /// The owner whose copy this node held.
+        owner: SocketAddr,
+        /// The highest generation this node refuses.
+        generation: u64,
+        /// When the fence may go.
+        until_ms: u64,
+    },
     /// Destroyed or rotated away; kept until the session's own deadline.
     Destroyed {
         /// When the tombstone may go.
@@ -236,7 +252,9 @@ impl Entry {
             Entry::Live(l) => l.expired(now),
             Entry::HandingOver(h) => h.live.expired(now),
             Entry::Backup(b) => b.live.expired(now),
-            Entry::Forwarded { until_ms, .. } | Entry::Destroyed { until_ms } => now >= *until_ms,
+            Entry::Forwarded { until_ms, .. }
+            | Entry::Fenced { until_ms, .. }
+            | Entry::Destroyed { until_ms } => now >= *until_ms,
         }
     }
 
@@ -248,6 +266,7 @@ impl Entry {
             Entry::HandingOver(h) => h.live.received,
             Entry::Backup(b) => b.live.received,
             Entry::Forwarded { received, .. } => *received,
+            Entry::Fenced { generation, .. } => *generation,
             Entry::Destroyed { .. } => 0,
         }
     }
@@ -256,6 +275,15 @@ impl Entry {
 /// A boxed state's charge: the session plus the box.
 fn l_charge_boxed(l: &Live) -> usize {
     l.charge() + std::mem::size_of::<HandingOver>().max(std::mem::size_of::<BackupCopy>())
+}
+
+/// What an installed copy becomes: see [`Table::install_as`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Landing<'a> {
+    /// A live session owned here, with these backups.
+    Owner(&'a [SocketAddr]),
+    /// A forwarding tombstone to this newer owner.
+    Superseded(SocketAddr),
 }
 
 /// What to do when a CREATE would pass the limits.
@@ -540,6 +568,7 @@ impl Table {
     fn miss_for(e: &Entry) -> Miss {
         match e {
             Entry::Forwarded { to, .. } => Miss::Moved(*to),
+            Entry::Fenced { owner, .. } => Miss::Moved(*owner),
             Entry::HandingOver(h) => Miss::Moved(h.to),
             // Not ours: its owner (as far as we know) is the one to ask.
             Entry::Backup(b) => Miss::Moved(b.owner),
@@ -784,6 +813,7 @@ impl Table {
             }
             Entry::HandingOver(h) if !h.live.expired(now) => CopyOutcome::Moved(h.to),
             Entry::Forwarded { to, until_ms, .. } if now < *until_ms => CopyOutcome::Moved(*to),
+            Entry::Fenced { owner, until_ms, .. } if now < *until_ms => CopyOutcome::Moved(*owner),
             _ => CopyOutcome::NotFound,
         }
     }
@@ -831,13 +861,37 @@ impl Table {
     /// cluster's total, and refusing it would strand the data mid-handover. A destroyed
     /// tombstone here wins (nothing is resurrected).
     pub fn install(&self, record: &SessionRecord, transfer: u64, now: u64) -> Result<bool, Miss> {
+        self.install_as(record, transfer, Landing::Owner(&[]), now)
+    }
+
+    /// [`Table::install`], saying what the copy becomes: a live session with these backups
+    /// (which already hold it: the new owner replicates *before* it installs, so nothing
+    /// is ever served here unprotected, and a reply's token names every backup), or, when
+    /// a backup said a newer owner has the session, a forwarding tombstone to it.
+    pub fn install_as(
+        &self,
+        record: &SessionRecord,
+        transfer: u64,
+        landing: Landing<'_>,
+        now: u64,
+    ) -> Result<bool, Miss> {
         let id = record.id;
         let shard = self.shard(&id);
-        let live = Live::from_record(record, transfer);
+        let mut live = Live::from_record(record, transfer);
         if live.expired(now) {
             return Err(Miss::NotFound);
         }
-        let new = Entry::Live(live);
+        let new = match landing {
+            Landing::Owner(backups) => {
+                live.backups = backups.into();
+                Entry::Live(live)
+            }
+            Landing::Superseded(to) => Entry::Forwarded {
+                to,
+                until_ms: live.meta().expires_at_ms().max(now + 1),
+                received: transfer,
+            },
+        };
         tracing::debug!(session = %id, version = record.meta.version, transfer, "install");
         match shard.map.entry(id) {
             MapEntry::Vacant(v) => {
@@ -864,37 +918,50 @@ impl Table {
         }
     }
 
-    /// Takes a session over locally because `failed_owner`, which owned it, is gone: a
-    /// backup copy of that owner's becomes ours (its generation + 1), and so does a copy we
-    /// handed to that owner which it never took over (a HandingOver it neither
-    /// acknowledged nor replaced by making us its backup: it served nothing; the
-    /// generation skips past the transfer it may hold). Returns whether it did.
-    pub fn promote_local(&self, id: &SessionId, failed_owner: SocketAddr, now: u64) -> bool {
+    /// Claims a session locally because `failed_owner`, which owned it, is gone: a backup
+    /// copy of that owner's (its generation + 1), or a copy we handed to that owner which it
+    /// never took over (a HandingOver it neither acknowledged nor replaced by making us its
+    /// backup: it served nothing; the generation skips past the transfer it may hold).
+    /// The entry becomes a handover to this node (`me`), so nobody else can claim it, and
+    /// the caller replicates the returned copy under the returned generation before it
+    /// installs it ([`Table::install_as`]). `None` when there is nothing to claim.
+    pub fn promote_local(
+        &self,
+        id: &SessionId,
+        failed_owner: SocketAddr,
+        me: PeerIdentity,
+        now: u64,
+    ) -> Option<(u64, SessionRecord)> {
         let shard = self.shard(id);
-        let Some(mut r) = shard.map.get_mut(id) else {
-            return false;
-        };
+        let mut r = shard.map.get_mut(id)?;
         match r.value() {
             Entry::Backup(b) if b.owner == failed_owner && !b.live.expired(now) => {}
             Entry::HandingOver(h) if h.to == failed_owner && !h.live.expired(now) => {}
-            _ => return false,
+            _ => return None,
         }
-        self.transform(shard, r.value_mut(), |old| match old {
-            Entry::Backup(b) => {
-                let mut live = b.live;
-                live.received += 1;
-                tracing::info!(session = %id, failed = %failed_owner, "promoted a local backup copy");
-                Entry::Live(live)
-            }
-            Entry::HandingOver(h) => {
-                let mut live = h.live;
-                live.received = h.transfer + 1;
-                tracing::info!(session = %id, failed = %failed_owner, "took back a copy its receiver never took over");
-                Entry::Live(live)
-            }
-            other => other,
+        let mut out = None;
+        self.transform(shard, r.value_mut(), |old| {
+            let (live, generation) = match old {
+                Entry::Backup(b) => {
+                    tracing::info!(session = %id, failed = %failed_owner, "promoting a local backup copy");
+                    let g = b.live.received + 1;
+                    (b.live, g)
+                }
+                Entry::HandingOver(h) => {
+                    tracing::info!(session = %id, failed = %failed_owner, "taking back a copy its receiver never took over");
+                    (h.live, h.transfer + 1)
+                }
+                other => return other,
+            };
+            out = Some((generation, live.record(id)));
+            Entry::HandingOver(Box::new(HandingOver {
+                to: me.advertised,
+                to_node: me.node_id,
+                live,
+                transfer: generation,
+            }))
         });
-        true
+        out
     }
 
     /// A backup's step: stores `record`, sent by `owner`, which owns it under
@@ -939,15 +1006,29 @@ impl Table {
             MapEntry::Occupied(mut o) => {
                 let handed_to = match o.get() {
                     Entry::Live(l) if !l.expired(now) => return Replicated::OwnedHere,
-                    Entry::Backup(b) => {
-                        if incoming <= order(b.live.received, &b.live.meta()) {
+                    Entry::Backup(b) if !b.live.expired(now) => {
+                        let held = b.live.received;
+                        // Fencing: a copy from a superseded generation, or from another
+                        // owner claiming the generation this copy holds, is refused, never
+                        // reported as stored: its sender must not acknowledge the write.
+                        if generation < held || (generation == held && b.owner != owner.advertised) {
+                            return Replicated::Moved(b.owner);
+                        }
+                        if incoming <= order(held, &b.live.meta()) {
+                            // The same owner's older (resent or reordered) state: the copy
+                            // held already contains it.
                             return Replicated::Ignored;
                         }
                         None
                     }
                     Entry::HandingOver(h) => Some((h.to, h.transfer)),
                     Entry::Forwarded { to, received, .. } => Some((*to, received + 1)),
-                    Entry::Destroyed { until_ms } if now < *until_ms => return Replicated::Ignored,
+                    Entry::Fenced {
+                        owner: fenced,
+                        generation: g,
+                        until_ms,
+                    } if now < *until_ms && generation <= *g => return Replicated::Moved(*fenced),
+                    Entry::Destroyed { until_ms } if now < *until_ms => return Replicated::Destroyed,
                     _ => None,
                 };
                 if let Some((to, transfer)) = handed_to {
@@ -971,19 +1052,27 @@ impl Table {
     }
 
     /// A backup's step: forgets `owner`'s copy of the session if it is of `generation` or
-    /// older (a newer owner's copy stays). Returns whether it did.
-    pub fn drop_backup(&self, id: &SessionId, owner: SocketAddr, generation: u64) -> bool {
+    /// older (a newer owner's copy stays), leaving a fence (see [`Entry::Fenced`]) so that a
+    /// late or stale REPLICATE from that generation is refused rather than stored again.
+    /// Returns whether it did.
+    pub fn drop_backup(&self, id: &SessionId, owner: SocketAddr, generation: u64, now: u64) -> bool {
         let shard = self.shard(id);
-        match shard.map.remove_if(
-            id,
-            |_, e| matches!(e, Entry::Backup(b) if b.owner == owner && b.live.received <= generation),
-        ) {
-            Some((_, e)) => {
-                self.account_remove(shard, &e);
-                true
+        let Some(mut r) = shard.map.get_mut(id) else {
+            return false;
+        };
+        let until_ms = match r.value() {
+            Entry::Backup(b) if b.owner == owner && b.live.received <= generation => {
+                b.live.meta().expires_at_ms().max(now + 1)
             }
-            None => false,
-        }
+            _ => return false,
+        };
+        let fence = Entry::Fenced {
+            owner,
+            generation,
+            until_ms,
+        };
+        self.replace(shard, r.value_mut(), fence);
+        true
     }
 
     /// The live session's state for its backups; also records that its current access
@@ -1199,10 +1288,24 @@ mod tests {
                 generation: 0
             }))
         );
-        // A delayed REPLICATE from the old owner changes nothing.
-        assert_eq!(backup.replicate_in(a, 0, &v2, 5), Replicated::Ignored);
-        assert!(backup.drop_backup(&id, b.advertised, 1));
+        // A delayed (or stale: paused) REPLICATE from the old owner is refused, never
+        // reported as stored: the new owner's copy is newer (fencing).
+        assert_eq!(backup.replicate_in(a, 0, &v2, 5), Replicated::Moved(b.advertised));
+        // A third node claiming the same generation is refused too.
+        assert_eq!(
+            backup.replicate_in(who(9), 1, &r, 5),
+            Replicated::Moved(b.advertised)
+        );
+        // The same owner's resent older state is a duplicate: still stored (OK).
+        assert_eq!(backup.replicate_in(b, 1, &r, 5), Replicated::Ignored);
+        assert!(backup.drop_backup(&id, b.advertised, 1, 6));
         assert_eq!(backup.stats().backups, 0);
+        // The DROP leaves a fence: the dropped generation is refused, a newer one stored.
+        assert_eq!(backup.replicate_in(b, 1, &r, 7), Replicated::Moved(b.advertised));
+        assert!(matches!(
+            backup.replicate_in(who(9), 2, &r, 8),
+            Replicated::Stored(_)
+        ));
     }
 
     #[test]
@@ -1231,22 +1334,33 @@ mod tests {
         let CopyOutcome::Data { transfer: tb, .. } = g.hand_over(&back, b, 0, None, 1) else {
             panic!("no copy")
         };
+        let me = who(7);
         assert!(
-            !g.promote_local(&back, c.advertised, 2),
+            g.promote_local(&back, c.advertised, me, 2).is_none(),
             "only from the node it went to"
         );
-        assert!(g.promote_local(&back, b.advertised, 2));
+        let (gen, rec) = g.promote_local(&back, b.advertised, me, 2).unwrap();
+        assert_eq!(gen, tb + 1);
+        // Claimed, not yet served: nobody else can claim it, a COPY is pointed here.
+        assert!(g.promote_local(&back, b.advertised, me, 2).is_none());
+        assert!(g.get(&back, &[], 2).is_err());
+        assert!(g.install(&rec, gen, 2).unwrap());
         assert_eq!(g.last_received(&back), tb + 1);
         assert_eq!(g.get(&back, &[], 2).unwrap().attrs.unpack(), attrs(&[("k", "v")]));
         // A local backup copy of a failed owner becomes ours, one generation on.
         let u = table(10, EvictPolicy::Reject);
         u.replicate_in(a, 4, &r, 3);
         assert!(
-            !u.promote_local(&own, b.advertised, 3),
+            u.promote_local(&own, b.advertised, me, 3).is_none(),
             "only the failed owner's copy"
         );
-        assert!(u.promote_local(&own, a.advertised, 3));
+        let (gen, rec) = u.promote_local(&own, a.advertised, me, 3).unwrap();
+        assert_eq!(gen, 5);
+        assert!(u
+            .install_as(&rec, gen, Landing::Owner(&[b.advertised]), 3)
+            .unwrap());
         assert_eq!(u.last_received(&own), 5);
+        assert_eq!(&*u.get(&own, &[], 3).unwrap().backups, &[b.advertised]);
         assert!(u.get(&own, &[], 3).is_ok());
     }
 }
