@@ -9,226 +9,34 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod fault;
 
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use fault::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sessync_client::{Attributes, Bytes, Client, ClientConfig, ClientError, ErrorCode};
+use sessync_client::{Attributes, Bytes, ClientError, ErrorCode};
 use tokio::time::timeout;
 
 const NODES: usize = 3;
 const SESSIONS: usize = 9;
 const KILLS: usize = 3;
 
-fn reserve_addr() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// One node process at fixed addresses, so that it can be restarted where tokens say it is.
-struct Node {
-    client: SocketAddr,
-    peer: SocketAddr,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn start(&mut self, peers: &[SocketAddr], replicas: u8, secret: &str, log: &std::path::Path) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let peers = peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sessync"))
-            .args([
-                "node",
-                "--client",
-                &self.client.to_string(),
-                "--peer",
-                &self.peer.to_string(),
-            ])
-            .args(["--peers", &peers, "--replicas", &replicas.to_string()])
-            .args(["--secret-file", secret])
-            .args(["--peer-timeout", "500ms"])
-            .env(
-                "RUST_LOG",
-                std::env::var("CHAOS_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn sessync node");
-        let (client, peer) = wait_ready(&mut child);
-        assert_eq!((client, peer), (self.client, self.peer));
-        self.child = Some(child);
-    }
-
-    /// SIGSTOP (`true`) or SIGCONT (`false`): the process keeps its sockets and memory but
-    /// runs nothing, as in a long GC pause or a VM migration.
-    fn pause(&self, stop: bool) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let sig = if stop { "-STOP" } else { "-CONT" };
-        let ok = Command::new("kill").args([sig, &pid]).status().unwrap().success();
-        assert!(ok, "kill {sig} {pid}");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap(); // SIGKILL: no shutdown, no goodbye.
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            // A paused process must be resumed to die promptly; it may be gone already.
-            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
-        }
-        self.kill();
-    }
-}
-
-/// What one session's writer saw.
-#[derive(Default, Debug)]
-struct Ledger {
-    token: String,
-    acked: Vec<u64>,
-    unknown: Vec<u64>,
-    lost: Vec<String>,
-    /// SETs refused (not applied), with why: a failure report names them.
-    refused: Vec<(u64, String)>,
-    /// The `if_version` of every acknowledged SET.
-    acked_versions: Vec<u64>,
-}
-
-fn list_of(s: &sessync_client::Session) -> Vec<u64> {
-    let raw = std::str::from_utf8(s.get("list").unwrap()).unwrap();
-    raw.split(',')
-        .filter(|x| !x.is_empty())
-        .map(|x| x.parse().unwrap())
-        .collect()
-}
-
-async fn connect(addr: SocketAddr) -> Client {
-    let cfg = ClientConfig {
-        request_timeout: Duration::from_secs(3),
-        connect_timeout: Duration::from_secs(1),
-        ..ClientConfig::default()
-    };
-    Client::connect(addr, cfg).await.unwrap()
-}
-
-/// Appends 1, 2, 3, ... to one session's list with compare-and-set, through random nodes.
-async fn writer(clients: Arc<Vec<Client>>, mut token: String, seed: u64, stop: Arc<AtomicBool>) -> Ledger {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut ledger = Ledger::default();
-    let mut next = 1u64;
-    let pause = || tokio::time::sleep(Duration::from_millis(20));
-    while !stop.load(Ordering::Relaxed) {
-        ledger.token = token.clone();
-        let c = &clients[rng.gen_range(0..clients.len())];
-        let s = match c.get(&token).await {
-            Ok(s) => s,
-            Err(ClientError::Server {
-                code: ErrorCode::SessionNotFound,
-                message,
-            }) => {
-                ledger
-                    .lost
-                    .push(format!("GET after {:?}: {message}", ledger.acked.last()));
-                return ledger;
-            }
-            Err(_) => {
-                pause().await;
-                continue;
-            }
-        };
-        token = s.token.clone();
-        let mut list = list_of(&s);
-        list.push(next);
-        let joined = list.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
-        match c
-            .set(&token)
-            .put("list", joined)
-            .if_version(s.meta.version)
-            .send()
-            .await
-        {
-            Ok(w) => {
-                // Two acknowledgements of one version would mean two owners accepted the
-                // same compare-and-set: one of the two appends is then lost.
-                assert!(
-                    !ledger.acked_versions.contains(&s.meta.version),
-                    "double acknowledgement: if_version {} was accepted twice",
-                    s.meta.version
-                );
-                ledger.acked_versions.push(s.meta.version);
-                token = w.token;
-                ledger.acked.push(next);
-                next += 1;
-            }
-            // Applied here, unprotected, or unknown: never reuse the number.
-            Err(ClientError::Server {
-                code: ErrorCode::Indeterminate,
-                ..
-            })
-            | Err(ClientError::Disconnected)
-            | Err(ClientError::Timeout) => {
-                ledger.unknown.push(next);
-                next += 1;
-                pause().await;
-            }
-            Err(ClientError::Server {
-                code: ErrorCode::SessionNotFound,
-                message,
-            }) => {
-                ledger
-                    .lost
-                    .push(format!("SET after {:?}: {message}", ledger.acked.last()));
-                return ledger;
-            }
-            // Not applied (refused, or the owner unreachable right now): try again.
-            Err(e) => {
-                ledger.refused.push((next, e.to_string()));
-                pause().await
-            }
-        }
-    }
-    ledger.token = token;
-    ledger
-}
-
-/// Reads a session's final list, retrying while the cluster settles.
-async fn final_list(clients: &[Client], token: &str) -> Vec<u64> {
-    let mut last = None;
-    for attempt in 0..50 {
-        match clients[attempt % clients.len()].get(token).await {
-            Ok(s) => return list_of(&s),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("session unreadable after the chaos: {last:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_owners_loses_no_acknowledged_append() {
-    chaos(1, Fault::Kill { at_once: 1 }, KILLS, "chaos").await;
+    chaos(1, Fault::Kill { at_once: 1 }, KILLS, SESSIONS, "chaos").await;
 }
 
 /// With two backups per session, the two busiest owners die at once: the third node has a
 /// copy of everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_two_nodes_at_once_with_two_backups_loses_no_acknowledged_append() {
-    chaos(2, Fault::Kill { at_once: 2 }, KILLS, "chaos2").await;
+    chaos(2, Fault::Kill { at_once: 2 }, KILLS, SESSIONS, "chaos2").await;
 }
 
 /// The busiest owner is paused far longer than the peer timeout: its sessions are taken
@@ -237,23 +45,14 @@ async fn killing_two_nodes_at_once_with_two_backups_loses_no_acknowledged_append
 /// appends lost, and as many double acknowledgements, before fencing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pausing_an_owner_for_20s_loses_no_acknowledged_append() {
-    chaos(1, Fault::Pause(Duration::from_secs(20)), 1, "pause20").await;
-}
-
-/// Starts `n` node processes at reserved addresses, keeping `replicas` backups.
-fn start_nodes(n: usize, replicas: u8, secret: &str, dir: &std::path::Path) -> Vec<Node> {
-    let mut nodes: Vec<Node> = (0..n)
-        .map(|_| Node {
-            client: reserve_addr(),
-            peer: reserve_addr(),
-            child: None,
-        })
-        .collect();
-    let peers: Vec<SocketAddr> = nodes.iter().map(|n| n.peer).collect();
-    for (i, n) in nodes.iter_mut().enumerate() {
-        n.start(&peers, replicas, secret, &dir.join(format!("node{i}.log")));
-    }
-    nodes
+    chaos(
+        1,
+        Fault::Pause(Duration::from_secs(20)),
+        1,
+        4 * SESSIONS,
+        "pause20",
+    )
+    .await;
 }
 
 /// Issue 13's minimal case, as a regression test: create at node 0; pause node 0; write
@@ -465,7 +264,7 @@ enum Fault {
 }
 
 /// Three nodes keeping `replicas` backups; `rounds` times, `fault` hits the busiest owners.
-async fn chaos(replicas: u8, fault: Fault, rounds: usize, name: &str) {
+async fn chaos(replicas: u8, fault: Fault, rounds: usize, sessions: usize, name: &str) {
     let started = Instant::now();
     let dir = temp_dir(name);
     let secret = secret_file(&dir);
@@ -481,7 +280,7 @@ async fn chaos(replicas: u8, fault: Fault, rounds: usize, name: &str) {
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
-    for i in 0..SESSIONS {
+    for i in 0..sessions {
         let empty: Attributes = [("list".to_string(), Bytes::new())].into_iter().collect();
         let s = timeout(WAIT, clients[i % NODES].create(empty))
             .await
@@ -540,58 +339,12 @@ async fn chaos(replicas: u8, fault: Fault, rounds: usize, name: &str) {
     for w in writers {
         ledgers.push(timeout(WAIT, w).await.expect("writer stopped in time").unwrap());
     }
-    let (mut acked, mut unknown) = (0, 0);
-    for (i, l) in ledgers.iter().enumerate() {
-        let id = sessync_proto::Token::verify(&l.token, &keys())
-            .unwrap()
-            .session_id;
-        assert!(
-            l.lost.is_empty(),
-            "session {i} ({id}) was lost: {:?}; node logs in {}",
-            l.lost,
-            dir.display()
-        );
-        acked += l.acked.len();
-        unknown += l.unknown.len();
-    }
-    // Every acknowledged append is there, in order; nothing else but the unknown ones.
-    for (i, l) in ledgers.iter().enumerate() {
-        let list = final_list(&clients, &l.token).await;
-        assert!(
-            list.windows(2).all(|w| w[0] < w[1]),
-            "session {i}: out of order {list:?}"
-        );
-        let mut present = list.iter().peekable();
-        for a in &l.acked {
-            // `acked` is increasing, so it must be a subsequence of `list`.
-            loop {
-                match present.next() {
-                    Some(x) if x == a => break,
-                    Some(x) => assert!(
-                        l.unknown.contains(x),
-                        "session {i}: {x} is there but was refused: {:?}",
-                        l.refused.iter().filter(|(n, _)| n == x).collect::<Vec<_>>()
-                    ),
-                    None => panic!(
-                        "session {i}: acknowledged append {a} is missing; list {list:?}, acked {:?}",
-                        l.acked
-                    ),
-                }
-            }
-        }
-        for x in present {
-            assert!(
-                l.unknown.contains(x),
-                "session {i}: {x} is there but was refused: {:?}",
-                l.refused.iter().filter(|(n, _)| n == x).collect::<Vec<_>>()
-            );
-        }
-    }
+    let (acked, unknown) = check_ledgers(&ledgers, &clients, &dir).await;
     eprintln!(
         "{name}: {acked} acknowledged appends, {unknown} of unknown outcome, {rounds} round(s) of {fault:?}"
     );
     assert!(
-        acked >= 10 * SESSIONS,
+        acked >= 10 * sessions,
         "too few appends to mean anything: {acked}"
     );
     assert!(

@@ -571,9 +571,10 @@ impl Node {
         backups: &[SocketAddr],
     ) -> Option<FetchResult> {
         tracing::debug!(session = %id, %failed, ?backups, "owner gone; trying its backups");
-        if let Some((generation, record)) = self.table.promote_local(&id, failed, self.identity(), now_ms()) {
+        if let Some(claim) = self.table.promote_local(&id, failed, self.identity(), now_ms()) {
             Stats::bump(&self.stats.promotions);
-            self.protect_and_install(generation, &record, backups).await;
+            self.protect_and_install(claim.generation, &claim.record, &claim.holders, backups)
+                .await;
             return Some(Ok(Fetched::Installed));
         }
         for &b in backups {
@@ -636,7 +637,7 @@ impl Node {
         // anyone who finds us gone looks first (it named us in MOVED).
         let mut first = vec![from];
         first.extend_from_slice(prefer);
-        let giver_holds_a_copy = match self.protect_and_install(transfer, record, &first).await {
+        let giver_holds_a_copy = match self.protect_and_install(transfer, record, &[], &first).await {
             Some(backups) => backups.confirmed.contains(&from),
             None => true,
         };
@@ -674,10 +675,12 @@ impl Node {
     /// so no request is served from it unprotected and every reply's token names its
     /// backups; a node that answers with a newer owner makes it a forwarding tombstone
     /// instead. Returns the backups (`None`: no replication, or not installed).
+    /// `current` are nodes that must take the copy (they hold older ones of this lineage).
     async fn protect_and_install(
         &self,
         generation: u64,
         record: &sessync_proto::SessionRecord,
+        current: &[SocketAddr],
         prefer: &[SocketAddr],
     ) -> Option<Backups> {
         let id = record.id;
@@ -686,7 +689,10 @@ impl Node {
         } else {
             let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
             let _one_at_a_time = self.replication_locks[stripe].lock().await;
-            match self.replicate_round(id, generation, record, &[], prefer).await {
+            match self
+                .replicate_round(id, generation, record, current, prefer)
+                .await
+            {
                 RoundOutcome::Done(b) => {
                     if !b.complete(usize::from(self.config.replicas)) {
                         tracing::warn!(session = %id, backups = b.confirmed.len(), "session taken over with fewer backups than wanted");

@@ -277,6 +277,18 @@ fn l_charge_boxed(l: &Live) -> usize {
     l.charge() + std::mem::size_of::<HandingOver>().max(std::mem::size_of::<BackupCopy>())
 }
 
+/// A session claimed by [`Table::promote_local`], to be replicated and then installed.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The generation it becomes ours under.
+    pub generation: u64,
+    /// The session.
+    pub record: SessionRecord,
+    /// The nodes that held copies of it when it was handed over from here (empty for a
+    /// backup copy): they must all take the new state before a write is acknowledged.
+    pub holders: Box<[SocketAddr]>,
+}
+
 /// What an installed copy becomes: see [`Table::install_as`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Landing<'a> {
@@ -799,8 +811,12 @@ impl Table {
                 // The node we handed the session to is gone before it took the session
                 // over: it neither acknowledged this handover nor made this node its
                 // backup (it REPLICATEs here first, before it serves anything), so nothing
-                // was acknowledged past the copy kept here. Hand that copy on instead.
-                let transfer = h.transfer + 1;
+                // was acknowledged past the copy kept here. Hand that copy on instead,
+                // under the same generation: it derives from the same state as the copy
+                // the receiver may hold, so if that receiver is in fact alive (cut off
+                // from the reporter, not dead), the two claims collide at the backups
+                // and only the first is accepted (protocol.md 12.2, fencing).
+                let transfer = h.transfer;
                 let record = h.live.record(id);
                 tracing::info!(session = %id, failed = %h.to, to = %requester, transfer, "re-handing a copy its receiver never took over");
                 // Same state, same charge: only the receiver and the transfer change.
@@ -931,7 +947,7 @@ impl Table {
         failed_owner: SocketAddr,
         me: PeerIdentity,
         now: u64,
-    ) -> Option<(u64, SessionRecord)> {
+    ) -> Option<Claimed> {
         let shard = self.shard(id);
         let mut r = shard.map.get_mut(id)?;
         match r.value() {
@@ -948,12 +964,20 @@ impl Table {
                     (b.live, g)
                 }
                 Entry::HandingOver(h) => {
+                    // The same generation as the copy handed over, not the next: if the
+                    // receiver is alive after all (cut off, not dead) and took the session
+                    // over elsewhere, both claims derive from one state and collide at
+                    // the backups, which accept only the first (12.2, fencing).
                     tracing::info!(session = %id, failed = %failed_owner, "taking back a copy its receiver never took over");
-                    (h.live, h.transfer + 1)
+                    (h.live, h.transfer)
                 }
                 other => return other,
             };
-            out = Some((generation, live.record(id)));
+            out = Some(Claimed {
+                generation,
+                record: live.record(id),
+                holders: live.backups.clone(),
+            });
             Entry::HandingOver(Box::new(HandingOver {
                 to: me.advertised,
                 to_node: me.node_id,
@@ -1320,8 +1344,21 @@ mod tests {
         let CopyOutcome::Data { transfer: t2, record } = t.hand_over(&id, c, 0, Some(b.advertised), 2) else {
             panic!("no copy for C")
         };
-        assert_eq!(t2, t1 + 1);
+        assert_eq!(
+            t2, t1,
+            "the same generation: B's claim, if B lives, collides with C's"
+        );
         assert_eq!(record.meta.version, 1);
+        // At a backup, the first of two claims of one generation wins; the other is refused.
+        let backup = table(10, EvictPolicy::Reject);
+        assert!(matches!(
+            backup.replicate_in(c, t2, &record, 2),
+            Replicated::Stored(_)
+        ));
+        assert_eq!(
+            backup.replicate_in(b, t1, &record, 2),
+            Replicated::Moved(c.advertised)
+        );
         // B (had it lived) replicating its older claim is told the session is C's.
         assert_eq!(t.replicate_in(b, t1, &record, 3), Replicated::Moved(c.advertised));
         // A node that owns the session tells a stray REPLICATE so.
@@ -1339,13 +1376,20 @@ mod tests {
             g.promote_local(&back, c.advertised, me, 2).is_none(),
             "only from the node it went to"
         );
-        let (gen, rec) = g.promote_local(&back, b.advertised, me, 2).unwrap();
-        assert_eq!(gen, tb + 1);
+        let Claimed {
+            generation: gen,
+            record: rec,
+            ..
+        } = g.promote_local(&back, b.advertised, me, 2).unwrap();
+        assert_eq!(
+            gen, tb,
+            "the same generation as the copy B may hold: they collide"
+        );
         // Claimed, not yet served: nobody else can claim it, a COPY is pointed here.
         assert!(g.promote_local(&back, b.advertised, me, 2).is_none());
         assert!(g.get(&back, &[], 2).is_err());
         assert!(g.install(&rec, gen, 2).unwrap());
-        assert_eq!(g.last_received(&back), tb + 1);
+        assert_eq!(g.last_received(&back), tb);
         assert_eq!(g.get(&back, &[], 2).unwrap().attrs.unpack(), attrs(&[("k", "v")]));
         // A local backup copy of a failed owner becomes ours, one generation on.
         let u = table(10, EvictPolicy::Reject);
@@ -1354,7 +1398,11 @@ mod tests {
             u.promote_local(&own, b.advertised, me, 3).is_none(),
             "only the failed owner's copy"
         );
-        let (gen, rec) = u.promote_local(&own, a.advertised, me, 3).unwrap();
+        let Claimed {
+            generation: gen,
+            record: rec,
+            ..
+        } = u.promote_local(&own, a.advertised, me, 3).unwrap();
         assert_eq!(gen, 5);
         assert!(u
             .install_as(&rec, gen, Landing::Owner(&[b.advertised]), 3)
