@@ -888,7 +888,14 @@ impl Node {
                         confirmed.push(b);
                         holders.push(b);
                     }
-                    Ok(PeerMessage::Moved { owner, .. }) => return RoundOutcome::Superseded(owner),
+                    // A newer owner is known. (A pointer back at this node would mean our
+                    // copy is older than one handed to us and not installed yet: the
+                    // newest is then where that handover waits, which the sender says by
+                    // naming itself; a pointer to ourselves is never followed.)
+                    Ok(PeerMessage::Moved { owner, .. }) if owner != self.advertise => {
+                        return RoundOutcome::Superseded(owner)
+                    }
+                    Ok(PeerMessage::Moved { .. }) => return RoundOutcome::Superseded(b),
                     other => {
                         Stats::bump(&self.stats.replicate_failures);
                         tracing::debug!(session = %id, backup = %b, "REPLICATE failed: {other:?}");
@@ -1171,7 +1178,8 @@ impl Node {
                             backups: s.backups.clone(),
                             generation: s.generation,
                         };
-                        let dropped = self.drop_backups(r.id, &old).await;
+                        let missing = usize::from(self.config.replicas).saturating_sub(old.backups.len());
+                        let dropped = self.drop_backups(r.id, &old).await + missing;
                         match self.replicate_write(new_id, &[]).await {
                             Ok(backups) if dropped == 0 || self.config.backup_policy == BackupPolicy::Degrade => {
                                 let token = self.sign(new_id, &backups);
@@ -1202,7 +1210,11 @@ impl Node {
                             backups: r.value.backups.clone(),
                             generation: r.value.generation,
                         };
-                        let failed = self.drop_backups(r.id, &old).await;
+                        // Fencing: the backups' answers are what proves this node still
+                        // owned the session (a newer owner's backup answers MOVED), so too
+                        // few of them is as bad as a failed one.
+                        let missing = usize::from(self.config.replicas).saturating_sub(old.backups.len());
+                        let failed = self.drop_backups(r.id, &old).await + missing;
                         if failed > 0 && self.config.backup_policy == BackupPolicy::Refuse {
                             return self.indeterminate(
                                 request_id,

@@ -289,6 +289,17 @@ pub struct Claimed {
     pub holders: Box<[SocketAddr]>,
 }
 
+/// What a backup did with a DROP: see [`Table::drop_backup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// The sender's copy was replaced by a fence.
+    Dropped,
+    /// No copy of the sender's was held (nothing to do).
+    NotHeld,
+    /// A newer owner holds the session (the unspecified address: this node itself).
+    Newer(SocketAddr),
+}
+
 /// What an installed copy becomes: see [`Table::install_as`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Landing<'a> {
@@ -1028,6 +1039,7 @@ impl Table {
                 Replicated::Stored(None)
             }
             MapEntry::Occupied(mut o) => {
+                let handing_over = matches!(o.get(), Entry::HandingOver(_));
                 let handed_to = match o.get() {
                     Entry::Live(l) if !l.expired(now) => return Replicated::OwnedHere,
                     Entry::Backup(b) if !b.live.expired(now) => {
@@ -1060,6 +1072,13 @@ impl Table {
                     // node (it installed our copy), or someone who got it later.
                     let newer = generation > transfer || (generation == transfer && to == owner.advertised);
                     if !newer {
+                        // The sender's copy is older than the one we handed on. If it went
+                        // to the sender itself (which still runs an older lineage) and we
+                        // still hold it, the newest copy is here: point the sender at us,
+                        // never at itself (a forwarding pointer to oneself strands it).
+                        if to == owner.advertised && handing_over {
+                            return Replicated::OwnedHere;
+                        }
                         return Replicated::Moved(to);
                     }
                 }
@@ -1079,16 +1098,38 @@ impl Table {
     /// older (a newer owner's copy stays), leaving a fence (see [`Entry::Fenced`]) so that a
     /// late or stale REPLICATE from that generation is refused rather than stored again.
     /// Returns whether it did.
-    pub fn drop_backup(&self, id: &SessionId, owner: SocketAddr, generation: u64, now: u64) -> bool {
+    pub fn drop_backup(&self, id: &SessionId, owner: SocketAddr, generation: u64, now: u64) -> Dropped {
         let shard = self.shard(id);
         let Some(mut r) = shard.map.get_mut(id) else {
-            return false;
+            return Dropped::NotHeld;
         };
         let until_ms = match r.value() {
             Entry::Backup(b) if b.owner == owner && b.live.received <= generation => {
                 b.live.meta().expires_at_ms().max(now + 1)
             }
-            _ => return false,
+            // A newer owner's copy, or this node owns or handed on the session since: the
+            // sender is not the owner any more, and must not report its DESTROY or ROTATE
+            // as done (fencing, like a REPLICATE).
+            Entry::Backup(b) if !b.live.expired(now) && b.live.received >= generation && b.owner != owner => {
+                return Dropped::Newer(b.owner)
+            }
+            Entry::Live(l) if !l.expired(now) => return Dropped::Newer(SocketAddr::from(([0, 0, 0, 0], 0))),
+            // This node handed the session on (or was fenced by another owner) at a
+            // generation the sender's is not newer than: the session moved past it.
+            Entry::HandingOver(h) if h.live.received >= generation && h.to != owner => {
+                return Dropped::Newer(h.to)
+            }
+            Entry::Forwarded {
+                to,
+                received,
+                until_ms,
+            } if now < *until_ms && *received >= generation && *to != owner => return Dropped::Newer(*to),
+            Entry::Fenced {
+                owner: by,
+                generation: g,
+                until_ms,
+            } if now < *until_ms && *by != owner && *g >= generation => return Dropped::Newer(*by),
+            _ => return Dropped::NotHeld,
         };
         let fence = Entry::Fenced {
             owner,
@@ -1096,7 +1137,7 @@ impl Table {
             until_ms,
         };
         self.replace(shard, r.value_mut(), fence);
-        true
+        Dropped::Dropped
     }
 
     /// The live session's state for its backups; also records that its current access
@@ -1146,6 +1187,32 @@ impl Table {
         tracing::warn!(session = %id, %to, "a backup knows a newer owner; giving the session up");
         self.replace(shard, r.value_mut(), t);
         true
+    }
+
+    /// The entry for `id`, in words (for failure reports of the simulation).
+    pub fn describe(&self, id: &SessionId) -> String {
+        match self.shard(id).map.get(id) {
+            None => "absent".into(),
+            Some(r) => match r.value() {
+                Entry::Live(l) => format!(
+                    "live gen {} v{} backups {:?}",
+                    l.received, l.meta.version, l.backups
+                ),
+                Entry::HandingOver(h) => format!(
+                    "handing over to {} transfer {} (gen {} v{})",
+                    h.to, h.transfer, h.live.received, h.live.meta.version
+                ),
+                Entry::Backup(b) => format!(
+                    "backup of {} gen {} v{}",
+                    b.owner, b.live.received, b.live.meta.version
+                ),
+                Entry::Forwarded { to, received, .. } => format!("forwarded to {to} (had gen {received})"),
+                Entry::Fenced {
+                    owner, generation, ..
+                } => format!("fenced: {owner} gen <= {generation}"),
+                Entry::Destroyed { .. } => "destroyed".into(),
+            },
+        }
     }
 
     /// Reclaims dead entries (expired sessions, tombstones past their deadline) in one
@@ -1322,7 +1389,11 @@ mod tests {
         );
         // The same owner's resent older state is a duplicate: still stored (OK).
         assert_eq!(backup.replicate_in(b, 1, &r, 5), Replicated::Ignored);
-        assert!(backup.drop_backup(&id, b.advertised, 1, 6));
+        assert_eq!(
+            backup.drop_backup(&id, a.advertised, 0, 6),
+            Dropped::Newer(b.advertised)
+        );
+        assert_eq!(backup.drop_backup(&id, b.advertised, 1, 6), Dropped::Dropped);
         assert_eq!(backup.stats().backups, 0);
         // The DROP leaves a fence: the dropped generation is refused, a newer one stored.
         assert_eq!(backup.replicate_in(b, 1, &r, 7), Replicated::Moved(b.advertised));
