@@ -127,7 +127,7 @@ export class Client {
 
   /** Creates a session owned by this node. `idleTtl`/`maxLifetime` in ms; omitted: the
    * node's default (30 min idle, no absolute lifetime). */
-  create(attributes, options = {}) {
+  async create(attributes, options = {}) {
     return this.call(
       { type: 'create', idleTtlMs: ms(options.idleTtl, 'idleTtl'), maxLifetimeMs: ms(options.maxLifetime, 'maxLifetime'), attributes: attrs(attributes) },
       (r) => sessionOf(r, null),
@@ -136,7 +136,7 @@ export class Client {
 
   /** Reads the session (all attributes, or those of `names` that exist) and refreshes its
    * idle deadline. Rejects with SessionNotFound when it is gone. */
-  get(token, names_) {
+  async get(token, names_) {
     return this.call({ type: 'get', token, names: names(names_, 'names') }, (r) => sessionOf(r, token));
   }
 
@@ -156,13 +156,13 @@ export class Client {
   }
 
   /** Refreshes the idle deadline without reading the data. */
-  touch(token) {
+  async touch(token) {
     return this.call({ type: 'touch', token }, (r) => sessionOf(r, token));
   }
 
   /** A new id and token for the same data (version + 1); the old token stops working at
    * once. Call it at login, against session fixation. */
-  rotate(token) {
+  async rotate(token) {
     return this.call({ type: 'rotate', token }, (r) => {
       const s = sessionOf(r, null);
       s.tokenChanged = s.token !== token;
@@ -183,7 +183,7 @@ export class Client {
   }
 
   /** The node's counters (their names are not part of the protocol). */
-  stats() {
+  async stats() {
     return this.call({ type: 'stats' }, (r) => {
       if (r.type !== 'stats_reply') throw new ProtocolViolation(`expected STATS_REPLY, got ${r.type}`);
       const out = Object.create(null);

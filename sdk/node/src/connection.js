@@ -199,9 +199,10 @@ export class Connection {
     try {
       reply = decodeReply(frame, this.limits);
     } catch (e) {
-      // The frame was intact but its body was not: a node that sends such bodies is not
-      // trusted further.
-      p.reject(e);
+      // The frame was intact but its body was not (or was over this client's limits): a
+      // node that sends such bodies is not trusted further. A reply the client could not
+      // read says nothing of whether the request was applied.
+      p.reject(e instanceof ProtocolViolation ? e : new ProtocolViolation(e.detail ?? String(e), { code: e.code, codeName: e.codeName }));
       this.fail(new ProtocolViolation(`an earlier reply was undecodable: ${e.message}`));
       return;
     }
