@@ -143,6 +143,7 @@ export class SessyncStore extends session.Store {
         return null;
       }
       slot.loaded = { sid, version: s.version, raw: s.attributes };
+      slot.refreshed = true; // a GET refreshes the idle deadline (protocol.md, GET)
       return decode(s.attributes, slot);
     });
   }
@@ -218,10 +219,11 @@ export class SessyncStore extends session.Store {
     });
   }
 
-  /** express-session: refreshes the idle deadline of an unmodified session. */
+  /** express-session: refreshes the idle deadline of an unmodified session: a TOUCH,
+   * unless this request's load (a GET) already did. */
   touch(sid, sess, cb) {
     this.run(sess, cb, async (slot) => {
-      if (!slot.token || !slot.loaded) return;
+      if (!slot.token || !slot.loaded || slot.refreshed) return;
       try {
         const s = await this.client.touch(slot.token);
         slot.token = s.token;
@@ -327,6 +329,7 @@ function newSlot(res, cameWith, cookieFor) {
   const slot = {
     token: cameWith,
     loaded: null,
+    refreshed: false,
     undecodable: new Map(),
     holds: 0,
     hold() { slot.holds++; },

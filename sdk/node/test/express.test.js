@@ -117,6 +117,16 @@ describe('express-session store on a three-node cluster', () => {
     assert.equal((await other.get(`${urls[1]}/me`)).status, 401);
   });
 
+  test('a request that only reads the session costs one node request (the GET)', async () => {
+    const b = new Browser();
+    await b.get(`${urls[0]}/login?user=hank`);
+    await b.get(`${urls[0]}/me`);
+    const before_ = (await clients[0].stats()).requests;
+    assert.equal((await b.get(`${urls[0]}/me`)).status, 200);
+    // The stats request itself counts once.
+    assert.equal((await clients[0].stats()).requests - before_, 2);
+  });
+
   test('login regenerates: the old token dies at once (ROTATE), the data starts fresh', async () => {
     const b = new Browser();
     await b.get(`${urls[0]}/visit`);

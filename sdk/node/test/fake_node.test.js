@@ -190,6 +190,27 @@ describe('a misbehaving node', () => {
     await node.close();
   });
 
+  test('a lost connection fails the write in flight and never resends it', async () => {
+    const received = [];
+    const node = await FakeNode.start(async (sock, next) => {
+      for (;;) {
+        const f = await next();
+        const req = decodeRequest(f);
+        received.push(req.type);
+        if (req.type === 'set') { sock.destroy(); return; } // dies before answering
+        sock.write(replyFrame(f.requestId, session()));
+      }
+    });
+    const c = new Client(node.addr, { timeout: 3000 });
+    await assert.rejects(c.set('tok', { puts: { a: '1' } }), (e) => e instanceof ConnectionLost && e.applied === 'maybe');
+    await c.get('tok'); // a new connection
+    await c.get('tok');
+    assert.equal(node.connections, 2);
+    assert.deepEqual(received, ['set', 'get', 'get'], 'the SET went out once');
+    c.close();
+    await node.close();
+  });
+
   test('a connection the node closed while idle is not used again', async () => {
     const node = await FakeNode.start(async (sock, next) => {
       const f = await next();
