@@ -64,9 +64,11 @@ export class Connection {
     this.socket.setNoDelay(true);
     this.socket.on('data', (chunk) => this.onData(chunk));
     this.socket.on('error', (e) => {
-      const what = this.socket.connecting || !this.everConnected ? `cannot connect to ${addr.host}:${addr.port}` : 'connection failed';
-      this.fail(new ConnectionLost(`${what}: ${e.code || e.message}`));
+      // A connection that never opened sent nothing: its requests were not applied.
+      if (!this.everConnected) this.fail(new ConnectionLost(`cannot connect to ${addr.host}:${addr.port}: ${e.code || e.message}`, { applied: 'no' }));
+      else this.fail(new ConnectionLost(`connection failed: ${e.code || e.message}`));
     });
+    this.everConnected = false;
     this.socket.on('connect', () => { this.everConnected = true; });
     this.socket.on('close', () => this.fail(new ConnectionLost('the node closed the connection')));
     this.socket.unref();
@@ -106,7 +108,14 @@ export class Connection {
     const frame = encodeFrame(opcode, id, body);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
-        if (!this.pending.delete(id)) return;
+        if (!this.pending.has(id)) return;
+        if (!this.everConnected) {
+          // Still connecting (a host that drops packets): give up on this connection, and
+          // fail everything queued on it; nothing was sent.
+          this.fail(new RequestTimeout(`cannot connect to ${this.addr.host}:${this.addr.port} within ${timeout} ms`, { applied: 'no' }));
+          return;
+        }
+        this.pending.delete(id);
         this.abandoned.add(id);
         this.idle();
         reject(new RequestTimeout(`no reply within ${timeout} ms; the request may or may not have been applied`));
