@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 
 import {
   AuthFailed, AuthRequired, Client, ConnectionLost, InvalidRequest, InvalidToken, LimitExceeded, OwnerUnreachable,
-  Session, SessionNotFound, SessyncError, VersionConflict,
+  RequestTimeout, Session, SessionNotFound, SessyncError, VersionConflict,
 } from '../src/index.js';
 import { Cluster } from './cluster.js';
 
@@ -170,6 +170,37 @@ describe('failures are bounded and typed', () => {
     assert.ok(Date.now() - start < 1500);
     c.close();
     server.close();
+  });
+
+  test('a node whose port accepts no connection: the connect is bounded by the timeout', async () => {
+    // A listener with a backlog of 1 in a process whose event loop is blocked: once its
+    // accept queue is full the kernel drops further SYNs, so a connect hangs.
+    const { spawn } = await import('node:child_process');
+    const child = spawn(process.execPath, ['-e', "const s=require('net').createServer();s.listen({port:0,host:'127.0.0.1',backlog:1},()=>{console.log(s.address().port);setTimeout(()=>Atomics.wait(new Int32Array(new SharedArrayBuffer(4)),0,0,20000),50)})"], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const fillers = [];
+    try {
+      const port = await within(5000, new Promise((r) => child.stdout.once('data', (d) => r(Number(String(d))))));
+      await new Promise((r) => setTimeout(r, 200));
+      let connected = 0;
+      for (let i = 0; i < 4; i++) {
+        const s = net.connect(port, '127.0.0.1');
+        s.on('error', () => {});
+        s.on('connect', () => connected++);
+        fillers.push(s);
+      }
+      await new Promise((r) => setTimeout(r, 300));
+      assert.ok(connected < 4, 'the accept queue is full');
+      const c = new Client(`127.0.0.1:${port}`, { timeout: 500 });
+      const start = Date.now();
+      const results = await within(3000, Promise.allSettled([c.get('a'), c.get('b')]));
+      assert.ok(Date.now() - start < 1500);
+      for (const r of results) assert.ok(r.reason instanceof RequestTimeout && /cannot connect/.test(r.reason.message) && r.reason.applied === 'no', String(r.reason));
+      assert.equal(c.conn.closed, true, 'the stuck connection is dropped');
+      c.close();
+    } finally {
+      for (const s of fillers) s.destroy();
+      child.kill('SIGKILL');
+    }
   });
 
   test('password: required, wrong, right', async () => {
