@@ -230,3 +230,32 @@ describe('absolute lifetime', () => {
     }
   });
 });
+
+describe('misuse', () => {
+  test('the store without its wrapper: a clear error, not a silent session', async () => {
+    const client = new Client('127.0.0.1:1'); // never reached
+    const store = new SessyncStore(client);
+    const a = express();
+    a.use(session({ store, secret: 's', resave: false, saveUninitialized: false, name: 'sid' }));
+    a.get('/', (req, res) => { req.session.n = 1; res.send('ok'); });
+    const errors = [];
+    a.use((err, req, res, _next) => { errors.push(err); if (!res.headersSent) res.status(500).send(err.message); });
+    const server = await listen(a);
+    try {
+      const b = new Browser();
+      await b.get(`http://127.0.0.1:${server.address().port}/`);
+      await sleep(50);
+      assert.equal(errors.length, 1);
+      assert.match(errors[0].message, /outside store\.wrap/);
+      // With express-session's cookie (from the first response) it calls get, and fails.
+      assert.ok(b.jar.has('sid'));
+      const r = await b.get(`http://127.0.0.1:${server.address().port}/`);
+      assert.equal(r.status, 500);
+      assert.match(r.body, /outside store\.wrap/);
+    } finally {
+      server.closeAllConnections?.();
+      server.close();
+      client.close();
+    }
+  });
+});
