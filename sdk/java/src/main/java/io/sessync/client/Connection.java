@@ -52,6 +52,8 @@ final class Connection {
         final int opcode;
         final byte[] frame;
         final CompletableFuture<Wire.Message> future = new CompletableFuture<>();
+        /** When it was queued (System.nanoTime). */
+        final long queuedAt = System.nanoTime();
         /** Set by the writer once the frame went to the socket (it may have been applied). */
         volatile boolean sent;
         volatile boolean abandoned;
@@ -76,6 +78,10 @@ final class Connection {
     /** The longest frame this connection may send: ours, lowered to the node's HELLO_OK. */
     private volatile long maxSendFrame;
     private volatile String serverName = "";
+    /** When the last frame came from the node, or the connection opened (System.nanoTime). */
+    private volatile long lastReceived = System.nanoTime();
+    /** When the last request was queued (System.nanoTime). */
+    private volatile long lastUsed = System.nanoTime();
 
     private Connection(Socket socket, Limits limits, String label) {
         this.socket = socket;
@@ -145,6 +151,11 @@ final class Connection {
         return pending.size();
     }
 
+    /** @return nanoseconds since the last request was queued */
+    long idleNanos() {
+        return System.nanoTime() - lastUsed;
+    }
+
     /**
      * Queues a request. Returns its pending entry; its future completes with the reply (an
      * {@link Wire.ErrorReply} is turned into its exception) or fails.
@@ -175,6 +186,7 @@ final class Connection {
                     + " bytes exceeds the node's limit of " + maxSendFrame);
         }
         Pending p = new Pending(id, Wire.opcode(request), frame);
+        lastUsed = p.queuedAt;
         pending.put(id, p);
         queue.add(p);
         f = failure;
@@ -206,9 +218,20 @@ final class Connection {
         }
     }
 
-    /** Marks a timed-out request: its late reply will be dropped. */
+    /**
+     * Marks a timed-out request: its late reply will be dropped. When nothing at all came from
+     * the node since the request was queued, the connection is presumed dead (a node that
+     * stopped, a stream stuck in the middle of a frame) and is closed, so that later requests
+     * get a new one instead of timing out in turn; a connection that is slow but still
+     * answering other requests is kept.
+     */
     void abandon(Pending p) {
         p.abandoned = true;
+        if (lastReceived - p.queuedAt < 0) {
+            fail(new ConnectionLost("no reply of any kind since a request that timed out was sent",
+                    Applied.MAYBE, null));
+            return;
+        }
         if (!pending.containsKey(p.id)) {
             return;
         }
@@ -296,6 +319,7 @@ final class Connection {
                     byte[] rest = new byte[(int) len];
                     in.readFully(rest);
                     frame = Wire.parseFrame(rest);
+                    lastReceived = System.nanoTime();
                 } catch (WireException e) {
                     fail(new ProtocolViolation(e.code, "invalid frame from the node: " + e.getMessage()));
                     return;

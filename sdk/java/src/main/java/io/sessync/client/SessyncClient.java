@@ -64,6 +64,7 @@ public final class SessyncClient implements AutoCloseable {
     private final Limits limits;
     private final long timeoutMs;
     private final long connectTimeoutMs;
+    private final long maxIdleNanos;
     private final Slot[] slots;
     private final AtomicInteger next = new AtomicInteger();
     private final ScheduledThreadPoolExecutor timer;
@@ -84,6 +85,7 @@ public final class SessyncClient implements AutoCloseable {
         private Duration timeout = Duration.ofSeconds(5);
         private Duration connectTimeout;
         private int connections = 2;
+        private Duration maxIdle = Duration.ofSeconds(60);
 
         private Builder(String address) {
             this.address = address;
@@ -143,6 +145,16 @@ public final class SessyncClient implements AutoCloseable {
             return this;
         }
 
+        /**
+         * @param maxIdle a connection unused this long is replaced before the next request
+         *     (default 60 s, well under the node's 300 s idle timeout)
+         * @return this
+         */
+        public Builder maxIdle(Duration maxIdle) {
+            this.maxIdle = maxIdle;
+            return this;
+        }
+
         /** @return the client (connections open on first use) */
         public SessyncClient build() {
             return new SessyncClient(this);
@@ -170,6 +182,7 @@ public final class SessyncClient implements AutoCloseable {
         }
         this.timeoutMs = b.timeout.toMillis();
         this.connectTimeoutMs = b.connectTimeout == null ? timeoutMs : b.connectTimeout.toMillis();
+        this.maxIdleNanos = b.maxIdle.toNanos();
         this.slots = new Slot[b.connections];
         for (int i = 0; i < slots.length; i++) {
             slots[i] = new Slot();
@@ -232,7 +245,12 @@ public final class SessyncClient implements AutoCloseable {
         Slot slot = slots[Math.floorMod(next.getAndIncrement(), slots.length)];
         Connection c = slot.conn;
         if (c != null && !c.closed()) {
-            return c;
+            if (c.inFlight() > 0 || c.idleNanos() < maxIdleNanos) {
+                return c;
+            }
+            // Idle for long: the node may be about to close it (its idle timeout), and a
+            // request racing that close would be lost. Start afresh.
+            c.close();
         }
         long left = (deadlineNanos - System.nanoTime()) / 1_000_000L;
         try {
@@ -281,31 +299,40 @@ public final class SessyncClient implements AutoCloseable {
     private <T> CompletableFuture<T> call(Wire.Message request, Function<Wire.Message, T> convert) {
         CompletableFuture<T> out = new CompletableFuture<>();
         long deadline = System.nanoTime() + timeoutMs * 1_000_000L;
-        Connection conn;
-        Connection.Pending p;
-        try {
-            conn = connection(deadline);
-            p = conn.enqueue(request);
-        } catch (SessyncException e) {
-            out.completeExceptionally(e);
-            return out;
+        Connection conn = null;
+        Connection.Pending p = null;
+        for (int attempt = 0; p == null; attempt++) {
+            try {
+                conn = connection(deadline);
+                p = conn.enqueue(request);
+            } catch (SessyncException e) {
+                if (conn != null && conn.closed() && e instanceof ConnectionLost && e.applied() == Applied.NO
+                        && attempt == 0) {
+                    continue; // it closed just now, with nothing of this request sent: a new one
+                }
+                out.completeExceptionally(e);
+                return out;
+            }
         }
+        final Connection c = conn;
+        final Connection.Pending pending = p;
         long left = Math.max(1, (deadline - System.nanoTime()) / 1_000_000L);
         ScheduledFuture<?> timeout;
         try {
             timeout = timer.schedule(() -> {
                 if (out.completeExceptionally(new RequestTimeout("no reply within " + timeoutMs
-                        + " ms; the request may or may not have been applied", p.sent ? Applied.MAYBE : Applied.NO))) {
-                    conn.abandon(p);
+                        + " ms; the request may or may not have been applied",
+                        pending.sent ? Applied.MAYBE : Applied.NO))) {
+                    c.abandon(pending);
                 }
             }, left, TimeUnit.MILLISECONDS);
         } catch (RuntimeException e) {
             // The client was closed meanwhile (the timer is shut down).
-            conn.abandon(p);
+            c.abandon(pending);
             out.completeExceptionally(new ConnectionLost("the client is closed", Applied.MAYBE, e));
             return out;
         }
-        p.future.whenComplete((reply, err) -> {
+        pending.future.whenComplete((reply, err) -> {
             timeout.cancel(false);
             if (err != null) {
                 out.completeExceptionally(unwrap(err));
@@ -314,7 +341,7 @@ public final class SessyncClient implements AutoCloseable {
             try {
                 out.complete(convert.apply(reply));
             } catch (SessyncException e) {
-                conn.fail(e);
+                c.fail(e);
                 out.completeExceptionally(e);
             }
         });

@@ -411,7 +411,15 @@ public class SessyncManager extends ManagerBase {
      * changed, and lets the session leave memory when no other request uses it.
      */
     void end(RequestState st, Request request, Response response) {
-        CURRENT.remove();
+        try {
+            save(st, request, response);
+        } finally {
+            // Only now: request.getSessionInternal below must find the request's lookups.
+            CURRENT.remove();
+        }
+    }
+
+    private void save(RequestState st, Request request, Response response) {
         List<SessyncSession> used = new ArrayList<>(st.used);
         for (SessyncSession s : used) {
             try {
