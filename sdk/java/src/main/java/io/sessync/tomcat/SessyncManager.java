@@ -275,6 +275,9 @@ public class SessyncManager extends ManagerBase {
             s = client().create(Map.of(), Duration.ofMillis(idleTtlMillis()),
                     Duration.ofSeconds(Math.max(0, maxLifetimeSeconds)));
         } catch (SessyncException e) {
+            if (current != null) {
+                current.failure = e; // later attempts in this request fail at once
+            }
             throw new SessyncSessionException("could not create a session", e);
         }
         SessyncSession session = (SessyncSession) createEmptySession();

@@ -55,9 +55,19 @@ public class SessyncSession extends StandardSession {
         this.snapshot = new SessionStore.Snapshot(s.token(), s.version(), new HashMap<>(s.attributes()), false);
     }
 
-    /** After ROTATE: the node's data under the new token is the new baseline. */
+    /**
+     * After ROTATE. When nobody wrote since this session was loaded (ROTATE took the version
+     * up by exactly one), the node's data under the new token is the new baseline. Otherwise
+     * the old baseline is kept with the old version: the save at the end of the request then
+     * meets VERSION_CONFLICT and merges (or refuses) exactly as for any concurrent write,
+     * rather than deleting what the other writer added.
+     */
     synchronized void rotated(Session s) {
-        this.snapshot = new SessionStore.Snapshot(s.token(), s.version(), new HashMap<>(s.attributes()), true);
+        if (s.version() == snapshot.version() + 1) {
+            this.snapshot = new SessionStore.Snapshot(s.token(), s.version(), new HashMap<>(s.attributes()), true);
+        } else {
+            this.snapshot = new SessionStore.Snapshot(s.token(), snapshot.version(), snapshot.raw(), true);
+        }
     }
 
     synchronized SessionStore.Snapshot snapshot() {

@@ -6,12 +6,16 @@ import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.sessync.client.Limits;
+import io.sessync.client.Meta;
 import io.sessync.client.Session;
 import io.sessync.client.SessyncClient;
 import io.sessync.client.SessyncException;
+import io.sessync.client.Wire;
 import io.sessync.testing.FakeNode;
 import io.sessync.testing.Nodes;
 import java.io.ByteArrayInputStream;
+import java.io.IOException;
 import java.io.ObjectInputStream;
 import java.net.InetAddress;
 import java.net.ServerSocket;
@@ -23,8 +27,11 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
+import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.logging.Level;
 import java.util.logging.Logger;
 import org.apache.catalina.Context;
@@ -262,24 +269,96 @@ class TomcatTest {
         }
     }
 
+    static final String SOME_TOKEN = "AQAAESIzRFVmd4iZqrvM3e7_BAoAAAEc6QC4GCxqzsImgh9trpzN734B";
+
+    /** A fake node that serves GET from {@code gets} in turn and answers SET with {@code set}. */
+    static FakeNode scripted(List<Map<String, byte[]>> gets, Wire.Message set) throws IOException {
+        AtomicInteger served = new AtomicInteger();
+        return new FakeNode((f, out, conn) -> {
+            try {
+                Wire.Message req = Wire.decodeRequest(f.opcode(), f.body(), Limits.DEFAULT);
+                if (req instanceof Wire.Get) {
+                    int i = served.getAndIncrement();
+                    Meta meta = new Meta(1 + i, 1, System.currentTimeMillis(), 600_000, 0);
+                    out.write(Wire.encode(new Wire.SessionReply(null, meta, gets.get(Math.min(i, gets.size() - 1))),
+                            f.requestId(), Limits.DEFAULT));
+                } else if (req instanceof Wire.SetReq && set != null) {
+                    out.write(Wire.encode(set, f.requestId(), Limits.DEFAULT));
+                }
+                return true;
+            } catch (Wire.WireException e) {
+                throw new IOException(e);
+            }
+        });
+    }
+
+    static byte[] serialized(Object o) throws IOException {
+        return new JavaSerializationCodec().encode("n", o);
+    }
+
+    @Test
+    void saveThatTimesOutBecomes503InTime() throws Exception {
+        try (FakeNode fake = scripted(List.of(Map.of()), null); Server s = new Server(fake.address(), 500)) {
+            Browser user = new Browser();
+            user.cookie = SOME_TOKEN;
+            long t = System.nanoTime();
+            HttpResponse<String> r = user.go(s, "/count");
+            long ms = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t);
+            assertEquals(503, r.statusCode(), r.body());
+            assertTrue(ms < 2500, "the request took " + ms + " ms");
+        }
+    }
+
+    @Test
+    void conflictingSaveBecomes409() throws Exception {
+        // Loaded with no n; the SET meets VERSION_CONFLICT; the re-read shows another request
+        // set n to 5 meanwhile: this request's n = 1 must not overwrite it.
+        try (FakeNode fake = scripted(List.of(Map.of(), Map.of("n", serialized(5))),
+                new Wire.ErrorReply(302, "expected version 1, session is at 2"));
+                Server s = new Server(fake.address(), 2000)) {
+            Browser user = new Browser();
+            user.cookie = SOME_TOKEN;
+            HttpResponse<String> r = user.go(s, "/count");
+            assertEquals(409, r.statusCode(), r.body());
+            assertEquals(3, fake.requests.get(), "GET, SET (conflict), GET, and no second SET");
+        }
+    }
+
+    /** What SessyncSession.rotated relies on: a save on the old baseline after a rotation merges. */
+    @Test
+    void saveAfterRotationKeepsAnotherWritersAddition() throws Exception {
+        try (SessyncClient c = SessyncClient.builder(nodes.client(0)).build()) {
+            Session s = c.create(Map.of("a", new byte[] {1}));
+            SessionStore.Snapshot loaded = new SessionStore.Snapshot(s.token(), 1, s.attributes(), false);
+            c.set(s.token(), Map.of("b", new byte[] {1}), List.of(), null); // another request
+            Session r = c.rotate(s.token());
+            assertEquals(3, r.version());
+            SessionStore.Snapshot afterRotate = new SessionStore.Snapshot(r.token(), loaded.version(), loaded.raw(), true);
+            SessionStore.Snapshot saved = SessionStore.save(c, afterRotate,
+                    Map.of("a", new byte[] {1}, "c", new byte[] {1}));
+            assertEquals(r.token(), saved.token());
+            assertEquals(Set.of("a", "b", "c"), c.get(r.token()).attributes().keySet());
+        }
+    }
+
     @Test
     void storeMergesOrRefuses() throws Exception {
         try (SessyncClient c = SessyncClient.builder(nodes.client(0)).build()) {
-            Session s = c.create(java.util.Map.of("a", new byte[] {1}, "b", new byte[] {1}));
+            Session s = c.create(Map.of("a", new byte[] {1}, "b", new byte[] {1}));
             SessionStore.Snapshot base = new SessionStore.Snapshot(s.token(), 1, s.attributes(), false);
             SessionStore.Snapshot one = SessionStore.save(c, base,
-                    java.util.Map.of("a", new byte[] {2}, "b", new byte[] {1}));
+                    Map.of("a", new byte[] {2}, "b", new byte[] {1}));
             assertEquals(2, one.version());
             // The second writer read version 1 and changed b only: merged onto version 2.
             SessionStore.Snapshot two = SessionStore.save(c, base,
-                    java.util.Map.of("a", new byte[] {1}, "b", new byte[] {2}));
+                    Map.of("a", new byte[] {1}, "b", new byte[] {2}));
             assertEquals(3, two.version());
             Session now = c.get(s.token());
             assertEquals(2, now.attributes().get("a")[0]);
             assertEquals(2, now.attributes().get("b")[0]);
             // A third writer from version 1 changes a, which the first writer changed: refused.
             assertThrows(SessionStore.SessionConflict.class, () -> SessionStore.save(c, base,
-                    java.util.Map.of("a", new byte[] {3}, "b", new byte[] {1})));
+                    Map.of("a", new byte[] {3}, "b", new byte[] {1})));
             assertEquals(2, c.get(s.token()).attributes().get("a")[0]);
             assertEquals(3, c.get(s.token()).version());
         }
