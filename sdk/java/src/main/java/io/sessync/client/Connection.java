@@ -228,6 +228,7 @@ final class Connection {
     void abandon(Pending p) {
         p.abandoned = true;
         if (lastReceived - p.queuedAt < 0) {
+            pending.remove(p.id); // its caller gets the timeout, not this connection's failure
             fail(new ConnectionLost("no reply of any kind since a request that timed out was sent",
                     Applied.MAYBE, null));
             return;
@@ -236,6 +237,7 @@ final class Connection {
             return;
         }
         if (abandoned.incrementAndGet() > MAX_ABANDONED) {
+            pending.remove(p.id);
             fail(new ConnectionLost("too many requests timed out on this connection", Applied.MAYBE, null));
         }
     }

@@ -320,10 +320,13 @@ public final class SessyncClient implements AutoCloseable {
         ScheduledFuture<?> timeout;
         try {
             timeout = timer.schedule(() -> {
-                if (out.completeExceptionally(new RequestTimeout("no reply within " + timeoutMs
-                        + " ms; the request may or may not have been applied",
-                        pending.sent ? Applied.MAYBE : Applied.NO))) {
+                if (!out.isDone()) {
+                    // Abandoned (and the connection given up, if it looks dead) before the caller
+                    // wakes, so that its next request cannot pick a connection about to close.
                     c.abandon(pending);
+                    out.completeExceptionally(new RequestTimeout("no reply within " + timeoutMs
+                            + " ms; the request may or may not have been applied",
+                            pending.sent ? Applied.MAYBE : Applied.NO));
                 }
             }, left, TimeUnit.MILLISECONDS);
         } catch (RuntimeException e) {

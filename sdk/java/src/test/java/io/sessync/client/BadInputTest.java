@@ -89,7 +89,7 @@ class BadInputTest {
                 // TOUCH is slow: its reply comes after the client's timeout.
                 new Thread(() -> {
                     try {
-                        Thread.sleep(600);
+                        Thread.sleep(2000);
                         synchronized (out) {
                             out.write(sessionReply(f.requestId()));
                             out.flush();
@@ -104,17 +104,17 @@ class BadInputTest {
                 }
             }
             return true;
-        }); SessyncClient c = client(fake.address(), 400)) {
+        }); SessyncClient c = client(fake.address(), 1500)) {
             CompletableFuture<Session> slow = c.touchAsync(TOKEN);
             // Other replies keep flowing while TOUCH is outstanding.
-            for (int i = 0; i < 4; i++) {
+            for (int i = 0; i < 10; i++) {
                 Thread.sleep(100);
                 assertEquals(1, c.get(TOKEN).version());
             }
             SessyncException e = SessyncClient.unwrap(
                     assertThrows(Exception.class, () -> slow.get(5, TimeUnit.SECONDS)));
             assertEquals("CLIENT_TIMEOUT", e.name());
-            Thread.sleep(400); // the late reply arrives and is dropped
+            Thread.sleep(1000); // the late reply arrives and is dropped
             assertEquals(1, c.get(TOKEN).version());
             assertEquals(1, fake.connections.get(), "one connection throughout");
         }
