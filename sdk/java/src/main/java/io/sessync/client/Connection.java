@@ -12,8 +12,6 @@ import java.io.IOException;
 import java.io.OutputStream;
 import java.net.InetSocketAddress;
 import java.net.Socket;
-import java.util.ArrayList;
-import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
@@ -43,6 +41,8 @@ import java.util.concurrent.atomic.AtomicLong;
  * requests only.
  */
 final class Connection {
+    static final int QUEUED = 0, SENT = 1, WITHDRAWN = 2;
+
     /** Timed-out requests still owed a reply before the connection is given up. */
     static final int MAX_ABANDONED = 1024;
 
@@ -54,8 +54,21 @@ final class Connection {
         final CompletableFuture<Wire.Message> future = new CompletableFuture<>();
         /** When it was queued (System.nanoTime). */
         final long queuedAt = System.nanoTime();
-        /** Set by the writer once the frame went to the socket (it may have been applied). */
-        volatile boolean sent;
+        /**
+         * QUEUED until the writer claims it (SENT: it may have been applied) or a timeout or
+         * a failure withdraws it first (WITHDRAWN: it is never written). One compare-and-set
+         * decides, so "not applied" is only ever said of a request that is never sent.
+         */
+        final AtomicInteger stage = new AtomicInteger(QUEUED);
+
+        /** @return true if the request is (now) never to be sent, false if it was sent */
+        boolean withdraw() {
+            return stage.compareAndSet(QUEUED, WITHDRAWN) || stage.get() == WITHDRAWN;
+        }
+
+        boolean sent() {
+            return stage.get() == SENT;
+        }
         volatile boolean abandoned;
 
         Pending(long id, int opcode, byte[] frame) {
@@ -191,9 +204,9 @@ final class Connection {
         queue.add(p);
         f = failure;
         if (f != null && pending.remove(id) != null) {
-            // Closed meanwhile, after the failure swept the map: fail it here.
-            p.future.completeExceptionally(
-                    new ConnectionLost("connection closed: " + f.getMessage(), Applied.NO, f));
+            // Closed meanwhile, and the sweep in fail() may have missed it: whoever removes a
+            // request from the map completes it, so this happens exactly once.
+            failOne(p, f);
         }
         return p;
     }
@@ -207,39 +220,48 @@ final class Connection {
         try {
             return p.future.get(timeoutMs, TimeUnit.MILLISECONDS);
         } catch (TimeoutException e) {
-            abandon(p);
+            boolean unsent = abandon(p);
             throw new SessyncException.RequestTimeout("no reply within " + timeoutMs + " ms",
-                    p.sent ? Applied.MAYBE : Applied.NO);
+                    unsent ? Applied.NO : Applied.MAYBE);
         } catch (ExecutionException e) {
             throw SessyncClient.unwrap(e.getCause());
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-            throw new ConnectionLost("interrupted while waiting for a reply", p.sent ? Applied.MAYBE : Applied.NO, e);
+            boolean unsent = abandon(p);
+            throw new ConnectionLost("interrupted while waiting for a reply", unsent ? Applied.NO : Applied.MAYBE, e);
         }
     }
 
     /**
-     * Marks a timed-out request: its late reply will be dropped. When nothing at all came from
+     * Marks a timed-out request: its late reply will be dropped, or, if the writer has not
+     * sent it yet, it is withdrawn and never sent (returns true). When nothing at all came from
      * the node since the request was queued, the connection is presumed dead (a node that
      * stopped, a stream stuck in the middle of a frame) and is closed, so that later requests
      * get a new one instead of timing out in turn; a connection that is slow but still
      * answering other requests is kept.
      */
-    void abandon(Pending p) {
+    boolean abandon(Pending p) {
         p.abandoned = true;
-        if (lastReceived - p.queuedAt < 0) {
+        boolean unsent = p.withdraw();
+        if (unsent || lastReceived - p.queuedAt < 0) {
             pending.remove(p.id); // its caller gets the timeout, not this connection's failure
-            fail(new ConnectionLost("no reply of any kind since a request that timed out was sent",
+        }
+        if (lastReceived - p.queuedAt < 0) {
+            fail(new ConnectionLost("no reply of any kind since a request that timed out was queued",
                     Applied.MAYBE, null));
-            return;
+            return unsent;
+        }
+        if (unsent) {
+            return true; // never written: no reply is owed
         }
         if (!pending.containsKey(p.id)) {
-            return;
+            return false; // its reply came meanwhile
         }
         if (abandoned.incrementAndGet() > MAX_ABANDONED) {
             pending.remove(p.id);
             fail(new ConnectionLost("too many requests timed out on this connection", Applied.MAYBE, null));
         }
+        return false;
     }
 
     void close() {
@@ -260,18 +282,25 @@ final class Connection {
             // closing anyway
         }
         queue.add(POISON);
-        List<Pending> left = new ArrayList<>(pending.values());
-        pending.clear();
-        for (Pending p : left) {
-            SessyncException e = why;
-            if (why instanceof ConnectionLost) {
-                // Whether this request may have been applied depends on whether it was sent.
-                e = new ConnectionLost(why.detail(), p.sent ? Applied.MAYBE : Applied.NO, why.getCause());
-            } else if (!p.sent) {
-                e = new ConnectionLost(why.getMessage() + " (before this request was sent)", Applied.NO, why);
+        for (Long id : pending.keySet()) {
+            Pending p = pending.remove(id);
+            if (p != null) {
+                failOne(p, why);
             }
-            p.future.completeExceptionally(e);
         }
+    }
+
+    /** Fails one request removed from {@link #pending} (by its remover, so exactly once). */
+    private static void failOne(Pending p, SessyncException why) {
+        SessyncException e = why;
+        boolean unsent = p.withdraw();
+        if (why instanceof ConnectionLost) {
+            // Whether this request may have been applied depends on whether it was sent.
+            e = new ConnectionLost(why.detail(), unsent ? Applied.NO : Applied.MAYBE, why.getCause());
+        } else if (unsent) {
+            e = new ConnectionLost(why.getMessage() + " (before this request was sent)", Applied.NO, why);
+        }
+        p.future.completeExceptionally(e);
     }
 
     private void writeLoop() {
@@ -283,15 +312,10 @@ final class Connection {
                     if (p == POISON) {
                         return;
                     }
-                    if (!p.future.isDone()) {
+                    if (p.stage.compareAndSet(QUEUED, SENT)) {
                         out.write(p.frame);
-                        p.sent = true;
-                    } else {
-                        // Timed out before it was written: not sending it keeps "not applied" true.
-                        if (pending.remove(p.id) != null && p.abandoned) {
-                            abandoned.decrementAndGet();
-                        }
                     }
+                    // else withdrawn (timed out or failed before it was written): never sent.
                     p = queue.poll();
                 }
                 out.flush();

@@ -323,16 +323,16 @@ public final class SessyncClient implements AutoCloseable {
                 if (!out.isDone()) {
                     // Abandoned (and the connection given up, if it looks dead) before the caller
                     // wakes, so that its next request cannot pick a connection about to close.
-                    c.abandon(pending);
-                    out.completeExceptionally(new RequestTimeout("no reply within " + timeoutMs
-                            + " ms; the request may or may not have been applied",
-                            pending.sent ? Applied.MAYBE : Applied.NO));
+                    boolean unsent = c.abandon(pending);
+                    out.completeExceptionally(new RequestTimeout("no reply within " + timeoutMs + " ms"
+                            + (unsent ? "; it was never sent" : "; the request may or may not have been applied"),
+                            unsent ? Applied.NO : Applied.MAYBE));
                 }
             }, left, TimeUnit.MILLISECONDS);
         } catch (RuntimeException e) {
             // The client was closed meanwhile (the timer is shut down).
-            c.abandon(pending);
-            out.completeExceptionally(new ConnectionLost("the client is closed", Applied.MAYBE, e));
+            boolean unsent = c.abandon(pending);
+            out.completeExceptionally(new ConnectionLost("the client is closed", unsent ? Applied.NO : Applied.MAYBE, e));
             return out;
         }
         pending.future.whenComplete((reply, err) -> {

@@ -54,8 +54,11 @@ import org.apache.juli.logging.LogFactory;
  *   <li>Lifetimes: a new session's idle TTL is the context's session timeout (or
  *       {@code idleTtlSeconds}), its absolute lifetime {@code maxLifetimeSeconds} (0: the
  *       node's default). The node expires sessions; this manager never does.
- *   <li>Every call to the node is bounded by {@code timeoutMillis}: the manager never holds
- *       a request thread longer. Failures reach the servlet as {@link SessyncSessionException}.
+ *   <li>Every call to the node is bounded by {@code timeoutMillis}, and after one failed call
+ *       a request makes no other. Failures reach the servlet as {@link SessyncSessionException}
+ *       from {@code getSession(true)}, {@code changeSessionId()} and {@code invalidate()}; a
+ *       session that could not be loaded reads as absent to {@code getSession(false)}, with
+ *       the exception in the request attribute {@link #ERROR_ATTRIBUTE}.
  * </ul>
  *
  * <p>Requests are tracked per thread: asynchronous servlets that use the session from
@@ -263,7 +266,11 @@ public class SessyncManager extends ManagerBase {
     @Override
     public org.apache.catalina.Session createSession(String ignoredId) {
         RequestState current = CURRENT.get();
-        if (current != null && current.failure != null) {
+        if (current == null) {
+            // Nothing would save it: sessions are saved by the valve at the end of a request.
+            throw new IllegalStateException("SessyncManager creates sessions only within a request");
+        }
+        if (current.failure != null) {
             throw new SessyncSessionException("could not load the requested session", current.failure);
         }
         if (maxActiveSessions >= 0 && getActiveSessions() >= maxActiveSessions) {
@@ -275,36 +282,27 @@ public class SessyncManager extends ManagerBase {
             s = client().create(Map.of(), Duration.ofMillis(idleTtlMillis()),
                     Duration.ofSeconds(Math.max(0, maxLifetimeSeconds)));
         } catch (SessyncException e) {
-            if (current != null) {
-                current.failure = e; // later attempts in this request fail at once
-            }
+            current.failure = e; // later attempts in this request fail at once
             throw new SessyncSessionException("could not create a session", e);
         }
         SessyncSession session = (SessyncSession) createEmptySession();
         session.load(s, codec, codecLoader());
         session.setNew(true);
-        RequestState st = CURRENT.get();
         synchronized (this) {
-            if (st != null) {
-                session.users++;
-                st.used.add(session);
-            }
+            session.users++;
+            current.used.add(session);
         }
-        if (st != null) {
-            session.setId(s.token()); // adds it to this manager and tells listeners it is new
-        } else {
-            session.setId(s.token(), false);
-            session.tellNew();
-        }
+        session.setId(s.token()); // adds it to this manager and tells listeners it is new
         return session;
     }
 
     /**
      * The session a token names: the one a request on this Tomcat is using now, else loaded
      * from the node (GET). Null when the node has no such session (expired, destroyed,
-     * rotated, forged token). Other failures throw {@link SessyncSessionException} within a
-     * request (the servlet sees it), {@link IOException} outside one (Tomcat treats that as
-     * no session).
+     * rotated, forged token). When the node cannot be asked (down, timeout), null within a
+     * request, with the failure recorded for {@link #createSession} and {@link #ERROR_ATTRIBUTE};
+     * {@link IOException} outside one (Tomcat treats that as no session). Outside a request
+     * the session returned is a detached copy, not kept and never saved.
      */
     @Override
     public org.apache.catalina.Session findSession(String id) throws IOException {
@@ -354,8 +352,11 @@ public class SessyncManager extends ManagerBase {
         SessyncSession loaded = (SessyncSession) createEmptySession();
         loaded.load(got, codec, codecLoader());
         if (st == null) {
-            // Outside a request (JMX, another context's lookup): a detached copy.
+            // Outside a request (JMX, another context's lookup): a detached copy, not added to
+            // this manager (setId adds a session to its manager, if it has one).
+            loaded.setManager(null);
             loaded.setId(got.token(), false);
+            loaded.setManager(this);
             return loaded;
         }
         synchronized (this) {
@@ -388,6 +389,7 @@ public class SessyncManager extends ManagerBase {
         try {
             r = client().rotate(s.getIdInternal());
         } catch (SessyncException e) {
+            failed(e);
             throw new SessyncSessionException("could not rotate the session id", e);
         }
         s.rotated(r);
@@ -402,6 +404,14 @@ public class SessyncManager extends ManagerBase {
     }
 
     // ---- per request (SessyncValve) ---------------------------------------------------------
+
+    /** Records a failed call: the request makes no other (see {@link #save}). */
+    void failed(SessyncException e) {
+        RequestState st = CURRENT.get();
+        if (st != null) {
+            st.failure = e;
+        }
+    }
 
     RequestState begin() {
         RequestState st = new RequestState();
@@ -422,11 +432,24 @@ public class SessyncManager extends ManagerBase {
         }
     }
 
+    /**
+     * Saves each session the request used (unless one of its calls failed: then changes are
+     * reported unsaved without another call), re-sends the cookie when the token changed,
+     * and lets sessions no other request uses leave memory.
+     */
     private void save(RequestState st, Request request, Response response) {
         List<SessyncSession> used = new ArrayList<>(st.used);
         for (SessyncSession s : used) {
             try {
                 if (s.alive()) {
+                    if (st.failure != null) {
+                        // A call of this request failed already: no other call, and the
+                        // changes, if any, are reported unsaved.
+                        if (s.changed(this)) {
+                            throw st.failure;
+                        }
+                        continue;
+                    }
                     String before = s.getIdInternal();
                     String after = s.commit(this);
                     if (!after.equals(before)) {

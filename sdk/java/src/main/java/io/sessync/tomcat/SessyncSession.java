@@ -81,6 +81,20 @@ public class SessyncSession extends StandardSession {
      * @return the token after the save
      */
     synchronized String commit(SessyncManager m) throws IOException {
+        snapshot = SessionStore.save(m.client(), snapshot, encoded(m));
+        return snapshot.token();
+    }
+
+    /** @return whether the attributes differ from what was loaded or last written */
+    synchronized boolean changed(SessyncManager m) throws IOException {
+        Map<String, byte[]> puts = new HashMap<>();
+        java.util.List<String> deletes = new java.util.ArrayList<>();
+        SessionStore.diff(snapshot.raw(), encoded(m), puts, deletes);
+        return !puts.isEmpty() || !deletes.isEmpty();
+    }
+
+    /** Every attribute, encoded, plus those that could not be decoded, as stored. */
+    private Map<String, byte[]> encoded(SessyncManager m) throws IOException {
         Map<String, byte[]> next = new HashMap<>();
         for (Map.Entry<String, byte[]> u : undecodable.entrySet()) {
             if (!attributes.containsKey(u.getKey())) {
@@ -90,8 +104,7 @@ public class SessyncSession extends StandardSession {
         for (Map.Entry<String, Object> a : attributes.entrySet()) {
             next.put(a.getKey(), m.codec().encode(a.getKey(), a.getValue()));
         }
-        snapshot = SessionStore.save(m.client(), snapshot, next);
-        return snapshot.token();
+        return next;
     }
 
     boolean alive() {
@@ -115,6 +128,7 @@ public class SessyncSession extends StandardSession {
         try {
             sessync().client().destroy(getIdInternal(), true);
         } catch (SessyncException e) {
+            sessync().failed(e);
             throw new SessyncSessionException("could not destroy the session", e);
         }
         super.invalidate();

@@ -11,10 +11,12 @@ import java.net.InetAddress;
 import java.net.ServerSocket;
 import java.nio.ByteBuffer;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.Random;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 
@@ -138,6 +140,47 @@ class BadInputTest {
         }
     }
 
+    /**
+     * A node that stops reading: the socket fills, the writer blocks, the callers still time out
+     * on time, and the requests never written say so (applied NO); the written ones MAYBE.
+     */
+    @Test
+    void nodeThatStopsReading() throws Exception {
+        CountDownLatch release = new CountDownLatch(1);
+        try (FakeNode fake = new FakeNode((f, out, conn) -> {
+            try {
+                release.await(10, TimeUnit.SECONDS); // stop reading
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+            return false;
+        }); SessyncClient c = client(fake.address(), 1000)) {
+            byte[] mib = new byte[Limits.DEFAULT.maxValueLen()];
+            List<CompletableFuture<byte[]>> pings = new ArrayList<>();
+            long t = System.nanoTime();
+            for (int i = 0; i < 40; i++) {
+                pings.add(c.pingAsync(mib));
+            }
+            int no = 0;
+            int maybe = 0;
+            for (CompletableFuture<byte[]> f : pings) {
+                SessyncException e = SessyncClient.unwrap(
+                        assertThrows(Exception.class, () -> f.get(5, TimeUnit.SECONDS)));
+                // Its own timeout, or the failure of the connection that the first timeout
+                // found dead (nothing came back since).
+                assertTrue(e.name().equals("CLIENT_TIMEOUT") || e.name().equals("CONNECTION_LOST"), e.toString());
+                if (e.applied() == Applied.NO) {
+                    no++;
+                } else {
+                    maybe++;
+                }
+            }
+            assertTrue(System.nanoTime() - t < TimeUnit.SECONDS.toNanos(4));
+            assertTrue(no > 0 && maybe > 0, "never sent: " + no + ", sent: " + maybe);
+            release.countDown();
+        }
+    }
+
     @Test
     void garbageReply() throws Exception {
         Random rnd = new Random(7);
@@ -155,7 +198,8 @@ class BadInputTest {
             }
             return true;
         }); SessyncClient c = client(fake.address(), 2000)) {
-            SessyncException e = assertThrows(SessyncException.ProtocolViolation.class, () -> c.touch(TOKEN));
+            SessyncException e = assertThrows(SessyncException.class, () -> c.touch(TOKEN));
+            assertTrue(e instanceof SessyncException.ProtocolViolation, e.toString());
             assertEquals(101, e.code());
             assertEquals("BAD_CRC", e.name());
             assertEquals(Applied.MAYBE, e.applied());
@@ -229,7 +273,7 @@ class BadInputTest {
             SessyncException e = SessyncClient.unwrap(
                     assertThrows(Exception.class, () -> w.get(5, TimeUnit.SECONDS)));
             assertEquals("CONNECTION_LOST", e.name());
-            assertEquals(Applied.MAYBE, e.applied());
+            assertEquals(Applied.MAYBE, e.applied(), e.toString());
             assertEquals(1, c.set(TOKEN, Map.of("k", new byte[] {2}), List.of(), null).version());
             assertEquals(2, fake.requests.get(), "the lost SET was not sent again");
             assertEquals(2, fake.connections.get());

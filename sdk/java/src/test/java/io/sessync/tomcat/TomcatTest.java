@@ -310,6 +310,21 @@ class TomcatTest {
     }
 
     @Test
+    void afterOneFailedCallTheRequestMakesNoOther() throws Exception {
+        // GET answers, ROTATE (changeSessionId at login) never does.
+        try (FakeNode fake = scripted(List.of(Map.of()), null); Server s = new Server(fake.address(), 500)) {
+            Browser user = new Browser();
+            user.cookie = SOME_TOKEN;
+            long t = System.nanoTime();
+            HttpResponse<String> r = user.go(s, "/login?user=alice");
+            long ms = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t);
+            assertEquals(503, r.statusCode(), r.body());
+            assertTrue(ms < 2500, "the request took " + ms + " ms");
+            assertEquals(2, fake.requests.get(), "GET and ROTATE; no SET of the unsaved change");
+        }
+    }
+
+    @Test
     void conflictingSaveBecomes409() throws Exception {
         // Loaded with no n; the SET meets VERSION_CONFLICT; the re-read shows another request
         // set n to 5 meanwhile: this request's n = 1 must not overwrite it.
