@@ -31,7 +31,10 @@ jar --create --file target/sessync-client.jar -C target/client .
 javac "${JAVAC_FLAGS[@]}" -cp target/client:"$TOMCAT_JAR" -d target/tomcat \
   $(find src/main/java/io/sessync/tomcat -name '*.java')
 jar --create --file target/sessync-tomcat.jar -C target/tomcat .
-echo "built target/sessync-client.jar target/sessync-tomcat.jar"
+# Every public item is documented: javadoc's lint, warnings as errors.
+javadoc -quiet -Xdoclint:all -Werror -cp "$TOMCAT_JAR" -d target/javadoc -sourcepath src/main/java \
+  -subpackages io.sessync >/dev/null
+echo "built target/sessync-client.jar target/sessync-tomcat.jar target/javadoc"
 
 if [ "${1:-}" = "test" ]; then
   [ -f "$JUNIT_JAR" ] || { echo "missing $JUNIT_JAR (apt-get install junit5)" >&2; exit 1; }

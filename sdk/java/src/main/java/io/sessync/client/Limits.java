@@ -17,7 +17,16 @@ public record Limits(int maxFrameLen, int maxAttributes, int maxNameLen, int max
     /** The protocol's defaults. */
     public static final Limits DEFAULT = new Limits(4 * 1024 * 1024, 1024, 256, 1024 * 1024, 256, 1024);
 
-    /** Checks every limit is at least its smallest useful value. */
+    /**
+     * Checks every limit is at least its smallest useful value.
+     *
+     * @param maxFrameLen the longest frame length L (at least 16)
+     * @param maxAttributes attributes in one message
+     * @param maxNameLen one attribute name, in bytes
+     * @param maxValueLen one attribute value, in bytes
+     * @param maxTokenLen a token string, in bytes
+     * @param maxTextLen a text field, in bytes
+     */
     public Limits {
         if (maxFrameLen < 16 || maxAttributes < 0 || maxNameLen < 0 || maxValueLen < 0 || maxTokenLen < 0
                 || maxTextLen < 0) {

@@ -18,7 +18,14 @@ import java.util.Map;
  *     name (UTF-8 byte order), unmodifiable.
  */
 public record Session(String token, boolean tokenChanged, Meta meta, Map<String, byte[]> attributes) {
-    /** Makes the attribute map unmodifiable. */
+    /**
+     * Makes the attribute map unmodifiable.
+     *
+     * @param token the token to keep
+     * @param tokenChanged whether it differs from the token passed in
+     * @param meta version and times
+     * @param attributes the attributes the reply carried
+     */
     public Session {
         attributes = Collections.unmodifiableMap(attributes);
     }

@@ -49,9 +49,13 @@ public class SessyncException extends RuntimeException {
         return (code >= 100 && code <= 104) || code == 201 || code == 503 || code == 504;
     }
 
+    /** The protocol code, 0 for client-side failures. */
     private final int code;
+    /** The code's name. */
     private final String name;
+    /** Whether the request may have changed anything. */
     private final Applied applied;
+    /** The message without the code and name. */
     private final String detail;
 
     /**

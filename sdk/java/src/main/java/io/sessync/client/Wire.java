@@ -126,7 +126,10 @@ public final class Wire {
     public record Frame(int version, int opcode, long requestId, byte[] body) {
     }
 
-    /** @return the opcode of a message */
+    /**
+     * @param m a message
+     * @return its opcode
+     */
     public static int opcode(Message m) {
         if (m instanceof Hello) return HELLO;
         if (m instanceof Ping) return PING;
