@@ -1492,7 +1492,7 @@ mod tests {
         } = u.promote_local(&own, a.advertised, me, 3).unwrap();
         assert_eq!(gen, 5);
         assert!(u
-            .install_as(&rec, gen, Landing::Owner(&[b.advertised]), 3)
+            .install_as(&rec, gen, None, Landing::Owner(&[b.advertised]), 3)
             .unwrap());
         assert_eq!(u.last_received(&own), 5);
         assert_eq!(&*u.get(&own, &[], 3).unwrap().backups, &[b.advertised]);
