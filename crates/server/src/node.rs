@@ -575,9 +575,7 @@ impl Node {
         tracing::debug!(session = %id, %failed, ?backups, "owner gone; trying its backups");
         if let Some(claim) = self.table.promote_local(&id, failed, self.identity(), now_ms()) {
             Stats::bump(&self.stats.promotions);
-            let mut holders = claim.holders.to_vec();
-            holders.extend(backups.iter().filter(|b| !claim.holders.contains(b)));
-            self.protect_and_install(claim.generation, &claim.record, None, &holders, &[])
+            self.protect_and_install(claim.generation, &claim.record, None, &claim.holders, backups)
                 .await;
             return Some(Ok(Fetched::Installed));
         }
@@ -641,11 +639,8 @@ impl Node {
         // anyone who finds us gone looks first (it named us in MOVED).
         let mut first = vec![from];
         first.extend_from_slice(prefer);
-        // The giver and the nodes the client's token named (the previous owner's holders,
-        // as of the client's latest reply) all take the new copy, or stay holders: each
-        // may hold an older copy that a failover could otherwise promote (fencing).
         let giver_holds_a_copy = match self
-            .protect_and_install(transfer, record, Some(from), &first, &[])
+            .protect_and_install(transfer, record, Some(from), &[], &first)
             .await
         {
             Some(backups) => backups.confirmed.contains(&from),
