@@ -232,9 +232,20 @@ async fn owner_refuses(rogue: Option<TlsFiles>, owner_ca: &Ca, dir: &Path) {
         .unwrap();
     let e = timeout(WAIT, cr.get(&s.token)).await.unwrap().unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::OwnerUnreachable), "{e}");
-    let so = stats(&co).await;
-    assert_eq!(stat(&so, "copies_served"), 0, "no session data was sent");
-    assert!(stat(&so, "tls_failures") >= 1, "the refusal was counted");
+    // The owner counts the refusal right after sending its alert: wait for it (bounded).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stat(&owner.node().stats_snapshot(), "tls_failures") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refusal was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        stat(&stats(&co).await, "copies_served"),
+        0,
+        "no session data was sent"
+    );
     // The session is still the owner's, and others are unaffected.
     let again = timeout(WAIT, co.get(&s.token)).await.unwrap().unwrap();
     assert_eq!(again.get("k").unwrap(), "v");

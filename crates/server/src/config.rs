@@ -69,8 +69,9 @@ pub struct NodeConfig {
     /// The longest wait imposed on an address after failed authentications (client HELLO
     /// passwords and peer handshakes); the wait doubles from 1 ms per failure up to this.
     pub auth_backoff_max: Duration,
-    /// Most connections one IP address may hold that have not authenticated (client port
-    /// with a password, and peer port); further ones get TOO_MANY_CONNECTIONS and close.
+    /// Most client connections one IP address may hold that have not authenticated (with
+    /// a password set); further ones get TOO_MANY_CONNECTIONS and close. (The peer port's
+    /// bound is `max_peer_handshakes`.)
     pub max_unauthenticated_per_address: usize,
 }
 

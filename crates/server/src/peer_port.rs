@@ -5,8 +5,7 @@
 //! What an unauthenticated connection can cost is bounded three ways: its frames are read
 //! with [`MAX_HANDSHAKE_FRAME_LEN`] (115 bytes) instead of `max_frame_len`, the whole
 //! handshake must finish within `HANDSHAKE_TIMEOUT` (5 s), and at most
-//! `NodeConfig::max_peer_handshakes` connections may be in the handshake at once (and at
-//! most `max_unauthenticated_per_address` from one address).
+//! `NodeConfig::max_peer_handshakes` connections may be in the handshake at once.
 //!
 //! With peer TLS on, the connection must first complete a TLS 1.3 handshake with a client
 //! certificate that chains to the cluster CA; the secret handshake then runs inside it.
@@ -59,10 +58,10 @@ pub(crate) async fn accept_loop(
     tls: Option<Arc<TlsState>>,
 ) {
     let handshakes = Arc::new(Semaphore::new(node.config.max_peer_handshakes));
-    let throttle = Throttle::new(
-        node.config.auth_backoff_max,
-        node.config.max_unauthenticated_per_address,
-    );
+    // The handshake semaphore already bounds unauthenticated peer connections (all of
+    // a cluster's nodes may share an address in tests and behind NAT), so the per-address
+    // cap is that same bound here; the failure back-off is per address as on the client port.
+    let throttle = Throttle::new(node.config.auth_backoff_max, node.config.max_peer_handshakes);
     loop {
         let Some((tcp, addr)) = next_connection(&listener, &mut shutdown, "peer").await else {
             return;
