@@ -63,11 +63,10 @@ pub fn write_files(dir: &Path, name: &str, cert: &str, key: &str, ca: &str) -> T
     }
 }
 
-/// The certificate a TLS server at `addr` presents, as lossy text (its CN appears verbatim) (verified against
-/// `ca_pem`, presenting `client` as the client certificate).
-pub async fn server_cert_text(addr: std::net::SocketAddr, ca_pem: &str, client: (&str, &str)) -> String {
+/// A TLS 1.3 client configuration trusting `ca_pem` and presenting `client`.
+pub fn client_config(ca_pem: &str, client: (&str, &str)) -> std::sync::Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -76,24 +75,51 @@ pub async fn server_cert_text(addr: std::net::SocketAddr, ca_pem: &str, client: 
         .map(|c| c.unwrap())
         .collect();
     let key = PrivateKeyDer::from_pem_slice(client.1.as_bytes()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .unwrap();
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap(),
+    )
+}
+
+/// A TLS 1.3 server configuration presenting `cert`, asking for no client certificate.
+pub fn server_config(cert: (&str, &str)) -> std::sync::Arc<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(cert.0.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(cert.1.as_bytes()).unwrap();
+    std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    )
+}
+
+/// The certificate a TLS server at `addr` presents, as lossy text (its CN appears
+/// verbatim), verified against `ca_pem`, presenting `client` as the client certificate.
+pub async fn server_cert_text(addr: std::net::SocketAddr, ca_pem: &str, client: (&str, &str)) -> String {
+    let config = client_config(ca_pem, client);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio::time::timeout(
         super::WAIT,
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-            .connect(ServerName::IpAddress(addr.ip().into()), tcp),
+        tokio_rustls::TlsConnector::from(config)
+            .connect(rustls_pki_types::ServerName::IpAddress(addr.ip().into()), tcp),
     )
     .await
     .unwrap()
     .unwrap();
     let der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-    let text = String::from_utf8_lossy(der.as_ref()).to_string();
-    text
+    String::from_utf8_lossy(der.as_ref()).to_string()
 }

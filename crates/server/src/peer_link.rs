@@ -245,6 +245,11 @@ impl Peers {
         let mut framed = Framed::new(stream, FrameCodec::new(self.config.limits.max_frame_len));
         let cfg = &self.config;
         let (dialler, hello) = Dialler::start(cfg.keys.clone(), cfg.node_id, cfg.advertise);
+        // Over TLS the proofs are bound to this TLS session (see peer_port).
+        let dialler = match crate::tls::binding(framed.get_ref()).map_err(|e| format!("TLS: {e}"))? {
+            Some(b) => dialler.with_binding(b),
+            None => dialler,
+        };
         framed
             .send((0, hello))
             .await

@@ -168,16 +168,23 @@ async fn handshake(
             .map(|_| None)
         }
     };
-    let (acceptor, challenge) =
-        match Acceptor::handle_hello(node.config.keys.clone(), node.node_id, node.advertise, hello) {
-            Ok(x) => x,
-            Err(e) => {
-                *auth_failed = true;
-                return refuse(stream, frame.request_id, failed(e.to_string()))
-                    .await
-                    .map(|_| None);
-            }
-        };
+    // Over TLS both proofs also cover the session's exporter keying material, so the
+    // handshake cannot be relayed into another TLS session.
+    let binding = crate::tls::binding(stream)?;
+    let (keys, id, advertise) = (node.config.keys.clone(), node.node_id, node.advertise);
+    let accepted = match binding {
+        Some(b) => Acceptor::handle_hello_bound(keys, id, advertise, hello, b),
+        None => Acceptor::handle_hello(keys, id, advertise, hello),
+    };
+    let (acceptor, challenge) = match accepted {
+        Ok(x) => x,
+        Err(e) => {
+            *auth_failed = true;
+            return refuse(stream, frame.request_id, failed(e.to_string()))
+                .await
+                .map(|_| None);
+        }
+    };
     let mut out = BytesMut::new();
     challenge.encode_frame(frame.request_id, &mut out);
     stream.write_all(&out).await?;

@@ -343,6 +343,27 @@ pub(crate) async fn accept(tls: &TlsState, tcp: TcpStream) -> io::Result<Stream>
     Ok(Stream::Server(Box::new(acceptor.accept(tcp).await?)))
 }
 
+/// The channel binding of a TLS connection: exporter keying material (RFC 8446 7.5) with
+/// the label `EXPORTER-sessync-peer-auth`; `None` for a plain connection.
+pub(crate) fn binding(stream: &Stream) -> io::Result<Option<[u8; sessync_proto::BINDING_LEN]>> {
+    let mut out = [0u8; sessync_proto::BINDING_LEN];
+    let r = match stream {
+        Stream::Plain(_) => return Ok(None),
+        Stream::Server(s) => {
+            s.get_ref()
+                .1
+                .export_keying_material(&mut out, sessync_proto::BINDING_LABEL, None)
+        }
+        Stream::Client(s) => {
+            s.get_ref()
+                .1
+                .export_keying_material(&mut out, sessync_proto::BINDING_LABEL, None)
+        }
+    };
+    r.map_err(invalid)?;
+    Ok(Some(out))
+}
+
 /// Whether the first bytes a plain port received look like a TLS ClientHello record
 /// (content type 22, protocol version 3.x): a TLS client on a plain port.
 pub(crate) fn looks_like_tls(first: &[u8]) -> bool {
