@@ -2,6 +2,7 @@
 
 mod cli_session;
 mod secret;
+mod trial_certs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,6 +50,10 @@ struct ClusterArgs {
     /// Backup copies of each session (0, 1 or 2; at most nodes - 1).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     replicas: u8,
+    /// TLS everywhere: generate a throw-away CA and node certificates (removed at exit);
+    /// peer links use mutual TLS and the client ports TLS.
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -363,12 +368,22 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
     let peers = (0..args.nodes)
         .map(|i| port(100, i))
         .collect::<Result<Vec<_>>>()?;
+    let certs = if args.tls {
+        Some(trial_certs::generate(usize::from(args.nodes)).context("generating certificates")?)
+    } else {
+        None
+    };
     let mut handles = Vec::new();
     for i in 0..args.nodes {
         let mut config = NodeConfig::new(port(0, i)?, port(100, i)?, keys.clone());
         config.idle_ttl = args.idle_ttl;
         config.peers = peers.clone();
         config.replicas = args.replicas;
+        if let Some(c) = &certs {
+            let files = c.nodes[usize::from(i)].clone();
+            config.peer_tls = Some(files.clone());
+            config.client_tls = Some(TlsFiles { ca: None, ..files });
+        }
         let handle = sessync_server::start(config)
             .await
             .with_context(|| format!("starting node {i}"))?;
@@ -379,6 +394,16 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
         handles.len(),
         args.replicas
     );
+    let tls_flag = match &certs {
+        Some(c) => {
+            println!(
+                "TLS: mutual TLS 1.3 between nodes and TLS on the client ports, under a throw-away CA in {}",
+                c.dir.display()
+            );
+            format!(" --tls-ca {}", c.ca.display())
+        }
+        None => String::new(),
+    };
     for (i, h) in handles.iter().enumerate() {
         println!("  node {i}: clients {}  peers {}", h.client_addr(), h.peer_addr());
     }
@@ -386,14 +411,15 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
     let b = handles[handles.len() - 1].client_addr();
     println!();
     println!("Try it (in another terminal):");
-    println!("  TOKEN=$(sessync session create --node {a} user=alice)");
-    println!("  sessync session get --node {b} \"$TOKEN\"    # copied to the other node, new token printed");
+    println!("  TOKEN=$(sessync session create --node {a}{tls_flag} user=alice)");
+    println!("  sessync session get --node {b}{tls_flag} \"$TOKEN\"    # copied to the other node, new token printed");
     println!();
     println!("Ctrl-C stops every node.");
     stop.await;
     for h in handles {
         h.shutdown(Duration::from_secs(5)).await;
     }
+    drop(certs);
     Ok(())
 }
 
