@@ -451,3 +451,43 @@ async fn a_relaying_man_in_the_middle_with_a_ca_certificate_gets_no_link() {
     assert_eq!(stat(&sa, "peer_auth_failures"), 0);
     stop(vec![a, b]).await;
 }
+
+/// Bad input on a TLS peer port (plain frames, a truncated ClientHello, garbage) is
+/// refused, counted, and a real link made at the same time works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_a_tls_peer_port_is_refused_and_counted() {
+    let dir = temp_dir("tls-peer-bad");
+    let ca = Ca::new("cluster CA");
+    let a = start(Some(ca.files(&dir, "a", false)), |_| {}).await;
+    let b = start(Some(ca.files(&dir, "b", false)), |_| {}).await;
+    let inputs: [&[u8]; 3] = [
+        b"\x00\x00\x00\x20 a plain sessync frame start....",
+        &[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00],
+        b"GET / HTTP/1.1\r\n\r\n",
+    ];
+    for bytes in inputs {
+        let mut s = TcpStream::connect(a.peer_addr()).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        // A truncated handshake gets no answer; close our side, as a crashed peer would.
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let _ = timeout(WAIT, s.read_to_end(&mut got)).await.unwrap();
+        assert!(
+            got.is_empty() || got[0] == 0x15,
+            "a TLS alert or nothing: {got:?}"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stat(&a.node().stats_snapshot(), "tls_failures") < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "refusals not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (cla, clb) = (client(a.client_addr()).await, client(b.client_addr()).await);
+    let s = timeout(WAIT, cla.create(attrs(&[("k", "v")])))
+        .await
+        .unwrap()
+        .unwrap();
+    let moved = timeout(WAIT, clb.get(&s.token)).await.unwrap().unwrap();
+    assert_eq!(moved.get("k").unwrap(), "v");
+    stop(vec![a, b]).await;
+}

@@ -131,21 +131,40 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+/// How close a certificate is to its expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expiry {
+    /// More than [`EXPIRY_WARNING`] left.
+    Valid,
+    /// Expires within [`EXPIRY_WARNING`]: this many whole days left.
+    Soon(i64),
+    /// Already expired.
+    Expired,
+}
+
+/// Classifies `not_after` (seconds since the epoch) at `now`.
+pub(crate) fn expiry(not_after: i64, now: i64) -> Expiry {
+    let left = not_after - now;
+    if left <= 0 {
+        Expiry::Expired
+    } else if left < EXPIRY_WARNING.as_secs() as i64 {
+        Expiry::Soon(left / 86400)
+    } else {
+        Expiry::Valid
+    }
+}
+
 /// Logs a certificate's subject and expiry, warning when it expires within
 /// [`EXPIRY_WARNING`] (or has expired).
 fn log_certificate(port: &str, l: &Loaded) {
-    let left = l.not_after - now_secs();
-    let expiry = humantime_secs(l.not_after);
-    if left <= 0 {
-        tracing::warn!("{port} TLS certificate {} EXPIRED at {expiry}", l.subject);
-    } else if left < EXPIRY_WARNING.as_secs() as i64 {
-        tracing::warn!(
-            "{port} TLS certificate {} expires at {expiry}, in {} days: replace the files and send SIGHUP",
-            l.subject,
-            left / 86400
-        );
-    } else {
-        tracing::info!("{port} TLS certificate {} valid until {expiry}", l.subject);
+    let at = humantime_secs(l.not_after);
+    match expiry(l.not_after, now_secs()) {
+        Expiry::Expired => tracing::warn!("{port} TLS certificate {} EXPIRED at {at}", l.subject),
+        Expiry::Soon(days) => tracing::warn!(
+            "{port} TLS certificate {} expires at {at}, in {days} days: replace the files and send SIGHUP",
+            l.subject
+        ),
+        Expiry::Valid => tracing::info!("{port} TLS certificate {} valid until {at}", l.subject),
     }
 }
 
@@ -208,7 +227,7 @@ impl TlsState {
     /// Warns again when the certificate in use is close to expiry (called by the timer).
     pub(crate) fn check_expiry(&self) {
         let l = self.current();
-        if l.not_after - now_secs() < EXPIRY_WARNING.as_secs() as i64 {
+        if expiry(l.not_after, now_secs()) != Expiry::Valid {
             log_certificate(self.role.port(), &l);
         }
     }
@@ -414,6 +433,17 @@ mod tests {
         assert_eq!(humantime_secs(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(humantime_secs(1_796_083_200), "2026-12-01 00:00:00 UTC");
         assert_eq!(humantime_secs(951_782_400 + 3661), "2000-02-29 01:01:01 UTC");
+    }
+
+    #[test]
+    fn expiry_warns_fourteen_days_ahead() {
+        let day = 86_400;
+        assert_eq!(expiry(100 * day, 0), Expiry::Valid);
+        assert_eq!(expiry(14 * day, 0), Expiry::Valid);
+        assert_eq!(expiry(14 * day - 1, 0), Expiry::Soon(13));
+        assert_eq!(expiry(3 * day + 5, 0), Expiry::Soon(3));
+        assert_eq!(expiry(0, 0), Expiry::Expired);
+        assert_eq!(expiry(5, 10), Expiry::Expired);
     }
 
     #[test]
