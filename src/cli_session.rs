@@ -22,16 +22,21 @@ pub(crate) struct Connection {
     #[arg(long, global = true)]
     json: bool,
     /// Connect over TLS, trusting this CA (PEM) for the node's certificate.
-    #[arg(long, global = true, env = "SESSYNC_TLS_CA")]
+    #[arg(long, global = true, env = "SESSYNC_NODE_TLS_CA")]
     tls_ca: Option<std::path::PathBuf>,
     /// Client certificate (PEM) to present, for a node with --client-tls-ca.
-    #[arg(long, global = true, env = "SESSYNC_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    #[arg(long, global = true, env = "SESSYNC_NODE_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
     tls_cert: Option<std::path::PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(long, global = true, env = "SESSYNC_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, global = true, env = "SESSYNC_NODE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
     /// The name the node's certificate must carry (default: the --node IP address).
-    #[arg(long, global = true, env = "SESSYNC_TLS_SERVER_NAME", requires = "tls_ca")]
+    #[arg(
+        long,
+        global = true,
+        env = "SESSYNC_NODE_TLS_SERVER_NAME",
+        requires = "tls_ca"
+    )]
     tls_server_name: Option<String>,
 }
 

@@ -330,7 +330,11 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         tokio::select! {
             _ = &mut stop => break,
             _ = reload.recv() => {
-                for r in handle.reload_tls() {
+                let results = handle.reload_tls();
+                if results.is_empty() {
+                    tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+                }
+                for r in results {
                     match r {
                         Ok(sessync_server::Reload::Replaced { subject }) => {
                             tracing::info!("SIGHUP: TLS certificate replaced by {subject}; new connections use it")
