@@ -14,6 +14,8 @@ mod stats;
 pub mod table;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod throttle;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +24,8 @@ use std::time::Duration;
 pub use config::{BackupPolicy, NodeConfig};
 pub use node::Node;
 pub use table::{EvictPolicy, TableStats};
+pub use throttle::BASE_DELAY as AUTH_BACKOFF_BASE;
+pub use tls::{Reload, TlsFiles, EXPIRY_WARNING};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -34,6 +38,7 @@ pub struct NodeHandle {
     peer_addr: SocketAddr,
     trigger: watch::Sender<bool>,
     tasks: TaskTracker,
+    tls: Vec<Arc<tls::TlsState>>,
 }
 
 impl NodeHandle {
@@ -52,6 +57,15 @@ impl NodeHandle {
         &self.node
     }
 
+    /// Re-reads the TLS files of both ports (what SIGHUP does; a timer also does it every
+    /// [`TLS_RELOAD_INTERVAL`]). New connections use the new certificates, existing ones
+    /// keep theirs. Files that cannot be read or do not form a valid configuration leave
+    /// the current one in place and return the error. One result per TLS port (peer
+    /// first), none when TLS is off.
+    pub fn reload_tls(&self) -> Vec<std::io::Result<Reload>> {
+        self.tls.iter().map(|t| t.reload()).collect()
+    }
+
     /// Stops accepting, lets every connection finish the requests it has fully received,
     /// and waits up to `grace` for them. Returns whether everything finished in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
@@ -64,6 +78,14 @@ impl NodeHandle {
 
 /// Binds the client and peer ports and starts serving. Must run inside a tokio runtime.
 pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
+    let peer_tls = match &config.peer_tls {
+        Some(files) => Some(tls::TlsState::load(tls::Role::Peer, files.clone())?),
+        None => None,
+    };
+    let client_tls = match &config.client_tls {
+        Some(files) => Some(tls::TlsState::load(tls::Role::Client, files.clone())?),
+        None => None,
+    };
     let client = listen::bind(config.client_addr)?;
     let peer = listen::bind(config.peer_addr)?;
     let client_addr = client.local_addr()?;
@@ -73,6 +95,9 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
     let (orphan_tx, orphan_rx) = tokio::sync::mpsc::channel(ORPHAN_QUEUE);
     let (refresh_tx, refresh_rx) = tokio::sync::mpsc::channel(REFRESH_QUEUE);
     let node = Arc::new(Node::new(config, advertise, orphan_tx, refresh_tx));
+    if let Some(t) = &peer_tls {
+        node.peers.set_tls(t.clone());
+    }
     let (trigger, shutdown) = Shutdown::new();
     let tasks = TaskTracker::new();
     tasks.spawn(client_port::accept_loop(
@@ -80,13 +105,19 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
         client,
         shutdown.clone(),
         tasks.clone(),
+        client_tls.clone(),
     ));
     tasks.spawn(peer_port::accept_loop(
         node.clone(),
         peer,
         shutdown.clone(),
         tasks.clone(),
+        peer_tls.clone(),
     ));
+    let tls: Vec<_> = peer_tls.into_iter().chain(client_tls).collect();
+    if !tls.is_empty() {
+        tasks.spawn(tls_reloads(tls.clone(), shutdown.clone()));
+    }
     tasks.spawn(sweeper(node.clone(), sweep_interval, shutdown.clone()));
     tasks.spawn(late_replies(node.clone(), orphan_rx, shutdown.clone()));
     tasks.spawn(backup_refreshes(node.clone(), refresh_rx, shutdown.clone()));
@@ -96,7 +127,35 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
         peer_addr,
         trigger,
         tasks,
+        tls,
     })
+}
+
+/// How often the TLS files are re-read (a reload happens only if they changed).
+pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Re-reads the TLS files on a timer, and warns daily while a certificate is close to
+/// expiry.
+async fn tls_reloads(states: Vec<Arc<tls::TlsState>>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(TLS_RELOAD_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        ticks += 1;
+        for s in &states {
+            if let Err(e) = s.reload() {
+                tracing::warn!("TLS files not reloaded (the certificate in use stays): {e}");
+            }
+            if ticks % (24 * 60) == 0 {
+                s.check_expiry();
+            }
+        }
+    }
 }
 
 /// Late peer replies kept before further ones are dropped (they are rare: a reply that

@@ -9,7 +9,6 @@ use sessync_proto::{
     encode_session_reply, Attributes, ErrorCode, ErrorReply, Message, PackedAttributes, PeerMessage, Request,
     Response, SessionId, SessionMeta, Token, TokenError, PROTOCOL_VERSION,
 };
-use subtle::ConstantTimeEq;
 
 use dashmap::DashMap;
 use tokio::sync::watch;
@@ -1130,7 +1129,7 @@ impl Node {
                             out,
                         );
                     };
-                    if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+                    if !crate::throttle::password_matches(given, expected) {
                         return self.error(request_id, ErrorCode::AuthFailed, "wrong password", out);
                     }
                 }

@@ -49,6 +49,17 @@ pub(crate) struct Stats {
     pub(crate) promotions: AtomicU64,
     /// Backup copies this node handed to a node that reported their owner gone.
     pub(crate) backups_promoted: AtomicU64,
+    /// Client HELLOs refused for a wrong password.
+    pub(crate) auth_failures: AtomicU64,
+    /// Peer handshakes that failed authentication (wrong secret, unknown key id).
+    pub(crate) peer_auth_failures: AtomicU64,
+    /// Connections refused because their address held too many unauthenticated ones.
+    pub(crate) unauthenticated_refused: AtomicU64,
+    /// TLS handshakes that failed on a TLS port (plain-text client, certificate from
+    /// another CA, expired or missing certificate, truncated handshake).
+    pub(crate) tls_failures: AtomicU64,
+    /// Connections that opened with a TLS ClientHello on a plain port.
+    pub(crate) tls_on_plain_port: AtomicU64,
 }
 
 impl Stats {
@@ -83,6 +94,11 @@ impl Stats {
             ("backup_unavailable".into(), g(&self.backup_unavailable)),
             ("promotions".into(), g(&self.promotions)),
             ("backups_promoted".into(), g(&self.backups_promoted)),
+            ("auth_failures".into(), g(&self.auth_failures)),
+            ("peer_auth_failures".into(), g(&self.peer_auth_failures)),
+            ("unauthenticated_refused".into(), g(&self.unauthenticated_refused)),
+            ("tls_failures".into(), g(&self.tls_failures)),
+            ("tls_on_plain_port".into(), g(&self.tls_on_plain_port)),
         ]
     }
 }
