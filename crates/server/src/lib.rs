@@ -2,16 +2,34 @@
 //! copy across nodes. [`start`] binds the ports and returns a [`NodeHandle`] that stops it.
 
 mod client_port;
+// the wall clock (virtual in the simulation): public only for tests, benches and fuzzing (feature `testing`), as
+// quinn-proto keeps its internals behind `fuzzing`.
+#[cfg(feature = "testing")]
 pub mod clock;
+#[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub)]
+mod clock;
 mod config;
+// the asking side of the handover, sans-IO: public only for tests, benches and fuzzing (feature `testing`), as
+// quinn-proto keeps its internals behind `fuzzing`.
+#[cfg(feature = "testing")]
 pub mod handover;
+#[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub)]
+mod handover;
 mod listen;
 mod node;
 mod peer_link;
 mod peer_port;
 mod shutdown;
 mod stats;
+// the session table: public only for tests, benches and fuzzing (feature `testing`), as
+// quinn-proto keeps its internals behind `fuzzing`.
+#[cfg(feature = "testing")]
 pub mod table;
+#[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub)]
+mod table;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod throttle;

@@ -4,6 +4,7 @@
 mod backup;
 mod fetch;
 mod reply;
+mod requests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -115,6 +116,13 @@ pub(crate) enum After {
     /// [`Mode::Full`] off the connection's path, so it does not hold up the requests
     /// behind it.
     Defer,
+}
+
+/// Where a reply goes: the request's id, and how far its handling may go.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reply {
+    request_id: u64,
+    mode: Mode,
 }
 
 /// How far [`Node::handle`] may go.
@@ -273,268 +281,35 @@ impl Node {
                 out,
             );
         }
+        // One line per request (mini-redis's `Command::apply`); each lives in requests.rs.
+        let at = Reply { request_id, mode };
         match req {
             Request::Hello {
                 min_version,
                 max_version,
                 password,
                 ..
-            } => {
-                if !(*min_version..=*max_version).contains(&PROTOCOL_VERSION) {
-                    return self.error(
-                        request_id,
-                        ErrorCode::UnsupportedVersion,
-                        format!("this node speaks protocol version {PROTOCOL_VERSION} only"),
-                        out,
-                    );
-                }
-                if let Some(expected) = &self.config.password {
-                    let Some(given) = password else {
-                        return self.error(
-                            request_id,
-                            ErrorCode::AuthRequired,
-                            "this node requires a password",
-                            out,
-                        );
-                    };
-                    if !crate::throttle::password_matches(given, expected) {
-                        return self.error(request_id, ErrorCode::AuthFailed, "wrong password", out);
-                    }
-                }
-                Response::HelloOk {
-                    version: PROTOCOL_VERSION,
-                    server_name: concat!("sessync/", env!("CARGO_PKG_VERSION")).into(),
-                    max_frame_len: self.config.limits.max_frame_len,
-                }
-                .encode_frame(request_id, out);
-                After::Authenticated
-            }
-            Request::Ping(payload) => {
-                Response::Pong(payload.clone()).encode_frame(request_id, out);
-                After::Continue
-            }
-            Request::Stats => {
-                Response::Stats(self.stats_snapshot()).encode_frame(request_id, out);
-                After::Continue
-            }
+            } => self.hello(at, (*min_version, *max_version), password.as_deref(), out),
+            Request::Ping(payload) => self.ping(at, payload, out),
+            Request::Stats => self.stats_reply(at, out),
             Request::Create {
                 idle_ttl_ms,
                 max_lifetime_ms,
                 attributes,
             } => {
-                if let Some(after) = self.before_write(request_id, mode, out) {
-                    return after;
-                }
-                self.create(request_id, *idle_ttl_ms, *max_lifetime_ms, attributes, out)
+                self.create(at, (*idle_ttl_ms, *max_lifetime_ms), attributes, out)
                     .await
             }
-            Request::Get { token, names } => match self
-                .on_session(token, mode, |t, id, now| t.get(id, names, now))
-                .await
-            {
-                Ok(r) => {
-                    self.refresh_backups_if_stale(r.id, &r.value);
-                    let fresh = self.fresh_token(&r.token, &r.value.backups);
-                    self.reply_session(request_id, fresh.as_deref(), &r.value.meta, &r.value.attrs, out)
-                }
-                Err(f) => self.session_failure(request_id, f, out),
-            },
+            Request::Get { token, names } => self.get(at, token, names, out).await,
             Request::Set {
                 token,
                 if_version,
                 puts,
                 deletes,
-            } => {
-                if let Some(both) = deletes.iter().find(|d| puts.contains_key(*d)) {
-                    return self.error(
-                        request_id,
-                        ErrorCode::InvalidRequest,
-                        format!("attribute {both:?} is both put and deleted; nothing was changed"),
-                        out,
-                    );
-                }
-                if let Some(after) = self.before_write(request_id, mode, out) {
-                    return after;
-                }
-                match self
-                    .on_session(token, mode, |t, id, now| {
-                        t.set(id, *if_version, puts, deletes, now)
-                    })
-                    .await
-                {
-                    Ok(r) => match self.replicate_write(r.id, &r.value.backups).await {
-                        Ok(backups) => {
-                            let fresh = self.fresh_token(&r.token, &backups);
-                            self.reply_session(
-                                request_id,
-                                fresh.as_deref(),
-                                &r.value.meta,
-                                &r.value.attrs,
-                                out,
-                            )
-                        }
-                        Err(why) => self.indeterminate(request_id, why, out),
-                    },
-                    Err(f) => self.session_failure(request_id, f, out),
-                }
-            }
-            Request::Touch { token } => {
-                match self.on_session(token, mode, |t, id, now| t.touch(id, now)).await {
-                    Ok(r) => {
-                        self.refresh_backups_if_stale(r.id, &r.value);
-                        let fresh = self.fresh_token(&r.token, &r.value.backups);
-                        self.reply_session(request_id, fresh.as_deref(), &r.value.meta, &r.value.attrs, out)
-                    }
-                    Err(f) => self.session_failure(request_id, f, out),
-                }
-            }
-            Request::Rotate { token } => {
-                if let Some(after) = self.before_write(request_id, mode, out) {
-                    return after;
-                }
-                match self.on_session(token, mode, |t, id, now| t.rotate(id, now)).await {
-                    Ok(r) => {
-                        let (new_id, s) = r.value;
-                        Stats::bump(&self.stats.rotated);
-                        // The old id's backups must forget it (it is destroyed), the new
-                        // id gets backups of its own.
-                        let old = OldBackups {
-                            backups: s.backups.clone(),
-                            generation: s.generation,
-                        };
-                        let missing = usize::from(self.config.replicas).saturating_sub(old.backups.len());
-                        let dropped = self.drop_backups(r.id, &old).await + missing;
-                        match self.replicate_write(new_id, &[]).await {
-                            Ok(backups) if dropped == 0 || self.config.backup_policy == BackupPolicy::Degrade => {
-                                let token = self.sign(new_id, &backups);
-                                self.reply_session(request_id, Some(&token), &s.meta, &s.attrs, out)
-                            }
-                            Ok(_) => self.indeterminate(
-                                request_id,
-                                format!("rotated here, but {dropped} backup(s) could not be told to forget the old id"),
-                                out,
-                            ),
-                            Err(why) => self.indeterminate(request_id, why, out),
-                        }
-                    }
-                    Err(f) => self.session_failure(request_id, f, out),
-                }
-            }
-            Request::Destroy { token } => {
-                if let Some(after) = self.before_write(request_id, mode, out) {
-                    return after;
-                }
-                match self
-                    .on_session(token, mode, |t, id, now| t.destroy(id, now))
-                    .await
-                {
-                    Ok(r) => {
-                        Stats::bump(&self.stats.destroyed);
-                        let old = OldBackups {
-                            backups: r.value.backups.clone(),
-                            generation: r.value.generation,
-                        };
-                        // Fencing: the backups' answers are what proves this node still
-                        // owned the session (a newer owner's backup answers MOVED), so too
-                        // few of them is as bad as a failed one.
-                        let missing = usize::from(self.config.replicas).saturating_sub(old.backups.len());
-                        let failed = self.drop_backups(r.id, &old).await + missing;
-                        if failed > 0 && self.config.backup_policy == BackupPolicy::Refuse {
-                            return self.indeterminate(
-                                request_id,
-                                format!("destroyed here, but {failed} backup(s) could not be told; if this node dies before their copies expire, the session may come back"),
-                                out,
-                            );
-                        }
-                        Response::Done.encode_frame(request_id, out);
-                        After::Continue
-                    }
-                    Err(f) => self.session_failure(request_id, f, out),
-                }
-            }
-        }
-    }
-
-    /// Writes that must reach backups before they are acknowledged: never answered in
-    /// [`Mode::LocalOnly`] (that mode may not wait, and must not apply a write it cannot
-    /// finish), and refused up front when too few backup nodes are reachable.
-    fn before_write(&self, request_id: u64, mode: Mode, out: &mut BytesMut) -> Option<After> {
-        if self.config.replicas == 0 {
-            return None;
-        }
-        if mode == Mode::LocalOnly {
-            return Some(After::Defer);
-        }
-        if self.config.backup_policy == BackupPolicy::Refuse && !self.enough_backups() {
-            Stats::bump(&self.stats.backup_unavailable);
-            return Some(self.error(
-                request_id,
-                ErrorCode::BackupUnavailable,
-                format!(
-                    "this write needs {} backup node(s) and too few are reachable; nothing was changed",
-                    self.config.replicas
-                ),
-                out,
-            ));
-        }
-        None
-    }
-
-    async fn create(
-        &self,
-        request_id: u64,
-        idle_ttl_ms: u64,
-        max_lifetime_ms: u64,
-        attrs: &Attributes,
-        out: &mut BytesMut,
-    ) -> After {
-        let now = now_ms();
-        let idle = if idle_ttl_ms == 0 {
-            self.config.idle_ttl.as_millis() as u64
-        } else {
-            idle_ttl_ms
-        };
-        let lifetime = match (max_lifetime_ms, self.config.max_lifetime) {
-            (0, None) => 0,
-            (0, Some(d)) => d.as_millis() as u64,
-            (ms, _) => ms,
-        };
-        let deadline = if lifetime == 0 {
-            0
-        } else {
-            now.saturating_add(lifetime)
-        };
-        let (id, Served { meta, attrs, .. }) = match self.table.create(attrs, idle, deadline, now) {
-            Ok(created) => created,
-            Err(m) => return self.miss_error(request_id, m, out),
-        };
-        match self.replicate_write(id, &[]).await {
-            Ok(backups) => {
-                Stats::bump(&self.stats.created);
-                let token = self.sign(id, &backups);
-                self.reply_session(request_id, Some(&token), &meta, &attrs, out)
-            }
-            Err(_) => {
-                // No token was handed out, so the session can simply be taken back: the
-                // CREATE did not happen.
-                if let Ok(s) = self.table.destroy(&id, now_ms()) {
-                    let old = OldBackups {
-                        backups: s.backups,
-                        generation: s.generation,
-                    };
-                    self.drop_backups(id, &old).await;
-                }
-                Stats::bump(&self.stats.backup_unavailable);
-                self.error(
-                    request_id,
-                    ErrorCode::BackupUnavailable,
-                    format!(
-                        "too few of the {} backup node(s) this session needs confirmed it; nothing was created",
-                        self.config.replicas
-                    ),
-                    out,
-                )
-            }
+            } => self.set(at, token, *if_version, (puts, deletes), out).await,
+            Request::Touch { token } => self.touch(at, token, out).await,
+            Request::Rotate { token } => self.rotate(at, token, out).await,
+            Request::Destroy { token } => self.destroy(at, token, out).await,
         }
     }
 }

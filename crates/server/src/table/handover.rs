@@ -171,6 +171,7 @@ impl Table {
     /// A session moving in is accepted even past the limits: a move adds nothing to the
     /// cluster's total, and refusing it would strand the data mid-handover. A destroyed
     /// tombstone here wins (nothing is resurrected).
+    #[cfg(any(test, feature = "testing"))]
     pub fn install(&self, record: &SessionRecord, transfer: u64, now: u64) -> Result<bool, Miss> {
         self.install_as(record, transfer, None, Landing::Owner(&[]), now)
     }

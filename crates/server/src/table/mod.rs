@@ -673,6 +673,7 @@ impl Table {
     }
 
     /// The entry for `id`, in words (for failure reports of the simulation).
+    #[cfg(any(test, feature = "testing"))]
     pub fn describe(&self, id: &SessionId) -> String {
         match self.shard(id).map.get(id) {
             None => "absent".into(),
