@@ -19,10 +19,7 @@ impl Node {
         // anyone who finds us gone looks first (it named us in MOVED).
         let mut first = vec![from];
         first.extend_from_slice(prefer);
-        let giver_holds_a_copy = match self
-            .protect_and_install(transfer, record, Some(from), &[], &first)
-            .await
-        {
+        let giver_holds_a_copy = match self.protect_and_install(transfer, record, &[], &first).await {
             Some(backups) => backups.confirmed.contains(&from),
             None => true,
         };
@@ -65,7 +62,6 @@ impl Node {
         &self,
         generation: u64,
         record: &sessync_proto::SessionRecord,
-        giver: Option<SocketAddr>,
         current: &[SocketAddr],
         prefer: &[SocketAddr],
     ) -> Option<Backups> {
@@ -96,10 +92,7 @@ impl Node {
             (Some(b), None) => Landing::Owner(&b.holders),
             (None, None) => Landing::Owner(&[]),
         };
-        match self
-            .table
-            .install_as(record, generation, giver, landing, now_ms())
-        {
+        match self.table.install_as(record, generation, landing, now_ms()) {
             Ok(true) if superseded.is_none() => {
                 Stats::bump(&self.stats.copies_received);
                 landing_backups

@@ -258,7 +258,7 @@ impl Node {
         tracing::debug!(session = %id, %failed, ?backups, "owner gone; trying its backups");
         if let Some(claim) = self.table.promote_local(&id, failed, self.identity(), now_ms()) {
             Stats::bump(&self.stats.promotions);
-            self.protect_and_install(claim.generation, &claim.record, None, &claim.holders, backups)
+            self.protect_and_install(claim.generation, &claim.record, &claim.holders, backups)
                 .await;
             return Some(Ok(Fetched::Installed));
         }

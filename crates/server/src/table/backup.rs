@@ -188,7 +188,6 @@ impl Table {
                 to,
                 until_ms: l.meta().expires_at_ms().max(now + 1),
                 received: l.received,
-                yielded: true,
             },
             _ => return false,
         };

@@ -86,7 +86,6 @@ impl Table {
                         to: h.to,
                         until_ms: h.live.meta().expires_at_ms().max(now + 1),
                         received: h.live.received,
-                        yielded: false,
                     };
                     let to = h.to;
                     self.replace(shard, r.value_mut(), t);
@@ -150,7 +149,6 @@ impl Table {
                     to: requester,
                     until_ms: h.live.meta().expires_at_ms().max(now + 1),
                     received: h.live.received,
-                    yielded: false,
                 }
             }
             _ => return None,
@@ -173,19 +171,17 @@ impl Table {
     /// tombstone here wins (nothing is resurrected).
     #[cfg(any(test, feature = "testing"))]
     pub fn install(&self, record: &SessionRecord, transfer: u64, now: u64) -> Result<bool, Miss> {
-        self.install_as(record, transfer, None, Landing::Owner(&[]), now)
+        self.install_as(record, transfer, Landing::Owner(&[]), now)
     }
 
     /// [`Table::install`], saying what the copy becomes: a live session with these backups
     /// (which already hold it: the new owner replicates *before* it installs, so nothing
     /// is ever served here unprotected, and a reply's token names every backup), or, when
     /// a backup said a newer owner has the session, a forwarding tombstone to it.
-    /// `giver` is the node the copy came from (`None`: claimed here).
     pub fn install_as(
         &self,
         record: &SessionRecord,
         transfer: u64,
-        giver: Option<SocketAddr>,
         landing: Landing<'_>,
         now: u64,
     ) -> Result<bool, Miss> {
@@ -204,7 +200,6 @@ impl Table {
                 to,
                 until_ms: live.meta().expires_at_ms().max(now + 1),
                 received: transfer,
-                yielded: true,
             },
         };
         tracing::debug!(session = %id, version = record.meta.version, transfer, "install");
@@ -222,11 +217,6 @@ impl Table {
                 // a second owner.
                 let known = match o.get() {
                     Entry::Destroyed { until_ms } if now < *until_ms => return Err(Miss::NotFound),
-                    // We gave the session up to the giver without handing it a copy: its
-                    // copy is the newer one, whatever its transfer id.
-                    Entry::Forwarded {
-                        to, yielded: true, ..
-                    } if Some(*to) == giver => 0,
                     e => e.known_generation(),
                 };
                 if transfer <= known {

@@ -219,10 +219,6 @@ pub enum Entry {
         until_ms: u64,
         /// The transfer id with which this node had received the session (0: created here).
         received: u64,
-        /// This node gave the session up to `to` without handing it a copy (a holder named
-        /// `to` as a newer owner): whatever `to` hands back is newer than anything this
-        /// node had, whatever its transfer id (claims from two lineages can share one).
-        yielded: bool,
     },
     /// This node held a backup copy from `owner` under `generation` and was told (DROP)
     /// that the session moved on or ended: a *fence*. Copies from `owner` at `generation` or
@@ -960,7 +956,7 @@ mod tests {
         } = u.promote_local(&own, a.advertised, me, 3).unwrap();
         assert_eq!(gen, 5);
         assert!(u
-            .install_as(&rec, gen, None, Landing::Owner(&[b.advertised]), 3)
+            .install_as(&rec, gen, Landing::Owner(&[b.advertised]), 3)
             .unwrap());
         assert_eq!(u.last_received(&own), 5);
         assert_eq!(&*u.get(&own, &[], 3).unwrap().backups, &[b.advertised]);
