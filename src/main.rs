@@ -114,7 +114,9 @@ struct NodeArgs {
     /// A client (or peer) that accepts none of its replies for this long is disconnected.
     #[arg(long, env = "SESSYNC_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     write_timeout: Duration,
-    /// How long a request waits on another node before OWNER_UNREACHABLE.
+    /// How long one COPY (or REPLICATE) waits on another node: OWNER_UNREACHABLE after one
+    /// such wait without backups; with backups, after a probe and a failover attempt too
+    /// (protocol.md 11.3).
     #[arg(long, env = "SESSYNC_PEER_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     peer_timeout: Duration,
     /// The cluster's advertised peer addresses, comma-separated (this node's own may be

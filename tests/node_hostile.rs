@@ -389,3 +389,105 @@ async fn a_slow_owner_does_not_hold_up_other_requests_on_the_connection() {
     assert_eq!(e.code(), Some(ErrorCode::OwnerUnreachable));
     assert!(node.shutdown(WAIT).await);
 }
+
+/// A fake owner that completes the peer handshake (with the cluster secret) and then
+/// answers every COPY with `reply(session)`: a peer that speaks the protocol but lies.
+async fn lying_owner(
+    reply: fn(sessync_proto::SessionId) -> sessync_proto::PeerMessage,
+) -> std::net::SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    use sessync_proto::{Acceptor, FrameCodec, PeerMessage};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut framed = tokio_util::codec::Framed::new(s, FrameCodec::new(1 << 20));
+                let read =
+                    |f: sessync_proto::Frame| PeerMessage::decode_frame(&f, &Default::default()).unwrap();
+                let Some(Ok((id, hello))) = framed.next().await.map(|r| r.map(|f| (f.request_id, read(f))))
+                else {
+                    return;
+                };
+                let (acceptor, challenge) = Acceptor::handle_hello(keys(), [7; 16], addr, hello).unwrap();
+                framed.send((id, challenge)).await.unwrap();
+                let Some(Ok(f)) = framed.next().await else { return };
+                let (id, proof) = (f.request_id, read(f));
+                acceptor.handle_proof(proof).unwrap();
+                framed.send((id, PeerMessage::AuthOk)).await.unwrap();
+                while let Some(Ok(f)) = framed.next().await {
+                    let (id, msg) = (f.request_id, read(f));
+                    let answer = match msg {
+                        PeerMessage::Copy { session_id, .. } => reply(session_id),
+                        PeerMessage::Ping(n) => PeerMessage::Pong(n),
+                        _ => PeerMessage::Ok,
+                    };
+                    if framed.send((id, answer)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Issue 20, S2: a COPY_DATA with transfer id 0 (which no handover has, protocol.md 11.1)
+/// is not installed, served or acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_with_transfer_id_zero_is_not_installed() {
+    let owner = lying_owner(|id| sessync_proto::PeerMessage::CopyData {
+        transfer: 0,
+        record: sessync_proto::SessionRecord {
+            id,
+            meta: sessync_proto::SessionMeta {
+                version: 1,
+                created_ms: sessync_server::clock::now_ms(),
+                last_access_ms: sessync_server::clock::now_ms(),
+                idle_ttl_ms: 60_000,
+                absolute_deadline_ms: 0,
+            },
+            attributes: Default::default(),
+        },
+    })
+    .await;
+    let node = sessync_server::start(config()).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let token = sessync_proto::Token {
+        session_id: sessync_proto::SessionId::random(),
+        owner,
+        backups: vec![],
+    }
+    .sign(&keys());
+    let err = timeout(WAIT, c.get(&token)).await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Internal), "{err}");
+    let s = timeout(WAIT, c.stats()).await.unwrap().unwrap();
+    assert_eq!(stat(&s, "sessions"), 0, "nothing was installed");
+    assert_eq!(stat(&s, "copies_received"), 0);
+    stop(vec![node]).await;
+}
+
+/// Issue 20, S1: an owner that accepts connections and never answers makes a fetch fail
+/// with OWNER_UNREACHABLE within one peer timeout when the token names no backups (the
+/// liveness probe of 12.3 runs only when there is somewhere to fail over to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_owner_fails_the_fetch_within_one_peer_timeout() {
+    let silent_addr = silent_owner().await;
+    let mut cfg = config();
+    cfg.peer_timeout = Duration::from_millis(1000);
+    let node = sessync_server::start(cfg).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let token = sessync_proto::Token {
+        session_id: sessync_proto::SessionId::random(),
+        owner: silent_addr,
+        backups: vec![],
+    }
+    .sign(&keys());
+    let started = Instant::now();
+    let err = timeout(WAIT, c.get(&token)).await.unwrap().unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), Some(ErrorCode::OwnerUnreachable));
+    // The bound, with room for a loaded machine; before the fix it took 2 peer timeouts.
+    assert!(took < Duration::from_millis(1600), "took {took:?}");
+    stop(vec![node]).await;
+}

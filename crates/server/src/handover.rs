@@ -94,6 +94,12 @@ impl Fetch {
     /// Feeds the reply `from` sent to our COPY.
     pub fn handle_reply(&mut self, from: SocketAddr, reply: PeerMessage) -> Step {
         match reply {
+            // Transfer ids are handover generations, never 0 (protocol.md 11.1): a copy
+            // claiming 0 is not installed, served or acknowledged.
+            PeerMessage::CopyData { transfer: 0, .. } => Step::Fail(
+                ErrorCode::Internal,
+                format!("{from} sent COPY_DATA with transfer id 0, which no handover has"),
+            ),
             PeerMessage::CopyData { transfer, record } if record.id == self.id => Step::Install {
                 from,
                 transfer,

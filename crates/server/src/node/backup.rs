@@ -15,6 +15,12 @@ impl Node {
         record: &sessync_proto::SessionRecord,
         prefer: &[SocketAddr],
     ) {
+        if transfer == 0 {
+            // No handover has generation 0 (protocol.md 11.1): not installed, replicated
+            // or acknowledged.
+            tracing::warn!(%from, session = %record.id, "a peer sent COPY_DATA with transfer id 0; ignored");
+            return;
+        }
         // The giver first: it is alive (it just answered), and as our backup it is where
         // anyone who finds us gone looks first (it named us in MOVED).
         let mut first = vec![from];

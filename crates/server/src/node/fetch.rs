@@ -141,8 +141,11 @@ impl Node {
             // over, make sure it is not just our link (backing off after an old failure,
             // say, while the owner restarted): dial it afresh and PING it. If it answers,
             // it is alive: ask it again, and never fail over from a live owner.
+            // Only when there is somewhere to fail over to: without backups, or nodes that
+            // pointed to it, the probe could change nothing, and the fetch keeps within one
+            // peer timeout (protocol.md 11.3).
             (Err((ErrorCode::OwnerUnreachable, _)), Some(f))
-                if f != self.advertise && self.alive(f).await =>
+                if f != self.advertise && (!backups.is_empty() || chain.len() > 1) && self.alive(f).await =>
             {
                 self.copy_chain(id, f, true, backups).await
             }
@@ -236,7 +239,20 @@ impl Node {
                     transfer,
                     record,
                 } => {
+                    // Installed or not, the giver is acknowledged (it must not keep offering
+                    // the data); a record already past its deadline (clocks a little apart,
+                    // section 1) is a session that is gone, not one to chase.
+                    let expired = record.meta.expires_at_ms() <= now_ms();
                     self.install_copy(from, transfer, &record, prefer).await;
+                    if expired {
+                        return (
+                            Err((
+                                ErrorCode::SessionNotFound,
+                                "no such session: it expired as it was handed over".into(),
+                            )),
+                            chain,
+                        );
+                    }
                     return (Ok(Fetched::Installed), chain);
                 }
                 Step::Local => return (Ok(Fetched::PointsHere), chain),
@@ -286,7 +302,7 @@ impl Node {
                 }
             };
             match reply {
-                Ok(PeerMessage::CopyData { transfer, record }) if record.id == id => {
+                Ok(PeerMessage::CopyData { transfer, record }) if record.id == id && transfer != 0 => {
                     tracing::info!(session = %id, %failed, backup = %b, "took the session over from a backup");
                     Stats::bump(&self.stats.promotions);
                     self.install_copy(b, transfer, &record, backups).await;

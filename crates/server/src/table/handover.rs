@@ -186,6 +186,10 @@ impl Table {
         now: u64,
     ) -> Result<bool, Miss> {
         let id = record.id;
+        if transfer == 0 {
+            // No handover has generation 0 (11.1): such a copy is refused, whoever sent it.
+            return Ok(false);
+        }
         let shard = self.shard(&id);
         let mut live = Live::from_record(record, transfer);
         if live.expired(now) {
