@@ -54,8 +54,8 @@ fn init_log() {
 /// Ignored: it fails today, and that is what it is for. Issue 13 stays open on it: on
 /// most seeds some session ends unreadable after the heal (forwarding pointers with no live
 /// copy behind them: a new owner that lost its copy, or one whose COPY_ACK reached the
-/// giver although it never installed), and on some, a rotated-away id still works or an
-/// `if_version` is acknowledged twice. It runs with `cargo test --test simulation --
+/// giver although it never installed), and on some an `if_version` is acknowledged twice
+/// or an acknowledged append is lost. It runs with `cargo test --test simulation --
 /// --ignored` (every seed's faults and the state of each failing session at every node are
 /// printed), and will run by default once those are fixed; the fixes so far, and the
 /// tests/partition.rs and tests/chaos.rs cases that pin them, came from this harness.
