@@ -266,6 +266,11 @@ async fn without_reachable_backups_writes_are_refused_or_degraded_as_configured(
     let s = stats(&c).await;
     assert_eq!(stat(&s, "sessions"), 0, "nothing was created");
     assert_eq!(stat(&s, "backup_unavailable"), 2);
+    assert_eq!(
+        stat(&s, "under_replicated_writes"),
+        0,
+        "a refused write is not an under-replicated one (that counter is degrade's)"
+    );
 
     let lenient = start_node(1, |c| {
         c.peers = vec![nowhere];

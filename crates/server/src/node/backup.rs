@@ -339,8 +339,10 @@ impl Node {
             Replication::NotHere => Ok(served.into()),
             Replication::Done(b) if b.complete(want) => Ok(b.holders),
             Replication::Done(b) => {
-                Stats::bump(&self.stats.under_replicated_writes);
                 if self.config.backup_policy == BackupPolicy::Degrade {
+                    // Counted only when acknowledged with fewer copies (the counter's
+                    // meaning); a refused or INDETERMINATE write is counted apart.
+                    Stats::bump(&self.stats.under_replicated_writes);
                     Ok(b.holders)
                 } else {
                     Err(format!(
