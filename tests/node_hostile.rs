@@ -491,3 +491,41 @@ async fn a_silent_owner_fails_the_fetch_within_one_peer_timeout() {
     assert!(took < Duration::from_millis(1600), "took {took:?}");
     stop(vec![node]).await;
 }
+
+/// Issue 20: a COPY_DATA whose record is already past its deadline (clocks a little apart)
+/// is a session that expired: SESSION_NOT_FOUND at once, not dozens of COPY rounds and
+/// then TOO_MANY_HOPS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_copy_is_session_not_found() {
+    let owner = lying_owner(|id| {
+        let long_ago = sessync_server::clock::now_ms() - 10_000;
+        sessync_proto::PeerMessage::CopyData {
+            transfer: 1,
+            record: sessync_proto::SessionRecord {
+                id,
+                meta: sessync_proto::SessionMeta {
+                    version: 1,
+                    created_ms: long_ago,
+                    last_access_ms: long_ago,
+                    idle_ttl_ms: 1_000,
+                    absolute_deadline_ms: 0,
+                },
+                attributes: Default::default(),
+            },
+        }
+    })
+    .await;
+    let node = sessync_server::start(config()).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let token = sessync_proto::Token {
+        session_id: sessync_proto::SessionId::random(),
+        owner,
+        backups: vec![],
+    }
+    .sign(&keys());
+    let err = timeout(WAIT, c.get(&token)).await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::SessionNotFound), "{err}");
+    let s = timeout(WAIT, c.stats()).await.unwrap().unwrap();
+    assert_eq!(stat(&s, "sessions"), 0);
+    stop(vec![node]).await;
+}
