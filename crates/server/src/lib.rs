@@ -5,7 +5,9 @@ mod client_port;
 pub mod clock;
 mod config;
 pub mod handover;
+mod http;
 mod listen;
+mod lograte;
 mod node;
 mod peer_link;
 mod peer_port;
@@ -30,6 +32,7 @@ pub struct NodeHandle {
     node: Arc<Node>,
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     trigger: watch::Sender<bool>,
     tasks: TaskTracker,
 }
@@ -43,6 +46,11 @@ impl NodeHandle {
     /// The bound peer address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+
+    /// The bound HTTP address, when [`NodeConfig::http_addr`] was set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The node's state, for counters.
@@ -60,19 +68,85 @@ impl NodeHandle {
     }
 }
 
-/// Binds the client and peer ports and starts serving. Must run inside a tokio runtime.
-pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
-    let client = listen::bind(config.client_addr)?;
-    let peer = listen::bind(config.peer_addr)?;
-    let client_addr = client.local_addr()?;
-    let peer_addr = peer.local_addr()?;
+/// A port that could not be bound: which one, where, and why, in words
+/// (`peer port 127.0.0.1:7800: address already in use`).
+#[derive(Debug)]
+pub struct BindError {
+    /// `client`, `peer` or `http`.
+    pub role: &'static str,
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// What the operating system said.
+    pub source: std::io::Error,
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::io::ErrorKind as K;
+        let (role, addr) = (self.role, self.addr);
+        match self.source.kind() {
+            K::AddrInUse => write!(
+                f,
+                "{role} port {addr}: address already in use (another sessync node or another program holds it)"
+            ),
+            K::AddrNotAvailable => write!(f, "{role} port {addr}: address not available on this machine"),
+            K::PermissionDenied => write!(
+                f,
+                "{role} port {addr}: permission denied (ports below 1024 need privileges)"
+            ),
+            _ => write!(f, "{role} port {addr}: {}", self.source),
+        }
+    }
+}
+
+/// The source is already in the message, in words; it is not repeated as a cause.
+impl std::error::Error for BindError {}
+
+fn bind(role: &'static str, addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), BindError> {
+    let e = |source| BindError { role, addr, source };
+    let l = listen::bind(addr).map_err(e)?;
+    let bound = l.local_addr().map_err(e)?;
+    Ok((l, bound))
+}
+
+/// Binds the client and peer ports (and the HTTP port, when configured) and starts
+/// serving. Must run inside a tokio runtime. Nothing is left bound when it fails.
+pub async fn start(config: NodeConfig) -> Result<NodeHandle, BindError> {
+    let (client, client_addr) = bind("client", config.client_addr)?;
+    let (peer, peer_addr) = bind("peer", config.peer_addr)?;
+    let http = match config.http_addr {
+        Some(a) => Some(bind("http", a)?),
+        None => None,
+    };
+    let http_addr = http.as_ref().map(|(_, a)| *a);
     let advertise = config.advertise.unwrap_or(peer_addr);
     let sweep_interval = config.sweep_interval;
     let (orphan_tx, orphan_rx) = tokio::sync::mpsc::channel(ORPHAN_QUEUE);
     let (refresh_tx, refresh_rx) = tokio::sync::mpsc::channel(REFRESH_QUEUE);
     let node = Arc::new(Node::new(config, advertise, orphan_tx, refresh_tx));
+    let _ = node.stats.about.set(stats::About {
+        started: std::time::Instant::now(),
+        node_id: node.node_id,
+        client: client_addr,
+        peer: peer_addr,
+        advertise,
+        http: http_addr,
+        peers: node.peers.clone(),
+        node: Arc::downgrade(&node),
+    });
     let (trigger, shutdown) = Shutdown::new();
     let tasks = TaskTracker::new();
+    if let Some((listener, _)) = http {
+        let health = Arc::new(http::Health::default());
+        tasks.spawn(http::prober(node.clone(), health.clone(), shutdown.clone()));
+        tasks.spawn(http::accept_loop(
+            node.clone(),
+            health,
+            listener,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
     tasks.spawn(client_port::accept_loop(
         node.clone(),
         client,
@@ -92,6 +166,7 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
         node,
         client_addr,
         peer_addr,
+        http_addr,
         trigger,
         tasks,
     })

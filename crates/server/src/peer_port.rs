@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use sessync_proto::{
-    decode_frame, Acceptor, ErrorCode, ErrorReply, Frame, Message, PeerIdentity, PeerMessage,
+    decode_frame, Acceptor, ErrorCode, ErrorReply, Frame, HandshakeError, Message, PeerIdentity, PeerMessage,
     MAX_HANDSHAKE_FRAME_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -98,6 +98,29 @@ async fn refuse(stream: &mut TcpStream, request_id: u64, err: ErrorReply) -> std
     Ok(())
 }
 
+/// Counts a handshake refused at this port and logs it at INFO (rate-limited: anyone who
+/// can reach the port can fail handshakes at will).
+fn refused(node: &SharedNode, stream: &TcpStream, why: &str, hint: &str) {
+    Stats::bump(&node.stats.peer_handshakes_refused);
+    if let Some(left_out) = node.stats.handshake_log.allow() {
+        let from = stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        tracing::info!(%from, left_out, "peer handshake refused ({why}){hint}");
+    }
+}
+
+/// The hint logged with a handshake error.
+fn hint(e: &HandshakeError) -> &'static str {
+    match e {
+        HandshakeError::BadProof | HandshakeError::UnknownKey(_) => {
+            ": proof does not verify: do the nodes share the cluster secret?"
+        }
+        HandshakeError::SelfConnection => ": this node dialled itself (is its own address in --peers twice?)",
+        _ => "",
+    }
+}
+
 async fn handshake(
     node: &SharedNode,
     stream: &mut TcpStream,
@@ -113,22 +136,29 @@ async fn handshake(
     let hello = match PeerMessage::decode_frame(&frame, limits) {
         Ok(m @ PeerMessage::AuthHello { .. }) => m,
         _ => {
+            refused(
+                node,
+                stream,
+                "the first frame is not AUTH_HELLO",
+                ": is a client or another program connecting to the peer port?",
+            );
             return refuse(
                 stream,
                 frame.request_id,
                 failed("the peer port requires the handshake first".into()),
             )
             .await
-            .map(|_| None)
+            .map(|_| None);
         }
     };
     let (acceptor, challenge) =
         match Acceptor::handle_hello(node.config.keys.clone(), node.node_id, node.advertise, hello) {
             Ok(x) => x,
             Err(e) => {
+                refused(node, stream, &e.to_string(), hint(&e));
                 return refuse(stream, frame.request_id, failed(e.to_string()))
                     .await
-                    .map(|_| None)
+                    .map(|_| None);
             }
         };
     let mut out = BytesMut::new();
@@ -140,6 +170,16 @@ async fn handshake(
         Err(e) => return refuse(stream, 0, e).await.map(|_| None),
     };
     let proof = match PeerMessage::decode_frame(&frame, limits) {
+        Ok(PeerMessage::Error(e)) => {
+            // The dialler could not verify our proof and says so before it leaves.
+            refused(
+                node,
+                stream,
+                &format!("the dialler answered {} {}", e.code, e.message),
+                "",
+            );
+            return Ok(None);
+        }
         Ok(m) => m,
         Err(e) => {
             return refuse(stream, frame.request_id, failed(e.to_string()))
@@ -155,7 +195,7 @@ async fn handshake(
             Ok(Some(peer))
         }
         Err(e) => {
-            tracing::warn!("peer failed the handshake: {e}");
+            refused(node, stream, &e.to_string(), hint(&e));
             refuse(stream, frame.request_id, failed(e.to_string()))
                 .await
                 .map(|_| None)

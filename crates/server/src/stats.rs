@@ -1,10 +1,27 @@
-//! Node counters, reported by STATS.
+//! Node counters, reported by STATS and (with `--http`) `/metrics`.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::histogram::Histogram;
+use sessync_proto::Request;
+
+use crate::peer_link::{LinkState, Peers};
 
 /// Monotonic counters and gauges; relaxed atomics, read together only for reporting.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
+    /// When the node started, its bound addresses and its peer links: set once by
+    /// [`crate::start`], read by STATS for uptime, addresses and link states.
+    pub(crate) about: OnceLock<About>,
+    /// Request latency by operation, measured at the client port.
+    pub(crate) latency: RequestLatency,
+    /// Limits the log lines of refused peer handshakes.
+    pub(crate) handshake_log: crate::lograte::RateLimit,
+    /// Limits the log lines of failed client authentication.
+    pub(crate) auth_log: crate::lograte::RateLimit,
     /// Client connections open now.
     pub(crate) connections: AtomicU64,
     /// Client connections accepted since start.
@@ -13,8 +30,11 @@ pub(crate) struct Stats {
     pub(crate) connections_refused: AtomicU64,
     /// Client connections closed because they did not read their replies in time.
     pub(crate) write_timeouts: AtomicU64,
-    /// Peer connections refused at `max_peer_handshakes`.
+    /// Peer connections refused at `max_peer_handshakes`, or whose handshake failed at
+    /// this node's peer port (STATS adds the handshakes this node's own links had refused).
     pub(crate) peer_handshakes_refused: AtomicU64,
+    /// HELLOs refused (wrong or missing password, or a password this node does not have).
+    pub(crate) auth_failures: AtomicU64,
     /// Requests handled.
     pub(crate) requests: AtomicU64,
     /// Error replies sent.
@@ -57,15 +77,22 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The counters as (name, value) pairs, for STATS.
+    /// The counters as (name, value) pairs, for STATS; then, once the node has started,
+    /// `uptime_ms` and the facts (`KEY=VALUE` names, see protocol.md STATS_REPLY).
     pub(crate) fn snapshot(&self) -> Vec<(String, u64)> {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
+        let about = self.about.get();
+        let dial_refused = about.map_or(0, |a| a.peers.handshakes_refused());
+        let mut v: Vec<(String, u64)> = vec![
             ("connections".into(), g(&self.connections)),
             ("connections_total".into(), g(&self.connections_total)),
             ("connections_refused".into(), g(&self.connections_refused)),
             ("write_timeouts".into(), g(&self.write_timeouts)),
-            ("peer_handshakes_refused".into(), g(&self.peer_handshakes_refused)),
+            (
+                "peer_handshakes_refused".into(),
+                g(&self.peer_handshakes_refused) + dial_refused,
+            ),
+            ("auth_failures".into(), g(&self.auth_failures)),
             ("requests".into(), g(&self.requests)),
             ("errors".into(), g(&self.errors)),
             ("created".into(), g(&self.created)),
@@ -83,6 +110,136 @@ impl Stats {
             ("backup_unavailable".into(), g(&self.backup_unavailable)),
             ("promotions".into(), g(&self.promotions)),
             ("backups_promoted".into(), g(&self.backups_promoted)),
-        ]
+        ];
+        if let Some(a) = about {
+            v.push(("uptime_ms".into(), a.started.elapsed().as_millis() as u64));
+            v.extend(a.facts());
+        }
+        v
+    }
+}
+
+/// What STATS says about the node itself, beyond counters.
+#[derive(Debug)]
+pub(crate) struct About {
+    /// When [`crate::start`] ran.
+    pub(crate) started: Instant,
+    /// This process's node id.
+    pub(crate) node_id: [u8; 16],
+    /// The bound client address.
+    pub(crate) client: SocketAddr,
+    /// The bound peer address.
+    pub(crate) peer: SocketAddr,
+    /// The peer address written into tokens.
+    pub(crate) advertise: SocketAddr,
+    /// The bound HTTP address, when `--http` is on.
+    pub(crate) http: Option<SocketAddr>,
+    /// The node's outgoing links (their states and refused handshakes).
+    pub(crate) peers: Arc<Peers>,
+    /// The node, for its cluster peers (weak: the node owns these stats).
+    pub(crate) node: std::sync::Weak<crate::Node>,
+}
+
+impl About {
+    /// The node id as 32 lower-case hex digits.
+    pub(crate) fn node_id_hex(&self) -> String {
+        self.node_id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Every peer this node knows (the cluster's, then any other it has a link to), with
+    /// its link's state; this node's own address is left out.
+    pub(crate) fn peer_links(&self) -> Vec<(SocketAddr, LinkState)> {
+        let mut known: Vec<SocketAddr> = self
+            .node
+            .upgrade()
+            .map(|n| n.cluster_peers().to_vec())
+            .unwrap_or_default();
+        let states = self.peers.link_states();
+        for (addr, _) in &states {
+            if !known.contains(addr) {
+                known.push(*addr);
+            }
+        }
+        known.retain(|a| *a != self.advertise);
+        known
+            .into_iter()
+            .map(|a| {
+                let s = states
+                    .iter()
+                    .find(|(b, _)| *b == a)
+                    .map(|(_, s)| s.clone())
+                    .unwrap_or_default();
+                (a, s)
+            })
+            .collect()
+    }
+
+    /// The `KEY=VALUE` facts of STATS: a value of 1 unless said otherwise.
+    fn facts(&self) -> Vec<(String, u64)> {
+        let mut v = vec![
+            (format!("version={}", env!("CARGO_PKG_VERSION")), 1),
+            (format!("node_id={}", self.node_id_hex()), 1),
+            (format!("client_addr={}", self.client), 1),
+            (format!("peer_addr={}", self.peer), 1),
+            (format!("advertise={}", self.advertise), 1),
+        ];
+        if let Some(h) = self.http {
+            v.push((format!("http_addr={h}"), 1));
+        }
+        for (addr, s) in self.peer_links() {
+            // Value: 1 when the link is up, 0 otherwise; the round trip in microseconds.
+            v.push((format!("peer_link={addr}"), u64::from(s.up)));
+            if let Some(rtt) = s.rtt {
+                v.push((format!("peer_rtt_us={addr}"), rtt.as_micros() as u64));
+            }
+        }
+        v
+    }
+}
+
+/// The operations whose latency is measured, in the order of [`RequestLatency`]'s slots.
+pub(crate) const OPS: [&str; 9] = [
+    "hello", "ping", "create", "get", "set", "touch", "rotate", "destroy", "stats",
+];
+
+/// The slot of a request in [`OPS`].
+pub(crate) fn op_index(req: &Request) -> usize {
+    match req {
+        Request::Hello { .. } => 0,
+        Request::Ping(_) => 1,
+        Request::Create { .. } => 2,
+        Request::Get { .. } => 3,
+        Request::Set { .. } => 4,
+        Request::Touch { .. } => 5,
+        Request::Rotate { .. } => 6,
+        Request::Destroy { .. } => 7,
+        Request::Stats => 8,
+    }
+}
+
+/// Latency buckets in seconds: 25 µs to about 3.3 s, doubling.
+pub(crate) fn latency_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        25e-6, 2.0, 18,
+    ))
+}
+
+/// One latency histogram per client operation, from the request's decoding to its reply
+/// being ready (a request that waits on another node is measured until its reply is).
+#[derive(Debug)]
+pub(crate) struct RequestLatency(pub(crate) [Histogram; OPS.len()]);
+
+impl Default for RequestLatency {
+    fn default() -> Self {
+        RequestLatency(std::array::from_fn(|_| latency_histogram()))
+    }
+}
+
+impl RequestLatency {
+    /// Records one request of operation slot `op`.
+    pub(crate) fn observe(&self, op: usize, took: Duration) {
+        if let Some(h) = self.0.get(op) {
+            h.observe(took.as_secs_f64());
+        }
     }
 }
