@@ -503,3 +503,145 @@ fn logs_have_no_colour_codes_when_piped_and_json_lines_on_request() {
     assert!(messages.iter().any(|m| m == "sessync node ready"), "{messages:?}");
     assert_eq!(messages.last().map(String::as_str), Some("stopped"));
 }
+
+/// Starts `sessync node` with stderr piped at INFO; returns the child and its addresses.
+fn spawn_logging_node(extra: &[&str]) -> (std::process::Child, std::net::SocketAddr, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sessync"))
+        .args([
+            "node",
+            "--client",
+            "127.0.0.1:0",
+            "--peer",
+            "127.0.0.1:0",
+            "--log",
+            "info",
+        ])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (client, peer) = wait_ready(&mut child);
+    (child, client, peer)
+}
+
+/// Sends SIGTERM, waits (bounded) for the exit, and returns everything logged on stderr.
+fn stop_and_read_log(mut child: std::process::Child) -> String {
+    use std::io::Read;
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < WAIT, "process did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    reader.join().unwrap()
+}
+
+#[test]
+fn nodes_with_different_secrets_say_so_at_info_on_both_sides() {
+    let dir = temp_dir("cli-secrets");
+    let (s1, s2) = (dir.join("s1"), dir.join("s2"));
+    std::fs::write(&s1, "first-secret-first-secret-000000").unwrap();
+    std::fs::write(&s2, "second-secret-second-secret-0000").unwrap();
+    let (b, _, b_peer) = spawn_logging_node(&["--secret-file", s2.to_str().unwrap()]);
+    let (a, a_client, _) = spawn_logging_node(&[
+        "--secret-file",
+        s1.to_str().unwrap(),
+        "--replicas",
+        "1",
+        "--peers",
+        &b_peer.to_string(),
+    ]);
+    let (code, j) = json_error(&["session", "create", "--node", &a_client.to_string(), "--json"]);
+    assert_eq!(
+        (code, j["error"].as_str()),
+        (2, Some("BACKUP_UNAVAILABLE")),
+        "{j}"
+    );
+    let (_, out, _) = run_status(&["stats", "--node", &a_client.to_string()]);
+    assert!(out.contains("peer_handshakes_refused 1"), "{out}");
+    assert!(out.contains(&format!("peer_link {b_peer} down")), "{out}");
+    let hint = "proof does not verify: do the nodes share the cluster secret?";
+    let a_log = stop_and_read_log(a);
+    let b_log = stop_and_read_log(b);
+    for (who, log) in [("dialler", &a_log), ("acceptor", &b_log)] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("INFO") && l.contains("peer handshake refused"))
+            .unwrap_or_else(|| panic!("the {who} logged no refused handshake at INFO:\n{log}"));
+        assert!(line.contains(hint), "{who}: {line}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cluster_prints_status_urls_and_logs_each_node_ready_and_stopped() {
+    use std::io::{BufRead, BufReader};
+    for attempt in 0..5u16 {
+        let base = 40_000 + (std::process::id() as u16 % 500) * 20 + attempt * 7;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sessync"))
+            .args([
+                "cluster",
+                "--nodes",
+                "2",
+                "--base-port",
+                &base.to_string(),
+                "--log",
+                "info",
+            ])
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut printed = Vec::new();
+        while let Ok(line) = rx.recv_timeout(WAIT) {
+            let done = line.contains("Ctrl-C");
+            printed.push(line);
+            if done {
+                break;
+            }
+        }
+        if !printed.iter().any(|l| l.contains("Ctrl-C")) {
+            let _ = child.kill();
+            let _ = child.wait();
+            continue; // a port was taken: try another base
+        }
+        let text = printed.join("\n");
+        let status = format!("http://127.0.0.1:{}/", base + 200);
+        assert!(text.contains(&status), "{text}");
+        assert!(text.contains("/readyz") && text.contains("/metrics"), "{text}");
+        let log = stop_and_read_log(child);
+        assert!(!log.contains('\u{1b}'), "ANSI codes in a piped log");
+        for i in 0..2 {
+            for what in ["node ready", "node stopped"] {
+                assert!(
+                    log.lines()
+                        .any(|l| l.contains(what) && l.contains(&format!("node={i}"))),
+                    "no {what:?} for node {i}:\n{log}"
+                );
+            }
+        }
+        return;
+    }
+    panic!("no free base port found for the trial cluster");
+}
