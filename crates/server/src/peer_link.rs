@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use prometheus_client::metrics::histogram::Histogram;
 use sessync_proto::{
     Dialler, ErrorCode, ErrorReply, FrameCodec, HandshakeError, Keyring, Limits, Message, PeerMessage,
 };
@@ -29,7 +28,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::lograte::RateLimit;
-use crate::stats::latency_histogram;
+use crate::stats::LatencyHistogram;
 
 /// What an operator reads when a handshake fails because a proof does not verify.
 pub(crate) const SECRET_HINT: &str = "proof does not verify: do the nodes share the cluster secret?";
@@ -107,29 +106,17 @@ impl LinkState {
 }
 
 /// Measurements of the outgoing links, read by `/metrics`.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct LinkMetrics {
     /// Handshakes of our own links that failed on authentication (the peer refused our
     /// proof, or its proof did not verify).
     pub(crate) handshakes_refused: AtomicU64,
     /// COPY or PROMOTE sent until its COPY_DATA came back: the network part of a move.
-    pub(crate) move_seconds: Histogram,
+    pub(crate) move_seconds: LatencyHistogram,
     /// REPLICATE sent until a backup answered.
-    pub(crate) replicate_seconds: Histogram,
+    pub(crate) replicate_seconds: LatencyHistogram,
     refused_log: RateLimit,
     backup_log: RateLimit,
-}
-
-impl Default for LinkMetrics {
-    fn default() -> Self {
-        LinkMetrics {
-            handshakes_refused: AtomicU64::new(0),
-            move_seconds: latency_histogram(),
-            replicate_seconds: latency_histogram(),
-            refused_log: RateLimit::default(),
-            backup_log: RateLimit::default(),
-        }
-    }
 }
 
 /// What this node needs to dial and authenticate.
@@ -275,9 +262,9 @@ impl Peers {
                 link.rtt_us
                     .store((took.as_micros() as u64).max(1), Ordering::Relaxed);
             }
-            (Kind::Move, Ok(PeerMessage::CopyData { .. })) => m.move_seconds.observe(took.as_secs_f64()),
+            (Kind::Move, Ok(PeerMessage::CopyData { .. })) => m.move_seconds.observe(took),
             (Kind::Replicate, Ok(PeerMessage::Ok | PeerMessage::Moved { .. })) => {
-                m.replicate_seconds.observe(took.as_secs_f64())
+                m.replicate_seconds.observe(took)
             }
             (Kind::Replicate, other) => {
                 if let Some(left_out) = m.backup_log.allow() {

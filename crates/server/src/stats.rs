@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use sessync_proto::Request;
 
 use crate::peer_link::{LinkState, Peers};
@@ -217,29 +218,122 @@ pub(crate) fn op_index(req: &Request) -> usize {
     }
 }
 
-/// Latency buckets in seconds: 25 µs to about 3.3 s, doubling.
-pub(crate) fn latency_histogram() -> Histogram {
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        25e-6, 2.0, 18,
-    ))
+/// Finite buckets of a [`LatencyHistogram`]: 25 µs doubling to about 3.3 s.
+const BUCKETS: usize = 18;
+/// The first bucket's upper bound in nanoseconds.
+const FIRST_BUCKET_NS: u64 = 25_000;
+
+/// A latency histogram of relaxed atomics, encoded by prometheus-client at a scrape.
+///
+/// Why not prometheus-client's `Histogram`: it takes a write lock per observation, and
+/// every request of one operation records into the same histogram, so all connections
+/// would contend on one lock on the request path. Here an observation is two relaxed
+/// atomic adds, and its bucket is found with one `leading_zeros` (the bounds double). A
+/// scrape reads the buckets one by one, so it may see an observation in `count` and not
+/// yet in its bucket; Prometheus tolerates that skew.
+#[derive(Debug)]
+pub(crate) struct LatencyHistogram {
+    /// Observations per bucket (not cumulative); the last is `+Inf`.
+    counts: [AtomicU64; BUCKETS + 1],
+    /// Sum of the observations in nanoseconds.
+    sum_ns: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    /// The bucket of an observation of `ns` nanoseconds: bucket i holds (b(i-1), b(i)]
+    /// where b(i) = 25 µs * 2^i.
+    fn bucket(ns: u64) -> usize {
+        let q = ns.saturating_sub(1) / FIRST_BUCKET_NS;
+        let i = if q == 0 {
+            0
+        } else {
+            (64 - q.leading_zeros()) as usize
+        };
+        i.min(BUCKETS)
+    }
+
+    /// Records one observation.
+    pub(crate) fn observe(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.counts[Self::bucket(ns)].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    #[cfg(test)]
+    fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let bound = if i == BUCKETS {
+                    f64::MAX // encoded as +Inf
+                } else {
+                    (FIRST_BUCKET_NS << i) as f64 / 1e9
+                };
+                (bound, c.load(Ordering::Relaxed))
+            })
+            .collect();
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 /// One latency histogram per client operation, from the request's decoding to its reply
 /// being ready (a request that waits on another node is measured until its reply is).
-#[derive(Debug)]
-pub(crate) struct RequestLatency(pub(crate) [Histogram; OPS.len()]);
-
-impl Default for RequestLatency {
-    fn default() -> Self {
-        RequestLatency(std::array::from_fn(|_| latency_histogram()))
-    }
-}
+#[derive(Debug, Default)]
+pub(crate) struct RequestLatency(pub(crate) [LatencyHistogram; OPS.len()]);
 
 impl RequestLatency {
     /// Records one request of operation slot `op`.
     pub(crate) fn observe(&self, op: usize, took: Duration) {
         if let Some(h) = self.0.get(op) {
-            h.observe(took.as_secs_f64());
+            h.observe(took);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LatencyHistogram, BUCKETS};
+    use std::time::Duration;
+
+    #[test]
+    fn buckets_double_from_25_microseconds_with_inclusive_upper_bounds() {
+        let b = |us: u64| LatencyHistogram::bucket(us * 1000);
+        assert_eq!(LatencyHistogram::bucket(0), 0);
+        assert_eq!(b(25), 0);
+        assert_eq!(LatencyHistogram::bucket(25_001), 1);
+        assert_eq!(b(50), 1);
+        assert_eq!(b(100), 2);
+        assert_eq!(b(101), 3);
+        assert_eq!(b(25 << 17), 17);
+        assert_eq!(b((25 << 17) + 1), BUCKETS);
+        assert_eq!(LatencyHistogram::bucket(u64::MAX), BUCKETS);
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(30));
+        h.observe(Duration::from_secs(100));
+        assert_eq!(h.count(), 2);
     }
 }
