@@ -14,6 +14,8 @@ mod peer_port;
 mod shutdown;
 mod stats;
 pub mod table;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -178,7 +180,7 @@ const ORPHAN_QUEUE: usize = 1024;
 
 /// Backup access-time refreshes queued by reads before further ones are dropped (a
 /// dropped one is sent by a later read).
-const REFRESH_QUEUE: usize = 4096;
+pub(crate) const REFRESH_QUEUE: usize = 4096;
 
 /// Sends reads' newer access times to backups, off the reads' path.
 async fn backup_refreshes(

@@ -20,7 +20,7 @@ use crate::config::{BackupPolicy, NodeConfig};
 use crate::handover::{Fetch, Step, NOT_YET_PAUSE};
 use crate::peer_link::{LinkConfig, LinkError, Peers};
 use crate::stats::Stats;
-use crate::table::{Miss, OldBackups, Served, Table, TableConfig, TableStats};
+use crate::table::{Landing, Miss, OldBackups, Served, Table, TableConfig, TableStats};
 
 /// Stripes of the replication lock: one session's REPLICATEs go out one at a time (each
 /// carries the newest state), unrelated sessions rarely wait on each other.
@@ -42,11 +42,40 @@ enum Replication {
     /// The session is not live here any more (handed over, destroyed or expired
     /// meanwhile): whatever was written went with it.
     NotHere,
-    /// These backups confirmed the state (maybe fewer than `replicas`).
-    Done(Box<[SocketAddr]>),
+    /// Replicated as far as it went: see [`Backups`].
+    Done(Backups),
     /// A backup knows a newer owner (it promoted its copy while this node seemed gone);
     /// the session was given up here.
     Lost(SocketAddr),
+}
+
+/// Which nodes hold a session's copies after a replication round.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Backups {
+    /// Those that confirmed this state (maybe fewer than `replicas`).
+    confirmed: Box<[SocketAddr]>,
+    /// Every node that may hold a copy of this owner's: the confirmed ones, and those that
+    /// failed while they may hold an older copy (a current backup, or a candidate whose
+    /// reply was lost). Such a node stays a backup until it confirms a later state:
+    /// dropping it silently would leave a promotable stale copy behind (fencing).
+    holders: Box<[SocketAddr]>,
+}
+
+impl Backups {
+    /// Whether every holder has this state and there are at least `want` of them: the
+    /// only condition under which a write may be acknowledged (policy refuse).
+    fn complete(&self, want: usize) -> bool {
+        self.confirmed.len() >= want && self.confirmed.len() == self.holders.len()
+    }
+}
+
+/// How a REPLICATE round for one record ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RoundOutcome {
+    /// See [`Backups`].
+    Done(Backups),
+    /// A node knows a newer owner of the session.
+    Superseded(SocketAddr),
 }
 
 /// A request's session, resolved: the operation's result, the id and the verified token.
@@ -207,6 +236,14 @@ impl Node {
         ];
         s.extend(self.stats.snapshot());
         s
+    }
+
+    /// This node as peers know it (for table entries that name a receiver).
+    fn identity(&self) -> sessync_proto::PeerIdentity {
+        sessync_proto::PeerIdentity {
+            node_id: self.node_id,
+            advertised: self.advertise,
+        }
     }
 
     fn sign(&self, id: SessionId, backups: &[SocketAddr]) -> String {
@@ -451,12 +488,12 @@ impl Node {
     /// Whether `peer` answers a PING over a freshly dialled (or live) link within the peer
     /// timeout.
     async fn alive(&self, peer: SocketAddr) -> bool {
-        self.peers.forget_backoff(peer);
-        let deadline = Instant::now() + self.config.peer_timeout;
-        matches!(
-            self.peers.request(peer, PeerMessage::Ping(0), deadline).await,
-            Ok(PeerMessage::Pong(_))
-        )
+        // A fresh connection with its own deadline: the link we have may be stuck in TCP
+        // retransmission after a partition healed (it would look dead for as long as its
+        // silence timer runs), or backing off after the peer restarted.
+        self.peers
+            .probe(peer, Instant::now() + self.config.peer_timeout)
+            .await
     }
 
     /// The COPY chain from `owner`, following MOVED. Returns the outcome and the nodes
@@ -534,9 +571,10 @@ impl Node {
         backups: &[SocketAddr],
     ) -> Option<FetchResult> {
         tracing::debug!(session = %id, %failed, ?backups, "owner gone; trying its backups");
-        if self.table.promote_local(&id, failed, now_ms()) {
+        if let Some(claim) = self.table.promote_local(&id, failed, self.identity(), now_ms()) {
             Stats::bump(&self.stats.promotions);
-            self.protect_installed(id, backups).await;
+            self.protect_and_install(claim.generation, &claim.record, &claim.holders, backups)
+                .await;
             return Some(Ok(Fetched::Installed));
         }
         for &b in backups {
@@ -595,17 +633,14 @@ impl Node {
         record: &sessync_proto::SessionRecord,
         prefer: &[SocketAddr],
     ) {
-        let mut giver_holds_a_copy = true;
-        if let Ok(true) = self.table.install(record, transfer, now_ms()) {
-            Stats::bump(&self.stats.copies_received);
-            // The giver first: it is alive (it just answered), and as our backup it is
-            // where anyone who finds us gone looks first (it named us in MOVED).
-            let mut first = vec![from];
-            first.extend_from_slice(prefer);
-            if let Some(confirmed) = self.protect_installed(record.id, &first).await {
-                giver_holds_a_copy = confirmed.contains(&from);
-            }
-        }
+        // The giver first: it is alive (it just answered), and as our backup it is where
+        // anyone who finds us gone looks first (it named us in MOVED).
+        let mut first = vec![from];
+        first.extend_from_slice(prefer);
+        let giver_holds_a_copy = match self.protect_and_install(transfer, record, &[], &first).await {
+            Some(backups) => backups.confirmed.contains(&from),
+            None => true,
+        };
         // The ACK is sent even when the install was refused (a destroyed tombstone here):
         // the sender must not keep offering the data. It goes after the backups have the
         // copy: the sender then drops its own backups.
@@ -624,6 +659,8 @@ impl Node {
             }
         };
         if giver_holds_a_copy {
+            // Not tracked by the shutdown tracker: it is bounded (3 x peer timeout), and a
+            // lost ACK only leaves the giver answering MOVED to us until it expires.
             tokio::spawn(send);
         } else {
             // The giver is not our backup, so until it hears our ACK it would hand its
@@ -633,19 +670,47 @@ impl Node {
         }
     }
 
-    /// Replicates a session that just became ours, before anyone is served from it.
-    /// Returns the backups that confirmed (`None` without replication, or when the
-    /// session is no longer ours).
-    async fn protect_installed(&self, id: SessionId, prefer: &[SocketAddr]) -> Option<Box<[SocketAddr]>> {
-        if self.config.replicas == 0 {
-            return None;
-        }
-        match self.replicate(id, prefer).await {
-            Replication::Done(b) => {
-                if b.len() < usize::from(self.config.replicas) {
-                    tracing::warn!(session = %id, backups = b.len(), "session taken over with fewer backups than wanted");
+    /// Makes a session that becomes ours under `generation` safe, then installs it: with
+    /// replicas, its copy goes to backups (preferring `prefer`) *before* it is installed,
+    /// so no request is served from it unprotected and every reply's token names its
+    /// backups; a node that answers with a newer owner makes it a forwarding tombstone
+    /// instead. Returns the backups (`None`: no replication, or not installed).
+    /// `current` are nodes that must take the copy (they hold older ones of this lineage).
+    async fn protect_and_install(
+        &self,
+        generation: u64,
+        record: &sessync_proto::SessionRecord,
+        current: &[SocketAddr],
+        prefer: &[SocketAddr],
+    ) -> Option<Backups> {
+        let id = record.id;
+        let (landing_backups, superseded) = if self.config.replicas == 0 {
+            (None, None)
+        } else {
+            let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
+            let _one_at_a_time = self.replication_locks[stripe].lock().await;
+            match self
+                .replicate_round(id, generation, record, current, prefer)
+                .await
+            {
+                RoundOutcome::Done(b) => {
+                    if !b.complete(usize::from(self.config.replicas)) {
+                        tracing::warn!(session = %id, backups = b.confirmed.len(), "session taken over with fewer backups than wanted");
+                    }
+                    (Some(b), None)
                 }
-                Some(b)
+                RoundOutcome::Superseded(to) => (None, Some(to)),
+            }
+        };
+        let landing = match (&landing_backups, superseded) {
+            (_, Some(to)) => Landing::Superseded(to),
+            (Some(b), None) => Landing::Owner(&b.holders),
+            (None, None) => Landing::Owner(&[]),
+        };
+        match self.table.install_as(record, generation, landing, now_ms()) {
+            Ok(true) if superseded.is_none() => {
+                Stats::bump(&self.stats.copies_received);
+                landing_backups
             }
             _ => None,
         }
@@ -705,47 +770,113 @@ impl Node {
                 >= want
     }
 
-    /// Sends the session's current state to `replicas` backups and waits for them: its
-    /// current backups first; one that fails is replaced by the next candidate. Bounded
-    /// by two peer timeouts.
+    /// Sends the session's current state to its backups (and, if they are fewer than
+    /// `replicas`, to new ones) and waits for them. Bounded by two peer timeouts.
     async fn replicate(&self, id: SessionId, prefer: &[SocketAddr]) -> Replication {
-        let want = usize::from(self.config.replicas);
         let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
         let _one_at_a_time = self.replication_locks[stripe].lock().await;
         let Some(snap) = self.table.snapshot(&id, now_ms()) else {
             return Replication::NotHere;
         };
-        if want == 0 {
-            return Replication::Done(snap.backups);
+        if self.config.replicas == 0 {
+            return Replication::Done(Backups {
+                confirmed: snap.backups.clone(),
+                holders: snap.backups,
+            });
         }
-        let mut candidates = self.backup_candidates(&id, &snap.backups, prefer, false);
-        let mut ranked = false;
+        // A backup the operator removed from the cluster (no longer among its peers) is
+        // taken to be gone for good: the one way a node that never answers again stops
+        // holding a session's writes up (membership will say so too).
+        let cluster = self.cluster_peers();
+        let current: Vec<SocketAddr> = if cluster.is_empty() {
+            snap.backups.to_vec()
+        } else {
+            snap.backups
+                .iter()
+                .copied()
+                .filter(|b| cluster.contains(b))
+                .collect()
+        };
+        match self
+            .replicate_round(id, snap.generation, &snap.record, &current, prefer)
+            .await
+        {
+            RoundOutcome::Done(b) => {
+                tracing::debug!(session = %id, generation = snap.generation, version = snap.record.meta.version, confirmed = ?b.confirmed, holders = ?b.holders, "replicated");
+                self.table.set_backups(&id, snap.generation, &b.holders);
+                Replication::Done(b)
+            }
+            // Still ours here: a backup promoted it meanwhile (or another node claimed
+            // it), so we give it up. Not ours any more: we handed it on after the write
+            // (which went with it), and the backup has heard from the new owner already.
+            RoundOutcome::Superseded(owner) => {
+                if self.table.lose_ownership(&id, snap.generation, owner, now_ms()) {
+                    Replication::Lost(owner)
+                } else {
+                    Replication::NotHere
+                }
+            }
+        }
+    }
+
+    /// One REPLICATE round of `record` (owned here under `generation`): every node in
+    /// `current` gets it (they may hold older copies of ours), then new candidates until
+    /// `replicas` confirmed. The caller holds the session's replication stripe.
+    ///
+    /// Fencing (protocol.md 12.2): a node in `current` that fails stays a holder, so the
+    /// write cannot be acknowledged until it confirms a later state; a new candidate that
+    /// failed is a holder only when it may have stored the copy (its reply was lost).
+    /// A node that answers MOVED knows a newer owner: the round ends there.
+    async fn replicate_round(
+        &self,
+        id: SessionId,
+        generation: u64,
+        record: &sessync_proto::SessionRecord,
+        current: &[SocketAddr],
+        prefer: &[SocketAddr],
+    ) -> RoundOutcome {
+        let want = usize::from(self.config.replicas);
         let overall = Instant::now() + self.config.peer_timeout * 2;
         let mut confirmed: Vec<SocketAddr> = Vec::new();
-        let mut next = 0;
+        let mut holders: Vec<SocketAddr> = Vec::new();
+        let mut batch: Vec<SocketAddr> = current.iter().copied().filter(|a| *a != self.advertise).collect();
+        let mut candidates = self.backup_candidates(&id, current, prefer, false);
+        let mut ranked = false;
+        let mut next = batch.len().min(candidates.len());
+        let mut first_round = true;
         loop {
-            if confirmed.len() >= want || Instant::now() >= overall {
-                break;
-            }
-            if next >= candidates.len() {
-                if ranked {
+            if !first_round {
+                if confirmed.len() >= want || Instant::now() >= overall {
                     break;
                 }
-                // The current and preferred backups are used up: the rest of the cluster,
-                // in rendezvous order (those already asked are skipped by `next`, since
-                // the ranked list starts with the same ones).
-                candidates = self.backup_candidates(&id, &snap.backups, prefer, true);
-                ranked = true;
+                if next >= candidates.len() {
+                    if ranked {
+                        break;
+                    }
+                    // The current and preferred backups are used up: the rest of the
+                    // cluster, in rendezvous order (those already asked are skipped).
+                    candidates = self.backup_candidates(&id, current, prefer, true);
+                    ranked = true;
+                    continue;
+                }
+                let take = (want - confirmed.len()).min(candidates.len() - next);
+                batch = candidates[next..next + take]
+                    .iter()
+                    .copied()
+                    .filter(|c| !holders.contains(c))
+                    .collect();
+                next += take;
+            }
+            let is_current = first_round;
+            first_round = false;
+            if batch.is_empty() {
                 continue;
             }
-            let take = (want - confirmed.len()).min(candidates.len() - next);
-            let batch = &candidates[next..next + take];
-            next += take;
             let deadline = (Instant::now() + self.config.peer_timeout).min(overall);
             let replies = futures_util::future::join_all(batch.iter().map(|&b| {
                 let msg = PeerMessage::Replicate {
-                    generation: snap.generation,
-                    record: snap.record.clone(),
+                    generation,
+                    record: record.clone(),
                 };
                 self.peers.request(b, msg, deadline)
             }))
@@ -755,28 +886,31 @@ impl Node {
                     Ok(PeerMessage::Ok) => {
                         Stats::bump(&self.stats.replicated);
                         confirmed.push(b);
+                        holders.push(b);
                     }
-                    Ok(PeerMessage::Moved { owner, .. }) => {
-                        // Still ours here: a backup promoted it meanwhile, so we give it up.
-                        // Not ours any more: we handed it on after the write (which went
-                        // with it), and the backup has heard from the new owner already.
-                        if self.table.lose_ownership(&id, snap.generation, owner, now_ms()) {
-                            return Replication::Lost(owner);
-                        }
-                        return Replication::NotHere;
+                    // A newer owner is known. (A pointer back at this node would mean our
+                    // copy is older than one handed to us and not installed yet: the
+                    // newest is then where that handover waits, which the sender says by
+                    // naming itself; a pointer to ourselves is never followed.)
+                    Ok(PeerMessage::Moved { owner, .. }) if owner != self.advertise => {
+                        return RoundOutcome::Superseded(owner)
                     }
+                    Ok(PeerMessage::Moved { .. }) => return RoundOutcome::Superseded(b),
                     other => {
                         Stats::bump(&self.stats.replicate_failures);
                         tracing::debug!(session = %id, backup = %b, "REPLICATE failed: {other:?}");
+                        let may_hold = is_current || matches!(other, Err(LinkError::Lost));
+                        if may_hold {
+                            holders.push(b);
+                        }
                     }
                 }
             }
         }
-        // A backup that failed is left out of the list: its copy (if any) is older and
-        // expires on its own; the token names only the confirmed ones.
-        tracing::debug!(session = %id, generation = snap.generation, version = snap.record.meta.version, ?confirmed, "replicated");
-        self.table.set_backups(&id, snap.generation, &confirmed);
-        Replication::Done(confirmed.into())
+        RoundOutcome::Done(Backups {
+            confirmed: confirmed.into(),
+            holders: holders.into(),
+        })
     }
 
     /// After a write applied here: replicates it, and says what the reply may claim.
@@ -795,15 +929,16 @@ impl Node {
             // Handed over (or gone) meanwhile: the write was applied before, so it is in
             // the copy the next owner got, and that owner replicates before it serves.
             Replication::NotHere => Ok(served.into()),
-            Replication::Done(b) if b.len() >= want => Ok(b),
+            Replication::Done(b) if b.complete(want) => Ok(b.holders),
             Replication::Done(b) => {
                 Stats::bump(&self.stats.under_replicated_writes);
                 if self.config.backup_policy == BackupPolicy::Degrade {
-                    Ok(b)
+                    Ok(b.holders)
                 } else {
                     Err(format!(
-                        "the write is applied at this node, but only {} of {want} backups confirmed it: it is lost if this node dies",
-                        b.len()
+                        "the write is applied at this node, but only {} of the {} backups it needs confirmed it: it is lost if this node dies",
+                        b.confirmed.len(),
+                        want.max(b.holders.len())
                     ))
                 }
             }
@@ -1043,7 +1178,8 @@ impl Node {
                             backups: s.backups.clone(),
                             generation: s.generation,
                         };
-                        let dropped = self.drop_backups(r.id, &old).await;
+                        let missing = usize::from(self.config.replicas).saturating_sub(old.backups.len());
+                        let dropped = self.drop_backups(r.id, &old).await + missing;
                         match self.replicate_write(new_id, &[]).await {
                             Ok(backups) if dropped == 0 || self.config.backup_policy == BackupPolicy::Degrade => {
                                 let token = self.sign(new_id, &backups);
@@ -1074,7 +1210,11 @@ impl Node {
                             backups: r.value.backups.clone(),
                             generation: r.value.generation,
                         };
-                        let failed = self.drop_backups(r.id, &old).await;
+                        // Fencing: the backups' answers are what proves this node still
+                        // owned the session (a newer owner's backup answers MOVED), so too
+                        // few of them is as bad as a failed one.
+                        let missing = usize::from(self.config.replicas).saturating_sub(old.backups.len());
+                        let failed = self.drop_backups(r.id, &old).await + missing;
                         if failed > 0 && self.config.backup_policy == BackupPolicy::Refuse {
                             return self.indeterminate(
                                 request_id,

@@ -128,8 +128,27 @@ pub(crate) struct LinkConfig {
     pub(crate) limits: Limits,
 }
 
+/// A network that carries a node's peer requests instead of TCP: the deterministic
+/// simulation's (feature `testing`). `from` is the sending node (its id tells a restarted
+/// node from the one before it).
+#[cfg(feature = "testing")]
+pub(crate) trait SimNet: Send + Sync {
+    /// Delivers `msg` from `from` to `to` and returns the reply, or the failure the
+    /// simulated network chose, by `deadline`.
+    fn request(
+        &self,
+        from: sessync_proto::PeerIdentity,
+        to: SocketAddr,
+        msg: PeerMessage,
+        deadline: Instant,
+    ) -> futures_util::future::BoxFuture<'static, Result<PeerMessage, LinkError>>;
+}
+
 /// All outgoing links of a node.
 pub(crate) struct Peers {
+    /// Set by the simulator: requests go there instead of over TCP.
+    #[cfg(feature = "testing")]
+    sim: std::sync::OnceLock<Arc<dyn SimNet>>,
     config: LinkConfig,
     links: Mutex<HashMap<SocketAddr, Arc<Link>>>,
     /// Replies that arrived after their request gave up (a late COPY_DATA must still be
@@ -156,6 +175,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Peers {
     pub(crate) fn new(config: LinkConfig, orphans: mpsc::Sender<(SocketAddr, PeerMessage)>) -> Peers {
         Peers {
+            #[cfg(feature = "testing")]
+            sim: std::sync::OnceLock::new(),
             config,
             links: Mutex::new(HashMap::new()),
             orphans,
@@ -215,6 +236,22 @@ impl Peers {
         }
     }
 
+    /// Sends this node's peer requests through the simulator's network from now on.
+    #[cfg(feature = "testing")]
+    pub(crate) fn use_sim(&self, net: Arc<dyn SimNet>) {
+        let _ = self.sim.set(net);
+    }
+
+    /// The simulator's network and this node's identity on it, when simulated.
+    #[cfg(feature = "testing")]
+    fn sim(&self) -> Option<(&Arc<dyn SimNet>, sessync_proto::PeerIdentity)> {
+        let me = sessync_proto::PeerIdentity {
+            node_id: self.config.node_id,
+            advertised: self.config.advertise,
+        };
+        self.sim.get().map(|net| (net, me))
+    }
+
     /// Closes every link (at node shutdown).
     pub(crate) fn close_all(&self) {
         self.shutdown.cancel();
@@ -246,6 +283,10 @@ impl Peers {
         msg: PeerMessage,
         deadline: Instant,
     ) -> Result<PeerMessage, LinkError> {
+        #[cfg(feature = "testing")]
+        if let Some((net, me)) = self.sim() {
+            return net.request(me, addr, msg, deadline).await;
+        }
         let started = Instant::now();
         let kind = match &msg {
             PeerMessage::Ping(_) => Kind::Ping,
@@ -288,6 +329,45 @@ impl Peers {
         deadline: Instant,
     ) -> Result<PeerMessage, LinkError> {
         let conn = self.connection(link, deadline).await?;
+        Self::ask(&conn, msg, deadline).await
+    }
+
+    /// Whether the peer at `addr` answers a PING on a connection dialled for the purpose,
+    /// before `deadline`. The verdict of a failure detector must not depend on the state
+    /// of the link we already have: after a partition heals, that link can sit in TCP
+    /// retransmission for many seconds while the peer is fine. A probe that succeeds
+    /// replaces the link (and clears its backoff), so requests that follow use a
+    /// connection known to work.
+    pub(crate) async fn probe(&self, addr: SocketAddr, deadline: Instant) -> bool {
+        #[cfg(feature = "testing")]
+        if let Some((net, me)) = self.sim() {
+            let reply = net.request(me, addr, PeerMessage::Ping(0), deadline).await;
+            return matches!(reply, Ok(PeerMessage::Pong(_)));
+        }
+        let link = self.link(addr);
+        let conn = match timeout_at(deadline, self.dial(&link)).await {
+            Ok(Ok(c)) => c,
+            _ => return false,
+        };
+        if !matches!(
+            Self::ask(&conn, PeerMessage::Ping(0), deadline).await,
+            Ok(PeerMessage::Pong(_))
+        ) {
+            conn.alive.store(false, Ordering::Release);
+            return false;
+        }
+        if let Ok(mut state) = timeout_at(deadline, link.state.lock()).await {
+            if let Some(old) = state.conn.replace(conn) {
+                old.alive.store(false, Ordering::Release);
+            }
+            state.next_dial = Instant::now();
+            state.backoff = BACKOFF_MIN;
+        }
+        true
+    }
+
+    /// Sends `msg` on `conn` and waits for its reply until `deadline`.
+    async fn ask(conn: &Conn, msg: PeerMessage, deadline: Instant) -> Result<PeerMessage, LinkError> {
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
@@ -308,21 +388,13 @@ impl Peers {
         }
     }
 
-    /// Lets the next request to `addr` dial at once, even while backing off after a
-    /// failure: used before declaring `addr` dead, since a peer that restarted a moment
-    /// ago is alive although our link to it is still backing off.
-    pub(crate) fn forget_backoff(&self, addr: SocketAddr) {
-        let link = self.link(addr);
-        let state = link.state.try_lock();
-        if let Ok(mut state) = state {
-            state.next_dial = Instant::now();
-            state.backoff = BACKOFF_MIN;
-        }
-    }
-
     /// Whether a request to `addr` may get through now: its link is up, or may be dialled
     /// (not backing off after a failure). Never waits.
     pub(crate) fn reachable(&self, addr: SocketAddr) -> bool {
+        #[cfg(feature = "testing")]
+        if self.sim.get().is_some() {
+            return true;
+        }
         let link = self.link(addr);
         let Ok(state) = link.state.try_lock() else {
             // Someone is dialling it right now.

@@ -26,7 +26,7 @@ use crate::listen::next_connection;
 use crate::node::SharedNode;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
-use crate::table::{CopyOutcome, Replicated};
+use crate::table::{CopyOutcome, Dropped, Replicated};
 
 /// Time allowed for the whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -305,7 +305,7 @@ async fn serve_peer(
 
 /// Answers one request from an authenticated peer; `None` for a message that is not a
 /// peer request (the connection is then closed).
-fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -> Option<PeerMessage> {
+pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -> Option<PeerMessage> {
     let now = now_ms();
     let copy = |session_id, last_transfer, failed_owner: Option<std::net::SocketAddr>| match node
         .table
@@ -358,6 +358,9 @@ fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -> Option<Pe
                     session_id: record.id,
                     owner: node.advertise,
                 },
+                Replicated::Destroyed => PeerMessage::NotFound {
+                    session_id: record.id,
+                },
                 Replicated::Capacity => PeerMessage::Error(ErrorReply::new(
                     ErrorCode::Capacity,
                     "no room for a backup copy at this node",
@@ -368,8 +371,20 @@ fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -> Option<Pe
             session_id,
             generation,
         } => {
-            node.table.drop_backup(&session_id, peer.advertised, generation);
-            PeerMessage::Ok
+            match node
+                .table
+                .drop_backup(&session_id, peer.advertised, generation, now)
+            {
+                Dropped::Dropped | Dropped::NotHeld => PeerMessage::Ok,
+                Dropped::Newer(owner) => PeerMessage::Moved {
+                    session_id,
+                    owner: if owner.ip().is_unspecified() {
+                        node.advertise
+                    } else {
+                        owner
+                    },
+                },
+            }
         }
         _ => return None,
     })

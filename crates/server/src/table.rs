@@ -151,6 +151,9 @@ pub enum Replicated {
     Moved(SocketAddr),
     /// This node owns the session itself: the sender must stop serving it.
     OwnedHere,
+    /// The session was destroyed here: nothing is stored, and the sender must not count
+    /// this node as holding its write.
+    Destroyed,
     /// No room for the copy.
     Capacity,
 }
@@ -213,6 +216,19 @@ pub enum Entry {
         /// The transfer id with which this node had received the session (0: created here).
         received: u64,
     },
+    /// This node held a backup copy from `owner` under `generation` and was told (DROP)
+    /// that the session moved on or ended: a *fence*. Copies from `owner` at `generation` or
+    /// older are refused from now on (a paused or cut-off owner cannot get a write
+    /// accepted here), and requests are pointed at `owner`, which knows where the session
+    /// went. Kept until the session's own deadline.
+    Fenced {
+        /// The owner whose copy this node held.
+        owner: SocketAddr,
+        /// The highest generation this node refuses.
+        generation: u64,
+        /// When the fence may go.
+        until_ms: u64,
+    },
     /// Destroyed or rotated away; kept until the session's own deadline.
     Destroyed {
         /// When the tombstone may go.
@@ -236,7 +252,9 @@ impl Entry {
             Entry::Live(l) => l.expired(now),
             Entry::HandingOver(h) => h.live.expired(now),
             Entry::Backup(b) => b.live.expired(now),
-            Entry::Forwarded { until_ms, .. } | Entry::Destroyed { until_ms } => now >= *until_ms,
+            Entry::Forwarded { until_ms, .. }
+            | Entry::Fenced { until_ms, .. }
+            | Entry::Destroyed { until_ms } => now >= *until_ms,
         }
     }
 
@@ -248,6 +266,7 @@ impl Entry {
             Entry::HandingOver(h) => h.live.received,
             Entry::Backup(b) => b.live.received,
             Entry::Forwarded { received, .. } => *received,
+            Entry::Fenced { generation, .. } => *generation,
             Entry::Destroyed { .. } => 0,
         }
     }
@@ -256,6 +275,38 @@ impl Entry {
 /// A boxed state's charge: the session plus the box.
 fn l_charge_boxed(l: &Live) -> usize {
     l.charge() + std::mem::size_of::<HandingOver>().max(std::mem::size_of::<BackupCopy>())
+}
+
+/// A session claimed by [`Table::promote_local`], to be replicated and then installed.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The generation it becomes ours under.
+    pub generation: u64,
+    /// The session.
+    pub record: SessionRecord,
+    /// The nodes that held copies of it when it was handed over from here (empty for a
+    /// backup copy): they must all take the new state before a write is acknowledged.
+    pub holders: Box<[SocketAddr]>,
+}
+
+/// What a backup did with a DROP: see [`Table::drop_backup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// The sender's copy was replaced by a fence.
+    Dropped,
+    /// No copy of the sender's was held (nothing to do).
+    NotHeld,
+    /// A newer owner holds the session (the unspecified address: this node itself).
+    Newer(SocketAddr),
+}
+
+/// What an installed copy becomes: see [`Table::install_as`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Landing<'a> {
+    /// A live session owned here, with these backups.
+    Owner(&'a [SocketAddr]),
+    /// A forwarding tombstone to this newer owner.
+    Superseded(SocketAddr),
 }
 
 /// What to do when a CREATE would pass the limits.
@@ -540,6 +591,7 @@ impl Table {
     fn miss_for(e: &Entry) -> Miss {
         match e {
             Entry::Forwarded { to, .. } => Miss::Moved(*to),
+            Entry::Fenced { owner, .. } => Miss::Moved(*owner),
             Entry::HandingOver(h) => Miss::Moved(h.to),
             // Not ours: its owner (as far as we know) is the one to ask.
             Entry::Backup(b) => Miss::Moved(b.owner),
@@ -770,8 +822,12 @@ impl Table {
                 // The node we handed the session to is gone before it took the session
                 // over: it neither acknowledged this handover nor made this node its
                 // backup (it REPLICATEs here first, before it serves anything), so nothing
-                // was acknowledged past the copy kept here. Hand that copy on instead.
-                let transfer = h.transfer + 1;
+                // was acknowledged past the copy kept here. Hand that copy on instead,
+                // under the same generation: it derives from the same state as the copy
+                // the receiver may hold, so if that receiver is in fact alive (cut off
+                // from the reporter, not dead), the two claims collide at the backups
+                // and only the first is accepted (protocol.md 12.2, fencing).
+                let transfer = h.transfer;
                 let record = h.live.record(id);
                 tracing::info!(session = %id, failed = %h.to, to = %requester, transfer, "re-handing a copy its receiver never took over");
                 // Same state, same charge: only the receiver and the transfer change.
@@ -784,6 +840,7 @@ impl Table {
             }
             Entry::HandingOver(h) if !h.live.expired(now) => CopyOutcome::Moved(h.to),
             Entry::Forwarded { to, until_ms, .. } if now < *until_ms => CopyOutcome::Moved(*to),
+            Entry::Fenced { owner, until_ms, .. } if now < *until_ms => CopyOutcome::Moved(*owner),
             _ => CopyOutcome::NotFound,
         }
     }
@@ -831,13 +888,37 @@ impl Table {
     /// cluster's total, and refusing it would strand the data mid-handover. A destroyed
     /// tombstone here wins (nothing is resurrected).
     pub fn install(&self, record: &SessionRecord, transfer: u64, now: u64) -> Result<bool, Miss> {
+        self.install_as(record, transfer, Landing::Owner(&[]), now)
+    }
+
+    /// [`Table::install`], saying what the copy becomes: a live session with these backups
+    /// (which already hold it: the new owner replicates *before* it installs, so nothing
+    /// is ever served here unprotected, and a reply's token names every backup), or, when
+    /// a backup said a newer owner has the session, a forwarding tombstone to it.
+    pub fn install_as(
+        &self,
+        record: &SessionRecord,
+        transfer: u64,
+        landing: Landing<'_>,
+        now: u64,
+    ) -> Result<bool, Miss> {
         let id = record.id;
         let shard = self.shard(&id);
-        let live = Live::from_record(record, transfer);
+        let mut live = Live::from_record(record, transfer);
         if live.expired(now) {
             return Err(Miss::NotFound);
         }
-        let new = Entry::Live(live);
+        let new = match landing {
+            Landing::Owner(backups) => {
+                live.backups = backups.into();
+                Entry::Live(live)
+            }
+            Landing::Superseded(to) => Entry::Forwarded {
+                to,
+                until_ms: live.meta().expires_at_ms().max(now + 1),
+                received: transfer,
+            },
+        };
         tracing::debug!(session = %id, version = record.meta.version, transfer, "install");
         match shard.map.entry(id) {
             MapEntry::Vacant(v) => {
@@ -864,37 +945,58 @@ impl Table {
         }
     }
 
-    /// Takes a session over locally because `failed_owner`, which owned it, is gone: a
-    /// backup copy of that owner's becomes ours (its generation + 1), and so does a copy we
-    /// handed to that owner which it never took over (a HandingOver it neither
-    /// acknowledged nor replaced by making us its backup: it served nothing; the
-    /// generation skips past the transfer it may hold). Returns whether it did.
-    pub fn promote_local(&self, id: &SessionId, failed_owner: SocketAddr, now: u64) -> bool {
+    /// Claims a session locally because `failed_owner`, which owned it, is gone: a backup
+    /// copy of that owner's (its generation + 1), or a copy we handed to that owner which it
+    /// never took over (a HandingOver it neither acknowledged nor replaced by making us its
+    /// backup: it served nothing; the generation skips past the transfer it may hold).
+    /// The entry becomes a handover to this node (`me`), so nobody else can claim it, and
+    /// the caller replicates the returned copy under the returned generation before it
+    /// installs it ([`Table::install_as`]). `None` when there is nothing to claim.
+    pub fn promote_local(
+        &self,
+        id: &SessionId,
+        failed_owner: SocketAddr,
+        me: PeerIdentity,
+        now: u64,
+    ) -> Option<Claimed> {
         let shard = self.shard(id);
-        let Some(mut r) = shard.map.get_mut(id) else {
-            return false;
-        };
+        let mut r = shard.map.get_mut(id)?;
         match r.value() {
             Entry::Backup(b) if b.owner == failed_owner && !b.live.expired(now) => {}
             Entry::HandingOver(h) if h.to == failed_owner && !h.live.expired(now) => {}
-            _ => return false,
+            _ => return None,
         }
-        self.transform(shard, r.value_mut(), |old| match old {
-            Entry::Backup(b) => {
-                let mut live = b.live;
-                live.received += 1;
-                tracing::info!(session = %id, failed = %failed_owner, "promoted a local backup copy");
-                Entry::Live(live)
-            }
-            Entry::HandingOver(h) => {
-                let mut live = h.live;
-                live.received = h.transfer + 1;
-                tracing::info!(session = %id, failed = %failed_owner, "took back a copy its receiver never took over");
-                Entry::Live(live)
-            }
-            other => other,
+        let mut out = None;
+        self.transform(shard, r.value_mut(), |old| {
+            let (live, generation) = match old {
+                Entry::Backup(b) => {
+                    tracing::info!(session = %id, failed = %failed_owner, "promoting a local backup copy");
+                    let g = b.live.received + 1;
+                    (b.live, g)
+                }
+                Entry::HandingOver(h) => {
+                    // The same generation as the copy handed over, not the next: if the
+                    // receiver is alive after all (cut off, not dead) and took the session
+                    // over elsewhere, both claims derive from one state and collide at
+                    // the backups, which accept only the first (12.2, fencing).
+                    tracing::info!(session = %id, failed = %failed_owner, "taking back a copy its receiver never took over");
+                    (h.live, h.transfer)
+                }
+                other => return other,
+            };
+            out = Some(Claimed {
+                generation,
+                record: live.record(id),
+                holders: live.backups.clone(),
+            });
+            Entry::HandingOver(Box::new(HandingOver {
+                to: me.advertised,
+                to_node: me.node_id,
+                live,
+                transfer: generation,
+            }))
         });
-        true
+        out
     }
 
     /// A backup's step: stores `record`, sent by `owner`, which owns it under
@@ -937,17 +1039,32 @@ impl Table {
                 Replicated::Stored(None)
             }
             MapEntry::Occupied(mut o) => {
+                let handing_over = matches!(o.get(), Entry::HandingOver(_));
                 let handed_to = match o.get() {
                     Entry::Live(l) if !l.expired(now) => return Replicated::OwnedHere,
-                    Entry::Backup(b) => {
-                        if incoming <= order(b.live.received, &b.live.meta()) {
+                    Entry::Backup(b) if !b.live.expired(now) => {
+                        let held = b.live.received;
+                        // Fencing: a copy from a superseded generation, or from another
+                        // owner claiming the generation this copy holds, is refused, never
+                        // reported as stored: its sender must not acknowledge the write.
+                        if generation < held || (generation == held && b.owner != owner.advertised) {
+                            return Replicated::Moved(b.owner);
+                        }
+                        if incoming <= order(held, &b.live.meta()) {
+                            // The same owner's older (resent or reordered) state: the copy
+                            // held already contains it.
                             return Replicated::Ignored;
                         }
                         None
                     }
                     Entry::HandingOver(h) => Some((h.to, h.transfer)),
                     Entry::Forwarded { to, received, .. } => Some((*to, received + 1)),
-                    Entry::Destroyed { until_ms } if now < *until_ms => return Replicated::Ignored,
+                    Entry::Fenced {
+                        owner: fenced,
+                        generation: g,
+                        until_ms,
+                    } if now < *until_ms && generation <= *g => return Replicated::Moved(*fenced),
+                    Entry::Destroyed { until_ms } if now < *until_ms => return Replicated::Destroyed,
                     _ => None,
                 };
                 if let Some((to, transfer)) = handed_to {
@@ -955,6 +1072,13 @@ impl Table {
                     // node (it installed our copy), or someone who got it later.
                     let newer = generation > transfer || (generation == transfer && to == owner.advertised);
                     if !newer {
+                        // The sender's copy is older than the one we handed on. If it went
+                        // to the sender itself (which still runs an older lineage) and we
+                        // still hold it, the newest copy is here: point the sender at us,
+                        // never at itself (a forwarding pointer to oneself strands it).
+                        if to == owner.advertised && handing_over {
+                            return Replicated::OwnedHere;
+                        }
                         return Replicated::Moved(to);
                     }
                 }
@@ -971,19 +1095,49 @@ impl Table {
     }
 
     /// A backup's step: forgets `owner`'s copy of the session if it is of `generation` or
-    /// older (a newer owner's copy stays). Returns whether it did.
-    pub fn drop_backup(&self, id: &SessionId, owner: SocketAddr, generation: u64) -> bool {
+    /// older (a newer owner's copy stays), leaving a fence (see [`Entry::Fenced`]) so that a
+    /// late or stale REPLICATE from that generation is refused rather than stored again.
+    /// Returns whether it did.
+    pub fn drop_backup(&self, id: &SessionId, owner: SocketAddr, generation: u64, now: u64) -> Dropped {
         let shard = self.shard(id);
-        match shard.map.remove_if(
-            id,
-            |_, e| matches!(e, Entry::Backup(b) if b.owner == owner && b.live.received <= generation),
-        ) {
-            Some((_, e)) => {
-                self.account_remove(shard, &e);
-                true
+        let Some(mut r) = shard.map.get_mut(id) else {
+            return Dropped::NotHeld;
+        };
+        let until_ms = match r.value() {
+            Entry::Backup(b) if b.owner == owner && b.live.received <= generation => {
+                b.live.meta().expires_at_ms().max(now + 1)
             }
-            None => false,
-        }
+            // A newer owner's copy, or this node owns or handed on the session since: the
+            // sender is not the owner any more, and must not report its DESTROY or ROTATE
+            // as done (fencing, like a REPLICATE).
+            Entry::Backup(b) if !b.live.expired(now) && b.live.received >= generation && b.owner != owner => {
+                return Dropped::Newer(b.owner)
+            }
+            Entry::Live(l) if !l.expired(now) => return Dropped::Newer(SocketAddr::from(([0, 0, 0, 0], 0))),
+            // This node handed the session on (or was fenced by another owner) at a
+            // generation the sender's is not newer than: the session moved past it.
+            Entry::HandingOver(h) if h.live.received >= generation && h.to != owner => {
+                return Dropped::Newer(h.to)
+            }
+            Entry::Forwarded {
+                to,
+                received,
+                until_ms,
+            } if now < *until_ms && *received >= generation && *to != owner => return Dropped::Newer(*to),
+            Entry::Fenced {
+                owner: by,
+                generation: g,
+                until_ms,
+            } if now < *until_ms && *by != owner && *g >= generation => return Dropped::Newer(*by),
+            _ => return Dropped::NotHeld,
+        };
+        let fence = Entry::Fenced {
+            owner,
+            generation,
+            until_ms,
+        };
+        self.replace(shard, r.value_mut(), fence);
+        Dropped::Dropped
     }
 
     /// The live session's state for its backups; also records that its current access
@@ -1033,6 +1187,32 @@ impl Table {
         tracing::warn!(session = %id, %to, "a backup knows a newer owner; giving the session up");
         self.replace(shard, r.value_mut(), t);
         true
+    }
+
+    /// The entry for `id`, in words (for failure reports of the simulation).
+    pub fn describe(&self, id: &SessionId) -> String {
+        match self.shard(id).map.get(id) {
+            None => "absent".into(),
+            Some(r) => match r.value() {
+                Entry::Live(l) => format!(
+                    "live gen {} v{} backups {:?}",
+                    l.received, l.meta.version, l.backups
+                ),
+                Entry::HandingOver(h) => format!(
+                    "handing over to {} transfer {} (gen {} v{})",
+                    h.to, h.transfer, h.live.received, h.live.meta.version
+                ),
+                Entry::Backup(b) => format!(
+                    "backup of {} gen {} v{}",
+                    b.owner, b.live.received, b.live.meta.version
+                ),
+                Entry::Forwarded { to, received, .. } => format!("forwarded to {to} (had gen {received})"),
+                Entry::Fenced {
+                    owner, generation, ..
+                } => format!("fenced: {owner} gen <= {generation}"),
+                Entry::Destroyed { .. } => "destroyed".into(),
+            },
+        }
     }
 
     /// Reclaims dead entries (expired sessions, tombstones past their deadline) in one
@@ -1199,10 +1379,28 @@ mod tests {
                 generation: 0
             }))
         );
-        // A delayed REPLICATE from the old owner changes nothing.
-        assert_eq!(backup.replicate_in(a, 0, &v2, 5), Replicated::Ignored);
-        assert!(backup.drop_backup(&id, b.advertised, 1));
+        // A delayed (or stale: paused) REPLICATE from the old owner is refused, never
+        // reported as stored: the new owner's copy is newer (fencing).
+        assert_eq!(backup.replicate_in(a, 0, &v2, 5), Replicated::Moved(b.advertised));
+        // A third node claiming the same generation is refused too.
+        assert_eq!(
+            backup.replicate_in(who(9), 1, &r, 5),
+            Replicated::Moved(b.advertised)
+        );
+        // The same owner's resent older state is a duplicate: still stored (OK).
+        assert_eq!(backup.replicate_in(b, 1, &r, 5), Replicated::Ignored);
+        assert_eq!(
+            backup.drop_backup(&id, a.advertised, 0, 6),
+            Dropped::Newer(b.advertised)
+        );
+        assert_eq!(backup.drop_backup(&id, b.advertised, 1, 6), Dropped::Dropped);
         assert_eq!(backup.stats().backups, 0);
+        // The DROP leaves a fence: the dropped generation is refused, a newer one stored.
+        assert_eq!(backup.replicate_in(b, 1, &r, 7), Replicated::Moved(b.advertised));
+        assert!(matches!(
+            backup.replicate_in(who(9), 2, &r, 8),
+            Replicated::Stored(_)
+        ));
     }
 
     #[test]
@@ -1217,8 +1415,21 @@ mod tests {
         let CopyOutcome::Data { transfer: t2, record } = t.hand_over(&id, c, 0, Some(b.advertised), 2) else {
             panic!("no copy for C")
         };
-        assert_eq!(t2, t1 + 1);
+        assert_eq!(
+            t2, t1,
+            "the same generation: B's claim, if B lives, collides with C's"
+        );
         assert_eq!(record.meta.version, 1);
+        // At a backup, the first of two claims of one generation wins; the other is refused.
+        let backup = table(10, EvictPolicy::Reject);
+        assert!(matches!(
+            backup.replicate_in(c, t2, &record, 2),
+            Replicated::Stored(_)
+        ));
+        assert_eq!(
+            backup.replicate_in(b, t1, &record, 2),
+            Replicated::Moved(c.advertised)
+        );
         // B (had it lived) replicating its older claim is told the session is C's.
         assert_eq!(t.replicate_in(b, t1, &record, 3), Replicated::Moved(c.advertised));
         // A node that owns the session tells a stray REPLICATE so.
@@ -1231,22 +1442,44 @@ mod tests {
         let CopyOutcome::Data { transfer: tb, .. } = g.hand_over(&back, b, 0, None, 1) else {
             panic!("no copy")
         };
+        let me = who(7);
         assert!(
-            !g.promote_local(&back, c.advertised, 2),
+            g.promote_local(&back, c.advertised, me, 2).is_none(),
             "only from the node it went to"
         );
-        assert!(g.promote_local(&back, b.advertised, 2));
-        assert_eq!(g.last_received(&back), tb + 1);
+        let Claimed {
+            generation: gen,
+            record: rec,
+            ..
+        } = g.promote_local(&back, b.advertised, me, 2).unwrap();
+        assert_eq!(
+            gen, tb,
+            "the same generation as the copy B may hold: they collide"
+        );
+        // Claimed, not yet served: nobody else can claim it, a COPY is pointed here.
+        assert!(g.promote_local(&back, b.advertised, me, 2).is_none());
+        assert!(g.get(&back, &[], 2).is_err());
+        assert!(g.install(&rec, gen, 2).unwrap());
+        assert_eq!(g.last_received(&back), tb);
         assert_eq!(g.get(&back, &[], 2).unwrap().attrs.unpack(), attrs(&[("k", "v")]));
         // A local backup copy of a failed owner becomes ours, one generation on.
         let u = table(10, EvictPolicy::Reject);
         u.replicate_in(a, 4, &r, 3);
         assert!(
-            !u.promote_local(&own, b.advertised, 3),
+            u.promote_local(&own, b.advertised, me, 3).is_none(),
             "only the failed owner's copy"
         );
-        assert!(u.promote_local(&own, a.advertised, 3));
+        let Claimed {
+            generation: gen,
+            record: rec,
+            ..
+        } = u.promote_local(&own, a.advertised, me, 3).unwrap();
+        assert_eq!(gen, 5);
+        assert!(u
+            .install_as(&rec, gen, Landing::Owner(&[b.advertised]), 3)
+            .unwrap());
         assert_eq!(u.last_received(&own), 5);
+        assert_eq!(&*u.get(&own, &[], 3).unwrap().backups, &[b.advertised]);
         assert!(u.get(&own, &[], 3).is_ok());
     }
 }

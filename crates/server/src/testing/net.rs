@@ -1,0 +1,254 @@
+//! The simulated network: carries the nodes' peer requests to the receiving node's peer
+//! handler (`peer_port::handle`, the same function the TCP peer port calls), with delay,
+//! loss, duplication, reordering (independent random delays), partitions, paused
+//! processes and crashed ones, all drawn from one seeded RNG.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use sessync_proto::{PeerIdentity, PeerMessage};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, timeout_at, Duration, Instant};
+
+use crate::node::Node;
+use crate::peer_link::{LinkError, SimNet};
+
+/// One simulated host: the node process that runs there now.
+pub(crate) struct Slot {
+    /// Its peer address (what tokens name).
+    pub(crate) addr: SocketAddr,
+    /// The node process (replaced when it restarts).
+    pub(crate) node: Arc<Node>,
+    /// False from a crash until the restart.
+    pub(crate) alive: bool,
+    /// While set and in the future, the process runs nothing and sends nothing.
+    pub(crate) paused_until: Option<Instant>,
+    /// Counts restarts: a client request that started on an earlier process has an
+    /// unknown outcome.
+    pub(crate) incarnation: u64,
+    /// The process's background tasks (aborted when it crashes).
+    pub(crate) tasks: Vec<JoinHandle<()>>,
+}
+
+/// How messages fare on the network (drawn per seed).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Weather {
+    /// Probability that a request, or its reply, is lost.
+    pub(crate) loss: f64,
+    /// Probability that a request is delivered twice.
+    pub(crate) dup: f64,
+    /// Largest one-way delay.
+    pub(crate) max_delay: Duration,
+    /// Probability of a delay spike (up to 1.5 s: longer than the peer timeout).
+    pub(crate) spike: f64,
+}
+
+/// The network's mutable state.
+pub(crate) struct NetState {
+    pub(crate) rng: StdRng,
+    pub(crate) slots: Vec<Slot>,
+    /// Host pairs (lower index first) that cannot reach each other.
+    pub(crate) cuts: HashSet<(usize, usize)>,
+    pub(crate) weather: Weather,
+}
+
+/// The network, shared by every node and client of one simulation.
+pub(crate) struct Net {
+    pub(crate) state: Mutex<NetState>,
+}
+
+/// What the network does with one request, decided when it is sent.
+enum Plan {
+    /// The connection is refused at once (the host is down, or the route says so).
+    Refused(String),
+    /// Nothing comes back (a cut that drops packets, or a lost request or reply).
+    Silence,
+    /// Delivered after `there`; the reply (unless `lose_reply`) arrives after `back`.
+    Deliver {
+        there: Duration,
+        back: Duration,
+        lose_reply: bool,
+        dup: bool,
+    },
+}
+
+impl Net {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn index(&self, addr: SocketAddr) -> Option<usize> {
+        self.lock().slots.iter().position(|s| s.addr == addr)
+    }
+
+    /// Whether `who` is the process now running at its address, alive.
+    pub(crate) fn is_current(&self, who: &PeerIdentity) -> bool {
+        self.lock()
+            .slots
+            .iter()
+            .any(|s| s.addr == who.advertised && s.alive && s.node.node_id == who.node_id)
+    }
+
+    /// Waits while host `i` is paused.
+    pub(crate) async fn wait_running(&self, i: usize) {
+        loop {
+            let until = self.lock().slots[i].paused_until;
+            match until {
+                // In steps, so that a heal (which clears the pause) takes effect at once.
+                Some(t) if t > Instant::now() => {
+                    sleep_until(t.min(Instant::now() + Duration::from_millis(20))).await
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn cut(state: &NetState, a: usize, b: usize) -> bool {
+        state.cuts.contains(&(a.min(b), a.max(b)))
+    }
+
+    fn delay(state: &mut NetState) -> Duration {
+        let w = state.weather;
+        if state.rng.gen_bool(w.spike) {
+            return Duration::from_millis(state.rng.gen_range(100..1500));
+        }
+        let max = w.max_delay.as_micros().max(1) as u64;
+        Duration::from_micros(state.rng.gen_range(20..=max.max(21)))
+    }
+
+    fn plan(&self, from: usize, to: usize) -> Plan {
+        let mut st = self.lock();
+        if !st.slots[to].alive {
+            return Plan::Refused(format!("{}: connection refused", st.slots[to].addr));
+        }
+        if Self::cut(&st, from, to) {
+            // A blackhole route refuses new connections at once; packets on a link that
+            // exists already vanish. Both happen.
+            return if st.rng.gen_bool(0.5) {
+                Plan::Refused("no route to host".into())
+            } else {
+                Plan::Silence
+            };
+        }
+        let w = st.weather;
+        if st.rng.gen_bool(w.loss) {
+            return Plan::Silence;
+        }
+        let there = Self::delay(&mut st);
+        let back = Self::delay(&mut st);
+        let lose_reply = st.rng.gen_bool(w.loss);
+        let dup = st.rng.gen_bool(w.dup);
+        Plan::Deliver {
+            there,
+            back,
+            lose_reply,
+            dup,
+        }
+    }
+
+    /// Carries one request and its reply (see [`SimNet`]); `reply` gets the outcome, or is
+    /// dropped at the deadline when nothing came back.
+    async fn deliver(
+        self: Arc<Self>,
+        from: PeerIdentity,
+        to: SocketAddr,
+        msg: PeerMessage,
+        deadline: Instant,
+        reply: oneshot::Sender<Result<PeerMessage, LinkError>>,
+    ) {
+        let (Some(f), Some(t)) = (self.index(from.advertised), self.index(to)) else {
+            let _ = reply.send(Err(LinkError::Unreachable(format!("{to}: no such host"))));
+            return;
+        };
+        // A paused process sends nothing until it runs again.
+        self.wait_running(f).await;
+        if !self.is_current(&from) {
+            return; // a crashed process sends nothing
+        }
+        let (there, back, lose_reply, dup) = match self.plan(f, t) {
+            Plan::Refused(why) => {
+                let _ = reply.send(Err(LinkError::Unreachable(why)));
+                return;
+            }
+            Plan::Silence => {
+                sleep_until(deadline).await;
+                return;
+            }
+            Plan::Deliver {
+                there,
+                back,
+                lose_reply,
+                dup,
+            } => (there, back, lose_reply, dup),
+        };
+        sleep(there).await;
+        self.wait_running(t).await;
+        let target = {
+            let st = self.lock();
+            if Self::cut(&st, f, t) || !st.slots[t].alive {
+                None
+            } else {
+                Some(st.slots[t].node.clone())
+            }
+        };
+        let Some(target) = target else {
+            sleep_until(deadline).await;
+            return;
+        };
+        let span = tracing::info_span!("peer", node = t, from = f);
+        let _entered = span.enter();
+        let answer = crate::peer_port::handle(&target, &from, msg.clone());
+        if dup {
+            let _ = crate::peer_port::handle(&target, &from, msg);
+        }
+        drop(_entered);
+        let Some(answer) = answer else {
+            let _ = reply.send(Err(LinkError::Lost));
+            return;
+        };
+        if lose_reply {
+            sleep_until(deadline).await;
+            return;
+        }
+        sleep(back).await;
+        self.wait_running(f).await;
+        if !self.is_current(&from) || Self::cut(&self.lock(), f, t) {
+            return;
+        }
+        // The asker gave up before the reply came: a late COPY_DATA must still be
+        // installed (the giver handed the session over), as `late_replies` does.
+        if let Err(Ok(PeerMessage::CopyData { transfer, record })) = reply.send(Ok(answer)) {
+            let node = self.lock().slots[f].node.clone();
+            node.install_copy(to, transfer, &record, &[]).await;
+        }
+    }
+}
+
+/// The handle each simulated node's peer links hold.
+pub(crate) struct NetHandle(pub(crate) Arc<Net>);
+
+impl SimNet for NetHandle {
+    fn request(
+        &self,
+        from: PeerIdentity,
+        to: SocketAddr,
+        msg: PeerMessage,
+        deadline: Instant,
+    ) -> futures_util::future::BoxFuture<'static, Result<PeerMessage, LinkError>> {
+        let net = self.0.clone();
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            // Delivery runs on its own, so a reply that comes after the deadline still
+            // reaches the node (as a late reply), like bytes on a real socket.
+            tokio::spawn(net.deliver(from, to, msg, deadline, tx));
+            match timeout_at(deadline, rx).await {
+                Ok(Ok(r)) => r,
+                _ => Err(LinkError::Lost),
+            }
+        })
+    }
+}

@@ -1,0 +1,430 @@
+//! The simulation's clients and its checker: compare-and-set writers that keep a ledger of
+//! what was acknowledged (as tests/chaos.rs's writers do over sockets), readers that move
+//! sessions, rotations and destructions; then the promises, checked on a healed cluster.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sessync_proto::{Attributes, ErrorCode, Limits, Message, Request, Response, SessionReply};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, timeout, Duration};
+
+use super::net::Net;
+use super::{Report, SimOptions};
+use crate::node::{After, Mode};
+
+/// How long a simulated client waits for a reply.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A client request's outcome.
+#[derive(Debug)]
+enum Outcome {
+    /// The node answered.
+    Reply(Response),
+    /// Refused before it reached the node (host down): nothing happened.
+    NotSent,
+    /// No answer (timeout, or the node crashed meanwhile): it may or may not have happened.
+    Unknown,
+}
+
+/// Sends `req` to host `i` as an application beside it would, and waits for the reply.
+async fn call(net: &Net, i: usize, req: Request) -> Outcome {
+    let (node, incarnation, alive) = {
+        let st = net.lock();
+        let s = &st.slots[i];
+        (s.node.clone(), s.incarnation, s.alive)
+    };
+    if !alive {
+        return Outcome::NotSent;
+    }
+    let served = async {
+        net.wait_running(i).await;
+        let mut out = BytesMut::new();
+        if node.handle(1, &req, true, Mode::LocalOnly, &mut out).await == After::Defer {
+            out.clear();
+            node.handle(1, &req, true, Mode::Full, &mut out).await;
+        }
+        // The reply leaves only if the process still runs.
+        net.wait_running(i).await;
+        out
+    };
+    let served = tracing::Instrument::instrument(served, tracing::info_span!("node", i));
+    let Ok(mut out) = timeout(CLIENT_TIMEOUT, served).await else {
+        return Outcome::Unknown;
+    };
+    {
+        let st = net.lock();
+        if st.slots[i].incarnation != incarnation || !st.slots[i].alive {
+            return Outcome::Unknown;
+        }
+    }
+    match sessync_proto::decode_frame(&mut out, u32::MAX) {
+        Ok(Some(frame)) => match Response::decode_frame(&frame, &Limits::default()) {
+            Ok(r) => Outcome::Reply(r),
+            Err(_) => Outcome::Unknown,
+        },
+        _ => Outcome::Unknown,
+    }
+}
+
+fn list_of(r: &SessionReply) -> Vec<u64> {
+    r.attributes
+        .get("list")
+        .map(|v| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .filter(|x| !x.is_empty())
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What one writer saw.
+#[derive(Debug, Default)]
+struct Ledger {
+    token: String,
+    acked: Vec<u64>,
+    acked_versions: Vec<u64>,
+    unknown: Vec<u64>,
+    /// Tokens that a ROTATE acknowledged as replaced: they must never work again.
+    rotated_away: Vec<String>,
+    /// A rotation whose outcome is unknown: the session's id may have changed under us.
+    lost_track: bool,
+    /// A DESTROY was acknowledged: the session must never come back.
+    destroyed: bool,
+    violations: Vec<String>,
+}
+
+/// The running workload.
+pub(super) struct Workload {
+    stop: Arc<AtomicBool>,
+    writers: Vec<JoinHandle<Ledger>>,
+    readers: Vec<JoinHandle<String>>,
+}
+
+async fn create(net: &Net, i: usize, attrs: Attributes) -> Result<String, String> {
+    for _ in 0..20 {
+        if let Outcome::Reply(Response::Session(r)) = call(
+            net,
+            i,
+            Request::Create {
+                idle_ttl_ms: 0,
+                max_lifetime_ms: 0,
+                attributes: attrs.clone(),
+            },
+        )
+        .await
+        {
+            return r.token.ok_or_else(|| "CREATE without a token".to_string());
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("no session could be created at node {i}"))
+}
+
+impl Workload {
+    pub(super) async fn start(net: &Arc<Net>, opts: &SimOptions, seed: u64) -> Result<Workload, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..opts.writers {
+            let attrs: Attributes = [("list".to_string(), Bytes::new())].into_iter().collect();
+            let token = create(net, w % opts.nodes, attrs).await?;
+            let (net, stop) = (net.clone(), stop.clone());
+            let (nodes, destroy_at_end) = (opts.nodes, w % 4 == 3);
+            writers.push(tokio::spawn(writer(
+                net,
+                nodes,
+                token,
+                seed * 7919 + w as u64,
+                stop,
+                destroy_at_end,
+            )));
+        }
+        let mut readers = Vec::new();
+        for r in 0..opts.readers {
+            let attrs: Attributes = [("k".to_string(), Bytes::from_static(b"v"))]
+                .into_iter()
+                .collect();
+            let token = create(net, r % opts.nodes, attrs).await?;
+            let (net, stop, nodes) = (net.clone(), stop.clone(), opts.nodes);
+            let mut rng = StdRng::seed_from_u64(seed * 104_729 + r as u64);
+            readers.push(tokio::spawn(async move {
+                let mut token = token;
+                while !stop.load(Ordering::Relaxed) {
+                    let i = rng.gen_range(0..nodes);
+                    if let Outcome::Reply(Response::Session(s)) = call(
+                        &net,
+                        i,
+                        Request::Get {
+                            token: token.clone(),
+                            names: Vec::new(),
+                        },
+                    )
+                    .await
+                    {
+                        if let Some(t) = s.token {
+                            token = t;
+                        }
+                    }
+                    sleep(Duration::from_millis(rng.gen_range(1..30))).await;
+                }
+                token
+            }));
+        }
+        Ok(Workload {
+            stop,
+            writers,
+            readers,
+        })
+    }
+
+    /// Stops the clients and checks the promises on the (healed) cluster.
+    pub(super) async fn finish(self, net: &Arc<Net>, report: &mut Report) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut ledgers = Vec::new();
+        for w in self.writers {
+            match w.await {
+                Ok(l) => ledgers.push(l),
+                Err(e) => report.violations.push(format!("a writer panicked: {e}")),
+            }
+        }
+        let mut tokens = Vec::new();
+        for r in self.readers {
+            if let Ok(t) = r.await {
+                tokens.push(t);
+            }
+        }
+        let nodes = net.lock().slots.len();
+        for (i, l) in ledgers.iter().enumerate() {
+            report.acked += l.acked.len();
+            report.unknown += l.unknown.len();
+            let sid = where_is(net, &l.token);
+            report
+                .violations
+                .extend(l.violations.iter().map(|v| format!("writer {i} ({sid}): {v}")));
+            for old in &l.rotated_away {
+                if let Ok(Response::Session(_)) = read(net, nodes, old).await {
+                    report
+                        .violations
+                        .push(format!("writer {i} ({sid}): a rotated-away id still works"));
+                }
+            }
+            if l.lost_track {
+                continue;
+            }
+            let got = read(net, nodes, &l.token).await;
+            if l.destroyed {
+                if let Ok(Response::Session(s)) = got {
+                    report.violations.push(format!(
+                        "writer {i}: a destroyed session came back at version {}",
+                        s.meta.version
+                    ));
+                }
+                continue;
+            }
+            match got {
+                Ok(Response::Session(s)) => check_list(i, l, &list_of(&s), report),
+                other => report.violations.push(format!(
+                    "writer {i} ({sid}): its session is not readable after the heal: {other:?}"
+                )),
+            }
+        }
+        for (r, t) in tokens.iter().enumerate() {
+            let got = read(net, nodes, t).await;
+            if !matches!(got, Ok(Response::Session(_))) {
+                report.violations.push(format!(
+                    "reader {r} ({}): its session is not readable after the heal: {got:?}",
+                    where_is(net, t)
+                ));
+            }
+        }
+    }
+}
+
+/// Where a token's session is, node by node (for failure reports).
+fn where_is(net: &Net, token: &str) -> String {
+    sessync_proto::Token::verify(token, &super::keys())
+        .map(|t| {
+            let st = net.lock();
+            let at: Vec<String> = st
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(n, s)| format!("node {n}: {}", s.node.table.describe(&t.session_id)))
+                .collect();
+            format!("{} [{}] token owner {}", t.session_id, at.join("; "), t.owner)
+        })
+        .unwrap_or_default()
+}
+
+/// Reads a session through the nodes in turn until one answers with it (or a definite
+/// SESSION_NOT_FOUND), within a bounded time.
+async fn read(net: &Net, nodes: usize, token: &str) -> Result<Response, String> {
+    let mut last = String::new();
+    for attempt in 0..24 {
+        let req = Request::Get {
+            token: token.to_string(),
+            names: Vec::new(),
+        };
+        match call(net, attempt % nodes, req).await {
+            Outcome::Reply(r @ Response::Session(_)) => return Ok(r),
+            Outcome::Reply(Response::Error(e))
+                if e.code == ErrorCode::SessionNotFound && attempt >= nodes =>
+            {
+                return Ok(Response::Error(e))
+            }
+            other => last = format!("{other:?}"),
+        }
+        sleep(Duration::from_millis(250)).await;
+    }
+    Err(last)
+}
+
+/// Every acknowledged append is present, in order; anything else present was of unknown
+/// outcome.
+fn check_list(i: usize, l: &Ledger, list: &[u64], report: &mut Report) {
+    if !list.windows(2).all(|w| w[0] < w[1]) {
+        report
+            .violations
+            .push(format!("writer {i}: out of order {list:?}"));
+    }
+    let mut present = list.iter();
+    for a in &l.acked {
+        loop {
+            match present.next() {
+                Some(x) if x == a => break,
+                Some(x) if l.unknown.contains(x) => {}
+                Some(x) => {
+                    report
+                        .violations
+                        .push(format!("writer {i}: {x} is there but was refused"));
+                }
+                None => {
+                    report.violations.push(format!(
+                        "writer {i}: acknowledged append {a} is lost; list {list:?}, acked {:?}",
+                        l.acked
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+    for x in present {
+        if !l.unknown.contains(x) {
+            report
+                .violations
+                .push(format!("writer {i}: {x} is there but was refused"));
+        }
+    }
+}
+
+/// Appends 1, 2, 3, ... to one session by compare-and-set through random nodes; now and
+/// then rotates its id; some destroy their session at the end.
+async fn writer(
+    net: Arc<Net>,
+    nodes: usize,
+    mut token: String,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    destroy_at_end: bool,
+) -> Ledger {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut l = Ledger::default();
+    let mut next = 1u64;
+    while !stop.load(Ordering::Relaxed) {
+        let i = rng.gen_range(0..nodes);
+        let get = Request::Get {
+            token: token.clone(),
+            names: Vec::new(),
+        };
+        let s = match call(&net, i, get).await {
+            Outcome::Reply(Response::Session(s)) => s,
+            _ => {
+                sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        if let Some(t) = &s.token {
+            token = t.clone();
+        }
+        let mut list = list_of(&s);
+        list.push(next);
+        let joined = list.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+        let set = Request::Set {
+            token: token.clone(),
+            if_version: Some(s.meta.version),
+            puts: [("list".to_string(), Bytes::from(joined))].into_iter().collect(),
+            deletes: Vec::new(),
+        };
+        let i = rng.gen_range(0..nodes);
+        match call(&net, i, set).await {
+            Outcome::Reply(Response::Session(w)) => {
+                if l.acked_versions.contains(&s.meta.version) {
+                    l.violations.push(format!(
+                        "double acknowledgement: if_version {} accepted twice (the second at node {i})",
+                        s.meta.version
+                    ));
+                }
+                l.acked_versions.push(s.meta.version);
+                if let Some(t) = w.token {
+                    token = t;
+                }
+                l.acked.push(next);
+                next += 1;
+            }
+            Outcome::Reply(Response::Error(e)) if e.code == ErrorCode::Indeterminate => {
+                l.unknown.push(next);
+                next += 1;
+            }
+            Outcome::Unknown => {
+                l.unknown.push(next);
+                next += 1;
+            }
+            _ => {}
+        }
+        if rng.gen_bool(0.02) {
+            let i = rng.gen_range(0..nodes);
+            match call(&net, i, Request::Rotate { token: token.clone() }).await {
+                Outcome::Reply(Response::Session(r)) => match r.token {
+                    Some(t) => {
+                        l.rotated_away.push(std::mem::replace(&mut token, t));
+                    }
+                    None => l.violations.push("ROTATE answered without a token".into()),
+                },
+                Outcome::Reply(Response::Error(e)) if e.code != ErrorCode::Indeterminate => {}
+                Outcome::NotSent => {}
+                _ => {
+                    l.lost_track = true;
+                    break;
+                }
+            }
+        }
+        sleep(Duration::from_millis(rng.gen_range(0..20))).await;
+    }
+    if destroy_at_end && !l.lost_track {
+        for _ in 0..10 {
+            let i = rng.gen_range(0..nodes);
+            match call(&net, i, Request::Destroy { token: token.clone() }).await {
+                Outcome::Reply(Response::Done) => {
+                    l.destroyed = true;
+                    break;
+                }
+                Outcome::Reply(Response::Error(e)) if e.code != ErrorCode::Indeterminate => {
+                    sleep(Duration::from_millis(100)).await;
+                }
+                Outcome::NotSent => sleep(Duration::from_millis(100)).await,
+                // Maybe destroyed: nothing can be checked either way.
+                _ => {
+                    l.lost_track = true;
+                    break;
+                }
+            }
+        }
+    }
+    l.token = token;
+    l
+}

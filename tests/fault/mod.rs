@@ -1,0 +1,302 @@
+//! Fault-test harness shared by tests/chaos.rs and tests/partition.rs: node processes at
+//! fixed addresses (on loopback, or inside a network namespace) that can be killed,
+//! paused and restarted; compare-and-set writers that keep a ledger of what was
+//! acknowledged; and the check that every acknowledged append survived, in order.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sessync_client::{Client, ClientConfig, ClientError, ErrorCode};
+
+pub fn reserve_addr() -> SocketAddr {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// One node process at fixed addresses, so that it can be restarted where tokens say it is.
+pub struct Node {
+    /// Client port.
+    pub client: SocketAddr,
+    /// Peer port.
+    pub peer: SocketAddr,
+    /// The network namespace the process runs in (`None`: this one, on loopback).
+    pub netns: Option<String>,
+    /// The running process.
+    pub child: Option<Child>,
+}
+
+impl Node {
+    pub fn start(&mut self, peers: &[SocketAddr], replicas: u8, secret: &str, log: &std::path::Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let peers = peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs the node in place: the child's pid is the node's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_sessync")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_sessync")),
+        };
+        let mut child = cmd
+            .args([
+                "node",
+                "--client",
+                &self.client.to_string(),
+                "--peer",
+                &self.peer.to_string(),
+            ])
+            .args(["--peers", &peers, "--replicas", &replicas.to_string()])
+            .args(["--secret-file", secret])
+            .args(["--peer-timeout", "500ms"])
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAOS_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sessync node");
+        let (client, peer) = wait_ready(&mut child);
+        assert_eq!((client, peer), (self.client, self.peer));
+        self.child = Some(child);
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`): the process keeps its sockets and memory but
+    /// runs nothing, as in a long GC pause or a VM migration.
+    pub fn pause(&self, stop: bool) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let sig = if stop { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap().success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap(); // SIGKILL: no shutdown, no goodbye.
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A paused process must be resumed to die promptly; it may be gone already.
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+        }
+        self.kill();
+    }
+}
+
+/// What one session's writer saw.
+#[derive(Default, Debug)]
+pub struct Ledger {
+    pub token: String,
+    pub acked: Vec<u64>,
+    pub unknown: Vec<u64>,
+    pub lost: Vec<String>,
+    /// SETs refused (not applied), with why: a failure report names them.
+    pub refused: Vec<(u64, String)>,
+    /// The `if_version` of every acknowledged SET.
+    pub acked_versions: Vec<u64>,
+}
+
+pub fn list_of(s: &sessync_client::Session) -> Vec<u64> {
+    let raw = std::str::from_utf8(s.get("list").unwrap()).unwrap();
+    raw.split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse().unwrap())
+        .collect()
+}
+
+pub async fn connect(addr: SocketAddr) -> Client {
+    let cfg = ClientConfig {
+        request_timeout: Duration::from_secs(3),
+        connect_timeout: Duration::from_secs(1),
+        ..ClientConfig::default()
+    };
+    Client::connect(addr, cfg).await.unwrap()
+}
+
+/// Appends 1, 2, 3, ... to one session's list with compare-and-set, through random nodes.
+pub async fn writer(
+    clients: Arc<Vec<Client>>,
+    mut token: String,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> Ledger {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut ledger = Ledger::default();
+    let mut next = 1u64;
+    let pause = || tokio::time::sleep(Duration::from_millis(20));
+    while !stop.load(Ordering::Relaxed) {
+        ledger.token = token.clone();
+        let at = rng.gen_range(0..clients.len());
+        let c = &clients[at];
+        let s = match c.get(&token).await {
+            Ok(s) => s,
+            Err(ClientError::Server {
+                code: ErrorCode::SessionNotFound,
+                message,
+            }) => {
+                ledger
+                    .lost
+                    .push(format!("GET after {:?}: {message}", ledger.acked.last()));
+                return ledger;
+            }
+            Err(_) => {
+                pause().await;
+                continue;
+            }
+        };
+        token = s.token.clone();
+        let mut list = list_of(&s);
+        list.push(next);
+        let joined = list.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+        match c
+            .set(&token)
+            .put("list", joined)
+            .if_version(s.meta.version)
+            .send()
+            .await
+        {
+            Ok(w) => {
+                // Two acknowledgements of one version would mean two owners accepted the
+                // same compare-and-set: one of the two appends is then lost.
+                assert!(
+                    !ledger.acked_versions.contains(&s.meta.version),
+                    "double acknowledgement: if_version {} was accepted twice (the second time at node {at}, session {})",
+                    s.meta.version,
+                    sessync_proto::Token::verify(&token, &keys()).map(|t| t.session_id.to_string()).unwrap_or_default()
+                );
+                ledger.acked_versions.push(s.meta.version);
+                token = w.token;
+                ledger.acked.push(next);
+                next += 1;
+            }
+            // Applied here, unprotected, or unknown: never reuse the number.
+            Err(ClientError::Server {
+                code: ErrorCode::Indeterminate,
+                ..
+            })
+            | Err(ClientError::Disconnected)
+            | Err(ClientError::Timeout) => {
+                ledger.unknown.push(next);
+                next += 1;
+                pause().await;
+            }
+            Err(ClientError::Server {
+                code: ErrorCode::SessionNotFound,
+                message,
+            }) => {
+                ledger
+                    .lost
+                    .push(format!("SET after {:?}: {message}", ledger.acked.last()));
+                return ledger;
+            }
+            // Not applied (refused, or the owner unreachable right now): try again.
+            Err(e) => {
+                ledger.refused.push((next, e.to_string()));
+                pause().await
+            }
+        }
+    }
+    ledger.token = token;
+    ledger
+}
+
+/// Reads a session's final list, retrying while the cluster settles.
+pub async fn final_list(clients: &[Client], token: &str) -> Vec<u64> {
+    let mut last = None;
+    for attempt in 0..50 {
+        match clients[attempt % clients.len()].get(token).await {
+            Ok(s) => return list_of(&s),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("session unreadable after the chaos: {last:?}");
+}
+
+/// Starts `n` node processes at reserved addresses, keeping `replicas` backups.
+pub fn start_nodes(n: usize, replicas: u8, secret: &str, dir: &std::path::Path) -> Vec<Node> {
+    let mut nodes: Vec<Node> = (0..n)
+        .map(|_| Node {
+            client: reserve_addr(),
+            peer: reserve_addr(),
+            netns: None,
+            child: None,
+        })
+        .collect();
+    let peers: Vec<SocketAddr> = nodes.iter().map(|n| n.peer).collect();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.start(&peers, replicas, secret, &dir.join(format!("node{i}.log")));
+    }
+    nodes
+}
+
+/// Checks what the writers saw against the sessions' final state: no session lost, every
+/// acknowledged append present and in order, nothing present that was refused. Returns
+/// (acknowledged, unknown) counts. `dir` holds the node logs named in a failure.
+pub async fn check_ledgers(ledgers: &[Ledger], clients: &[Client], dir: &std::path::Path) -> (usize, usize) {
+    let (mut acked, mut unknown) = (0, 0);
+    for (i, l) in ledgers.iter().enumerate() {
+        let id = sessync_proto::Token::verify(&l.token, &keys())
+            .unwrap()
+            .session_id;
+        assert!(
+            l.lost.is_empty(),
+            "session {i} ({id}) was lost: {:?}; node logs in {}",
+            l.lost,
+            dir.display()
+        );
+        acked += l.acked.len();
+        unknown += l.unknown.len();
+    }
+    // Every acknowledged append is there, in order; nothing else but the unknown ones.
+    for (i, l) in ledgers.iter().enumerate() {
+        let list = final_list(clients, &l.token).await;
+        assert!(
+            list.windows(2).all(|w| w[0] < w[1]),
+            "session {i}: out of order {list:?}"
+        );
+        let mut present = list.iter().peekable();
+        for a in &l.acked {
+            // `acked` is increasing, so it must be a subsequence of `list`.
+            loop {
+                match present.next() {
+                    Some(x) if x == a => break,
+                    Some(x) => assert!(
+                        l.unknown.contains(x),
+                        "session {i}: {x} is there but was refused: {:?}",
+                        l.refused.iter().filter(|(n, _)| n == x).collect::<Vec<_>>()
+                    ),
+                    None => panic!(
+                        "session {i}: acknowledged append {a} is missing; list {list:?}, acked {:?}; logs in {}",
+                        l.acked,
+                        dir.display()
+                    ),
+                }
+            }
+        }
+        for x in present {
+            assert!(
+                l.unknown.contains(x),
+                "session {i}: {x} is there but was refused: {:?}",
+                l.refused.iter().filter(|(n, _)| n == x).collect::<Vec<_>>()
+            );
+        }
+    }
+    (acked, unknown)
+}
