@@ -105,7 +105,7 @@ struct NodeArgs {
     /// Peer address written into tokens (when --peer is a wildcard or behind NAT).
     #[arg(long, env = "SESSYNC_ADVERTISE")]
     advertise: Option<SocketAddr>,
-    /// File holding the cluster secret (see README: one secret, or `id=secret` lines, first is current).
+    /// File holding the cluster secret (see README: one secret, key id 0, or `id=secret` lines, first is current).
     #[arg(long, env = "SESSYNC_SECRET_FILE")]
     secret_file: Option<PathBuf>,
     /// Idle time to live of sessions (e.g. 30m, 90s).

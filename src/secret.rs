@@ -54,7 +54,19 @@ mod tests {
 
     #[test]
     fn formats() {
+        // protocol.md 8.5: a one-line secret is key id 0, unless the line is `ID=SECRET`.
         assert_eq!(parse("0123456789abcdef0123\n").unwrap().current_id(), 0);
+        assert_eq!(parse("5=0123456789abcdef0123\n").unwrap().current_id(), 5);
+        let equals = parse("300=0123456789abcdef0123\n").unwrap();
+        assert_eq!(equals.current_id(), 0);
+        // The whole line is the secret.
+        let t = sessync_proto::Token {
+            session_id: sessync_proto::SessionId([7; 16]),
+            owner: "10.0.0.1:7401".parse().unwrap(),
+            backups: vec![],
+        };
+        let whole = sessync_proto::Keyring::single(b"300=0123456789abcdef0123").unwrap();
+        assert_eq!(sessync_proto::Token::verify(&t.sign(&equals), &whole), Ok(t));
         let ring = parse("# rotation\n2=new-secret-new-secret\n1=old-secret-old-secret\n").unwrap();
         assert_eq!(ring.current_id(), 2);
         assert!(parse("short").is_err());

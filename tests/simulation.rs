@@ -28,6 +28,7 @@ fn options(seed: u64) -> SimOptions {
         replicas: if seed % 3 == 2 { 2 } else { 1 },
         crash: std::env::var("SESSYNC_SIM_NO_CRASH").is_err(),
         pauses: std::env::var("SESSYNC_SIM_NO_PAUSE").is_err(),
+        weather: std::env::var("SESSYNC_SIM_CALM").is_err(),
         ..SimOptions::default()
     }
 }

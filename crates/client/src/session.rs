@@ -11,6 +11,11 @@ use sessync_proto::{Attributes, SessionMeta};
 /// cookie) in place of the token you passed. It is the same string unless the node issued
 /// a replacement ([`Session::token_changed`]): after CREATE and ROTATE, and whenever the
 /// session moved to the node that served the request.
+///
+/// An error carries no token: keep the one you have, even if the failed call moved the
+/// session (nodes follow stale tokens). With several calls for one session in flight,
+/// each may return a different token; every one of them works, and the one returned last
+/// is the one to keep (protocol.md section 5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     /// The token to keep from now on: the node's replacement if it sent one, else the

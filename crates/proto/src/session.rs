@@ -19,10 +19,48 @@ pub type Attributes = BTreeMap<String, Bytes>;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub [u8; 16]);
 
+/// Seeded ids for a deterministic simulation (feature `testing`): on a thread where
+/// [`sim_ids::seed`] was called, [`SessionId::random`] draws from that seed instead of the
+/// OS, so a simulation replays exactly. Never enabled in a node that serves anyone.
+#[cfg(feature = "testing")]
+pub mod sim_ids {
+    use std::cell::RefCell;
+
+    use rand::{RngCore, SeedableRng};
+
+    thread_local! {
+        static RNG: RefCell<Option<rand::rngs::StdRng>> = const { RefCell::new(None) };
+    }
+
+    /// Ids on this thread come from `seed` from now on.
+    pub fn seed(seed: u64) {
+        RNG.with(|r| *r.borrow_mut() = Some(rand::rngs::StdRng::seed_from_u64(seed)));
+    }
+
+    /// Back to the OS RNG on this thread.
+    pub fn clear() {
+        RNG.with(|r| *r.borrow_mut() = None);
+    }
+
+    pub(crate) fn fill(id: &mut [u8; 16]) -> bool {
+        RNG.with(|r| match r.borrow_mut().as_mut() {
+            Some(rng) => {
+                rng.fill_bytes(id);
+                true
+            }
+            None => false,
+        })
+    }
+}
+
 impl SessionId {
     /// A fresh id from the OS CSPRNG: unguessable, so knowing one id reveals no other.
     pub fn random() -> SessionId {
         let mut id = [0u8; 16];
+        #[cfg(feature = "testing")]
+        if sim_ids::fill(&mut id) {
+            return SessionId(id);
+        }
         rand::rngs::OsRng.fill_bytes(&mut id);
         SessionId(id)
     }

@@ -34,9 +34,10 @@ pub const TAG_LEN: usize = 16;
 pub const MAX_BACKUPS: usize = 2;
 /// Longest binary token: three IPv6 addresses.
 const MAX_TOKEN_LEN: usize = 2 + 16 + 3 * 19 + 1 + TAG_LEN;
-/// Longest token string this crate can produce (three IPv6 addresses); longer input is
-/// rejected before it is decoded.
-pub const MAX_TOKEN_STR_LEN: usize = 4 * MAX_TOKEN_LEN.div_ceil(3);
+/// Longest token string (three IPv6 addresses: 92 bytes, 123 characters of base64url
+/// without padding); longer input is rejected before it is decoded, so a string that
+/// passes decodes to at most 92 bytes.
+pub const MAX_TOKEN_STR_LEN: usize = (4 * MAX_TOKEN_LEN).div_ceil(3);
 /// Shortest binary token: one IPv4 owner, no backups.
 const MIN_TOKEN_LEN: usize = 2 + 16 + 7 + 1 + TAG_LEN;
 

@@ -282,7 +282,7 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
         "stats_reply",
         Resp(
             10,
-            Response::Stats(vec![("sessions".into(), 1), ("copies_in".into(), 0)]),
+            Response::Stats(vec![("sessions".into(), 1), ("copies_received".into(), 0)]),
         ),
     );
     add(

@@ -80,8 +80,16 @@ fn the_longest_token_fits_the_string_limit() {
     let longest = token("[fd00::1]:7401", &["[fd00::2]:7401", "[fd00::3]:7401"]);
     let s = longest.sign(&single(OLD));
     assert_eq!(decode(&s).len(), 2 + 16 + 3 * 19 + 1 + TAG_LEN);
-    assert!(s.len() <= MAX_TOKEN_STR_LEN);
+    // protocol.md 8.1: the longest token is 92 bytes, 123 characters, and the limit is
+    // exactly that (not the 124 of a padded form).
+    assert_eq!(s.len(), 123);
+    assert_eq!(MAX_TOKEN_STR_LEN, s.len());
     assert_eq!(Token::verify(&s, &single(OLD)), Ok(longest));
+    // One character more is refused before decoding (8.3 step 1).
+    assert_eq!(
+        Token::verify(&format!("{s}A"), &single(OLD)),
+        Err(TokenError::Malformed)
+    );
 }
 
 #[test]

@@ -74,8 +74,10 @@ impl Backups {
 enum RoundOutcome {
     /// See [`Backups`].
     Done(Backups),
-    /// A node knows a newer owner of the session.
-    Superseded(SocketAddr),
+    /// A node knows a newer owner of the session (`to`). `placed`: the nodes that may now
+    /// hold this owner's copy of the session; they must be fenced (DROP) so that the
+    /// abandoned copy can never be promoted over the newer owner's.
+    Superseded { to: SocketAddr, placed: Vec<SocketAddr> },
 }
 
 /// A request's session, resolved: the operation's result, the id and the verified token.
@@ -573,7 +575,9 @@ impl Node {
         tracing::debug!(session = %id, %failed, ?backups, "owner gone; trying its backups");
         if let Some(claim) = self.table.promote_local(&id, failed, self.identity(), now_ms()) {
             Stats::bump(&self.stats.promotions);
-            self.protect_and_install(claim.generation, &claim.record, &claim.holders, backups)
+            let mut holders = claim.holders.to_vec();
+            holders.extend(backups.iter().filter(|b| !claim.holders.contains(b)));
+            self.protect_and_install(claim.generation, &claim.record, None, &holders, &[])
                 .await;
             return Some(Ok(Fetched::Installed));
         }
@@ -637,7 +641,13 @@ impl Node {
         // anyone who finds us gone looks first (it named us in MOVED).
         let mut first = vec![from];
         first.extend_from_slice(prefer);
-        let giver_holds_a_copy = match self.protect_and_install(transfer, record, &[], &first).await {
+        // The giver and the nodes the client's token named (the previous owner's holders,
+        // as of the client's latest reply) all take the new copy, or stay holders: each
+        // may hold an older copy that a failover could otherwise promote (fencing).
+        let giver_holds_a_copy = match self
+            .protect_and_install(transfer, record, Some(from), &first, &[])
+            .await
+        {
             Some(backups) => backups.confirmed.contains(&from),
             None => true,
         };
@@ -680,6 +690,7 @@ impl Node {
         &self,
         generation: u64,
         record: &sessync_proto::SessionRecord,
+        giver: Option<SocketAddr>,
         current: &[SocketAddr],
         prefer: &[SocketAddr],
     ) -> Option<Backups> {
@@ -699,7 +710,10 @@ impl Node {
                     }
                     (Some(b), None)
                 }
-                RoundOutcome::Superseded(to) => (None, Some(to)),
+                RoundOutcome::Superseded { to, placed } => {
+                    self.spawn_fence(id, generation, placed);
+                    (None, Some(to))
+                }
             }
         };
         let landing = match (&landing_backups, superseded) {
@@ -707,7 +721,10 @@ impl Node {
             (Some(b), None) => Landing::Owner(&b.holders),
             (None, None) => Landing::Owner(&[]),
         };
-        match self.table.install_as(record, generation, landing, now_ms()) {
+        match self
+            .table
+            .install_as(record, generation, giver, landing, now_ms())
+        {
             Ok(true) if superseded.is_none() => {
                 Stats::bump(&self.stats.copies_received);
                 landing_backups
@@ -809,7 +826,16 @@ impl Node {
             // Still ours here: a backup promoted it meanwhile (or another node claimed
             // it), so we give it up. Not ours any more: we handed it on after the write
             // (which went with it), and the backup has heard from the new owner already.
-            RoundOutcome::Superseded(owner) => {
+            RoundOutcome::Superseded {
+                to: owner,
+                mut placed,
+            } => {
+                for b in current.iter() {
+                    if !placed.contains(b) {
+                        placed.push(*b);
+                    }
+                }
+                self.spawn_fence(id, snap.generation, placed);
                 if self.table.lose_ownership(&id, snap.generation, owner, now_ms()) {
                     Replication::Lost(owner)
                 } else {
@@ -839,7 +865,12 @@ impl Node {
         let overall = Instant::now() + self.config.peer_timeout * 2;
         let mut confirmed: Vec<SocketAddr> = Vec::new();
         let mut holders: Vec<SocketAddr> = Vec::new();
-        let mut batch: Vec<SocketAddr> = current.iter().copied().filter(|a| *a != self.advertise).collect();
+        let mut batch: Vec<SocketAddr> = Vec::with_capacity(current.len());
+        for &a in current {
+            if a != self.advertise && !batch.contains(&a) {
+                batch.push(a);
+            }
+        }
         let mut candidates = self.backup_candidates(&id, current, prefer, false);
         let mut ranked = false;
         let mut next = batch.len().min(candidates.len());
@@ -881,6 +912,7 @@ impl Node {
                 self.peers.request(b, msg, deadline)
             }))
             .await;
+            let mut superseded = None;
             for (&b, reply) in batch.iter().zip(replies) {
                 match reply {
                     Ok(PeerMessage::Ok) => {
@@ -892,10 +924,9 @@ impl Node {
                     // copy is older than one handed to us and not installed yet: the
                     // newest is then where that handover waits, which the sender says by
                     // naming itself; a pointer to ourselves is never followed.)
-                    Ok(PeerMessage::Moved { owner, .. }) if owner != self.advertise => {
-                        return RoundOutcome::Superseded(owner)
+                    Ok(PeerMessage::Moved { owner, .. }) => {
+                        superseded = Some(if owner != self.advertise { owner } else { b });
                     }
-                    Ok(PeerMessage::Moved { .. }) => return RoundOutcome::Superseded(b),
                     other => {
                         Stats::bump(&self.stats.replicate_failures);
                         tracing::debug!(session = %id, backup = %b, "REPLICATE failed: {other:?}");
@@ -905,6 +936,9 @@ impl Node {
                         }
                     }
                 }
+            }
+            if let Some(to) = superseded {
+                return RoundOutcome::Superseded { to, placed: holders };
             }
         }
         RoundOutcome::Done(Backups {
@@ -986,6 +1020,34 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             let _ = node.replicate(id, &[]).await;
+        });
+    }
+
+    /// Fences an abandoned copy: tells the nodes that may hold this node's copy of `id`
+    /// under `generation` to drop it (they keep a fence), in the background. Why: this node
+    /// learned that another owner is newer, so its copy (which may carry writes it never
+    /// acknowledged, and lack the newer owner's) must never be promoted by a failover.
+    /// A node that cannot be told keeps its copy until it expires or a newer owner's
+    /// REPLICATE replaces it.
+    fn spawn_fence(&self, id: SessionId, generation: u64, nodes: Vec<SocketAddr>) {
+        if nodes.is_empty() {
+            return;
+        }
+        let (peers, timeout) = (self.peers.clone(), self.config.peer_timeout);
+        // Not tracked by the shutdown tracker: bounded by the peer timeout.
+        tokio::spawn(async move {
+            let deadline = Instant::now() + timeout;
+            futures_util::future::join_all(nodes.into_iter().map(|b| {
+                peers.request(
+                    b,
+                    PeerMessage::Drop {
+                        session_id: id,
+                        generation,
+                    },
+                    deadline,
+                )
+            }))
+            .await;
         });
     }
 

@@ -460,8 +460,10 @@ impl Peers {
         let mut framed = Framed::new(stream, FrameCodec::new(self.config.limits.max_frame_len));
         let cfg = &self.config;
         let (dialler, hello) = Dialler::start(cfg.keys.clone(), cfg.node_id, cfg.advertise);
+        // Request ids 1 and 2, as in protocol.md's example: 0 means "about the connection"
+        // (2.4), and an acceptor's AUTH_FAILED echoes the id it answers.
         framed
-            .send((0, hello))
+            .send((1, hello))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
         let challenge = self.read_handshake(&mut framed).await?;
@@ -486,7 +488,7 @@ impl Peers {
             }
         };
         framed
-            .send((0, proof))
+            .send((2, proof))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
         match self.read_handshake(&mut framed).await? {

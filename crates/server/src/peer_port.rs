@@ -54,7 +54,7 @@ pub(crate) async fn accept_loop(
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             Stats::bump(&node.stats.peer_handshakes_refused);
             tasks.spawn(async move {
-                let err = ErrorReply::new(
+                let err = handshake_error(
                     ErrorCode::TooManyConnections,
                     "too many peer connections in the handshake",
                 );
@@ -88,6 +88,25 @@ async fn read_frame(
             return Ok(Ok(None));
         }
     }
+}
+
+/// Longest ERROR message sent before the handshake is complete: the dialler may read our
+/// frames with the handshake limit too, and an ERROR frame's length is 20 + message bytes
+/// (protocol.md 9.2), so the message is at most 115 - 20 = 95 bytes.
+const MAX_HANDSHAKE_ERROR_MESSAGE: usize = MAX_HANDSHAKE_FRAME_LEN as usize - 20;
+
+/// An ERROR for a connection still in the handshake, its message cut (at a character
+/// boundary) to [`MAX_HANDSHAKE_ERROR_MESSAGE`] bytes.
+fn handshake_error(code: ErrorCode, why: impl Into<String>) -> ErrorReply {
+    let mut why = why.into();
+    if why.len() > MAX_HANDSHAKE_ERROR_MESSAGE {
+        let mut end = MAX_HANDSHAKE_ERROR_MESSAGE;
+        while !why.is_char_boundary(end) {
+            end -= 1;
+        }
+        why.truncate(end);
+    }
+    ErrorReply::new(code, why)
 }
 
 async fn refuse(stream: &mut TcpStream, request_id: u64, err: ErrorReply) -> std::io::Result<()> {
@@ -127,11 +146,18 @@ async fn handshake(
     input: &mut BytesMut,
 ) -> std::io::Result<Option<PeerIdentity>> {
     let limits = &node.config.limits;
-    let failed = |why: String| ErrorReply::new(ErrorCode::AuthFailed, why);
+    // Until AUTH_PROOF verifies, every frame that is not the next handshake message gets
+    // AUTH_FAILED, whatever its opcode (protocol.md 2.5): an unauthenticated peer learns
+    // nothing about which opcodes exist.
+    let failed = |why: String| handshake_error(ErrorCode::AuthFailed, why);
     let frame = match read_frame(stream, input, MAX_HANDSHAKE_FRAME_LEN).await? {
         Ok(Some(f)) => f,
         Ok(None) => return Ok(None),
-        Err(e) => return refuse(stream, 0, e).await.map(|_| None),
+        Err(e) => {
+            return refuse(stream, 0, handshake_error(e.code, e.message))
+                .await
+                .map(|_| None)
+        }
     };
     let hello = match PeerMessage::decode_frame(&frame, limits) {
         Ok(m @ PeerMessage::AuthHello { .. }) => m,
@@ -167,7 +193,11 @@ async fn handshake(
     let frame = match read_frame(stream, input, MAX_HANDSHAKE_FRAME_LEN).await? {
         Ok(Some(f)) => f,
         Ok(None) => return Ok(None),
-        Err(e) => return refuse(stream, 0, e).await.map(|_| None),
+        Err(e) => {
+            return refuse(stream, 0, handshake_error(e.code, e.message))
+                .await
+                .map(|_| None)
+        }
     };
     let proof = match PeerMessage::decode_frame(&frame, limits) {
         Ok(PeerMessage::Error(e)) => {
@@ -242,7 +272,7 @@ async fn serve_peer(
             return refuse(
                 &mut stream,
                 0,
-                ErrorReply::new(ErrorCode::Timeout, "handshake not completed in time"),
+                handshake_error(ErrorCode::Timeout, "handshake not completed in time"),
             )
             .await;
         }
@@ -256,8 +286,14 @@ async fn serve_peer(
             let frame = match decode_frame(&mut input, limits.max_frame_len) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => return refuse(&mut stream, 0, ErrorReply::new(e.code(), e.to_string())).await,
+                Err(e) => {
+                    // Replies to the requests before the bad frame go out first.
+                    send(node, &mut stream, &out, &mut shutdown).await?;
+                    return refuse(&mut stream, 0, ErrorReply::new(e.code(), e.to_string())).await;
+                }
             };
+            // Any invalid frame ends the link, LIMIT_EXCEEDED included (protocol.md 2.5):
+            // the nodes of a cluster share their limits, so a peer over one is broken.
             let msg = match PeerMessage::decode_frame(&frame, limits) {
                 Ok(m) => m,
                 Err(e) => {

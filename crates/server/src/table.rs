@@ -215,6 +215,10 @@ pub enum Entry {
         until_ms: u64,
         /// The transfer id with which this node had received the session (0: created here).
         received: u64,
+        /// This node gave the session up to `to` without handing it a copy (a holder named
+        /// `to` as a newer owner): whatever `to` hands back is newer than anything this
+        /// node had, whatever its transfer id (claims from two lineages can share one).
+        yielded: bool,
     },
     /// This node held a backup copy from `owner` under `generation` and was told (DROP)
     /// that the session moved on or ended: a *fence*. Copies from `owner` at `generation` or
@@ -804,6 +808,7 @@ impl Table {
                         to: h.to,
                         until_ms: h.live.meta().expires_at_ms().max(now + 1),
                         received: h.live.received,
+                        yielded: false,
                     };
                     let to = h.to;
                     self.replace(shard, r.value_mut(), t);
@@ -867,6 +872,7 @@ impl Table {
                     to: requester,
                     until_ms: h.live.meta().expires_at_ms().max(now + 1),
                     received: h.live.received,
+                    yielded: false,
                 }
             }
             _ => return None,
@@ -888,17 +894,19 @@ impl Table {
     /// cluster's total, and refusing it would strand the data mid-handover. A destroyed
     /// tombstone here wins (nothing is resurrected).
     pub fn install(&self, record: &SessionRecord, transfer: u64, now: u64) -> Result<bool, Miss> {
-        self.install_as(record, transfer, Landing::Owner(&[]), now)
+        self.install_as(record, transfer, None, Landing::Owner(&[]), now)
     }
 
     /// [`Table::install`], saying what the copy becomes: a live session with these backups
     /// (which already hold it: the new owner replicates *before* it installs, so nothing
     /// is ever served here unprotected, and a reply's token names every backup), or, when
     /// a backup said a newer owner has the session, a forwarding tombstone to it.
+    /// `giver` is the node the copy came from (`None`: claimed here).
     pub fn install_as(
         &self,
         record: &SessionRecord,
         transfer: u64,
+        giver: Option<SocketAddr>,
         landing: Landing<'_>,
         now: u64,
     ) -> Result<bool, Miss> {
@@ -917,6 +925,7 @@ impl Table {
                 to,
                 until_ms: live.meta().expires_at_ms().max(now + 1),
                 received: transfer,
+                yielded: true,
             },
         };
         tracing::debug!(session = %id, version = record.meta.version, transfer, "install");
@@ -934,6 +943,11 @@ impl Table {
                 // a second owner.
                 let known = match o.get() {
                     Entry::Destroyed { until_ms } if now < *until_ms => return Err(Miss::NotFound),
+                    // We gave the session up to the giver without handing it a copy: its
+                    // copy is the newer one, whatever its transfer id.
+                    Entry::Forwarded {
+                        to, yielded: true, ..
+                    } if Some(*to) == giver => 0,
                     e => e.known_generation(),
                 };
                 if transfer <= known {
@@ -1123,6 +1137,7 @@ impl Table {
                 to,
                 received,
                 until_ms,
+                ..
             } if now < *until_ms && *received >= generation && *to != owner => return Dropped::Newer(*to),
             Entry::Fenced {
                 owner: by,
@@ -1181,6 +1196,7 @@ impl Table {
                 to,
                 until_ms: l.meta().expires_at_ms().max(now + 1),
                 received: l.received,
+                yielded: true,
             },
             _ => return false,
         };
@@ -1476,7 +1492,7 @@ mod tests {
         } = u.promote_local(&own, a.advertised, me, 3).unwrap();
         assert_eq!(gen, 5);
         assert!(u
-            .install_as(&rec, gen, Landing::Owner(&[b.advertised]), 3)
+            .install_as(&rec, gen, None, Landing::Owner(&[b.advertised]), 3)
             .unwrap());
         assert_eq!(u.last_received(&own), 5);
         assert_eq!(&*u.get(&own, &[], 3).unwrap().backups, &[b.advertised]);

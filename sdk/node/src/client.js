@@ -26,9 +26,9 @@ export class Session {
   get version() { return this.meta.version; }
 
   /** When the session ends unless used again (Unix ms): the idle deadline, capped by the
-   * absolute deadline if there is one. */
+   * absolute deadline if there is one. Saturates at Number.MAX_SAFE_INTEGER ("never"). */
   get expiresAtMs() {
-    const idle = this.meta.lastAccessMs + this.meta.idleTtlMs;
+    const idle = Math.min(this.meta.lastAccessMs + this.meta.idleTtlMs, Number.MAX_SAFE_INTEGER);
     return this.meta.absoluteDeadlineMs ? Math.min(idle, this.meta.absoluteDeadlineMs) : idle;
   }
 
@@ -43,7 +43,8 @@ export class Session {
 function ms(d, what) {
   if (d == null) return 0;
   if (typeof d !== 'number' || !Number.isFinite(d) || d < 0) throw new TypeError(`${what} must be a non-negative number of milliseconds`);
-  return Math.max(1, Math.round(d));
+  // Up to 2^53 - 1 ms: longer means "never" just the same (protocol.md section 4).
+  return Math.min(Math.max(1, Math.round(d)), Number.MAX_SAFE_INTEGER);
 }
 
 function value(v, name) {

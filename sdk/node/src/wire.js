@@ -149,6 +149,13 @@ export class Reader {
     }
     return Number(v);
   }
+  /** A u64 duration or deadline as a Number: values over 2^53 - 1 ms (about 285,000 years)
+   * mean "never" and are held as Number.MAX_SAFE_INTEGER, as deadline sums saturate
+   * (protocol.md section 4). A node sends 2^64 - 1 for an endless idle TTL or lifetime. */
+  u64Saturating() {
+    const v = this.take(8).readBigUInt64BE(0);
+    return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v);
+  }
   raw(n) { return Buffer.from(this.take(n)); }
 
   present() {
@@ -204,8 +211,8 @@ export class Reader {
       version: this.u64(),
       createdMs: this.u64(),
       lastAccessMs: this.u64(),
-      idleTtlMs: this.u64(),
-      absoluteDeadlineMs: this.u64(),
+      idleTtlMs: this.u64Saturating(),
+      absoluteDeadlineMs: this.u64Saturating(),
     };
   }
 

@@ -229,3 +229,46 @@ describe('failures are bounded and typed', () => {
     assert.equal(e.name, 'SessionNotFound');
   });
 });
+
+// protocol.md section 4: deadline sums saturate. A session made (by any client) with an
+// idle TTL and lifetime of 2^64 - 1 ms is served to this client like any other, its
+// times held as Number.MAX_SAFE_INTEGER ("never"), not refused.
+test('endless TTLs and lifetimes saturate instead of failing', async () => {
+  const { Op, encodeFrame, splitFrame, decodeReply } = await import('../src/wire.js');
+  const cluster = await Cluster.start(1);
+  try {
+    const [host, port] = [cluster.clients[0].replace(/:\d+$/, ''), Number(cluster.clients[0].split(':').pop())];
+    // CREATE built by hand (the SDK's writer refuses u64s over 2^53 - 1): idle_ttl_ms and
+    // max_lifetime_ms ff x 8, attributes user = alice.
+    const body = Buffer.concat([
+      Buffer.alloc(16, 0xff),
+      Buffer.from([0, 1, 0, 4]), Buffer.from('user'), Buffer.from([0, 0, 0, 5]), Buffer.from('alice'),
+    ]);
+    const opcode = Op.CREATE;
+    const sock = net.connect(port, host);
+    const reply = await within(10_000, new Promise((resolve, reject) => {
+      let buf = Buffer.alloc(0);
+      sock.on('error', reject);
+      sock.on('data', (d) => {
+        buf = Buffer.concat([buf, d]);
+        const got = splitFrame(buf, 1 << 20);
+        if (got) resolve(decodeReply(got.frame));
+      });
+      sock.write(encodeFrame(opcode, 1, body));
+    }));
+    sock.destroy();
+    assert.equal(reply.type, 'session');
+    assert.equal(reply.meta.idleTtlMs, Number.MAX_SAFE_INTEGER);
+    assert.equal(reply.meta.absoluteDeadlineMs, Number.MAX_SAFE_INTEGER);
+    const client = new Client(cluster.clients[0], { timeout: 5000 });
+    const s = await client.get(reply.token);
+    assert.equal(s.text('user'), 'alice');
+    assert.equal(s.meta.idleTtlMs, Number.MAX_SAFE_INTEGER);
+    assert.equal(s.expiresAtMs, Number.MAX_SAFE_INTEGER);
+    const endless = await client.create({}, { idleTtl: 1e300 });
+    assert.equal(endless.meta.idleTtlMs, Number.MAX_SAFE_INTEGER);
+    client.close();
+  } finally {
+    await cluster.stop();
+  }
+});

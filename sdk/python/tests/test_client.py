@@ -83,6 +83,21 @@ def test_lifecycle(client: Client) -> None:
     client.destroy(r.token, missing_ok=True)
 
 
+def test_endless_durations_saturate(client: Client) -> None:
+    """protocol.md section 4: deadlines saturate at 2**64 - 1; an endless TTL or lifetime
+    goes on the wire as that, and the session is served like any other."""
+    top = 2**64 - 1
+    s = client.create({"user": "alice"}, idle_ttl=float("inf"), max_lifetime=float("inf"))
+    assert s.idle_ttl_ms == top and s.absolute_deadline_ms == top
+    assert s.expires_at_ms == top
+    assert client.get(s.token).attributes == {"user": b"alice"}
+    s = client.create({}, idle_ttl=1e30)
+    assert s.idle_ttl_ms == top and s.absolute_deadline_ms == 0 and s.expires_at_ms == top
+    with pytest.raises(ValueError):
+        client.create({}, idle_ttl=float("nan"))
+    assert SessionMeta(1, 0, 5, top, 0).deadline_ms == top
+    assert SessionMeta(1, 0, 5, top, 7).deadline_ms == 7
+
 def test_compare_and_set(client: Client) -> None:
     s = client.create({"n": b"0"})
     client.set(s.token, {"n": b"1"}, if_version=1)

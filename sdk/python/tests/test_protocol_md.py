@@ -88,7 +88,7 @@ CLIENT_RESPONSES = {
     "session_get": (4, SessionReply(None, meta(1, CREATED + 60_000), {"user": b"alice"})),
     "session_set": (6, SessionReply(None, meta(2, CREATED + 120_000), {})),
     "done": (9, Done()),
-    "stats_reply": (10, StatsReply([("sessions", 1), ("copies_in", 0)])),
+    "stats_reply": (10, StatsReply([("sessions", 1), ("copies_received", 0)])),
     "error_version_conflict": (6, ErrorReply(302, "expected version 1, session is at 2")),
     "error_bad_crc": (0, ErrorReply(101, "CRC32 mismatch")),
 }
@@ -335,7 +335,7 @@ def _b64url_decode_strict(s: str) -> bytes:
 def test_token_examples(name: str) -> None:
     text = EXAMPLES[("token", name)].strip()
     key_id, sid, owner, backups = TOKENS[name]
-    assert len(text) <= 124
+    assert len(text) <= 123
     raw = _b64url_decode_strict(text)
     assert raw[0] == 1 and raw[1] == key_id
     body, tag = raw[:-16], raw[-16:]

@@ -49,6 +49,8 @@ pub struct SimOptions {
     pub crash: bool,
     /// Whether processes may be paused.
     pub pauses: bool,
+    /// Whether the network loses, duplicates and delays messages (besides cuts).
+    pub weather: bool,
     /// Whether to inject faults at all (without: a quiet cluster, which must promote
     /// nothing and report nothing missing).
     pub faults: bool,
@@ -64,6 +66,7 @@ impl Default for SimOptions {
             chaos: Duration::from_secs(8),
             crash: true,
             pauses: true,
+            weather: true,
             faults: true,
         }
     }
@@ -104,9 +107,11 @@ pub fn simulate(seed: u64, opts: &SimOptions) -> Report {
     };
     let report = rt.block_on(async {
         crate::clock::sim::set(1_800_000_000_000);
+        sessync_proto::sim_ids::seed(seed);
         run(seed, opts).await
     });
     crate::clock::sim::clear();
+    sessync_proto::sim_ids::clear();
     drop(rt);
     report
 }
@@ -165,7 +170,7 @@ async fn run(seed: u64, opts: &SimOptions) -> Report {
         max_delay: Duration::from_micros([200, 2_000, 20_000][rng.gen_range(0..3)]),
         spike: [0.0, 0.001, 0.01][rng.gen_range(0..3)],
     };
-    let weather = if opts.faults {
+    let weather = if opts.faults && opts.weather {
         weather
     } else {
         Weather {

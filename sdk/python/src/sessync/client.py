@@ -44,6 +44,11 @@ class Session:
     The one rule of the token: after every call, store ``token`` (in the user's cookie) in
     place of the one you passed. It differs (``token_changed``) after ``create`` and
     ``rotate`` and whenever the session moved to the node that served the request.
+
+    An error carries no token: keep the one you have, even if the failed call moved the
+    session (nodes follow stale tokens). With several calls for one session in flight (a
+    pipeline, threads), each may return a different token; every one of them works, and
+    the one returned last is the one to keep (protocol.md section 5).
     """
 
     #: The token to keep from now on.
@@ -85,12 +90,15 @@ class Session:
 
 
 def _ms(d: Optional[Duration]) -> int:
-    """Milliseconds for the wire: 0 = the node's default, else at least 1."""
+    """Milliseconds for the wire: 0 = the node's default, else at least 1, at most 2**64 - 1
+    (a longer duration means "never", as the node's saturating deadlines do)."""
     if d is None:
         return 0
     seconds = d.total_seconds() if isinstance(d, datetime.timedelta) else float(d)
-    if seconds < 0:
-        raise ValueError("durations must not be negative")
+    if seconds != seconds or seconds < 0:
+        raise ValueError("durations must be numbers, not negative")
+    if seconds * 1000 >= 0xFFFF_FFFF_FFFF_FFFF:
+        return 0xFFFF_FFFF_FFFF_FFFF
     return max(1, int(round(seconds * 1000)))
 
 

@@ -322,8 +322,9 @@ class SessionMeta:
 
     @property
     def deadline_ms(self) -> int:
-        """When the session expires: idle deadline, capped by the absolute one if any."""
-        idle = self.last_access_ms + self.idle_ttl_ms
+        """When the session expires: idle deadline, capped by the absolute one if any. The
+        sum saturates at 2**64 - 1 like every deadline of protocol.md section 4."""
+        idle = min(self.last_access_ms + self.idle_ttl_ms, 0xFFFF_FFFF_FFFF_FFFF)
         if self.absolute_deadline_ms:
             return min(idle, self.absolute_deadline_ms)
         return idle

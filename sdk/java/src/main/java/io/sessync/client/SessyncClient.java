@@ -386,7 +386,12 @@ public final class SessyncClient implements AutoCloseable {
         if (d.isNegative()) {
             throw new IllegalArgumentException("durations must not be negative");
         }
-        return Math.max(1, d.toMillis());
+        try {
+            return Math.max(1, d.toMillis());
+        } catch (ArithmeticException tooLong) {
+            // Over Long.MAX_VALUE ms: "never" just the same (deadlines saturate, protocol.md 4).
+            return Long.MAX_VALUE;
+        }
     }
 
     // ---- async API -------------------------------------------------------------------------

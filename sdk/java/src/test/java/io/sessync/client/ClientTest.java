@@ -49,6 +49,18 @@ class ClientTest {
         return s.getBytes(UTF_8);
     }
 
+    /** protocol.md section 4: deadlines saturate; an endless TTL and lifetime are served. */
+    @Test
+    void endlessDurationsSaturate() {
+        Duration forever = Duration.ofSeconds(Long.MAX_VALUE);
+        Session s = a.create(Map.of("user", v("alice")), forever, forever);
+        assertEquals(Long.MAX_VALUE, s.meta().idleTtlMs());
+        assertEquals(Long.MAX_VALUE, s.meta().deadlineMs());
+        Session got = a.get(s.token());
+        assertArrayEquals(v("alice"), got.attributes().get("user"));
+        assertEquals(Long.MAX_VALUE, got.meta().deadlineMs());
+    }
+
     @Test
     void createGetSetTouchRotateDestroy() {
         Session s = a.create(Map.of("user", v("alice")), Duration.ofMinutes(10), Duration.ofHours(1));

@@ -102,7 +102,7 @@ class ProtocolMdTest {
     static {
         Map<String, Long> counters = new LinkedHashMap<>();
         counters.put("sessions", 1L);
-        counters.put("copies_in", 0L);
+        counters.put("copies_received", 0L);
         RESPONSES = Map.of(
                 "hello_ok", new Expected(1, new Wire.HelloOk(1, "sessync/0.1.0", 4194304)),
                 "pong", new Expected(2, new Wire.Pong("ping".getBytes(UTF_8))),
