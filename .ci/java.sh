@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(openjdk-17-jdk-headless libtomcat10-embed-java libtomcat10-java junit5)
+# openssl: the TLS tests make their certificates with it.
+packages=(openjdk-17-jdk-headless libtomcat10-embed-java libtomcat10-java junit5 openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -11,6 +11,15 @@ command -v npm >/dev/null || { echo "npm is missing" >&2; exit 1; }
 major="$(node -p 'process.versions.node.split(".")[0]')"
 [ "$major" -ge 20 ] || { echo "Node.js 20 or later is needed, found $(node --version)" >&2; exit 1; }
 
+# The TLS tests make their certificates with the openssl command.
+if ! command -v openssl >/dev/null; then
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  echo "== installing openssl"
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends openssl >/dev/null
+fi
+
 if [ -z "${SESSYNC_BIN:-}" ]; then
   if [ ! -x target/debug/sessync ]; then
     cargo build --bin sessync

@@ -14,7 +14,8 @@ venv="$(mktemp -d "${TMPDIR:-/tmp}/sessync-py.XXXXXX")"
 trap 'rm -rf "$venv"' EXIT
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./sdk/python flask django pytest
+# cryptography makes the TLS tests' certificates (the SDK itself needs only the standard library).
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./sdk/python flask django pytest cryptography
 
 export SESSYNC_BIN="$PWD/target/debug/sessync"
 status=0

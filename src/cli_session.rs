@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use clap::{Args, Subcommand};
-use sessync_client::{Attributes, Bytes, Client, ClientConfig, Session, Write};
+use sessync_client::{Attributes, Bytes, Client, ClientConfig, ClientError, Session, TlsOptions, Write};
 
 use crate::failure::Failure;
 
@@ -22,6 +22,23 @@ pub(crate) struct Connection {
     /// Print one JSON object instead of text (errors too).
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// Connect over TLS, trusting this CA (PEM) for the node's certificate.
+    #[arg(long, global = true, env = "SESSYNC_NODE_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) to present, for a node with --client-tls-ca.
+    #[arg(long, global = true, env = "SESSYNC_NODE_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "SESSYNC_NODE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The name the node's certificate must carry (default: the --node IP address).
+    #[arg(
+        long,
+        global = true,
+        env = "SESSYNC_NODE_TLS_SERVER_NAME",
+        requires = "tls_ca"
+    )]
+    tls_server_name: Option<String>,
 }
 
 /// `sessync session`.
@@ -115,15 +132,39 @@ fn parse_pairs(pairs: &[String]) -> Result<Attributes, Failure> {
     Ok(attrs)
 }
 
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path)
+        .map_err(|e| ClientError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))
+}
+
 async fn connect(conn: &Connection) -> Result<Client, Failure> {
+    open(conn).await.map_err(|e| Failure::connecting(conn.node, e))
+}
+
+async fn open(conn: &Connection) -> Result<Client, ClientError> {
+    let tls = match &conn.tls_ca {
+        None => None,
+        Some(ca) => {
+            let ca = read(ca)?;
+            let cert = match (&conn.tls_cert, &conn.tls_key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            };
+            let name = conn
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| conn.node.ip().to_string());
+            let cert = cert.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
+            Some(TlsOptions::from_pem(&ca, cert, &name)?)
+        }
+    };
     let config = ClientConfig {
         password: conn.password.clone(),
         client_name: concat!("sessync-cli/", env!("CARGO_PKG_VERSION")).into(),
+        tls,
         ..ClientConfig::default()
     };
-    Client::connect(conn.node, config)
-        .await
-        .map_err(|e| Failure::connecting(conn.node, e))
+    Client::connect(conn.node, config).await
 }
 
 /// A value as JSON: the UTF-8 string where valid, else `{"base64": "..."}`.

@@ -3,6 +3,7 @@
 mod cli_session;
 mod failure;
 mod secret;
+mod trial_certs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use sessync_server::{BackupPolicy, EvictPolicy, NodeConfig};
+use sessync_server::{BackupPolicy, EvictPolicy, NodeConfig, TlsFiles};
 
 /// Web sessions that follow the user across a cluster.
 #[derive(Parser, Debug)]
@@ -36,7 +37,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one node.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Talk to a node: create, read, write and end sessions.
     Session(cli_session::SessionArgs),
     /// Print a node's counters, uptime, version, node id, addresses and peer links.
@@ -63,6 +64,10 @@ struct ClusterArgs {
     /// Backup copies of each session (0, 1 or 2; at most nodes - 1).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     replicas: u8,
+    /// TLS everywhere: generate a throw-away CA and node certificates (removed at exit);
+    /// peer links use mutual TLS and the client ports TLS.
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +153,43 @@ struct NodeArgs {
     /// What a write does when fewer than --replicas backups can be had.
     #[arg(long, env = "SESSYNC_ON_NO_BACKUP", value_enum, default_value = "refuse")]
     on_no_backup: OnNoBackup,
+    /// This node's certificate chain (PEM) for peer links; it must name the node's
+    /// advertised IP address (subjectAltName). Re-read on SIGHUP and every 60 s.
+    #[arg(long, env = "SESSYNC_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "SESSYNC_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers' certificates must chain to it.
+    #[arg(long, env = "SESSYNC_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS on peer links; default: required when --tls-cert is given, else off.
+    #[arg(long, env = "SESSYNC_PEER_TLS", value_enum)]
+    peer_tls: Option<PeerTls>,
+    /// Certificate chain (PEM) for TLS on the client port (plain text without it).
+    #[arg(long, env = "SESSYNC_CLIENT_TLS_CERT", requires = "client_tls_key")]
+    client_tls_cert: Option<PathBuf>,
+    /// The private key of --client-tls-cert (PEM).
+    #[arg(long, env = "SESSYNC_CLIENT_TLS_KEY", requires = "client_tls_cert")]
+    client_tls_key: Option<PathBuf>,
+    /// CA (PEM) that clients' certificates must chain to: clients must then present one.
+    #[arg(long, env = "SESSYNC_CLIENT_TLS_CA", requires = "client_tls_cert")]
+    client_tls_ca: Option<PathBuf>,
+    /// Longest wait imposed on an address after failed authentications (HELLO passwords,
+    /// peer handshakes): it doubles from 1 ms per failure in a row up to this.
+    #[arg(long, env = "SESSYNC_AUTH_BACKOFF_MAX", default_value = "2s", value_parser = humantime::parse_duration)]
+    auth_backoff_max: Duration,
+    /// Most connections from one IP address that have not authenticated yet.
+    #[arg(long, env = "SESSYNC_MAX_UNAUTHENTICATED", default_value_t = 64)]
+    max_unauthenticated: usize,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerTls {
+    /// Every peer link is mutual TLS 1.3; peers without a certificate from --tls-ca are refused.
+    Required,
+    /// Plain-text peer links (a private network or a tunnel).
+    Off,
 }
 
 /// Parses a byte size: a number with an optional K, M, G or T suffix (powers of 1024).
@@ -202,6 +244,30 @@ fn termination() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// SIGHUP: re-read the TLS files.
+#[cfg(unix)]
+fn reload_signal() -> Result<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup()).context("installing the SIGHUP handler")
+}
+
+/// No SIGHUP here: the TLS files are re-read on the timer only.
+#[cfg(not(unix))]
+fn reload_signal() -> Result<NoSignal> {
+    Ok(NoSignal)
+}
+
+/// A signal that never comes.
+#[cfg(not(unix))]
+struct NoSignal;
+
+#[cfg(not(unix))]
+impl NoSignal {
+    async fn recv(&mut self) -> Option<()> {
+        std::future::pending().await
+    }
+}
+
 /// Resolves on Ctrl-C.
 #[cfg(not(unix))]
 fn termination() -> Result<impl std::future::Future<Output = ()>> {
@@ -251,7 +317,34 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         OnNoBackup::Refuse => BackupPolicy::Refuse,
         OnNoBackup::Degrade => BackupPolicy::Degrade,
     };
+    let peer_tls = args.peer_tls.unwrap_or(if args.tls_cert.is_some() {
+        PeerTls::Required
+    } else {
+        PeerTls::Off
+    });
+    config.peer_tls = match (peer_tls, args.tls_cert, args.tls_key, args.tls_ca) {
+        (PeerTls::Off, ..) => None,
+        (PeerTls::Required, Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+            cert,
+            key,
+            ca: Some(ca),
+        }),
+        (PeerTls::Required, ..) => {
+            anyhow::bail!("--peer-tls required needs --tls-cert, --tls-key and --tls-ca")
+        }
+    };
+    config.client_tls = match (args.client_tls_cert, args.client_tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert,
+            key,
+            ca: args.client_tls_ca,
+        }),
+        _ => None,
+    };
+    config.auth_backoff_max = args.auth_backoff_max;
+    config.max_unauthenticated_per_address = args.max_unauthenticated;
     let stop = termination()?;
+    let mut reload = reload_signal()?;
     let handle = sessync_server::start(config).await?;
     let http = handle
         .http_addr()
@@ -270,7 +363,27 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         handle.client_addr(),
         handle.peer_addr()
     );
-    stop.await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = reload.recv() => {
+                let results = handle.reload_tls();
+                if results.is_empty() {
+                    tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+                }
+                for r in results {
+                    match r {
+                        Ok(sessync_server::Reload::Replaced { subject }) => {
+                            tracing::info!("SIGHUP: TLS certificate replaced by {subject}; new connections use it")
+                        }
+                        Ok(sessync_server::Reload::Unchanged) => tracing::info!("SIGHUP: TLS files unchanged"),
+                        Err(e) => tracing::warn!("SIGHUP: TLS files not reloaded (the certificate in use stays): {e}"),
+                    }
+                }
+            }
+        }
+    }
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     let clean = handle.shutdown(Duration::from_secs(10)).await;
     if !clean {
@@ -299,6 +412,11 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
     let peers = (0..args.nodes)
         .map(|i| port(100, i))
         .collect::<Result<Vec<_>>>()?;
+    let certs = if args.tls {
+        Some(trial_certs::generate(usize::from(args.nodes)).context("generating certificates")?)
+    } else {
+        None
+    };
     let mut handles = Vec::new();
     for i in 0..args.nodes {
         let mut config = NodeConfig::new(port(0, i)?, port(100, i)?, keys.clone());
@@ -306,6 +424,11 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
         config.idle_ttl = args.idle_ttl;
         config.peers = peers.clone();
         config.replicas = args.replicas;
+        if let Some(c) = &certs {
+            let files = c.nodes[usize::from(i)].clone();
+            config.peer_tls = Some(files.clone());
+            config.client_tls = Some(TlsFiles { ca: None, ..files });
+        }
         let handle = sessync_server::start(config)
             .await
             .with_context(|| format!("starting node {i}"))?;
@@ -323,6 +446,16 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
         handles.len(),
         args.replicas
     );
+    let tls_flag = match &certs {
+        Some(c) => {
+            println!(
+                "TLS: mutual TLS 1.3 between nodes and TLS on the client ports, under a throw-away CA in {}",
+                c.dir.display()
+            );
+            format!(" --tls-ca {}", c.ca.display())
+        }
+        None => String::new(),
+    };
     for (i, h) in handles.iter().enumerate() {
         let http = h
             .http_addr()
@@ -342,8 +475,8 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
     println!();
     println!("Try it (in another terminal, from this checkout; or `cargo install --path .` once and");
     println!("use `sessync` instead of `cargo run --release --`):");
-    println!("  TOKEN=$(cargo run --release -q -- session create --node {a} user=alice)");
-    println!("  cargo run --release -q -- session get --node {b} \"$TOKEN\"    # copied to the other node, new token printed");
+    println!("  TOKEN=$(cargo run --release -q -- session create --node {a}{tls_flag} user=alice)");
+    println!("  cargo run --release -q -- session get --node {b}{tls_flag} \"$TOKEN\"    # copied to the other node, new token printed");
     println!();
     println!("Ctrl-C stops every node.");
     stop.await;
@@ -351,6 +484,7 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
         let clean = h.shutdown(Duration::from_secs(5)).await;
         tracing::info!(node = i, clean, "node stopped");
     }
+    drop(certs);
     Ok(())
 }
 
@@ -389,7 +523,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Node(args) => run_node(args).await.map(|_| std::process::ExitCode::SUCCESS),
+            Command::Node(args) => run_node(*args).await.map(|_| std::process::ExitCode::SUCCESS),
             Command::Session(args) => {
                 let json = args.json();
                 client_command(json, cli_session::run_session(args).await)

@@ -246,8 +246,38 @@ struct Pending {
 
 const NO_SLOT: usize = usize::MAX;
 
+/// TLS to sessync nodes' client ports (`--tls-ca`): set once before any connection.
+static SESSYNC_TLS: std::sync::OnceLock<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)> =
+    std::sync::OnceLock::new();
+
+/// Makes every later connection to a sessync node use TLS 1.3, trusting the PEM CA in
+/// `ca` and checking `server_name`.
+pub(crate) fn use_tls(ca: &std::path::Path, server_name: &str) -> anyhow::Result<()> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())?;
+    let _ = SESSYNC_TLS.set((
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+        name,
+    ));
+    Ok(())
+}
+
+/// A connection, plain or TLS.
+type Stream = tokio_util::either::Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     pending: Vec<Pending>,
@@ -258,12 +288,21 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr) -> anyhow::Result<Conn> {
+    async fn open(addr: SocketAddr, sessync: bool) -> anyhow::Result<Conn> {
         let stream = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
             .await
             .with_context(|| format!("connecting to {addr}: timed out"))?
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
+        let stream = match SESSYNC_TLS.get() {
+            Some((connector, name)) if sessync => tokio_util::either::Either::Right(
+                tokio::time::timeout(IO_TIMEOUT, connector.connect(name.clone(), stream))
+                    .await
+                    .with_context(|| format!("TLS to {addr}: timed out"))?
+                    .with_context(|| format!("TLS to {addr}"))?,
+            ),
+            _ => tokio_util::either::Either::Left(stream),
+        };
         Ok(Conn {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
@@ -278,9 +317,12 @@ impl Conn {
 
     async fn flush(&mut self) -> anyhow::Result<()> {
         if !self.wbuf.is_empty() {
-            tokio::time::timeout(IO_TIMEOUT, self.stream.write_all(&self.wbuf))
-                .await
-                .context("write timed out")??;
+            tokio::time::timeout(IO_TIMEOUT, async {
+                self.stream.write_all(&self.wbuf).await?;
+                self.stream.flush().await
+            })
+            .await
+            .context("write timed out")??;
             self.bytes_out += self.wbuf.len() as u64;
             self.wbuf.clear();
         }
@@ -397,7 +439,7 @@ impl Worker {
         for (i, addr) in addrs.iter().enumerate() {
             let needed = i == home || (matches!(target, Target::Sessync(_)) && wl.scenario.crosses_nodes());
             conns.push(if needed {
-                Some(Conn::open(*addr).await?)
+                Some(Conn::open(*addr, matches!(target, Target::Sessync(_))).await?)
             } else {
                 None
             });

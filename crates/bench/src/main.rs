@@ -41,7 +41,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Throughput and latency of one or more scenarios.
-    Load(LoadArgs),
+    Load(Box<LoadArgs>),
     /// Memory per session: a sessync node process against Redis.
     Memory(memory::MemoryArgs),
 }
@@ -143,12 +143,19 @@ struct LoadArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Connect to the sessync nodes (given with --nodes) over TLS, trusting this CA (PEM);
+    /// Redis and echo stay plain.
+    #[arg(long, requires = "nodes")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The name the nodes' certificates must carry.
+    #[arg(long, default_value = "127.0.0.1")]
+    tls_server_name: String,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Load(args) => run_load(args),
+        Command::Load(args) => run_load(*args),
         Command::Memory(args) => servers::runtime("client", 2).and_then(|rt| rt.block_on(memory::run(args))),
     };
     match result {
@@ -176,6 +183,9 @@ fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         args.connections > 0 && args.depth > 0,
         "--connections and --depth must be positive"
     );
+    if let Some(ca) = &args.tls_ca {
+        load::use_tls(ca, &args.tls_server_name)?;
+    }
     // Servers first, each on a runtime of its own (never dropped inside another runtime).
     let cluster = if args.nodes.is_empty() {
         let max = (args.sessions * 4).max(1_000_000);

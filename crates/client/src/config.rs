@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use sessync_proto::Limits;
 
+use crate::TlsOptions;
+
 /// How a [`Client`](crate::Client) connects and how long it waits. [`Default`] gives a
 /// client for a password-less node with the protocol's default limits.
 #[derive(Debug, Clone)]
@@ -12,7 +14,7 @@ pub struct ClientConfig {
     /// the send queue, the write, the node's work and the reply (default 5 s). Past it
     /// the call fails with [`ClientError::Timeout`](crate::ClientError::Timeout).
     pub request_timeout: Duration,
-    /// How long opening a connection may take: TCP connect plus the HELLO exchange
+    /// How long opening a connection may take: TCP connect, the TLS handshake, and the HELLO exchange
     /// (default 2 s). Applies to [`Client::connect`](crate::Client::connect) and to every
     /// transparent reconnect.
     pub connect_timeout: Duration,
@@ -29,6 +31,9 @@ pub struct ClientConfig {
     /// (attribute counts, name, value, token and text lengths). Its `max_frame_len` field
     /// is not used; [`ClientConfig::max_frame_len`] is.
     pub limits: Limits,
+    /// TLS to the node's client port (for a node started with `--client-tls-cert`);
+    /// `None` (the default) for plain TCP, which is meant for loopback.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ClientConfig {
@@ -40,6 +45,7 @@ impl Default for ClientConfig {
             client_name: concat!("sessync-client-rust/", env!("CARGO_PKG_VERSION")).to_string(),
             max_frame_len: Limits::DEFAULT.max_frame_len,
             limits: Limits::DEFAULT,
+            tls: None,
         }
     }
 }

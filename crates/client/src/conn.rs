@@ -19,8 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 use sessync_proto::{client_op, decode_frame, Frame, Message, Request, Response, PROTOCOL_VERSION};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};
@@ -143,10 +142,37 @@ impl Conn {
         config: &ClientConfig,
         hello_id: u64,
     ) -> Result<Conn, ClientError> {
-        let mut stream = TcpStream::connect(addr).await?;
+        let tcp = TcpStream::connect(addr).await?;
         // Requests are small and latency-bound; batching is done by the writer task.
-        stream.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        match &config.tls {
+            None => {
+                let mut tcp = tcp;
+                let (input, node_max) = Self::hello(&mut tcp, config, hello_id).await?;
+                // Plain TCP splits without a lock between the halves.
+                let (r, w) = tcp.into_split();
+                Ok(Self::spawn(r, w, input, node_max, config))
+            }
+            Some(tls) => {
+                let mut stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                    .connect(tls.server_name.clone(), tcp)
+                    .await?;
+                let (input, node_max) = Self::hello(&mut stream, config, hello_id).await?;
+                let (r, w) = tokio::io::split(stream);
+                Ok(Self::spawn(r, w, input, node_max, config))
+            }
+        }
+    }
 
+    /// The HELLO exchange; returns what was read past HELLO_OK and the node's frame limit.
+    async fn hello<S>(
+        stream: &mut S,
+        config: &ClientConfig,
+        hello_id: u64,
+    ) -> Result<(BytesMut, u32), ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let hello = Request::Hello {
             min_version: PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
@@ -156,6 +182,7 @@ impl Conn {
         let mut out = BytesMut::new();
         hello.encode_frame(hello_id, &mut out);
         stream.write_all(&out).await?;
+        stream.flush().await?;
 
         let mut input = BytesMut::with_capacity(READ_CHUNK);
         let frame = loop {
@@ -210,7 +237,14 @@ impl Conn {
             }
         };
 
-        let (read_half, write_half) = stream.into_split();
+        Ok((input, node_max))
+    }
+
+    fn spawn<R, W>(read_half: R, write_half: W, input: BytesMut, node_max: u32, config: &ClientConfig) -> Conn
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let pending = Arc::new(Pending::default());
         let closed = CancellationToken::new();
@@ -222,12 +256,12 @@ impl Conn {
             closed.clone(),
         ));
         tokio::spawn(write_loop(write_half, rx, pending.clone(), closed.clone()));
-        Ok(Conn {
+        Conn {
             tx,
             pending,
             closed,
             max_send: config.max_frame_len.min(node_max),
-        })
+        }
     }
 
     /// Whether the connection can still carry requests.
@@ -266,8 +300,8 @@ impl Conn {
 }
 
 /// Writes queued frames, batching everything already queued into one write.
-async fn write_loop(
-    mut w: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
     mut rx: mpsc::Receiver<Bytes>,
     pending: Arc<Pending>,
     closed: CancellationToken,
@@ -310,7 +344,12 @@ async fn write_loop(
                 r
             }
         };
-        if written.is_err() {
+        // Over TLS the last records may still be buffered; plain TCP's flush is a no-op.
+        let flushed = tokio::select! {
+            _ = closed.cancelled() => break,
+            r = w.flush() => r,
+        };
+        if written.is_err() || flushed.is_err() {
             break;
         }
     }
@@ -319,8 +358,8 @@ async fn write_loop(
 }
 
 /// Reads frames and hands each to the call waiting for its request id.
-async fn read_loop(
-    mut r: OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut r: R,
     mut input: BytesMut,
     max_frame_len: u32,
     pending: Arc<Pending>,

@@ -60,6 +60,7 @@ mod config;
 mod conn;
 mod error;
 mod session;
+mod tls;
 
 pub use bytes::Bytes;
 pub use client::{Client, SetRequest};
@@ -67,3 +68,4 @@ pub use config::ClientConfig;
 pub use error::ClientError;
 pub use session::{CreateOptions, Session, Write};
 pub use sessync_proto::{Attributes, ErrorCode, Limits, SessionMeta};
+pub use tls::TlsOptions;

@@ -78,6 +78,7 @@ fn proof(
     acceptor_nonce: &[u8; NONCE_LEN],
     dialler_id: &[u8; 16],
     acceptor_id: &[u8; 16],
+    binding: Option<&[u8; BINDING_LEN]>,
 ) -> Option<[u8; PROOF_LEN]> {
     let mut mac = keys.mac(key_id)?;
     mac.update(CONTEXT);
@@ -86,6 +87,9 @@ fn proof(
     mac.update(acceptor_nonce);
     mac.update(dialler_id);
     mac.update(acceptor_id);
+    if let Some(b) = binding {
+        mac.update(b);
+    }
     Some(mac.finalize().into_bytes().into())
 }
 
@@ -95,12 +99,19 @@ fn fresh_nonce() -> [u8; NONCE_LEN] {
     n
 }
 
+/// Length of a channel binding: TLS exporter keying material with the label
+/// [`BINDING_LABEL`] and no context (protocol.md, "Transport security").
+pub const BINDING_LEN: usize = 32;
+/// The TLS exporter label both nodes use to derive the channel binding.
+pub const BINDING_LABEL: &[u8] = b"EXPORTER-sessync-peer-auth";
+
 /// The dialling side of one handshake attempt.
 #[derive(Debug)]
 pub struct Dialler {
     keys: Keyring,
     node_id: [u8; 16],
     nonce: [u8; NONCE_LEN],
+    binding: Option<[u8; BINDING_LEN]>,
 }
 
 impl Dialler {
@@ -123,7 +134,23 @@ impl Dialler {
             nonce,
             advertised,
         };
-        (Dialler { keys, node_id, nonce }, hello)
+        (
+            Dialler {
+                keys,
+                node_id,
+                nonce,
+                binding: None,
+            },
+            hello,
+        )
+    }
+
+    /// Binds both proofs to the TLS session the handshake runs in: each proof then also
+    /// covers `binding` (the session's exporter keying material), so a handshake relayed
+    /// between two TLS sessions fails. Both sides must bind, or neither.
+    pub fn with_binding(mut self, binding: [u8; BINDING_LEN]) -> Dialler {
+        self.binding = Some(binding);
+        self
     }
 
     /// Checks the acceptor's proof; on success returns who it is and the AUTH_PROOF to send.
@@ -149,6 +176,7 @@ impl Dialler {
             &nonce,
             &self.node_id,
             &node_id,
+            self.binding.as_ref(),
         )
         .ok_or(HandshakeError::UnknownKey(key_id))?;
         if !bool::from(expected.ct_eq(&theirs)) {
@@ -162,6 +190,7 @@ impl Dialler {
             &nonce,
             &self.node_id,
             &node_id,
+            self.binding.as_ref(),
         )
         .ok_or(HandshakeError::UnknownKey(key_id))?;
         Ok((
@@ -180,6 +209,7 @@ pub struct Acceptor {
     nonce: [u8; NONCE_LEN],
     peer: PeerIdentity,
     dialler_nonce: [u8; NONCE_LEN],
+    binding: Option<[u8; BINDING_LEN]>,
 }
 
 impl Acceptor {
@@ -190,7 +220,19 @@ impl Acceptor {
         advertised: SocketAddr,
         msg: PeerMessage,
     ) -> Result<(Acceptor, PeerMessage), HandshakeError> {
-        Acceptor::handle_hello_with_nonce(keys, node_id, advertised, msg, fresh_nonce())
+        Acceptor::hello(keys, node_id, advertised, msg, fresh_nonce(), None)
+    }
+
+    /// As [`Acceptor::handle_hello`], with both proofs bound to the TLS session the
+    /// handshake runs in (see [`Dialler::with_binding`]).
+    pub fn handle_hello_bound(
+        keys: Keyring,
+        node_id: [u8; 16],
+        advertised: SocketAddr,
+        msg: PeerMessage,
+        binding: [u8; BINDING_LEN],
+    ) -> Result<(Acceptor, PeerMessage), HandshakeError> {
+        Acceptor::hello(keys, node_id, advertised, msg, fresh_nonce(), Some(binding))
     }
 
     /// As [`Acceptor::handle_hello`] with a chosen nonce: for deterministic tests only.
@@ -200,6 +242,17 @@ impl Acceptor {
         advertised: SocketAddr,
         msg: PeerMessage,
         nonce: [u8; NONCE_LEN],
+    ) -> Result<(Acceptor, PeerMessage), HandshakeError> {
+        Acceptor::hello(keys, node_id, advertised, msg, nonce, None)
+    }
+
+    fn hello(
+        keys: Keyring,
+        node_id: [u8; 16],
+        advertised: SocketAddr,
+        msg: PeerMessage,
+        nonce: [u8; NONCE_LEN],
+        binding: Option<[u8; BINDING_LEN]>,
     ) -> Result<(Acceptor, PeerMessage), HandshakeError> {
         let PeerMessage::AuthHello {
             node_id: peer_id,
@@ -221,6 +274,7 @@ impl Acceptor {
             &nonce,
             &peer_id,
             &node_id,
+            binding.as_ref(),
         )
         .ok_or(HandshakeError::UnknownKey(key_id))?;
         let challenge = PeerMessage::AuthChallenge {
@@ -241,6 +295,7 @@ impl Acceptor {
                 nonce,
                 peer,
                 dialler_nonce,
+                binding,
             },
             challenge,
         ))
@@ -259,6 +314,7 @@ impl Acceptor {
             &self.nonce,
             &self.peer.node_id,
             &self.node_id,
+            self.binding.as_ref(),
         )
         .ok_or(HandshakeError::UnknownKey(self.key_id))?;
         if !bool::from(expected.ct_eq(&theirs)) {

@@ -30,7 +30,9 @@ pub use frame::{
     check_frame, decode_frame, decode_frame_slice, write_frame, Frame, CRC_LEN, HEADER_LEN,
     LENGTH_PREFIX_LEN, MIN_FRAME_LEN, PROTOCOL_VERSION,
 };
-pub use handshake::{Acceptor, Dialler, HandshakeError, PeerIdentity, MAX_HANDSHAKE_FRAME_LEN};
+pub use handshake::{
+    Acceptor, Dialler, HandshakeError, PeerIdentity, BINDING_LABEL, BINDING_LEN, MAX_HANDSHAKE_FRAME_LEN,
+};
 pub use keys::{KeyError, Keyring, MIN_SECRET_LEN};
 pub use limits::Limits;
 pub use message::{Message, OP_ERROR};

@@ -397,3 +397,32 @@ fn handshake_frames_fit_the_handshake_frame_limit_exactly() {
     }
     assert_eq!(largest, MAX_HANDSHAKE_FRAME_LEN);
 }
+
+/// Channel binding: proofs bound to the same TLS session verify; a handshake relayed
+/// between two sessions (different bindings), or bound on one side only, fails.
+#[test]
+fn bound_handshakes_need_the_same_binding_on_both_sides() {
+    let run = |dialler_binding: Option<[u8; 32]>, acceptor_binding: Option<[u8; 32]>| {
+        let (dialler, hello) = Dialler::start(single(SECRET), DIALLER_ID, dialler_addr());
+        let dialler = match dialler_binding {
+            Some(b) => dialler.with_binding(b),
+            None => dialler,
+        };
+        let (acceptor, challenge) = match acceptor_binding {
+            Some(b) => {
+                Acceptor::handle_hello_bound(single(SECRET), ACCEPTOR_ID, acceptor_addr(), wire(hello), b)
+            }
+            None => Acceptor::handle_hello(single(SECRET), ACCEPTOR_ID, acceptor_addr(), wire(hello)),
+        }?;
+        let (_, proof) = dialler.handle_challenge(wire(challenge))?;
+        acceptor.handle_proof(wire(proof))
+    };
+    assert!(run(Some([7; 32]), Some([7; 32])).is_ok());
+    assert!(run(None, None).is_ok());
+    assert!(matches!(
+        run(Some([7; 32]), Some([8; 32])),
+        Err(HandshakeError::BadProof)
+    ));
+    assert!(matches!(run(Some([7; 32]), None), Err(HandshakeError::BadProof)));
+    assert!(matches!(run(None, Some([7; 32])), Err(HandshakeError::BadProof)));
+}

@@ -17,6 +17,11 @@
 //! `NodeConfig::write_timeout` is closed, so a client that never reads gives up its
 //! connection slot (and its pending replies) instead of holding them for as long as it
 //! likes.
+//!
+//! With `--client-tls-cert` the port speaks TLS 1.3 only (and, with `--client-tls-ca`,
+//! requires a client certificate that chains to that CA). With a password, failed HELLOs
+//! are throttled per source address (`throttle.rs`) and an address may hold at most
+//! `max_unauthenticated_per_address` connections that have not authenticated.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +29,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::FutureExt;
 use sessync_proto::{check_frame, decode_frame, ErrorCode, ErrorReply, Message, Request, Response};
+use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
@@ -34,6 +40,12 @@ use crate::listen::next_connection;
 use crate::node::{After, Mode, SharedNode};
 use crate::shutdown::Shutdown;
 use crate::stats::{op_index, Stats};
+use crate::throttle::Throttle;
+use crate::tls::{looks_like_tls, RateLimitedWarn, Stream, TlsState};
+
+static TLS_WARN: RateLimitedWarn = RateLimitedWarn::new(Duration::from_secs(1));
+static PLAIN_WARN: RateLimitedWarn = RateLimitedWarn::new(Duration::from_secs(1));
+static AUTH_WARN: RateLimitedWarn = RateLimitedWarn::new(Duration::from_secs(1));
 
 /// Output bytes after which replies are written out before more requests are handled.
 const FLUSH_AT: usize = 64 * 1024;
@@ -51,17 +63,44 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     mut shutdown: Shutdown,
     tasks: TaskTracker,
+    tls: Option<Arc<TlsState>>,
 ) {
     let permits = Arc::new(Semaphore::new(node.config.max_connections));
+    let throttle = Throttle::new(
+        node.config.auth_backoff_max,
+        node.config.max_unauthenticated_per_address,
+    );
     loop {
         let Some((stream, addr)) = next_connection(&listener, &mut shutdown, "client").await else {
             return;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             Stats::bump(&node.stats.connections_refused);
-            tasks.spawn(refuse(stream));
+            if tls.is_none() {
+                tasks.spawn(refuse(stream, "node is at its connection limit"));
+            }
             continue;
         };
+        // With a password, a connection is unauthenticated until its HELLO succeeds.
+        let unauthenticated = if node.config.password.is_some() {
+            match throttle.enter(addr.ip()) {
+                Some(u) => Some(u),
+                None => {
+                    Stats::bump(&node.stats.unauthenticated_refused);
+                    if tls.is_none() {
+                        tasks.spawn(refuse(
+                            stream,
+                            "too many unauthenticated connections from this address",
+                        ));
+                    }
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let tls = tls.clone();
+        let throttle = throttle.clone();
         Stats::bump(&node.stats.connections_total);
         let node = node.clone();
         let shutdown = shutdown.clone();
@@ -69,7 +108,12 @@ pub(crate) async fn accept_loop(
             node.stats
                 .connections
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Err(e) = serve_connection(&node, stream, shutdown).await {
+            let auth = Auth {
+                addr,
+                throttle,
+                unauthenticated,
+            };
+            if let Err(e) = accept(&node, stream, addr, tls, shutdown, auth).await {
                 tracing::debug!(%addr, "client connection ended: {e}");
             }
             node.stats
@@ -96,30 +140,66 @@ fn unexpected_password(node: &SharedNode, req: &Request) -> bool {
 
 /// Counts a failed client authentication and logs it at INFO, at most once per
 /// [`crate::lograte::RateLimit::EVERY`] (a client can fail at will).
-fn auth_failed(node: &SharedNode, stream: &TcpStream, why: &str) {
+fn auth_failed(node: &SharedNode, from: SocketAddr, why: &str) {
     Stats::bump(&node.stats.auth_failures);
     if let Some(left_out) = node.stats.auth_log.allow() {
-        let from = stream
-            .peer_addr()
-            .map_or_else(|_| "?".to_string(), |a| a.to_string());
         tracing::info!(%from, left_out, "client authentication failed: {why}");
     }
 }
 
-async fn refuse(mut stream: TcpStream) {
+/// A connection's source address, its port's throttle, and the unauthenticated slot it
+/// holds until its HELLO succeeds.
+struct Auth {
+    addr: SocketAddr,
+    throttle: Arc<Throttle>,
+    unauthenticated: Option<crate::throttle::Unauthenticated>,
+}
+
+/// Completes the TLS handshake when the port has TLS (within the frame timeout), then
+/// serves the connection.
+async fn accept(
+    node: &SharedNode,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    tls: Option<Arc<TlsState>>,
+    shutdown: Shutdown,
+    auth: Auth,
+) -> std::io::Result<()> {
+    let stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => {
+            match tokio::time::timeout(node.config.frame_timeout, crate::tls::accept(&tls, tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    Stats::bump(&node.stats.tls_failures);
+                    TLS_WARN.warn(format_args!(
+                        "client port: TLS handshake from {addr} refused: {e}"
+                    ));
+                    return Ok(());
+                }
+                Err(_) => {
+                    Stats::bump(&node.stats.tls_failures);
+                    TLS_WARN.warn(format_args!(
+                        "client port: TLS handshake from {addr} not completed within the frame timeout"
+                    ));
+                    return Ok(());
+                }
+            }
+        }
+    };
+    serve_connection(node, stream, shutdown, auth).await
+}
+
+async fn refuse(mut stream: TcpStream, why: &'static str) {
     let mut out = BytesMut::new();
-    Response::Error(ErrorReply::new(
-        ErrorCode::TooManyConnections,
-        "node is at its connection limit",
-    ))
-    .encode_frame(0, &mut out);
+    Response::Error(ErrorReply::new(ErrorCode::TooManyConnections, why)).encode_frame(0, &mut out);
     let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, stream.write_all(&out)).await;
 }
 
 /// Writes all of `buf`, failing with `TimedOut` once the socket has accepted no byte for
 /// the node's write timeout. Progress, not the whole write, is timed: a slow reader of a
 /// large reply is served, a client that stopped reading is cut off.
-async fn write_bounded(node: &SharedNode, stream: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
+async fn write_bounded(node: &SharedNode, stream: &mut Stream, buf: &[u8]) -> std::io::Result<()> {
     let r = crate::listen::write_with_progress(stream, buf, node.config.write_timeout).await;
     if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
         Stats::bump(&node.stats.write_timeouts);
@@ -127,18 +207,36 @@ async fn write_bounded(node: &SharedNode, stream: &mut TcpStream, buf: &[u8]) ->
     r
 }
 
-async fn write_final(stream: &mut TcpStream, out: &[u8]) -> std::io::Result<()> {
-    tokio::time::timeout(FINAL_WRITE_TIMEOUT, stream.write_all(out))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "final write timed out"))??;
+async fn write_final(stream: &mut Stream, out: &[u8]) -> std::io::Result<()> {
+    tokio::time::timeout(FINAL_WRITE_TIMEOUT, async {
+        stream.write_all(out).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "final write timed out"))??;
     let _ = stream.shutdown().await;
     Ok(())
 }
 
+/// Whether a HELLO that was not accepted failed on its password (a version outside the
+/// node's, or no password at all, is not a guess).
+fn wrong_password(req: &Request) -> bool {
+    match req {
+        Request::Hello {
+            min_version,
+            max_version,
+            password,
+            ..
+        } => password.is_some() && (*min_version..=*max_version).contains(&sessync_proto::PROTOCOL_VERSION),
+        _ => false,
+    }
+}
+
 async fn serve_connection(
     node: &SharedNode,
-    mut stream: TcpStream,
+    mut stream: Stream,
     mut shutdown: Shutdown,
+    mut auth: Auth,
 ) -> std::io::Result<()> {
     let cfg = &node.config;
     let mut input = BytesMut::with_capacity(8 * 1024);
@@ -163,13 +261,20 @@ async fn serve_connection(
                 Ok(None) => break,
                 Err(e) => {
                     Stats::bump(&node.stats.errors);
+                    if !got_frame && matches!(stream, Stream::Plain(_)) && looks_like_tls(&input) {
+                        Stats::bump(&node.stats.tls_on_plain_port);
+                        PLAIN_WARN.warn(format_args!(
+                            "client port: {} opened with a TLS ClientHello, but this port is plain text (--client-tls-cert is not set)",
+                            auth.addr
+                        ));
+                    }
                     Response::Error(ErrorReply::new(e.code(), e.to_string())).encode_frame(0, &mut out);
                     return write_final(&mut stream, &out).await;
                 }
             };
             let after = match Request::decode_frame(&frame, &cfg.limits) {
                 Ok(req) if unexpected_password(node, &req) => {
-                    auth_failed(node, &stream, "HELLO with a password, and this node has none");
+                    auth_failed(node, auth.addr, "HELLO with a password, and this node has none");
                     Stats::bump(&node.stats.requests);
                     Stats::bump(&node.stats.errors);
                     Response::Error(ErrorReply::new(
@@ -178,6 +283,35 @@ async fn serve_connection(
                     ))
                     .encode_frame(frame.request_id, &mut out);
                     After::Close
+                }
+                Ok(req @ Request::Hello { .. }) if cfg.password.is_some() => {
+                    // A failed password makes this address's next attempt wait its turn.
+                    // Replies so far are written first: the wait must not hold them.
+                    if !out.is_empty() {
+                        write_bounded(node, &mut stream, &out).await?;
+                        out.clear();
+                    }
+                    let ip = auth.addr.ip();
+                    tokio::select! {
+                        _ = auth.throttle.wait_turn(ip) => {}
+                        _ = shutdown.wait() => return Ok(()),
+                    }
+                    let after = node
+                        .handle(frame.request_id, &req, authenticated, Mode::LocalOnly, &mut out)
+                        .now_or_never()
+                        .unwrap_or(After::Close);
+                    if let After::Authenticated = after {
+                        auth.throttle.success(ip);
+                        auth.unauthenticated = None;
+                    } else if wrong_password(&req) {
+                        Stats::bump(&node.stats.auth_failures);
+                        let (n, delay) = auth.throttle.failure(ip);
+                        AUTH_WARN.warn(format_args!(
+                            "client {} sent a wrong password in HELLO ({n} in a row; its next attempt waits {delay:?})",
+                            auth.addr
+                        ));
+                    }
+                    after
                 }
                 Ok(req) => {
                     let started = std::time::Instant::now();
@@ -198,12 +332,6 @@ async fn serve_connection(
                         }
                         after => {
                             node.stats.latency.observe(op, started.elapsed());
-                            if matches!(req, Request::Hello { .. })
-                                && cfg.password.is_some()
-                                && after != After::Authenticated
-                            {
-                                auth_failed(node, &stream, "missing or wrong password in HELLO");
-                            }
                             after
                         }
                     }

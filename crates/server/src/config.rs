@@ -6,6 +6,7 @@ use std::time::Duration;
 use sessync_proto::{Keyring, Limits};
 
 use crate::table::EvictPolicy;
+use crate::tls::TlsFiles;
 
 /// Everything a node needs to start. [`NodeConfig::new`] gives the safe defaults.
 #[derive(Debug, Clone)]
@@ -62,6 +63,19 @@ pub struct NodeConfig {
     pub replicas: u8,
     /// What a write does when fewer than `replicas` backups can be had.
     pub backup_policy: BackupPolicy,
+    /// Mutual TLS on peer links (certificate, key and the cluster CA, which is required);
+    /// `None` for plain links. See protocol.md, "Transport security".
+    pub peer_tls: Option<TlsFiles>,
+    /// TLS on the client port; with a CA, clients must present a certificate that chains
+    /// to it. `None` for plain connections (the default, for loopback).
+    pub client_tls: Option<TlsFiles>,
+    /// The longest wait imposed on an address after failed authentications (client HELLO
+    /// passwords and peer handshakes); the wait doubles from 1 ms per failure up to this.
+    pub auth_backoff_max: Duration,
+    /// Most client connections one IP address may hold that have not authenticated (with
+    /// a password set); further ones get TOO_MANY_CONNECTIONS and close. (The peer port's
+    /// bound is `max_peer_handshakes`.)
+    pub max_unauthenticated_per_address: usize,
 }
 
 /// What a write does when fewer than `replicas` backup nodes can be had.
@@ -78,7 +92,8 @@ impl NodeConfig {
     /// Defaults: 30 min idle TTL, no absolute lifetime, 1M sessions, 1 GiB, reject at the
     /// limit, no password, 10 000 connections, 10 s frame timeout, 5 min idle timeout,
     /// 10 s write timeout, 256 peer handshakes at once, 1 s peer timeout, 3 hops, no
-    /// backups (replicas 0; refuse writes without enough backups when they are turned on).
+    /// backups (replicas 0; refuse writes without enough backups when they are turned on),
+    /// no TLS, authentication back-off up to 2 s, 64 unauthenticated connections per address.
     pub fn new(client_addr: SocketAddr, peer_addr: SocketAddr, keys: Keyring) -> NodeConfig {
         NodeConfig {
             client_addr,
@@ -104,6 +119,10 @@ impl NodeConfig {
             peers: Vec::new(),
             replicas: 0,
             backup_policy: BackupPolicy::Refuse,
+            peer_tls: None,
+            client_tls: None,
+            auth_backoff_max: Duration::from_secs(2),
+            max_unauthenticated_per_address: 64,
         }
     }
 }

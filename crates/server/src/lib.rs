@@ -16,6 +16,8 @@ mod stats;
 pub mod table;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod throttle;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +26,8 @@ use std::time::Duration;
 pub use config::{BackupPolicy, NodeConfig};
 pub use node::Node;
 pub use table::{EvictPolicy, TableStats};
+pub use throttle::BASE_DELAY as AUTH_BACKOFF_BASE;
+pub use tls::{Reload, TlsFiles, EXPIRY_WARNING};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -37,6 +41,7 @@ pub struct NodeHandle {
     http_addr: Option<SocketAddr>,
     trigger: watch::Sender<bool>,
     tasks: TaskTracker,
+    tls: Vec<Arc<tls::TlsState>>,
 }
 
 impl NodeHandle {
@@ -60,6 +65,15 @@ impl NodeHandle {
         &self.node
     }
 
+    /// Re-reads the TLS files of both ports (what SIGHUP does; a timer also does it every
+    /// [`TLS_RELOAD_INTERVAL`]). New connections use the new certificates, existing ones
+    /// keep theirs. Files that cannot be read or do not form a valid configuration leave
+    /// the current one in place and return the error. One result per TLS port (peer
+    /// first), none when TLS is off.
+    pub fn reload_tls(&self) -> Vec<std::io::Result<Reload>> {
+        self.tls.iter().map(|t| t.reload()).collect()
+    }
+
     /// Stops accepting, lets every connection finish the requests it has fully received,
     /// and waits up to `grace` for them. Returns whether everything finished in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
@@ -70,50 +84,40 @@ impl NodeHandle {
     }
 }
 
-/// A port that could not be bound: which one, where, and why, in words
-/// (`peer port 127.0.0.1:7800: address already in use`).
-#[derive(Debug)]
-pub struct BindError {
-    /// `client`, `peer` or `http`.
-    pub role: &'static str,
-    /// The address asked for.
-    pub addr: SocketAddr,
-    /// What the operating system said.
-    pub source: std::io::Error,
-}
-
-impl std::fmt::Display for BindError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::io::ErrorKind as K;
-        let (role, addr) = (self.role, self.addr);
-        match self.source.kind() {
-            K::AddrInUse => write!(
-                f,
-                "{role} port {addr}: address already in use (another sessync node or another program holds it)"
-            ),
-            K::AddrNotAvailable => write!(f, "{role} port {addr}: address not available on this machine"),
-            K::PermissionDenied => write!(
-                f,
-                "{role} port {addr}: permission denied (ports below 1024 need privileges)"
-            ),
-            _ => write!(f, "{role} port {addr}: {}", self.source),
+/// A port that could not be bound, in words that name its role and address
+/// (`peer port 127.0.0.1:7800: address already in use`); the error keeps the OS error's
+/// kind.
+fn bind_error(role: &str, addr: SocketAddr, e: std::io::Error) -> std::io::Error {
+    use std::io::ErrorKind as K;
+    let words = match e.kind() {
+        K::AddrInUse => {
+            "address already in use (another sessync node or another program holds it)".to_string()
         }
-    }
+        K::AddrNotAvailable => "address not available on this machine".to_string(),
+        K::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_string(),
+        _ => e.to_string(),
+    };
+    std::io::Error::new(e.kind(), format!("{role} port {addr}: {words}"))
 }
 
-/// The source is already in the message, in words; it is not repeated as a cause.
-impl std::error::Error for BindError {}
-
-fn bind(role: &'static str, addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), BindError> {
-    let e = |source| BindError { role, addr, source };
-    let l = listen::bind(addr).map_err(e)?;
-    let bound = l.local_addr().map_err(e)?;
+fn bind(role: &str, addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let l = listen::bind(addr).map_err(|e| bind_error(role, addr, e))?;
+    let bound = l.local_addr().map_err(|e| bind_error(role, addr, e))?;
     Ok((l, bound))
 }
 
 /// Binds the client and peer ports (and the HTTP port, when configured) and starts
-/// serving. Must run inside a tokio runtime. Nothing is left bound when it fails.
-pub async fn start(config: NodeConfig) -> Result<NodeHandle, BindError> {
+/// serving. Must run inside a tokio runtime. A port that cannot be bound fails with an
+/// error naming its role and address (`peer port 127.0.0.1:7800: address already in use`).
+pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
+    let peer_tls = match &config.peer_tls {
+        Some(files) => Some(tls::TlsState::load(tls::Role::Peer, files.clone())?),
+        None => None,
+    };
+    let client_tls = match &config.client_tls {
+        Some(files) => Some(tls::TlsState::load(tls::Role::Client, files.clone())?),
+        None => None,
+    };
     let (client, client_addr) = bind("client", config.client_addr)?;
     let (peer, peer_addr) = bind("peer", config.peer_addr)?;
     let http = match config.http_addr {
@@ -136,6 +140,9 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, BindError> {
         peers: node.peers.clone(),
         node: Arc::downgrade(&node),
     });
+    if let Some(t) = &peer_tls {
+        node.peers.set_tls(t.clone());
+    }
     let (trigger, shutdown) = Shutdown::new();
     let tasks = TaskTracker::new();
     if let Some((listener, _)) = http {
@@ -154,13 +161,19 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, BindError> {
         client,
         shutdown.clone(),
         tasks.clone(),
+        client_tls.clone(),
     ));
     tasks.spawn(peer_port::accept_loop(
         node.clone(),
         peer,
         shutdown.clone(),
         tasks.clone(),
+        peer_tls.clone(),
     ));
+    let tls: Vec<_> = peer_tls.into_iter().chain(client_tls).collect();
+    if !tls.is_empty() {
+        tasks.spawn(tls_reloads(tls.clone(), shutdown.clone()));
+    }
     tasks.spawn(sweeper(node.clone(), sweep_interval, shutdown.clone()));
     tasks.spawn(late_replies(node.clone(), orphan_rx, shutdown.clone()));
     tasks.spawn(backup_refreshes(node.clone(), refresh_rx, shutdown.clone()));
@@ -171,7 +184,35 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, BindError> {
         http_addr,
         trigger,
         tasks,
+        tls,
     })
+}
+
+/// How often the TLS files are re-read (a reload happens only if they changed).
+pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Re-reads the TLS files on a timer, and warns daily while a certificate is close to
+/// expiry.
+async fn tls_reloads(states: Vec<Arc<tls::TlsState>>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(TLS_RELOAD_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        ticks += 1;
+        for s in &states {
+            if let Err(e) = s.reload() {
+                tracing::warn!("TLS files not reloaded (the certificate in use stays): {e}");
+            }
+            if ticks % (24 * 60) == 0 {
+                s.check_expiry();
+            }
+        }
+    }
 }
 
 /// Late peer replies kept before further ones are dropped (they are rare: a reply that

@@ -52,8 +52,9 @@ pub(crate) async fn next_connection(
 /// `deadline`. Progress, not the whole write, is timed: a slow reader of a large buffer is
 /// served, a reader that stopped reading is cut off (both ports use it, so a client or a
 /// peer that never reads gives its connection up instead of holding it forever).
-pub(crate) async fn write_with_progress(
-    stream: &mut TcpStream,
+/// Over TLS the last records are flushed under the same rule.
+pub(crate) async fn write_with_progress<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
     mut buf: &[u8],
     deadline: Duration,
 ) -> std::io::Result<()> {
@@ -72,5 +73,12 @@ pub(crate) async fn write_with_progress(
         }
         buf = &buf[n..];
     }
-    Ok(())
+    tokio::time::timeout(deadline, stream.flush())
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the other side read nothing within the write timeout",
+            )
+        })?
 }

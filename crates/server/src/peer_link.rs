@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -32,6 +32,7 @@ use crate::stats::LatencyHistogram;
 
 /// What an operator reads when a handshake fails because a proof does not verify.
 pub(crate) const SECRET_HINT: &str = "proof does not verify: do the nodes share the cluster secret?";
+use crate::tls::{Stream, TlsState};
 
 /// Requests queued on one link before senders wait (back-pressure).
 const LINK_QUEUE: usize = 1024;
@@ -155,6 +156,8 @@ pub(crate) struct Peers {
     /// installed: the sender already handed the session to us).
     orphans: mpsc::Sender<(SocketAddr, PeerMessage)>,
     shutdown: CancellationToken,
+    /// Peer TLS, when on: set once at start (before any link is dialled).
+    tls: OnceLock<Arc<TlsState>>,
     /// Round trips, refused handshakes and backup failures.
     pub(crate) metrics: LinkMetrics,
 }
@@ -181,6 +184,7 @@ impl Peers {
             links: Mutex::new(HashMap::new()),
             orphans,
             shutdown: CancellationToken::new(),
+            tls: OnceLock::new(),
             metrics: LinkMetrics::default(),
         }
     }
@@ -234,6 +238,11 @@ impl Peers {
             Err(LinkError::Unreachable(why)) => Err(why),
             Err(LinkError::Lost) => Err("no answer in time".into()),
         }
+    }
+
+    /// Dials every link over TLS from now on (called once, at start).
+    pub(crate) fn set_tls(&self, tls: Arc<TlsState>) {
+        let _ = self.tls.set(tls);
     }
 
     /// Sends this node's peer requests through the simulator's network from now on.
@@ -453,15 +462,37 @@ impl Peers {
 
     async fn dial(&self, link: &Link) -> Result<Conn, String> {
         let addr = link.addr;
-        let stream = TcpStream::connect(addr)
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let stream = match self.tls.get() {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                // The configuration in use now: a link dialled after a reload uses the new
+                // certificate, links already up keep theirs. The peer must prove the
+                // dialled IP address (a subjectAltName) under the cluster CA.
+                let Some(config) = tls.current().client.clone() else {
+                    return Err("peer TLS has no client configuration".into());
+                };
+                let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                Stream::Client(Box::new(tls))
+            }
+        };
         let mut framed = Framed::new(stream, FrameCodec::new(self.config.limits.max_frame_len));
         let cfg = &self.config;
         let (dialler, hello) = Dialler::start(cfg.keys.clone(), cfg.node_id, cfg.advertise);
         // Request ids 1 and 2, as in protocol.md's example: 0 means "about the connection"
         // (2.4), and an acceptor's AUTH_FAILED echoes the id it answers.
+        // Over TLS the proofs are bound to this TLS session (see peer_port).
+        let dialler = match crate::tls::binding(framed.get_ref()).map_err(|e| format!("TLS: {e}"))? {
+            Some(b) => dialler.with_binding(b),
+            None => dialler,
+        };
         framed
             .send((1, hello))
             .await
@@ -516,10 +547,7 @@ impl Peers {
         Ok(conn)
     }
 
-    async fn read_handshake(
-        &self,
-        framed: &mut Framed<TcpStream, FrameCodec>,
-    ) -> Result<PeerMessage, String> {
+    async fn read_handshake(&self, framed: &mut Framed<Stream, FrameCodec>) -> Result<PeerMessage, String> {
         let frame = match framed.next().await {
             Some(Ok(f)) => f,
             Some(Err(e)) => return Err(format!("handshake: {e}")),
@@ -527,7 +555,7 @@ impl Peers {
         };
         match PeerMessage::decode_frame(&frame, &self.config.limits) {
             Ok(PeerMessage::Error(e)) if e.code == ErrorCode::AuthFailed => {
-                self.refused(framed.get_ref().peer_addr().ok(), &e.message);
+                self.refused(None, &e.message);
                 Err(format!(
                     "peer refused the handshake: {}; {SECRET_HINT}",
                     e.message
@@ -575,7 +603,7 @@ impl Peers {
 /// completes them, pings when idle, and fails everything pending when the link dies.
 async fn run_link(
     addr: SocketAddr,
-    framed: Framed<TcpStream, FrameCodec>,
+    framed: Framed<Stream, FrameCodec>,
     mut rx: mpsc::Receiver<(u64, PeerMessage)>,
     conn: Conn,
     orphans: mpsc::Sender<(SocketAddr, PeerMessage)>,

@@ -6,6 +6,11 @@
 //! with [`MAX_HANDSHAKE_FRAME_LEN`] (115 bytes) instead of `max_frame_len`, the whole
 //! handshake must finish within `HANDSHAKE_TIMEOUT` (5 s), and at most
 //! `NodeConfig::max_peer_handshakes` connections may be in the handshake at once.
+//!
+//! With peer TLS on, the connection must first complete a TLS 1.3 handshake with a client
+//! certificate that chains to the cluster CA; the secret handshake then runs inside it.
+//! A failed secret handshake makes the next attempt from that address wait (see
+//! `throttle.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +21,7 @@ use sessync_proto::{
     MAX_HANDSHAKE_FRAME_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_util::task::TaskTracker;
@@ -27,6 +32,11 @@ use crate::node::SharedNode;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::table::{CopyOutcome, Dropped, Replicated};
+use crate::throttle::{Throttle, Unauthenticated};
+use crate::tls::{RateLimitedWarn, Stream, TlsState};
+
+static TLS_WARN: RateLimitedWarn = RateLimitedWarn::new(Duration::from_secs(1));
+static AUTH_WARN: RateLimitedWarn = RateLimitedWarn::new(Duration::from_secs(1));
 
 /// Time allowed for the whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,36 +55,65 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     mut shutdown: Shutdown,
     tasks: TaskTracker,
+    tls: Option<Arc<TlsState>>,
 ) {
     let handshakes = Arc::new(Semaphore::new(node.config.max_peer_handshakes));
+    // The handshake semaphore already bounds unauthenticated peer connections (all of
+    // a cluster's nodes may share an address in tests and behind NAT), so the per-address
+    // cap is that same bound here; the failure back-off is per address as on the client port.
+    let throttle = Throttle::new(node.config.auth_backoff_max, node.config.max_peer_handshakes);
     loop {
-        let Some((mut stream, addr)) = next_connection(&listener, &mut shutdown, "peer").await else {
+        let Some((tcp, addr)) = next_connection(&listener, &mut shutdown, "peer").await else {
             return;
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            Stats::bump(&node.stats.peer_handshakes_refused);
-            tasks.spawn(async move {
-                let err = handshake_error(
-                    ErrorCode::TooManyConnections,
-                    "too many peer connections in the handshake",
-                );
-                let _ = refuse(&mut stream, 0, err).await;
-            });
-            continue;
-        };
+        let (permit, unauthenticated) =
+            match (handshakes.clone().try_acquire_owned(), throttle.enter(addr.ip())) {
+                (Ok(permit), Some(u)) => (permit, u),
+                (permit, _) => {
+                    let why = if permit.is_err() {
+                        Stats::bump(&node.stats.peer_handshakes_refused);
+                        "too many peer connections in the handshake"
+                    } else {
+                        Stats::bump(&node.stats.unauthenticated_refused);
+                        "too many unauthenticated peer connections from this address"
+                    };
+                    // A TLS port cannot send a plain frame; its connection is just closed.
+                    if tls.is_none() {
+                        tasks.spawn(async move {
+                            let err = handshake_error(ErrorCode::TooManyConnections, why);
+                            let _ = refuse(&mut Stream::Plain(tcp), 0, err).await;
+                        });
+                    }
+                    continue;
+                }
+            };
         let node = node.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
+        let throttle = throttle.clone();
         tasks.spawn(async move {
-            if let Err(e) = serve_peer(&node, stream, shutdown, permit).await {
+            let guard = Guard {
+                permit,
+                unauthenticated,
+                throttle,
+            };
+            if let Err(e) = serve_peer(&node, tcp, addr, tls, shutdown, guard).await {
                 tracing::debug!(%addr, "peer connection ended: {e}");
             }
         });
     }
 }
 
+/// What an unauthenticated connection holds: released once it has authenticated.
+struct Guard {
+    permit: OwnedSemaphorePermit,
+    unauthenticated: Unauthenticated,
+    throttle: Arc<Throttle>,
+}
+
 /// Reads until one whole frame is buffered. `Ok(None)` when the peer closed cleanly.
 async fn read_frame(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     input: &mut BytesMut,
     max: u32,
 ) -> std::io::Result<Result<Option<Frame>, ErrorReply>> {
@@ -109,23 +148,24 @@ fn handshake_error(code: ErrorCode, why: impl Into<String>) -> ErrorReply {
     ErrorReply::new(code, why)
 }
 
-async fn refuse(stream: &mut TcpStream, request_id: u64, err: ErrorReply) -> std::io::Result<()> {
+async fn refuse(stream: &mut Stream, request_id: u64, err: ErrorReply) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     PeerMessage::Error(err).encode_frame(request_id, &mut out);
-    let _ = timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+    let _ = timeout(Duration::from_secs(1), async {
+        stream.write_all(&out).await?;
+        stream.flush().await
+    })
+    .await;
     let _ = stream.shutdown().await;
     Ok(())
 }
 
 /// Counts a handshake refused at this port and logs it at INFO (rate-limited: anyone who
 /// can reach the port can fail handshakes at will).
-fn refused(node: &SharedNode, stream: &TcpStream, why: &str, hint: &str) {
+fn refused(node: &SharedNode, why: &str, hint: &str) {
     Stats::bump(&node.stats.peer_handshakes_refused);
     if let Some(left_out) = node.stats.handshake_log.allow() {
-        let from = stream
-            .peer_addr()
-            .map_or_else(|_| "?".to_string(), |a| a.to_string());
-        tracing::info!(%from, left_out, "peer handshake refused ({why}){hint}");
+        tracing::info!(left_out, "peer handshake refused ({why}){hint}");
     }
 }
 
@@ -140,10 +180,13 @@ fn hint(e: &HandshakeError) -> &'static str {
     }
 }
 
+/// The secret handshake. `Ok(None)` when it did not complete; `auth_failed` is set when
+/// the peer failed to prove it knows the secret (that, and only that, is throttled).
 async fn handshake(
     node: &SharedNode,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     input: &mut BytesMut,
+    auth_failed: &mut bool,
 ) -> std::io::Result<Option<PeerIdentity>> {
     let limits = &node.config.limits;
     // Until AUTH_PROOF verifies, every frame that is not the next handshake message gets
@@ -164,7 +207,6 @@ async fn handshake(
         _ => {
             refused(
                 node,
-                stream,
                 "the first frame is not AUTH_HELLO",
                 ": is a client or another program connecting to the peer port?",
             );
@@ -177,19 +219,28 @@ async fn handshake(
             .map(|_| None);
         }
     };
-    let (acceptor, challenge) =
-        match Acceptor::handle_hello(node.config.keys.clone(), node.node_id, node.advertise, hello) {
-            Ok(x) => x,
-            Err(e) => {
-                refused(node, stream, &e.to_string(), hint(&e));
-                return refuse(stream, frame.request_id, failed(e.to_string()))
-                    .await
-                    .map(|_| None);
-            }
-        };
+    // Over TLS both proofs also cover the session's exporter keying material, so the
+    // handshake cannot be relayed into another TLS session.
+    let binding = crate::tls::binding(stream)?;
+    let (keys, id, advertise) = (node.config.keys.clone(), node.node_id, node.advertise);
+    let accepted = match binding {
+        Some(b) => Acceptor::handle_hello_bound(keys, id, advertise, hello, b),
+        None => Acceptor::handle_hello(keys, id, advertise, hello),
+    };
+    let (acceptor, challenge) = match accepted {
+        Ok(x) => x,
+        Err(e) => {
+            *auth_failed = true;
+            refused(node, &e.to_string(), hint(&e));
+            return refuse(stream, frame.request_id, failed(e.to_string()))
+                .await
+                .map(|_| None);
+        }
+    };
     let mut out = BytesMut::new();
     challenge.encode_frame(frame.request_id, &mut out);
     stream.write_all(&out).await?;
+    stream.flush().await?;
     let frame = match read_frame(stream, input, MAX_HANDSHAKE_FRAME_LEN).await? {
         Ok(Some(f)) => f,
         Ok(None) => return Ok(None),
@@ -204,7 +255,6 @@ async fn handshake(
             // The dialler could not verify our proof and says so before it leaves.
             refused(
                 node,
-                stream,
                 &format!("the dialler answered {} {}", e.code, e.message),
                 "",
             );
@@ -222,10 +272,12 @@ async fn handshake(
             out.clear();
             PeerMessage::AuthOk.encode_frame(frame.request_id, &mut out);
             stream.write_all(&out).await?;
+            stream.flush().await?;
             Ok(Some(peer))
         }
         Err(e) => {
-            refused(node, stream, &e.to_string(), hint(&e));
+            *auth_failed = true;
+            refused(node, &e.to_string(), hint(&e));
             refuse(stream, frame.request_id, failed(e.to_string()))
                 .await
                 .map(|_| None)
@@ -238,7 +290,7 @@ async fn handshake(
 /// (a link stuck in a write must not hold the shutdown up).
 async fn send(
     node: &SharedNode,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     out: &[u8],
     shutdown: &mut Shutdown,
 ) -> std::io::Result<()> {
@@ -258,13 +310,53 @@ async fn send(
 
 async fn serve_peer(
     node: &SharedNode,
-    mut stream: TcpStream,
+    tcp: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+    tls: Option<Arc<TlsState>>,
     mut shutdown: Shutdown,
-    handshake_permit: OwnedSemaphorePermit,
+    guard: Guard,
 ) -> std::io::Result<()> {
+    let ip = addr.ip();
+    let started = tokio::time::Instant::now();
+    let mut stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => match timeout(HANDSHAKE_TIMEOUT, crate::tls::accept(&tls, tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                Stats::bump(&node.stats.tls_failures);
+                TLS_WARN.warn(format_args!("peer port: TLS handshake from {addr} refused: {e}"));
+                return Ok(());
+            }
+            Err(_) => {
+                Stats::bump(&node.stats.tls_failures);
+                TLS_WARN.warn(format_args!(
+                    "peer port: TLS handshake from {addr} not completed within {HANDSHAKE_TIMEOUT:?}"
+                ));
+                return Ok(());
+            }
+        },
+    };
+    // An address that failed the secret handshake waits for its turn (not counted
+    // against the handshake's time; abandoned at shutdown).
+    tokio::select! {
+        _ = guard.throttle.wait_turn(ip) => {}
+        _ = shutdown.wait() => return Ok(()),
+    }
     // Sized for the handshake; grown for session traffic once the peer has authenticated.
     let mut input = BytesMut::with_capacity(2 * MAX_HANDSHAKE_FRAME_LEN as usize);
-    let peer = match timeout(HANDSHAKE_TIMEOUT, handshake(node, &mut stream, &mut input)).await {
+    let mut auth_failed = false;
+    let left = HANDSHAKE_TIMEOUT
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_secs(1));
+    let result = timeout(left, handshake(node, &mut stream, &mut input, &mut auth_failed)).await;
+    if auth_failed {
+        Stats::bump(&node.stats.peer_auth_failures);
+        let (n, delay) = guard.throttle.failure(ip);
+        AUTH_WARN.warn(format_args!(
+            "peer {addr} failed the secret handshake ({n} in a row; its next attempt waits {delay:?})"
+        ));
+    }
+    let peer = match result {
         Ok(Ok(Some(p))) => p,
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => return Err(e),
@@ -277,7 +369,9 @@ async fn serve_peer(
             .await;
         }
     };
-    drop(handshake_permit);
+    guard.throttle.success(ip);
+    drop(guard.permit);
+    drop(guard.unauthenticated);
     input.reserve(16 * 1024);
     let limits = &node.config.limits;
     let mut out = BytesMut::with_capacity(16 * 1024);

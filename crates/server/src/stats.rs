@@ -34,8 +34,6 @@ pub(crate) struct Stats {
     /// Peer connections refused at `max_peer_handshakes`, or whose handshake failed at
     /// this node's peer port (STATS adds the handshakes this node's own links had refused).
     pub(crate) peer_handshakes_refused: AtomicU64,
-    /// HELLOs refused (wrong or missing password, or a password this node does not have).
-    pub(crate) auth_failures: AtomicU64,
     /// Requests handled.
     pub(crate) requests: AtomicU64,
     /// Error replies sent.
@@ -70,6 +68,17 @@ pub(crate) struct Stats {
     pub(crate) promotions: AtomicU64,
     /// Backup copies this node handed to a node that reported their owner gone.
     pub(crate) backups_promoted: AtomicU64,
+    /// Client HELLOs refused for a wrong password.
+    pub(crate) auth_failures: AtomicU64,
+    /// Peer handshakes that failed authentication (wrong secret, unknown key id).
+    pub(crate) peer_auth_failures: AtomicU64,
+    /// Connections refused because their address held too many unauthenticated ones.
+    pub(crate) unauthenticated_refused: AtomicU64,
+    /// TLS handshakes that failed on a TLS port (plain-text client, certificate from
+    /// another CA, expired or missing certificate, truncated handshake).
+    pub(crate) tls_failures: AtomicU64,
+    /// Connections that opened with a TLS ClientHello on a plain port.
+    pub(crate) tls_on_plain_port: AtomicU64,
 }
 
 impl Stats {
@@ -93,7 +102,6 @@ impl Stats {
                 "peer_handshakes_refused".into(),
                 g(&self.peer_handshakes_refused) + dial_refused,
             ),
-            ("auth_failures".into(), g(&self.auth_failures)),
             ("requests".into(), g(&self.requests)),
             ("errors".into(), g(&self.errors)),
             ("created".into(), g(&self.created)),
@@ -111,6 +119,11 @@ impl Stats {
             ("backup_unavailable".into(), g(&self.backup_unavailable)),
             ("promotions".into(), g(&self.promotions)),
             ("backups_promoted".into(), g(&self.backups_promoted)),
+            ("auth_failures".into(), g(&self.auth_failures)),
+            ("peer_auth_failures".into(), g(&self.peer_auth_failures)),
+            ("unauthenticated_refused".into(), g(&self.unauthenticated_refused)),
+            ("tls_failures".into(), g(&self.tls_failures)),
+            ("tls_on_plain_port".into(), g(&self.tls_on_plain_port)),
         ];
         if let Some(a) = about {
             v.push(("uptime_ms".into(), a.started.elapsed().as_millis() as u64));

@@ -88,7 +88,7 @@ function sessionOf(reply, oldToken) {
 export class Client {
   /**
    * @param {string} [address] HOST:PORT of the node's client port
-   * @param {{timeout?: number, password?: string|null, clientName?: string, limits?: object, maxIdle?: number}} [options]
+   * @param {{timeout?: number, password?: string|null, clientName?: string, limits?: object, maxIdle?: number, tls?: {ca: string|Buffer, cert?: string|Buffer, key?: string|Buffer, servername?: string}|null}} [options]
    */
   constructor(address = '127.0.0.1:7700', options = {}) {
     this.address = address;
@@ -100,6 +100,8 @@ export class Client {
     /** A connection idle this long (ms) is replaced before use: the node closes idle
      * connections (300 s by default), and a request must not race that close. */
     this.maxIdle = options.maxIdle ?? 60_000;
+    /** TLS to a node started with --client-tls-cert: `{ca, cert?, key?, servername?}`. */
+    this.tls = options.tls ?? null;
     this.conn = null;
     this.closed = false;
   }
@@ -109,7 +111,7 @@ export class Client {
     const c = this.conn;
     if (c && !c.closed && (c.pending.size > 0 || Date.now() - c.lastUsed < this.maxIdle)) return c;
     if (c) c.close();
-    this.conn = new Connection(this.addr, { limits: this.limits, password: this.password, clientName: this.clientName, timeout: this.timeout });
+    this.conn = new Connection(this.addr, { limits: this.limits, password: this.password, clientName: this.clientName, timeout: this.timeout, tls: this.tls });
     return this.conn;
   }
 

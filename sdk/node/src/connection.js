@@ -12,6 +12,7 @@
 // checked against the limit first) plus one socket read.
 
 import net from 'node:net';
+import tls from 'node:tls';
 import { CLOSING_CODES, ConnectionLost, LimitExceeded, ProtocolViolation, RequestTimeout, SessyncError, errorFromCode } from './errors.js';
 import { Op, PROTOCOL_VERSION, decodeReply, encodeFrame, encodeRequest, splitFrame } from './wire.js';
 
@@ -39,7 +40,7 @@ export function parseAddress(address) {
 export class Connection {
   /**
    * @param {{host: string, port: number}} addr
-   * @param {{limits: any, password: string|null, clientName: string, timeout: number}} opts
+   * @param {{limits: any, password: string|null, clientName: string, timeout: number, tls?: {ca: string|Buffer, cert?: string|Buffer, key?: string|Buffer, servername?: string}|null}} opts
    */
   constructor(addr, opts) {
     this.addr = addr;
@@ -60,7 +61,19 @@ export class Connection {
     this.failure = null;
     this.corked = false;
 
-    this.socket = net.connect({ host: addr.host, port: addr.port });
+    // TLS (options.tls): TLS 1.3, the node's certificate verified against `ca` and the
+    // name (`servername`, else the host, an IP address checked against IP SANs).
+    this.socket = opts.tls
+      ? tls.connect({
+        host: addr.host,
+        port: addr.port,
+        minVersion: 'TLSv1.3',
+        ca: opts.tls.ca,
+        cert: opts.tls.cert,
+        key: opts.tls.key,
+        ...(opts.tls.servername ? { servername: opts.tls.servername } : {}),
+      })
+      : net.connect({ host: addr.host, port: addr.port });
     this.socket.setNoDelay(true);
     this.socket.on('data', (chunk) => this.onData(chunk));
     this.socket.on('error', (e) => {
@@ -69,7 +82,7 @@ export class Connection {
       else this.fail(new ConnectionLost(`connection failed: ${e.code || e.message}`));
     });
     this.everConnected = false;
-    this.socket.on('connect', () => { this.everConnected = true; });
+    this.socket.on(opts.tls ? 'secureConnect' : 'connect', () => { this.everConnected = true; });
     this.socket.on('close', () => this.fail(new ConnectionLost('the node closed the connection')));
     this.socket.unref();
 

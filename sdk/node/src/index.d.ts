@@ -41,6 +41,19 @@ export interface ClientOptions {
   limits?: Partial<Limits>;
   /** A connection idle this long (ms; default 60000) is replaced before use. */
   maxIdle?: number;
+  /** TLS 1.3 to a node started with `--client-tls-cert`; omitted or null for plain TCP. */
+  tls?: TlsOptions | null;
+}
+
+export interface TlsOptions {
+  /** PEM CA certificate(s) the node's certificate must chain to. */
+  ca: string | Buffer;
+  /** PEM client certificate, for a node started with `--client-tls-ca`. */
+  cert?: string | Buffer;
+  /** PEM key of `cert`. */
+  key?: string | Buffer;
+  /** The name the node's certificate must carry (default: the address's host). */
+  servername?: string;
 }
 
 export interface CreateOptions {

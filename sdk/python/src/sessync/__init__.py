@@ -10,7 +10,7 @@ Written from protocol.md (the normative wire spec). Framework adapters live in
 imported themselves.
 """
 
-from .client import Client, Duration, PendingReply, Pipeline, Session, Value, __version__
+from .client import Client, Duration, PendingReply, Pipeline, Session, Value, __version__, tls_context
 from .connection import Connection, ConnectionPool
 from .errors import (
     AuthError,
@@ -46,6 +46,7 @@ from .wire import Limits, SessionMeta
 
 __all__ = [
     "Client",
+    "tls_context",
     "Session",
     "SessionMeta",
     "Pipeline",

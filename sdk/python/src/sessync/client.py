@@ -1,6 +1,7 @@
 """The typed API: :class:`Client`, :class:`Session` and :class:`Pipeline`."""
 
 import datetime
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -206,6 +207,21 @@ class _Calls:
         return Touch(token), _session(token)
 
 
+def tls_context(
+    cafile: str,
+    certfile: Optional[str] = None,
+    keyfile: Optional[str] = None,
+) -> ssl.SSLContext:
+    """A TLS 1.3 context for :class:`Client` that trusts ``cafile`` (the CA that signed the
+    node's certificate) and verifies the node's name; with ``certfile``/``keyfile`` it
+    presents a client certificate (for a node started with ``--client-tls-ca``)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if certfile is not None:
+        ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
 class Client(_Calls):
     """A client of one sessync node (normally the one beside this application server).
 
@@ -215,6 +231,10 @@ class Client(_Calls):
     ``timeout``) bounds opening a connection and its HELLO. A call that times out or loses
     its connection raises :class:`~sessync.RequestTimeout` / :class:`~sessync.ConnectionLost`:
     the request may or may not have been applied, and it is never resent by the client.
+
+    ``tls`` (an :class:`ssl.SSLContext`, e.g. from :func:`sessync.tls_context`) connects
+    over TLS to a node started with ``--client-tls-cert``; the node's certificate is
+    verified and must name ``server_hostname`` (default: the address's host).
 
     >>> c = Client("127.0.0.1:7700")                      # doctest: +SKIP
     >>> s = c.create({"user": b"alice"})                  # doctest: +SKIP
@@ -232,6 +252,8 @@ class Client(_Calls):
         max_idle: float = 60.0,
         client_name: str = f"sessync-python/{__version__}",
         limits: Limits = DEFAULT_LIMITS,
+        tls: Optional[ssl.SSLContext] = None,
+        server_hostname: Optional[str] = None,
     ) -> None:
         self.address = parse_address(address)
         self.timeout = float(timeout)
@@ -245,6 +267,8 @@ class Client(_Calls):
                 limits=limits,
                 password=password,
                 client_name=client_name,
+                tls=tls,
+                server_hostname=server_hostname,
             )
 
         self.pool = ConnectionPool(factory, pool_size, max_idle)

@@ -13,6 +13,7 @@ ERROR that closes, a timeout with replies still owed, EOF) marks the connection
 
 import selectors
 import socket
+import ssl
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -75,6 +76,8 @@ class Connection:
         limits: Limits,
         password: Optional[str],
         client_name: str,
+        tls: Optional[ssl.SSLContext] = None,
+        server_hostname: Optional[str] = None,
     ) -> None:
         self.limits = limits
         self.broken = False
@@ -89,6 +92,14 @@ class Connection:
         except OSError as e:
             raise ConnectionLost(f"cannot connect to {address[0]}:{address[1]}: {e}") from e
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            # The TLS handshake runs blocking, under the connect timeout; the node's
+            # certificate is verified against the context's CAs and ``server_hostname``.
+            try:
+                self._sock = tls.wrap_socket(self._sock, server_hostname=server_hostname or address[0])
+            except (OSError, ssl.SSLError) as e:
+                self._sock.close()
+                raise ConnectionLost(f"TLS handshake with {address[0]}:{address[1]} failed: {e}") from e
         self._sock.setblocking(False)
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._sock, selectors.EVENT_READ)
@@ -181,7 +192,7 @@ class Connection:
                     if mask & selectors.EVENT_WRITE and sent < len(out):
                         try:
                             sent += self._sock.send(view[sent:])
-                        except (BlockingIOError, InterruptedError):
+                        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                             pass
                         except OSError as e:
                             return self._fail(ConnectionLost(f"send failed: {e}"))
@@ -190,7 +201,10 @@ class Connection:
                     if mask & selectors.EVENT_READ:
                         try:
                             chunk = self._sock.recv(_RECV_CHUNK)
-                        except (BlockingIOError, InterruptedError):
+                            # TLS may hold decrypted bytes the selector cannot see.
+                            while chunk and isinstance(self._sock, ssl.SSLSocket) and self._sock.pending():
+                                chunk += self._sock.recv(self._sock.pending())
+                        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                             continue
                         except OSError as e:
                             return self._fail(ConnectionLost(f"receive failed: {e}"))

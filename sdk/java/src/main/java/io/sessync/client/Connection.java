@@ -108,12 +108,32 @@ final class Connection {
      * {@code timeoutMs}.
      */
     static Connection open(InetSocketAddress address, Limits limits, String clientName, String password,
-            long timeoutMs) {
+            long timeoutMs, javax.net.ssl.SSLContext tls, String tlsServerName) {
         long deadline = System.nanoTime() + timeoutMs * 1_000_000L;
         Socket s = new Socket();
         try {
-            s.connect(address, (int) Math.max(1, Math.min(Integer.MAX_VALUE, timeoutMs)));
+            int ms = (int) Math.max(1, Math.min(Integer.MAX_VALUE, timeoutMs));
+            s.connect(address, ms);
             s.setTcpNoDelay(true);
+            if (tls != null) {
+                // TLS 1.3; the node's certificate must chain to the context's CA and name the
+                // server name (default: the host as given, an IP checked against IP names).
+                String name = tlsServerName != null ? tlsServerName : address.getHostString();
+                javax.net.ssl.SSLSocket ssl = (javax.net.ssl.SSLSocket) tls.getSocketFactory()
+                        .createSocket(s, name, address.getPort(), true);
+                ssl.setEnabledProtocols(new String[] {"TLSv1.3"});
+                javax.net.ssl.SSLParameters p = ssl.getSSLParameters();
+                p.setEndpointIdentificationAlgorithm("HTTPS");
+                ssl.setSSLParameters(p);
+                ssl.setSoTimeout(ms);
+                try {
+                    ssl.startHandshake();
+                } catch (IOException e) {
+                    throw new IOException("TLS handshake failed: " + e.getMessage(), e);
+                }
+                ssl.setSoTimeout(0);
+                s = ssl;
+            }
         } catch (IOException e) {
             try {
                 s.close();

@@ -68,6 +68,8 @@ public final class SessyncClient implements AutoCloseable {
     private final Slot[] slots;
     private final AtomicInteger next = new AtomicInteger();
     private final ScheduledThreadPoolExecutor timer;
+    private final javax.net.ssl.SSLContext tls;
+    private final String tlsServerName;
     private volatile boolean closed;
 
     /** One connection place; the lock makes concurrent callers share one reconnect. */
@@ -86,6 +88,8 @@ public final class SessyncClient implements AutoCloseable {
         private Duration connectTimeout;
         private int connections = 2;
         private Duration maxIdle = Duration.ofSeconds(60);
+        private javax.net.ssl.SSLContext tls;
+        private String tlsServerName;
 
         private Builder(String address) {
             this.address = address;
@@ -155,6 +159,26 @@ public final class SessyncClient implements AutoCloseable {
             return this;
         }
 
+        /**
+         * @param context TLS 1.3 to a node started with {@code --client-tls-cert} (see
+         *     {@link Tls#context}); null (the default) for plain TCP
+         * @return this
+         */
+        public Builder tls(javax.net.ssl.SSLContext context) {
+            this.tls = context;
+            return this;
+        }
+
+        /**
+         * @param name the name the node's certificate must carry (default: the address's
+         *     host, an IP address being checked against the certificate's IP names)
+         * @return this
+         */
+        public Builder tlsServerName(String name) {
+            this.tlsServerName = name;
+            return this;
+        }
+
         /** @return the client (connections open on first use) */
         public SessyncClient build() {
             return new SessyncClient(this);
@@ -174,6 +198,8 @@ public final class SessyncClient implements AutoCloseable {
         this.password = b.password;
         this.clientName = b.clientName;
         this.limits = b.limits;
+        this.tls = b.tls;
+        this.tlsServerName = b.tlsServerName;
         if (b.timeout.isNegative() || b.timeout.isZero()) {
             throw new IllegalArgumentException("timeout must be positive");
         }
@@ -270,7 +296,8 @@ public final class SessyncClient implements AutoCloseable {
             if (left <= 0) {
                 throw new RequestTimeout("could not connect within " + timeoutMs + " ms", Applied.NO);
             }
-            c = Connection.open(address, limits, clientName, password, Math.min(left, connectTimeoutMs));
+            c = Connection.open(address, limits, clientName, password, Math.min(left, connectTimeoutMs), tls,
+                    tlsServerName);
             if (closed) {
                 c.close();
                 throw new ConnectionLost("the client is closed", Applied.NO, null);

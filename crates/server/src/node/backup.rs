@@ -1,0 +1,440 @@
+//! Backups: installing a session that became ours behind its replication, REPLICATE
+//! rounds with fencing (every holder must confirm), DROP and fences (protocol.md 12).
+
+use super::*;
+
+impl Node {
+    /// Installs a session handed over by `from`, gives it backups (preferring `prefer`,
+    /// the previous owner's), and acknowledges it, so `from` can drop its copy and tell
+    /// its backups to drop theirs. Also used for a COPY_DATA that arrived after its
+    /// request gave up: the sender handed the session to us, so it must be installed.
+    pub(crate) async fn install_copy(
+        &self,
+        from: SocketAddr,
+        transfer: u64,
+        record: &sessync_proto::SessionRecord,
+        prefer: &[SocketAddr],
+    ) {
+        // The giver first: it is alive (it just answered), and as our backup it is where
+        // anyone who finds us gone looks first (it named us in MOVED).
+        let mut first = vec![from];
+        first.extend_from_slice(prefer);
+        let giver_holds_a_copy = match self
+            .protect_and_install(transfer, record, Some(from), &[], &first)
+            .await
+        {
+            Some(backups) => backups.confirmed.contains(&from),
+            None => true,
+        };
+        // The ACK is sent even when the install was refused (a destroyed tombstone here):
+        // the sender must not keep offering the data. It goes after the backups have the
+        // copy: the sender then drops its own backups.
+        let ack = PeerMessage::CopyAck {
+            session_id: record.id,
+            transfer,
+        };
+        let timeout = self.config.peer_timeout;
+        let peers = self.peers.clone();
+        let send = async move {
+            for _ in 0..3 {
+                if let Ok(PeerMessage::Ok) = peers.request(from, ack.clone(), Instant::now() + timeout).await
+                {
+                    return;
+                }
+            }
+        };
+        if giver_holds_a_copy {
+            // Not tracked by the shutdown tracker: it is bounded (3 x peer timeout), and a
+            // lost ACK only leaves the giver answering MOVED to us until it expires.
+            tokio::spawn(send);
+        } else {
+            // The giver is not our backup, so until it hears our ACK it would hand its
+            // (older) copy on to anyone who reports us gone: it must hear it before we
+            // serve anything from this session.
+            send.await;
+        }
+    }
+
+    /// Makes a session that becomes ours under `generation` safe, then installs it: with
+    /// replicas, its copy goes to backups (preferring `prefer`) *before* it is installed,
+    /// so no request is served from it unprotected and every reply's token names its
+    /// backups; a node that answers with a newer owner makes it a forwarding tombstone
+    /// instead. Returns the backups (`None`: no replication, or not installed).
+    /// `current` are nodes that must take the copy (they hold older ones of this lineage).
+    pub(super) async fn protect_and_install(
+        &self,
+        generation: u64,
+        record: &sessync_proto::SessionRecord,
+        giver: Option<SocketAddr>,
+        current: &[SocketAddr],
+        prefer: &[SocketAddr],
+    ) -> Option<Backups> {
+        let id = record.id;
+        let (landing_backups, superseded) = if self.config.replicas == 0 {
+            (None, None)
+        } else {
+            let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
+            let _one_at_a_time = self.replication_locks[stripe].lock().await;
+            match self
+                .replicate_round(id, generation, record, current, prefer)
+                .await
+            {
+                RoundOutcome::Done(b) => {
+                    if !b.complete(usize::from(self.config.replicas)) {
+                        tracing::warn!(session = %id, backups = b.confirmed.len(), "session taken over with fewer backups than wanted");
+                    }
+                    (Some(b), None)
+                }
+                RoundOutcome::Superseded { to, placed } => {
+                    self.spawn_fence(id, generation, placed);
+                    (None, Some(to))
+                }
+            }
+        };
+        let landing = match (&landing_backups, superseded) {
+            (_, Some(to)) => Landing::Superseded(to),
+            (Some(b), None) => Landing::Owner(&b.holders),
+            (None, None) => Landing::Owner(&[]),
+        };
+        match self
+            .table
+            .install_as(record, generation, giver, landing, now_ms())
+        {
+            Ok(true) if superseded.is_none() => {
+                Stats::bump(&self.stats.copies_received);
+                landing_backups
+            }
+            _ => None,
+        }
+    }
+
+    /// The nodes that may hold `id`'s backups, best first: its current backups, then
+    /// `prefer`, then (with `ranked`) the cluster's peers in rendezvous order of the id (so
+    /// every owner of a session tends to pick the same backups, and load spreads evenly).
+    /// Never this node. The ranking hashes and sorts every peer, so a write whose current
+    /// backups suffice asks for it only when one of them fails.
+    pub(super) fn backup_candidates(
+        &self,
+        id: &SessionId,
+        current: &[SocketAddr],
+        prefer: &[SocketAddr],
+        ranked: bool,
+    ) -> Vec<SocketAddr> {
+        use std::hash::{Hash, Hasher};
+        let mut order: Vec<(u64, SocketAddr)> = Vec::new();
+        if ranked {
+            order = self
+                .cluster_peers()
+                .iter()
+                .map(|p| {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    id.0.hash(&mut h);
+                    p.hash(&mut h);
+                    (h.finish(), *p)
+                })
+                .collect();
+            order.sort_by_key(|r| std::cmp::Reverse(r.0));
+        }
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for a in current
+            .iter()
+            .chain(prefer)
+            .copied()
+            .chain(order.into_iter().map(|(_, a)| a))
+        {
+            if a != self.advertise && !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    /// Whether enough backup nodes look reachable for a write (links up, or not backing
+    /// off after a failure). Checked before a write under [`BackupPolicy::Refuse`].
+    pub(super) fn enough_backups(&self) -> bool {
+        let want = usize::from(self.config.replicas);
+        want == 0
+            || self
+                .cluster_peers()
+                .iter()
+                .filter(|p| **p != self.advertise && self.peers.reachable(**p))
+                .count()
+                >= want
+    }
+
+    /// Sends the session's current state to its backups (and, if they are fewer than
+    /// `replicas`, to new ones) and waits for them. Bounded by two peer timeouts.
+    pub(super) async fn replicate(&self, id: SessionId, prefer: &[SocketAddr]) -> Replication {
+        let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
+        let _one_at_a_time = self.replication_locks[stripe].lock().await;
+        let Some(snap) = self.table.snapshot(&id, now_ms()) else {
+            return Replication::NotHere;
+        };
+        if self.config.replicas == 0 {
+            return Replication::Done(Backups {
+                confirmed: snap.backups.clone(),
+                holders: snap.backups,
+            });
+        }
+        // A backup the operator removed from the cluster (no longer among its peers) is
+        // taken to be gone for good: the one way a node that never answers again stops
+        // holding a session's writes up (membership will say so too).
+        let cluster = self.cluster_peers();
+        let current: Vec<SocketAddr> = if cluster.is_empty() {
+            snap.backups.to_vec()
+        } else {
+            snap.backups
+                .iter()
+                .copied()
+                .filter(|b| cluster.contains(b))
+                .collect()
+        };
+        match self
+            .replicate_round(id, snap.generation, &snap.record, &current, prefer)
+            .await
+        {
+            RoundOutcome::Done(b) => {
+                tracing::debug!(session = %id, generation = snap.generation, version = snap.record.meta.version, confirmed = ?b.confirmed, holders = ?b.holders, "replicated");
+                self.table.set_backups(&id, snap.generation, &b.holders);
+                Replication::Done(b)
+            }
+            // Still ours here: a backup promoted it meanwhile (or another node claimed
+            // it), so we give it up. Not ours any more: we handed it on after the write
+            // (which went with it), and the backup has heard from the new owner already.
+            RoundOutcome::Superseded {
+                to: owner,
+                mut placed,
+            } => {
+                for b in current.iter() {
+                    if !placed.contains(b) {
+                        placed.push(*b);
+                    }
+                }
+                self.spawn_fence(id, snap.generation, placed);
+                if self.table.lose_ownership(&id, snap.generation, owner, now_ms()) {
+                    Replication::Lost(owner)
+                } else {
+                    Replication::NotHere
+                }
+            }
+        }
+    }
+
+    /// One REPLICATE round of `record` (owned here under `generation`): every node in
+    /// `current` gets it (they may hold older copies of ours), then new candidates until
+    /// `replicas` confirmed. The caller holds the session's replication stripe.
+    ///
+    /// Fencing (protocol.md 12.2): a node in `current` that fails stays a holder, so the
+    /// write cannot be acknowledged until it confirms a later state; a new candidate that
+    /// failed is a holder only when it may have stored the copy (its reply was lost).
+    /// A node that answers MOVED knows a newer owner: the round ends there.
+    pub(super) async fn replicate_round(
+        &self,
+        id: SessionId,
+        generation: u64,
+        record: &sessync_proto::SessionRecord,
+        current: &[SocketAddr],
+        prefer: &[SocketAddr],
+    ) -> RoundOutcome {
+        let want = usize::from(self.config.replicas);
+        let overall = Instant::now() + self.config.peer_timeout * 2;
+        let mut confirmed: Vec<SocketAddr> = Vec::new();
+        let mut holders: Vec<SocketAddr> = Vec::new();
+        let mut batch: Vec<SocketAddr> = Vec::with_capacity(current.len());
+        for &a in current {
+            if a != self.advertise && !batch.contains(&a) {
+                batch.push(a);
+            }
+        }
+        let mut candidates = self.backup_candidates(&id, current, prefer, false);
+        let mut ranked = false;
+        let mut next = batch.len().min(candidates.len());
+        let mut first_round = true;
+        loop {
+            if !first_round {
+                if confirmed.len() >= want || Instant::now() >= overall {
+                    break;
+                }
+                if next >= candidates.len() {
+                    if ranked {
+                        break;
+                    }
+                    // The current and preferred backups are used up: the rest of the
+                    // cluster, in rendezvous order (those already asked are skipped).
+                    candidates = self.backup_candidates(&id, current, prefer, true);
+                    ranked = true;
+                    continue;
+                }
+                let take = (want - confirmed.len()).min(candidates.len() - next);
+                batch = candidates[next..next + take]
+                    .iter()
+                    .copied()
+                    .filter(|c| !holders.contains(c))
+                    .collect();
+                next += take;
+            }
+            let is_current = first_round;
+            first_round = false;
+            if batch.is_empty() {
+                continue;
+            }
+            let deadline = (Instant::now() + self.config.peer_timeout).min(overall);
+            let replies = futures_util::future::join_all(batch.iter().map(|&b| {
+                let msg = PeerMessage::Replicate {
+                    generation,
+                    record: record.clone(),
+                };
+                self.peers.request(b, msg, deadline)
+            }))
+            .await;
+            let mut superseded = None;
+            for (&b, reply) in batch.iter().zip(replies) {
+                match reply {
+                    Ok(PeerMessage::Ok) => {
+                        Stats::bump(&self.stats.replicated);
+                        confirmed.push(b);
+                        holders.push(b);
+                    }
+                    // A newer owner is known. (A pointer back at this node would mean our
+                    // copy is older than one handed to us and not installed yet: the
+                    // newest is then where that handover waits, which the sender says by
+                    // naming itself; a pointer to ourselves is never followed.)
+                    Ok(PeerMessage::Moved { owner, .. }) => {
+                        superseded = Some(if owner != self.advertise { owner } else { b });
+                    }
+                    other => {
+                        Stats::bump(&self.stats.replicate_failures);
+                        tracing::debug!(session = %id, backup = %b, "REPLICATE failed: {other:?}");
+                        let may_hold = is_current || matches!(other, Err(LinkError::Lost));
+                        if may_hold {
+                            holders.push(b);
+                        }
+                    }
+                }
+            }
+            if let Some(to) = superseded {
+                return RoundOutcome::Superseded { to, placed: holders };
+            }
+        }
+        RoundOutcome::Done(Backups {
+            confirmed: confirmed.into(),
+            holders: holders.into(),
+        })
+    }
+
+    /// After a write applied here: replicates it, and says what the reply may claim.
+    /// `Ok(backups)`: acknowledge, with a token naming these backups; `Err(message)`: the
+    /// write is applied here but not protected as configured: INDETERMINATE.
+    pub(super) async fn replicate_write(
+        &self,
+        id: SessionId,
+        served: &[SocketAddr],
+    ) -> Result<Box<[SocketAddr]>, String> {
+        let want = usize::from(self.config.replicas);
+        if want == 0 {
+            return Ok(served.into());
+        }
+        match self.replicate(id, &[]).await {
+            // Handed over (or gone) meanwhile: the write was applied before, so it is in
+            // the copy the next owner got, and that owner replicates before it serves.
+            Replication::NotHere => Ok(served.into()),
+            Replication::Done(b) if b.complete(want) => Ok(b.holders),
+            Replication::Done(b) => {
+                Stats::bump(&self.stats.under_replicated_writes);
+                if self.config.backup_policy == BackupPolicy::Degrade {
+                    Ok(b.holders)
+                } else {
+                    Err(format!(
+                        "the write is applied at this node, but only {} of the {} backups it needs confirmed it: it is lost if this node dies",
+                        b.confirmed.len(),
+                        want.max(b.holders.len())
+                    ))
+                }
+            }
+            Replication::Lost(to) => Err(format!(
+                "another node ({to}) took the session over while this write was being replicated; the write may be lost"
+            )),
+        }
+    }
+
+    /// Tells `backups` to drop their copies of `id` (those of `generation` or older);
+    /// returns how many could not be told.
+    pub(super) async fn drop_backups(&self, id: SessionId, old: &OldBackups) -> usize {
+        let deadline = Instant::now() + self.config.peer_timeout;
+        let replies = futures_util::future::join_all(old.backups.iter().map(|&b| {
+            self.peers.request(
+                b,
+                PeerMessage::Drop {
+                    session_id: id,
+                    generation: old.generation,
+                },
+                deadline,
+            )
+        }))
+        .await;
+        replies
+            .into_iter()
+            .filter(|r| !matches!(r, Ok(PeerMessage::Ok)))
+            .count()
+    }
+
+    /// Sends a read's newer access time to the session's backups in the background, when
+    /// theirs lags by more than a quarter of the idle TTL (so a backup promoted after its
+    /// owner died does not expire an active session early by more than that).
+    pub(super) fn refresh_backups_if_stale(&self, id: SessionId, s: &Served) {
+        if self.config.replicas > 0
+            && !s.backups.is_empty()
+            && s.meta.last_access_ms.saturating_sub(s.replicated_access_ms) > s.meta.idle_ttl_ms / 4
+        {
+            let _ = self.refresh.try_send(id);
+        }
+    }
+
+    /// Serves the background refreshes of [`Node::refresh_backups_if_stale`].
+    pub(crate) fn refresh_backups(self: &Arc<Self>, id: SessionId) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let _ = node.replicate(id, &[]).await;
+        });
+    }
+
+    /// Fences an abandoned copy: tells the nodes that may hold this node's copy of `id`
+    /// under `generation` to drop it (they keep a fence), in the background. Why: this node
+    /// learned that another owner is newer, so its copy (which may carry writes it never
+    /// acknowledged, and lack the newer owner's) must never be promoted by a failover.
+    /// A node that cannot be told keeps its copy until it expires or a newer owner's
+    /// REPLICATE replaces it.
+    pub(super) fn spawn_fence(&self, id: SessionId, generation: u64, nodes: Vec<SocketAddr>) {
+        if nodes.is_empty() {
+            return;
+        }
+        let (peers, timeout) = (self.peers.clone(), self.config.peer_timeout);
+        // Not tracked by the shutdown tracker: bounded by the peer timeout.
+        tokio::spawn(async move {
+            let deadline = Instant::now() + timeout;
+            futures_util::future::join_all(nodes.into_iter().map(|b| {
+                peers.request(
+                    b,
+                    PeerMessage::Drop {
+                        session_id: id,
+                        generation,
+                    },
+                    deadline,
+                )
+            }))
+            .await;
+        });
+    }
+
+    /// Tells a handed-over session's old backups to drop their copies, in the background
+    /// (leftovers expire on their own).
+    pub(crate) fn spawn_drop_backups(self: &Arc<Self>, id: SessionId, old: OldBackups) {
+        if old.backups.is_empty() {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            node.drop_backups(id, &old).await;
+        });
+    }
+}

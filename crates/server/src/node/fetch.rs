@@ -1,0 +1,309 @@
+//! Getting a session to this node: verifying the token, following the COPY chain
+//! (MOVED), backing off under contention, and failing over to a backup when the owner is
+//! gone (protocol.md 11.3 and 12.3).
+
+use super::*;
+
+impl Node {
+    /// Verifies a token and runs `op` on the session it names, copying the session here
+    /// first when another node holds it (instant copy), or taking it over from a backup
+    /// when its owner is gone.
+    pub(super) async fn on_session<T>(
+        &self,
+        token: &str,
+        mode: Mode,
+        op: impl Fn(&Table, &SessionId, u64) -> Result<T, Miss>,
+    ) -> Result<Resolved<T>, SessionFailure> {
+        let token = Token::verify(token, &self.config.keys).map_err(SessionFailure::Token)?;
+        let id = token.session_id;
+        let mut fetches = 0;
+        let mut first_fetch: Option<Instant> = None;
+        loop {
+            let start = match op(&self.table, &id, now_ms()) {
+                Ok(value) => return Ok(Resolved { value, id, token }),
+                // We handed it on (or hold a backup): follow it. Never here: ask the owner
+                // the token names (its MAC verified, so the address is one a node of ours
+                // wrote).
+                Err(Miss::Moved(to)) => Start::Ask(to, true),
+                Err(Miss::Absent) if token.owner != self.advertise => Start::Ask(token.owner, false),
+                // The token names this node, which does not have the session: it lost it
+                // (a restart). Its backups may have it.
+                Err(Miss::Absent) if !token.backups.is_empty() => Start::Failover(self.advertise),
+                Err(m) => return Err(SessionFailure::Miss(m)),
+            };
+            if mode == Mode::LocalOnly {
+                return Err(SessionFailure::Defer);
+            }
+            // A session snatched away between our install and our op is followed again,
+            // within the hop limit. Past it (or past the hop limit of one MOVED chain), the
+            // session is moving faster than we follow it: nodes are taking it from each
+            // other (an application sending one user's requests to several servers at
+            // once). Back off a random moment, so that one of them gets to serve, and try
+            // again while the peer timeout lasts.
+            let first = *first_fetch.get_or_insert_with(Instant::now);
+            if fetches >= self.config.max_hops {
+                self.back_off(first, "session keeps moving").await?;
+                fetches = self.config.max_hops - 1;
+                continue;
+            }
+            fetches += 1;
+            let fetched = match self.fetch(id, start, &token.backups).await {
+                Ok(f) => f,
+                Err((ErrorCode::TooManyHops, message)) => {
+                    self.back_off(first, &message).await?;
+                    continue;
+                }
+                Err((c, m)) => return Err(SessionFailure::Fetch(c, m)),
+            };
+            if fetched == Fetched::PointsHere {
+                // The owners' chain ends here: if the table has moved on (another request
+                // handed it away meanwhile), the loop follows it; if it has nothing, the
+                // session is gone.
+                match op(&self.table, &id, now_ms()) {
+                    Ok(value) => return Ok(Resolved { value, id, token }),
+                    Err(Miss::Moved(_)) => continue,
+                    Err(Miss::Absent) => {
+                        return Err(SessionFailure::Fetch(
+                            ErrorCode::SessionNotFound,
+                            "no such session: its forwarding path ends here and it is not here".into(),
+                        ))
+                    }
+                    Err(m) => return Err(SessionFailure::Miss(m)),
+                }
+            }
+        }
+    }
+
+    /// Sleeps a random 2-25 ms before a request chases a session that keeps moving again,
+    /// or fails it with TOO_MANY_HOPS when that would pass the peer timeout counted from
+    /// `first` (its first fetch).
+    pub(super) async fn back_off(&self, first: Instant, why: &str) -> Result<(), SessionFailure> {
+        let pause = std::time::Duration::from_millis(2 + u64::from(SessionId::random().0[0] % 24));
+        if first.elapsed() + pause >= self.config.peer_timeout {
+            return Err(SessionFailure::Fetch(ErrorCode::TooManyHops, why.to_string()));
+        }
+        Stats::bump(&self.stats.contention_backoffs);
+        tokio::time::sleep(pause).await;
+        Ok(())
+    }
+
+    /// Copies session `id` here (following MOVED, and falling back on `backups` when the
+    /// owner is gone). Concurrent callers for the same id share one fetch.
+    pub(super) async fn fetch(&self, id: SessionId, start: Start, backups: &[SocketAddr]) -> FetchResult {
+        let leader = match self.inflight.entry(id) {
+            dashmap::mapref::entry::Entry::Occupied(o) => Err(o.get().clone()),
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                let (tx, rx) = watch::channel(None);
+                v.insert(rx);
+                Ok(tx)
+            }
+        };
+        match leader {
+            Ok(tx) => {
+                let _guard = InflightGuard {
+                    map: &self.inflight,
+                    id,
+                };
+                let result = self.fetch_from_peers(id, start, backups).await;
+                let _ = tx.send(Some(result.clone()));
+                result
+            }
+            Err(mut rx) => match rx.wait_for(|r| r.is_some()).await {
+                Ok(r) => r
+                    .clone()
+                    .unwrap_or(Err((ErrorCode::Internal, "fetch ended without a result".into()))),
+                Err(_) => Err((
+                    ErrorCode::OwnerUnreachable,
+                    "the fetch this request waited on was abandoned".into(),
+                )),
+            },
+        }
+    }
+
+    pub(super) async fn fetch_from_peers(
+        &self,
+        id: SessionId,
+        start: Start,
+        backups: &[SocketAddr],
+    ) -> FetchResult {
+        let (result, chain) = match start {
+            Start::Ask(owner, forwarded) => self.copy_chain(id, owner, forwarded, backups).await,
+            Start::Failover(me) => (
+                Err((
+                    ErrorCode::SessionNotFound,
+                    "no such session here (this node lost it) and no backup has it".into(),
+                )),
+                vec![me],
+            ),
+        };
+        let (result, chain) = match (result, chain.last().copied()) {
+            // Our link said the owner is unreachable. Before anyone takes its sessions
+            // over, make sure it is not just our link (backing off after an old failure,
+            // say, while the owner restarted): dial it afresh and PING it. If it answers,
+            // it is alive: ask it again, and never fail over from a live owner.
+            (Err((ErrorCode::OwnerUnreachable, _)), Some(f))
+                if f != self.advertise && self.alive(f).await =>
+            {
+                self.copy_chain(id, f, true, backups).await
+            }
+            (result, _) => (result, chain),
+        };
+        let result = match (result, chain.split_last()) {
+            // The owner is gone (unreachable, or restarted without it): the nodes that
+            // pointed to it (it may have made its giver its backup, or never taken the
+            // session over) and then its backups may hold the session.
+            (Err((code, message)), Some((&failed, before)))
+                if matches!(code, ErrorCode::OwnerUnreachable | ErrorCode::SessionNotFound) =>
+            {
+                let mut candidates: Vec<SocketAddr> = before.iter().rev().copied().collect();
+                candidates.extend(backups.iter().filter(|b| !before.contains(b)));
+                match self.failover(id, failed, &candidates).await {
+                    Some(r) => r,
+                    None => Err((code, message)),
+                }
+            }
+            (r, _) => r,
+        };
+        if result.is_err() {
+            Stats::bump(&self.stats.handover_failures);
+        }
+        result
+    }
+
+    /// Whether `peer` answers a PING over a freshly dialled (or live) link within the peer
+    /// timeout.
+    pub(super) async fn alive(&self, peer: SocketAddr) -> bool {
+        // A fresh connection with its own deadline: the link we have may be stuck in TCP
+        // retransmission after a partition healed (it would look dead for as long as its
+        // silence timer runs), or backing off after the peer restarted.
+        self.peers
+            .probe(peer, Instant::now() + self.config.peer_timeout)
+            .await
+    }
+
+    /// The COPY chain from `owner`, following MOVED. Returns the outcome and the nodes
+    /// asked, in order (when it failed, the last is the node it failed at).
+    pub(super) async fn copy_chain(
+        &self,
+        id: SessionId,
+        owner: SocketAddr,
+        forwarded: bool,
+        prefer: &[SocketAddr],
+    ) -> (FetchResult, Vec<SocketAddr>) {
+        let deadline = Instant::now() + self.config.peer_timeout;
+        let (mut fetch, mut step) = Fetch::new(id, self.advertise, owner, forwarded, self.config.max_hops);
+        let mut chain: Vec<SocketAddr> = Vec::new();
+        loop {
+            step = match step {
+                Step::Ask(to) => {
+                    if chain.last() != Some(&to) {
+                        chain.push(to);
+                    }
+                    match self
+                        .peers
+                        .request(
+                            to,
+                            PeerMessage::Copy {
+                                session_id: id,
+                                last_transfer: self.table.last_received(&id),
+                            },
+                            deadline,
+                        )
+                        .await
+                    {
+                        Ok(reply) => fetch.handle_reply(to, reply),
+                        Err(LinkError::Unreachable(why)) => Step::Fail(ErrorCode::OwnerUnreachable, why),
+                        Err(LinkError::Lost) if Instant::now() >= deadline => Step::Fail(
+                            ErrorCode::OwnerUnreachable,
+                            format!("owner {to} did not answer within {:?}", self.config.peer_timeout),
+                        ),
+                        Err(LinkError::Lost) => fetch.handle_lost(to),
+                    }
+                }
+                Step::AskLater(to) => {
+                    if Instant::now() + NOT_YET_PAUSE >= deadline {
+                        Step::Fail(
+                            ErrorCode::OwnerUnreachable,
+                            format!("{to} did not receive the session in time"),
+                        )
+                    } else {
+                        tokio::time::sleep(NOT_YET_PAUSE).await;
+                        Step::Ask(to)
+                    }
+                }
+                Step::Install {
+                    from,
+                    transfer,
+                    record,
+                } => {
+                    self.install_copy(from, transfer, &record, prefer).await;
+                    return (Ok(Fetched::Installed), chain);
+                }
+                Step::Local => return (Ok(Fetched::PointsHere), chain),
+                Step::Fail(code, message) => return (Err((code, message)), chain),
+            };
+        }
+    }
+
+    /// Takes session `id` over from a backup copy: `failed` (the owner) is gone. Tries a
+    /// copy held here first, then each backup in the token's order with PROMOTE. `None`
+    /// when no backup had it. A backup hands its copy over once (under its entry lock), so
+    /// two nodes racing to promote end with one owner.
+    pub(super) async fn failover(
+        &self,
+        id: SessionId,
+        failed: SocketAddr,
+        backups: &[SocketAddr],
+    ) -> Option<FetchResult> {
+        tracing::debug!(session = %id, %failed, ?backups, "owner gone; trying its backups");
+        if let Some(claim) = self.table.promote_local(&id, failed, self.identity(), now_ms()) {
+            Stats::bump(&self.stats.promotions);
+            self.protect_and_install(claim.generation, &claim.record, None, &claim.holders, backups)
+                .await;
+            return Some(Ok(Fetched::Installed));
+        }
+        for &b in backups {
+            if b == self.advertise || b == failed {
+                continue;
+            }
+            let mut attempts = 0;
+            let reply = loop {
+                attempts += 1;
+                let ask = PeerMessage::Promote {
+                    session_id: id,
+                    last_transfer: self.table.last_received(&id),
+                    failed_owner: failed,
+                };
+                match self
+                    .peers
+                    .request(b, ask, Instant::now() + self.config.peer_timeout)
+                    .await
+                {
+                    // A lost reply is asked again: a backup that handed its copy to us
+                    // sends the same copy again.
+                    Err(LinkError::Lost) if attempts < 2 => continue,
+                    r => break r,
+                }
+            };
+            match reply {
+                Ok(PeerMessage::CopyData { transfer, record }) if record.id == id => {
+                    tracing::info!(session = %id, %failed, backup = %b, "took the session over from a backup");
+                    Stats::bump(&self.stats.promotions);
+                    self.install_copy(b, transfer, &record, backups).await;
+                    return Some(Ok(Fetched::Installed));
+                }
+                Ok(PeerMessage::Moved { owner, .. }) if owner == self.advertise => {
+                    return Some(Ok(Fetched::PointsHere))
+                }
+                // The backup knows a newer owner: the session lives on there.
+                Ok(PeerMessage::Moved { owner, .. }) if owner != failed => {
+                    return Some(self.copy_chain(id, owner, true, backups).await.0)
+                }
+                other => {
+                    tracing::debug!(session = %id, backup = %b, "backup did not hand the session over: {other:?}")
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,199 @@
+//! A backup's table steps and the owner's record of its holders: REPLICATE with
+//! fencing, DROP and fences, snapshots for replication, giving a session up
+//! (protocol.md 12.2).
+
+use super::*;
+
+impl Table {
+    /// A backup's step: stores `record`, sent by `owner`, which owns it under
+    /// `generation`. Copies are ordered by (generation, version, last access); an older
+    /// one is ignored. A node that handed the session on (or promoted it) to another node
+    /// answers with that node when the sender is not it or newer: the sender lost the
+    /// session.
+    pub fn replicate_in(
+        &self,
+        owner: PeerIdentity,
+        generation: u64,
+        record: &SessionRecord,
+        now: u64,
+    ) -> Replicated {
+        let id = record.id;
+        let shard = self.shard(&id);
+        let order = |g: u64, m: &SessionMeta| (g, m.version, m.last_access_ms);
+        let incoming = order(generation, &record.meta);
+        let backup = || {
+            Entry::Backup(Box::new(BackupCopy {
+                owner: owner.advertised,
+                live: Live::from_record(record, generation),
+            }))
+        };
+        if Live::from_record(record, generation).expired(now) {
+            return Replicated::Ignored;
+        }
+        let fits = |extra: usize| {
+            let s = self.stats();
+            s.sessions + s.backups < self.config.max_sessions && s.bytes + extra <= self.config.max_memory
+        };
+        match shard.map.entry(id) {
+            MapEntry::Vacant(v) => {
+                let e = backup();
+                if !fits(e.charge()) {
+                    return Replicated::Capacity;
+                }
+                self.account_add(shard, &e);
+                v.insert(e);
+                Replicated::Stored(None)
+            }
+            MapEntry::Occupied(mut o) => {
+                let handing_over = matches!(o.get(), Entry::HandingOver(_));
+                let handed_to = match o.get() {
+                    Entry::Live(l) if !l.expired(now) => return Replicated::OwnedHere,
+                    Entry::Backup(b) if !b.live.expired(now) => {
+                        let held = b.live.received;
+                        // Fencing: a copy from a superseded generation, or from another
+                        // owner claiming the generation this copy holds, is refused, never
+                        // reported as stored: its sender must not acknowledge the write.
+                        if generation < held || (generation == held && b.owner != owner.advertised) {
+                            return Replicated::Moved(b.owner);
+                        }
+                        if incoming <= order(held, &b.live.meta()) {
+                            // The same owner's older (resent or reordered) state: the copy
+                            // held already contains it.
+                            return Replicated::Ignored;
+                        }
+                        None
+                    }
+                    Entry::HandingOver(h) => Some((h.to, h.transfer)),
+                    Entry::Forwarded { to, received, .. } => Some((*to, received + 1)),
+                    Entry::Fenced {
+                        owner: fenced,
+                        generation: g,
+                        until_ms,
+                    } if now < *until_ms && generation <= *g => return Replicated::Moved(*fenced),
+                    Entry::Destroyed { until_ms } if now < *until_ms => return Replicated::Destroyed,
+                    _ => None,
+                };
+                if let Some((to, transfer)) = handed_to {
+                    // We handed the session to `to` under `transfer`: the sender is that
+                    // node (it installed our copy), or someone who got it later.
+                    let newer = generation > transfer || (generation == transfer && to == owner.advertised);
+                    if !newer {
+                        // The sender's copy is older than the one we handed on. If it went
+                        // to the sender itself (which still runs an older lineage) and we
+                        // still hold it, the newest copy is here: point the sender at us,
+                        // never at itself (a forwarding pointer to oneself strands it).
+                        if to == owner.advertised && handing_over {
+                            return Replicated::OwnedHere;
+                        }
+                        return Replicated::Moved(to);
+                    }
+                }
+                let e = backup();
+                match self.replace(shard, o.get_mut(), e) {
+                    Entry::HandingOver(h) => Replicated::Stored(Some(OldBackups {
+                        backups: h.live.backups,
+                        generation: h.live.received,
+                    })),
+                    _ => Replicated::Stored(None),
+                }
+            }
+        }
+    }
+
+    /// A backup's step: forgets `owner`'s copy of the session if it is of `generation` or
+    /// older (a newer owner's copy stays), leaving a fence (see [`Entry::Fenced`]) so that a
+    /// late or stale REPLICATE from that generation is refused rather than stored again.
+    /// Returns whether it did.
+    pub fn drop_backup(&self, id: &SessionId, owner: SocketAddr, generation: u64, now: u64) -> Dropped {
+        let shard = self.shard(id);
+        let Some(mut r) = shard.map.get_mut(id) else {
+            return Dropped::NotHeld;
+        };
+        let until_ms = match r.value() {
+            Entry::Backup(b) if b.owner == owner && b.live.received <= generation => {
+                b.live.meta().expires_at_ms().max(now + 1)
+            }
+            // A newer owner's copy, or this node owns or handed on the session since: the
+            // sender is not the owner any more, and must not report its DESTROY or ROTATE
+            // as done (fencing, like a REPLICATE).
+            Entry::Backup(b) if !b.live.expired(now) && b.live.received >= generation && b.owner != owner => {
+                return Dropped::Newer(b.owner)
+            }
+            Entry::Live(l) if !l.expired(now) => return Dropped::Newer(SocketAddr::from(([0, 0, 0, 0], 0))),
+            // This node handed the session on (or was fenced by another owner) at a
+            // generation the sender's is not newer than: the session moved past it.
+            Entry::HandingOver(h) if h.live.received >= generation && h.to != owner => {
+                return Dropped::Newer(h.to)
+            }
+            Entry::Forwarded {
+                to,
+                received,
+                until_ms,
+                ..
+            } if now < *until_ms && *received >= generation && *to != owner => return Dropped::Newer(*to),
+            Entry::Fenced {
+                owner: by,
+                generation: g,
+                until_ms,
+            } if now < *until_ms && *by != owner && *g >= generation => return Dropped::Newer(*by),
+            _ => return Dropped::NotHeld,
+        };
+        let fence = Entry::Fenced {
+            owner,
+            generation,
+            until_ms,
+        };
+        self.replace(shard, r.value_mut(), fence);
+        Dropped::Dropped
+    }
+
+    /// The live session's state for its backups; also records that its current access
+    /// time is being sent (so reads know when the backups lag).
+    pub fn snapshot(&self, id: &SessionId, now: u64) -> Option<Snapshot> {
+        let mut r = self.shard(id).map.get_mut(id)?;
+        match r.value_mut() {
+            Entry::Live(l) if !l.expired(now) => {
+                l.meta.last_access_ms = l.last_access_ms.load(Ordering::Relaxed);
+                Some(Snapshot {
+                    generation: l.received,
+                    record: l.record(id),
+                    backups: l.backups.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Records the backups that confirmed the session's copy, if it is still live here
+    /// under `generation`.
+    pub fn set_backups(&self, id: &SessionId, generation: u64, backups: &[SocketAddr]) {
+        if let Some(mut r) = self.shard(id).map.get_mut(id) {
+            if let Entry::Live(l) = r.value_mut() {
+                if l.received == generation && *l.backups != *backups {
+                    l.backups = backups.into();
+                }
+            }
+        }
+    }
+
+    /// Gives up a session a backup says is owned elsewhere now (`to` promoted it while this
+    /// node seemed gone): it becomes a forwarding tombstone, so requests follow it.
+    pub fn lose_ownership(&self, id: &SessionId, generation: u64, to: SocketAddr, now: u64) -> bool {
+        let shard = self.shard(id);
+        let Some(mut r) = shard.map.get_mut(id) else {
+            return false;
+        };
+        let t = match r.value() {
+            Entry::Live(l) if l.received == generation => Entry::Forwarded {
+                to,
+                until_ms: l.meta().expires_at_ms().max(now + 1),
+                received: l.received,
+                yielded: true,
+            },
+            _ => return false,
+        };
+        tracing::warn!(session = %id, %to, "a backup knows a newer owner; giving the session up");
+        self.replace(shard, r.value_mut(), t);
+        true
+    }
+}

@@ -1,0 +1,293 @@
+//! The handover's table steps: giving a session (COPY, PROMOTE), acknowledging,
+//! installing, and claiming a failed owner's copy (protocol.md 11 and 12.3).
+
+use super::*;
+
+impl Table {
+    /// The handover generation this node remembers for the session (0: none, or created
+    /// here): what this node puts in its COPY's `last_transfer`.
+    pub fn last_received(&self, id: &SessionId) -> u64 {
+        self.shard(id)
+            .map
+            .get(id)
+            .map_or(0, |r| r.value().known_generation())
+    }
+
+    /// The giving side of the handover: answers a COPY (`failed_owner` `None`) or a
+    /// PROMOTE (`Some(owner the requester could not get it from)`) from `requester`, whose
+    /// own entry remembers generation `their_last`. See protocol.md, "The COPY handover"
+    /// and "Backups". Runs under the entry's write lock, so a write at this node either
+    /// lands before (and is in the copy) or after (and sees MOVED), and two promotions of
+    /// one backup copy resolve to one owner.
+    pub fn hand_over(
+        &self,
+        id: &SessionId,
+        requester: PeerIdentity,
+        their_last: u64,
+        failed_owner: Option<SocketAddr>,
+        now: u64,
+    ) -> CopyOutcome {
+        let (requester_node, requester) = (requester.node_id, requester.advertised);
+        let shard = self.shard(id);
+        let Some(mut r) = shard.map.get_mut(id) else {
+            return CopyOutcome::NotFound;
+        };
+        let start = |live: Live| {
+            let transfer = live.received + 1;
+            let record = live.record(id);
+            tracing::debug!(session = %id, to = %requester, transfer, version = record.meta.version, "hand_over");
+            let h = Entry::HandingOver(Box::new(HandingOver {
+                to: requester,
+                to_node: requester_node,
+                live,
+                transfer,
+            }));
+            (h, CopyOutcome::Data { transfer, record })
+        };
+        match r.value() {
+            Entry::Live(l) if !l.expired(now) => {
+                let mut out = CopyOutcome::NotFound;
+                self.transform(shard, r.value_mut(), |old| match old {
+                    Entry::Live(live) => {
+                        let (h, o) = start(live);
+                        out = o;
+                        h
+                    }
+                    other => other,
+                });
+                out
+            }
+            Entry::Backup(b) if !b.live.expired(now) => {
+                if failed_owner != Some(b.owner) {
+                    // A plain COPY, or a PROMOTE naming another owner: the owner we know of
+                    // is alive as far as anyone told us.
+                    return CopyOutcome::Moved(b.owner);
+                }
+                tracing::info!(session = %id, failed = %b.owner, to = %requester, "promoting a backup copy");
+                let mut out = CopyOutcome::NotFound;
+                self.transform(shard, r.value_mut(), |old| match old {
+                    Entry::Backup(b) => {
+                        let (h, o) = start(b.live);
+                        out = o;
+                        h
+                    }
+                    other => other,
+                });
+                out
+            }
+            Entry::HandingOver(h)
+                if h.to == requester && h.to_node == requester_node && !h.live.expired(now) =>
+            {
+                if their_last >= h.transfer {
+                    // The asker already installed this very copy (or a later one; its ACK
+                    // is still on the way) and asks anew because the session moved on from
+                    // it: the data kept here is stale and must never be sent again.
+                    let t = Entry::Forwarded {
+                        to: h.to,
+                        until_ms: h.live.meta().expires_at_ms().max(now + 1),
+                        received: h.live.received,
+                        yielded: false,
+                    };
+                    let to = h.to;
+                    self.replace(shard, r.value_mut(), t);
+                    CopyOutcome::Moved(to)
+                } else {
+                    // Its reply was lost: the same data again, under the same transfer id.
+                    CopyOutcome::Data {
+                        transfer: h.transfer,
+                        record: h.live.record(id),
+                    }
+                }
+            }
+            Entry::HandingOver(h)
+                if failed_owner == Some(h.to) && h.to != requester && !h.live.expired(now) =>
+            {
+                // The node we handed the session to is gone before it took the session
+                // over: it neither acknowledged this handover nor made this node its
+                // backup (it REPLICATEs here first, before it serves anything), so nothing
+                // was acknowledged past the copy kept here. Hand that copy on instead,
+                // under the same generation: it derives from the same state as the copy
+                // the receiver may hold, so if that receiver is in fact alive (cut off
+                // from the reporter, not dead), the two claims collide at the backups
+                // and only the first is accepted (protocol.md 12.2, fencing).
+                let transfer = h.transfer;
+                let record = h.live.record(id);
+                tracing::info!(session = %id, failed = %h.to, to = %requester, transfer, "re-handing a copy its receiver never took over");
+                // Same state, same charge: only the receiver and the transfer change.
+                if let Entry::HandingOver(h) = r.value_mut() {
+                    h.to = requester;
+                    h.to_node = requester_node;
+                    h.transfer = transfer;
+                }
+                CopyOutcome::Data { transfer, record }
+            }
+            Entry::HandingOver(h) if !h.live.expired(now) => CopyOutcome::Moved(h.to),
+            Entry::Forwarded { to, until_ms, .. } if now < *until_ms => CopyOutcome::Moved(*to),
+            Entry::Fenced { owner, until_ms, .. } if now < *until_ms => CopyOutcome::Moved(*owner),
+            _ => CopyOutcome::NotFound,
+        }
+    }
+
+    /// The giver's last step: `requester` installed transfer `transfer`, so the data goes
+    /// and a forwarding tombstone stays until the session's own deadline. Returns the
+    /// backups the session had here, to be told to DROP, when the entry changed (a
+    /// duplicate or stale ACK changes nothing).
+    pub fn ack_handover(
+        &self,
+        id: &SessionId,
+        requester: PeerIdentity,
+        transfer: u64,
+        now: u64,
+    ) -> Option<OldBackups> {
+        let (requester_node, requester) = (requester.node_id, requester.advertised);
+        let shard = self.shard(id);
+        let mut r = shard.map.get_mut(id)?;
+        let t = match r.value() {
+            Entry::HandingOver(h)
+                if h.to == requester && h.to_node == requester_node && h.transfer == transfer =>
+            {
+                Entry::Forwarded {
+                    to: requester,
+                    until_ms: h.live.meta().expires_at_ms().max(now + 1),
+                    received: h.live.received,
+                    yielded: false,
+                }
+            }
+            _ => return None,
+        };
+        tracing::debug!(session = %id, to = %requester, transfer, "ack_handover");
+        match self.replace(shard, r.value_mut(), t) {
+            Entry::HandingOver(h) => Some(OldBackups {
+                backups: h.live.backups,
+                generation: h.live.received,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The new owner's step: installs a session received in COPY_DATA (generation
+    /// `transfer`) as live here; a copy not newer than what this node already had is a
+    /// duplicate and changes nothing. Returns whether it was installed.
+    /// A session moving in is accepted even past the limits: a move adds nothing to the
+    /// cluster's total, and refusing it would strand the data mid-handover. A destroyed
+    /// tombstone here wins (nothing is resurrected).
+    pub fn install(&self, record: &SessionRecord, transfer: u64, now: u64) -> Result<bool, Miss> {
+        self.install_as(record, transfer, None, Landing::Owner(&[]), now)
+    }
+
+    /// [`Table::install`], saying what the copy becomes: a live session with these backups
+    /// (which already hold it: the new owner replicates *before* it installs, so nothing
+    /// is ever served here unprotected, and a reply's token names every backup), or, when
+    /// a backup said a newer owner has the session, a forwarding tombstone to it.
+    /// `giver` is the node the copy came from (`None`: claimed here).
+    pub fn install_as(
+        &self,
+        record: &SessionRecord,
+        transfer: u64,
+        giver: Option<SocketAddr>,
+        landing: Landing<'_>,
+        now: u64,
+    ) -> Result<bool, Miss> {
+        let id = record.id;
+        let shard = self.shard(&id);
+        let mut live = Live::from_record(record, transfer);
+        if live.expired(now) {
+            return Err(Miss::NotFound);
+        }
+        let new = match landing {
+            Landing::Owner(backups) => {
+                live.backups = backups.into();
+                Entry::Live(live)
+            }
+            Landing::Superseded(to) => Entry::Forwarded {
+                to,
+                until_ms: live.meta().expires_at_ms().max(now + 1),
+                received: transfer,
+                yielded: true,
+            },
+        };
+        tracing::debug!(session = %id, version = record.meta.version, transfer, "install");
+        match shard.map.entry(id) {
+            MapEntry::Vacant(v) => {
+                self.account_add(shard, &new);
+                v.insert(new);
+                Ok(true)
+            }
+            MapEntry::Occupied(mut o) => {
+                // Transfer ids are the session's handover generation, which only grows
+                // along its one-owner history: a copy whose generation is not newer than
+                // what this entry remembers is a resent or delayed duplicate of one this
+                // node already installed (and maybe passed on). Installing it would make
+                // a second owner.
+                let known = match o.get() {
+                    Entry::Destroyed { until_ms } if now < *until_ms => return Err(Miss::NotFound),
+                    // We gave the session up to the giver without handing it a copy: its
+                    // copy is the newer one, whatever its transfer id.
+                    Entry::Forwarded {
+                        to, yielded: true, ..
+                    } if Some(*to) == giver => 0,
+                    e => e.known_generation(),
+                };
+                if transfer <= known {
+                    return Ok(false);
+                }
+                self.replace(shard, o.get_mut(), new);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Claims a session locally because `failed_owner`, which owned it, is gone: a backup
+    /// copy of that owner's (its generation + 1), or a copy we handed to that owner which it
+    /// never took over (a HandingOver it neither acknowledged nor replaced by making us its
+    /// backup: it served nothing; the generation skips past the transfer it may hold).
+    /// The entry becomes a handover to this node (`me`), so nobody else can claim it, and
+    /// the caller replicates the returned copy under the returned generation before it
+    /// installs it ([`Table::install_as`]). `None` when there is nothing to claim.
+    pub fn promote_local(
+        &self,
+        id: &SessionId,
+        failed_owner: SocketAddr,
+        me: PeerIdentity,
+        now: u64,
+    ) -> Option<Claimed> {
+        let shard = self.shard(id);
+        let mut r = shard.map.get_mut(id)?;
+        match r.value() {
+            Entry::Backup(b) if b.owner == failed_owner && !b.live.expired(now) => {}
+            Entry::HandingOver(h) if h.to == failed_owner && !h.live.expired(now) => {}
+            _ => return None,
+        }
+        let mut out = None;
+        self.transform(shard, r.value_mut(), |old| {
+            let (live, generation) = match old {
+                Entry::Backup(b) => {
+                    tracing::info!(session = %id, failed = %failed_owner, "promoting a local backup copy");
+                    let g = b.live.received + 1;
+                    (b.live, g)
+                }
+                Entry::HandingOver(h) => {
+                    // The same generation as the copy handed over, not the next: if the
+                    // receiver is alive after all (cut off, not dead) and took the session
+                    // over elsewhere, both claims derive from one state and collide at
+                    // the backups, which accept only the first (12.2, fencing).
+                    tracing::info!(session = %id, failed = %failed_owner, "taking back a copy its receiver never took over");
+                    (h.live, h.transfer)
+                }
+                other => return other,
+            };
+            out = Some(Claimed {
+                generation,
+                record: live.record(id),
+                holders: live.backups.clone(),
+            });
+            Entry::HandingOver(Box::new(HandingOver {
+                to: me.advertised,
+                to_node: me.node_id,
+                live,
+                transfer: generation,
+            }))
+        });
+        out
+    }
+}
