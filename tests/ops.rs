@@ -463,7 +463,7 @@ impl Drop for KillOnDrop {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "runs once node.rs replicate_write counts under_replicated_writes only under --on-no-backup degrade (the lead's change, see the ops branch report); then drop this attribute"]
+#[ignore = "runs once node/backup.rs replicate_write counts under_replicated_writes only under --on-no-backup degrade (the lead's change, see the ops branch report); then drop this attribute"]
 async fn a_create_refused_for_want_of_backups_is_not_counted_as_under_replicated() {
     let nowhere = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
