@@ -469,7 +469,13 @@ async fn a_create_refused_for_want_of_backups_is_not_counted_as_under_replicated
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let strict = node_with_http(1, |c| c.peers = vec![nowhere]).await;
+    // No HTTP port: its prober would dial `nowhere` first and make every CREATE be
+    // refused up front, before the path that miscounts.
+    let mut cfg = config();
+    cfg.replicas = 1;
+    cfg.peer_timeout = Duration::from_millis(500);
+    cfg.peers = vec![nowhere];
+    let strict = sessync_server::start(cfg).await.unwrap();
     let c = client(strict.client_addr()).await;
     for _ in 0..2 {
         match timeout(WAIT, c.create(attrs(&[]))).await.unwrap() {

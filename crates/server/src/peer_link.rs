@@ -429,8 +429,10 @@ impl Peers {
         }
         state.conn = None;
         if Instant::now() < state.next_dial {
+            // Say why it failed, not only that it did (the status page and /readyz show it).
+            let last = lock(&link.last_error).clone().unwrap_or_default();
             return Err(LinkError::Unreachable(format!(
-                "{} failed recently; retrying after a backoff",
+                "{} failed recently ({last}); retrying after a backoff",
                 link.addr
             )));
         }

@@ -29,7 +29,9 @@ pub(super) fn json(node: &SharedNode, health: &Health, shutdown: &Shutdown) -> V
                 "link": s.name(),
                 "rtt_ms": s.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 "answers_ping": probe.map(|p| p.ok),
-                "error": probe.and_then(|p| p.error.clone()).or(s.last_error),
+                // The link's own last failure says why (a probe during a backoff only
+                // says that it is backing off).
+                "error": s.last_error.or_else(|| probe.and_then(|p| p.error.clone())),
             })
         })
         .collect();
