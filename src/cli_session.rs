@@ -1,13 +1,14 @@
-//! `sessync session ...` and `sessync stats`: a node's client protocol from the shell.
+//! `sessync session ...`, `sessync stats` and `sessync ping`: a node's client protocol
+//! from the shell. Failures are reported by [`crate::failure`].
 
 use std::net::SocketAddr;
-use std::process::ExitCode;
 
-use anyhow::{bail, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use clap::{Args, Subcommand};
 use sessync_client::{Attributes, Bytes, Client, ClientConfig, ClientError, Session, TlsOptions, Write};
+
+use crate::failure::Failure;
 
 /// Where and how to connect.
 #[derive(Args, Debug)]
@@ -18,9 +19,9 @@ pub(crate) struct Connection {
     /// The node's client password.
     #[arg(long, global = true, env = "SESSYNC_PASSWORD")]
     password: Option<String>,
-    /// Print one JSON object instead of text.
+    /// Print one JSON object instead of text (errors too).
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
     /// Connect over TLS, trusting this CA (PEM) for the node's certificate.
     #[arg(long, global = true, env = "SESSYNC_NODE_TLS_CA")]
     tls_ca: Option<std::path::PathBuf>,
@@ -103,14 +104,28 @@ enum SessionCommand {
 #[derive(Args, Debug)]
 pub(crate) struct StatsArgs {
     #[command(flatten)]
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
-fn parse_pairs(pairs: &[String]) -> Result<Attributes> {
+/// `sessync ping`.
+#[derive(Args, Debug)]
+pub(crate) struct PingArgs {
+    #[command(flatten)]
+    pub(crate) conn: Connection,
+}
+
+impl SessionArgs {
+    /// Whether `--json` was given.
+    pub(crate) fn json(&self) -> bool {
+        self.conn.json
+    }
+}
+
+fn parse_pairs(pairs: &[String]) -> Result<Attributes, Failure> {
     let mut attrs = Attributes::new();
     for p in pairs {
         let Some((k, v)) = p.split_once('=') else {
-            bail!("expected key=value, got {p:?}")
+            return Err(Failure::usage(format!("expected key=value, got {p:?}")));
         };
         attrs.insert(k.to_string(), Bytes::copy_from_slice(v.as_bytes()));
     }
@@ -122,7 +137,11 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
         .map_err(|e| ClientError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))
 }
 
-async fn connect(conn: &Connection) -> Result<Client, ClientError> {
+async fn connect(conn: &Connection) -> Result<Client, Failure> {
+    open(conn).await.map_err(|e| Failure::connecting(conn.node, e))
+}
+
+async fn open(conn: &Connection) -> Result<Client, ClientError> {
     let tls = match &conn.tls_ca {
         None => None,
         Some(ca) => {
@@ -189,29 +208,14 @@ fn print_session(s: &Session, json: bool, always_token: bool) {
     }
 }
 
-fn report(e: ClientError, json: bool) -> ExitCode {
-    let (name, code) = match e.code() {
-        Some(c) => (c.name().to_string(), Some(c.as_u16())),
-        None => ("CLIENT_ERROR".to_string(), None),
-    };
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({ "error": name, "code": code, "message": e.to_string() })
-        );
-    } else {
-        eprintln!("error: {name}: {e}");
-    }
-    ExitCode::from(2)
-}
-
 /// Runs `sessync session ...`.
-pub(crate) async fn run_session(args: SessionArgs) -> Result<ExitCode> {
+pub(crate) async fn run_session(args: SessionArgs) -> Result<(), Failure> {
     let json = args.conn.json;
-    let client = match connect(&args.conn).await {
-        Ok(c) => c,
-        Err(e) => return Ok(report(e, json)),
-    };
+    // Usage errors first: nothing is sent to a node for a malformed command.
+    if let SessionCommand::Create { attrs, .. } | SessionCommand::Set { attrs, .. } = &args.command {
+        parse_pairs(attrs)?;
+    }
+    let client = connect(&args.conn).await?;
     let result = match args.command {
         SessionCommand::Create {
             attrs,
@@ -267,34 +271,83 @@ pub(crate) async fn run_session(args: SessionArgs) -> Result<ExitCode> {
             }
         }),
     };
-    Ok(match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(e, json),
-    })
+    result.map_err(Failure::node)
 }
 
-/// Runs `sessync stats`.
-pub(crate) async fn run_stats(args: StatsArgs) -> Result<ExitCode> {
+/// Runs `sessync stats`: the counters, then what the node says about itself (uptime,
+/// version, node id, addresses, peer links: STATS names of the form `KEY=VALUE`).
+pub(crate) async fn run_stats(args: StatsArgs) -> Result<(), Failure> {
     let json = args.conn.json;
-    let stats = match connect(&args.conn).await {
-        Ok(c) => c.stats().await,
-        Err(e) => Err(e),
-    };
-    match stats {
-        Ok(counters) => {
-            if json {
-                let map: serde_json::Map<String, serde_json::Value> = counters
-                    .into_iter()
-                    .map(|(k, v)| (k, serde_json::Value::from(v)))
-                    .collect();
-                println!("{}", serde_json::Value::Object(map));
-            } else {
-                for (k, v) in counters {
-                    println!("{k} {v}");
-                }
+    let counters = connect(&args.conn).await?.stats().await.map_err(Failure::node)?;
+    let mut facts: Vec<(String, String)> = Vec::new();
+    let mut links: Vec<(String, bool, Option<u64>)> = Vec::new();
+    let mut numbers: Vec<(String, u64)> = Vec::new();
+    for (k, v) in &counters {
+        match k.split_once('=') {
+            Some(("peer_link", addr)) => {
+                let rtt = counters
+                    .iter()
+                    .find(|(n, _)| n.strip_prefix("peer_rtt_us=") == Some(addr))
+                    .map(|(_, us)| *us);
+                links.push((addr.to_string(), *v == 1, rtt));
             }
-            Ok(ExitCode::SUCCESS)
+            Some(("peer_rtt_us", _)) => {}
+            Some((key, value)) => facts.push((key.to_string(), value.to_string())),
+            None => numbers.push((k.clone(), *v)),
         }
-        Err(e) => Ok(report(e, json)),
     }
+    if json {
+        let mut map: serde_json::Map<String, serde_json::Value> = numbers
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::from(v)))
+            .collect();
+        for (k, v) in facts {
+            map.insert(k, serde_json::Value::from(v));
+        }
+        let links: Vec<serde_json::Value> = links
+            .into_iter()
+            .map(|(peer, up, rtt)| serde_json::json!({ "peer": peer, "up": up, "rtt_us": rtt }))
+            .collect();
+        map.insert("peer_links".into(), serde_json::Value::from(links));
+        println!("{}", serde_json::Value::Object(map));
+    } else {
+        for (k, v) in facts {
+            println!("{k} {v}");
+        }
+        if let Some((_, ms)) = numbers.iter().find(|(k, _)| k == "uptime_ms") {
+            println!(
+                "uptime {}",
+                humantime::format_duration(std::time::Duration::from_secs(ms / 1000))
+            );
+        }
+        for (peer, up, rtt) in links {
+            let state = if up { "up" } else { "down" };
+            match rtt {
+                Some(us) => println!("peer_link {peer} {state} rtt {:.2}ms", us as f64 / 1000.0),
+                None => println!("peer_link {peer} {state}"),
+            }
+        }
+        for (k, v) in numbers {
+            println!("{k} {v}");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `sessync ping`: connects, sends PING, exits 0 when the node answers (for exec
+/// probes and scripts).
+pub(crate) async fn run_ping(args: PingArgs) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let client = connect(&args.conn).await?;
+    client.ping().await.map_err(Failure::node)?;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if args.conn.json {
+        println!(
+            "{}",
+            serde_json::json!({ "pong": true, "node": args.conn.node.to_string(), "ms": ms })
+        );
+    } else {
+        println!("PONG from {} in {ms:.2} ms", args.conn.node);
+    }
+    Ok(())
 }

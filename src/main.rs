@@ -1,6 +1,7 @@
 //! The `sessync` command: run a node, a local trial cluster, or talk to a node.
 
 mod cli_session;
+mod failure;
 mod secret;
 mod trial_certs;
 
@@ -19,6 +20,16 @@ struct Cli {
     /// Log filter (e.g. info, debug, sessync_server=trace); RUST_LOG wins when set.
     #[arg(long, global = true, env = "SESSYNC_LOG", default_value = "info")]
     log: String,
+    /// Log line format on stderr: text (colours only when stderr is a terminal) or json
+    /// (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "SESSYNC_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,8 +40,10 @@ enum Command {
     Node(Box<NodeArgs>),
     /// Talk to a node: create, read, write and end sessions.
     Session(cli_session::SessionArgs),
-    /// Print a node's counters.
+    /// Print a node's counters, uptime, version, node id, addresses and peer links.
     Stats(cli_session::StatsArgs),
+    /// Check that a node answers (exit 0) on its client port: for exec probes and scripts.
+    Ping(cli_session::PingArgs),
     /// Start a local trial cluster in this process (Ctrl-C stops it).
     Cluster(ClusterArgs),
 }
@@ -41,7 +54,8 @@ struct ClusterArgs {
     /// How many nodes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=50))]
     nodes: u16,
-    /// Node i serves clients on base+i and peers on base+100+i (127.0.0.1).
+    /// Node i serves clients on base+i, peers on base+100+i and HTTP (probes, metrics,
+    /// status page) on base+200+i, all on 127.0.0.1.
     #[arg(long, default_value_t = 7700)]
     base_port: u16,
     /// Idle time to live of sessions.
@@ -54,6 +68,14 @@ struct ClusterArgs {
     /// peer links use mutual TLS and the client ports TLS.
     #[arg(long)]
     tls: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -81,6 +103,10 @@ struct NodeArgs {
     /// Address other nodes connect to.
     #[arg(long, env = "SESSYNC_PEER", default_value = "127.0.0.1:7800")]
     peer: SocketAddr,
+    /// Address of the HTTP port: /healthz, /readyz, /metrics and a status page at /.
+    /// Off unless given.
+    #[arg(long, env = "SESSYNC_HTTP")]
+    http: Option<SocketAddr>,
     /// Peer address written into tokens (when --peer is a wildcard or behind NAT).
     #[arg(long, env = "SESSYNC_ADVERTISE")]
     advertise: Option<SocketAddr>,
@@ -189,13 +215,19 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
-fn init_logging(level: &str) {
+/// Logs go to stderr: coloured only when stderr is a terminal (never into files or
+/// pipes), or as JSON lines.
+fn init_logging(level: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }
 
 /// Registers for Ctrl-C and SIGTERM *now*, and returns a future that resolves on either.
@@ -257,6 +289,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         }
     };
     let mut config = NodeConfig::new(args.client, args.peer, keys);
+    config.http_addr = args.http;
     config.advertise = args.advertise;
     config.idle_ttl = args.idle_ttl;
     config.max_lifetime = args.max_lifetime;
@@ -314,16 +347,21 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     config.max_unauthenticated_per_address = args.max_unauthenticated;
     let stop = termination()?;
     let mut reload = reload_signal()?;
-    let handle = sessync_server::start(config).await.context("starting the node")?;
+    let handle = sessync_server::start(config).await?;
+    let http = handle
+        .http_addr()
+        .map(|a| format!(" http={a}"))
+        .unwrap_or_default();
     tracing::info!(
         client = %handle.client_addr(),
         peer = %handle.peer_addr(),
         advertise = %handle.node().advertise(),
+        http = ?handle.http_addr(),
         "sessync node ready"
     );
     // One machine-readable line, so scripts and tests can use port 0.
     println!(
-        "ready client={} peer={}",
+        "ready client={} peer={}{http}",
         handle.client_addr(),
         handle.peer_addr()
     );
@@ -349,9 +387,11 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         }
     }
     tracing::info!("shutting down: no new connections; finishing requests in flight");
-    if !handle.shutdown(Duration::from_secs(10)).await {
+    let clean = handle.shutdown(Duration::from_secs(10)).await;
+    if !clean {
         tracing::warn!("some connections did not finish within 10 s");
     }
+    tracing::info!(clean, "stopped");
     Ok(())
 }
 
@@ -382,6 +422,7 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
     let mut handles = Vec::new();
     for i in 0..args.nodes {
         let mut config = NodeConfig::new(port(0, i)?, port(100, i)?, keys.clone());
+        config.http_addr = Some(port(200, i)?);
         config.idle_ttl = args.idle_ttl;
         config.peers = peers.clone();
         config.replicas = args.replicas;
@@ -393,6 +434,13 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
         let handle = sessync_server::start(config)
             .await
             .with_context(|| format!("starting node {i}"))?;
+        tracing::info!(
+            node = i,
+            client = %handle.client_addr(),
+            peer = %handle.peer_addr(),
+            http = ?handle.http_addr(),
+            "node ready"
+        );
         handles.push(handle);
     }
     println!(
@@ -411,27 +459,57 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
         None => String::new(),
     };
     for (i, h) in handles.iter().enumerate() {
-        println!("  node {i}: clients {}  peers {}", h.client_addr(), h.peer_addr());
+        let http = h
+            .http_addr()
+            .map(|a| format!("  status http://{a}/"))
+            .unwrap_or_default();
+        println!(
+            "  node {i}: clients {}  peers {}{http}",
+            h.client_addr(),
+            h.peer_addr()
+        );
+    }
+    if let Some(a) = handles[0].http_addr() {
+        println!("  probes: http://{a}/healthz  http://{a}/readyz  metrics: http://{a}/metrics");
     }
     let a = handles[0].client_addr();
     let b = handles[handles.len() - 1].client_addr();
     println!();
-    println!("Try it (in another terminal):");
-    println!("  TOKEN=$(sessync session create --node {a}{tls_flag} user=alice)");
-    println!("  sessync session get --node {b}{tls_flag} \"$TOKEN\"    # copied to the other node, new token printed");
+    println!("Try it (in another terminal, from this checkout; or `cargo install --path .` once and");
+    println!("use `sessync` instead of `cargo run --release --`):");
+    println!("  TOKEN=$(cargo run --release -q -- session create --node {a}{tls_flag} user=alice)");
+    println!("  cargo run --release -q -- session get --node {b}{tls_flag} \"$TOKEN\"    # copied to the other node, new token printed");
     println!();
     println!("Ctrl-C stops every node.");
     stop.await;
-    for h in handles {
-        h.shutdown(Duration::from_secs(5)).await;
+    for (i, h) in handles.into_iter().enumerate() {
+        let clean = h.shutdown(Duration::from_secs(5)).await;
+        tracing::info!(node = i, clean, "node stopped");
     }
     drop(certs);
     Ok(())
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    init_logging(&cli.log);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return std::process::ExitCode::SUCCESS;
+            }
+            if std::env::args().any(|a| a == "--json") {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                let first = first.strip_prefix("error: ").unwrap_or(first);
+                return failure::Failure::usage(first).report(true);
+            }
+            let _ = e.print();
+            return std::process::ExitCode::from(failure::EX_USAGE);
+        }
+    };
+    init_logging(&cli.log, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -439,11 +517,27 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let client_command = |json: bool, r: Result<(), failure::Failure>| {
+        Ok(match r {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(f) => f.report(json),
+        })
+    };
     let result = runtime.block_on(async {
         match cli.command {
             Command::Node(args) => run_node(*args).await.map(|_| std::process::ExitCode::SUCCESS),
-            Command::Session(args) => cli_session::run_session(args).await,
-            Command::Stats(args) => cli_session::run_stats(args).await,
+            Command::Session(args) => {
+                let json = args.json();
+                client_command(json, cli_session::run_session(args).await)
+            }
+            Command::Stats(args) => {
+                let json = args.conn.json;
+                client_command(json, cli_session::run_stats(args).await)
+            }
+            Command::Ping(args) => {
+                let json = args.conn.json;
+                client_command(json, cli_session::run_ping(args).await)
+            }
             Command::Cluster(args) => run_cluster(args).await.map(|_| std::process::ExitCode::SUCCESS),
         }
     });

@@ -39,7 +39,7 @@ use tokio_util::task::TaskTracker;
 use crate::listen::next_connection;
 use crate::node::{After, Mode, SharedNode};
 use crate::shutdown::Shutdown;
-use crate::stats::Stats;
+use crate::stats::{op_index, Stats};
 use crate::throttle::Throttle;
 use crate::tls::{looks_like_tls, RateLimitedWarn, Stream, TlsState};
 
@@ -121,6 +121,29 @@ pub(crate) async fn accept_loop(
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             drop(permit);
         });
+    }
+}
+
+/// Whether `req` is a HELLO with a password sent to a node that has none: refused, as
+/// Redis refuses AUTH without a configured password, since the client's configuration is
+/// wrong (it may be talking to the wrong node).
+fn unexpected_password(node: &SharedNode, req: &Request) -> bool {
+    node.config.password.is_none()
+        && matches!(
+            req,
+            Request::Hello {
+                password: Some(_),
+                ..
+            }
+        )
+}
+
+/// Counts a failed client authentication and logs it at INFO, at most once per
+/// [`crate::lograte::RateLimit::EVERY`] (a client can fail at will).
+fn auth_failed(node: &SharedNode, from: SocketAddr, why: &str) {
+    Stats::bump(&node.stats.auth_failures);
+    if let Some(left_out) = node.stats.auth_log.allow() {
+        tracing::info!(%from, left_out, "client authentication failed: {why}");
     }
 }
 
@@ -250,6 +273,17 @@ async fn serve_connection(
                 }
             };
             let after = match Request::decode_frame(&frame, &cfg.limits) {
+                Ok(req) if unexpected_password(node, &req) => {
+                    auth_failed(node, auth.addr, "HELLO with a password, and this node has none");
+                    Stats::bump(&node.stats.requests);
+                    Stats::bump(&node.stats.errors);
+                    Response::Error(ErrorReply::new(
+                        ErrorCode::AuthFailed,
+                        "HELLO carried a password, but this node has none configured (--password)",
+                    ))
+                    .encode_frame(frame.request_id, &mut out);
+                    After::Close
+                }
                 Ok(req @ Request::Hello { .. }) if cfg.password.is_some() => {
                     // A failed password makes this address's next attempt wait its turn.
                     // Replies so far are written first: the wait must not hold them.
@@ -280,6 +314,8 @@ async fn serve_connection(
                     after
                 }
                 Ok(req) => {
+                    let started = std::time::Instant::now();
+                    let op = op_index(&req);
                     // LocalOnly never waits, so one poll completes it.
                     let local = node.handle(frame.request_id, &req, authenticated, Mode::LocalOnly, &mut out);
                     match local.now_or_never().unwrap_or(After::Defer) {
@@ -289,11 +325,15 @@ async fn serve_connection(
                             tokio::spawn(async move {
                                 let mut reply = BytesMut::new();
                                 node.handle(id, &req, true, Mode::Full, &mut reply).await;
+                                node.stats.latency.observe(op, started.elapsed());
                                 let _ = tx.send(reply).await;
                             });
                             After::Continue
                         }
-                        after => after,
+                        after => {
+                            node.stats.latency.observe(op, started.elapsed());
+                            after
+                        }
                     }
                 }
                 Err(e) => {

@@ -15,6 +15,9 @@ pub struct NodeConfig {
     pub client_addr: SocketAddr,
     /// Where other nodes connect.
     pub peer_addr: SocketAddr,
+    /// Where the HTTP port (probes, metrics, status page) listens; `None` (the default)
+    /// for no HTTP port.
+    pub http_addr: Option<SocketAddr>,
     /// The peer address written into tokens; defaults to the bound peer address.
     pub advertise: Option<SocketAddr>,
     /// The cluster secret(s): token MACs and the peer handshake.
@@ -95,6 +98,7 @@ impl NodeConfig {
         NodeConfig {
             client_addr,
             peer_addr,
+            http_addr: None,
             advertise: None,
             keys,
             idle_ttl: Duration::from_secs(30 * 60),

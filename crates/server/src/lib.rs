@@ -17,7 +17,9 @@ pub mod handover;
 #[cfg(not(feature = "testing"))]
 #[allow(unreachable_pub)]
 mod handover;
+mod http;
 mod listen;
+mod lograte;
 mod node;
 mod peer_link;
 mod peer_port;
@@ -54,6 +56,7 @@ pub struct NodeHandle {
     node: Arc<Node>,
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     trigger: watch::Sender<bool>,
     tasks: TaskTracker,
     tls: Vec<Arc<tls::TlsState>>,
@@ -68,6 +71,11 @@ impl NodeHandle {
     /// The bound peer address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+
+    /// The bound HTTP address, when [`NodeConfig::http_addr`] was set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The node's state, for counters.
@@ -94,7 +102,31 @@ impl NodeHandle {
     }
 }
 
-/// Binds the client and peer ports and starts serving. Must run inside a tokio runtime.
+/// A port that could not be bound, in words that name its role and address
+/// (`peer port 127.0.0.1:7800: address already in use`); the error keeps the OS error's
+/// kind.
+fn bind_error(role: &str, addr: SocketAddr, e: std::io::Error) -> std::io::Error {
+    use std::io::ErrorKind as K;
+    let words = match e.kind() {
+        K::AddrInUse => {
+            "address already in use (another sessync node or another program holds it)".to_string()
+        }
+        K::AddrNotAvailable => "address not available on this machine".to_string(),
+        K::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_string(),
+        _ => e.to_string(),
+    };
+    std::io::Error::new(e.kind(), format!("{role} port {addr}: {words}"))
+}
+
+fn bind(role: &str, addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let l = listen::bind(addr).map_err(|e| bind_error(role, addr, e))?;
+    let bound = l.local_addr().map_err(|e| bind_error(role, addr, e))?;
+    Ok((l, bound))
+}
+
+/// Binds the client and peer ports (and the HTTP port, when configured) and starts
+/// serving. Must run inside a tokio runtime. A port that cannot be bound fails with an
+/// error naming its role and address (`peer port 127.0.0.1:7800: address already in use`).
 pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
     let peer_tls = match &config.peer_tls {
         Some(files) => Some(tls::TlsState::load(tls::Role::Peer, files.clone())?),
@@ -104,20 +136,44 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
         Some(files) => Some(tls::TlsState::load(tls::Role::Client, files.clone())?),
         None => None,
     };
-    let client = listen::bind(config.client_addr)?;
-    let peer = listen::bind(config.peer_addr)?;
-    let client_addr = client.local_addr()?;
-    let peer_addr = peer.local_addr()?;
+    let (client, client_addr) = bind("client", config.client_addr)?;
+    let (peer, peer_addr) = bind("peer", config.peer_addr)?;
+    let http = match config.http_addr {
+        Some(a) => Some(bind("http", a)?),
+        None => None,
+    };
+    let http_addr = http.as_ref().map(|(_, a)| *a);
     let advertise = config.advertise.unwrap_or(peer_addr);
     let sweep_interval = config.sweep_interval;
     let (orphan_tx, orphan_rx) = tokio::sync::mpsc::channel(ORPHAN_QUEUE);
     let (refresh_tx, refresh_rx) = tokio::sync::mpsc::channel(REFRESH_QUEUE);
     let node = Arc::new(Node::new(config, advertise, orphan_tx, refresh_tx));
+    let _ = node.stats.about.set(stats::About {
+        started: std::time::Instant::now(),
+        node_id: node.node_id,
+        client: client_addr,
+        peer: peer_addr,
+        advertise,
+        http: http_addr,
+        peers: node.peers.clone(),
+        node: Arc::downgrade(&node),
+    });
     if let Some(t) = &peer_tls {
         node.peers.set_tls(t.clone());
     }
     let (trigger, shutdown) = Shutdown::new();
     let tasks = TaskTracker::new();
+    if let Some((listener, _)) = http {
+        let health = Arc::new(http::Health::default());
+        tasks.spawn(http::prober(node.clone(), health.clone(), shutdown.clone()));
+        tasks.spawn(http::accept_loop(
+            node.clone(),
+            health,
+            listener,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
     tasks.spawn(client_port::accept_loop(
         node.clone(),
         client,
@@ -143,6 +199,7 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
         node,
         client_addr,
         peer_addr,
+        http_addr,
         trigger,
         tasks,
         tls,

@@ -18,13 +18,20 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use sessync_proto::{Dialler, FrameCodec, Keyring, Limits, Message, PeerMessage};
+use sessync_proto::{
+    Dialler, ErrorCode, ErrorReply, FrameCodec, HandshakeError, Keyring, Limits, Message, PeerMessage,
+};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use crate::lograte::RateLimit;
+use crate::stats::LatencyHistogram;
+
+/// What an operator reads when a handshake fails because a proof does not verify.
+pub(crate) const SECRET_HINT: &str = "proof does not verify: do the nodes share the cluster secret?";
 use crate::tls::{Stream, TlsState};
 
 /// Requests queued on one link before senders wait (back-pressure).
@@ -56,7 +63,7 @@ struct Conn {
     next_id: Arc<AtomicU64>,
 }
 
-struct LinkState {
+struct DialState {
     conn: Option<Conn>,
     next_dial: Instant,
     backoff: Duration,
@@ -64,7 +71,53 @@ struct LinkState {
 
 struct Link {
     addr: SocketAddr,
-    state: tokio::sync::Mutex<LinkState>,
+    state: tokio::sync::Mutex<DialState>,
+    /// The last PING round trip in microseconds (0: none measured yet).
+    rtt_us: AtomicU64,
+    /// Whether the link was last seen up (for logging "up" and "down" once each).
+    was_up: AtomicBool,
+    /// Why the last dial failed, for the status page.
+    last_error: Mutex<Option<String>>,
+}
+
+/// One outgoing link as the status page, `/metrics` and STATS show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LinkState {
+    /// Connected and authenticated now.
+    pub(crate) up: bool,
+    /// Not up, and requests fail at once until the backoff after a failed dial passes.
+    pub(crate) backing_off: bool,
+    /// The last PING round trip, when one was measured.
+    pub(crate) rtt: Option<Duration>,
+    /// Why the last dial failed, if it did.
+    pub(crate) last_error: Option<String>,
+}
+
+impl LinkState {
+    /// `up`, `down` (failed, backing off) or `idle` (never dialled, or may be dialled now).
+    pub(crate) fn name(&self) -> &'static str {
+        if self.up {
+            "up"
+        } else if self.backing_off || self.last_error.is_some() {
+            "down"
+        } else {
+            "idle"
+        }
+    }
+}
+
+/// Measurements of the outgoing links, read by `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct LinkMetrics {
+    /// Handshakes of our own links that failed on authentication (the peer refused our
+    /// proof, or its proof did not verify).
+    pub(crate) handshakes_refused: AtomicU64,
+    /// COPY or PROMOTE sent until its COPY_DATA came back: the network part of a move.
+    pub(crate) move_seconds: LatencyHistogram,
+    /// REPLICATE sent until a backup answered.
+    pub(crate) replicate_seconds: LatencyHistogram,
+    refused_log: RateLimit,
+    backup_log: RateLimit,
 }
 
 /// What this node needs to dial and authenticate.
@@ -105,6 +158,16 @@ pub(crate) struct Peers {
     shutdown: CancellationToken,
     /// Peer TLS, when on: set once at start (before any link is dialled).
     tls: OnceLock<Arc<TlsState>>,
+    /// Round trips, refused handshakes and backup failures.
+    pub(crate) metrics: LinkMetrics,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers")
+            .field("advertise", &self.config.advertise)
+            .finish()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -122,6 +185,58 @@ impl Peers {
             orphans,
             shutdown: CancellationToken::new(),
             tls: OnceLock::new(),
+            metrics: LinkMetrics::default(),
+        }
+    }
+
+    /// Handshakes of this node's own links refused on authentication.
+    pub(crate) fn handshakes_refused(&self) -> u64 {
+        self.metrics.handshakes_refused.load(Ordering::Relaxed)
+    }
+
+    /// Every link this node has (dialled or about to be), with its state. Never waits:
+    /// a link being dialled right now shows as not up.
+    pub(crate) fn link_states(&self) -> Vec<(SocketAddr, LinkState)> {
+        let links: Vec<Arc<Link>> = lock(&self.links).values().cloned().collect();
+        let mut v: Vec<(SocketAddr, LinkState)> = links
+            .iter()
+            .map(|l| {
+                let (up, backing_off) = match l.state.try_lock() {
+                    Ok(st) => (
+                        st.conn.as_ref().is_some_and(|c| c.alive.load(Ordering::Acquire)),
+                        Instant::now() < st.next_dial,
+                    ),
+                    Err(_) => (false, false),
+                };
+                let rtt = match l.rtt_us.load(Ordering::Relaxed) {
+                    0 => None,
+                    us => Some(Duration::from_micros(us)),
+                };
+                let last_error = if up { None } else { lock(&l.last_error).clone() };
+                (
+                    l.addr,
+                    LinkState {
+                        up,
+                        backing_off,
+                        rtt,
+                        last_error,
+                    },
+                )
+            })
+            .collect();
+        v.sort_by_key(|(a, _)| *a);
+        v
+    }
+
+    /// PINGs `addr` (dialling it if needed, unless backing off) and records the round
+    /// trip; `Err` says why it did not answer by `deadline`.
+    pub(crate) async fn ping(&self, addr: SocketAddr, deadline: Instant) -> Result<Duration, String> {
+        let started = Instant::now();
+        match self.request(addr, PeerMessage::Ping(0), deadline).await {
+            Ok(PeerMessage::Pong(_)) => Ok(started.elapsed()),
+            Ok(other) => Err(format!("answered PING with {other:?}")),
+            Err(LinkError::Unreachable(why)) => Err(why),
+            Err(LinkError::Lost) => Err("no answer in time".into()),
         }
     }
 
@@ -157,11 +272,14 @@ impl Peers {
             .or_insert_with(|| {
                 Arc::new(Link {
                     addr,
-                    state: tokio::sync::Mutex::new(LinkState {
+                    state: tokio::sync::Mutex::new(DialState {
                         conn: None,
                         next_dial: Instant::now(),
                         backoff: BACKOFF_MIN,
                     }),
+                    rtt_us: AtomicU64::new(0),
+                    was_up: AtomicBool::new(false),
+                    last_error: Mutex::new(None),
                 })
             })
             .clone()
@@ -178,8 +296,48 @@ impl Peers {
         if let Some((net, me)) = self.sim() {
             return net.request(me, addr, msg, deadline).await;
         }
+        let started = Instant::now();
+        let kind = match &msg {
+            PeerMessage::Ping(_) => Kind::Ping,
+            PeerMessage::Copy { .. } | PeerMessage::Promote { .. } => Kind::Move,
+            PeerMessage::Replicate { .. } => Kind::Replicate,
+            _ => Kind::Other,
+        };
         let link = self.link(addr);
-        let conn = self.connection(&link, deadline).await?;
+        let r = self.request_on(&link, msg, deadline).await;
+        let took = started.elapsed();
+        let m = &self.metrics;
+        match (kind, &r) {
+            (Kind::Ping, Ok(PeerMessage::Pong(_))) => {
+                link.rtt_us
+                    .store((took.as_micros() as u64).max(1), Ordering::Relaxed);
+            }
+            (Kind::Move, Ok(PeerMessage::CopyData { .. })) => m.move_seconds.observe(took),
+            (Kind::Replicate, Ok(PeerMessage::Ok | PeerMessage::Moved { .. })) => {
+                m.replicate_seconds.observe(took)
+            }
+            (Kind::Replicate, other) => {
+                if let Some(left_out) = m.backup_log.allow() {
+                    tracing::info!(
+                        backup = %addr,
+                        left_out,
+                        "backup failed: REPLICATE got {}",
+                        describe(other)
+                    );
+                }
+            }
+            _ => {}
+        }
+        r
+    }
+
+    async fn request_on(
+        &self,
+        link: &Link,
+        msg: PeerMessage,
+        deadline: Instant,
+    ) -> Result<PeerMessage, LinkError> {
+        let conn = self.connection(link, deadline).await?;
         Self::ask(&conn, msg, deadline).await
     }
 
@@ -195,7 +353,8 @@ impl Peers {
             let reply = net.request(me, addr, PeerMessage::Ping(0), deadline).await;
             return matches!(reply, Ok(PeerMessage::Pong(_)));
         }
-        let conn = match timeout_at(deadline, self.dial(addr)).await {
+        let link = self.link(addr);
+        let conn = match timeout_at(deadline, self.dial(&link)).await {
             Ok(Ok(c)) => c,
             _ => return false,
         };
@@ -206,7 +365,6 @@ impl Peers {
             conn.alive.store(false, Ordering::Release);
             return false;
         }
-        let link = self.link(addr);
         if let Ok(mut state) = timeout_at(deadline, link.state.lock()).await {
             if let Some(old) = state.conn.replace(conn) {
                 old.alive.store(false, Ordering::Release);
@@ -265,18 +423,24 @@ impl Peers {
             if c.alive.load(Ordering::Acquire) {
                 return Ok(c.clone());
             }
+            // run_link logged the loss; a failing re-dial is then only debug.
+            link.was_up.store(false, Ordering::Relaxed);
+            *lock(&link.last_error) = Some("connection lost".into());
         }
         state.conn = None;
         if Instant::now() < state.next_dial {
+            // Say why it failed, not only that it did (the status page and /readyz show it).
+            let last = lock(&link.last_error).clone().unwrap_or_default();
             return Err(LinkError::Unreachable(format!(
-                "{} failed recently; retrying after a backoff",
+                "{} failed recently ({last}); retrying after a backoff",
                 link.addr
             )));
         }
-        match timeout_at(deadline, self.dial(link.addr)).await {
+        match timeout_at(deadline, self.dial(link)).await {
             Ok(Ok(conn)) => {
                 state.backoff = BACKOFF_MIN;
                 state.conn = Some(conn.clone());
+                *lock(&link.last_error) = None;
                 Ok(conn)
             }
             failed => {
@@ -286,13 +450,20 @@ impl Peers {
                     Ok(Err(e)) => e,
                     _ => "connect or handshake timed out".to_string(),
                 };
-                tracing::debug!(peer = %link.addr, "peer link failed: {why}");
+                if link.was_up.swap(false, Ordering::Relaxed) || lock(&link.last_error).is_none() {
+                    // Once per change: a dead peer is re-dialled every few seconds.
+                    tracing::info!(peer = %link.addr, "peer link down: {why}");
+                } else {
+                    tracing::debug!(peer = %link.addr, "peer link failed: {why}");
+                }
+                *lock(&link.last_error) = Some(why.clone());
                 Err(LinkError::Unreachable(format!("{}: {why}", link.addr)))
             }
         }
     }
 
-    async fn dial(&self, addr: SocketAddr) -> Result<Conn, String> {
+    async fn dial(&self, link: &Link) -> Result<Conn, String> {
+        let addr = link.addr;
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
@@ -329,9 +500,26 @@ impl Peers {
             .await
             .map_err(|e| format!("handshake: {e}"))?;
         let challenge = self.read_handshake(&mut framed).await?;
-        let (peer, proof) = dialler
-            .handle_challenge(challenge)
-            .map_err(|e| format!("handshake: {e}"))?;
+        let (peer, proof) = match dialler.handle_challenge(challenge) {
+            Ok(x) => x,
+            Err(e) => {
+                let why = match e {
+                    HandshakeError::BadProof | HandshakeError::UnknownKey(_) => {
+                        self.refused(addr, &format!("{e}"));
+                        // Tell the acceptor too, so that it counts and logs the refusal.
+                        let err = ErrorReply::new(ErrorCode::AuthFailed, SECRET_HINT);
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            framed.send((0, PeerMessage::Error(err))),
+                        )
+                        .await;
+                        format!("handshake refused: {e}; {SECRET_HINT}")
+                    }
+                    e => format!("handshake: {e}"),
+                };
+                return Err(why);
+            }
+        };
         framed
             .send((2, proof))
             .await
@@ -340,7 +528,8 @@ impl Peers {
             PeerMessage::AuthOk => {}
             other => return Err(format!("handshake: expected AUTH_OK, got {other:?}")),
         }
-        tracing::debug!(peer = %addr, advertised = %peer.advertised, "peer link up");
+        link.was_up.store(true, Ordering::Relaxed);
+        tracing::info!(peer = %addr, advertised = %peer.advertised, "peer link up");
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let conn = Conn {
             tx,
@@ -367,9 +556,47 @@ impl Peers {
             None => return Err("handshake: peer closed the connection".into()),
         };
         match PeerMessage::decode_frame(&frame, &self.config.limits) {
+            Ok(PeerMessage::Error(e)) if e.code == ErrorCode::AuthFailed => {
+                self.refused(None, &e.message);
+                Err(format!(
+                    "peer refused the handshake: {}; {SECRET_HINT}",
+                    e.message
+                ))
+            }
             Ok(PeerMessage::Error(e)) => Err(format!("peer refused: {} {}", e.code, e.message)),
             Ok(m) => Ok(m),
             Err(e) => Err(format!("handshake: {e}")),
+        }
+    }
+}
+
+/// What a peer request was, for measuring it.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Ping,
+    Move,
+    Replicate,
+    Other,
+}
+
+/// A failed request's outcome in words, for the log.
+fn describe(r: &Result<PeerMessage, LinkError>) -> String {
+    match r {
+        Ok(PeerMessage::Error(e)) => format!("ERROR {} {}", e.code, e.message),
+        Ok(other) => format!("{other:?}"),
+        Err(LinkError::Unreachable(why)) => format!("no link ({why})"),
+        Err(LinkError::Lost) => "no answer in time".into(),
+    }
+}
+
+impl Peers {
+    /// Counts and logs (rate-limited) a handshake of our own link refused on
+    /// authentication.
+    fn refused(&self, addr: impl Into<Option<SocketAddr>>, why: &str) {
+        self.metrics.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(left_out) = self.metrics.refused_log.allow() {
+            let peer = addr.into().map_or_else(|| "?".to_string(), |a| a.to_string());
+            tracing::info!(%peer, left_out, "peer handshake refused ({why}): {SECRET_HINT}");
         }
     }
 }
@@ -438,6 +665,9 @@ async fn run_link(
         }
     }
     conn.alive.store(false, Ordering::Release);
+    if !shutdown.is_cancelled() {
+        tracing::info!(peer = %addr, "peer link down: connection lost");
+    }
     // Dropping the senders wakes every waiter with "link lost".
     lock(&conn.pending).clear();
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use sessync_proto::{
-    decode_frame, Acceptor, ErrorCode, ErrorReply, Frame, Message, PeerIdentity, PeerMessage,
+    decode_frame, Acceptor, ErrorCode, ErrorReply, Frame, HandshakeError, Message, PeerIdentity, PeerMessage,
     MAX_HANDSHAKE_FRAME_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -160,6 +160,26 @@ async fn refuse(stream: &mut Stream, request_id: u64, err: ErrorReply) -> std::i
     Ok(())
 }
 
+/// Counts a handshake refused at this port and logs it at INFO (rate-limited: anyone who
+/// can reach the port can fail handshakes at will).
+fn refused(node: &SharedNode, why: &str, hint: &str) {
+    Stats::bump(&node.stats.peer_handshakes_refused);
+    if let Some(left_out) = node.stats.handshake_log.allow() {
+        tracing::info!(left_out, "peer handshake refused ({why}){hint}");
+    }
+}
+
+/// The hint logged with a handshake error.
+fn hint(e: &HandshakeError) -> &'static str {
+    match e {
+        HandshakeError::BadProof | HandshakeError::UnknownKey(_) => {
+            ": proof does not verify: do the nodes share the cluster secret?"
+        }
+        HandshakeError::SelfConnection => ": this node dialled itself (is its own address in --peers twice?)",
+        _ => "",
+    }
+}
+
 /// The secret handshake. `Ok(None)` when it did not complete; `auth_failed` is set when
 /// the peer failed to prove it knows the secret (that, and only that, is throttled).
 async fn handshake(
@@ -185,13 +205,18 @@ async fn handshake(
     let hello = match PeerMessage::decode_frame(&frame, limits) {
         Ok(m @ PeerMessage::AuthHello { .. }) => m,
         _ => {
+            refused(
+                node,
+                "the first frame is not AUTH_HELLO",
+                ": is a client or another program connecting to the peer port?",
+            );
             return refuse(
                 stream,
                 frame.request_id,
                 failed("the peer port requires the handshake first".into()),
             )
             .await
-            .map(|_| None)
+            .map(|_| None);
         }
     };
     // Over TLS both proofs also cover the session's exporter keying material, so the
@@ -206,6 +231,7 @@ async fn handshake(
         Ok(x) => x,
         Err(e) => {
             *auth_failed = true;
+            refused(node, &e.to_string(), hint(&e));
             return refuse(stream, frame.request_id, failed(e.to_string()))
                 .await
                 .map(|_| None);
@@ -225,6 +251,15 @@ async fn handshake(
         }
     };
     let proof = match PeerMessage::decode_frame(&frame, limits) {
+        Ok(PeerMessage::Error(e)) => {
+            // The dialler could not verify our proof and says so before it leaves.
+            refused(
+                node,
+                &format!("the dialler answered {} {}", e.code, e.message),
+                "",
+            );
+            return Ok(None);
+        }
         Ok(m) => m,
         Err(e) => {
             return refuse(stream, frame.request_id, failed(e.to_string()))
@@ -242,6 +277,7 @@ async fn handshake(
         }
         Err(e) => {
             *auth_failed = true;
+            refused(node, &e.to_string(), hint(&e));
             refuse(stream, frame.request_id, failed(e.to_string()))
                 .await
                 .map(|_| None)

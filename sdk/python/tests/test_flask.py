@@ -191,3 +191,26 @@ def test_unknown_or_forged_cookie_starts_fresh(apps: Tuple[flask.Flask, flask.Fl
     assert user.get(a, "/whoami")[0] == "anonymous"
     body, cookie = user.get(a, "/incr/n")
     assert body == "1" and cookie and cookie != "AQAAESIzRFVmd4iZqrvM3e7_BAoAAAEc6QC4GCxqzsImgh9trpzN734B"
+
+
+def test_a_node_that_is_down_gives_a_500_not_an_assertion(caplog: pytest.LogCaptureFixture) -> None:
+    # Nothing listens on this port: the node is down.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = "127.0.0.1:%d" % s.getsockname()[1]
+    app = flask.Flask("app-down")
+    app.session_interface = SessyncSessionInterface(Client(addr, timeout=1))
+
+    @app.get("/whoami")
+    def whoami() -> str:
+        return flask.session.get("user", "anonymous")
+
+    client = app.test_client()
+    client.set_cookie("session", "some-token")
+    with caplog.at_level("ERROR"):
+        r = client.get("/whoami")
+    assert r.status_code == 500
+    assert "AssertionError" not in caplog.text, caplog.text
+    assert "finalizing failed" not in caplog.text, caplog.text

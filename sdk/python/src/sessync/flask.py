@@ -102,7 +102,10 @@ class SessyncSessionInterface(SessionInterface):
         return session
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        assert isinstance(session, SessyncSession)
+        if not isinstance(session, SessyncSession):
+            # open_session failed (the node was down: Flask answers with the error) or Flask
+            # made a null session: there is nothing of ours to save.
+            return
         name = self.get_cookie_name(app)
         domain = self.get_cookie_domain(app)
         path = self.get_cookie_path(app)
