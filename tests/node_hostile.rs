@@ -432,23 +432,28 @@ async fn lying_owner(
     addr
 }
 
+/// A session record with no attributes, created and last used at `at_ms`.
+fn empty_record(id: sessync_proto::SessionId, at_ms: u64, idle_ttl_ms: u64) -> sessync_proto::SessionRecord {
+    sessync_proto::SessionRecord {
+        id,
+        meta: sessync_proto::SessionMeta {
+            version: 1,
+            created_ms: at_ms,
+            last_access_ms: at_ms,
+            idle_ttl_ms,
+            absolute_deadline_ms: 0,
+        },
+        attributes: Default::default(),
+    }
+}
+
 /// Issue 20, S2: a COPY_DATA with transfer id 0 (which no handover has, protocol.md 11.1)
 /// is not installed, served or acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_with_transfer_id_zero_is_not_installed() {
     let owner = lying_owner(|id| sessync_proto::PeerMessage::CopyData {
         transfer: 0,
-        record: sessync_proto::SessionRecord {
-            id,
-            meta: sessync_proto::SessionMeta {
-                version: 1,
-                created_ms: sessync_server::clock::now_ms(),
-                last_access_ms: sessync_server::clock::now_ms(),
-                idle_ttl_ms: 60_000,
-                absolute_deadline_ms: 0,
-            },
-            attributes: Default::default(),
-        },
+        record: empty_record(id, sessync_server::clock::now_ms(), 60_000),
     })
     .await;
     let node = sessync_server::start(config()).await.unwrap();
@@ -497,22 +502,10 @@ async fn a_silent_owner_fails_the_fetch_within_one_peer_timeout() {
 /// then TOO_MANY_HOPS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_copy_is_session_not_found() {
-    let owner = lying_owner(|id| {
-        let long_ago = sessync_server::clock::now_ms() - 10_000;
-        sessync_proto::PeerMessage::CopyData {
-            transfer: 1,
-            record: sessync_proto::SessionRecord {
-                id,
-                meta: sessync_proto::SessionMeta {
-                    version: 1,
-                    created_ms: long_ago,
-                    last_access_ms: long_ago,
-                    idle_ttl_ms: 1_000,
-                    absolute_deadline_ms: 0,
-                },
-                attributes: Default::default(),
-            },
-        }
+    let owner = lying_owner(|id| sessync_proto::PeerMessage::CopyData {
+        transfer: 1,
+        // Last used 10 s ago with a 1 s idle TTL.
+        record: empty_record(id, sessync_server::clock::now_ms() - 10_000, 1_000),
     })
     .await;
     let node = sessync_server::start(config()).await.unwrap();

@@ -153,12 +153,7 @@ impl Node {
             Ok(r) => {
                 let (new_id, s) = r.value;
                 Stats::bump(&self.stats.rotated);
-                let old = OldBackups {
-                    backups: s.backups.clone(),
-                    generation: s.generation,
-                };
-                let missing = usize::from(self.config.replicas).saturating_sub(old.backups.len());
-                let dropped = self.drop_backups(r.id, &old).await + missing;
+                let dropped = self.retire_id(r.id, &s).await;
                 match self.replicate_write(new_id, &[]).await {
                     Ok(backups) if dropped == 0 || self.config.backup_policy == BackupPolicy::Degrade => {
                         let token = self.sign(new_id, &backups);
@@ -191,12 +186,7 @@ impl Node {
         {
             Ok(r) => {
                 Stats::bump(&self.stats.destroyed);
-                let old = OldBackups {
-                    backups: r.value.backups.clone(),
-                    generation: r.value.generation,
-                };
-                let missing = usize::from(self.config.replicas).saturating_sub(old.backups.len());
-                let failed = self.drop_backups(r.id, &old).await + missing;
+                let failed = self.retire_id(r.id, &r.value).await;
                 if failed > 0 && self.config.backup_policy == BackupPolicy::Refuse {
                     return self.indeterminate(
                         request_id,
@@ -297,5 +287,18 @@ impl Node {
             ));
         }
         None
+    }
+
+    /// Tells the holders of an id that is gone here (destroyed, or rotated away) to DROP
+    /// it; returns how many did not confirm, counting missing holders too (fencing: the
+    /// holders' answers are what proves this node still owned the session, so too few of
+    /// them is as bad as a failed one).
+    async fn retire_id(&self, id: SessionId, last: &Served) -> usize {
+        let old = OldBackups {
+            backups: last.backups.clone(),
+            generation: last.generation,
+        };
+        let missing = usize::from(self.config.replicas).saturating_sub(old.backups.len());
+        self.drop_backups(id, &old).await + missing
     }
 }
