@@ -47,7 +47,14 @@ impl Table {
             MapEntry::Occupied(mut o) => {
                 let handing_over = matches!(o.get(), Entry::HandingOver(_));
                 let handed_to = match o.get() {
-                    Entry::Live(l) if !l.expired(now) => return Replicated::OwnedHere,
+                    // An owner here under an older generation than the sender's has been
+                    // superseded (the session was handed on or promoted past it while it
+                    // was paused or cut off; it cannot have acknowledged anything since,
+                    // its holders refuse it): it yields, keeps the newer copy as a backup,
+                    // and its own holders are fenced. An older or equal sender is refused.
+                    Entry::Live(l) if !l.expired(now) && generation <= l.received => {
+                        return Replicated::OwnedHere
+                    }
                     Entry::Backup(b) if !b.live.expired(now) => {
                         let held = b.live.received;
                         // Fencing: a copy from a superseded generation, or from another
@@ -94,6 +101,13 @@ impl Table {
                         backups: h.live.backups,
                         generation: h.live.received,
                     })),
+                    Entry::Live(l) => {
+                        tracing::warn!(session = %id, newer = %owner.advertised, "an owner with a newer generation exists; yielding the session");
+                        Replicated::Stored(Some(OldBackups {
+                            backups: l.backups,
+                            generation: l.received,
+                        }))
+                    }
                     _ => Replicated::Stored(None),
                 }
             }

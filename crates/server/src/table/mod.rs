@@ -912,10 +912,24 @@ mod tests {
         );
         // B (had it lived) replicating its older claim is told the session is C's.
         assert_eq!(t.replicate_in(b, t1, &record, 3), Replicated::Moved(c.advertised));
-        // A node that owns the session tells a stray REPLICATE so.
+        // A node that owns the session tells a stray REPLICATE of its generation (or an
+        // older one) so.
         let (own, _) = t.create(&attrs(&[]), 1000, 0, 0).unwrap();
         let r = record_of(&t, &own);
-        assert_eq!(t.replicate_in(a, 9, &r, 3), Replicated::OwnedHere);
+        assert_eq!(t.replicate_in(a, 0, &r, 3), Replicated::OwnedHere);
+        // An owner superseded by a newer generation yields: the newer copy becomes its
+        // backup, and its own holders are to be fenced.
+        let y = table(10, EvictPolicy::Reject);
+        let (mine, _) = y.create(&attrs(&[]), 1000, 0, 0).unwrap();
+        let newer = record_of(&y, &mine);
+        assert_eq!(
+            y.replicate_in(a, 9, &newer, 3),
+            Replicated::Stored(Some(OldBackups {
+                backups: Box::default(),
+                generation: 0
+            }))
+        );
+        assert_eq!(y.get(&mine, &[], 3).unwrap_err(), Miss::Moved(a.advertised));
         // A giver whose receiver died before taking the session over takes its copy back.
         let g = table(10, EvictPolicy::Reject);
         let (back, _) = g.create(&attrs(&[("k", "v")]), 1000, 0, 0).unwrap();
