@@ -51,20 +51,14 @@ fn init_log() {
     }
 }
 
-/// Ignored: it fails today, and that is what it is for. Issue 13 stays open on it: on
-/// most seeds some session ends unreadable after the heal (forwarding pointers with no live
-/// copy behind them: a new owner that lost its copy, or one whose COPY_ACK reached the
-/// giver although it never installed), and on some an `if_version` is acknowledged twice
-/// or an acknowledged append is lost. It runs with `cargo test --test simulation --
-/// --ignored` (every seed's faults and the state of each failing session at every node are
-/// printed), and will run by default once those are fixed; the fixes so far, and the
-/// tests/partition.rs and tests/chaos.rs cases that pin them, came from this harness.
+/// The seeds `cargo test` runs (0 to 9 unless `SESSYNC_SIM_SEEDS` / `SESSYNC_SIM_FIRST`
+/// say otherwise). All ten failed before issue 13's fixes so far (seeds 0, 1, 3 and 4 were
+/// traced to them); they pass now and must keep passing.
 #[test]
-#[ignore = "fails on most seeds until issue 13's stranded-session and stale-rotation bugs are fixed; run with --ignored"]
 fn seeded_runs_keep_every_promise() {
     init_log();
     let first = env("SESSYNC_SIM_FIRST", 0);
-    let seeds = env("SESSYNC_SIM_SEEDS", 12);
+    let seeds = env("SESSYNC_SIM_SEEDS", 10);
     let started = Instant::now();
     let (mut acked, mut unknown) = (0, 0);
     let mut failed = Vec::new();
@@ -98,4 +92,24 @@ fn a_quiet_cluster_promotes_nothing() {
         assert_eq!(r.promotions, 0, "seed {seed}: promotions without a fault");
         assert!(r.acked > 0);
     }
+}
+
+/// Seeds among the first 30 that still break a promise (issue 13 is open on them): an
+/// acknowledged append lost (4 sessions), a session unreadable after the heal (3), a
+/// rotated-away id that took a write (1). Ignored until they are fixed; they run with
+/// `cargo test --test simulation -- --ignored` and each prints its faults and the state of
+/// every failing session at every node. A seed fixed moves into the default run.
+#[test]
+#[ignore = "seeds that still fail: issue 13's open part; run with --ignored"]
+fn known_failing_seeds() {
+    init_log();
+    let mut failed = Vec::new();
+    for seed in [10, 12, 13, 15, 19, 20, 21, 28] {
+        let r = simulate(seed, &options(seed));
+        if !r.violations.is_empty() {
+            eprintln!("{}", explain(&r));
+            failed.push(seed);
+        }
+    }
+    assert!(failed.is_empty(), "still failing: {failed:?}");
 }

@@ -31,7 +31,7 @@ enum Outcome {
 }
 
 /// Sends `req` to host `i` as an application beside it would, and waits for the reply.
-async fn call(net: &Net, i: usize, req: Request) -> Outcome {
+async fn call(net: &Arc<Net>, i: usize, req: Request) -> Outcome {
     let (node, incarnation, alive) = {
         let st = net.lock();
         let s = &st.slots[i];
@@ -40,7 +40,11 @@ async fn call(net: &Net, i: usize, req: Request) -> Outcome {
     if !alive {
         return Outcome::NotSent;
     }
-    let served = async {
+    // The request runs in a task of its own, as the client port runs a deferred request:
+    // a client that gives up does not cancel the node's work halfway.
+    let run_net = net.clone();
+    let served = async move {
+        let net = run_net;
         net.wait_running(i).await;
         let mut out = BytesMut::new();
         if node.handle(1, &req, true, Mode::LocalOnly, &mut out).await == After::Defer {
@@ -51,8 +55,11 @@ async fn call(net: &Net, i: usize, req: Request) -> Outcome {
         net.wait_running(i).await;
         out
     };
-    let served = tracing::Instrument::instrument(served, tracing::info_span!("node", i));
-    let Ok(mut out) = timeout(CLIENT_TIMEOUT, served).await else {
+    let served = tokio::spawn(tracing::Instrument::instrument(
+        served,
+        tracing::info_span!("node", i),
+    ));
+    let Ok(Ok(mut out)) = timeout(CLIENT_TIMEOUT, served).await else {
         return Outcome::Unknown;
     };
     {
@@ -106,7 +113,7 @@ pub(super) struct Workload {
     readers: Vec<JoinHandle<String>>,
 }
 
-async fn create(net: &Net, i: usize, attrs: Attributes) -> Result<String, String> {
+async fn create(net: &Arc<Net>, i: usize, attrs: Attributes) -> Result<String, String> {
     for _ in 0..20 {
         if let Outcome::Reply(Response::Session(r)) = call(
             net,
@@ -276,7 +283,7 @@ fn where_is(net: &Net, token: &str) -> String {
 
 /// Reads a session through the nodes in turn until one answers with it (or a definite
 /// SESSION_NOT_FOUND), within a bounded time.
-async fn read(net: &Net, nodes: usize, token: &str) -> Result<Response, String> {
+async fn read(net: &Arc<Net>, nodes: usize, token: &str) -> Result<Response, String> {
     let mut last = String::new();
     for attempt in 0..24 {
         let req = Request::Get {
