@@ -67,7 +67,9 @@ impl Table {
                 let mut out = CopyOutcome::NotFound;
                 self.transform(shard, r.value_mut(), |old| match old {
                     Entry::Backup(b) => {
-                        let (h, o) = start(b.live);
+                        let mut live = b.live;
+                        live.meta.version = claim_version(live.meta.version);
+                        let (h, o) = start(live);
                         out = o;
                         h
                     }
@@ -110,15 +112,20 @@ impl Table {
                 // from the reporter, not dead), the two claims collide at the backups
                 // and only the first is accepted (protocol.md 12.2, fencing).
                 let transfer = h.transfer;
-                let record = h.live.record(id);
                 tracing::info!(session = %id, failed = %h.to, to = %requester, transfer, "re-handing a copy its receiver never took over");
-                // Same state, same charge: only the receiver and the transfer change.
-                if let Entry::HandingOver(h) = r.value_mut() {
-                    h.to = requester;
-                    h.to_node = requester_node;
-                    h.transfer = transfer;
+                // Same state, same charge: only the receiver, the transfer and the
+                // version (a claim's jump, see `claim_version`) change.
+                let Entry::HandingOver(h) = r.value_mut() else {
+                    return CopyOutcome::NotFound;
+                };
+                h.to = requester;
+                h.to_node = requester_node;
+                h.transfer = transfer;
+                h.live.meta.version = claim_version(h.live.meta.version);
+                CopyOutcome::Data {
+                    transfer,
+                    record: h.live.record(id),
                 }
-                CopyOutcome::Data { transfer, record }
             }
             Entry::HandingOver(h) if !h.live.expired(now) => CopyOutcome::Moved(h.to),
             Entry::Forwarded { to, until_ms, .. } if now < *until_ms => CopyOutcome::Moved(*to),
@@ -259,7 +266,9 @@ impl Table {
                 Entry::Backup(b) => {
                     tracing::info!(session = %id, failed = %failed_owner, "promoting a local backup copy");
                     let g = b.live.received + 1;
-                    (b.live, g)
+                    let mut live = b.live;
+                    live.meta.version = claim_version(live.meta.version);
+                    (live, g)
                 }
                 Entry::HandingOver(h) => {
                     // The same generation as the copy handed over, not the next: if the
@@ -267,7 +276,9 @@ impl Table {
                     // over elsewhere, both claims derive from one state and collide at
                     // the backups, which accept only the first (12.2, fencing).
                     tracing::info!(session = %id, failed = %failed_owner, "taking back a copy its receiver never took over");
-                    (h.live, h.transfer)
+                    let mut live = h.live;
+                    live.meta.version = claim_version(live.meta.version);
+                    (live, h.transfer)
                 }
                 other => return other,
             };
@@ -285,4 +296,15 @@ impl Table {
         });
         out
     }
+}
+
+/// The version a claimed copy (a promotion, a take-back, a re-hand: the points where two
+/// lineages of one session can branch) continues from: a random jump of up to 2^32 past
+/// the current one. Why: each branch then counts in its own range, so a compare-and-set
+/// that read its version from one branch cannot match the other branch's by accident
+/// (the simulation traced a lost acknowledged append to exactly that). Versions stay
+/// strictly increasing along every lineage.
+fn claim_version(version: u64) -> u64 {
+    let r = SessionId::random().0;
+    version.saturating_add(1 + u64::from(u32::from_le_bytes([r[0], r[1], r[2], r[3]])))
 }

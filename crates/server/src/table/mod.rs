@@ -839,7 +839,9 @@ mod tests {
         match backup.hand_over(&id, b, 0, Some(a.advertised), 3) {
             CopyOutcome::Data { transfer, record } => {
                 assert_eq!(transfer, 1);
-                assert_eq!(record.meta.version, 2);
+                // A claim continues from a version past the copy's (a random jump, so two
+                // branches never share a version: `claim_version`).
+                assert!(record.meta.version > 2, "{}", record.meta.version);
             }
             other => panic!("{other:?}"),
         }
@@ -899,7 +901,7 @@ mod tests {
             t2, t1,
             "the same generation: B's claim, if B lives, collides with C's"
         );
-        assert_eq!(record.meta.version, 1);
+        assert!(record.meta.version > 1, "a re-hand is a claim: its version jumps");
         // At a backup, the first of two claims of one generation wins; the other is refused.
         let backup = table(10, EvictPolicy::Reject);
         assert!(matches!(
