@@ -443,6 +443,13 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
         );
         handles.push(handle);
     }
+    // A node that dialled another before that one was listening backs off for a moment;
+    // a write in that moment would be refused for want of backups. Wait (briefly) until
+    // every node can meet --replicas, so the first command typed after this succeeds.
+    let settle = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !handles.iter().all(|h| h.node().can_meet_replicas()) && tokio::time::Instant::now() < settle {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     println!(
         "sessync trial cluster: {} nodes sharing a generated secret, {} backup(s) per session",
         handles.len(),

@@ -224,6 +224,13 @@ impl Node {
         *self.cluster_peers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(peers);
     }
 
+    /// Whether enough backup nodes look reachable for a write now (links up, or not backing
+    /// off after a failed dial): what a write under `--on-no-backup refuse` checks first.
+    /// `sessync cluster` waits for it before it prints its nodes.
+    pub fn can_meet_replicas(&self) -> bool {
+        self.enough_backups()
+    }
+
     /// The address this node writes into tokens.
     pub fn advertise(&self) -> SocketAddr {
         self.advertise
