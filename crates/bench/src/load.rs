@@ -246,38 +246,8 @@ struct Pending {
 
 const NO_SLOT: usize = usize::MAX;
 
-/// TLS to sessync nodes' client ports (`--tls-ca`): set once before any connection.
-static SESSYNC_TLS: std::sync::OnceLock<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)> =
-    std::sync::OnceLock::new();
-
-/// Makes every later connection to a sessync node use TLS 1.3, trusting the PEM CA in
-/// `ca` and checking `server_name`.
-pub(crate) fn use_tls(ca: &std::path::Path, server_name: &str) -> anyhow::Result<()> {
-    use rustls_pki_types::pem::PemObject;
-    let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(c?)?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())?;
-    let _ = SESSYNC_TLS.set((
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
-        name,
-    ));
-    Ok(())
-}
-
-/// A connection, plain or TLS.
-type Stream = tokio_util::either::Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
-
 struct Conn {
-    stream: Stream,
+    stream: crate::tls::Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     pending: Vec<Pending>,
@@ -294,15 +264,7 @@ impl Conn {
             .with_context(|| format!("connecting to {addr}: timed out"))?
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
-        let stream = match SESSYNC_TLS.get() {
-            Some((connector, name)) if sessync => tokio_util::either::Either::Right(
-                tokio::time::timeout(IO_TIMEOUT, connector.connect(name.clone(), stream))
-                    .await
-                    .with_context(|| format!("TLS to {addr}: timed out"))?
-                    .with_context(|| format!("TLS to {addr}"))?,
-            ),
-            _ => tokio_util::either::Either::Left(stream),
-        };
+        let stream = crate::tls::wrap(stream, addr, sessync).await?;
         Ok(Conn {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),

@@ -16,6 +16,7 @@ mod load;
 mod memory;
 mod report;
 mod servers;
+mod tls;
 mod wire;
 
 use std::io::IsTerminal;
@@ -184,7 +185,7 @@ fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         "--connections and --depth must be positive"
     );
     if let Some(ca) = &args.tls_ca {
-        load::use_tls(ca, &args.tls_server_name)?;
+        tls::use_tls(ca, &args.tls_server_name)?;
     }
     // Servers first, each on a runtime of its own (never dropped inside another runtime).
     let cluster = if args.nodes.is_empty() {

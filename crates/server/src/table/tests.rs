@@ -1,0 +1,264 @@
+//! Table unit tests: the lifecycle, expiry, capacity, the handover and backup steps.
+
+use super::*;
+use bytes::Bytes;
+
+fn table(max_sessions: usize, evict: EvictPolicy) -> Table {
+    Table::new(TableConfig {
+        max_sessions,
+        max_memory: usize::MAX,
+        max_attributes: 8,
+        max_session_bytes: 1 << 20,
+        evict,
+    })
+}
+
+fn attrs(pairs: &[(&str, &str)]) -> Attributes {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v.as_bytes())))
+        .collect()
+}
+
+#[test]
+fn lifecycle_versions_and_tombstones() {
+    let t = table(10, EvictPolicy::Reject);
+    let (id, s) = t.create(&attrs(&[("u", "alice")]), 1000, 0, 100).unwrap();
+    assert_eq!(s.meta.version, 1);
+    let s = t
+        .set(&id, Some(1), &attrs(&[("cart", "3")]), &["u".into()], 110)
+        .unwrap();
+    assert_eq!(s.meta.version, 2);
+    assert_eq!(
+        t.set(&id, Some(1), &attrs(&[]), &[], 111).unwrap_err(),
+        Miss::VersionConflict { current: 2 }
+    );
+    assert_eq!(
+        t.get(&id, &[], 120).unwrap().attrs.unpack(),
+        attrs(&[("cart", "3")])
+    );
+    let (new_id, _) = t.rotate(&id, 130).unwrap();
+    assert_eq!(t.get(&id, &[], 131).unwrap_err(), Miss::NotFound);
+    assert_eq!(t.get(&new_id, &[], 131).unwrap().meta.version, 3);
+    t.destroy(&new_id, 140).unwrap();
+    assert_eq!(
+        t.set(&new_id, None, &attrs(&[("x", "y")]), &[], 141).unwrap_err(),
+        Miss::NotFound
+    );
+    let st = t.stats();
+    assert_eq!((st.sessions, st.tombstones), (0, 2));
+}
+
+#[test]
+fn expiry_is_immediate_and_sweep_reclaims() {
+    let t = table(10, EvictPolicy::Reject);
+    let (id, _) = t.create(&attrs(&[]), 1000, 0, 0).unwrap();
+    t.touch(&id, 900).unwrap();
+    assert!(t.get(&id, &[], 1899).is_ok());
+    assert_eq!(t.get(&id, &[], 2899).unwrap_err(), Miss::NotFound);
+    assert_eq!(t.get(&SessionId::random(), &[], 2899).unwrap_err(), Miss::Absent);
+    let (abs, _) = t.create(&attrs(&[]), 1000, 500, 0).unwrap();
+    assert_eq!(t.get(&abs, &[], 500).unwrap_err(), Miss::NotFound);
+    let removed: usize = (0..SHARDS).map(|i| t.sweep_shard(i, 5000)).sum();
+    assert_eq!(removed, 2);
+    assert_eq!(t.stats().sessions, 0);
+    assert_eq!(t.stats().bytes, 0);
+}
+
+#[test]
+fn capacity_reject_and_evict() {
+    let t = table(2, EvictPolicy::Reject);
+    t.create(&attrs(&[]), 1000, 0, 0).unwrap();
+    t.create(&attrs(&[]), 1000, 0, 0).unwrap();
+    assert_eq!(t.create(&attrs(&[]), 1000, 0, 0).unwrap_err(), Miss::Capacity);
+
+    let t = table(2, EvictPolicy::SoonestExpiry);
+    let (soon, _) = t.create(&attrs(&[]), 10, 0, 0).unwrap();
+    let (late, _) = t.create(&attrs(&[]), 10_000, 0, 0).unwrap();
+    let (third, _) = t.create(&attrs(&[]), 10_000, 0, 1).unwrap();
+    assert_eq!(t.get(&soon, &[], 2).unwrap_err(), Miss::NotFound);
+    assert!(t.get(&late, &[], 2).is_ok());
+    assert!(t.get(&third, &[], 2).is_ok());
+    assert_eq!(t.stats().evicted, 1);
+}
+fn who(port: u16) -> PeerIdentity {
+    let mut node_id = [0u8; 16];
+    node_id[..2].copy_from_slice(&port.to_be_bytes());
+    PeerIdentity {
+        node_id,
+        advertised: SocketAddr::from(([127, 0, 0, 1], port)),
+    }
+}
+
+fn record_of(t: &Table, id: &SessionId) -> SessionRecord {
+    t.snapshot(id, 0).unwrap().record
+}
+
+#[test]
+fn backups_keep_the_newest_copy_and_answer_promote_once() {
+    let (a, b, c) = (who(1), who(3), who(4));
+    let owner = table(10, EvictPolicy::Reject);
+    let backup = table(10, EvictPolicy::Reject);
+    let (id, _) = owner.create(&attrs(&[("n", "1")]), 1000, 0, 0).unwrap();
+    let v1 = record_of(&owner, &id);
+    assert_eq!(backup.replicate_in(a, 0, &v1, 0), Replicated::Stored(None));
+    owner.set(&id, None, &attrs(&[("n", "2")]), &[], 1).unwrap();
+    let v2 = record_of(&owner, &id);
+    assert_eq!(backup.replicate_in(a, 0, &v2, 1), Replicated::Stored(None));
+    // A delayed older copy changes nothing.
+    assert_eq!(backup.replicate_in(a, 0, &v1, 2), Replicated::Ignored);
+    assert_eq!(backup.stats().backups, 1);
+    // Never served, and a plain COPY is sent to the owner.
+    assert_eq!(backup.get(&id, &[], 2).unwrap_err(), Miss::Moved(a.advertised));
+    assert_eq!(
+        backup.hand_over(&id, b, 0, None, 2),
+        CopyOutcome::Moved(a.advertised)
+    );
+    // A PROMOTE naming another node as the failed owner is sent to the owner too.
+    assert_eq!(
+        backup.hand_over(&id, b, 0, Some(c.advertised), 2),
+        CopyOutcome::Moved(a.advertised)
+    );
+    // The first PROMOTE naming the owner gets the copy, under the next generation...
+    match backup.hand_over(&id, b, 0, Some(a.advertised), 3) {
+        CopyOutcome::Data { transfer, record } => {
+            assert_eq!(transfer, 1);
+            // A claim continues from a version past the copy's (a random jump, so two
+            // branches never share a version: `claim_version`).
+            assert!(record.meta.version > 2, "{}", record.meta.version);
+        }
+        other => panic!("{other:?}"),
+    }
+    // ...a second node racing for it is sent to the first: one owner.
+    assert_eq!(
+        backup.hand_over(&id, c, 0, Some(a.advertised), 3),
+        CopyOutcome::Moved(b.advertised)
+    );
+    // The winner makes the giver its backup: the pending handover becomes a copy.
+    let promoted = table(10, EvictPolicy::Reject);
+    promoted.install(&v2, 1, 3).unwrap();
+    let r = record_of(&promoted, &id);
+    assert_eq!(
+        backup.replicate_in(b, 1, &r, 4),
+        Replicated::Stored(Some(OldBackups {
+            backups: Box::default(),
+            generation: 0
+        }))
+    );
+    // A delayed (or stale: paused) REPLICATE from the old owner is refused, never
+    // reported as stored: the new owner's copy is newer (fencing).
+    assert_eq!(backup.replicate_in(a, 0, &v2, 5), Replicated::Moved(b.advertised));
+    // A third node claiming the same generation is refused too.
+    assert_eq!(
+        backup.replicate_in(who(9), 1, &r, 5),
+        Replicated::Moved(b.advertised)
+    );
+    // The same owner's resent older state is a duplicate: still stored (OK).
+    assert_eq!(backup.replicate_in(b, 1, &r, 5), Replicated::Ignored);
+    assert_eq!(
+        backup.drop_backup(&id, a.advertised, 0, 6),
+        Dropped::Newer(b.advertised)
+    );
+    assert_eq!(backup.drop_backup(&id, b.advertised, 1, 6), Dropped::Dropped);
+    assert_eq!(backup.stats().backups, 0);
+    // The DROP leaves a fence: the dropped generation is refused, a newer one stored.
+    assert_eq!(backup.replicate_in(b, 1, &r, 7), Replicated::Moved(b.advertised));
+    assert!(matches!(
+        backup.replicate_in(who(9), 2, &r, 8),
+        Replicated::Stored(_)
+    ));
+}
+
+#[test]
+fn a_handover_whose_receiver_died_is_handed_on_and_stale_owners_are_told() {
+    let (a, b, c) = (who(1), who(2), who(3));
+    let t = table(10, EvictPolicy::Reject);
+    let (id, _) = t.create(&attrs(&[("k", "v")]), 1000, 0, 0).unwrap();
+    let CopyOutcome::Data { transfer: t1, .. } = t.hand_over(&id, b, 0, None, 1) else {
+        panic!("no copy")
+    };
+    // C found B gone (B never took the session over): the kept copy goes to C.
+    let CopyOutcome::Data { transfer: t2, record } = t.hand_over(&id, c, 0, Some(b.advertised), 2) else {
+        panic!("no copy for C")
+    };
+    assert_eq!(
+        t2, t1,
+        "the same generation: B's claim, if B lives, collides with C's"
+    );
+    assert!(record.meta.version > 1, "a re-hand is a claim: its version jumps");
+    // At a backup, the first of two claims of one generation wins; the other is refused.
+    let backup = table(10, EvictPolicy::Reject);
+    assert!(matches!(
+        backup.replicate_in(c, t2, &record, 2),
+        Replicated::Stored(_)
+    ));
+    assert_eq!(
+        backup.replicate_in(b, t1, &record, 2),
+        Replicated::Moved(c.advertised)
+    );
+    // B (had it lived) replicating its older claim is told the session is C's.
+    assert_eq!(t.replicate_in(b, t1, &record, 3), Replicated::Moved(c.advertised));
+    // A node that owns the session tells a stray REPLICATE of its generation (or an
+    // older one) so.
+    let (own, _) = t.create(&attrs(&[]), 1000, 0, 0).unwrap();
+    let r = record_of(&t, &own);
+    assert_eq!(t.replicate_in(a, 0, &r, 3), Replicated::OwnedHere);
+    // An owner superseded by a newer generation yields: the newer copy becomes its
+    // backup, and its own holders are to be fenced.
+    let y = table(10, EvictPolicy::Reject);
+    let (mine, _) = y.create(&attrs(&[]), 1000, 0, 0).unwrap();
+    let newer = record_of(&y, &mine);
+    assert_eq!(
+        y.replicate_in(a, 9, &newer, 3),
+        Replicated::Stored(Some(OldBackups {
+            backups: Box::default(),
+            generation: 0
+        }))
+    );
+    assert_eq!(y.get(&mine, &[], 3).unwrap_err(), Miss::Moved(a.advertised));
+    // A giver whose receiver died before taking the session over takes its copy back.
+    let g = table(10, EvictPolicy::Reject);
+    let (back, _) = g.create(&attrs(&[("k", "v")]), 1000, 0, 0).unwrap();
+    let CopyOutcome::Data { transfer: tb, .. } = g.hand_over(&back, b, 0, None, 1) else {
+        panic!("no copy")
+    };
+    let me = who(7);
+    assert!(
+        g.promote_local(&back, c.advertised, me, 2).is_none(),
+        "only from the node it went to"
+    );
+    let Claimed {
+        generation: gen,
+        record: rec,
+        ..
+    } = g.promote_local(&back, b.advertised, me, 2).unwrap();
+    assert_eq!(
+        gen, tb,
+        "the same generation as the copy B may hold: they collide"
+    );
+    // Claimed, not yet served: nobody else can claim it, a COPY is pointed here.
+    assert!(g.promote_local(&back, b.advertised, me, 2).is_none());
+    assert!(g.get(&back, &[], 2).is_err());
+    assert!(g.install(&rec, gen, 2).unwrap());
+    assert_eq!(g.last_received(&back), tb);
+    assert_eq!(g.get(&back, &[], 2).unwrap().attrs.unpack(), attrs(&[("k", "v")]));
+    // A local backup copy of a failed owner becomes ours, one generation on.
+    let u = table(10, EvictPolicy::Reject);
+    u.replicate_in(a, 4, &r, 3);
+    assert!(
+        u.promote_local(&own, b.advertised, me, 3).is_none(),
+        "only the failed owner's copy"
+    );
+    let Claimed {
+        generation: gen,
+        record: rec,
+        ..
+    } = u.promote_local(&own, a.advertised, me, 3).unwrap();
+    assert_eq!(gen, 5);
+    assert!(u
+        .install_as(&rec, gen, Landing::Owner(&[b.advertised]), 3)
+        .unwrap());
+    assert_eq!(u.last_received(&own), 5);
+    assert_eq!(&*u.get(&own, &[], 3).unwrap().backups, &[b.advertised]);
+    assert!(u.get(&own, &[], 3).is_ok());
+}
