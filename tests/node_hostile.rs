@@ -50,6 +50,16 @@ async fn silent_owner() -> std::net::SocketAddr {
     addr
 }
 
+/// A valid token for a random session that `owner` (a peer address) supposedly holds.
+fn token_naming(owner: std::net::SocketAddr) -> String {
+    sessync_proto::Token {
+        session_id: sessync_proto::SessionId::random(),
+        owner,
+        backups: vec![],
+    }
+    .sign(&keys())
+}
+
 fn error_code(frames: &[(u64, Response)]) -> Option<ErrorCode> {
     frames.iter().find_map(|(_, r)| match r {
         Response::Error(e) => Some(e.code),
@@ -330,12 +340,7 @@ async fn shutdown_answers_requests_already_in_flight() {
     cfg.peer_timeout = Duration::from_millis(800);
     let node = sessync_server::start(cfg).await.unwrap();
     let c = client(node.client_addr()).await;
-    let token = sessync_proto::Token {
-        session_id: sessync_proto::SessionId::random(),
-        owner: silent_addr,
-        backups: vec![],
-    }
-    .sign(&keys());
+    let token = token_naming(silent_addr);
     let in_flight = tokio::spawn({
         let c = c.clone();
         async move { c.get(&token).await }
@@ -361,12 +366,7 @@ async fn a_slow_owner_does_not_hold_up_other_requests_on_the_connection() {
     // One client = one multiplexed connection, as an app server uses it.
     let c = client(node.client_addr()).await;
     let local = c.create(Attributes::new()).await.unwrap();
-    let stuck_token = sessync_proto::Token {
-        session_id: sessync_proto::SessionId::random(),
-        owner: silent_addr,
-        backups: vec![],
-    }
-    .sign(&keys());
+    let stuck_token = token_naming(silent_addr);
     let stuck = tokio::spawn({
         let c = c.clone();
         async move { c.get(&stuck_token).await }
@@ -482,12 +482,7 @@ async fn a_silent_owner_fails_the_fetch_within_one_peer_timeout() {
     cfg.peer_timeout = Duration::from_millis(1000);
     let node = sessync_server::start(cfg).await.unwrap();
     let c = client(node.client_addr()).await;
-    let token = sessync_proto::Token {
-        session_id: sessync_proto::SessionId::random(),
-        owner: silent_addr,
-        backups: vec![],
-    }
-    .sign(&keys());
+    let token = token_naming(silent_addr);
     let started = Instant::now();
     let err = timeout(WAIT, c.get(&token)).await.unwrap().unwrap_err();
     let took = started.elapsed();
