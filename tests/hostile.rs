@@ -883,6 +883,7 @@ async fn forged_tokens_are_refused_and_never_dialled() {
     let wrong = Keyring::single(b"not-the-cluster-secret-000000000").unwrap();
     let other_key = Token {
         session_id: parsed.session_id,
+        generation: 0,
         owner: trap,
         backups: vec![trap],
     }
@@ -943,6 +944,7 @@ async fn forged_tokens_are_refused_and_never_dialled() {
     // is followed (and fails as unreachable, since the trap never answers).
     let genuine = Token {
         session_id: SessionId::random(),
+        generation: 0,
         owner: trap,
         backups: vec![],
     }
@@ -1234,6 +1236,7 @@ async fn reflected_and_replayed_handshakes_fail() {
     });
     let stolen = Token {
         session_id: Token::verify(&s.token, &keys()).unwrap().session_id,
+        generation: 0,
         owner: impostor_addr,
         backups: vec![],
     }

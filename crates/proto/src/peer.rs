@@ -18,6 +18,9 @@ use crate::wire::{put_addr, Reader};
 pub const NONCE_LEN: usize = 32;
 /// Bytes in a handshake proof (a full HMAC-SHA256).
 pub const PROOF_LEN: usize = 32;
+/// Most holders a COPY_DATA names (a session's backups, including failed ones an owner
+/// keeps until they answer again).
+pub const MAX_HOLDERS: usize = 8;
 
 /// Peer opcodes.
 pub mod op {
@@ -122,12 +125,17 @@ pub enum PeerMessage {
     /// The session, handed over: the receiver of this reply is now its owner.
     ///
     /// # Format
-    /// u64 transfer, session record.
+    /// u64 transfer, u8 holder count (at most [`MAX_HOLDERS`]), that many addresses,
+    /// session record.
     CopyData {
         /// The session's handover generation (one more than the sender received it with);
         /// a receiver installs only a generation newer than it knows. Echoed in COPY_ACK and
         /// remembered by the receiver for its next COPY's `last_transfer`.
         transfer: u64,
+        /// The nodes that may hold a backup copy of the sender's lineage: the receiver
+        /// places its own copy on every one of them before it serves anything, so no older
+        /// copy is left that a failover could promote (protocol.md 12.4).
+        holders: Vec<SocketAddr>,
         /// The session.
         record: SessionRecord,
     },
@@ -278,8 +286,17 @@ impl Message for PeerMessage {
                 out.put_slice(&session_id.0);
                 out.put_u64(*last_transfer);
             }
-            PeerMessage::CopyData { transfer, record } => {
+            PeerMessage::CopyData {
+                transfer,
+                holders,
+                record,
+            } => {
                 out.put_u64(*transfer);
+                let n = holders.len().min(MAX_HOLDERS);
+                out.put_u8(n as u8);
+                for h in &holders[..n] {
+                    put_addr(out, h);
+                }
                 record.encode(out);
             }
             PeerMessage::Replicate { generation, record } => {
@@ -321,10 +338,21 @@ impl Message for PeerMessage {
                 session_id: SessionId(r.array()?),
                 last_transfer: r.u64()?,
             },
-            op::COPY_DATA => PeerMessage::CopyData {
-                transfer: r.u64()?,
-                record: SessionRecord::decode(&mut r, limits)?,
-            },
+            op::COPY_DATA => {
+                let transfer = r.u64()?;
+                let n = usize::from(r.u8()?);
+                if n > MAX_HOLDERS {
+                    return Err(DecodeError::Invalid(format!(
+                        "COPY_DATA names {n} holders, at most {MAX_HOLDERS} allowed"
+                    )));
+                }
+                let holders = (0..n).map(|_| r.addr()).collect::<Result<Vec<_>, _>>()?;
+                PeerMessage::CopyData {
+                    transfer,
+                    holders,
+                    record: SessionRecord::decode(&mut r, limits)?,
+                }
+            }
             op::MOVED => PeerMessage::Moved {
                 session_id: SessionId(r.array()?),
                 owner: r.addr()?,

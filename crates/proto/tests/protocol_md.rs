@@ -58,6 +58,7 @@ fn token_examples() -> Vec<(&'static str, u8, Token)> {
             0,
             Token {
                 session_id: SESSION,
+                generation: 0,
                 owner: addr("10.0.0.1:7401"),
                 backups: vec![],
             },
@@ -67,6 +68,7 @@ fn token_examples() -> Vec<(&'static str, u8, Token)> {
             1,
             Token {
                 session_id: SESSION_2,
+                generation: 5,
                 owner: addr("[fd00::1]:7401"),
                 backups: vec![addr("10.0.0.2:7401"), addr("10.0.0.3:7401")],
             },
@@ -325,6 +327,7 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
             4,
             PeerMessage::CopyData {
                 transfer: TRANSFER,
+                holders: vec![std::net::SocketAddr::from(([10, 0, 0, 2], 7800))],
                 record: record(),
             },
         ),

@@ -189,7 +189,15 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
             session_id,
             last_transfer
         }),
-        (any::<u64>(), record()).prop_map(|(transfer, record)| PeerMessage::CopyData { transfer, record }),
+        (any::<u64>(), prop::collection::vec(addr(), 0..=8), record()).prop_map(
+            |(transfer, holders, record)| {
+                PeerMessage::CopyData {
+                    transfer,
+                    holders,
+                    record,
+                }
+            }
+        ),
         (session_id(), addr()).prop_map(|(session_id, owner)| PeerMessage::Moved { session_id, owner }),
         session_id().prop_map(|session_id| PeerMessage::NotFound { session_id }),
         (session_id(), any::<u64>())

@@ -274,9 +274,14 @@ async fn late_replies(
                 None => return,
             },
         };
-        if let sessync_proto::PeerMessage::CopyData { transfer, record } = msg {
+        if let sessync_proto::PeerMessage::CopyData {
+            transfer,
+            holders,
+            record,
+        } = msg
+        {
             tracing::debug!(%from, session = %record.id, "installing a late COPY_DATA");
-            node.install_copy(from, transfer, &record, &[]).await;
+            node.install_copy(from, transfer, &record, &holders, &[]).await;
         }
     }
 }

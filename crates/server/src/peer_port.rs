@@ -441,12 +441,20 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
         .table
         .hand_over(&session_id, *peer, last_transfer, failed_owner, now)
     {
-        CopyOutcome::Data { transfer, record } => {
+        CopyOutcome::Data {
+            transfer,
+            holders,
+            record,
+        } => {
             Stats::bump(&node.stats.copies_served);
             if failed_owner.is_some() {
                 Stats::bump(&node.stats.backups_promoted);
             }
-            PeerMessage::CopyData { transfer, record }
+            PeerMessage::CopyData {
+                transfer,
+                holders,
+                record,
+            }
         }
         CopyOutcome::Moved(owner) => {
             Stats::bump(&node.stats.moved);

@@ -54,6 +54,9 @@ pub(crate) struct Stats {
     pub(crate) handover_failures: AtomicU64,
     /// Random pauses taken because two nodes kept taking a session from each other.
     pub(crate) contention_backoffs: AtomicU64,
+    /// Requests whose token named a newer generation than the copy live here: the copy was
+    /// superseded, so the session was fetched instead of served from it.
+    pub(crate) superseded_copies_skipped: AtomicU64,
     /// Backup copies confirmed by backups (REPLICATE answered OK).
     pub(crate) replicated: AtomicU64,
     /// REPLICATE requests that failed (no answer, refused); the backup was replaced.
@@ -112,6 +115,10 @@ impl Stats {
             ("moved".into(), g(&self.moved)),
             ("handover_failures".into(), g(&self.handover_failures)),
             ("contention_backoffs".into(), g(&self.contention_backoffs)),
+            (
+                "superseded_copies_skipped".into(),
+                g(&self.superseded_copies_skipped),
+            ),
             ("replicated".into(), g(&self.replicated)),
             ("replicate_failures".into(), g(&self.replicate_failures)),
             ("under_replicated_writes".into(), g(&self.under_replicated_writes)),

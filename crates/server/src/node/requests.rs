@@ -65,7 +65,7 @@ impl Node {
         {
             Ok(r) => {
                 self.refresh_backups_if_stale(r.id, &r.value);
-                let fresh = self.fresh_token(&r.token, &r.value.backups);
+                let fresh = self.fresh_token(&r.token, r.value.generation, &r.value.backups);
                 self.reply_session(
                     at.request_id,
                     fresh.as_deref(),
@@ -86,7 +86,7 @@ impl Node {
         {
             Ok(r) => {
                 self.refresh_backups_if_stale(r.id, &r.value);
-                let fresh = self.fresh_token(&r.token, &r.value.backups);
+                let fresh = self.fresh_token(&r.token, r.value.generation, &r.value.backups);
                 self.reply_session(
                     at.request_id,
                     fresh.as_deref(),
@@ -129,7 +129,7 @@ impl Node {
         {
             Ok(r) => match self.replicate_write(r.id, &r.value.backups).await {
                 Ok(backups) => {
-                    let fresh = self.fresh_token(&r.token, &backups);
+                    let fresh = self.fresh_token(&r.token, r.value.generation, &backups);
                     self.reply_session(request_id, fresh.as_deref(), &r.value.meta, &r.value.attrs, out)
                 }
                 Err(why) => self.indeterminate(request_id, why, out),
@@ -156,7 +156,7 @@ impl Node {
                 let dropped = self.retire_id(r.id, &s).await;
                 match self.replicate_write(new_id, &[]).await {
                     Ok(backups) if dropped == 0 || self.config.backup_policy == BackupPolicy::Degrade => {
-                        let token = self.sign(new_id, &backups);
+                        let token = self.sign(new_id, 0, &backups);
                         self.reply_session(request_id, Some(&token), &s.meta, &s.attrs, out)
                     }
                     Ok(_) => self.indeterminate(
@@ -237,7 +237,7 @@ impl Node {
         match self.replicate_write(id, &[]).await {
             Ok(backups) => {
                 Stats::bump(&self.stats.created);
-                let token = self.sign(id, &backups);
+                let token = self.sign(id, 0, &backups);
                 self.reply_session(request_id, Some(&token), &meta, &attrs, out)
             }
             Err(_) => {

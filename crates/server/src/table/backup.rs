@@ -178,6 +178,14 @@ impl Table {
         }
     }
 
+    /// The generation under which the session is live here, if it is.
+    pub fn live_generation(&self, id: &SessionId, now: u64) -> Option<u64> {
+        self.shard(id).map.get(id).and_then(|r| match r.value() {
+            Entry::Live(l) if !l.expired(now) => Some(l.received),
+            _ => None,
+        })
+    }
+
     /// Records the backups that confirmed the session's copy, if it is still live here
     /// under `generation`.
     pub fn set_backups(&self, id: &SessionId, generation: u64, backups: &[SocketAddr]) {
@@ -198,10 +206,12 @@ impl Table {
             return false;
         };
         let t = match r.value() {
+            // `to` may hold this very generation (a colliding claim that won): its copies
+            // must still be accepted here, so only the generation before ours is kept.
             Entry::Live(l) if l.received == generation => Entry::Forwarded {
                 to,
                 until_ms: l.meta().expires_at_ms().max(now + 1),
-                received: l.received,
+                received: l.received.saturating_sub(1),
             },
             _ => return false,
         };

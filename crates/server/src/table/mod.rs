@@ -189,6 +189,9 @@ pub enum CopyOutcome {
     Data {
         /// This handover's transfer id.
         transfer: u64,
+        /// The nodes that may hold a backup copy of this lineage (the receiver must place
+        /// its copy on each before serving; protocol.md 12.4).
+        holders: Vec<SocketAddr>,
         /// The session.
         record: SessionRecord,
     },
@@ -217,7 +220,10 @@ pub enum Entry {
         to: SocketAddr,
         /// When the tombstone may go.
         until_ms: u64,
-        /// The transfer id with which this node had received the session (0: created here).
+        /// The transfer id with which this node had received the session (0: created here);
+        /// `to` holds generation `received + 1` or newer. A node that yielded to an owner
+        /// with a colliding claim (same generation) keeps one less, so that owner's copies
+        /// still count as newer here.
         received: u64,
     },
     /// This node held a backup copy from `owner` under `generation` and was told (DROP)
