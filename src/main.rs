@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use sessync_server::{BackupPolicy, EvictPolicy, NodeConfig, TlsFiles};
+use sessync_server::{BackupPolicy, EvictPolicy, NodeConfig, Seed, TlsFiles};
 
 /// Web sessions that follow the user across a cluster.
 #[derive(Parser, Debug)]
@@ -153,12 +153,12 @@ struct NodeArgs {
     /// Seeds to join the cluster through, comma-separated: host:port (a name or an IP
     /// address) or dns:NAME:PORT (every A/AAAA record of NAME, re-resolved every 5 s).
     /// None: a cluster of one, which others may join.
-    #[arg(long, env = "SESSYNC_JOIN", value_delimiter = ',')]
-    join: Vec<String>,
+    #[arg(long, env = "SESSYNC_JOIN", value_delimiter = ',', value_parser = parse_seed)]
+    join: Vec<Seed>,
     /// The cluster's advertised peer addresses, comma-separated (this node's own may be
     /// listed): seeds, as --join, and the backup candidates until membership knows better.
-    #[arg(long, env = "SESSYNC_PEERS", value_delimiter = ',')]
-    peers: Vec<String>,
+    #[arg(long, env = "SESSYNC_PEERS", value_delimiter = ',', value_parser = parse_seed)]
+    peers: Vec<Seed>,
     /// Backup copies of each session this node owns (0, 1 or 2).
     #[arg(long, env = "SESSYNC_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     replicas: u8,
@@ -205,6 +205,11 @@ enum PeerTls {
 }
 
 /// Parses a byte size: a number with an optional K, M, G or T suffix (powers of 1024).
+/// A seed flag's value: `host:port` or `dns:NAME:PORT` (a usage error otherwise).
+fn parse_seed(s: &str) -> Result<Seed, String> {
+    Seed::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_bytes(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let (digits, mult) = match s.char_indices().last() {
@@ -320,11 +325,11 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     config.frame_timeout = args.frame_timeout;
     config.write_timeout = args.write_timeout;
     config.peer_timeout = args.peer_timeout;
-    let seeds = resolve::seeds(args.join.iter().chain(&args.peers))?;
+    let mut seeds = args.join.clone();
+    seeds.extend(args.peers.iter().cloned());
     // --peers are the backup candidates until membership has a view (names that do not
     // resolve yet are left to membership).
-    let peers = resolve::seeds(&args.peers)?;
-    let static_peers = resolve::now(&peers).await;
+    let static_peers = resolve::now(&args.peers).await;
     let me = advertise.unwrap_or(peer);
     let others = static_peers.iter().filter(|p| **p != me).count();
     if args.join.is_empty() && args.peers.len() == static_peers.len() && usize::from(args.replicas) > others {

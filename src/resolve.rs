@@ -1,6 +1,6 @@
 //! Host names wherever the node takes an address: `--client`, `--peer` and `--advertise`
-//! are resolved once at start; seeds (`--join`, `--peers`) are parsed here and resolved
-//! again and again by the node's membership.
+//! are resolved once at start; seeds (`--join`, `--peers`) are resolved again and again
+//! by the node's membership (and `--peers` once here, as the first backup candidates).
 
 use std::net::SocketAddr;
 
@@ -22,14 +22,6 @@ pub(crate) async fn addr(flag: &str, s: &str) -> Result<SocketAddr> {
         .or_else(|| all.first())
         .copied()
         .with_context(|| format!("{flag} {s}: the name resolves to no address"))
-}
-
-/// Parses seeds (`host:port` or `dns:NAME:PORT`), a usage error for a malformed one.
-pub(crate) fn seeds<'a>(list: impl IntoIterator<Item = &'a String>) -> Result<Vec<Seed>> {
-    list.into_iter()
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| Seed::parse(s).map_err(anyhow::Error::from))
-        .collect()
 }
 
 /// Every address the seeds stand for now; a seed that does not resolve is logged and

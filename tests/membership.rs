@@ -358,17 +358,40 @@ async fn garbage_and_replayed_datagrams_are_dropped_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dns_seed_finds_the_cluster_by_name() {
+async fn a_dns_seed_finds_the_cluster_by_name_and_host_names_work_everywhere() {
     let a = in_process(&[]).await;
     let seed = format!("dns:localhost:{}", a.peer_addr().port());
-    let mut p = start_process("127.0.0.1:0", &["--join", &seed], Stdio::null());
+    // Host names for the node's own addresses too (resolved at start, IPv4 first).
+    let mut p = start_process_at("localhost:0", "localhost:0", &["--join", &seed], Stdio::null());
     let (p_client, p_peer) = wait_ready(&mut p);
+    assert!(p_client.ip().is_loopback() && p_peer.ip().is_loopback());
     eventually(AGREE_WITHIN, "the node that joined by name is alive at a", || {
         alive_in(&a) == vec![p_peer]
     })
     .await;
     let v = members_json(p_client);
     assert_eq!(v["alive"], 2, "{v}");
+    // The CLI's --node and the Rust SDK take a host name, resolved when connecting.
+    let by_name = format!("localhost:{}", p_client.port());
+    let o = sessync(&["members", "--node", &by_name]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && text.contains("(this node)") && text.contains("2 alive"),
+        "{text}"
+    );
+    let c = tokio::time::timeout(
+        WAIT,
+        sessync_client::Client::connect_host(&by_name, Default::default()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(c.members().await.unwrap().len(), 2);
+    assert!(
+        sessync_client::Client::connect_host("no-such-host.invalid:7700", Default::default())
+            .await
+            .is_err()
+    );
     let _ = p.kill();
     let _ = p.wait();
     stop(vec![a]).await;
@@ -406,4 +429,19 @@ async fn announce_leaving_shows_leaving_and_removes_the_backup_candidate() {
     .await;
     println!("a cleanly stopped node was seen dead after {took:?}");
     stop(vec![a]).await;
+}
+
+#[test]
+fn a_malformed_seed_is_a_usage_error() {
+    for bad in ["nohostport", "dns:name-without-port", "host:0", "dns::7800"] {
+        let o = sessync(&["node", "--join", bad]);
+        assert_eq!(
+            o.status.code(),
+            Some(64),
+            "--join {bad}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let o = sessync(&["node", "--peers", bad]);
+        assert_eq!(o.status.code(), Some(64), "--peers {bad}");
+    }
 }
