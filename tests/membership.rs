@@ -445,3 +445,42 @@ fn a_malformed_seed_is_a_usage_error() {
         assert_eq!(o.status.code(), Some(64), "--peers {bad}");
     }
 }
+
+/// Membership traffic per node per second at 3 and 32 members (in-process nodes on
+/// loopback, every datagram counted by the nodes themselves). A measurement for
+/// BENCHMARKS.md, not a check: run it by hand with
+/// `cargo test --release --test membership -- --ignored --nocapture membership_traffic`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for BENCHMARKS.md (about 40 s), run by hand; the other tests here check behaviour"]
+async fn membership_traffic() {
+    for n in [3usize, 32] {
+        let first = in_process(&[]).await;
+        let seed = first.peer_addr();
+        let mut nodes = vec![first];
+        for _ in 1..n {
+            nodes.push(in_process(&[seed]).await);
+        }
+        eventually(
+            Duration::from_secs(30),
+            "every node sees every member alive",
+            || nodes.iter().all(|h| alive_in(h).len() == n - 1),
+        )
+        .await;
+        let sent = |nodes: &[NodeHandle]| -> u64 {
+            nodes
+                .iter()
+                .map(|h| stat(&h.node().stats_snapshot(), "membership_sent"))
+                .sum()
+        };
+        let before = sent(&nodes);
+        let window = Duration::from_secs(10);
+        tokio::time::sleep(window).await;
+        let after = sent(&nodes);
+        let per_node = (after - before) as f64 / n as f64 / window.as_secs_f64();
+        println!(
+            "{n} members: {per_node:.1} datagrams sent per node per second (at most {} bytes each)",
+            1462
+        );
+        stop(nodes).await;
+    }
+}
