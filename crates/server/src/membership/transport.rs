@@ -276,6 +276,20 @@ mod tests {
         }
     }
 
+    /// The key derivation example of protocol.md section 16.1.
+    #[test]
+    fn key_derivation_matches_protocol_md() {
+        let k = ring(b"sessync-docs-example-secret-0001").derive_key(0, KEY_INFO);
+        let hex: Option<String> = k.map(|k| k.iter().map(|b| format!("{b:02x} ")).collect());
+        let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../protocol.md"));
+        let hex = hex.unwrap_or_default();
+        assert!(
+            doc.contains(hex.trim_end()),
+            "protocol.md 16.1 lacks the derived key {hex}"
+        );
+        assert!(hex.starts_with("b2 65 bc 09"));
+    }
+
     #[test]
     fn window_takes_reordering_and_refuses_repeats() {
         let mut b = Sealer::new(&ring(b"sessync-test-secret-0001"), [2; 16]);
