@@ -13,9 +13,10 @@ use crate::failure::Failure;
 /// Where and how to connect.
 #[derive(Args, Debug)]
 pub(crate) struct Connection {
-    /// The node's client address.
+    /// The node's client address: host:port, the host a name or an IP address (resolved
+    /// when connecting).
     #[arg(long, global = true, env = "SESSYNC_NODE", default_value = "127.0.0.1:7700")]
-    node: SocketAddr,
+    node: String,
     /// The node's client password.
     #[arg(long, global = true, env = "SESSYNC_PASSWORD")]
     password: Option<String>,
@@ -138,7 +139,7 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
 }
 
 async fn connect(conn: &Connection) -> Result<Client, Failure> {
-    open(conn).await.map_err(|e| Failure::connecting(conn.node, e))
+    open(conn).await.map_err(|e| Failure::connecting(&conn.node, e))
 }
 
 async fn open(conn: &Connection) -> Result<Client, ClientError> {
@@ -153,7 +154,7 @@ async fn open(conn: &Connection) -> Result<Client, ClientError> {
             let name = conn
                 .tls_server_name
                 .clone()
-                .unwrap_or_else(|| conn.node.ip().to_string());
+                .unwrap_or_else(|| host_of(&conn.node));
             let cert = cert.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
             Some(TlsOptions::from_pem(&ca, cert, &name)?)
         }
@@ -164,7 +165,20 @@ async fn open(conn: &Connection) -> Result<Client, ClientError> {
         tls,
         ..ClientConfig::default()
     };
-    Client::connect(conn.node, config).await
+    Client::connect_host(&conn.node, config).await
+}
+
+/// The host part of `host:port` (an IP address without its brackets, or a name).
+fn host_of(node: &str) -> String {
+    match node.parse::<SocketAddr>() {
+        Ok(a) => a.ip().to_string(),
+        Err(_) => node.rsplit_once(':').map_or(node, |(h, _)| h).to_string(),
+    }
+}
+
+/// Connects as the other commands do (`sessync members` uses it).
+pub(crate) async fn connect_with(conn: &Connection) -> Result<Client, Failure> {
+    connect(conn).await
 }
 
 /// A value as JSON: the UTF-8 string where valid, else `{"base64": "..."}`.
@@ -344,7 +358,7 @@ pub(crate) async fn run_ping(args: PingArgs) -> Result<(), Failure> {
     if args.conn.json {
         println!(
             "{}",
-            serde_json::json!({ "pong": true, "node": args.conn.node.to_string(), "ms": ms })
+            serde_json::json!({ "pong": true, "node": args.conn.node, "ms": ms })
         );
     } else {
         println!("PONG from {} in {ms:.2} ms", args.conn.node);

@@ -1,7 +1,9 @@
 //! The `sessync` command: run a node, a local trial cluster, or talk to a node.
 
+mod cli_members;
 mod cli_session;
 mod failure;
+mod resolve;
 mod secret;
 mod trial_certs;
 
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use sessync_server::{BackupPolicy, EvictPolicy, NodeConfig, TlsFiles};
+use sessync_server::{BackupPolicy, EvictPolicy, NodeConfig, Seed, TlsFiles};
 
 /// Web sessions that follow the user across a cluster.
 #[derive(Parser, Debug)]
@@ -44,6 +46,8 @@ enum Command {
     Stats(cli_session::StatsArgs),
     /// Check that a node answers (exit 0) on its client port: for exec probes and scripts.
     Ping(cli_session::PingArgs),
+    /// Print a node's view of the cluster: each member's state, node id, addresses.
+    Members(cli_members::MembersArgs),
     /// Start a local trial cluster in this process (Ctrl-C stops it).
     Cluster(ClusterArgs),
 }
@@ -97,19 +101,20 @@ enum Evict {
 /// Flags of `sessync node`; each can also be set through the SESSYNC_* variable named.
 #[derive(clap::Args, Debug)]
 struct NodeArgs {
-    /// Address applications connect to.
+    /// Address applications connect to (host:port; a host name is resolved at start).
     #[arg(long, env = "SESSYNC_CLIENT", default_value = "127.0.0.1:7700")]
-    client: SocketAddr,
-    /// Address other nodes connect to.
+    client: String,
+    /// Address other nodes connect to (TCP for peer links, UDP for membership, same port).
     #[arg(long, env = "SESSYNC_PEER", default_value = "127.0.0.1:7800")]
-    peer: SocketAddr,
+    peer: String,
     /// Address of the HTTP port: /healthz, /readyz, /metrics and a status page at /.
     /// Off unless given.
     #[arg(long, env = "SESSYNC_HTTP")]
     http: Option<SocketAddr>,
-    /// Peer address written into tokens (when --peer is a wildcard or behind NAT).
+    /// Peer address written into tokens and told to other members (when --peer is a
+    /// wildcard or behind NAT); a host name is resolved at start.
     #[arg(long, env = "SESSYNC_ADVERTISE")]
-    advertise: Option<SocketAddr>,
+    advertise: Option<String>,
     /// File holding the cluster secret (see README: one secret, key id 0, or `id=secret` lines, first is current).
     #[arg(long, env = "SESSYNC_SECRET_FILE")]
     secret_file: Option<PathBuf>,
@@ -145,10 +150,15 @@ struct NodeArgs {
     /// (protocol.md 11.3).
     #[arg(long, env = "SESSYNC_PEER_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     peer_timeout: Duration,
+    /// Seeds to join the cluster through, comma-separated: host:port (a name or an IP
+    /// address) or dns:NAME:PORT (every A/AAAA record of NAME, re-resolved every 5 s).
+    /// None: a cluster of one, which others may join.
+    #[arg(long, env = "SESSYNC_JOIN", value_delimiter = ',', value_parser = parse_seed)]
+    join: Vec<Seed>,
     /// The cluster's advertised peer addresses, comma-separated (this node's own may be
-    /// listed): where backup copies go.
-    #[arg(long, env = "SESSYNC_PEERS", value_delimiter = ',')]
-    peers: Vec<SocketAddr>,
+    /// listed): seeds, as --join, and the backup candidates until membership knows better.
+    #[arg(long, env = "SESSYNC_PEERS", value_delimiter = ',', value_parser = parse_seed)]
+    peers: Vec<Seed>,
     /// Backup copies of each session this node owns (0, 1 or 2).
     #[arg(long, env = "SESSYNC_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     replicas: u8,
@@ -195,6 +205,11 @@ enum PeerTls {
 }
 
 /// Parses a byte size: a number with an optional K, M, G or T suffix (powers of 1024).
+/// A seed flag's value: `host:port` or `dns:NAME:PORT` (a usage error otherwise).
+fn parse_seed(s: &str) -> Result<Seed, String> {
+    Seed::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_bytes(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let (digits, mult) = match s.char_indices().last() {
@@ -288,9 +303,15 @@ async fn run_node(args: NodeArgs) -> Result<()> {
             secret::generate()
         }
     };
-    let mut config = NodeConfig::new(args.client, args.peer, keys);
+    let client = resolve::addr("--client", &args.client).await?;
+    let peer = resolve::addr("--peer", &args.peer).await?;
+    let advertise = match &args.advertise {
+        Some(a) => Some(resolve::addr("--advertise", a).await?),
+        None => None,
+    };
+    let mut config = NodeConfig::new(client, peer, keys);
     config.http_addr = args.http;
-    config.advertise = args.advertise;
+    config.advertise = advertise;
     config.idle_ttl = args.idle_ttl;
     config.max_lifetime = args.max_lifetime;
     config.max_sessions = args.max_sessions;
@@ -304,16 +325,22 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     config.frame_timeout = args.frame_timeout;
     config.write_timeout = args.write_timeout;
     config.peer_timeout = args.peer_timeout;
-    let me = args.advertise.unwrap_or(args.peer);
-    let others = args.peers.iter().filter(|p| **p != me).count();
-    if usize::from(args.replicas) > others {
+    let mut seeds = args.join.clone();
+    seeds.extend(args.peers.iter().cloned());
+    // --peers are the backup candidates until membership has a view (names that do not
+    // resolve yet are left to membership).
+    let static_peers = resolve::now(&args.peers).await;
+    let me = advertise.unwrap_or(peer);
+    let others = static_peers.iter().filter(|p| **p != me).count();
+    if args.join.is_empty() && args.peers.len() == static_peers.len() && usize::from(args.replicas) > others {
         anyhow::bail!(
-            "--replicas {} needs at least {} other node(s) in --peers (got {others})",
+            "--replicas {} needs at least {} other node(s) in --peers (got {others}), or --join",
             args.replicas,
             args.replicas
         );
     }
-    config.peers = args.peers;
+    config.peers = static_peers;
+    config.membership.seeds = seeds;
     config.replicas = args.replicas;
     config.backup_policy = match args.on_no_backup {
         OnNoBackup::Refuse => BackupPolicy::Refuse,
@@ -425,6 +452,13 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
         config.http_addr = Some(port(200, i)?);
         config.idle_ttl = args.idle_ttl;
         config.peers = peers.clone();
+        config.membership.seeds = peers
+            .iter()
+            .map(|p| sessync_server::Seed::Host {
+                host: p.ip().to_string(),
+                port: p.port(),
+            })
+            .collect();
         config.replicas = args.replicas;
         if let Some(c) = &certs {
             let files = c.nodes[usize::from(i)].clone();
@@ -544,6 +578,10 @@ fn main() -> std::process::ExitCode {
             Command::Ping(args) => {
                 let json = args.conn.json;
                 client_command(json, cli_session::run_ping(args).await)
+            }
+            Command::Members(args) => {
+                let json = args.conn.json;
+                client_command(json, cli_members::run_members(args).await)
             }
             Command::Cluster(args) => run_cluster(args).await.map(|_| std::process::ExitCode::SUCCESS),
         }

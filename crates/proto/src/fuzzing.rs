@@ -268,11 +268,11 @@ pub fn peer_message(data: &[u8]) {
 }
 
 fn is_client_request(op: u8) -> bool {
-    (crate::client::op::HELLO..=crate::client::op::STATS).contains(&op)
+    (crate::client::op::HELLO..=crate::client::op::MEMBERS).contains(&op)
 }
 
 fn is_client_response(op: u8) -> bool {
-    (crate::client::op::HELLO_OK..=crate::client::op::STATS_REPLY).contains(&op) || op == crate::OP_ERROR
+    (crate::client::op::HELLO_OK..=crate::client::op::MEMBERS_REPLY).contains(&op) || op == crate::OP_ERROR
 }
 
 fn is_peer(op: u8) -> bool {
@@ -443,7 +443,7 @@ impl Checked for Request {
             Request::Touch { token } | Request::Rotate { token } | Request::Destroy { token } => {
                 text_within("token", token, l.max_token_len)
             }
-            Request::Stats => {}
+            Request::Stats | Request::Members => {}
         }
     }
 }
@@ -459,7 +459,7 @@ impl Checked for Response {
                 }
                 attributes_within(&s.attributes, l);
             }
-            Response::Done => {}
+            Response::Done | Response::Members(_) => {}
             Response::Stats(counters) => {
                 for (name, _) in counters {
                     text_within("stat name", name, l.max_text_len);

@@ -22,7 +22,10 @@ mod session;
 mod token;
 mod wire;
 
-pub use client::{encode_session_reply, op as client_op, ErrorReply, Request, Response, SessionReply};
+pub use client::{
+    encode_session_reply, op as client_op, ErrorReply, MemberInfo, MemberState, Request, Response,
+    SessionReply,
+};
 #[cfg(feature = "codec")]
 pub use codec::{CodecError, FrameCodec};
 pub use error::{DecodeError, ErrorCode, FrameError};

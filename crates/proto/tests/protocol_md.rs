@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use sessync_proto::{
     client_op, decode_frame_slice, peer_op, Acceptor, Attributes, Dialler, ErrorCode, ErrorReply, Keyring,
-    Limits, Message, PackedAttributes, PeerIdentity, PeerMessage, Request, Response, SessionId, SessionMeta,
-    SessionRecord, SessionReply, Token, OP_ERROR,
+    Limits, MemberInfo, MemberState, Message, PackedAttributes, PeerIdentity, PeerMessage, Request, Response,
+    SessionId, SessionMeta, SessionRecord, SessionReply, Token, OP_ERROR,
 };
 
 const DOC: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../protocol.md"));
@@ -233,6 +233,7 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
     add("rotate", Req(8, Request::Rotate { token: token.clone() }));
     add("destroy", Req(9, Request::Destroy { token: token.clone() }));
     add("stats", Req(10, Request::Stats));
+    add("members", Req(11, Request::Members));
 
     add(
         "hello_ok",
@@ -285,6 +286,28 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
         Resp(
             10,
             Response::Stats(vec![("sessions".into(), 1), ("copies_received".into(), 0)]),
+        ),
+    );
+    add(
+        "members_reply",
+        Resp(
+            11,
+            Response::Members(vec![
+                MemberInfo {
+                    node_id: NODE_A,
+                    incarnation: CREATED,
+                    state: MemberState::Alive,
+                    peer: addr("10.0.0.1:7401"),
+                    client: addr("10.0.0.1:7400"),
+                },
+                MemberInfo {
+                    node_id: NODE_B,
+                    incarnation: CREATED + 1,
+                    state: MemberState::Leaving,
+                    peer: addr("[fd00::2]:7401"),
+                    client: addr("10.0.0.2:7400"),
+                },
+            ]),
         ),
     );
     add(
@@ -579,6 +602,7 @@ fn every_opcode_has_an_example() {
         client_op::ROTATE,
         client_op::DESTROY,
         client_op::STATS,
+        client_op::MEMBERS,
     ];
     let responses = [
         client_op::HELLO_OK,
@@ -586,6 +610,7 @@ fn every_opcode_has_an_example() {
         client_op::SESSION,
         client_op::DONE,
         client_op::STATS_REPLY,
+        client_op::MEMBERS_REPLY,
         OP_ERROR,
     ];
     let peer = [
@@ -618,9 +643,9 @@ fn every_opcode_has_an_example() {
         );
     }
     // Opcode constants are distinct within each set, so the lists above really are
-    // 9, 6 and 16 different messages.
-    assert_eq!(requests.iter().collect::<BTreeSet<_>>().len(), 9);
-    assert_eq!(responses.iter().collect::<BTreeSet<_>>().len(), 6);
+    // 10, 7 and 16 different messages.
+    assert_eq!(requests.iter().collect::<BTreeSet<_>>().len(), 10);
+    assert_eq!(responses.iter().collect::<BTreeSet<_>>().len(), 7);
     assert_eq!(peer.iter().collect::<BTreeSet<_>>().len(), 16);
 }
 

@@ -132,6 +132,9 @@ impl Stats {
             ("tls_failures".into(), g(&self.tls_failures)),
             ("tls_on_plain_port".into(), g(&self.tls_on_plain_port)),
         ];
+        if let Some(m) = about.and_then(|a| a.membership.as_ref()) {
+            v.extend(m.stats());
+        }
         if let Some(a) = about {
             v.push(("uptime_ms".into(), a.started.elapsed().as_millis() as u64));
             v.extend(a.facts());
@@ -159,6 +162,8 @@ pub(crate) struct About {
     pub(crate) peers: Arc<Peers>,
     /// The node, for its cluster peers (weak: the node owns these stats).
     pub(crate) node: std::sync::Weak<crate::Node>,
+    /// Cluster membership, unless it is off.
+    pub(crate) membership: Option<crate::membership::Membership>,
 }
 
 impl About {
@@ -219,8 +224,8 @@ impl About {
 }
 
 /// The operations whose latency is measured, in the order of [`RequestLatency`]'s slots.
-pub(crate) const OPS: [&str; 9] = [
-    "hello", "ping", "create", "get", "set", "touch", "rotate", "destroy", "stats",
+pub(crate) const OPS: [&str; 10] = [
+    "hello", "ping", "create", "get", "set", "touch", "rotate", "destroy", "stats", "members",
 ];
 
 /// The slot of a request in [`OPS`].
@@ -235,6 +240,7 @@ pub(crate) fn op_index(req: &Request) -> usize {
         Request::Rotate { .. } => 6,
         Request::Destroy { .. } => 7,
         Request::Stats => 8,
+        Request::Members => 9,
     }
 }
 

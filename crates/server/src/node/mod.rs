@@ -299,6 +299,7 @@ impl Node {
             } => self.hello(at, (*min_version, *max_version), password.as_deref(), out),
             Request::Ping(payload) => self.ping(at, payload, out),
             Request::Stats => self.stats_reply(at, out),
+            Request::Members => self.members_reply(request_id, out),
             Request::Create {
                 idle_ttl_ms,
                 max_lifetime_ms,
