@@ -183,7 +183,7 @@ lines = [
     ("move throughput / Redis throughput", "move: sessync/redis-hash throughput"),
 ]
 for label, name in lines:
-    print(f"{label:<52} " + " ".join(f"{ratio(docs[s], name):>11.2f}x" for s in sizes))
+    print(f"{label:<52} " + " ".join(f"{ratio(docs[s], name):>11.3g}x" for s in sizes))
 print()
 print("absolute medians, for orientation only (noise on this shared machine):")
 print(f"{'':<28} " + " ".join(f"{s + ' req/s':>14} {s + ' p50 us':>14}" for s in sizes))
