@@ -47,9 +47,12 @@ root = ET.parse(sys.argv[1]).getroot()
 ns = "{http://www.w3.org/2000/svg}"
 assert root.tag == ns + "svg", root.tag
 rows = len(json.load(open(sys.argv[2]))["rows"])
-lines = len(root.findall(f".//{ns}polyline"))
-assert lines >= rows, f"{lines} curves for {rows} rows"
-print(f"{sys.argv[1]}: valid SVG, {lines} polylines for {rows} rows")
+# A CDF curve is a polyline of more than 2 points (axes and legend samples have 2); a
+# throughput bar is a rect (plus the background's).
+curves = sum(1 for e in root.iter(ns + "polyline") if len(e.get("points", "").split()) > 2)
+bars = len(root.findall(f".//{ns}rect")) - 1
+assert curves == rows and bars >= rows, f"{curves} curves and {bars} bars for {rows} rows"
+print(f"{sys.argv[1]}: valid SVG, {curves} CDF curves and {bars} bars for {rows} rows")
 PY
 }
 check_svg "$dir/smoke.svg" "$out"

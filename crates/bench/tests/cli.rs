@@ -73,21 +73,18 @@ fn load_writes_an_svg_plot_next_to_its_json() {
     let root = xml.root_element();
     assert_eq!(root.tag_name().name(), "svg");
     assert_eq!(root.tag_name().namespace(), Some("http://www.w3.org/2000/svg"));
-    // One CDF curve per row (plotters draws a line series as a <polyline>; the legend's
-    // samples are polylines too), and one bar per row.
-    let polylines = xml.descendants().filter(|n| n.has_tag_name("polyline")).count();
-    assert!(
-        polylines >= 2 * rows.len(),
-        "{polylines} polylines for {} rows",
-        rows.len()
-    );
-    let curve_points = xml
+    // One CDF curve per row: a <polyline> of more than 2 points (the axes and the legend's
+    // samples are 2-point polylines), and one bar per row (a <rect>, plus the background).
+    let curves: Vec<usize> = xml
         .descendants()
         .filter(|n| n.has_tag_name("polyline"))
         .map(|n| n.attribute("points").unwrap_or("").split_whitespace().count())
-        .max()
-        .unwrap();
-    assert!(curve_points > 5, "the longest curve has {curve_points} points");
+        .filter(|&points| points > 2)
+        .collect();
+    assert_eq!(curves.len(), rows.len(), "curves (points each): {curves:?}");
+    assert!(curves.iter().all(|&p| p > 5), "curves (points each): {curves:?}");
+    let rects = xml.descendants().filter(|n| n.has_tag_name("rect")).count();
+    assert!(rects > rows.len(), "{rects} rects for {} rows", rows.len());
     let text: String = xml
         .descendants()
         .filter(|n| n.has_tag_name("text"))
