@@ -16,6 +16,10 @@
 //! tenth of what it reached directly. A handful of connections cross each proxy in
 //! `benches/netns.sh` (at most one per client connection to Redis), so four threads per
 //! connection are cheap.
+//!
+//! The delay is a lower bound: the sleeping writer wakes up to the kernel's timer slack
+//! (50 µs) plus scheduling later, ~0.1 ms per direction on the 2-core machine of
+//! BENCHMARKS.md (0.5 ms each way measured as a 1.24 ms round trip, p50).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
