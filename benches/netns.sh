@@ -151,10 +151,15 @@ for size in $SIZES; do
   conns=${size%x*} depth=${size#*x}
   echo
   echo "== $size: local, move, sticky-90 on 3 nodes vs Redis HGETALL+EXPIRE, $DELAY each way"
-  in_ns "$NS_APP" "$BIN/sessync-bench" load --nodes "$all_nodes" --scenario local,move,sticky-90 \
+  # In the background and waited for, so an interrupt reaches the trap at once (bash runs
+  # traps only after a foreground command ends) and the cleanup stops the run too.
+  ip netns exec "$NS_APP" "$BIN/sessync-bench" load --nodes "$all_nodes" --scenario local,move,sticky-90 \
     --against-redis "$HUB:6379" --redis-flush --redis-mode hash \
     --connections "$conns" --depth "$depth" "${common[@]}" \
-    --json-out "$OUT/netns-$size.json" | tee "$OUT/netns-$size.txt"
+    --json-out "$OUT/netns-$size.json" >"$OUT/netns-$size.txt" &
+  pids+=($!)
+  wait "$!"
+  cat "$OUT/netns-$size.txt"
 done
 
 echo
