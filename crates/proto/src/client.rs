@@ -35,6 +35,8 @@ pub mod op {
     pub const DESTROY: u8 = 0x08;
     /// STATS request.
     pub const STATS: u8 = 0x09;
+    /// DRAIN request: hand everything over to other members and leave.
+    pub const DRAIN: u8 = 0x0A;
     /// HELLO_OK reply.
     pub const HELLO_OK: u8 = 0x81;
     /// PONG reply.
@@ -136,6 +138,14 @@ pub enum Request {
     /// # Format
     /// empty.
     Stats,
+    /// Asks the node to leave the cluster gracefully: hand every session it owns and every
+    /// backup copy it holds to other members, then exit (protocol.md 13). Answered when
+    /// the drain ended: DONE when everything was handed over, ERROR SHUTTING_DOWN saying
+    /// what was left otherwise.
+    ///
+    /// # Format
+    /// empty.
+    Drain,
 }
 
 /// A node's reply to a client request.
@@ -255,6 +265,7 @@ impl Message for Request {
             Request::Rotate { .. } => op::ROTATE,
             Request::Destroy { .. } => op::DESTROY,
             Request::Stats => op::STATS,
+            Request::Drain => op::DRAIN,
         }
     }
 
@@ -305,7 +316,7 @@ impl Message for Request {
             Request::Touch { token } | Request::Rotate { token } | Request::Destroy { token } => {
                 put_string(out, token)
             }
-            Request::Stats => {}
+            Request::Stats | Request::Drain => {}
         }
     }
 
@@ -351,6 +362,7 @@ impl Message for Request {
                 token: token(&mut r)?,
             },
             op::STATS => Request::Stats,
+            op::DRAIN => Request::Drain,
             other => return Err(DecodeError::UnknownOpcode(other)),
         };
         r.finish()?;
