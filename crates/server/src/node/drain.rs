@@ -243,9 +243,12 @@ impl Node {
         let mut released_count = 0u64;
         let mut timed_out = false;
         let mut alone_since: Option<Instant> = None;
+        let mut first_pass: std::collections::HashSet<SessionId> =
+            self.table.owned_ids(now_ms(), usize::MAX).into_iter().collect();
         let (owned_left, backups_left) = loop {
             let now = Instant::now();
-            let owned = self.table.owned_ids(now_ms(), usize::MAX);
+            let owned: std::collections::HashSet<SessionId> =
+                self.table.owned_ids(now_ms(), usize::MAX).into_iter().collect();
             let backups = self.table.backups_by_owner(now_ms());
             let held: usize = backups.values().map(Vec::len).sum();
             // Handovers not yet acknowledged count as live in the table's counter.
@@ -269,12 +272,17 @@ impl Node {
                 timed_out = true;
                 break (pending, held);
             }
-            if now.duration_since(started) >= timeout / 2
-                && !self.elastic.closing.swap(true, Ordering::SeqCst)
-            {
+            // The first phase ends when every session owned at the start has been handed
+            // over once (or at half the timeout): until then requests that need a session
+            // from elsewhere still bring it here (and it is handed on again); from then on
+            // they are refused, or requests through this node would keep pulling sessions
+            // here and the drain would never end.
+            first_pass.retain(|id| owned.contains(id));
+            let half = now.duration_since(started) >= timeout / 2;
+            if (first_pass.is_empty() || half) && !self.elastic.closing.swap(true, Ordering::SeqCst) {
                 tracing::info!(
                     left = pending + held,
-                    "drain: half the drain timeout used; refusing requests that would bring sessions back"
+                    "drain: every session handed over once; refusing requests that would bring sessions here"
                 );
             }
             if now.duration_since(last_log) >= Duration::from_secs(1) {

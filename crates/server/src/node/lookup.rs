@@ -1,9 +1,12 @@
 //! Finding a session its token no longer leads to (protocol.md 13.3): the owner the
-//! token names does not know it (it drained and left, or restarted empty) and no backup
-//! the token names has it. Then this node asks every live member (LOCATE) and follows the
-//! answer through the ordinary paths: COPY from the owner found, or PROMOTE at a holder of
-//! a copy whose owner is gone. A lookup never creates or changes a copy by itself, so the
-//! fencing rules of sections 11 and 12 apply unchanged.
+//! token names does not know it (it drained and left, or restarted empty), no backup the
+//! token names has it, or the forwarding pointers end at this node, which does not have
+//! it (it restarted since). Then this node asks every other member (LOCATE) and follows
+//! the answer through the ordinary paths: COPY from the owner found (or the node it was
+//! handed to), or PROMOTE at a holder of a copy whose owner is gone. A lookup never
+//! creates or changes a copy by itself, so the fencing rules of sections 11 and 12 apply
+//! unchanged. "Not found" is answered only when every member said it does not know the
+//! session; a lookup that could not ask everyone fails retryably (OWNER_UNREACHABLE).
 
 use std::sync::atomic::Ordering;
 
@@ -12,10 +15,10 @@ use sessync_proto::Role;
 use super::*;
 
 impl Node {
-    /// Called where a fetch has failed (`fetch_from_peers`, after the failover): when the
-    /// failure says the session was not found or its owner is unreachable, looks it up
-    /// among live members. `asked`: the nodes the fetch already asked (they are not asked
-    /// again). Any other outcome is returned as it is.
+    /// Called where a fetch ends (`fetch_from_peers`, after the failover): when it failed
+    /// with "not found" or "owner unreachable", or ended at this node which has no entry
+    /// for the session, looks it up among the members. `asked`: the nodes the fetch
+    /// already asked (not asked again). Any other outcome is returned as it is.
     pub(super) async fn lookup_if_lost(
         &self,
         id: SessionId,
@@ -23,24 +26,47 @@ impl Node {
         asked: &[SocketAddr],
         backups: &[SocketAddr],
     ) -> FetchResult {
-        if !matches!(
-            &result,
-            Err((ErrorCode::SessionNotFound | ErrorCode::OwnerUnreachable, _))
-        ) {
+        let lost = match &result {
+            Err((ErrorCode::SessionNotFound | ErrorCode::OwnerUnreachable, _)) => true,
+            Ok(Fetched::PointsHere) => !self.table.knows(&id),
+            _ => false,
+        };
+        if !lost {
             return result;
         }
+        // It may have come here meanwhile (another node handed it to this one while this
+        // fetch was under way): then the request is served here.
+        let here = |table: &Table| {
+            matches!(
+                table.locate(&id, self.advertise, now_ms()),
+                Some((Role::Owner, _))
+            )
+        };
+        if here(&self.table) {
+            return Ok(Fetched::PointsHere);
+        }
+        // Every member, reachable or not: a member whose link is still backing off after
+        // it restarted may be the one that has the session now.
         let members: Vec<SocketAddr> = self
-            .live_members()
+            .lookup_members()
             .into_iter()
             .filter(|m| !asked.contains(m))
             .collect();
         if members.is_empty() {
             return result;
         }
+        let unsure = |why: String| -> FetchResult {
+            Err((
+                ErrorCode::OwnerUnreachable,
+                format!("the session's owner does not have it, and {why}; try again"),
+            ))
+        };
         // Bounded: a flood of tokens for expired sessions costs at most this many
-        // broadcasts at once; past it, the request fails as it would have without.
-        let Ok(_slot) = self.elastic.lookup_slots.try_acquire() else {
-            return result;
+        // broadcasts at once.
+        let Ok(Ok(_slot)) =
+            tokio::time::timeout(self.config.peer_timeout, self.elastic.lookup_slots.acquire()).await
+        else {
+            return unsure("too many lookups among members are under way".into());
         };
         self.elastic.lookups.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.config.peer_timeout;
@@ -52,32 +78,31 @@ impl Node {
         let mut owner = None;
         let mut handed = None;
         let mut copies: Vec<(SocketAddr, SocketAddr)> = Vec::new();
+        let mut silent = 0;
         for (&m, reply) in members.iter().zip(replies) {
-            if let Ok(PeerMessage::Located {
-                session_id,
-                role,
-                addr,
-            }) = reply
-            {
-                if session_id != id {
-                    continue;
-                }
-                match role {
+            match reply {
+                Ok(PeerMessage::Located {
+                    session_id,
+                    role,
+                    addr,
+                }) if session_id == id => match role {
                     Role::Owner if addr == m => owner = Some(m),
                     Role::HandedOver if addr != self.advertise && !asked.contains(&addr) => {
                         handed = Some(addr)
                     }
                     Role::Backup => copies.push((m, addr)),
                     _ => {}
-                }
+                },
+                Ok(PeerMessage::NotFound { .. }) | Ok(PeerMessage::Located { .. }) => {}
+                _ => silent += 1,
             }
         }
-        tracing::debug!(session = %id, ?owner, ?handed, ?copies, "lookup");
+        tracing::debug!(session = %id, ?owner, ?handed, ?copies, silent, "lookup");
         let found = if let Some(o) = owner.or(handed) {
             self.copy_chain(id, o, true, backups).await.0
         } else if let Some(&(_, failed)) = copies.first() {
-            // Copies whose owner is one the fetch found gone (or that is not reachable
-            // now): take one over as a failover would, with PROMOTE naming that owner.
+            // Copies whose owner is one the fetch found gone (or that does not answer):
+            // take one over as a failover would, with PROMOTE naming that owner.
             let holders: Vec<SocketAddr> = copies
                 .iter()
                 .filter(|(_, o)| *o == failed)
@@ -89,24 +114,42 @@ impl Node {
             } else {
                 match self.failover(id, failed, &holders).await {
                     Some(r) => r,
-                    None => return result,
+                    None => unsure("no holder of its copy handed it over".into()),
                 }
             }
+        } else if here(&self.table) {
+            Ok(Fetched::PointsHere)
+        } else if silent > 0 {
+            return unsure(format!("{silent} member(s) did not answer a lookup"));
         } else {
             return result;
         };
-        if found.is_ok() {
-            self.elastic.lookups_found.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(session = %id, "found a session its token no longer led to, by a lookup among members");
-            found
-        } else {
-            result
+        match found {
+            Ok(f) => {
+                self.elastic.lookups_found.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(session = %id, "found a session its token no longer led to, by a lookup among members");
+                Ok(f)
+            }
+            // Found somewhere, but not fetched: a retry may succeed.
+            Err((code, message)) => unsure(format!(
+                "a lookup found it but fetching it failed ({code}: {message})"
+            )),
         }
     }
 
+    /// The members a lookup asks: every peer of the cluster but this node (the membership
+    /// view replaces it when it lands).
+    pub(super) fn lookup_members(&self) -> Vec<SocketAddr> {
+        self.cluster_peers()
+            .iter()
+            .copied()
+            .filter(|p| *p != self.advertise)
+            .collect()
+    }
+
     /// Whether a session whose token names this node, which does not have it, may still
-    /// be found elsewhere (a lookup): there are other live members.
+    /// be found elsewhere (a lookup): there are other members.
     pub(super) fn may_look_up(&self) -> bool {
-        !self.live_members().is_empty()
+        !self.lookup_members().is_empty()
     }
 }
