@@ -159,6 +159,12 @@ impl Node {
             .collect()
     }
 
+    /// Whether `peer` announced that it is leaving (and no new process answers there yet):
+    /// it is not counted as a backup node a write can have.
+    pub(crate) fn is_leaving(&self, peer: SocketAddr) -> bool {
+        lock(&self.elastic.leaving).contains_key(&peer)
+    }
+
     /// Sets the bound on a drain (`--drain-timeout`).
     pub fn set_drain_timeout(&self, timeout: Duration) {
         self.elastic.timeout_ms.store(
