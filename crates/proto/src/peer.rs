@@ -272,10 +272,12 @@ pub enum PeerMessage {
     /// Reply to EPOCH.
     ///
     /// # Format
-    /// node id (16).
+    /// node id (16), u64 uptime_ms.
     EpochIs {
         /// The answering process's node id (random per start).
         node_id: [u8; 16],
+        /// How long the answering process has been running, in ms.
+        uptime_ms: u64,
     },
     /// The request failed.
     Error(ErrorReply),
@@ -402,7 +404,10 @@ impl Message for PeerMessage {
                 out.put_u8(role.byte());
                 put_addr(out, addr);
             }
-            PeerMessage::EpochIs { node_id } => out.put_slice(node_id),
+            PeerMessage::EpochIs { node_id, uptime_ms } => {
+                out.put_slice(node_id);
+                out.put_u64(*uptime_ms);
+            }
             PeerMessage::Ping(n) | PeerMessage::Pong(n) => out.put_u64(*n),
             PeerMessage::NotFound { session_id } => out.put_slice(&session_id.0),
             PeerMessage::Drop {
@@ -518,7 +523,10 @@ impl Message for PeerMessage {
                 addr: r.addr()?,
             },
             op::EPOCH => PeerMessage::Epoch,
-            op::EPOCH_IS => PeerMessage::EpochIs { node_id: r.array()? },
+            op::EPOCH_IS => PeerMessage::EpochIs {
+                node_id: r.array()?,
+                uptime_ms: r.u64()?,
+            },
             OP_ERROR => PeerMessage::Error(ErrorReply::decode(&mut r, limits)?),
             other => return Err(DecodeError::UnknownOpcode(other)),
         };

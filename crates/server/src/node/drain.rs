@@ -165,6 +165,14 @@ impl Node {
         lock(&self.elastic.leaving).contains_key(&peer)
     }
 
+    /// How long this process has been running.
+    pub(super) fn uptime(&self) -> Duration {
+        self.stats
+            .about
+            .get()
+            .map_or(Duration::ZERO, |a| a.started.elapsed())
+    }
+
     /// Sets the bound on a drain (`--drain-timeout`).
     pub fn set_drain_timeout(&self, timeout: Duration) {
         self.elastic.timeout_ms.store(
@@ -521,6 +529,7 @@ impl Node {
             }
             PeerMessage::Epoch => PeerMessage::EpochIs {
                 node_id: self.node_id,
+                uptime_ms: self.uptime().as_millis().min(u128::from(u64::MAX)) as u64,
             },
             PeerMessage::Replicate { .. } => PeerMessage::Error(ErrorReply::new(
                 ErrorCode::ShuttingDown,

@@ -71,8 +71,15 @@ impl Node {
             let mut seen = self.elastic.seen.lock().unwrap_or_else(|e| e.into_inner());
             let mut leaving = self.elastic.leaving.lock().unwrap_or_else(|e| e.into_inner());
             for (&p, r) in peers.iter().zip(replies) {
-                if let Ok(PeerMessage::EpochIs { node_id }) = r {
-                    if seen.get(&p).is_some_and(|s| s.node_id != node_id) {
+                if let Ok(PeerMessage::EpochIs { node_id, uptime_ms }) = r {
+                    // Another process than the one seen last; or, seen for the first
+                    // time, one that started after this node (it may have restarted
+                    // before we first saw it): the copies it held may be gone.
+                    let fresh = match seen.get(&p) {
+                        Some(s) => s.node_id != node_id,
+                        None => Duration::from_millis(uptime_ms) < self.uptime(),
+                    };
+                    if fresh {
                         restarted.push(p);
                     }
                     seen.insert(p, Seen { node_id, at: now });
@@ -94,6 +101,23 @@ impl Node {
         let want = usize::from(self.config.replicas);
         if want == 0 {
             return;
+        }
+        // Copies this node holds of sessions whose owner restarted (or stays unreachable):
+        // nobody owns them any more unless a request took them over.
+        let gone_owners: Vec<SocketAddr> = restarted
+            .iter()
+            .copied()
+            .chain(down.iter().copied().filter(|d| !self.elastic_orphan_checked(*d)))
+            .collect();
+        if !gone_owners.is_empty() {
+            let held = self.table.backups_by_owner(now_ms());
+            for owner in gone_owners {
+                if let Some(ids) = held.get(&owner) {
+                    tracing::warn!(%owner, copies = ids.len(), "the owner of backup copies held here is gone; taking over those nobody else has");
+                    let ids: Vec<SessionId> = ids.iter().take(PER_TICK * 10).copied().collect();
+                    self.adopt_orphans(owner, ids).await;
+                }
+            }
         }
         for p in restarted {
             let ids = self.table.backed_by(p, now_ms(), usize::MAX);
@@ -159,5 +183,100 @@ impl Node {
         let done = repaired.load(Ordering::Relaxed);
         self.elastic.repaired.fetch_add(done, Ordering::Relaxed);
         tracing::info!(tried = n, repaired = done, "repair round");
+    }
+}
+
+/// How long a holder waits per rank (its place in the session's rendezvous order among
+/// the members) before it takes over a copy whose owner is gone, so that of several
+/// holders the first in that order does it and the others find it owned.
+const ADOPT_STAGGER: Duration = Duration::from_secs(2);
+
+impl Node {
+    /// Whether the orphans of `owner` (down past the grace period) were already looked at
+    /// since it went down; marks them looked at.
+    fn elastic_orphan_checked(&self, owner: SocketAddr) -> bool {
+        let mut seen = self.elastic.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.get_mut(&owner) {
+            // Marked by pushing `at` far back: a member that answers again gets a new `at`.
+            Some(s) if s.node_id == [0xff; 16] => true,
+            Some(s) => {
+                s.node_id = [0xff; 16];
+                false
+            }
+            None => {
+                seen.insert(
+                    owner,
+                    Seen {
+                        node_id: [0xff; 16],
+                        at: Instant::now() - GRACE * 2,
+                    },
+                );
+                false
+            }
+        }
+    }
+
+    /// Takes over the copies of `ids` held here whose owner `owner` is gone (it has no
+    /// entry for the session, or does not answer) and that no other member owns: each
+    /// as a failover would (protocol.md 12.3, promote, then protect and install), after a
+    /// wait by this node's rank so that one holder does it. The session then has an owner
+    /// that keeps `replicas` copies, and is found by a lookup.
+    async fn adopt_orphans(&self, owner: SocketAddr, ids: Vec<SessionId>) {
+        let mut members = self.lookup_members();
+        members.push(self.advertise);
+        futures_util::stream::iter(ids)
+            .for_each_concurrent(PARALLEL, |id| {
+                let members = &members;
+                async move {
+                    // Asked a few times: the link to a restarted owner may still be
+                    // backing off from when it was down.
+                    let mut answered = false;
+                    for _ in 0..5 {
+                        let deadline = Instant::now() + self.config.peer_timeout;
+                        match self
+                            .peers
+                            .request(owner, PeerMessage::Locate { session_id: id }, deadline)
+                            .await
+                        {
+                            // The owner (a new process there, or the old one back) knows it.
+                            Ok(PeerMessage::Located { .. }) => return,
+                            Ok(PeerMessage::NotFound { .. }) => {
+                                answered = true;
+                                break;
+                            }
+                            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+                        }
+                    }
+                    if !answered && self.alive(owner).await {
+                        return;
+                    }
+                    let rank = super::drain::ranked(&id, members)
+                        .iter()
+                        .position(|m| *m == self.advertise)
+                        .unwrap_or(0);
+                    tokio::time::sleep(ADOPT_STAGGER * rank as u32).await;
+                    // Owned elsewhere by now (a request or another holder took it over)?
+                    let others: Vec<SocketAddr> = members.iter().copied().filter(|m| *m != self.advertise).collect();
+                    let replies = futures_util::future::join_all(others.iter().map(|&m| {
+                        self.peers.request(
+                            m,
+                            PeerMessage::Locate { session_id: id },
+                            Instant::now() + self.config.peer_timeout,
+                        )
+                    }))
+                    .await;
+                    let owned = replies.iter().any(|r| {
+                        matches!(r, Ok(PeerMessage::Located { role, .. }) if *role == sessync_proto::Role::Owner || *role == sessync_proto::Role::HandedOver)
+                    });
+                    if owned {
+                        return;
+                    }
+                    if let Some(Ok(_)) = self.failover(id, owner, &[]).await {
+                        self.elastic.repaired.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(session = %id, %owner, "took over a copy whose owner is gone");
+                    }
+                }
+            })
+            .await;
     }
 }
