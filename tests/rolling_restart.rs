@@ -8,7 +8,7 @@
 //!
 //! `cargo test` runs it with `--replicas 1`; `SESSYNC_ROLLING_REPLICAS=0,1,2` runs it for
 //! each value given (about 30 s each on two cores).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 mod common;
 mod fault;
