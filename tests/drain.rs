@@ -1,4 +1,4 @@
-//! Graceful leave (issue 14, protocol.md 13): `sessync drain` and SIGTERM hand every
+//! Graceful leave (issue 14, protocol.md 16): `sessync drain` and SIGTERM hand every
 //! session and backup copy a node holds to other members, over real node processes.
 //! - `sessync drain` hands everything over: the node exits 0, and every session is read
 //!   back through the other members with the token the client last had (naming the node

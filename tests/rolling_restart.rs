@@ -323,7 +323,7 @@ async fn a_rolling_restart_loses_no_session_and_no_acknowledged_append() {
     }
 }
 
-/// Repair (issue 14, protocol.md 13.4): with `--replicas 1`, each node in turn is killed
+/// Repair (issue 14, protocol.md 16.4): with `--replicas 1`, each node in turn is killed
 /// with SIGKILL (no drain) and restarted empty, and the cluster is given time to repair
 /// before the next: the copies the dead node held are made again by their owners, and the
 /// sessions it owned are taken over by the holders of their copies. No idle session (one

@@ -139,7 +139,7 @@ pub enum Request {
     /// empty.
     Stats,
     /// Asks the node to leave the cluster gracefully: hand every session it owns and every
-    /// backup copy it holds to other members, then exit (protocol.md 13). Answered when
+    /// backup copy it holds to other members, then exit (protocol.md 16). Answered when
     /// the drain ended: DONE when everything was handed over, ERROR SHUTTING_DOWN saying
     /// what was left otherwise.
     ///

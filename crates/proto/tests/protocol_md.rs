@@ -231,6 +231,7 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
     add("rotate", Req(8, Request::Rotate { token: token.clone() }));
     add("destroy", Req(9, Request::Destroy { token: token.clone() }));
     add("stats", Req(10, Request::Stats));
+    add("drain", Req(11, Request::Drain));
 
     add(
         "hello_ok",
@@ -303,6 +304,40 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
         ),
     );
 
+    add(
+        "take",
+        Peer(
+            10,
+            PeerMessage::Take {
+                ids: vec![SESSION, SESSION_2],
+            },
+        ),
+    );
+    add("release", Peer(11, PeerMessage::Release { ids: vec![SESSION] }));
+    add("ids", Peer(11, PeerMessage::Ids { ids: vec![SESSION] }));
+    add("locate", Peer(12, PeerMessage::Locate { session_id: SESSION }));
+    add(
+        "located",
+        Peer(
+            12,
+            PeerMessage::Located {
+                session_id: SESSION,
+                role: sessync_proto::Role::Backup,
+                addr: addr("10.0.0.1:7401"),
+            },
+        ),
+    );
+    add("epoch", Peer(13, PeerMessage::Epoch));
+    add(
+        "epoch_is",
+        Peer(
+            13,
+            PeerMessage::EpochIs {
+                node_id: NODE_A,
+                uptime_ms: 60_000,
+            },
+        ),
+    );
     add("auth_hello", Peer(1, hello));
     add("auth_challenge", Peer(1, challenge));
     add("auth_proof", Peer(2, proof));
@@ -576,6 +611,7 @@ fn every_opcode_has_an_example() {
         client_op::ROTATE,
         client_op::DESTROY,
         client_op::STATS,
+        client_op::DRAIN,
     ];
     let responses = [
         client_op::HELLO_OK,
@@ -601,6 +637,13 @@ fn every_opcode_has_an_example() {
         peer_op::MOVED,
         peer_op::NOT_FOUND,
         peer_op::OK,
+        peer_op::TAKE,
+        peer_op::RELEASE,
+        peer_op::LOCATE,
+        peer_op::EPOCH,
+        peer_op::IDS,
+        peer_op::LOCATED,
+        peer_op::EPOCH_IS,
         OP_ERROR,
     ];
     let wanted = requests
@@ -615,10 +658,10 @@ fn every_opcode_has_an_example() {
         );
     }
     // Opcode constants are distinct within each set, so the lists above really are
-    // 9, 6 and 16 different messages.
-    assert_eq!(requests.iter().collect::<BTreeSet<_>>().len(), 9);
+    // 10, 6 and 23 different messages.
+    assert_eq!(requests.iter().collect::<BTreeSet<_>>().len(), 10);
     assert_eq!(responses.iter().collect::<BTreeSet<_>>().len(), 6);
-    assert_eq!(peer.iter().collect::<BTreeSet<_>>().len(), 16);
+    assert_eq!(peer.iter().collect::<BTreeSet<_>>().len(), 23);
 }
 
 /// Rows of a markdown table whose first cell satisfies `first`, as trimmed cells.

@@ -1,4 +1,4 @@
-//! Graceful leave (protocol.md 13): a leaving node hands every session it owns to other
+//! Graceful leave (protocol.md 16): a leaving node hands every session it owns to other
 //! members by *pull* (TAKE: the member COPYs each one through the ordinary handover, so
 //! the fencing rules of sections 11 and 12 apply unchanged), and asks the owners of the
 //! backup copies it holds to replace it (RELEASE: the owner places a new copy, then DROPs

@@ -1,4 +1,4 @@
-//! Finding a session its token no longer leads to (protocol.md 13.3): the owner the
+//! Finding a session its token no longer leads to (protocol.md 16.3): the owner the
 //! token names does not know it (it drained and left, or restarted empty), no backup the
 //! token names has it, or the forwarding pointers end at this node, which does not have
 //! it (it restarted since). Then this node asks every other member (LOCATE) and follows

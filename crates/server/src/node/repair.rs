@@ -1,4 +1,4 @@
-//! Repair (protocol.md 13.4): when a member that holds backup copies of this node's
+//! Repair (protocol.md 16.4): when a member that holds backup copies of this node's
 //! sessions restarts empty (another process answers at its address) or stays unreachable
 //! past a grace period, the sessions it backed get new copies on live members, in the
 //! background and bounded in rate, so that a session nobody touches keeps `replicas`

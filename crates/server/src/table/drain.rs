@@ -1,4 +1,4 @@
-//! The table's part of leaving and repair (protocol.md 13): listing what a leaving node
+//! The table's part of leaving and repair (protocol.md 16): listing what a leaving node
 //! still owns or holds, answering LOCATE, and finding sessions whose backups were lost.
 //! Read-only scans: every change of an entry still goes through the handover and backup
 //! steps of `handover.rs` and `backup.rs`, so their fencing rules apply unchanged.
