@@ -108,7 +108,15 @@ impl Node {
                 .filter(|(_, o)| *o == failed)
                 .map(|(h, _)| *h)
                 .collect();
-            let gone = asked.contains(&failed) || failed == self.advertise || !self.alive(failed).await;
+            // Only an owner that does not answer a fresh PING is failed over from here (a
+            // slow owner never is, 11.3). One that answers but does not have the session
+            // may have destroyed or rotated it (a DROP to this copy may have been lost):
+            // a lookup does not bring such a copy back; the repair (16.4) takes over the
+            // copies of an owner that restarted empty, after asking everyone.
+            if failed == self.advertise {
+                return unsure("copies of this node's earlier process are taken over by the repair".into());
+            }
+            let gone = !self.alive(failed).await;
             if !gone {
                 self.copy_chain(id, failed, true, backups).await.0
             } else {
