@@ -348,6 +348,8 @@ async fn a_rolling_kill_with_time_to_repair_loses_no_idle_session() {
             .unwrap();
         tokens.push(s.token);
     }
+    // The members have seen each other (EPOCH, once a second) before the first kill.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     for round in 0..NODES {
         nodes[round].kill();
         let log = dir.join(format!("node{round}-again.log"));

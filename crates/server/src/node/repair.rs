@@ -21,6 +21,9 @@ use crate::shutdown::Shutdown;
 
 /// How often members are asked who they are, and repairs are started.
 const TICK: Duration = Duration::from_secs(1);
+/// Seen for the first time, a member counts as restarted when it has been up this much
+/// less than this node (nodes of a cluster started together are not).
+const FIRST_SIGHT_MARGIN: Duration = Duration::from_secs(1);
 /// A member unreachable this long is taken to have lost the copies it held.
 const GRACE: Duration = Duration::from_secs(5);
 /// Most sessions repaired per tick (the rate bound).
@@ -34,6 +37,8 @@ pub(crate) async fn repair_loop(node: Arc<Node>, mut shutdown: Shutdown) {
     let mut queue: VecDeque<SessionId> = VecDeque::new();
     let mut queued: HashSet<SessionId> = HashSet::new();
     loop {
+        // First a tick's wait: members started together may not listen yet, and a failed
+        // dial would make the link back off when the first writes need it.
         tokio::select! {
             _ = shutdown.wait() => return,
             _ = tokio::time::sleep(TICK) => {}
@@ -77,7 +82,7 @@ impl Node {
                     // before we first saw it): the copies it held may be gone.
                     let fresh = match seen.get(&p) {
                         Some(s) => s.node_id != node_id,
-                        None => Duration::from_millis(uptime_ms) < self.uptime(),
+                        None => Duration::from_millis(uptime_ms) + FIRST_SIGHT_MARGIN < self.uptime(),
                     };
                     if fresh {
                         restarted.push(p);
@@ -269,6 +274,11 @@ impl Node {
                         matches!(r, Ok(PeerMessage::Located { role, .. }) if *role == sessync_proto::Role::Owner || *role == sessync_proto::Role::HandedOver)
                     });
                     if owned {
+                        return;
+                    }
+                    // Still a backup copy of that owner's (not, say, a session this node
+                    // handed to it meanwhile, whose COPY_ACK is on the way).
+                    if !self.table.holds_backup_from(&id, owner) {
                         return;
                     }
                     if let Some(Ok(_)) = self.failover(id, owner, &[]).await {
