@@ -189,26 +189,37 @@ async fn a_request_during_the_drain_for_a_handed_over_session_is_served() {
     // Wait (bounded) until node 0 has handed some sessions over and still has some left.
     let deadline = Instant::now() + WAIT;
     loop {
-        let s = c1.stats().await.unwrap();
-        let left = stats_of(&c0.stats().await.unwrap(), "drain_left");
-        if stats_of(&s, "drain_taken") >= 5 && left > 0 {
-            break;
+        // A busy machine may time a STATS out: asked again.
+        if let (Ok(s), Ok(s0)) = (c1.stats().await, c0.stats().await) {
+            if stats_of(&s, "drain_taken") >= 5 && stats_of(&s0, "drain_left") > 0 {
+                break;
+            }
         }
-        assert!(Instant::now() < deadline, "the drain never got under way: {s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(Instant::now() < deadline, "the drain never got under way");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let st = c0.stats().await.unwrap();
     assert_eq!(stats_of(&st, "draining"), 1);
     let pulled_before = stats_of(&st, "copies_received");
-    // Every session, through the leaving node: handed over or not, each is served.
+    // Sessions through the leaving node: handed over or not, each is served, until the
+    // drain's second phase begins (every session was handed over once): from then on a
+    // request that would bring a session back gets SHUTTING_DOWN (protocol.md 16.2).
+    let mut served = 0;
     for (i, t) in tokens.iter().enumerate() {
-        let s = timeout(WAIT, c0.get(t)).await.unwrap().unwrap_or_else(|e| {
-            panic!(
+        match timeout(WAIT, c0.get(t)).await.unwrap() {
+            Ok(s) => {
+                assert_eq!(s.get("i").unwrap().as_ref(), i.to_string().as_bytes());
+                served += 1;
+            }
+            Err(sessync_client::ClientError::Server {
+                code: sessync_client::ErrorCode::ShuttingDown,
+                ..
+            }) => break,
+            Err(e) => panic!(
                 "session {i} not served during the drain: {e}; logs in {}",
                 dir.display()
-            )
-        });
-        assert_eq!(s.get("i").unwrap().as_ref(), i.to_string().as_bytes());
+            ),
+        }
     }
     let st = c0.stats().await.unwrap();
     assert_eq!(
@@ -218,7 +229,7 @@ async fn a_request_during_the_drain_for_a_handed_over_session_is_served() {
     );
     assert!(
         stats_of(&st, "copies_received") > pulled_before,
-        "some requests were for sessions already handed over: {st:?}"
+        "some of the {served} requests served were for sessions already handed over: {st:?}"
     );
     nodes[2].pause(false);
     let out = drain.await.unwrap();

@@ -254,7 +254,8 @@ pub enum PeerMessage {
     /// Reply to LOCATE.
     ///
     /// # Format
-    /// session id (16), u8 role (1 owner, 2 backup, 3 handed over), peer address.
+    /// session id (16), u8 role (1 owner, 2 backup, 3 handed over, 4 destroyed), peer
+    /// address.
     Located {
         /// The session.
         session_id: SessionId,
@@ -295,6 +296,9 @@ pub enum Role {
     Backup,
     /// It handed the session over to the node named.
     HandedOver,
+    /// It destroyed (or rotated away) the session: it must not be brought back from a
+    /// copy (the address is the answering node's).
+    Destroyed,
 }
 
 impl Role {
@@ -303,6 +307,7 @@ impl Role {
             Role::Owner => 1,
             Role::Backup => 2,
             Role::HandedOver => 3,
+            Role::Destroyed => 4,
         }
     }
 
@@ -311,9 +316,8 @@ impl Role {
             1 => Ok(Role::Owner),
             2 => Ok(Role::Backup),
             3 => Ok(Role::HandedOver),
-            v => Err(DecodeError::Invalid(format!(
-                "LOCATED role {v}, expected 1, 2 or 3"
-            ))),
+            4 => Ok(Role::Destroyed),
+            v => Err(DecodeError::Invalid(format!("LOCATED role {v}, expected 1 to 4"))),
         }
     }
 }

@@ -38,7 +38,7 @@ fn every_new_message_round_trips() {
         ids: ids[..3].to_vec(),
     });
     roundtrip(PeerMessage::Locate { session_id: ids[1] });
-    for role in [Role::Owner, Role::Backup, Role::HandedOver] {
+    for role in [Role::Owner, Role::Backup, Role::HandedOver, Role::Destroyed] {
         roundtrip(PeerMessage::Located {
             session_id: ids[2],
             role,
@@ -81,7 +81,7 @@ fn counts_past_the_limit_or_the_bytes_are_refused() {
 #[test]
 fn an_unknown_located_role_is_malformed() {
     let mut body = vec![0u8; 16];
-    body.push(4);
+    body.push(5);
     body.extend_from_slice(&[4, 10, 0, 0, 1, 0x1c, 0xe9]);
     assert!(matches!(
         decode(sessync_proto::peer_op::LOCATED, &body),

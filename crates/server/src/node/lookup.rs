@@ -91,6 +91,13 @@ impl Node {
                         handed = Some(addr)
                     }
                     Role::Backup => copies.push((m, addr)),
+                    // Destroyed (or rotated away) there: nothing may bring it back.
+                    Role::Destroyed => {
+                        return Err((
+                            ErrorCode::SessionNotFound,
+                            "no such session: it was destroyed".into(),
+                        ))
+                    }
                     _ => {}
                 },
                 Ok(PeerMessage::NotFound { .. }) | Ok(PeerMessage::Located { .. }) => {}
@@ -113,10 +120,36 @@ impl Node {
             // may have destroyed or rotated it (a DROP to this copy may have been lost):
             // a lookup does not bring such a copy back; the repair (16.4) takes over the
             // copies of an owner that restarted empty, after asking everyone.
+            // Gone: it does not answer a fresh PING, or it answers but has no entry at
+            // all for the session (it restarted empty; asked again with LOCATE, which
+            // tells that apart from a session it destroyed: such a copy, whose DROP may
+            // have been lost, is never brought back). A slow owner is never failed over
+            // from (11.3).
             if failed == self.advertise {
                 return unsure("copies of this node's earlier process are taken over by the repair".into());
             }
-            let gone = !self.alive(failed).await;
+            let gone = match self
+                .peers
+                .request(
+                    failed,
+                    PeerMessage::Locate { session_id: id },
+                    Instant::now() + self.config.peer_timeout,
+                )
+                .await
+            {
+                Ok(PeerMessage::NotFound { .. }) => true,
+                Ok(PeerMessage::Located {
+                    role: Role::Destroyed,
+                    ..
+                }) => {
+                    return Err((
+                        ErrorCode::SessionNotFound,
+                        "no such session: it was destroyed".into(),
+                    ))
+                }
+                Ok(_) => false,
+                Err(_) => !self.alive(failed).await,
+            };
             if !gone {
                 self.copy_chain(id, failed, true, backups).await.0
             } else {

@@ -59,8 +59,8 @@ impl Table {
     }
 
     /// What this node knows of `id`, for LOCATE: it owns it (the address is `me`), holds a
-    /// backup copy from the owner named, or handed it over to the node named. Fences and
-    /// destroyed tombstones say nothing (`None`): they name no live copy.
+    /// backup copy from the owner named, handed it over to the node named, or destroyed it
+    /// (`me`). Fences say nothing (`None`): they name no live copy.
     pub fn locate(&self, id: &SessionId, me: SocketAddr, now: u64) -> Option<(Role, SocketAddr)> {
         let r = self.shard(id).map.get(id)?;
         match r.value() {
@@ -68,6 +68,7 @@ impl Table {
             Entry::Backup(b) if !b.live.expired(now) => Some((Role::Backup, b.owner)),
             Entry::HandingOver(h) if !h.live.expired(now) => Some((Role::HandedOver, h.to)),
             Entry::Forwarded { to, until_ms, .. } if now < *until_ms => Some((Role::HandedOver, *to)),
+            Entry::Destroyed { until_ms } if now < *until_ms => Some((Role::Destroyed, me)),
             _ => None,
         }
     }
