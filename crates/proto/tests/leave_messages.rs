@@ -2,6 +2,8 @@
 //! and bad input (counts past the limit or past the bytes there are, an unknown LOCATED
 //! role, trailing bytes) is refused before anything is allocated.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bytes::{BufMut, BytesMut};
 use sessync_proto::{write_frame, DecodeError, Limits, Message, PeerMessage, Role, SessionId, MAX_IDS};
 
