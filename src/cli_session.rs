@@ -108,6 +108,17 @@ pub(crate) struct StatsArgs {
     pub(crate) conn: Connection,
 }
 
+/// `sessync drain`.
+#[derive(Args, Debug)]
+pub(crate) struct DrainArgs {
+    #[command(flatten)]
+    pub(crate) conn: Connection,
+    /// How long to wait for the node to finish its drain (set it above the node's
+    /// --drain-timeout).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) wait: std::time::Duration,
+}
+
 /// `sessync ping`.
 #[derive(Args, Debug)]
 pub(crate) struct PingArgs {
@@ -143,6 +154,14 @@ async fn connect(conn: &Connection) -> Result<Client, Failure> {
 }
 
 async fn open(conn: &Connection) -> Result<Client, ClientError> {
+    open_with(conn, None).await
+}
+
+/// [`open`], with a request timeout other than the SDK's default when given.
+async fn open_with(
+    conn: &Connection,
+    request_timeout: Option<std::time::Duration>,
+) -> Result<Client, ClientError> {
     let tls = match &conn.tls_ca {
         None => None,
         Some(ca) => {
@@ -159,11 +178,13 @@ async fn open(conn: &Connection) -> Result<Client, ClientError> {
             Some(TlsOptions::from_pem(&ca, cert, &name)?)
         }
     };
+    let defaults = ClientConfig::default();
     let config = ClientConfig {
+        request_timeout: request_timeout.unwrap_or(defaults.request_timeout),
         password: conn.password.clone(),
         client_name: concat!("sessync-cli/", env!("CARGO_PKG_VERSION")).into(),
         tls,
-        ..ClientConfig::default()
+        ..defaults
     };
     Client::connect_host(&conn.node, config).await
 }
@@ -362,6 +383,30 @@ pub(crate) async fn run_ping(args: PingArgs) -> Result<(), Failure> {
         );
     } else {
         println!("PONG from {} in {ms:.2} ms", args.conn.node);
+    }
+    Ok(())
+}
+
+/// Runs `sessync drain`: asks the node to hand everything over and leave (DRAIN), and
+/// waits for its answer: exit 0 when everything was handed over, 2 (SHUTTING_DOWN, with
+/// what was left) when the drain could not finish within the node's --drain-timeout.
+pub(crate) async fn run_drain(args: DrainArgs) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let client = open_with(&args.conn, Some(args.wait))
+        .await
+        .map_err(|e| Failure::connecting(&args.conn.node, e))?;
+    client.drain().await.map_err(Failure::node)?;
+    let secs = started.elapsed().as_secs_f64();
+    if args.conn.json {
+        println!(
+            "{}",
+            serde_json::json!({ "drained": true, "node": args.conn.node.to_string(), "seconds": secs })
+        );
+    } else {
+        println!(
+            "{} drained in {secs:.2} s: every session and backup copy is with another member",
+            args.conn.node
+        );
     }
     Ok(())
 }

@@ -44,6 +44,9 @@ enum Command {
     Session(cli_session::SessionArgs),
     /// Print a node's counters, uptime, version, node id, addresses and peer links.
     Stats(cli_session::StatsArgs),
+    /// Make a node leave the cluster gracefully: it hands every session and backup copy to
+    /// other members, then exits (exit 0 when everything was handed over).
+    Drain(cli_session::DrainArgs),
     /// Check that a node answers (exit 0) on its client port: for exec probes and scripts.
     Ping(cli_session::PingArgs),
     /// Print a node's view of the cluster: each member's state, node id, addresses.
@@ -194,7 +197,16 @@ struct NodeArgs {
     /// Most connections from one IP address that have not authenticated yet.
     #[arg(long, env = "SESSYNC_MAX_UNAUTHENTICATED", default_value_t = 64)]
     max_unauthenticated: usize,
+    /// On SIGTERM, Ctrl-C or `sessync drain`, how long the node may spend handing its
+    /// sessions and backup copies to other members before it stops anyway (exit status 3
+    /// when something was left). 0 stops at once without handing anything over.
+    #[arg(long, env = "SESSYNC_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
 }
+
+/// Exit status of `sessync node` when its drain could not hand everything over within
+/// --drain-timeout (what was left is logged).
+const EX_DRAIN_INCOMPLETE: u8 = 3;
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum PeerTls {
@@ -293,7 +305,7 @@ fn termination() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-async fn run_node(args: NodeArgs) -> Result<()> {
+async fn run_node(args: NodeArgs) -> Result<std::process::ExitCode> {
     let keys = match &args.secret_file {
         Some(path) => secret::load(path)?,
         None => {
@@ -372,9 +384,11 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     };
     config.auth_backoff_max = args.auth_backoff_max;
     config.max_unauthenticated_per_address = args.max_unauthenticated;
+    let drain_timeout = args.drain_timeout;
     let stop = termination()?;
     let mut reload = reload_signal()?;
     let handle = sessync_server::start(config).await?;
+    handle.node().set_drain_timeout(drain_timeout);
     let http = handle
         .http_addr()
         .map(|a| format!(" http={a}"))
@@ -393,9 +407,16 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         handle.peer_addr()
     );
     tokio::pin!(stop);
+    let node = handle.node().clone();
+    let mut drained = None;
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            // A drain asked for on the client port (DRAIN) ended: stop.
+            report = node.drain_ended() => {
+                drained = Some(report);
+                break;
+            }
             _ = reload.recv() => {
                 let results = handle.reload_tls();
                 if results.is_empty() {
@@ -413,13 +434,38 @@ async fn run_node(args: NodeArgs) -> Result<()> {
             }
         }
     }
+    // Leave gracefully: hand every session and backup copy to other members first (the
+    // node keeps serving meanwhile). A second SIGTERM or Ctrl-C stops at once.
+    let report = match drained {
+        Some(r) => Some(r),
+        None if drain_timeout.is_zero() => None,
+        None => {
+            let second = termination()?;
+            tokio::select! {
+                r = node.drain() => Some(r),
+                _ = second => {
+                    tracing::warn!("second signal: stopping without finishing the drain");
+                    let t = node.table_stats();
+                    Some(sessync_server::DrainReport {
+                        sessions_left: t.sessions,
+                        backups_left: t.backups,
+                        timed_out: true,
+                        ..Default::default()
+                    })
+                }
+            }
+        }
+    };
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     let clean = handle.shutdown(Duration::from_secs(10)).await;
     if !clean {
         tracing::warn!("some connections did not finish within 10 s");
     }
     tracing::info!(clean, "stopped");
-    Ok(())
+    Ok(match report {
+        Some(r) if !r.complete() => std::process::ExitCode::from(EX_DRAIN_INCOMPLETE),
+        _ => std::process::ExitCode::SUCCESS,
+    })
 }
 
 async fn run_cluster(args: ClusterArgs) -> Result<()> {
@@ -566,7 +612,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Node(args) => run_node(*args).await.map(|_| std::process::ExitCode::SUCCESS),
+            Command::Node(args) => run_node(*args).await,
             Command::Session(args) => {
                 let json = args.json();
                 client_command(json, cli_session::run_session(args).await)
@@ -574,6 +620,10 @@ fn main() -> std::process::ExitCode {
             Command::Stats(args) => {
                 let json = args.conn.json;
                 client_command(json, cli_session::run_stats(args).await)
+            }
+            Command::Drain(args) => {
+                let json = args.conn.json;
+                client_command(json, cli_session::run_drain(args).await)
             }
             Command::Ping(args) => {
                 let json = args.conn.json;

@@ -370,6 +370,17 @@ impl Client {
         }
     }
 
+    /// Asks the node to leave the cluster gracefully (hand every session and backup copy
+    /// over, then exit): `Ok` when everything was handed over; an error (SHUTTING_DOWN)
+    /// saying what was left otherwise. The answer comes when the drain has ended, so give
+    /// the client a request timeout longer than the node's `--drain-timeout`.
+    pub async fn drain(&self) -> Result<(), ClientError> {
+        match self.request(Request::Drain).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected("DONE", &other)),
+        }
+    }
+
     /// Checks that the node answers; returns the round-trip time.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         let payload = Bytes::from(self.inner.next_id().to_be_bytes().to_vec());

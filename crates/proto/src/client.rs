@@ -37,6 +37,8 @@ pub mod op {
     pub const STATS: u8 = 0x09;
     /// MEMBERS request.
     pub const MEMBERS: u8 = 0x0A;
+    /// DRAIN request: hand everything over to other members and leave.
+    pub const DRAIN: u8 = 0x0B;
     /// HELLO_OK reply.
     pub const HELLO_OK: u8 = 0x81;
     /// PONG reply.
@@ -145,6 +147,14 @@ pub enum Request {
     /// # Format
     /// empty.
     Members,
+    /// Asks the node to leave the cluster gracefully: hand every session it owns and every
+    /// backup copy it holds to other members, then exit (protocol.md 17). Answered when
+    /// the drain ended: DONE when everything was handed over, ERROR SHUTTING_DOWN saying
+    /// what was left otherwise.
+    ///
+    /// # Format
+    /// empty.
+    Drain,
 }
 
 /// A node's reply to a client request.
@@ -365,6 +375,7 @@ impl Message for Request {
             Request::Destroy { .. } => op::DESTROY,
             Request::Stats => op::STATS,
             Request::Members => op::MEMBERS,
+            Request::Drain => op::DRAIN,
         }
     }
 
@@ -415,7 +426,7 @@ impl Message for Request {
             Request::Touch { token } | Request::Rotate { token } | Request::Destroy { token } => {
                 put_string(out, token)
             }
-            Request::Stats | Request::Members => {}
+            Request::Stats | Request::Members | Request::Drain => {}
         }
     }
 
@@ -462,6 +473,7 @@ impl Message for Request {
             },
             op::STATS => Request::Stats,
             op::MEMBERS => Request::Members,
+            op::DRAIN => Request::Drain,
             other => return Err(DecodeError::UnknownOpcode(other)),
         };
         r.finish()?;

@@ -268,7 +268,7 @@ pub fn peer_message(data: &[u8]) {
 }
 
 fn is_client_request(op: u8) -> bool {
-    (crate::client::op::HELLO..=crate::client::op::MEMBERS).contains(&op)
+    (crate::client::op::HELLO..=crate::client::op::DRAIN).contains(&op)
 }
 
 fn is_client_response(op: u8) -> bool {
@@ -276,8 +276,8 @@ fn is_client_response(op: u8) -> bool {
 }
 
 fn is_peer(op: u8) -> bool {
-    (crate::peer::op::AUTH_HELLO..=crate::peer::op::PROMOTE).contains(&op)
-        || (crate::peer::op::AUTH_CHALLENGE..=crate::peer::op::OK).contains(&op)
+    (crate::peer::op::AUTH_HELLO..=crate::peer::op::EPOCH).contains(&op)
+        || (crate::peer::op::AUTH_CHALLENGE..=crate::peer::op::EPOCH_IS).contains(&op)
         || op == crate::OP_ERROR
 }
 
@@ -443,7 +443,7 @@ impl Checked for Request {
             Request::Touch { token } | Request::Rotate { token } | Request::Destroy { token } => {
                 text_within("token", token, l.max_token_len)
             }
-            Request::Stats | Request::Members => {}
+            Request::Stats | Request::Members | Request::Drain => {}
         }
     }
 }

@@ -234,6 +234,7 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
     add("destroy", Req(9, Request::Destroy { token: token.clone() }));
     add("stats", Req(10, Request::Stats));
     add("members", Req(11, Request::Members));
+    add("drain", Req(12, Request::Drain));
 
     add(
         "hello_ok",
@@ -328,6 +329,40 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
         ),
     );
 
+    add(
+        "take",
+        Peer(
+            10,
+            PeerMessage::Take {
+                ids: vec![SESSION, SESSION_2],
+            },
+        ),
+    );
+    add("release", Peer(11, PeerMessage::Release { ids: vec![SESSION] }));
+    add("ids", Peer(11, PeerMessage::Ids { ids: vec![SESSION] }));
+    add("locate", Peer(12, PeerMessage::Locate { session_id: SESSION }));
+    add(
+        "located",
+        Peer(
+            12,
+            PeerMessage::Located {
+                session_id: SESSION,
+                role: sessync_proto::Role::Backup,
+                addr: addr("10.0.0.1:7401"),
+            },
+        ),
+    );
+    add("epoch", Peer(13, PeerMessage::Epoch));
+    add(
+        "epoch_is",
+        Peer(
+            13,
+            PeerMessage::EpochIs {
+                node_id: NODE_A,
+                uptime_ms: 60_000,
+            },
+        ),
+    );
     add("auth_hello", Peer(1, hello));
     add("auth_challenge", Peer(1, challenge));
     add("auth_proof", Peer(2, proof));
@@ -603,6 +638,7 @@ fn every_opcode_has_an_example() {
         client_op::DESTROY,
         client_op::STATS,
         client_op::MEMBERS,
+        client_op::DRAIN,
     ];
     let responses = [
         client_op::HELLO_OK,
@@ -629,6 +665,13 @@ fn every_opcode_has_an_example() {
         peer_op::MOVED,
         peer_op::NOT_FOUND,
         peer_op::OK,
+        peer_op::TAKE,
+        peer_op::RELEASE,
+        peer_op::LOCATE,
+        peer_op::EPOCH,
+        peer_op::IDS,
+        peer_op::LOCATED,
+        peer_op::EPOCH_IS,
         OP_ERROR,
     ];
     let wanted = requests
@@ -643,10 +686,10 @@ fn every_opcode_has_an_example() {
         );
     }
     // Opcode constants are distinct within each set, so the lists above really are
-    // 10, 7 and 16 different messages.
-    assert_eq!(requests.iter().collect::<BTreeSet<_>>().len(), 10);
+    // 11, 7 and 23 different messages.
+    assert_eq!(requests.iter().collect::<BTreeSet<_>>().len(), 11);
     assert_eq!(responses.iter().collect::<BTreeSet<_>>().len(), 7);
-    assert_eq!(peer.iter().collect::<BTreeSet<_>>().len(), 16);
+    assert_eq!(peer.iter().collect::<BTreeSet<_>>().len(), 23);
 }
 
 /// Rows of a markdown table whose first cell satisfies `first`, as trimmed cells.

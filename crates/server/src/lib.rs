@@ -44,7 +44,7 @@ use std::time::Duration;
 
 pub use config::{BackupPolicy, NodeConfig};
 pub use membership::{Member, MemberState, Membership, MembershipConfig, Seed};
-pub use node::Node;
+pub use node::{DrainReport, Node, DEFAULT_DRAIN_TIMEOUT};
 pub use table::{EvictPolicy, TableStats};
 pub use throttle::BASE_DELAY as AUTH_BACKOFF_BASE;
 pub use tls::{Reload, TlsFiles, EXPIRY_WARNING};
@@ -222,6 +222,7 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
     tasks.spawn(sweeper(node.clone(), sweep_interval, shutdown.clone()));
     tasks.spawn(late_replies(node.clone(), orphan_rx, shutdown.clone()));
     tasks.spawn(backup_refreshes(node.clone(), refresh_rx, shutdown.clone()));
+    tasks.spawn(node::repair_loop(node.clone(), shutdown.clone()));
     Ok(NodeHandle {
         node,
         client_addr,

@@ -479,6 +479,14 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             }
             PeerMessage::Ok
         }
+        // Leaving, lookups and repair (node/drain.rs): a leaving node takes no new copy.
+        m @ PeerMessage::Replicate { .. } if matches!(&m, PeerMessage::Replicate { record, .. } if node.refuses_new_copy(peer, &record.id)) => {
+            node.elastic_request(peer, m)
+        }
+        m @ (PeerMessage::Take { .. }
+        | PeerMessage::Release { .. }
+        | PeerMessage::Locate { .. }
+        | PeerMessage::Epoch) => node.elastic_request(peer, m),
         PeerMessage::Replicate { generation, record } => {
             match node.table.replicate_in(*peer, generation, &record, now) {
                 Replicated::Stored(old) => {

@@ -239,7 +239,7 @@ pub(crate) fn op_index(req: &Request) -> usize {
         Request::Touch { .. } => 5,
         Request::Rotate { .. } => 6,
         Request::Destroy { .. } => 7,
-        Request::Stats => 8,
+        Request::Stats | Request::Drain => 8,
         Request::Members => 9,
     }
 }

@@ -62,10 +62,17 @@ const CLIENT_RESPONSES = {
   error_version_conflict: [6, { type: 'error', code: 302, message: 'expected version 1, session is at 2' }],
   error_bad_crc: [0, { type: 'error', code: 101, message: 'CRC32 mismatch' }],
 };
-// Examples of messages this SDK does not speak: MEMBERS is an operator request (the CLI's
+// Examples of messages this SDK does not speak: MEMBERS and DRAIN are operator requests (the CLI's
 // `sessync members`, the Rust SDK); applications have no use for it. The Rust conformance
 // test (crates/proto/tests/protocol_md.rs) decodes them.
-const NOT_SPOKEN = new Set(['client-request members', 'client-response members_reply']);
+const NOT_SPOKEN = new Set([
+  'client-request members',
+  'client-response members_reply',
+  'client-request drain',
+  // The peer messages of leaving, lookup and repair (protocol.md 17.5): node to node only,
+  // decoded field by field by the Rust conformance test.
+  'peer take', 'peer release', 'peer locate', 'peer epoch', 'peer ids', 'peer located', 'peer epoch_is',
+]);
 
 // A small peer-port codec (protocol.md section 10), enough to decode and re-encode the
 // examples. u64 fields are BigInt here (a transfer id uses all 64 bits).

@@ -170,7 +170,7 @@ impl Node {
             || self
                 .cluster_peers()
                 .iter()
-                .filter(|p| **p != self.advertise && self.peers.reachable(**p))
+                .filter(|p| **p != self.advertise && self.peers.reachable(**p) && !self.is_leaving(**p))
                 .count()
                 >= want
     }

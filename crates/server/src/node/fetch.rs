@@ -47,7 +47,10 @@ impl Node {
                 Err(Miss::Absent) if token.owner != self.advertise => Start::Ask(token.owner, false),
                 // The token names this node, which does not have the session: it lost it
                 // (a restart). Its backups may have it.
-                Err(Miss::Absent) if !token.backups.is_empty() => Start::Failover(self.advertise),
+                // (Or a lookup among members may find it: drain.rs, lookup.rs.)
+                Err(Miss::Absent) if !token.backups.is_empty() || self.may_look_up() => {
+                    Start::Failover(self.advertise)
+                }
                 Err(m) => return Err(SessionFailure::Miss(m)),
             };
             if mode == Mode::LocalOnly {
@@ -193,6 +196,8 @@ impl Node {
             }
             (r, _) => r,
         };
+        // Neither the owner nor a backup the token names has it: ask the members (lookup.rs).
+        let result = self.lookup_if_lost(id, result, &chain, backups).await;
         if result.is_err() {
             Stats::bump(&self.stats.handover_failures);
         }

@@ -16,6 +16,7 @@
 
 mod backup;
 mod capacity;
+mod drain;
 mod handover;
 
 use std::hash::{BuildHasherDefault, Hasher};

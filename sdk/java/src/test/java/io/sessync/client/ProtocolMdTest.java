@@ -104,11 +104,11 @@ class ProtocolMdTest {
     static final Map<String, Expected> RESPONSES;
 
     /**
-     * Examples of messages this SDK does not speak: MEMBERS is an operator request (the CLI's
+     * Examples of messages this SDK does not speak: MEMBERS and DRAIN are operator requests (the CLI's
      * {@code sessync members}, the Rust SDK); applications have no use for it. The Rust
      * conformance test (crates/proto/tests/protocol_md.rs) decodes them.
      */
-    static final Set<String> NOT_SPOKEN = Set.of("client-request members", "client-response members_reply");
+    static final Set<String> NOT_SPOKEN = Set.of("client-request members", "client-response members_reply", "client-request drain");
 
     static {
         Map<String, Long> counters = new LinkedHashMap<>();

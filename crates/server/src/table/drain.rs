@@ -1,0 +1,124 @@
+//! The table's part of leaving and repair (protocol.md 17): listing what a leaving node
+//! still owns or holds, answering LOCATE, and finding sessions whose backups were lost.
+//! Read-only scans: every change of an entry still goes through the handover and backup
+//! steps of `handover.rs` and `backup.rs`, so their fencing rules apply unchanged.
+
+use std::collections::HashMap;
+
+use sessync_proto::Role;
+
+use super::*;
+
+impl Table {
+    /// The live sessions owned here (not expired), at most `limit`.
+    pub fn owned_ids(&self, now: u64, limit: usize) -> Vec<SessionId> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for r in shard.map.iter() {
+                if out.len() >= limit {
+                    return out;
+                }
+                if let Entry::Live(l) = r.value() {
+                    if !l.expired(now) {
+                        out.push(*r.key());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Backup copies held here (not expired), grouped by the owner they came from.
+    pub fn backups_by_owner(&self, now: u64) -> HashMap<SocketAddr, Vec<SessionId>> {
+        let mut out: HashMap<SocketAddr, Vec<SessionId>> = HashMap::new();
+        for shard in self.shards.iter() {
+            for r in shard.map.iter() {
+                if let Entry::Backup(b) = r.value() {
+                    if !b.live.expired(now) {
+                        out.entry(b.owner).or_default().push(*r.key());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether this node holds a backup copy of `id` from `owner` (a leaving node keeps
+    /// taking that owner's REPLICATEs for it until the owner has replaced it).
+    pub fn holds_backup_from(&self, id: &SessionId, owner: SocketAddr) -> bool {
+        self.shard(id)
+            .map
+            .get(id)
+            .is_some_and(|r| matches!(r.value(), Entry::Backup(b) if b.owner == owner))
+    }
+
+    /// Whether there is any entry for `id` here (live, backup or tombstone). A node with
+    /// none never had the session (or restarted since).
+    pub fn knows(&self, id: &SessionId) -> bool {
+        self.shard(id).map.contains_key(id)
+    }
+
+    /// What this node knows of `id`, for LOCATE: it owns it (the address is `me`), holds a
+    /// backup copy from the owner named, handed it over to the node named, or destroyed it
+    /// (`me`). Fences say nothing (`None`): they name no live copy.
+    pub fn locate(&self, id: &SessionId, me: SocketAddr, now: u64) -> Option<(Role, SocketAddr)> {
+        let r = self.shard(id).map.get(id)?;
+        match r.value() {
+            Entry::Live(l) if !l.expired(now) => Some((Role::Owner, me)),
+            Entry::Backup(b) if !b.live.expired(now) => Some((Role::Backup, b.owner)),
+            Entry::HandingOver(h) if !h.live.expired(now) => Some((Role::HandedOver, h.to)),
+            Entry::Forwarded { to, until_ms, .. } if now < *until_ms => Some((Role::HandedOver, *to)),
+            Entry::Destroyed { until_ms } if now < *until_ms => Some((Role::Destroyed, me)),
+            _ => None,
+        }
+    }
+
+    /// The live sessions owned here that have fewer than `want` backups outside `lost`
+    /// (nodes whose copies are gone or unreachable), at most `limit`; and, separately,
+    /// how many such sessions there are in all.
+    pub fn under_replicated(
+        &self,
+        lost: &[SocketAddr],
+        want: usize,
+        now: u64,
+        limit: usize,
+    ) -> (Vec<SessionId>, usize) {
+        let mut out = Vec::new();
+        let mut total = 0;
+        for shard in self.shards.iter() {
+            for r in shard.map.iter() {
+                if let Entry::Live(l) = r.value() {
+                    if l.expired(now) {
+                        continue;
+                    }
+                    let good = l.backups.iter().filter(|b| !lost.contains(b)).count();
+                    if good < want {
+                        total += 1;
+                        if out.len() < limit {
+                            out.push(*r.key());
+                        }
+                    }
+                }
+            }
+        }
+        (out, total)
+    }
+
+    /// The live sessions owned here whose backups include `holder`, at most `limit`.
+    pub fn backed_by(&self, holder: SocketAddr, now: u64, limit: usize) -> Vec<SessionId> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for r in shard.map.iter() {
+                if out.len() >= limit {
+                    return out;
+                }
+                if let Entry::Live(l) = r.value() {
+                    if !l.expired(now) && l.backups.contains(&holder) {
+                        out.push(*r.key());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
