@@ -58,7 +58,9 @@ fn init_log() {
 /// simulation"): a session left with forwarding pointers only, an acknowledged append lost
 /// when a claim that lost at the backups is handed on under a newer generation, a
 /// rotated-away id taking a write.
-const STILL_FAILING: &[u64] = &[0, 13, 28, 53, 59, 60, 65, 71, 81, 87, 92, 94, 105, 106];
+const STILL_FAILING: &[u64] = &[
+    0, 23, 34, 39, 51, 53, 59, 60, 71, 75, 81, 105, 106, 114, 134, 135, 136, 151, 153, 158, 164, 181, 190,
+];
 
 /// The seeds `cargo test` runs: 0 to 19 but those in [`STILL_FAILING`], unless
 /// `SESSYNC_SIM_SEEDS` / `SESSYNC_SIM_FIRST` say otherwise (then every seed of the range

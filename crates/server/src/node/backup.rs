@@ -133,28 +133,13 @@ impl Node {
         prefer: &[SocketAddr],
         ranked: bool,
     ) -> Vec<SocketAddr> {
-        use std::hash::{Hash, Hasher};
-        let mut order: Vec<(u64, SocketAddr)> = Vec::new();
-        if ranked {
-            order = self
-                .cluster_peers()
-                .iter()
-                .map(|p| {
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    id.0.hash(&mut h);
-                    p.hash(&mut h);
-                    (h.finish(), *p)
-                })
-                .collect();
-            order.sort_by_key(|r| std::cmp::Reverse(r.0));
-        }
+        let order = if ranked {
+            super::drain::ranked(id, &self.cluster_peers())
+        } else {
+            Vec::new()
+        };
         let mut out: Vec<SocketAddr> = Vec::new();
-        for a in current
-            .iter()
-            .chain(prefer)
-            .copied()
-            .chain(order.into_iter().map(|(_, a)| a))
-        {
+        for a in current.iter().chain(prefer).copied().chain(order) {
             if a != self.advertise && !out.contains(&a) {
                 out.push(a);
             }

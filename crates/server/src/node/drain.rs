@@ -462,10 +462,13 @@ impl Node {
     }
 
     /// Whether a REPLICATE from `owner` must be refused because this node is leaving: it
-    /// takes no new copy (the owner then places it elsewhere), but keeps confirming the
-    /// copies it holds until their owner has replaced it (RELEASE).
-    pub(crate) fn refuses_new_copy(&self, owner: &sessync_proto::PeerIdentity, id: &SessionId) -> bool {
-        self.elastic.draining.load(Ordering::Relaxed) && !self.table.holds_backup_from(id, owner.advertised)
+    /// takes no copy of a session it holds none of (the owner then places it elsewhere),
+    /// but keeps confirming the copies it holds until their owner has replaced it
+    /// (RELEASE), from whichever owner: a new owner places its copy on every holder of
+    /// the previous one (protocol.md 12.4), and a refused holder would keep the previous
+    /// owner's copy, which that owner can no longer release.
+    pub(crate) fn refuses_new_copy(&self, _owner: &sessync_proto::PeerIdentity, id: &SessionId) -> bool {
+        self.elastic.draining.load(Ordering::Relaxed) && !self.table.holds_backup(id)
     }
 
     /// Remembers that `peer` announced it is leaving.
@@ -558,9 +561,9 @@ impl Node {
         let Some(snap) = self.table.snapshot(&id, now_ms()) else {
             return;
         };
-        if !snap.backups.contains(&leaver) {
-            return;
-        }
+        // The leaver may be missing from the holders already (a write's round leaves out
+        // nodes no longer among the cluster's peers, and membership stops counting a
+        // leaving member): it still holds this owner's copy, which is dropped all the same.
         let want = usize::from(self.config.replicas);
         let mut holders: Vec<SocketAddr> = snap.backups.iter().copied().filter(|b| *b != leaver).collect();
         let mut confirmed = holders.len();

@@ -43,13 +43,21 @@ impl Table {
         out
     }
 
-    /// Whether this node holds a backup copy of `id` from `owner` (a leaving node keeps
-    /// taking that owner's REPLICATEs for it until the owner has replaced it).
+    /// Whether this node holds a backup copy of `id` from `owner` (repair: a copy that is
+    /// still the owner's own).
     pub fn holds_backup_from(&self, id: &SessionId, owner: SocketAddr) -> bool {
         self.shard(id)
             .map
             .get(id)
             .is_some_and(|r| matches!(r.value(), Entry::Backup(b) if b.owner == owner))
+    }
+
+    /// Whether this node holds a backup copy of `id` (from any owner).
+    pub fn holds_backup(&self, id: &SessionId) -> bool {
+        self.shard(id)
+            .map
+            .get(id)
+            .is_some_and(|r| matches!(r.value(), Entry::Backup(_)))
     }
 
     /// Whether there is any entry for `id` here (live, backup or tombstone). A node with
