@@ -258,20 +258,10 @@ async fn a_node_with_another_secret_never_joins_and_is_counted_and_told_why() {
     let other = dir.join("other-secret");
     std::fs::write(&other, b"another-cluster-secret-0123456789").unwrap();
     let log = dir.join("stranger.log");
-    let mut d = Command::new(env!("CARGO_BIN_EXE_sessync"))
-        .args([
-            "node",
-            "--client",
-            "127.0.0.1:0",
-            "--peer",
-            "127.0.0.1:0",
-            "--log",
-            "info",
-        ])
+    let mut d = node_command("info")
         .arg("--secret-file")
         .arg(&other)
         .args(["--join", &a.peer_addr().to_string()])
-        .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();

@@ -97,28 +97,18 @@ impl Node {
     /// SIGTERM (a graceful leave: the node drains, then exits); waits up to `within` for
     /// the exit and returns its status (SIGKILL and a panic past that).
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
+        let pid = self.child.as_ref().expect("running").id().to_string();
         let ok = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
+            .args(["-TERM", &pid])
             .status()
             .unwrap()
             .success();
-        assert!(ok, "kill -TERM {}", c.id());
-        let started = std::time::Instant::now();
-        loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                return status;
-            }
-            if started.elapsed() > within {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!("node {} did not exit within {within:?} of SIGTERM", self.client);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(ok, "kill -TERM {pid}");
+        self.wait_exit(within)
     }
 
-    /// Waits up to `within` for the process to exit by itself (after `sessync drain`).
+    /// Waits up to `within` for the process to exit (by itself after `sessync drain`, or
+    /// after a signal) and returns its status (SIGKILL and a panic past that).
     pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
         let started = std::time::Instant::now();

@@ -21,6 +21,7 @@ mod peer;
 mod session;
 mod token;
 mod wire;
+pub use wire::put_addr;
 
 pub use client::{
     encode_session_reply, op as client_op, ErrorReply, MemberInfo, MemberState, Request, Response,

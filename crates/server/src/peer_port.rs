@@ -521,7 +521,7 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
                 .table
                 .drop_backup(&session_id, peer.advertised, generation, now)
             {
-                Dropped::Dropped | Dropped::NotHeld => PeerMessage::Ok,
+                Dropped::Fenced | Dropped::NotHeld => PeerMessage::Ok,
                 Dropped::Newer(owner) => PeerMessage::Moved {
                     session_id,
                     owner: if owner.ip().is_unspecified() {

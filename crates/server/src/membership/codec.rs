@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{Buf, BufMut};
 use foca::{Header, Member, Message, State};
+use sessync_proto::put_addr;
 
 use super::identity::Identity;
 
@@ -77,20 +78,6 @@ fn get_array<const N: usize>(buf: &mut impl Buf) -> Result<[u8; N], CodecError> 
     let mut a = [0u8; N];
     buf.copy_to_slice(&mut a);
     Ok(a)
-}
-
-fn put_addr(out: &mut impl BufMut, addr: &SocketAddr) {
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            out.put_u8(4);
-            out.put_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.put_u8(6);
-            out.put_slice(&ip.octets());
-        }
-    }
-    out.put_u16(addr.port());
 }
 
 fn get_addr(buf: &mut impl Buf) -> Result<SocketAddr, CodecError> {

@@ -27,6 +27,7 @@ impl Node {
             // a newer state, so it is fetched from the owner the token names rather than
             // served (protocol.md 12.5).
             let superseded_here = !fall_back_to_local
+                && token.generation > 0
                 && token.owner != self.advertise
                 && self
                     .table

@@ -158,7 +158,7 @@ impl Table {
             until_ms,
         };
         self.replace(shard, r.value_mut(), fence);
-        Dropped::Dropped
+        Dropped::Fenced
     }
 
     /// The live session's state for its backups; also records that its current access

@@ -304,7 +304,7 @@ pub struct Claimed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
     /// The sender's copy was replaced by a fence.
-    Dropped,
+    Fenced,
     /// No copy of the sender's was held (nothing to do).
     NotHeld,
     /// A newer owner holds the session (the unspecified address: this node itself).
@@ -676,7 +676,7 @@ impl Table {
     }
 
     /// The entry for `id`, in words (for failure reports of the simulation).
-    #[cfg(any(test, feature = "testing"))]
+    #[cfg(feature = "testing")]
     pub fn describe(&self, id: &SessionId) -> String {
         match self.shard(id).map.get(id) {
             None => "absent".into(),

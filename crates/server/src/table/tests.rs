@@ -159,7 +159,7 @@ fn backups_keep_the_newest_copy_and_answer_promote_once() {
         backup.drop_backup(&id, a.advertised, 0, 6),
         Dropped::Newer(b.advertised)
     );
-    assert_eq!(backup.drop_backup(&id, b.advertised, 1, 6), Dropped::Dropped);
+    assert_eq!(backup.drop_backup(&id, b.advertised, 1, 6), Dropped::Fenced);
     assert_eq!(backup.stats().backups, 0);
     // The DROP leaves a fence: the dropped generation is refused, a newer one stored.
     assert_eq!(backup.replicate_in(b, 1, &r, 7), Replicated::Moved(b.advertised));
