@@ -326,6 +326,7 @@ impl Node {
     pub(super) async fn replicate_write(
         &self,
         id: SessionId,
+        generation: u64,
         served: &[SocketAddr],
     ) -> Result<Box<[SocketAddr]>, String> {
         let want = usize::from(self.config.replicas);
@@ -333,12 +334,15 @@ impl Node {
             return Ok(served.into());
         }
         match self.replicate(id, &[]).await {
-            // Taken away between the write and its replication: handed over by a COPY
-            // (the copy had the write, but its receiver's claim may yet lose to another
-            // one that does not: the write never reached this lineage's holders), yielded
-            // to a newer owner, destroyed or expired. Either way it was never protected.
+            // Handed over by a COPY meanwhile: the write was applied before, so it is in
+            // the copy the next owner got, and that owner places it on this lineage's
+            // holders before it serves. (The receiver's claim can still lose to a rival
+            // claim that lacks the write: a known gap, protocol.md 12.6.)
+            Replication::NotHere if self.table.handed_over_from(&id, generation) => Ok(served.into()),
+            // Yielded to a newer owner (whose copy does not have this write), destroyed or
+            // expired meanwhile: the write was never protected.
             Replication::NotHere => Err(
-                "the write was applied at this node, but the session moved to another node before the write reached its backups: it may be lost".into(),
+                "the write was applied at this node, but a newer owner took the session over before the write reached its backups: it may be lost".into(),
             ),
             Replication::Done(b) if b.complete(want) => Ok(b.holders),
             Replication::Done(b) => {

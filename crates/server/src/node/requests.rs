@@ -127,7 +127,10 @@ impl Node {
             })
             .await
         {
-            Ok(r) => match self.replicate_write(r.id, &r.value.backups).await {
+            Ok(r) => match self
+                .replicate_write(r.id, r.value.generation, &r.value.backups)
+                .await
+            {
                 Ok(backups) => {
                     let fresh = self.fresh_token(&r.token, r.value.generation, &backups);
                     self.reply_session(request_id, fresh.as_deref(), &r.value.meta, &r.value.attrs, out)
@@ -154,7 +157,7 @@ impl Node {
                 let (new_id, s) = r.value;
                 Stats::bump(&self.stats.rotated);
                 let dropped = self.retire_id(r.id, &s).await;
-                match self.replicate_write(new_id, &[]).await {
+                match self.replicate_write(new_id, 0, &[]).await {
                     Ok(backups) if dropped == 0 || self.config.backup_policy == BackupPolicy::Degrade => {
                         let token = self.sign(new_id, 0, &backups);
                         self.reply_session(request_id, Some(&token), &s.meta, &s.attrs, out)
@@ -234,7 +237,7 @@ impl Node {
             Ok(created) => created,
             Err(m) => return self.miss_error(request_id, m, out),
         };
-        match self.replicate_write(id, &[]).await {
+        match self.replicate_write(id, 0, &[]).await {
             Ok(backups) => {
                 Stats::bump(&self.stats.created);
                 let token = self.sign(id, 0, &backups);

@@ -178,6 +178,17 @@ impl Table {
         }
     }
 
+    /// Whether this node handed the session on by a COPY (or PROMOTE) from `generation`:
+    /// a write applied here under that generation is then in the copy it gave. (A node
+    /// that yielded keeps `received` one below its generation, so it does not count.)
+    pub fn handed_over_from(&self, id: &SessionId, generation: u64) -> bool {
+        self.shard(id).map.get(id).is_some_and(|r| match r.value() {
+            Entry::HandingOver(h) => h.live.received == generation,
+            Entry::Forwarded { received, .. } => *received == generation,
+            _ => false,
+        })
+    }
+
     /// The generation under which the session is live here, if it is.
     pub fn live_generation(&self, id: &SessionId, now: u64) -> Option<u64> {
         self.shard(id).map.get(id).and_then(|r| match r.value() {
