@@ -243,3 +243,71 @@ async fn a_request_during_the_drain_for_a_handed_over_session_is_served() {
     let c2 = connect(nodes[2].client).await;
     check_all(&[&c1, &c2], &tokens, &dir).await;
 }
+
+/// The drain figures of BENCHMARKS.md: 100 000 sessions of 1 KiB (8 attributes of 128
+/// bytes) at node 0 of three, then `sessync drain` of node 0, timed. For comparison, the
+/// cluster's move rate with the same client: 30 000 more sessions created at node 0 are
+/// first moved to node 1 by GETs there, 64 at once (the drain moves 2 members x 32).
+/// Run by hand, in release: `cargo test --release --test drain -- --ignored --nocapture
+/// drain_figures` (`SESSYNC_DRAIN_REPLICAS=0` or `1`, default 1; `SESSYNC_DRAIN_SESSIONS`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for BENCHMARKS.md (about 10 s in release, several minutes in debug), run by hand"]
+async fn drain_figures() {
+    use futures_util::StreamExt;
+    const MOVES: usize = 30_000;
+    let replicas: u8 = std::env::var("SESSYNC_DRAIN_REPLICAS").map_or(1, |v| v.parse().unwrap());
+    let sessions: usize = std::env::var("SESSYNC_DRAIN_SESSIONS").map_or(100_000, |v| v.parse().unwrap());
+    let dir = temp_dir("drain-figures");
+    let secret = secret_file(&dir);
+    let mut nodes = start_nodes(3, replicas, secret.to_str().unwrap(), &dir);
+    let c0 = connect(nodes[0].client).await;
+    let c1 = connect(nodes[1].client).await;
+    let value = "v".repeat(128);
+    let names: Vec<String> = (0..8).map(|i| format!("a{i}")).collect();
+    let pairs: Vec<(&str, &str)> = names.iter().map(|k| (k.as_str(), value.as_str())).collect();
+    let t = Instant::now();
+    let tokens: Vec<String> = futures_util::stream::iter(0..sessions + MOVES)
+        .map(|_| {
+            let (c, a) = (&c0, attrs(&pairs));
+            async move { timeout(WAIT, c.create(a)).await.unwrap().unwrap().token }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    println!(
+        "created {} sessions of 1 KiB at node 0 in {:?}",
+        sessions + MOVES,
+        t.elapsed()
+    );
+
+    let t = Instant::now();
+    futures_util::stream::iter(&tokens[sessions..])
+        .for_each_concurrent(64, |tok| {
+            let c = &c1;
+            async move {
+                let s = timeout(WAIT, c.get(tok)).await.unwrap().unwrap();
+                assert_ne!(s.token, *tok, "the GET at node 1 moved the session");
+            }
+        })
+        .await;
+    let move_rate = MOVES as f64 / t.elapsed().as_secs_f64();
+    let st = c0.stats().await.unwrap();
+    println!(
+        "moved {MOVES} sessions from node 0 to node 1, 64 at once: {move_rate:.0} moves/s; node 0 now owns {}",
+        stat(&st, "sessions")
+    );
+
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_sessync"))
+        .args(["drain", "--node", &nodes[0].client.to_string(), "--wait", "60s"])
+        .output()
+        .unwrap();
+    let drain = started.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    nodes[0].wait_exit(Duration::from_secs(30));
+    let drain_rate = sessions as f64 / drain.as_secs_f64();
+    println!(
+        "replicas {replicas}: drained {sessions} sessions of 1 KiB in {drain:?}: {drain_rate:.0} sessions/s, {:.2}x the move rate",
+        drain_rate / move_rate
+    );
+}

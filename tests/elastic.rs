@@ -281,7 +281,9 @@ async fn scaling_3_to_5_to_2_by_a_dns_name_loses_nothing() {
     }
     let joined = wait_members(&clients, 5, &dir).await;
     println!("5 nodes agree on 5 alive members {joined:?} after the two joined");
-    live.write().unwrap().extend(clients.iter().cloned().enumerate().skip(3));
+    live.write()
+        .unwrap()
+        .extend(clients.iter().cloned().enumerate().skip(3));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Scale down: nodes 0, 1 and 2 leave by drain, one after the other; the writers keep

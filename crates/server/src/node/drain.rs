@@ -21,6 +21,9 @@ const BATCH: usize = 512;
 const PARALLEL: usize = 32;
 /// How often the leaving node looks at what it still holds.
 const DRAIN_TICK: Duration = Duration::from_millis(50);
+/// Sessions offered to one member (TAKE) and not yet pulled, at most: a few batches, so
+/// that the member always has work and nothing waits long enough to be offered again.
+const OUTSTANDING: usize = 4 * BATCH;
 /// A member that refused or did not answer a TAKE is not sent another for this long.
 const BAD_TARGET_PAUSE: Duration = Duration::from_secs(2);
 /// A drain with no member to hand anything to gives up after this long.
@@ -256,7 +259,7 @@ impl Node {
         );
         // Per session: when it was last offered, and how often (the n-th offer goes to the
         // n-th member in its rendezvous order).
-        let mut offered: HashMap<SessionId, (Instant, usize)> = HashMap::new();
+        let mut offered: HashMap<SessionId, (Instant, usize, Option<SocketAddr>)> = HashMap::new();
         let mut released: HashMap<SessionId, (Instant, usize)> = HashMap::new();
         let mut bad: HashMap<SocketAddr, Instant> = HashMap::new();
         let resend = self.config.peer_timeout * 3;
@@ -330,16 +333,43 @@ impl Node {
                 continue;
             }
             alone_since = None;
-            // Sessions: TAKE, grouped by target.
+            // Sessions: TAKE, grouped by target, at most OUTSTANDING per member offered and
+            // not yet gone from here: a member pulls them PARALLEL at a time per TAKE, and
+            // offering a whole table at once left most of it unpulled when the resend time
+            // came, so it was offered again to the next member, which then pulled each one
+            // from the first (100 000 sessions took over 20 s; see BENCHMARKS.md).
+            let mut outstanding: HashMap<SocketAddr, usize> = HashMap::new();
+            for id in &owned {
+                if let Some((at, n, Some(t))) = offered.get(id) {
+                    if *n > 0 && now.duration_since(*at) < resend {
+                        *outstanding.entry(*t).or_default() += 1;
+                    }
+                }
+            }
             let mut by_target: HashMap<SocketAddr, Vec<SessionId>> = HashMap::new();
+            let mut full = members
+                .iter()
+                .filter(|m| outstanding.get(m).copied().unwrap_or(0) >= OUTSTANDING)
+                .count();
             for id in owned {
-                let e = offered.entry(id).or_insert((now, 0));
+                if full >= members.len() {
+                    break;
+                }
+                let e = offered.entry(id).or_insert((now, 0, None));
                 if e.1 > 0 && now.duration_since(e.0) < resend {
                     continue;
                 }
                 let order = ranked(&id, &members);
                 let target = order[e.1 % order.len()];
-                *e = (now, e.1 + 1);
+                let n = outstanding.entry(target).or_default();
+                if *n >= OUTSTANDING {
+                    continue;
+                }
+                *n += 1;
+                if *n == OUTSTANDING {
+                    full += 1;
+                }
+                *e = (now, e.1 + 1, Some(target));
                 by_target.entry(target).or_default().push(id);
             }
             let sends = by_target.iter().flat_map(|(target, ids)| {

@@ -167,7 +167,7 @@ impl Node {
         backups: &[SocketAddr],
     ) -> FetchResult {
         let (result, chain) = match start {
-            Start::Ask(owner, forwarded) => self.copy_chain(id, owner, forwarded, backups).await,
+            Start::Ask(owner, forwarded) => self.copy_chain_or_rehand(id, owner, forwarded, backups).await,
             Start::Failover(me) => (
                 Err((
                     ErrorCode::SessionNotFound,
@@ -230,6 +230,30 @@ impl Node {
         self.peers
             .probe(peer, Instant::now() + self.config.peer_timeout)
             .await
+    }
+
+    /// [`Node::copy_chain`]; and when the chain ends at this node, which has nothing: its
+    /// earlier process was handed the session by the last node asked and was killed
+    /// before it acknowledged the handover (so before it served anything: 12.4). That
+    /// node still holds the session, handing it over: it is asked to hand it to this
+    /// process (PROMOTE naming this address as the failed owner, 12.3).
+    pub(super) async fn copy_chain_or_rehand(
+        &self,
+        id: SessionId,
+        owner: SocketAddr,
+        forwarded: bool,
+        prefer: &[SocketAddr],
+    ) -> (FetchResult, Vec<SocketAddr>) {
+        let (result, chain) = self.copy_chain(id, owner, forwarded, prefer).await;
+        match (&result, chain.last().copied()) {
+            (Ok(Fetched::PointsHere), Some(giver)) if giver != self.advertise && !self.table.knows(&id) => {
+                match self.failover(id, self.advertise, &[giver]).await {
+                    Some(r) => (r, chain),
+                    None => (result, chain),
+                }
+            }
+            _ => (result, chain),
+        }
     }
 
     /// The COPY chain from `owner`, following MOVED. Returns the outcome and the nodes

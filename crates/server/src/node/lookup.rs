@@ -78,6 +78,12 @@ impl Node {
         let mut owner = None;
         let mut handed = None;
         let mut copies: Vec<(SocketAddr, SocketAddr)> = Vec::new();
+        // Members still handing the session to a node that does not have it: this address
+        // (its earlier process was killed before it acknowledged the handover, so before
+        // it served anything, 12.4, and this one has no entry), or a node this fetch
+        // already asked, which did not have it (it restarted) or did not answer. With the
+        // address that failed.
+        let mut handing_to_lost: Vec<(SocketAddr, SocketAddr)> = Vec::new();
         let mut silent = 0;
         for (&m, reply) in members.iter().zip(replies) {
             match reply {
@@ -90,6 +96,10 @@ impl Node {
                     Role::HandedOver if addr != self.advertise && !asked.contains(&addr) => {
                         handed = Some(addr)
                     }
+                    Role::HandedOver if addr == self.advertise && !self.table.knows(&id) => {
+                        handing_to_lost.push((m, addr))
+                    }
+                    Role::HandedOver if asked.contains(&addr) => handing_to_lost.push((m, addr)),
                     Role::Backup => copies.push((m, addr)),
                     // Destroyed (or rotated away) there: nothing may bring it back.
                     Role::Destroyed => {
@@ -106,7 +116,7 @@ impl Node {
         }
         tracing::debug!(session = %id, ?owner, ?handed, ?copies, silent, "lookup");
         let found = if let Some(o) = owner.or(handed) {
-            self.copy_chain(id, o, true, backups).await.0
+            self.copy_chain_or_rehand(id, o, true, backups).await.0
         } else if let Some(&(_, failed)) = copies.first() {
             // Copies whose owner is one the fetch found gone (or that does not answer):
             // take one over as a failover would, with PROMOTE naming that owner.
@@ -128,35 +138,35 @@ impl Node {
             if failed == self.advertise {
                 return unsure("copies of this node's earlier process are taken over by the repair".into());
             }
-            let gone = match self
-                .peers
-                .request(
-                    failed,
-                    PeerMessage::Locate { session_id: id },
-                    Instant::now() + self.config.peer_timeout,
-                )
-                .await
-            {
-                Ok(PeerMessage::NotFound { .. }) => true,
-                Ok(PeerMessage::Located {
-                    role: Role::Destroyed,
-                    ..
-                }) => {
-                    return Err((
-                        ErrorCode::SessionNotFound,
-                        "no such session: it was destroyed".into(),
-                    ))
-                }
-                Ok(_) => false,
-                Err(_) => !self.alive(failed).await,
+            let gone = match self.gone_without(id, failed).await {
+                Ok(g) => g,
+                Err(destroyed) => return destroyed,
             };
             if !gone {
-                self.copy_chain(id, failed, true, backups).await.0
+                self.copy_chain_or_rehand(id, failed, true, backups).await.0
             } else {
                 match self.failover(id, failed, &holders).await {
                     Some(r) => r,
                     None => unsure("no holder of its copy handed it over".into()),
                 }
+            }
+        } else if let Some(&(giver, lost)) = handing_to_lost.first() {
+            // PROMOTE naming the node it was handed to as the failed owner: the giver hands
+            // its copy on again, to this node (protocol.md 12.3, "re-handing"). Only when
+            // that node is this one, or is gone as a failover requires (it has no entry:
+            // a new process; or it fails a fresh PING): a slow receiver may have installed
+            // the copy and be serving it, its ACK still on the way.
+            let gone = lost == self.advertise
+                || match self.gone_without(id, lost).await {
+                    Ok(g) => g,
+                    Err(destroyed) => return destroyed,
+                };
+            if !gone {
+                return unsure("the node it was handed to has not acknowledged it yet".into());
+            }
+            match self.failover(id, lost, &[giver]).await {
+                Some(r) => r,
+                None => return unsure("the member handing it here did not hand it over again".into()),
             }
         } else if here(&self.table) {
             Ok(Fetched::PointsHere)
@@ -175,6 +185,32 @@ impl Node {
             Err((code, message)) => unsure(format!(
                 "a lookup found it but fetching it failed ({code}: {message})"
             )),
+        }
+    }
+
+    /// Whether `node` is gone as far as session `id` goes: it answers LOCATE with
+    /// NOT_FOUND (a new process there, with no entry), or does not answer and fails a
+    /// fresh PING. `Err`: it says the session was destroyed (the lookup's answer).
+    async fn gone_without(&self, id: SessionId, node: SocketAddr) -> Result<bool, FetchResult> {
+        let reply = self
+            .peers
+            .request(
+                node,
+                PeerMessage::Locate { session_id: id },
+                Instant::now() + self.config.peer_timeout,
+            )
+            .await;
+        match reply {
+            Ok(PeerMessage::NotFound { .. }) => Ok(true),
+            Ok(PeerMessage::Located {
+                role: Role::Destroyed,
+                ..
+            }) => Err(Err((
+                ErrorCode::SessionNotFound,
+                "no such session: it was destroyed".into(),
+            ))),
+            Ok(_) => Ok(false),
+            Err(_) => Ok(!self.alive(node).await),
         }
     }
 

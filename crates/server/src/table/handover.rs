@@ -112,10 +112,13 @@ impl Table {
                 }
             }
             Entry::HandingOver(h)
-                if failed_owner == Some(h.to) && h.to != requester && !h.live.expired(now) =>
+                if failed_owner == Some(h.to)
+                    && (h.to != requester || h.to_node != requester_node)
+                    && !h.live.expired(now) =>
             {
                 // The node we handed the session to is gone before it took the session
-                // over: it neither acknowledged this handover nor made this node its
+                // over (or restarted: a new process at its address asks, naming its
+                // address as the failed owner): it neither acknowledged this handover nor made this node its
                 // backup (it REPLICATEs here first, before it serves anything), so nothing
                 // was acknowledged past the copy kept here. Hand that copy on instead,
                 // under the same generation: it derives from the same state as the copy
