@@ -26,14 +26,22 @@ impl Node {
         asked: &[SocketAddr],
         backups: &[SocketAddr],
     ) -> FetchResult {
+        // Forwarding pointers that lead back to a node already asked form a cycle: no node
+        // on it owns the session (each points on), so following them again cannot end. The
+        // simulation stranded sessions that way for good (TOO_MANY_HOPS at every node after
+        // the heal: two claims of one generation that fenced each other, leaving backups
+        // and pointers only). Every member is then asked, the nodes of the cycle included.
+        let cycle = matches!(&result, Err((ErrorCode::TooManyHops, _)))
+            && asked.iter().enumerate().any(|(i, a)| asked[..i].contains(a));
         let lost = match &result {
             Err((ErrorCode::SessionNotFound | ErrorCode::OwnerUnreachable, _)) => true,
             Ok(Fetched::PointsHere) => !self.table.knows(&id),
-            _ => false,
+            _ => cycle,
         };
         if !lost {
             return result;
         }
+        let asked: &[SocketAddr] = if cycle { &[] } else { asked };
         // It may have come here meanwhile (another node handed it to this one while this
         // fetch was under way): then the request is served here.
         let here = |table: &Table| {
@@ -76,10 +84,22 @@ impl Node {
         }))
         .await;
         let mut owner = None;
-        let mut handed = None;
+        let mut handed: Vec<SocketAddr> = Vec::new();
         let mut copies: Vec<(SocketAddr, SocketAddr)> = Vec::new();
-        let mut silent = 0;
+        let mut silent: Vec<SocketAddr> = Vec::new();
+        // Members that answered without owning the session: a pointer to one of them
+        // leads nowhere new.
+        let mut answered: Vec<SocketAddr> = Vec::new();
         for (&m, reply) in members.iter().zip(replies) {
+            if !matches!(
+                &reply,
+                Ok(PeerMessage::Located {
+                    role: Role::Owner,
+                    ..
+                }) | Err(_)
+            ) {
+                answered.push(m);
+            }
             match reply {
                 Ok(PeerMessage::Located {
                     session_id,
@@ -87,9 +107,7 @@ impl Node {
                     addr,
                 }) if session_id == id => match role {
                     Role::Owner if addr == m => owner = Some(m),
-                    Role::HandedOver if addr != self.advertise && !asked.contains(&addr) => {
-                        handed = Some(addr)
-                    }
+                    Role::HandedOver if addr != self.advertise && !asked.contains(&addr) => handed.push(addr),
                     Role::Backup => copies.push((m, addr)),
                     // Destroyed (or rotated away) there: nothing may bring it back.
                     Role::Destroyed => {
@@ -101,11 +119,15 @@ impl Node {
                     _ => {}
                 },
                 Ok(PeerMessage::NotFound { .. }) | Ok(PeerMessage::Located { .. }) => {}
-                _ => silent += 1,
+                _ => silent.push(m),
             }
         }
-        tracing::debug!(session = %id, ?owner, ?handed, ?copies, silent, "lookup");
-        let found = if let Some(o) = owner.or(handed) {
+        // A pointer to a member that answered without owning the session (a cycle of
+        // pointers, or a stale one) leads nowhere new; one to a node that did not answer,
+        // or that is not a member, may lead to the owner.
+        handed.retain(|h| !answered.contains(h));
+        tracing::debug!(session = %id, ?owner, ?handed, ?copies, ?silent, "lookup");
+        let found = if let Some(o) = owner.or(handed.first().copied()) {
             self.copy_chain(id, o, true, backups).await.0
         } else if let Some(&(_, failed)) = copies.first() {
             // Copies whose owner is one the fetch found gone (or that does not answer):
@@ -127,6 +149,21 @@ impl Node {
             // from (11.3).
             if failed == self.advertise {
                 return unsure("copies of this node's earlier process are taken over by the repair".into());
+            }
+            // Fenced as a failover is (protocol.md 17.3): a copy is taken over only when it
+            // is certain that no other node owns the session. Every member but the gone
+            // owner answered (one that did not may be the owner now, on the other side of
+            // a partition: taking a copy over then makes a second owner), and the copies
+            // found are of one owner's lineage (copies of two owners: one is stale, and a
+            // LOCATE does not say which).
+            if silent.iter().any(|s| *s != failed) {
+                return unsure(format!(
+                    "{} member(s) did not answer a lookup, and one of them may own it",
+                    silent.iter().filter(|s| **s != failed).count()
+                ));
+            }
+            if copies.iter().any(|(_, o)| *o != failed) {
+                return unsure("copies of it from two owners were found".into());
             }
             let gone = match self
                 .peers
@@ -160,8 +197,8 @@ impl Node {
             }
         } else if here(&self.table) {
             Ok(Fetched::PointsHere)
-        } else if silent > 0 {
-            return unsure(format!("{silent} member(s) did not answer a lookup"));
+        } else if !silent.is_empty() {
+            return unsure(format!("{} member(s) did not answer a lookup", silent.len()));
         } else {
             return result;
         };
