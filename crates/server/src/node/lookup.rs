@@ -91,13 +91,9 @@ impl Node {
         // leads nowhere new.
         let mut answered: Vec<SocketAddr> = Vec::new();
         for (&m, reply) in members.iter().zip(replies) {
-            if !matches!(
-                &reply,
-                Ok(PeerMessage::Located {
-                    role: Role::Owner,
-                    ..
-                }) | Err(_)
-            ) {
+            let about_it = matches!(&reply, Ok(PeerMessage::NotFound { session_id }) if *session_id == id)
+                || matches!(&reply, Ok(PeerMessage::Located { session_id, role, .. }) if *session_id == id && *role != Role::Owner);
+            if about_it {
                 answered.push(m);
             }
             match reply {
@@ -129,71 +125,84 @@ impl Node {
         tracing::debug!(session = %id, ?owner, ?handed, ?copies, ?silent, "lookup");
         let found = if let Some(o) = owner.or(handed.first().copied()) {
             self.copy_chain(id, o, true, backups).await.0
-        } else if let Some(&(_, failed)) = copies.first() {
-            // Copies whose owner is one the fetch found gone (or that does not answer):
-            // take one over as a failover would, with PROMOTE naming that owner.
-            let holders: Vec<SocketAddr> = copies
-                .iter()
-                .filter(|(_, o)| *o == failed)
-                .map(|(h, _)| *h)
-                .collect();
-            // Only an owner that does not answer a fresh PING is failed over from here (a
-            // slow owner never is, 11.3). One that answers but does not have the session
-            // may have destroyed or rotated it (a DROP to this copy may have been lost):
-            // a lookup does not bring such a copy back; the repair (16.4) takes over the
-            // copies of an owner that restarted empty, after asking everyone.
-            // Gone: it does not answer a fresh PING, or it answers but has no entry at
-            // all for the session (it restarted empty; asked again with LOCATE, which
-            // tells that apart from a session it destroyed: such a copy, whose DROP may
-            // have been lost, is never brought back). A slow owner is never failed over
-            // from (11.3).
-            if failed == self.advertise {
+        } else if !copies.is_empty() {
+            // Copies of one or more owners, none of which owns the session now: take one
+            // over as a failover would, with PROMOTE naming its owner.
+            let mut owners: Vec<SocketAddr> = Vec::new();
+            for (_, o) in &copies {
+                if !owners.contains(o) {
+                    owners.push(*o);
+                }
+            }
+            if owners.contains(&self.advertise) {
                 return unsure("copies of this node's earlier process are taken over by the repair".into());
             }
             // Fenced as a failover is (protocol.md 17.3): a copy is taken over only when it
-            // is certain that no other node owns the session. Every member but the gone
-            // owner answered (one that did not may be the owner now, on the other side of
-            // a partition: taking a copy over then makes a second owner), and the copies
-            // found are of one owner's lineage (copies of two owners: one is stale, and a
-            // LOCATE does not say which).
-            if silent.iter().any(|s| *s != failed) {
+            // is certain that no other node owns the session. Every member but the copies'
+            // owners answered (one that did not may own it now, on the other side of a
+            // partition: taking a copy over then makes a second owner).
+            if silent.iter().any(|s| !owners.contains(s)) {
                 return unsure(format!(
                     "{} member(s) did not answer a lookup, and one of them may own it",
-                    silent.iter().filter(|s| **s != failed).count()
+                    silent.iter().filter(|s| !owners.contains(s)).count()
                 ));
             }
-            if copies.iter().any(|(_, o)| *o != failed) {
-                return unsure("copies of it from two owners were found".into());
+            // Each owner must be gone. A member that answered without owning it (it
+            // yielded, was fenced, or restarted empty; a destroyed session ended the lookup
+            // above) is. One that did not answer (or is no member) is asked LOCATE: gone
+            // when it has no entry at all (restarted empty) or stays silent and fails a
+            // fresh PING (a slow owner is never failed over from, 11.3). One that answers
+            // otherwise is asked with COPY.
+            let mut alive_owner = None;
+            for &o in &owners {
+                if answered.contains(&o) {
+                    continue;
+                }
+                let gone = match self
+                    .peers
+                    .request(
+                        o,
+                        PeerMessage::Locate { session_id: id },
+                        Instant::now() + self.config.peer_timeout,
+                    )
+                    .await
+                {
+                    Ok(PeerMessage::NotFound { .. }) => true,
+                    Ok(PeerMessage::Located {
+                        role: Role::Destroyed,
+                        ..
+                    }) => {
+                        return Err((
+                            ErrorCode::SessionNotFound,
+                            "no such session: it was destroyed".into(),
+                        ))
+                    }
+                    Ok(_) => false,
+                    Err(_) => !self.alive(o).await,
+                };
+                if !gone {
+                    alive_owner = Some(o);
+                    break;
+                }
             }
-            let gone = match self
-                .peers
-                .request(
-                    failed,
-                    PeerMessage::Locate { session_id: id },
-                    Instant::now() + self.config.peer_timeout,
-                )
-                .await
-            {
-                Ok(PeerMessage::NotFound { .. }) => true,
-                Ok(PeerMessage::Located {
-                    role: Role::Destroyed,
-                    ..
-                }) => {
-                    return Err((
-                        ErrorCode::SessionNotFound,
-                        "no such session: it was destroyed".into(),
-                    ))
+            // Every holder found takes the new copy (the holders rule of 12.3, with all
+            // the lineages the lookup saw): a newer copy among them refuses it.
+            let lineage: Vec<SocketAddr> = copies.iter().map(|(h, _)| *h).collect();
+            let mut found = None;
+            if let Some(o) = alive_owner {
+                found = Some(self.copy_chain(id, o, true, backups).await.0);
+            }
+            for &o in owners.iter().filter(|_| alive_owner.is_none()) {
+                let holders: Vec<SocketAddr> =
+                    copies.iter().filter(|(_, x)| *x == o).map(|(h, _)| *h).collect();
+                if let Some(r) = self.failover_fencing(id, o, &holders, &lineage).await {
+                    found = Some(r);
+                    break;
                 }
-                Ok(_) => false,
-                Err(_) => !self.alive(failed).await,
-            };
-            if !gone {
-                self.copy_chain(id, failed, true, backups).await.0
-            } else {
-                match self.failover(id, failed, &holders).await {
-                    Some(r) => r,
-                    None => unsure("no holder of its copy handed it over".into()),
-                }
+            }
+            match found {
+                Some(r) => r,
+                None => unsure("no holder of its copy handed it over".into()),
             }
         } else if here(&self.table) {
             Ok(Fetched::PointsHere)
