@@ -17,8 +17,9 @@ use super::*;
 impl Node {
     /// Called where a fetch ends (`fetch_from_peers`, after the failover): when it failed
     /// with "not found" or "owner unreachable", or ended at this node which has no entry
-    /// for the session, looks it up among the members. `asked`: the nodes the fetch
-    /// already asked (not asked again). Any other outcome is returned as it is.
+    /// for the session, or ran into a cycle of forwarding pointers, looks it up among the
+    /// members. `asked`: the nodes the fetch asked, in order (not asked again, but after a
+    /// cycle). Any other outcome is returned as it is.
     pub(super) async fn lookup_if_lost(
         &self,
         id: SessionId,
@@ -77,12 +78,7 @@ impl Node {
             return unsure("too many lookups among members are under way".into());
         };
         self.elastic.lookups.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + self.config.peer_timeout;
-        let replies = futures_util::future::join_all(members.iter().map(|&m| {
-            self.peers
-                .request(m, PeerMessage::Locate { session_id: id }, deadline)
-        }))
-        .await;
+        let replies = self.survey(id, &members).await;
         let mut owner = None;
         let mut handed: Vec<SocketAddr> = Vec::new();
         let mut copies: Vec<(SocketAddr, SocketAddr)> = Vec::new();
@@ -90,7 +86,13 @@ impl Node {
         // Members that answered without owning the session: a pointer to one of them
         // leads nowhere new.
         let mut answered: Vec<SocketAddr> = Vec::new();
-        for (&m, reply) in members.iter().zip(replies) {
+        // Members that answered with a pointer (they handed it on: maybe in flight).
+        let mut pointing: Vec<SocketAddr> = Vec::new();
+        for (&m, reply) in members.iter().zip(replies.clone()) {
+            if matches!(&reply, Ok(PeerMessage::Located { session_id, role: Role::HandedOver, .. }) if *session_id == id)
+            {
+                pointing.push(m);
+            }
             let about_it = matches!(&reply, Ok(PeerMessage::NotFound { session_id }) if *session_id == id)
                 || matches!(&reply, Ok(PeerMessage::Located { session_id, role, .. }) if *session_id == id && *role != Role::Owner);
             if about_it {
@@ -155,8 +157,13 @@ impl Node {
             // otherwise is asked with COPY.
             let mut alive_owner = None;
             for &o in &owners {
-                if answered.contains(&o) {
+                if answered.contains(&o) && !pointing.contains(&o) {
                     continue;
+                }
+                if pointing.contains(&o) {
+                    // It handed the session on (perhaps still in flight): follow it.
+                    alive_owner = Some(o);
+                    break;
                 }
                 let gone = match self
                     .peers
@@ -187,19 +194,31 @@ impl Node {
             }
             // Every holder found takes the new copy (the holders rule of 12.3, with all
             // the lineages the lookup saw): a newer copy among them refuses it.
-            let lineage: Vec<SocketAddr> = copies.iter().map(|(h, _)| *h).collect();
-            let mut found = None;
-            if let Some(o) = alive_owner {
-                found = Some(self.copy_chain(id, o, true, backups).await.0);
-            }
-            for &o in owners.iter().filter(|_| alive_owner.is_none()) {
-                let holders: Vec<SocketAddr> =
-                    copies.iter().filter(|(_, x)| *x == o).map(|(h, _)| *h).collect();
-                if let Some(r) = self.failover_fencing(id, o, &holders, &lineage).await {
-                    found = Some(r);
-                    break;
+            let found = if let Some(o) = alive_owner {
+                Some(self.copy_chain(id, o, true, backups).await.0)
+            } else if {
+                // The picture must hold still: a session in flight (its receiver places
+                // its copy on backups before it installs it, up to two peer timeouts)
+                // looks ownerless for that long. Asked again after that, every member
+                // must answer as before, or nothing is taken over (a quiet cluster under
+                // load must never fail over, tests/chaos.rs).
+                tokio::time::sleep(self.config.peer_timeout * 2).await;
+                !same_answers(id, &replies, &self.survey(id, &members).await)
+            } {
+                return unsure("the session was still moving".into());
+            } else {
+                let lineage: Vec<SocketAddr> = copies.iter().map(|(h, _)| *h).collect();
+                let mut taken = None;
+                for &o in &owners {
+                    let holders: Vec<SocketAddr> =
+                        copies.iter().filter(|(_, x)| *x == o).map(|(h, _)| *h).collect();
+                    taken = self.failover_fencing(id, o, &holders, &lineage).await;
+                    if taken.is_some() {
+                        break;
+                    }
                 }
-            }
+                taken
+            };
             match found {
                 Some(r) => r,
                 None => unsure("no holder of its copy handed it over".into()),
@@ -224,6 +243,16 @@ impl Node {
         }
     }
 
+    /// LOCATE to each of `members`, in parallel, within one peer timeout.
+    async fn survey(&self, id: SessionId, members: &[SocketAddr]) -> Vec<Result<PeerMessage, LinkError>> {
+        let deadline = Instant::now() + self.config.peer_timeout;
+        futures_util::future::join_all(members.iter().map(|&m| {
+            self.peers
+                .request(m, PeerMessage::Locate { session_id: id }, deadline)
+        }))
+        .await
+    }
+
     /// The members a lookup asks: every peer of the cluster but this node (the membership
     /// view replaces it when it lands).
     pub(super) fn lookup_members(&self) -> Vec<SocketAddr> {
@@ -239,4 +268,24 @@ impl Node {
     pub(super) fn may_look_up(&self) -> bool {
         !self.lookup_members().is_empty()
     }
+}
+
+/// Whether two surveys of the members ([`Node::survey`]) say the same about session `id`:
+/// every member gave the same kind of answer naming the same node (no answer counts as
+/// one kind).
+fn same_answers(
+    id: SessionId,
+    first: &[Result<PeerMessage, LinkError>],
+    second: &[Result<PeerMessage, LinkError>],
+) -> bool {
+    let key = |r: &Result<PeerMessage, LinkError>| match r {
+        Ok(PeerMessage::Located {
+            session_id,
+            role,
+            addr,
+        }) if *session_id == id => Some(Some((*role, *addr))),
+        Ok(PeerMessage::NotFound { session_id }) if *session_id == id => Some(None),
+        _ => None,
+    };
+    first.len() == second.len() && first.iter().zip(second).all(|(a, b)| key(a) == key(b))
 }
