@@ -192,21 +192,22 @@ impl Node {
                     break;
                 }
             }
-            // Every holder found takes the new copy (the holders rule of 12.3, with all
-            // the lineages the lookup saw): a newer copy among them refuses it.
-            let found = if let Some(o) = alive_owner {
-                Some(self.copy_chain(id, o, true, backups).await.0)
-            } else if {
+            if alive_owner.is_none() {
                 // The picture must hold still: a session in flight (its receiver places
                 // its copy on backups before it installs it, up to two peer timeouts)
                 // looks ownerless for that long. Asked again after that, every member
                 // must answer as before, or nothing is taken over (a quiet cluster under
                 // load must never fail over, tests/chaos.rs).
                 tokio::time::sleep(self.config.peer_timeout * 2).await;
-                !same_answers(id, &replies, &self.survey(id, &members).await)
-            } {
-                return unsure("the session was still moving".into());
+                if !same_answers(id, &replies, &self.survey(id, &members).await) {
+                    return unsure("the session was still moving".into());
+                }
+            }
+            let found = if let Some(o) = alive_owner {
+                Some(self.copy_chain(id, o, true, backups).await.0)
             } else {
+                // Every holder found takes the new copy (the holders rule of 12.3, with
+                // all the lineages the lookup saw): a newer copy among them refuses it.
                 let lineage: Vec<SocketAddr> = copies.iter().map(|(h, _)| *h).collect();
                 let mut taken = None;
                 for &o in &owners {
