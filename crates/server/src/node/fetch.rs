@@ -344,11 +344,36 @@ impl Node {
         failed: SocketAddr,
         backups: &[SocketAddr],
     ) -> Option<FetchResult> {
-        tracing::debug!(session = %id, %failed, ?backups, "owner gone; trying its backups");
+        self.failover_fencing(id, failed, backups, &[]).await
+    }
+
+    /// [`Node::failover`], placing the taken-over copy on every node of `lineage` too
+    /// (besides the holders the giver names): nodes known to hold copies of this session
+    /// (a lookup found them), which must all take the new copy before it is installed, so
+    /// that none of their older copies can be taken over again, and a newer copy among
+    /// them refuses this one (fencing, protocol.md 12.2).
+    pub(super) async fn failover_fencing(
+        &self,
+        id: SessionId,
+        failed: SocketAddr,
+        backups: &[SocketAddr],
+        lineage: &[SocketAddr],
+    ) -> Option<FetchResult> {
+        tracing::debug!(session = %id, %failed, ?backups, ?lineage, "owner gone; trying its backups");
+        let with_lineage = |holders: &[SocketAddr]| -> Vec<SocketAddr> {
+            let mut all = holders.to_vec();
+            all.extend(lineage.iter().filter(|l| !holders.contains(l)));
+            all
+        };
         if let Some(claim) = self.table.promote_local(&id, failed, self.identity(), now_ms()) {
             Stats::bump(&self.stats.promotions);
-            self.protect_and_install(claim.generation, &claim.record, &claim.holders, backups)
-                .await;
+            self.protect_and_install(
+                claim.generation,
+                &claim.record,
+                &with_lineage(&claim.holders),
+                backups,
+            )
+            .await;
             return Some(Ok(Fetched::Installed));
         }
         for &b in backups {
@@ -382,7 +407,8 @@ impl Node {
                 }) if record.id == id && transfer != 0 => {
                     tracing::info!(session = %id, %failed, backup = %b, "took the session over from a backup");
                     Stats::bump(&self.stats.promotions);
-                    self.install_copy(b, transfer, &record, &holders, backups).await;
+                    self.install_copy(b, transfer, &record, &with_lineage(&holders), backups)
+                        .await;
                     return Some(Ok(Fetched::Installed));
                 }
                 Ok(PeerMessage::Moved { owner, .. }) if owner == self.advertise => {

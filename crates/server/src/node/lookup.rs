@@ -17,8 +17,9 @@ use super::*;
 impl Node {
     /// Called where a fetch ends (`fetch_from_peers`, after the failover): when it failed
     /// with "not found" or "owner unreachable", or ended at this node which has no entry
-    /// for the session, looks it up among the members. `asked`: the nodes the fetch
-    /// already asked (not asked again). Any other outcome is returned as it is.
+    /// for the session, or ran into a cycle of forwarding pointers, looks it up among the
+    /// members. `asked`: the nodes the fetch asked, in order (not asked again, but after a
+    /// cycle). Any other outcome is returned as it is.
     pub(super) async fn lookup_if_lost(
         &self,
         id: SessionId,
@@ -26,14 +27,22 @@ impl Node {
         asked: &[SocketAddr],
         backups: &[SocketAddr],
     ) -> FetchResult {
+        // Forwarding pointers that lead back to a node already asked form a cycle: no node
+        // on it owns the session (each points on), so following them again cannot end. The
+        // simulation stranded sessions that way for good (TOO_MANY_HOPS at every node after
+        // the heal: two claims of one generation that fenced each other, leaving backups
+        // and pointers only). Every member is then asked, the nodes of the cycle included.
+        let cycle = matches!(&result, Err((ErrorCode::TooManyHops, _)))
+            && asked.iter().enumerate().any(|(i, a)| asked[..i].contains(a));
         let lost = match &result {
             Err((ErrorCode::SessionNotFound | ErrorCode::OwnerUnreachable, _)) => true,
             Ok(Fetched::PointsHere) => !self.table.knows(&id),
-            _ => false,
+            _ => cycle,
         };
         if !lost {
             return result;
         }
+        let asked: &[SocketAddr] = if cycle { &[] } else { asked };
         // It may have come here meanwhile (another node handed it to this one while this
         // fetch was under way): then the request is served here.
         let here = |table: &Table| {
@@ -69,14 +78,9 @@ impl Node {
             return unsure("too many lookups among members are under way".into());
         };
         self.elastic.lookups.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + self.config.peer_timeout;
-        let replies = futures_util::future::join_all(members.iter().map(|&m| {
-            self.peers
-                .request(m, PeerMessage::Locate { session_id: id }, deadline)
-        }))
-        .await;
+        let replies = self.survey(id, &members).await;
         let mut owner = None;
-        let mut handed = None;
+        let mut handed: Vec<SocketAddr> = Vec::new();
         let mut copies: Vec<(SocketAddr, SocketAddr)> = Vec::new();
         // Members still handing the session to a node that does not have it: this address
         // (its earlier process was killed before it acknowledged the handover, so before
@@ -84,8 +88,22 @@ impl Node {
         // already asked, which did not have it (it restarted) or did not answer. With the
         // address that failed.
         let mut handing_to_lost: Vec<(SocketAddr, SocketAddr)> = Vec::new();
-        let mut silent = 0;
-        for (&m, reply) in members.iter().zip(replies) {
+        let mut silent: Vec<SocketAddr> = Vec::new();
+        // Members that answered without owning the session: a pointer to one of them
+        // leads nowhere new.
+        let mut answered: Vec<SocketAddr> = Vec::new();
+        // Members that answered with a pointer (they handed it on: maybe in flight).
+        let mut pointing: Vec<SocketAddr> = Vec::new();
+        for (&m, reply) in members.iter().zip(replies.clone()) {
+            if matches!(&reply, Ok(PeerMessage::Located { session_id, role: Role::HandedOver, .. }) if *session_id == id)
+            {
+                pointing.push(m);
+            }
+            let about_it = matches!(&reply, Ok(PeerMessage::NotFound { session_id }) if *session_id == id)
+                || matches!(&reply, Ok(PeerMessage::Located { session_id, role, .. }) if *session_id == id && *role != Role::Owner);
+            if about_it {
+                answered.push(m);
+            }
             match reply {
                 Ok(PeerMessage::Located {
                     session_id,
@@ -93,9 +111,7 @@ impl Node {
                     addr,
                 }) if session_id == id => match role {
                     Role::Owner if addr == m => owner = Some(m),
-                    Role::HandedOver if addr != self.advertise && !asked.contains(&addr) => {
-                        handed = Some(addr)
-                    }
+                    Role::HandedOver if addr != self.advertise && !asked.contains(&addr) => handed.push(addr),
                     Role::HandedOver if addr == self.advertise && !self.table.knows(&id) => {
                         handing_to_lost.push((m, addr))
                     }
@@ -111,48 +127,98 @@ impl Node {
                     _ => {}
                 },
                 Ok(PeerMessage::NotFound { .. }) | Ok(PeerMessage::Located { .. }) => {}
-                _ => silent += 1,
+                _ => silent.push(m),
             }
         }
-        tracing::debug!(session = %id, ?owner, ?handed, ?copies, silent, "lookup");
-        let found = if let Some(o) = owner.or(handed) {
+        // A pointer to a member that answered without owning the session (a cycle of
+        // pointers, or a stale one) leads nowhere new; one to a node that did not answer,
+        // or that is not a member, may lead to the owner.
+        handed.retain(|h| !answered.contains(h));
+        tracing::debug!(session = %id, ?owner, ?handed, ?copies, ?silent, "lookup");
+        let found = if let Some(o) = owner.or(handed.first().copied()) {
             self.copy_chain_or_rehand(id, o, true, backups).await.0
-        } else if let Some(&(_, failed)) = copies.first() {
-            // Copies whose owner is one the fetch found gone (or that does not answer):
-            // take one over as a failover would, with PROMOTE naming that owner.
-            let holders: Vec<SocketAddr> = copies
-                .iter()
-                .filter(|(_, o)| *o == failed)
-                .map(|(h, _)| *h)
-                .collect();
-            // Only an owner that does not answer a fresh PING is failed over from here (a
-            // slow owner never is, 11.3). One that answers but does not have the session
-            // may have destroyed or rotated it (a DROP to this copy may have been lost):
-            // a lookup does not bring such a copy back; the repair (16.4) takes over the
-            // copies of an owner that restarted empty, after asking everyone.
-            // Gone: it does not answer a fresh PING, or it answers but has no entry at
-            // all for the session (it restarted empty; asked again with LOCATE, which
-            // tells that apart from a session it destroyed: such a copy, whose DROP may
-            // have been lost, is never brought back). A slow owner is never failed over
-            // from (11.3).
-            if failed == self.advertise {
+        } else if !copies.is_empty() {
+            // Copies of one or more owners, none of which owns the session now: take one
+            // over as a failover would, with PROMOTE naming its owner.
+            let mut owners: Vec<SocketAddr> = Vec::new();
+            for (_, o) in &copies {
+                if !owners.contains(o) {
+                    owners.push(*o);
+                }
+            }
+            if owners.contains(&self.advertise) {
                 return unsure("copies of this node's earlier process are taken over by the repair".into());
             }
-            let gone = match self.gone_without(id, failed).await {
-                Ok(g) => g,
-                Err(destroyed) => return destroyed,
-            };
-            if !gone {
-                self.copy_chain_or_rehand(id, failed, true, backups).await.0
-            } else {
-                match self.failover(id, failed, &holders).await {
-                    Some(r) => r,
-                    None => unsure("no holder of its copy handed it over".into()),
+            // Fenced as a failover is (protocol.md 17.3): a copy is taken over only when it
+            // is certain that no other node owns the session. Every member but the copies'
+            // owners answered (one that did not may own it now, on the other side of a
+            // partition: taking a copy over then makes a second owner).
+            if silent.iter().any(|s| !owners.contains(s)) {
+                return unsure(format!(
+                    "{} member(s) did not answer a lookup, and one of them may own it",
+                    silent.iter().filter(|s| !owners.contains(s)).count()
+                ));
+            }
+            // Each owner must be gone. A member that answered without owning it (it
+            // yielded, was fenced, or restarted empty; a destroyed session ended the lookup
+            // above) is. One that did not answer (or is no member) is asked LOCATE: gone
+            // when it has no entry at all (restarted empty) or stays silent and fails a
+            // fresh PING (a slow owner is never failed over from, 11.3). One that answers
+            // otherwise is asked with COPY.
+            let mut alive_owner = None;
+            for &o in &owners {
+                if answered.contains(&o) && !pointing.contains(&o) {
+                    continue;
                 }
+                if pointing.contains(&o) {
+                    // It handed the session on (perhaps still in flight): follow it.
+                    alive_owner = Some(o);
+                    break;
+                }
+                let gone = match self.gone_without(id, o).await {
+                    Ok(g) => g,
+                    Err(destroyed) => return destroyed,
+                };
+                if !gone {
+                    alive_owner = Some(o);
+                    break;
+                }
+            }
+            if alive_owner.is_none() {
+                // The picture must hold still: a session in flight (its receiver places
+                // its copy on backups before it installs it, up to two peer timeouts)
+                // looks ownerless for that long. Asked again after that, every member
+                // must answer as before, or nothing is taken over (a quiet cluster under
+                // load must never fail over, tests/chaos.rs).
+                tokio::time::sleep(self.config.peer_timeout * 2).await;
+                if !same_answers(id, &replies, &self.survey(id, &members).await) {
+                    return unsure("the session was still moving".into());
+                }
+            }
+            let found = if let Some(o) = alive_owner {
+                Some(self.copy_chain_or_rehand(id, o, true, backups).await.0)
+            } else {
+                // Every holder found takes the new copy (the holders rule of 12.3, with
+                // all the lineages the lookup saw): a newer copy among them refuses it.
+                let lineage: Vec<SocketAddr> = copies.iter().map(|(h, _)| *h).collect();
+                let mut taken = None;
+                for &o in &owners {
+                    let holders: Vec<SocketAddr> =
+                        copies.iter().filter(|(_, x)| *x == o).map(|(h, _)| *h).collect();
+                    taken = self.failover_fencing(id, o, &holders, &lineage).await;
+                    if taken.is_some() {
+                        break;
+                    }
+                }
+                taken
+            };
+            match found {
+                Some(r) => r,
+                None => unsure("no holder of its copy handed it over".into()),
             }
         } else if let Some(&(giver, lost)) = handing_to_lost.first() {
             // PROMOTE naming the node it was handed to as the failed owner: the giver hands
-            // its copy on again, to this node (protocol.md 12.3, "re-handing"). Only when
+            // its copy on again, to this node (protocol.md 12.4, "re-handing"). Only when
             // that node is this one, or is gone as a failover requires (it has no entry:
             // a new process; or it fails a fresh PING): a slow receiver may have installed
             // the copy and be serving it, its ACK still on the way.
@@ -170,8 +236,8 @@ impl Node {
             }
         } else if here(&self.table) {
             Ok(Fetched::PointsHere)
-        } else if silent > 0 {
-            return unsure(format!("{silent} member(s) did not answer a lookup"));
+        } else if !silent.is_empty() {
+            return unsure(format!("{} member(s) did not answer a lookup", silent.len()));
         } else {
             return result;
         };
@@ -186,6 +252,16 @@ impl Node {
                 "a lookup found it but fetching it failed ({code}: {message})"
             )),
         }
+    }
+
+    /// LOCATE to each of `members`, in parallel, within one peer timeout.
+    async fn survey(&self, id: SessionId, members: &[SocketAddr]) -> Vec<Result<PeerMessage, LinkError>> {
+        let deadline = Instant::now() + self.config.peer_timeout;
+        futures_util::future::join_all(members.iter().map(|&m| {
+            self.peers
+                .request(m, PeerMessage::Locate { session_id: id }, deadline)
+        }))
+        .await
     }
 
     /// Whether `node` is gone as far as session `id` goes: it answers LOCATE with
@@ -235,4 +311,24 @@ impl Node {
     pub(super) fn may_look_up(&self) -> bool {
         !self.lookup_members().is_empty()
     }
+}
+
+/// Whether two surveys of the members ([`Node::survey`]) say the same about session `id`:
+/// every member gave the same kind of answer naming the same node (no answer counts as
+/// one kind).
+fn same_answers(
+    id: SessionId,
+    first: &[Result<PeerMessage, LinkError>],
+    second: &[Result<PeerMessage, LinkError>],
+) -> bool {
+    let key = |r: &Result<PeerMessage, LinkError>| match r {
+        Ok(PeerMessage::Located {
+            session_id,
+            role,
+            addr,
+        }) if *session_id == id => Some(Some((*role, *addr))),
+        Ok(PeerMessage::NotFound { session_id }) if *session_id == id => Some(None),
+        _ => None,
+    };
+    first.len() == second.len() && first.iter().zip(second).all(|(a, b)| key(a) == key(b))
 }
