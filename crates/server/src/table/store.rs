@@ -1,0 +1,534 @@
+//! How the table lays sessions out in memory (issue 15): one 8-byte slot per entry, and
+//! one allocation per live session holding its id, metadata and packed attributes.
+//!
+//! A top-level shard ([`ShardMap`]) is [`INNER`] `RwLock`s, each over two hashbrown
+//! [`HashTable`]s of thin pointers: `live` (every `Entry::Live`, the common case, kept
+//! compact) and `other` (every other state, boxed as the [`Entry`] the handover and backup
+//! code works with). An id is in at most one of the two. A live session is a
+//! [`LiveNode`]: a triomphe `ThinArc` of a [`LiveHead`] (id, times, version, generation,
+//! and a pointer to the rare extras: backups) followed by its packed attributes, all in one
+//! allocation behind an 8-byte slot. Why: a DashMap slot was 112 bytes (key + 96-byte
+//! entry) and hashbrown tables run 44-87% full, so the slot alone cost 130-250 bytes per
+//! session, plus a second allocation (with its own reference counts) for the attributes.
+//!
+//! Readers (GET, TOUCH) take the inner *read* lock, find the node, bump its atomic access
+//! time and copy its attributes out (the reply copies them anyway). Writers take the inner
+//! write lock and replace the node. The handover and backup steps see an [`Entry`] through
+//! [`RefMut`] (`get_mut`, `entry`): a live node is materialized as `Entry::Live` while the
+//! write lock is held and written back when changed; other states are used in place.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use hashbrown::HashTable;
+use sessync_proto::{PackedAttributes, SessionId, SessionMeta};
+use triomphe::ThinArc;
+
+use super::capacity::Candidates;
+use super::{Entry, Live, Served, SESSION_OVERHEAD};
+
+/// Inner locks per top-level shard (16 x 8 = 128 in all, DashMap's count on 2 cores).
+pub(super) const INNER: usize = 8;
+
+/// The hash of an id: ids are uniformly random and only nodes make them (tokens are
+/// verified before their id is used), so the first 8 bytes are a good hash as they are.
+pub(super) fn hash(id: &SessionId) -> u64 {
+    let [a, b, c, d, e, f, g, h, ..] = id.0;
+    u64::from_le_bytes([a, b, c, d, e, f, g, h])
+}
+
+/// The fixed part of a live session's allocation.
+pub(super) struct LiveHead {
+    id: SessionId,
+    /// Bumped under the read lock by GET and TOUCH.
+    last_access_ms: AtomicU64,
+    version: u64,
+    created_ms: u64,
+    idle_ttl_ms: u64,
+    absolute_deadline_ms: u64,
+    /// The handover generation (see `Live::received`).
+    received: u64,
+    /// Only with backups: `None` costs 8 bytes instead of 24.
+    extra: Option<Box<Extra>>,
+}
+
+/// What only a replicated session needs.
+struct Extra {
+    backups: Box<[SocketAddr]>,
+    /// The access time the backups last got (`Live::meta.last_access_ms`).
+    replicated_access_ms: u64,
+}
+
+/// A live session: one allocation (reference count, [`LiveHead`], length, packed
+/// attributes) behind an 8-byte pointer. Never shared: the table holds the only handle.
+pub(super) struct LiveNode(ThinArc<LiveHead, u8>);
+
+impl LiveNode {
+    /// A node from its parts.
+    pub(super) fn new(
+        id: SessionId,
+        meta: &SessionMeta,
+        received: u64,
+        attrs: &[u8],
+        backups: &[SocketAddr],
+        replicated_access_ms: u64,
+    ) -> LiveNode {
+        let extra = (!backups.is_empty()).then(|| {
+            Box::new(Extra {
+                backups: backups.into(),
+                replicated_access_ms,
+            })
+        });
+        LiveNode(ThinArc::from_header_and_slice(
+            LiveHead {
+                id,
+                last_access_ms: AtomicU64::new(meta.last_access_ms),
+                version: meta.version,
+                created_ms: meta.created_ms,
+                idle_ttl_ms: meta.idle_ttl_ms,
+                absolute_deadline_ms: meta.absolute_deadline_ms,
+                received,
+                extra,
+            },
+            attrs,
+        ))
+    }
+
+    /// The node of a materialized live session.
+    pub(super) fn from_live(id: SessionId, l: &Live) -> LiveNode {
+        LiveNode::new(
+            id,
+            &l.meta(),
+            l.received,
+            l.attrs.as_bytes(),
+            &l.backups,
+            l.meta.last_access_ms,
+        )
+    }
+
+    /// The same session with other attributes and version (a SET).
+    pub(super) fn with_attrs(&self, attrs: &[u8], version: u64, now: u64) -> LiveNode {
+        let h = self.head();
+        let meta = SessionMeta {
+            version,
+            last_access_ms: self.last_access().max(now),
+            ..self.meta()
+        };
+        LiveNode::new(
+            h.id,
+            &meta,
+            h.received,
+            attrs,
+            self.backups(),
+            self.replicated_access_ms(),
+        )
+    }
+
+    fn head(&self) -> &LiveHead {
+        &self.0.header.header
+    }
+
+    /// The session id.
+    pub(super) fn id(&self) -> &SessionId {
+        &self.head().id
+    }
+
+    /// The packed attributes, as stored.
+    pub(super) fn attrs(&self) -> &[u8] {
+        &self.0.slice
+    }
+
+    /// The live access time.
+    pub(super) fn last_access(&self) -> u64 {
+        self.head().last_access_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records an access (GET, TOUCH, SET): never moves the time back.
+    pub(super) fn access(&self, now: u64) {
+        self.head().last_access_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// The meta with the live access time.
+    pub(super) fn meta(&self) -> SessionMeta {
+        let h = self.head();
+        SessionMeta {
+            version: h.version,
+            created_ms: h.created_ms,
+            last_access_ms: self.last_access(),
+            idle_ttl_ms: h.idle_ttl_ms,
+            absolute_deadline_ms: h.absolute_deadline_ms,
+        }
+    }
+
+    /// The current version.
+    pub(super) fn version(&self) -> u64 {
+        self.head().version
+    }
+
+    /// When the session expires if nothing touches it again.
+    pub(super) fn expires_at_ms(&self) -> u64 {
+        self.meta().expires_at_ms()
+    }
+
+    /// Whether it has expired at `now`.
+    pub(super) fn expired(&self, now: u64) -> bool {
+        now >= self.expires_at_ms()
+    }
+
+    /// What it is charged against the memory limit (as `Live::charge`).
+    pub(super) fn charge(&self) -> usize {
+        SESSION_OVERHEAD + self.attrs().len()
+    }
+
+    fn backups(&self) -> &[SocketAddr] {
+        self.head().extra.as_ref().map_or(&[], |x| &x.backups)
+    }
+
+    /// The access time the backups last got. Without backups nothing lags: the live one.
+    fn replicated_access_ms(&self) -> u64 {
+        self.head()
+            .extra
+            .as_ref()
+            .map_or_else(|| self.last_access(), |x| x.replicated_access_ms)
+    }
+
+    /// A snapshot for a reply, with these attributes.
+    pub(super) fn served(&self, attrs: PackedAttributes) -> Served {
+        Served {
+            meta: self.meta(),
+            attrs,
+            generation: self.head().received,
+            backups: self.backups().into(),
+            replicated_access_ms: self.replicated_access_ms(),
+        }
+    }
+
+    /// The session as the handover and backup code sees it (copies the attributes).
+    pub(super) fn to_live(&self) -> Live {
+        let meta = SessionMeta {
+            last_access_ms: self.replicated_access_ms(),
+            ..self.meta()
+        };
+        Live {
+            meta,
+            received: self.head().received,
+            last_access_ms: AtomicU64::new(self.last_access()),
+            attrs: PackedAttributes::copy_of_packed(self.attrs()),
+            backups: self.backups().into(),
+        }
+    }
+}
+
+/// Any entry that is not live, with its id.
+pub(super) struct Other {
+    id: SessionId,
+    entry: Entry,
+}
+
+/// One inner lock's tables.
+#[derive(Default)]
+pub(super) struct Inner {
+    /// Live sessions.
+    pub(super) live: HashTable<LiveNode>,
+    /// Everything else (handovers, backup copies, tombstones).
+    pub(super) other: HashTable<Box<Other>>,
+}
+
+impl Inner {
+    /// The live session `id`, if that is what is held.
+    pub(super) fn find_live(&self, id: &SessionId) -> Option<&LiveNode> {
+        self.live.find(hash(id), |n| n.id() == id)
+    }
+
+    /// The live session `id`, to be replaced.
+    pub(super) fn find_live_mut(&mut self, id: &SessionId) -> Option<&mut LiveNode> {
+        self.live.find_mut(hash(id), |n| n.id() == id)
+    }
+
+    /// The non-live entry `id`, if that is what is held.
+    pub(super) fn find_other(&self, id: &SessionId) -> Option<&Entry> {
+        self.other.find(hash(id), |o| o.id == *id).map(|o| &o.entry)
+    }
+
+    /// Whether anything is held under `id`.
+    pub(super) fn contains(&self, id: &SessionId) -> bool {
+        self.find_live(id).is_some() || self.find_other(id).is_some()
+    }
+
+    /// Removes the live session `id`.
+    pub(super) fn remove_live(&mut self, id: &SessionId) -> Option<LiveNode> {
+        let e = self.live.find_entry(hash(id), |n| n.id() == id).ok()?;
+        Some(e.remove().0)
+    }
+
+    /// Adds a live node (nothing may be held under its id).
+    pub(super) fn insert_live(&mut self, node: LiveNode) {
+        self.live.insert_unique(hash(node.id()), node, |n| hash(n.id()));
+    }
+
+    /// Adds `entry` under `id` in the table its state belongs to (nothing may be held
+    /// under `id`).
+    pub(super) fn insert(&mut self, id: SessionId, entry: Entry) {
+        match entry {
+            Entry::Live(l) => self.insert_live(LiveNode::from_live(id, &l)),
+            entry => {
+                self.other
+                    .insert_unique(hash(&id), Box::new(Other { id, entry }), |o| hash(&o.id));
+            }
+        }
+    }
+
+    /// Visits every entry; `keep_live` / `keep_other` return whether it stays.
+    pub(super) fn retain(
+        &mut self,
+        mut keep_live: impl FnMut(&LiveNode) -> bool,
+        mut keep_other: impl FnMut(&Entry) -> bool,
+    ) {
+        self.live.retain(|n| keep_live(n));
+        self.other.retain(|o| keep_other(&o.entry));
+    }
+}
+
+/// One top-level shard's storage. See the module docs.
+pub(super) struct ShardMap {
+    inner: Box<[RwLock<Inner>]>,
+    /// Eviction candidates (see `capacity.rs`).
+    pub(super) candidates: Candidates,
+}
+
+impl Default for ShardMap {
+    fn default() -> ShardMap {
+        ShardMap {
+            inner: (0..INNER).map(|_| RwLock::default()).collect(),
+            candidates: Candidates::default(),
+        }
+    }
+}
+
+/// Where a [`RefMut`]'s entry is kept while it is borrowed.
+enum Held {
+    /// A live node, materialized (written back only when changed).
+    Live { entry: Entry, changed: bool },
+    /// A non-live entry, taken out of its table (put back on drop).
+    Other(Box<Other>),
+    /// Put back already.
+    Done,
+}
+
+/// Exclusive access to one entry (the inner write lock is held). A live session is
+/// handed out as `Entry::Live`; whatever the entry becomes is stored back in the right
+/// table when this is dropped.
+pub(super) struct RefMut<'a> {
+    guard: RwLockWriteGuard<'a, Inner>,
+    id: SessionId,
+    held: Held,
+    candidates: &'a Candidates,
+}
+
+/// What a [`RefMut`] with nothing held shows (never seen: `Done` is set on drop only).
+static NOTHING: Entry = Entry::Destroyed { until_ms: 0 };
+
+impl RefMut<'_> {
+    /// The entry.
+    pub(super) fn value(&self) -> &Entry {
+        match &self.held {
+            Held::Live { entry, .. } => entry,
+            Held::Other(o) => &o.entry,
+            Held::Done => &NOTHING,
+        }
+    }
+
+    /// The entry, to change.
+    pub(super) fn value_mut(&mut self) -> &mut Entry {
+        if matches!(self.held, Held::Done) {
+            self.held = Held::Live {
+                entry: Entry::Destroyed { until_ms: 0 },
+                changed: false,
+            };
+        }
+        match &mut self.held {
+            Held::Live { entry, changed } => {
+                *changed = true;
+                entry
+            }
+            Held::Other(o) => &mut o.entry,
+            Held::Done => unreachable_done(),
+        }
+    }
+
+    /// DashMap's name for [`RefMut::value`] on an occupied entry.
+    pub(super) fn get(&self) -> &Entry {
+        self.value()
+    }
+
+    /// DashMap's name for [`RefMut::value_mut`] on an occupied entry.
+    pub(super) fn get_mut(&mut self) -> &mut Entry {
+        self.value_mut()
+    }
+}
+
+/// The `Done` arm of [`RefMut::value_mut`], which is replaced just before the match.
+#[allow(clippy::panic)]
+fn unreachable_done() -> ! {
+    panic!("RefMut used after it was put back")
+}
+
+impl Drop for RefMut<'_> {
+    fn drop(&mut self) {
+        let id = self.id;
+        let mut became_live = None;
+        match std::mem::replace(&mut self.held, Held::Done) {
+            Held::Done | Held::Live { changed: false, .. } => {}
+            Held::Live {
+                entry: Entry::Live(l),
+                changed: true,
+            } => {
+                let node = LiveNode::from_live(id, &l);
+                became_live = Some(node.expires_at_ms());
+                match self.guard.find_live_mut(&id) {
+                    Some(slot) => *slot = node,
+                    None => self.guard.insert_live(node),
+                }
+            }
+            Held::Live { entry, changed: true } => {
+                self.guard.remove_live(&id);
+                self.guard.insert(id, entry);
+            }
+            Held::Other(o) => match &o.entry {
+                Entry::Live(l) => {
+                    let node = LiveNode::from_live(id, l);
+                    became_live = Some(node.expires_at_ms());
+                    self.guard.insert_live(node);
+                }
+                _ => {
+                    self.guard.other.insert_unique(hash(&id), o, |o| hash(&o.id));
+                }
+            },
+        }
+        if let Some(deadline) = became_live {
+            self.candidates.note(id, deadline);
+        }
+    }
+}
+
+/// A vacant entry (the inner write lock is held).
+pub(super) struct VacantEntry<'a> {
+    guard: RwLockWriteGuard<'a, Inner>,
+    id: SessionId,
+    candidates: &'a Candidates,
+}
+
+impl VacantEntry<'_> {
+    /// Stores `entry`.
+    pub(super) fn insert(mut self, entry: Entry) {
+        let deadline = match &entry {
+            Entry::Live(l) => Some(l.meta().expires_at_ms()),
+            _ => None,
+        };
+        self.guard.insert(self.id, entry);
+        if let Some(d) = deadline {
+            self.candidates.note(self.id, d);
+        }
+    }
+}
+
+/// An entry, present or not, under the inner write lock (DashMap's `Entry` shape).
+pub(super) enum MapEntry<'a> {
+    /// Nothing held under the id.
+    Vacant(VacantEntry<'a>),
+    /// Something held.
+    Occupied(RefMut<'a>),
+}
+
+/// Shared access to one entry (the inner read lock is held); a live session is
+/// materialized (its attributes copied).
+pub(super) struct Ref<'a> {
+    guard: RwLockReadGuard<'a, Inner>,
+    id: SessionId,
+    live: Option<Entry>,
+}
+
+impl Ref<'_> {
+    /// The entry.
+    pub(super) fn value(&self) -> &Entry {
+        match &self.live {
+            Some(e) => e,
+            None => self.guard.find_other(&self.id).unwrap_or(&NOTHING),
+        }
+    }
+}
+
+impl ShardMap {
+    fn lock(&self, id: &SessionId) -> &RwLock<Inner> {
+        // Byte 14: independent of the top-level shard's byte (15) and the hash (0..8).
+        &self.inner[usize::from(id.0[14]) & (INNER - 1)]
+    }
+
+    /// The inner read lock that `id` falls under.
+    pub(super) fn read(&self, id: &SessionId) -> RwLockReadGuard<'_, Inner> {
+        self.lock(id).read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The inner write lock that `id` falls under.
+    pub(super) fn write(&self, id: &SessionId) -> RwLockWriteGuard<'_, Inner> {
+        self.lock(id).write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The inner locks, in order (for the sweeper and eviction scans).
+    pub(super) fn inners(&self) -> impl Iterator<Item = &RwLock<Inner>> {
+        self.inner.iter()
+    }
+
+    /// Shared access to the entry under `id`, if any.
+    pub(super) fn get(&self, id: &SessionId) -> Option<Ref<'_>> {
+        let guard = self.read(id);
+        let live = guard.find_live(id).map(|n| Entry::Live(n.to_live()));
+        if live.is_none() && guard.find_other(id).is_none() {
+            return None;
+        }
+        Some(Ref { guard, id: *id, live })
+    }
+
+    /// Exclusive access to the entry under `id`, if any.
+    pub(super) fn get_mut(&self, id: &SessionId) -> Option<RefMut<'_>> {
+        match self.entry(*id) {
+            MapEntry::Occupied(r) => Some(r),
+            MapEntry::Vacant(_) => None,
+        }
+    }
+
+    /// The entry under `id`, present or not, under the write lock.
+    pub(super) fn entry(&self, id: SessionId) -> MapEntry<'_> {
+        let mut guard = self.write(&id);
+        let candidates = &self.candidates;
+        if let Some(n) = guard.find_live(&id) {
+            let entry = Entry::Live(n.to_live());
+            return MapEntry::Occupied(RefMut {
+                guard,
+                id,
+                held: Held::Live {
+                    entry,
+                    changed: false,
+                },
+                candidates,
+            });
+        }
+        match guard.other.find_entry(hash(&id), |o| o.id == id) {
+            Ok(e) => {
+                let (o, _) = e.remove();
+                MapEntry::Occupied(RefMut {
+                    guard,
+                    id,
+                    held: Held::Other(o),
+                    candidates,
+                })
+            }
+            Err(_) => MapEntry::Vacant(VacantEntry {
+                guard,
+                id,
+                candidates,
+            }),
+        }
+    }
+}
