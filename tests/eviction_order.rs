@@ -61,7 +61,10 @@ async fn a_full_node_evicts_in_deadline_order() {
     for (i, token) in first.iter().enumerate() {
         let gone = match bounded(c.get(token)).await {
             Ok(_) => false,
-            Err(ClientError::Server { code, .. }) if code == ErrorCode::SessionNotFound => true,
+            Err(ClientError::Server {
+                code: ErrorCode::SessionNotFound,
+                ..
+            }) => true,
             Err(e) => panic!("session {i}: {e}"),
         };
         if gone != (i < more) {

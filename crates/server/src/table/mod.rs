@@ -17,6 +17,7 @@
 
 mod backup;
 mod capacity;
+mod compact;
 mod handover;
 mod store;
 
@@ -28,9 +29,10 @@ use store::{LiveNode, MapEntry, ShardMap};
 
 /// Number of top-level shards (a power of two).
 pub const SHARDS: usize = 16;
-/// Bytes charged per live session on top of its packed attributes: the allocation's
-/// header (88 bytes: id, times, version, generation), allocator rounding and the table
-/// slot, rounded up. An estimate, used for `--max-memory`.
+/// Bytes charged per live session on top of its packed attributes (their wire length):
+/// the allocation's header (80 bytes: reference count, id, times, version, generation,
+/// length), allocator rounding and the table slot, rounded up; the attributes are stored
+/// in fewer bytes than charged (`compact.rs`). An estimate, used for `--max-memory`.
 pub const SESSION_OVERHEAD: usize = 128;
 /// Bytes charged per tombstone.
 pub const TOMBSTONE_OVERHEAD: usize = 64;
@@ -454,7 +456,7 @@ impl Table {
 
     /// Stores a new live session (created here: generation 0, no backups) under a fresh
     /// random id; returns the id.
-    fn insert_new(&self, meta: &SessionMeta, attrs: &[u8]) -> SessionId {
+    fn insert_new(&self, meta: &SessionMeta, attrs: &PackedAttributes) -> SessionId {
         loop {
             let id = SessionId::random();
             let shard = self.shard(&id);
@@ -514,7 +516,7 @@ impl Table {
             idle_ttl_ms,
             absolute_deadline_ms,
         };
-        let id = self.insert_new(&meta, packed.as_bytes());
+        let id = self.insert_new(&meta, &packed);
         let served = Served {
             meta,
             attrs: packed,
@@ -548,7 +550,7 @@ impl Table {
             return Err(Miss::NotFound);
         }
         n.access(now);
-        let all = PackedAttributes::copy_of_packed(n.attrs());
+        let all = n.packed();
         let attrs = if names.is_empty() { all } else { all.select(names) };
         Ok(n.served(attrs))
     }
@@ -589,10 +591,11 @@ impl Table {
                 return Err(Miss::VersionConflict { current: version });
             }
         }
-        let attrs = PackedAttributes::copy_of_packed(n.attrs())
+        let attrs = n
+            .packed()
             .apply(puts, deletes, self.config.max_attributes)
             .ok_or(Miss::TooManyAttributes)?;
-        let old = n.attrs().len();
+        let old = n.packed_len();
         let new = attrs.encoded_len();
         if new > self.config.max_session_bytes {
             return Err(Miss::TooLarge);
@@ -607,7 +610,7 @@ impl Table {
         } else {
             shard.stats.bytes.fetch_sub(old - new, Ordering::Relaxed);
         }
-        *n = n.with_attrs(attrs.as_bytes(), version + 1, now);
+        *n = n.with_attrs(&attrs, version + 1, now);
         Ok(n.served(PackedAttributes::default()))
     }
 
@@ -617,7 +620,7 @@ impl Table {
         let shard = self.shard(id);
         let mut g = shard.map.write(id);
         let served = match g.find_live(id) {
-            Some(n) if !n.expired(now) => n.served(PackedAttributes::copy_of_packed(n.attrs())),
+            Some(n) if !n.expired(now) => n.served(n.packed()),
             Some(_) => return Err(Miss::NotFound),
             None => return Err(g.find_other(id).map_or(Miss::Absent, Self::miss_for)),
         };
@@ -642,7 +645,7 @@ impl Table {
         let mut served = self.destroy(id, now)?;
         served.meta.version += 1;
         served.meta.last_access_ms = now;
-        let new_id = self.insert_new(&served.meta, served.attrs.as_bytes());
+        let new_id = self.insert_new(&served.meta, &served.attrs);
         Ok((new_id, served))
     }
 

@@ -5,11 +5,13 @@
 //! [`HashTable`]s of thin pointers: `live` (every `Entry::Live`, the common case, kept
 //! compact) and `other` (every other state, boxed as the [`Entry`] the handover and backup
 //! code works with). An id is in at most one of the two. A live session is a
-//! [`LiveNode`]: a triomphe `ThinArc` of a [`LiveHead`] (id, times, version, generation,
-//! and a pointer to the rare extras: backups) followed by its packed attributes, all in one
-//! allocation behind an 8-byte slot. Why: a DashMap slot was 112 bytes (key + 96-byte
-//! entry) and hashbrown tables run 44-87% full, so the slot alone cost 130-250 bytes per
-//! session, plus a second allocation (with its own reference counts) for the attributes.
+//! [`LiveNode`]: a triomphe `ThinArc` of a [`LiveHead`] (id, times, version, generation:
+//! 64 bytes, 80 with the reference count and the slice length) followed by a slice
+//! holding the backups, if any (one byte 0 without), and the packed attributes with
+//! varint lengths (`compact.rs`), all in one allocation behind an 8-byte slot. Why: a
+//! DashMap slot was 112 bytes (key + 96-byte entry) and hashbrown tables run 44-87% full,
+//! so the slot alone cost 130-250 bytes per session, plus a second allocation (with its
+//! own reference counts) for the attributes.
 //!
 //! Readers (GET, TOUCH) take the inner *read* lock, find the node, bump its atomic access
 //! time and copy its attributes out (the reply copies them anyway). Writers take the inner
@@ -26,6 +28,7 @@ use sessync_proto::{PackedAttributes, SessionId, SessionMeta};
 use triomphe::ThinArc;
 
 use super::capacity::Candidates;
+use super::compact;
 use super::{Entry, Live, Served, SESSION_OVERHEAD};
 
 /// Inner locks per top-level shard (16 x 8 = 128 in all, DashMap's count on 2 cores).
@@ -49,19 +52,80 @@ pub(super) struct LiveHead {
     absolute_deadline_ms: u64,
     /// The handover generation (see `Live::received`).
     received: u64,
-    /// Only with backups: `None` costs 8 bytes instead of 24.
-    extra: Option<Box<Extra>>,
 }
 
-/// What only a replicated session needs.
-struct Extra {
-    backups: Box<[SocketAddr]>,
-    /// The access time the backups last got (`Live::meta.last_access_ms`).
-    replicated_access_ms: u64,
+/// The slice after the header starts with what only a replicated session needs: a count
+/// of backups (one byte 0 without replication), each backup's address (7 bytes for IPv4,
+/// 27 for IPv6), and the access time they last got (8 bytes, only with backups). The
+/// compact attributes follow. In the slice and not behind a pointer: 8 bytes less per
+/// session without backups, one allocation less with them.
+fn put_extra(out: &mut Vec<u8>, backups: &[SocketAddr], replicated_access_ms: u64) {
+    let backups = &backups[..backups.len().min(usize::from(u8::MAX))];
+    out.push(backups.len() as u8);
+    for b in backups {
+        match b {
+            SocketAddr::V4(a) => {
+                out.push(4);
+                out.extend_from_slice(&a.ip().octets());
+                out.extend_from_slice(&a.port().to_be_bytes());
+            }
+            SocketAddr::V6(a) => {
+                out.push(6);
+                out.extend_from_slice(&a.ip().octets());
+                out.extend_from_slice(&a.port().to_be_bytes());
+                out.extend_from_slice(&a.flowinfo().to_be_bytes());
+                out.extend_from_slice(&a.scope_id().to_be_bytes());
+            }
+        }
+    }
+    if !backups.is_empty() {
+        out.extend_from_slice(&replicated_access_ms.to_be_bytes());
+    }
 }
 
-/// A live session: one allocation (reference count, [`LiveHead`], length, packed
-/// attributes) behind an 8-byte pointer. Never shared: the table holds the only handle.
+/// Reads what [`put_extra`] wrote: the backups, the access time they got (if any
+/// backups) and the rest of the slice (the compact attributes). Stops at a defect.
+fn get_extra(slice: &[u8]) -> (Vec<SocketAddr>, Option<u64>, &[u8]) {
+    fn take<'a>(s: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (a, b) = (s.get(..n)?, s.get(n..)?);
+        *s = b;
+        Some(a)
+    }
+    fn be<const N: usize>(s: &mut &[u8]) -> Option<[u8; N]> {
+        take(s, N)?.try_into().ok()
+    }
+    let Some((&count, mut rest)) = slice.split_first() else {
+        return (Vec::new(), None, slice);
+    };
+    if count == 0 {
+        return (Vec::new(), None, rest);
+    }
+    let mut backups = Vec::with_capacity(usize::from(count));
+    let mut read = || -> Option<SocketAddr> {
+        let [tag] = be::<1>(&mut rest)?;
+        Some(if tag == 4 {
+            let ip = std::net::Ipv4Addr::from(be::<4>(&mut rest)?);
+            SocketAddr::from((ip, u16::from_be_bytes(be::<2>(&mut rest)?)))
+        } else {
+            let ip = std::net::Ipv6Addr::from(be::<16>(&mut rest)?);
+            let port = u16::from_be_bytes(be::<2>(&mut rest)?);
+            let flow = u32::from_be_bytes(be::<4>(&mut rest)?);
+            let scope = u32::from_be_bytes(be::<4>(&mut rest)?);
+            SocketAddr::V6(std::net::SocketAddrV6::new(ip, port, flow, scope))
+        })
+    };
+    for _ in 0..count {
+        match read() {
+            Some(a) => backups.push(a),
+            None => return (backups, None, &[]),
+        }
+    }
+    let replicated = be::<8>(&mut rest).map(u64::from_be_bytes);
+    (backups, replicated, rest)
+}
+
+/// A live session: one allocation (reference count, [`LiveHead`], length, extras,
+/// compact attributes) behind an 8-byte pointer. Never shared: the table holds the only handle.
 pub(super) struct LiveNode(ThinArc<LiveHead, u8>);
 
 impl LiveNode {
@@ -70,16 +134,13 @@ impl LiveNode {
         id: SessionId,
         meta: &SessionMeta,
         received: u64,
-        attrs: &[u8],
+        attrs: &PackedAttributes,
         backups: &[SocketAddr],
         replicated_access_ms: u64,
     ) -> LiveNode {
-        let extra = (!backups.is_empty()).then(|| {
-            Box::new(Extra {
-                backups: backups.into(),
-                replicated_access_ms,
-            })
-        });
+        let mut slice = Vec::with_capacity(1 + attrs.encoded_len());
+        put_extra(&mut slice, backups, replicated_access_ms);
+        compact::compact_into(&mut slice, attrs);
         LiveNode(ThinArc::from_header_and_slice(
             LiveHead {
                 id,
@@ -89,9 +150,8 @@ impl LiveNode {
                 idle_ttl_ms: meta.idle_ttl_ms,
                 absolute_deadline_ms: meta.absolute_deadline_ms,
                 received,
-                extra,
             },
-            attrs,
+            &slice,
         ))
     }
 
@@ -101,27 +161,28 @@ impl LiveNode {
             id,
             &l.meta(),
             l.received,
-            l.attrs.as_bytes(),
+            &l.attrs,
             &l.backups,
             l.meta.last_access_ms,
         )
     }
 
     /// The same session with other attributes and version (a SET).
-    pub(super) fn with_attrs(&self, attrs: &[u8], version: u64, now: u64) -> LiveNode {
+    pub(super) fn with_attrs(&self, attrs: &PackedAttributes, version: u64, now: u64) -> LiveNode {
         let h = self.head();
         let meta = SessionMeta {
             version,
             last_access_ms: self.last_access().max(now),
             ..self.meta()
         };
+        let (backups, replicated, _) = get_extra(&self.0.slice);
         LiveNode::new(
             h.id,
             &meta,
             h.received,
             attrs,
-            self.backups(),
-            self.replicated_access_ms(),
+            &backups,
+            replicated.unwrap_or(meta.last_access_ms),
         )
     }
 
@@ -134,9 +195,23 @@ impl LiveNode {
         &self.head().id
     }
 
-    /// The packed attributes, as stored.
-    pub(super) fn attrs(&self) -> &[u8] {
-        &self.0.slice
+    /// A copy of the packed attributes (stored in the compact form, `compact.rs`).
+    pub(super) fn packed(&self) -> PackedAttributes {
+        compact::expand(self.compact_attrs())
+    }
+
+    /// The compact attributes: the slice after the extras.
+    fn compact_attrs(&self) -> &[u8] {
+        match self.0.slice.split_first() {
+            // No backups (the common case): one byte to skip.
+            Some((0, rest)) => rest,
+            _ => get_extra(&self.0.slice).2,
+        }
+    }
+
+    /// The length of the packed attributes (their wire form, what is charged).
+    pub(super) fn packed_len(&self) -> usize {
+        compact::wire_len(self.compact_attrs())
     }
 
     /// The live access time.
@@ -178,44 +253,41 @@ impl LiveNode {
 
     /// What it is charged against the memory limit (as `Live::charge`).
     pub(super) fn charge(&self) -> usize {
-        SESSION_OVERHEAD + self.attrs().len()
+        SESSION_OVERHEAD + self.packed_len()
     }
 
-    fn backups(&self) -> &[SocketAddr] {
-        self.head().extra.as_ref().map_or(&[], |x| &x.backups)
-    }
-
-    /// The access time the backups last got. Without backups nothing lags: the live one.
-    fn replicated_access_ms(&self) -> u64 {
-        self.head()
-            .extra
-            .as_ref()
-            .map_or_else(|| self.last_access(), |x| x.replicated_access_ms)
+    /// The backups, and the access time they last got. Without backups nothing lags:
+    /// that time is the live one.
+    fn backups(&self) -> (Box<[SocketAddr]>, u64) {
+        let (backups, replicated, _) = get_extra(&self.0.slice);
+        (backups.into(), replicated.unwrap_or_else(|| self.last_access()))
     }
 
     /// A snapshot for a reply, with these attributes.
     pub(super) fn served(&self, attrs: PackedAttributes) -> Served {
+        let (backups, replicated_access_ms) = self.backups();
         Served {
             meta: self.meta(),
             attrs,
             generation: self.head().received,
-            backups: self.backups().into(),
-            replicated_access_ms: self.replicated_access_ms(),
+            backups,
+            replicated_access_ms,
         }
     }
 
     /// The session as the handover and backup code sees it (copies the attributes).
     pub(super) fn to_live(&self) -> Live {
+        let (backups, replicated) = self.backups();
         let meta = SessionMeta {
-            last_access_ms: self.replicated_access_ms(),
+            last_access_ms: replicated,
             ..self.meta()
         };
         Live {
             meta,
             received: self.head().received,
             last_access_ms: AtomicU64::new(self.last_access()),
-            attrs: PackedAttributes::copy_of_packed(self.attrs()),
-            backups: self.backups().into(),
+            attrs: self.packed(),
+            backups,
         }
     }
 }

@@ -344,14 +344,14 @@ fn soonest_expiry_takes_a_newcomer_with_a_sooner_deadline_first() {
 }
 
 /// The layout (issue 15): a slot is one pointer, and a live session's fixed part is one
-/// allocation header of 88 bytes (reference count, id, times, version, generation, extras
-/// pointer, length), so a session costs its packed attributes plus well under
-/// `SESSION_OVERHEAD`.
+/// allocation header of 80 bytes (reference count, id, times, version, generation,
+/// length), then one byte of extras without backups, so a session costs its packed
+/// attributes plus well under `SESSION_OVERHEAD`.
 #[test]
 fn a_live_session_is_one_thin_pointer_and_one_allocation() {
     assert_eq!(std::mem::size_of::<store::LiveNode>(), 8);
     assert_eq!(std::mem::size_of::<Box<store::Other>>(), 8);
-    assert_eq!(std::mem::size_of::<store::LiveHead>(), 72);
+    assert_eq!(std::mem::size_of::<store::LiveHead>(), 64);
     // Replication state moves with the session through every step.
     let t = table(10, EvictPolicy::Reject);
     let (id, _) = t.create(&attrs(&[("a", "1")]), 1000, 0, 0).unwrap();
@@ -377,4 +377,20 @@ fn a_live_session_is_one_thin_pointer_and_one_allocation() {
         t.stats().bytes,
         SESSION_OVERHEAD + snap.record.attributes.encoded_len()
     );
+    // Backups of either family round-trip through the node's slice, with the attributes.
+    let v6: SocketAddr = "[fe80::1%7]:7001".parse().unwrap();
+    let v6 = match v6 {
+        SocketAddr::V6(mut a) => {
+            a.set_flowinfo(0x1234);
+            SocketAddr::V6(a)
+        }
+        v4 => v4,
+    };
+    t.set_backups(&id, snap.generation, &[b, v6]);
+    let s = t.get(&id, &[], 60).unwrap();
+    assert_eq!(&*s.backups, &[b, v6]);
+    assert_eq!(s.attrs.unpack(), attrs(&[("a", "1"), ("b", "2")]));
+    assert_eq!(s.replicated_access_ms, 40);
+    t.set_backups(&id, snap.generation, &[]);
+    assert!(t.get(&id, &[], 61).unwrap().backups.is_empty());
 }
