@@ -14,7 +14,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use super::*;
@@ -33,6 +33,11 @@ pub(super) struct Candidates {
     heap: Mutex<BinaryHeap<Reverse<(u64, SessionId)>>>,
     /// 0 until the first scan (nothing is noted before eviction is ever needed).
     cutoff: AtomicU64,
+    /// Most candidates held: twice what the last scan kept. A newcomer past it lowers the
+    /// cutoff to its deadline instead (the invariant holds: everything due sooner than
+    /// the new cutoff is held), so a shard scanned while nearly empty does not collect
+    /// every session created in it afterwards.
+    limit: AtomicUsize,
 }
 
 impl Candidates {
@@ -40,7 +45,12 @@ impl Candidates {
     /// deadline: it becomes a candidate if it is sooner than the cutoff.
     pub(super) fn note(&self, id: SessionId, deadline: u64) {
         if deadline < self.cutoff.load(Ordering::Relaxed) {
-            self.lock().push(Reverse((deadline, id)));
+            let mut heap = self.lock();
+            if heap.len() < self.limit.load(Ordering::Relaxed) {
+                heap.push(Reverse((deadline, id)));
+            } else {
+                self.cutoff.fetch_min(deadline, Ordering::Relaxed);
+            }
         }
     }
 
@@ -106,6 +116,7 @@ impl Table {
         let mut heap = c.lock();
         heap.extend(soonest.into_iter().map(Reverse));
         c.cutoff.store(cutoff, Ordering::Relaxed);
+        c.limit.store(2 * keep, Ordering::Relaxed);
     }
 
     /// Evicts the live session with the soonest deadline (see the module docs for how

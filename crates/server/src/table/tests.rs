@@ -341,6 +341,26 @@ fn soonest_expiry_takes_a_newcomer_with_a_sooner_deadline_first() {
     assert_eq!(t.stats().evicted, 3);
     let held: usize = t.shards.iter().map(|s| s.map.candidates.len()).sum();
     assert!(held <= 16 * 64, "candidates stay bounded: {held}");
+    // A shard scanned while nearly empty (every newcomer is due before its cutoff) holds
+    // at most twice what its scan kept, however many sessions join it afterwards.
+    let t = table(100_000, EvictPolicy::SoonestExpiry);
+    t.create(&attrs(&[]), 10, 0, 0).unwrap();
+    assert!(t.evict_one(1));
+    let mut soonest = Vec::new();
+    for i in 0..20_000u64 {
+        let (id, _) = t.create(&attrs(&[]), 1000 + i, 0, 2).unwrap();
+        if i == 0 {
+            soonest.push(id);
+        }
+    }
+    for s in t.shards.iter() {
+        assert!(s.map.candidates.len() <= 2 * 64, "{}", s.map.candidates.len());
+    }
+    // Eviction still takes the soonest: TTL 1000 at time 2.
+    assert!(t.evict_one(3));
+    assert_eq!(t.get(&soonest[0], &[], 4).unwrap_err(), Miss::NotFound);
+    assert_eq!(t.stats().evicted, 2);
+    assert_eq!(t.stats().sessions, 19_999);
 }
 
 /// The layout (issue 15): a slot is one pointer, and a live session's fixed part is one
