@@ -33,6 +33,7 @@ fn token() -> String {
     let keys = Keyring::single(b"bench-secret-bench-secret-0123456").unwrap();
     Token {
         session_id: SessionId([7; 16]),
+        generation: 0,
         owner: "127.0.0.1:7800".parse().unwrap(),
         backups: vec![],
     }
@@ -172,6 +173,7 @@ fn peer_messages() -> Vec<(&'static str, PeerMessage)> {
             "COPY_DATA 1KiB/8",
             PeerMessage::CopyData {
                 transfer: 43,
+                holders: vec![std::net::SocketAddr::from(([10, 0, 0, 2], 7800))],
                 record: record.clone(),
             },
         ),

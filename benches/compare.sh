@@ -4,7 +4,12 @@
 # Installs Redis (Debian's redis-server) if it is missing, starts it on a free loopback
 # port with no persistence, starts three `sessync node` processes sharing a secret, builds
 # with --release, runs the comparisons of issue 7 (each repeated, ratios per repetition,
-# median reported), stops everything it started, and prints the ratio table.
+# median reported), stops everything it started, and prints the ratio table. Sections 6
+# and 7 (issue 15): move and sticky-90 with --replicas 1 against --replicas 0, and a
+# 5-node cluster's moves against the 3-node one's.
+#
+# Every run also writes an SVG plot (latency CDF and throughput per target) next to its
+# JSON. benches/netns.sh is the same comparison over links with a real round trip.
 #
 #   bash benches/compare.sh                 # everything, about 12 minutes on 2 cores
 #   DURATION=2s REPEAT=1 MEMORY_SESSIONS=100000 bash benches/compare.sh   # a quick look
@@ -79,12 +84,14 @@ echo "== sessync nodes: $all_nodes"
 # Two more 3-node clusters for the cost of backups: the same flags plus --peers, one with
 # --replicas 0 (the default) and one with --replicas 1 (every write waits for one
 # REPLICATE round trip). --peers needs the peer ports up front.
-start_cluster() { # $1 = replicas; sets $cluster to the client addresses
-  local ports=() addrs=() i
-  for i in 0 1 2; do ports+=("$(free_port)"); done
-  local peers="127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
-  for i in 0 1 2; do
-    local name="r$1-$i"
+start_cluster() { # $1 = replicas, $2 = nodes (default 3); sets $cluster to the client addresses
+  local n=${2:-3} ports=() addrs=() i
+  for ((i = 0; i < n; i++)); do ports+=("$(free_port)"); done
+  local peers
+  peers=$(printf '127.0.0.1:%s,' "${ports[@]}")
+  peers=${peers%,}
+  for ((i = 0; i < n; i++)); do
+    local name="r$1n$n-$i"
     "$bin/sessync" node --client 127.0.0.1:0 --peer "127.0.0.1:${ports[$i]}" --peers "$peers" \
       --replicas "$1" --secret-file "$tmp/secret" --max-sessions 50000000 --max-memory 200G \
       --log warn >"$tmp/$name.out" 2>"$tmp/$name.err" &
@@ -105,6 +112,10 @@ replicas0=$cluster
 start_cluster 1
 replicas1=$cluster
 echo "== backups: --replicas 0 $replicas0; --replicas 1 $replicas1"
+# A 5-node cluster (--replicas 0) for the shape of the cost of moves with cluster size.
+start_cluster 0 5
+five=$cluster
+echo "== 5 nodes: $five"
 
 common=(--duration "$DURATION" --warmup "$WARMUP" --repeat "$REPEAT" --slices "$SLICES" --quiet)
 
@@ -142,7 +153,22 @@ echo "== 5. the cost of backups: 3 nodes --replicas 1 vs the same with --replica
   --json-out "$OUT/backups-latency.json" | tee "$OUT/backups-latency.txt"
 
 echo
-echo "== 6. memory per session ($MEMORY_SESSIONS sessions)"
+echo "== 6. moves with backups: 3 nodes --replicas 1 vs the same with --replicas 0, 50 connections, pipeline 16"
+"$bin/sessync-bench" load --nodes "$replicas0" --against-nodes "$replicas1" --against-label replicas-1 \
+  --scenario move,sticky-90 --connections 50 --depth 16 --no-echo "${common[@]}" \
+  --json-out "$OUT/backups-move.json" | tee "$OUT/backups-move.txt"
+
+echo
+echo "== 7. cluster size: moves on 5 nodes vs 3 nodes (both --replicas 0)"
+"$bin/sessync-bench" load --nodes "$replicas0" --against-nodes "$five" --against-label 5-nodes \
+  --scenario local,move --connections 50 --depth 16 --no-echo "${common[@]}" \
+  --json-out "$OUT/nodes5-throughput.json" | tee "$OUT/nodes5-throughput.txt"
+"$bin/sessync-bench" load --nodes "$replicas0" --against-nodes "$five" --against-label 5-nodes \
+  --scenario local,move --connections 1 --depth 1 --no-echo "${common[@]}" \
+  --json-out "$OUT/nodes5-latency.json" | tee "$OUT/nodes5-latency.txt"
+
+echo
+echo "== 8. memory per session ($MEMORY_SESSIONS sessions)"
 "$bin/sessync-bench" memory --sessions "$MEMORY_SESSIONS" --size 1024 --attrs 8 \
   --against-redis "$redis" --redis-flush --json-out "$OUT/memory-1k.json" | tee "$OUT/memory-1k.txt"
 "$bin/sessync-bench" memory --sessions "$MEMORY_SESSIONS" --size 100 --attrs 8 \
@@ -162,6 +188,16 @@ def ratio(file, name):
 def mem(file):
     d = json.load(open(f"{out}/{file}.json"))
     return d
+def within(file, target, case_a, case_b, metric):
+    # A ratio between two cases of one target, per repetition, median (e.g. the 5-node
+    # cluster's move throughput over its own local throughput).
+    doc = json.load(open(f"{out}/{file}.json"))
+    rows = {r["case"]: r for r in doc["rows"] if r["target"] == target}
+    if case_a not in rows or case_b not in rows:
+        return float("nan")
+    runs = sorted(a[metric] / b[metric] for a, b in zip(rows[case_a]["runs"], rows[case_b]["runs"]))
+    n = len(runs)
+    return runs[n // 2] if n % 2 else (runs[n // 2 - 1] + runs[n // 2]) / 2
 rows = [
     ("local 50x16: sessync / Redis HGETALL+EXPIRE throughput", ratio("throughput", "local: sessync/redis-hash throughput"), ">=", 2.0),
     ("mixed 50x16: sessync / Redis HGETALL/HSET throughput", ratio("throughput", "mixed: sessync/redis-hash throughput"), ">=", 2.0),
@@ -176,6 +212,16 @@ rows = [
     ("backups 50x16: create, replicas 1 / replicas 0 throughput", ratio("backups-throughput", "create: replicas-1/sessync throughput"), "", None),
     ("backups 1x1: mixed, replicas 1 / replicas 0 p50", ratio("backups-latency", "mixed: replicas-1/sessync p50"), "", None),
     ("backups 1x1: create, replicas 1 / replicas 0 p50", ratio("backups-latency", "create: replicas-1/sessync p50"), "", None),
+    ("backups 50x16: move, replicas 1 / replicas 0 throughput", ratio("backups-move", "move: replicas-1/sessync throughput"), ">=", 0.9),
+    ("backups 50x16: sticky-90, replicas 1 / replicas 0 throughput", ratio("backups-move", "sticky-90: replicas-1/sessync throughput"), ">=", 0.9),
+    ("backups 50x16: move, replicas 1 / replicas 0 p50", ratio("backups-move", "move: replicas-1/sessync p50"), "", None),
+    ("backups 50x16: sticky-90, replicas 1 / replicas 0 p50", ratio("backups-move", "sticky-90: replicas-1/sessync p50"), "", None),
+    ("nodes 50x16: move, 5 nodes / 3 nodes throughput", ratio("nodes5-throughput", "move: 5-nodes/sessync throughput"), "", None),
+    ("nodes 50x16: move, 5 nodes / 3 nodes p50", ratio("nodes5-throughput", "move: 5-nodes/sessync p50"), "", None),
+    ("nodes 50x16: move / local throughput, 3 nodes", ratio("nodes5-throughput", "move: move/local throughput"), "", None),
+    ("nodes 50x16: move / local throughput, 5 nodes", within("nodes5-throughput", "5-nodes", "move", "local", "throughput"), "", None),
+    ("nodes 1x1: move, 5 nodes / 3 nodes p50", ratio("nodes5-latency", "move: 5-nodes/sessync p50"), "", None),
+    ("nodes 1x1: move / local p50, 5 nodes", within("nodes5-latency", "5-nodes", "move", "local", "p50_us"), "", None),
 ]
 for size in ("1k", "100"):
     d = mem(f"memory-{size}")

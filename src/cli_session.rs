@@ -13,9 +13,10 @@ use crate::failure::Failure;
 /// Where and how to connect.
 #[derive(Args, Debug)]
 pub(crate) struct Connection {
-    /// The node's client address.
+    /// The node's client address: host:port, the host a name or an IP address (resolved
+    /// when connecting).
     #[arg(long, global = true, env = "SESSYNC_NODE", default_value = "127.0.0.1:7700")]
-    node: SocketAddr,
+    node: String,
     /// The node's client password.
     #[arg(long, global = true, env = "SESSYNC_PASSWORD")]
     password: Option<String>,
@@ -107,6 +108,17 @@ pub(crate) struct StatsArgs {
     pub(crate) conn: Connection,
 }
 
+/// `sessync drain`.
+#[derive(Args, Debug)]
+pub(crate) struct DrainArgs {
+    #[command(flatten)]
+    pub(crate) conn: Connection,
+    /// How long to wait for the node to finish its drain (set it above the node's
+    /// --drain-timeout).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) wait: std::time::Duration,
+}
+
 /// `sessync ping`.
 #[derive(Args, Debug)]
 pub(crate) struct PingArgs {
@@ -138,10 +150,18 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
 }
 
 async fn connect(conn: &Connection) -> Result<Client, Failure> {
-    open(conn).await.map_err(|e| Failure::connecting(conn.node, e))
+    open(conn).await.map_err(|e| Failure::connecting(&conn.node, e))
 }
 
 async fn open(conn: &Connection) -> Result<Client, ClientError> {
+    open_with(conn, None).await
+}
+
+/// [`open`], with a request timeout other than the SDK's default when given.
+async fn open_with(
+    conn: &Connection,
+    request_timeout: Option<std::time::Duration>,
+) -> Result<Client, ClientError> {
     let tls = match &conn.tls_ca {
         None => None,
         Some(ca) => {
@@ -153,18 +173,33 @@ async fn open(conn: &Connection) -> Result<Client, ClientError> {
             let name = conn
                 .tls_server_name
                 .clone()
-                .unwrap_or_else(|| conn.node.ip().to_string());
+                .unwrap_or_else(|| host_of(&conn.node));
             let cert = cert.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
             Some(TlsOptions::from_pem(&ca, cert, &name)?)
         }
     };
+    let defaults = ClientConfig::default();
     let config = ClientConfig {
+        request_timeout: request_timeout.unwrap_or(defaults.request_timeout),
         password: conn.password.clone(),
         client_name: concat!("sessync-cli/", env!("CARGO_PKG_VERSION")).into(),
         tls,
-        ..ClientConfig::default()
+        ..defaults
     };
-    Client::connect(conn.node, config).await
+    Client::connect_host(&conn.node, config).await
+}
+
+/// The host part of `host:port` (an IP address without its brackets, or a name).
+fn host_of(node: &str) -> String {
+    match node.parse::<SocketAddr>() {
+        Ok(a) => a.ip().to_string(),
+        Err(_) => node.rsplit_once(':').map_or(node, |(h, _)| h).to_string(),
+    }
+}
+
+/// Connects as the other commands do (`sessync members` uses it).
+pub(crate) async fn connect_with(conn: &Connection) -> Result<Client, Failure> {
+    connect(conn).await
 }
 
 /// A value as JSON: the UTF-8 string where valid, else `{"base64": "..."}`.
@@ -344,10 +379,34 @@ pub(crate) async fn run_ping(args: PingArgs) -> Result<(), Failure> {
     if args.conn.json {
         println!(
             "{}",
-            serde_json::json!({ "pong": true, "node": args.conn.node.to_string(), "ms": ms })
+            serde_json::json!({ "pong": true, "node": args.conn.node, "ms": ms })
         );
     } else {
         println!("PONG from {} in {ms:.2} ms", args.conn.node);
+    }
+    Ok(())
+}
+
+/// Runs `sessync drain`: asks the node to hand everything over and leave (DRAIN), and
+/// waits for its answer: exit 0 when everything was handed over, 2 (SHUTTING_DOWN, with
+/// what was left) when the drain could not finish within the node's --drain-timeout.
+pub(crate) async fn run_drain(args: DrainArgs) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let client = open_with(&args.conn, Some(args.wait))
+        .await
+        .map_err(|e| Failure::connecting(&args.conn.node, e))?;
+    client.drain().await.map_err(Failure::node)?;
+    let secs = started.elapsed().as_secs_f64();
+    if args.conn.json {
+        println!(
+            "{}",
+            serde_json::json!({ "drained": true, "node": args.conn.node.to_string(), "seconds": secs })
+        );
+    } else {
+        println!(
+            "{} drained in {secs:.2} s: every session and backup copy is with another member",
+            args.conn.node
+        );
     }
     Ok(())
 }

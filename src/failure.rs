@@ -9,7 +9,6 @@
 //! | 64 | usage: unknown flag, missing argument, `key=value` expected (EX_USAGE) |
 //! | 69 | no sessync node answers at that address (EX_UNAVAILABLE) |
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use sessync_client::{ClientError, ErrorCode};
@@ -49,7 +48,7 @@ impl Failure {
     }
 
     /// A failure to open a connection to `node` (and pass HELLO).
-    pub(crate) fn connecting(node: SocketAddr, e: ClientError) -> Failure {
+    pub(crate) fn connecting(node: &str, e: ClientError) -> Failure {
         let unavailable = |name: &str, message: String, hint: Option<&str>| Failure {
             name: name.into(),
             code: None,

@@ -1,7 +1,9 @@
 //! The `sessync` command: run a node, a local trial cluster, or talk to a node.
 
+mod cli_members;
 mod cli_session;
 mod failure;
+mod resolve;
 mod secret;
 mod trial_certs;
 
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use sessync_server::{BackupPolicy, EvictPolicy, NodeConfig, TlsFiles};
+use sessync_server::{BackupPolicy, EvictPolicy, NodeConfig, Seed, TlsFiles};
 
 /// Web sessions that follow the user across a cluster.
 #[derive(Parser, Debug)]
@@ -42,8 +44,13 @@ enum Command {
     Session(cli_session::SessionArgs),
     /// Print a node's counters, uptime, version, node id, addresses and peer links.
     Stats(cli_session::StatsArgs),
+    /// Make a node leave the cluster gracefully: it hands every session and backup copy to
+    /// other members, then exits (exit 0 when everything was handed over).
+    Drain(cli_session::DrainArgs),
     /// Check that a node answers (exit 0) on its client port: for exec probes and scripts.
     Ping(cli_session::PingArgs),
+    /// Print a node's view of the cluster: each member's state, node id, addresses.
+    Members(cli_members::MembersArgs),
     /// Start a local trial cluster in this process (Ctrl-C stops it).
     Cluster(ClusterArgs),
 }
@@ -97,19 +104,20 @@ enum Evict {
 /// Flags of `sessync node`; each can also be set through the SESSYNC_* variable named.
 #[derive(clap::Args, Debug)]
 struct NodeArgs {
-    /// Address applications connect to.
+    /// Address applications connect to (host:port; a host name is resolved at start).
     #[arg(long, env = "SESSYNC_CLIENT", default_value = "127.0.0.1:7700")]
-    client: SocketAddr,
-    /// Address other nodes connect to.
+    client: String,
+    /// Address other nodes connect to (TCP for peer links, UDP for membership, same port).
     #[arg(long, env = "SESSYNC_PEER", default_value = "127.0.0.1:7800")]
-    peer: SocketAddr,
+    peer: String,
     /// Address of the HTTP port: /healthz, /readyz, /metrics and a status page at /.
     /// Off unless given.
     #[arg(long, env = "SESSYNC_HTTP")]
     http: Option<SocketAddr>,
-    /// Peer address written into tokens (when --peer is a wildcard or behind NAT).
+    /// Peer address written into tokens and told to other members (when --peer is a
+    /// wildcard or behind NAT); a host name is resolved at start.
     #[arg(long, env = "SESSYNC_ADVERTISE")]
-    advertise: Option<SocketAddr>,
+    advertise: Option<String>,
     /// File holding the cluster secret (see README: one secret, key id 0, or `id=secret` lines, first is current).
     #[arg(long, env = "SESSYNC_SECRET_FILE")]
     secret_file: Option<PathBuf>,
@@ -145,10 +153,15 @@ struct NodeArgs {
     /// (protocol.md 11.3).
     #[arg(long, env = "SESSYNC_PEER_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     peer_timeout: Duration,
+    /// Seeds to join the cluster through, comma-separated: host:port (a name or an IP
+    /// address) or dns:NAME:PORT (every A/AAAA record of NAME, re-resolved every 5 s).
+    /// None: a cluster of one, which others may join.
+    #[arg(long, env = "SESSYNC_JOIN", value_delimiter = ',', value_parser = parse_seed)]
+    join: Vec<Seed>,
     /// The cluster's advertised peer addresses, comma-separated (this node's own may be
-    /// listed): where backup copies go.
-    #[arg(long, env = "SESSYNC_PEERS", value_delimiter = ',')]
-    peers: Vec<SocketAddr>,
+    /// listed): seeds, as --join, and the backup candidates until membership knows better.
+    #[arg(long, env = "SESSYNC_PEERS", value_delimiter = ',', value_parser = parse_seed)]
+    peers: Vec<Seed>,
     /// Backup copies of each session this node owns (0, 1 or 2).
     #[arg(long, env = "SESSYNC_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     replicas: u8,
@@ -184,7 +197,16 @@ struct NodeArgs {
     /// Most connections from one IP address that have not authenticated yet.
     #[arg(long, env = "SESSYNC_MAX_UNAUTHENTICATED", default_value_t = 64)]
     max_unauthenticated: usize,
+    /// On SIGTERM, Ctrl-C or `sessync drain`, how long the node may spend handing its
+    /// sessions and backup copies to other members before it stops anyway (exit status 3
+    /// when something was left). 0 stops at once without handing anything over.
+    #[arg(long, env = "SESSYNC_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
 }
+
+/// Exit status of `sessync node` when its drain could not hand everything over within
+/// --drain-timeout (what was left is logged).
+const EX_DRAIN_INCOMPLETE: u8 = 3;
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum PeerTls {
@@ -195,6 +217,11 @@ enum PeerTls {
 }
 
 /// Parses a byte size: a number with an optional K, M, G or T suffix (powers of 1024).
+/// A seed flag's value: `host:port` or `dns:NAME:PORT` (a usage error otherwise).
+fn parse_seed(s: &str) -> Result<Seed, String> {
+    Seed::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_bytes(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let (digits, mult) = match s.char_indices().last() {
@@ -278,7 +305,7 @@ fn termination() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-async fn run_node(args: NodeArgs) -> Result<()> {
+async fn run_node(args: NodeArgs) -> Result<std::process::ExitCode> {
     let keys = match &args.secret_file {
         Some(path) => secret::load(path)?,
         None => {
@@ -288,9 +315,15 @@ async fn run_node(args: NodeArgs) -> Result<()> {
             secret::generate()
         }
     };
-    let mut config = NodeConfig::new(args.client, args.peer, keys);
+    let client = resolve::addr("--client", &args.client).await?;
+    let peer = resolve::addr("--peer", &args.peer).await?;
+    let advertise = match &args.advertise {
+        Some(a) => Some(resolve::addr("--advertise", a).await?),
+        None => None,
+    };
+    let mut config = NodeConfig::new(client, peer, keys);
     config.http_addr = args.http;
-    config.advertise = args.advertise;
+    config.advertise = advertise;
     config.idle_ttl = args.idle_ttl;
     config.max_lifetime = args.max_lifetime;
     config.max_sessions = args.max_sessions;
@@ -304,16 +337,22 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     config.frame_timeout = args.frame_timeout;
     config.write_timeout = args.write_timeout;
     config.peer_timeout = args.peer_timeout;
-    let me = args.advertise.unwrap_or(args.peer);
-    let others = args.peers.iter().filter(|p| **p != me).count();
-    if usize::from(args.replicas) > others {
+    let mut seeds = args.join.clone();
+    seeds.extend(args.peers.iter().cloned());
+    // --peers are the backup candidates until membership has a view (names that do not
+    // resolve yet are left to membership).
+    let static_peers = resolve::now(&args.peers).await;
+    let me = advertise.unwrap_or(peer);
+    let others = static_peers.iter().filter(|p| **p != me).count();
+    if args.join.is_empty() && args.peers.len() == static_peers.len() && usize::from(args.replicas) > others {
         anyhow::bail!(
-            "--replicas {} needs at least {} other node(s) in --peers (got {others})",
+            "--replicas {} needs at least {} other node(s) in --peers (got {others}), or --join",
             args.replicas,
             args.replicas
         );
     }
-    config.peers = args.peers;
+    config.peers = static_peers;
+    config.membership.seeds = seeds;
     config.replicas = args.replicas;
     config.backup_policy = match args.on_no_backup {
         OnNoBackup::Refuse => BackupPolicy::Refuse,
@@ -345,9 +384,11 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     };
     config.auth_backoff_max = args.auth_backoff_max;
     config.max_unauthenticated_per_address = args.max_unauthenticated;
+    let drain_timeout = args.drain_timeout;
     let stop = termination()?;
     let mut reload = reload_signal()?;
     let handle = sessync_server::start(config).await?;
+    handle.node().set_drain_timeout(drain_timeout);
     let http = handle
         .http_addr()
         .map(|a| format!(" http={a}"))
@@ -366,9 +407,16 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         handle.peer_addr()
     );
     tokio::pin!(stop);
+    let node = handle.node().clone();
+    let mut drained = None;
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            // A drain asked for on the client port (DRAIN) ended: stop.
+            report = node.drain_ended() => {
+                drained = Some(report);
+                break;
+            }
             _ = reload.recv() => {
                 let results = handle.reload_tls();
                 if results.is_empty() {
@@ -386,13 +434,38 @@ async fn run_node(args: NodeArgs) -> Result<()> {
             }
         }
     }
+    // Leave gracefully: hand every session and backup copy to other members first (the
+    // node keeps serving meanwhile). A second SIGTERM or Ctrl-C stops at once.
+    let report = match drained {
+        Some(r) => Some(r),
+        None if drain_timeout.is_zero() => None,
+        None => {
+            let second = termination()?;
+            tokio::select! {
+                r = node.drain() => Some(r),
+                _ = second => {
+                    tracing::warn!("second signal: stopping without finishing the drain");
+                    let t = node.table_stats();
+                    Some(sessync_server::DrainReport {
+                        sessions_left: t.sessions,
+                        backups_left: t.backups,
+                        timed_out: true,
+                        ..Default::default()
+                    })
+                }
+            }
+        }
+    };
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     let clean = handle.shutdown(Duration::from_secs(10)).await;
     if !clean {
         tracing::warn!("some connections did not finish within 10 s");
     }
     tracing::info!(clean, "stopped");
-    Ok(())
+    Ok(match report {
+        Some(r) if !r.complete() => std::process::ExitCode::from(EX_DRAIN_INCOMPLETE),
+        _ => std::process::ExitCode::SUCCESS,
+    })
 }
 
 async fn run_cluster(args: ClusterArgs) -> Result<()> {
@@ -425,6 +498,13 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
         config.http_addr = Some(port(200, i)?);
         config.idle_ttl = args.idle_ttl;
         config.peers = peers.clone();
+        config.membership.seeds = peers
+            .iter()
+            .map(|p| sessync_server::Seed::Host {
+                host: p.ip().to_string(),
+                port: p.port(),
+            })
+            .collect();
         config.replicas = args.replicas;
         if let Some(c) = &certs {
             let files = c.nodes[usize::from(i)].clone();
@@ -532,7 +612,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Node(args) => run_node(*args).await.map(|_| std::process::ExitCode::SUCCESS),
+            Command::Node(args) => run_node(*args).await,
             Command::Session(args) => {
                 let json = args.json();
                 client_command(json, cli_session::run_session(args).await)
@@ -541,9 +621,17 @@ fn main() -> std::process::ExitCode {
                 let json = args.conn.json;
                 client_command(json, cli_session::run_stats(args).await)
             }
+            Command::Drain(args) => {
+                let json = args.conn.json;
+                client_command(json, cli_session::run_drain(args).await)
+            }
             Command::Ping(args) => {
                 let json = args.conn.json;
                 client_command(json, cli_session::run_ping(args).await)
+            }
+            Command::Members(args) => {
+                let json = args.conn.json;
+                client_command(json, cli_members::run_members(args).await)
             }
             Command::Cluster(args) => run_cluster(args).await.map(|_| std::process::ExitCode::SUCCESS),
         }

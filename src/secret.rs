@@ -62,6 +62,7 @@ mod tests {
         // The whole line is the secret.
         let t = sessync_proto::Token {
             session_id: sessync_proto::SessionId([7; 16]),
+            generation: 0,
             owner: "10.0.0.1:7401".parse().unwrap(),
             backups: vec![],
         };

@@ -292,10 +292,21 @@ async fn chaos(replicas: u8, fault: Fault, rounds: usize, sessions: usize, name:
     let mut writers = Vec::new();
     for i in 0..sessions {
         let empty: Attributes = [("list".to_string(), Bytes::new())].into_iter().collect();
-        let s = timeout(WAIT, clients[i % NODES].create(empty))
-            .await
-            .unwrap()
-            .unwrap();
+        // Right after start a node may not yet see enough members for `replicas` backups:
+        // CREATE is then refused with BACKUP_UNAVAILABLE (nothing changed), and retried.
+        let started = std::time::Instant::now();
+        let s = loop {
+            match timeout(WAIT, clients[i % NODES].create(empty.clone()))
+                .await
+                .unwrap()
+            {
+                Err(ClientError::Server {
+                    code: ErrorCode::BackupUnavailable,
+                    ..
+                }) if started.elapsed() < WAIT => tokio::time::sleep(Duration::from_millis(100)).await,
+                other => break other.unwrap(),
+            }
+        };
         writers.push(tokio::spawn(writer(
             clients.clone(),
             s.token,

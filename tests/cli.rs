@@ -446,19 +446,9 @@ fn a_port_in_use_is_named_with_its_role() {
 /// Starts a node with stderr piped, stops it with SIGTERM, and returns its stderr.
 fn node_log(extra: &[&str]) -> String {
     use std::io::Read;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sessync"))
-        .args([
-            "node",
-            "--client",
-            "127.0.0.1:0",
-            "--peer",
-            "127.0.0.1:0",
-            "--log",
-            "info",
-        ])
+    let mut child = node_command("info")
         .args(extra)
         .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -506,19 +496,9 @@ fn logs_have_no_colour_codes_when_piped_and_json_lines_on_request() {
 
 /// Starts `sessync node` with stderr piped at INFO; returns the child and its addresses.
 fn spawn_logging_node(extra: &[&str]) -> (std::process::Child, std::net::SocketAddr, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sessync"))
-        .args([
-            "node",
-            "--client",
-            "127.0.0.1:0",
-            "--peer",
-            "127.0.0.1:0",
-            "--log",
-            "info",
-        ])
+    let mut child = node_command("info")
         .args(extra)
         .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

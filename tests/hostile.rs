@@ -783,8 +783,9 @@ fn token_bytes(key_id: u8, id: [u8; 16], owner: SocketAddr, backups: &[SocketAdd
             v.extend_from_slice(&a.port().to_be_bytes());
         }
     };
-    let mut v = vec![1, key_id];
+    let mut v = vec![2, key_id];
     v.extend_from_slice(&id);
+    v.extend_from_slice(&0u64.to_be_bytes());
     addr(&mut v, &owner);
     v.push(backups.len() as u8);
     for b in backups {
@@ -863,13 +864,15 @@ async fn forged_tokens_are_refused_and_never_dialled() {
         v[at] = to;
         v
     };
-    forged.push(("version 2".into(), alter(0, 2)));
+    forged.push(("version 1".into(), alter(0, 1)));
+    forged.push(("version 3".into(), alter(0, 3)));
     forged.push(("key id 1".into(), alter(1, 1)));
     forged.push(("session id".into(), alter(2, raw[2] ^ 0x80)));
-    forged.push(("owner family 6".into(), alter(18, 6)));
-    forged.push(("owner ip".into(), alter(19, 10)));
-    forged.push(("owner port".into(), alter(24, raw[24] ^ 1)));
-    forged.push(("backup count 1".into(), alter(25, 1)));
+    forged.push(("generation".into(), alter(25, raw[25] ^ 1)));
+    forged.push(("owner family 6".into(), alter(26, 6)));
+    forged.push(("owner ip".into(), alter(27, 10)));
+    forged.push(("owner port".into(), alter(32, raw[32] ^ 1)));
+    forged.push(("backup count 1".into(), alter(33, 1)));
     forged.push(("tag".into(), alter(raw.len() - 1, raw[raw.len() - 1] ^ 1)));
     // The owner (and a backup) pointed at the trap, with the real tag.
     let mut to_trap = token_bytes(0, parsed.session_id.0, trap, &[trap]);
@@ -883,6 +886,7 @@ async fn forged_tokens_are_refused_and_never_dialled() {
     let wrong = Keyring::single(b"not-the-cluster-secret-000000000").unwrap();
     let other_key = Token {
         session_id: parsed.session_id,
+        generation: 0,
         owner: trap,
         backups: vec![trap],
     }
@@ -943,6 +947,7 @@ async fn forged_tokens_are_refused_and_never_dialled() {
     // is followed (and fails as unreachable, since the trap never answers).
     let genuine = Token {
         session_id: SessionId::random(),
+        generation: 0,
         owner: trap,
         backups: vec![],
     }
@@ -1234,6 +1239,7 @@ async fn reflected_and_replayed_handshakes_fail() {
     });
     let stolen = Token {
         session_id: Token::verify(&s.token, &keys()).unwrap().session_id,
+        generation: 0,
         owner: impostor_addr,
         backups: vec![],
     }

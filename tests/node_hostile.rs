@@ -54,6 +54,7 @@ async fn silent_owner() -> std::net::SocketAddr {
 fn token_naming(owner: std::net::SocketAddr) -> String {
     sessync_proto::Token {
         session_id: sessync_proto::SessionId::random(),
+        generation: 0,
         owner,
         backups: vec![],
     }
@@ -453,6 +454,7 @@ fn empty_record(id: sessync_proto::SessionId, at_ms: u64, idle_ttl_ms: u64) -> s
 async fn a_copy_with_transfer_id_zero_is_not_installed() {
     let owner = lying_owner(|id| sessync_proto::PeerMessage::CopyData {
         transfer: 0,
+        holders: Vec::new(),
         record: empty_record(id, sessync_server::clock::now_ms(), 60_000),
     })
     .await;
@@ -460,6 +462,7 @@ async fn a_copy_with_transfer_id_zero_is_not_installed() {
     let c = client(node.client_addr()).await;
     let token = sessync_proto::Token {
         session_id: sessync_proto::SessionId::random(),
+        generation: 0,
         owner,
         backups: vec![],
     }
@@ -499,6 +502,7 @@ async fn a_silent_owner_fails_the_fetch_within_one_peer_timeout() {
 async fn an_expired_copy_is_session_not_found() {
     let owner = lying_owner(|id| sessync_proto::PeerMessage::CopyData {
         transfer: 1,
+        holders: Vec::new(),
         // Last used 10 s ago with a 1 s idle TTL.
         record: empty_record(id, sessync_server::clock::now_ms() - 10_000, 1_000),
     })
@@ -507,6 +511,7 @@ async fn an_expired_copy_is_session_not_found() {
     let c = client(node.client_addr()).await;
     let token = sessync_proto::Token {
         session_id: sessync_proto::SessionId::random(),
+        generation: 0,
         owner,
         backups: vec![],
     }

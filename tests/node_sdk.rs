@@ -335,6 +335,7 @@ async fn forged_or_altered_tokens_are_refused() {
     // A well-formed token naming this node, signed with another secret.
     let forged = Token {
         session_id: SessionId::random(),
+        generation: 0,
         owner: node.node().advertise(),
         backups: Vec::new(),
     }

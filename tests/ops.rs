@@ -7,9 +7,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -274,39 +273,13 @@ async fn a_refused_handshake_is_counted_on_both_sides_and_explained() {
 
 /// A `sessync node` child process with the HTTP port on: (child, client, http).
 fn spawn_http_node() -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sessync"))
-        .args([
-            "node",
-            "--client",
-            "127.0.0.1:0",
-            "--peer",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .args(["--log", "warn"])
-        .stdout(Stdio::piped())
+    let mut child = node_command("warn")
+        .args(["--http", "127.0.0.1:0"])
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let line = rx.recv_timeout(WAIT).expect("no ready line");
-    let field = |k: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|p| p.strip_prefix(k))
-            .unwrap_or_else(|| panic!("{k} missing in {line}"))
-            .parse()
-            .unwrap()
-    };
-    (child, field("client="), field("http="))
+    let line = ready_line(&mut child);
+    (child, ready_field(&line, "client="), ready_field(&line, "http="))
 }
 
 fn rss_bytes(pid: u32) -> u64 {

@@ -61,21 +61,28 @@ impl Drop for NodeProcess {
     }
 }
 
+/// `sessync node` on OS-chosen client and peer ports, logging at `log`, its stdout piped
+/// (for [`wait_ready`]); add flags, set stderr and spawn.
+pub fn node_command(log: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sessync"));
+    c.args([
+        "node",
+        "--client",
+        "127.0.0.1:0",
+        "--peer",
+        "127.0.0.1:0",
+        "--log",
+        log,
+    ])
+    .stdout(Stdio::piped());
+    c
+}
+
 /// Starts `sessync node` with the given extra flags on OS-chosen ports and waits (bounded)
 /// for its `ready client=.. peer=..` line.
 pub fn spawn_node(extra: &[&str]) -> NodeProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sessync"))
-        .args([
-            "node",
-            "--client",
-            "127.0.0.1:0",
-            "--peer",
-            "127.0.0.1:0",
-            "--log",
-            "warn",
-        ])
+    let mut child = node_command("warn")
         .args(extra)
-        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn sessync node");
@@ -83,9 +90,9 @@ pub fn spawn_node(extra: &[&str]) -> NodeProcess {
     NodeProcess { child, client, peer }
 }
 
-/// Waits (bounded) for a started `sessync node`'s `ready client=.. peer=..` line on its
-/// piped stdout, and returns those addresses.
-pub fn wait_ready(child: &mut Child) -> (SocketAddr, SocketAddr) {
+/// Waits (bounded) for a started `sessync node`'s `ready ...` line on its piped stdout,
+/// and returns it (the rest of stdout is drained in the background).
+pub fn ready_line(child: &mut Child) -> String {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -95,18 +102,23 @@ pub fn wait_ready(child: &mut Child) -> (SocketAddr, SocketAddr) {
         }
         for _ in lines {}
     });
-    let line = rx.recv_timeout(WAIT).expect("node printed no ready line in time");
-    let mut client = None;
-    let mut peer = None;
-    for part in line.split_whitespace() {
-        if let Some(a) = part.strip_prefix("client=") {
-            client = Some(a.parse().unwrap());
-        }
-        if let Some(a) = part.strip_prefix("peer=") {
-            peer = Some(a.parse().unwrap());
-        }
-    }
-    (client.expect("client addr"), peer.expect("peer addr"))
+    rx.recv_timeout(WAIT).expect("node printed no ready line in time")
+}
+
+/// The address a `ready` line gives for `key` (`client=`, `peer=`, `http=`).
+pub fn ready_field(line: &str, key: &str) -> SocketAddr {
+    line.split_whitespace()
+        .find_map(|p| p.strip_prefix(key))
+        .unwrap_or_else(|| panic!("{key} missing in {line}"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits (bounded) for a started `sessync node`'s `ready client=.. peer=..` line on its
+/// piped stdout, and returns those addresses.
+pub fn wait_ready(child: &mut Child) -> (SocketAddr, SocketAddr) {
+    let line = ready_line(child);
+    (ready_field(&line, "client="), ready_field(&line, "peer="))
 }
 
 /// Attributes from string pairs.

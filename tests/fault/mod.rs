@@ -33,6 +33,18 @@ pub struct Node {
 
 impl Node {
     pub fn start(&mut self, peers: &[SocketAddr], replicas: u8, secret: &str, log: &std::path::Path) {
+        self.start_with(peers, replicas, secret, log, &[]);
+    }
+
+    /// [`Node::start`] with extra flags for `sessync node`.
+    pub fn start_with(
+        &mut self,
+        peers: &[SocketAddr],
+        replicas: u8,
+        secret: &str,
+        log: &std::path::Path,
+        extra: &[&str],
+    ) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -59,6 +71,7 @@ impl Node {
             .args(["--peers", &peers, "--replicas", &replicas.to_string()])
             .args(["--secret-file", secret])
             .args(["--peer-timeout", "500ms"])
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("CHAOS_LOG").unwrap_or_else(|_| "error".into()),
@@ -79,6 +92,37 @@ impl Node {
         let sig = if stop { "-STOP" } else { "-CONT" };
         let ok = Command::new("kill").args([sig, &pid]).status().unwrap().success();
         assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// SIGTERM (a graceful leave: the node drains, then exits); waits up to `within` for
+    /// the exit and returns its status (SIGKILL and a panic past that).
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM {pid}");
+        self.wait_exit(within)
+    }
+
+    /// Waits up to `within` for the process to exit (by itself after `sessync drain`, or
+    /// after a signal) and returns its status (SIGKILL and a panic past that).
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > within {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("node {} did not exit within {within:?}", self.client);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn kill(&mut self) {
@@ -231,6 +275,17 @@ pub async fn final_list(clients: &[Client], token: &str) -> Vec<u64> {
 
 /// Starts `n` node processes at reserved addresses, keeping `replicas` backups.
 pub fn start_nodes(n: usize, replicas: u8, secret: &str, dir: &std::path::Path) -> Vec<Node> {
+    start_nodes_with(n, replicas, secret, dir, &[])
+}
+
+/// [`start_nodes`] with extra flags for every `sessync node`.
+pub fn start_nodes_with(
+    n: usize,
+    replicas: u8,
+    secret: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> Vec<Node> {
     let mut nodes: Vec<Node> = (0..n)
         .map(|_| Node {
             client: reserve_addr(),
@@ -241,7 +296,7 @@ pub fn start_nodes(n: usize, replicas: u8, secret: &str, dir: &std::path::Path) 
         .collect();
     let peers: Vec<SocketAddr> = nodes.iter().map(|n| n.peer).collect();
     for (i, n) in nodes.iter_mut().enumerate() {
-        n.start(&peers, replicas, secret, &dir.join(format!("node{i}.log")));
+        n.start_with(&peers, replicas, secret, &dir.join(format!("node{i}.log")), extra);
     }
     nodes
 }

@@ -641,6 +641,7 @@ impl Model {
                 from,
                 transfer,
                 record,
+                ..
             } => {
                 let from = self.index(from)?;
                 self.counts.installed += 1;
@@ -724,9 +725,17 @@ impl Model {
                     .table
                     .hand_over(&id, self.nodes[from].who, last, None, NOW)
                 {
-                    CopyOutcome::Data { transfer, record } => {
+                    CopyOutcome::Data {
+                        transfer,
+                        holders,
+                        record,
+                    } => {
                         self.counts.handed_over += 1;
-                        PeerMessage::CopyData { transfer, record }
+                        PeerMessage::CopyData {
+                            transfer,
+                            holders,
+                            record,
+                        }
                     }
                     CopyOutcome::Moved(owner) => {
                         self.counts.moved += 1;
@@ -767,7 +776,7 @@ impl Model {
                     // Nobody waits for it any more: a COPY_DATA is installed all the same
                     // (the giver has handed the session over), anything else is dropped.
                     _ => {
-                        if let PeerMessage::CopyData { transfer, record } = reply {
+                        if let PeerMessage::CopyData { transfer, record, .. } = reply {
                             self.counts.orphans_installed += 1;
                             self.install_copy(to, from, s, transfer, &record);
                         }

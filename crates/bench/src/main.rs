@@ -5,6 +5,7 @@
 //! sessync-bench load   --scenario local,move [--nodes A,B,C | --spawn 3]
 //!                      [--against-redis ADDR] [--connections 50] [--depth 16] ...
 //! sessync-bench memory --sessions 1000000 --size 1024 --attrs 8 [--against-redis ADDR]
+//! sessync-bench delay-proxy --listen ADDR --to ADDR [--delay 0.5ms]
 //! ```
 //!
 //! Every target is driven by the same client: `connections` tokio tasks, each a tight
@@ -12,8 +13,10 @@
 //! replies), speaking each server's wire format directly (the sessync-proto framing, RESP,
 //! or the echo framing) with the same minimal reply parsing. See BENCHMARKS.md.
 
+mod delay;
 mod load;
 mod memory;
+mod plot;
 mod report;
 mod servers;
 mod tls;
@@ -45,6 +48,8 @@ enum Command {
     Load(Box<LoadArgs>),
     /// Memory per session: a sessync node process against Redis.
     Memory(memory::MemoryArgs),
+    /// A TCP proxy that delays each direction's bytes (a link with a real round trip).
+    DelayProxy(delay::DelayArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +143,8 @@ struct LoadArgs {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     json: bool,
-    /// Also write the JSON document to this file (the table is still printed).
+    /// Also write the JSON document to this file (the table is still printed), and next
+    /// to it, with the extension `.svg`, a plot of every row's latency CDF and throughput.
     #[arg(long)]
     json_out: Option<std::path::PathBuf>,
     /// No progress bar.
@@ -158,6 +164,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Load(args) => run_load(*args),
         Command::Memory(args) => servers::runtime("client", 2).and_then(|rt| rt.block_on(memory::run(args))),
+        Command::DelayProxy(args) => delay::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -391,22 +398,24 @@ async fn load_all(args: &LoadArgs, nodes: Vec<SocketAddr>, echo: Option<SocketAd
         "redis_touch": !args.no_redis_touch,
     });
     let doc = serde_json::to_string_pretty(&report.json(config, &ratios))?;
+    let header = format!(
+        "sessync-bench: {} conn(s) x pipeline {}, {} B in {} attrs, {} session(s), {} node(s), {:?} per run",
+        args.connections,
+        args.depth,
+        args.size,
+        args.attrs,
+        args.sessions,
+        nodes.len(),
+        args.duration
+    );
     if let Some(path) = &args.json_out {
         std::fs::write(path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        let title = format!("{header}, {} repetition(s)", args.repeat.max(1));
+        report.plot(&path.with_extension("svg"), &title)?;
     }
     if args.json {
         println!("{doc}");
     } else {
-        let header = format!(
-            "sessync-bench: {} conn(s) x pipeline {}, {} B in {} attrs, {} session(s), {} node(s), {:?} per run",
-            args.connections,
-            args.depth,
-            args.size,
-            args.attrs,
-            args.sessions,
-            nodes.len(),
-            args.duration
-        );
         report.print(&header, &ratios);
     }
     Ok(())

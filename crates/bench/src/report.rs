@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::json;
 
@@ -78,10 +79,13 @@ pub(crate) struct Row {
     pub(crate) case: String,
     pub(crate) what: String,
     pub(crate) runs: Vec<Point>,
+    /// The latencies of every repetition, merged (for the plot).
+    #[serde(skip)]
+    pub(crate) hist: Option<Histogram<u64>>,
 }
 
 impl Row {
-    fn median(&self, m: Metric) -> f64 {
+    pub(crate) fn median(&self, m: Metric) -> f64 {
         median(self.runs.iter().map(|p| m.of(p)).collect())
     }
 
@@ -128,14 +132,40 @@ impl Report {
             .iter_mut()
             .find(|r| r.target == target && r.case == case)
         {
-            Some(r) => r.runs.push(point),
+            Some(r) => {
+                r.runs.push(point);
+                match &mut r.hist {
+                    // Same bounds everywhere (load::new_hist), so adding cannot fail.
+                    Some(h) => {
+                        let _ = h.add(&sample.hist);
+                    }
+                    None => r.hist = Some(sample.hist.clone()),
+                }
+            }
             None => self.rows.push(Row {
                 target: target.into(),
                 case: case.into(),
                 what: what.into(),
                 runs: vec![point],
+                hist: Some(sample.hist.clone()),
             }),
         }
+    }
+
+    /// Writes the SVG plot of every row: latency CDF and throughput (see `plot`).
+    pub(crate) fn plot(&self, path: &std::path::Path, title: &str) -> anyhow::Result<()> {
+        let series: Vec<crate::plot::Series<'_>> = self
+            .rows
+            .iter()
+            .filter_map(|r| {
+                Some(crate::plot::Series {
+                    label: format!("{} {}", r.target, r.case),
+                    hist: r.hist.as_ref()?,
+                    throughput: r.median(Metric::Throughput),
+                })
+            })
+            .collect();
+        crate::plot::write(path, title, &series)
     }
 
     fn row(&self, target: &str, case: &str) -> Option<&Row> {

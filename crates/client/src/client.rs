@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use sessync_proto::{Attributes, Limits, Message, Request, Response, SessionReply};
+use sessync_proto::{Attributes, Limits, MemberInfo, Message, Request, Response, SessionReply};
 use tokio::time::Instant;
 
 use crate::config::ClientConfig;
@@ -120,6 +120,30 @@ impl Inner {
 }
 
 impl Client {
+    /// Connects to a node named `host:port`, where host is a name or an IP address
+    /// (`[v6]:port` for IPv6), resolved now (at connect time, not when the program
+    /// started): each address the name has is tried in turn until one connects. Fails
+    /// with [`ClientError::Io`] when the name resolves to nothing or no address connects
+    /// (the last address's error), and otherwise as [`Client::connect`].
+    pub async fn connect_host(target: &str, config: ClientConfig) -> Result<Client, ClientError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target)
+            .await
+            .map_err(|e| ClientError::Io(std::io::Error::new(e.kind(), format!("{target}: {e}"))))?
+            .collect();
+        let mut last = ClientError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{target}: the name resolves to no address"),
+        ));
+        for addr in addrs {
+            match Client::connect(addr, config.clone()).await {
+                Ok(c) => return Ok(c),
+                Err(e @ ClientError::Io(_)) | Err(e @ ClientError::Timeout) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
     /// Connects to the node at `addr` and completes HELLO (protocol version, client name,
     /// password) within `config.connect_timeout`.
     ///
@@ -334,6 +358,26 @@ impl Client {
         match self.request(Request::Stats).await? {
             Response::Stats(counters) => Ok(counters),
             other => Err(unexpected("STATS_REPLY", &other)),
+        }
+    }
+
+    /// The node's view of the cluster's members (itself first): node id, incarnation,
+    /// state, peer and client addresses.
+    pub async fn members(&self) -> Result<Vec<MemberInfo>, ClientError> {
+        match self.request(Request::Members).await? {
+            Response::Members(members) => Ok(members),
+            other => Err(unexpected("MEMBERS_REPLY", &other)),
+        }
+    }
+
+    /// Asks the node to leave the cluster gracefully (hand every session and backup copy
+    /// over, then exit): `Ok` when everything was handed over; an error (SHUTTING_DOWN)
+    /// saying what was left otherwise. The answer comes when the drain has ended, so give
+    /// the client a request timeout longer than the node's `--drain-timeout`.
+    pub async fn drain(&self) -> Result<(), ClientError> {
+        match self.request(Request::Drain).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected("DONE", &other)),
         }
     }
 

@@ -67,5 +67,5 @@ pub use client::{Client, SetRequest};
 pub use config::ClientConfig;
 pub use error::ClientError;
 pub use session::{CreateOptions, Session, Write};
-pub use sessync_proto::{Attributes, ErrorCode, Limits, SessionMeta};
+pub use sessync_proto::{Attributes, ErrorCode, Limits, MemberInfo, MemberState, SessionMeta};
 pub use tls::TlsOptions;

@@ -13,7 +13,7 @@ use crate::session::{
     decode_attributes, decode_names, encode_attributes, encode_names, Attributes, PackedAttributes,
     SessionMeta,
 };
-use crate::wire::{put_bytes, put_string, Reader};
+use crate::wire::{put_addr, put_bytes, put_string, Reader};
 
 /// Client request opcodes.
 pub mod op {
@@ -35,6 +35,10 @@ pub mod op {
     pub const DESTROY: u8 = 0x08;
     /// STATS request.
     pub const STATS: u8 = 0x09;
+    /// MEMBERS request.
+    pub const MEMBERS: u8 = 0x0A;
+    /// DRAIN request: hand everything over to other members and leave.
+    pub const DRAIN: u8 = 0x0B;
     /// HELLO_OK reply.
     pub const HELLO_OK: u8 = 0x81;
     /// PONG reply.
@@ -45,6 +49,8 @@ pub mod op {
     pub const DONE: u8 = 0x84;
     /// STATS_REPLY reply.
     pub const STATS_REPLY: u8 = 0x85;
+    /// MEMBERS_REPLY reply.
+    pub const MEMBERS_REPLY: u8 = 0x86;
 }
 
 /// A request from a client to its node.
@@ -136,6 +142,19 @@ pub enum Request {
     /// # Format
     /// empty.
     Stats,
+    /// Asks for the node's view of the cluster's members.
+    ///
+    /// # Format
+    /// empty.
+    Members,
+    /// Asks the node to leave the cluster gracefully: hand every session it owns and every
+    /// backup copy it holds to other members, then exit (protocol.md 17). Answered when
+    /// the drain ended: DONE when everything was handed over, ERROR SHUTTING_DOWN saying
+    /// what was left otherwise.
+    ///
+    /// # Format
+    /// empty.
+    Drain,
 }
 
 /// A node's reply to a client request.
@@ -170,6 +189,11 @@ pub enum Response {
     /// # Format
     /// u16 count, then per counter: name (string), u64 value.
     Stats(Vec<(String, u64)>),
+    /// MEMBERS reply: the node's view of the cluster, itself included.
+    ///
+    /// # Format
+    /// u16 count, then per member: [`MemberInfo`] (43 to 67 bytes).
+    Members(Vec<MemberInfo>),
     /// The request failed; see the code.
     Error(ErrorReply),
 }
@@ -188,6 +212,101 @@ pub struct SessionReply {
     /// The attributes: all of them for CREATE, ROTATE and an unfiltered GET, the named
     /// ones for a filtered GET, none for SET and TOUCH.
     pub attributes: Attributes,
+}
+
+/// A member's state, as one node sees it (protocol.md, "Membership").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemberState {
+    /// Known, but not yet confirmed by the cluster (a node sees itself so until another
+    /// member has heard of it).
+    Joining,
+    /// Answers probes (directly or through other members); may hold backups.
+    Alive,
+    /// Announced that it is leaving (draining); still answers, takes no new backups.
+    Leaving,
+    /// Declared dead by the failure detector, or left.
+    Dead,
+}
+
+impl MemberState {
+    /// The state's byte on the wire.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            MemberState::Joining => 0,
+            MemberState::Alive => 1,
+            MemberState::Leaving => 2,
+            MemberState::Dead => 3,
+        }
+    }
+
+    /// The state of a wire byte, if it names one.
+    pub fn from_u8(b: u8) -> Option<MemberState> {
+        Some(match b {
+            0 => MemberState::Joining,
+            1 => MemberState::Alive,
+            2 => MemberState::Leaving,
+            3 => MemberState::Dead,
+            _ => return None,
+        })
+    }
+
+    /// The lower-case name (`joining`, `alive`, `leaving`, `dead`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MemberState::Joining => "joining",
+            MemberState::Alive => "alive",
+            MemberState::Leaving => "leaving",
+            MemberState::Dead => "dead",
+        }
+    }
+}
+
+/// One member of the cluster.
+///
+/// # Format
+/// [16] node_id, u64 incarnation, u8 state (0 joining, 1 alive, 2 leaving, 3 dead),
+/// address peer, address client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// The member process's node id (random per process start).
+    pub node_id: [u8; 16],
+    /// Grows with every restart and every change the member announces (its start time in
+    /// Unix milliseconds, plus one per change).
+    pub incarnation: u64,
+    /// The member's state.
+    pub state: MemberState,
+    /// Its advertised peer address.
+    pub peer: std::net::SocketAddr,
+    /// Its client address (where applications connect).
+    pub client: std::net::SocketAddr,
+}
+
+impl MemberInfo {
+    /// The smallest encoding (both addresses IPv4).
+    const MIN_LEN: usize = 16 + 8 + 1 + 7 + 7;
+
+    fn encode(&self, out: &mut impl BufMut) {
+        out.put_slice(&self.node_id);
+        out.put_u64(self.incarnation);
+        out.put_u8(self.state.as_u8());
+        put_addr(out, &self.peer);
+        put_addr(out, &self.client);
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<MemberInfo, DecodeError> {
+        let node_id = r.array::<16>()?;
+        let incarnation = r.u64()?;
+        let b = r.u8()?;
+        let state = MemberState::from_u8(b)
+            .ok_or_else(|| DecodeError::Invalid(format!("member state {b}, expected 0 to 3")))?;
+        Ok(MemberInfo {
+            node_id,
+            incarnation,
+            state,
+            peer: r.addr()?,
+            client: r.addr()?,
+        })
+    }
 }
 
 /// An error reply, on either port.
@@ -255,6 +374,8 @@ impl Message for Request {
             Request::Rotate { .. } => op::ROTATE,
             Request::Destroy { .. } => op::DESTROY,
             Request::Stats => op::STATS,
+            Request::Members => op::MEMBERS,
+            Request::Drain => op::DRAIN,
         }
     }
 
@@ -305,7 +426,7 @@ impl Message for Request {
             Request::Touch { token } | Request::Rotate { token } | Request::Destroy { token } => {
                 put_string(out, token)
             }
-            Request::Stats => {}
+            Request::Stats | Request::Members | Request::Drain => {}
         }
     }
 
@@ -351,6 +472,8 @@ impl Message for Request {
                 token: token(&mut r)?,
             },
             op::STATS => Request::Stats,
+            op::MEMBERS => Request::Members,
+            op::DRAIN => Request::Drain,
             other => return Err(DecodeError::UnknownOpcode(other)),
         };
         r.finish()?;
@@ -366,6 +489,7 @@ impl Message for Response {
             Response::Session(_) => op::SESSION,
             Response::Done => op::DONE,
             Response::Stats(_) => op::STATS_REPLY,
+            Response::Members(_) => op::MEMBERS_REPLY,
             Response::Error(_) => OP_ERROR,
         }
     }
@@ -395,6 +519,12 @@ impl Message for Response {
                     out.put_u64(*value);
                 }
             }
+            Response::Members(members) => {
+                out.put_u16(members.len().min(usize::from(u16::MAX)) as u16);
+                for m in members.iter().take(usize::from(u16::MAX)) {
+                    m.encode(out);
+                }
+            }
             Response::Error(e) => e.encode(out),
         }
     }
@@ -422,6 +552,14 @@ impl Message for Response {
                     counters.push((r.string("stat name", limits.max_text_len)?, r.u64()?));
                 }
                 Response::Stats(counters)
+            }
+            op::MEMBERS_REPLY => {
+                let n = r.count("member count", usize::from(u16::MAX), MemberInfo::MIN_LEN)?;
+                let mut members = Vec::with_capacity(n);
+                for _ in 0..n {
+                    members.push(MemberInfo::decode(&mut r)?);
+                }
+                Response::Members(members)
             }
             OP_ERROR => Response::Error(ErrorReply::decode(&mut r, limits)?),
             other => return Err(DecodeError::UnknownOpcode(other)),

@@ -78,6 +78,24 @@ impl Keyring {
         self.current
     }
 
+    /// The key ids in the ring, the current one first.
+    pub fn key_ids(&self) -> Vec<u8> {
+        let mut ids = vec![self.current];
+        ids.extend(self.keys.iter().map(|(k, _)| *k).filter(|k| *k != self.current));
+        ids
+    }
+
+    /// A 32-byte sub-key of key `id`'s secret for another purpose (`info` names it):
+    /// HKDF-Expand (RFC 5869) with the secret as the pseudo-random key, that is
+    /// `HMAC-SHA256(secret, info || 0x01)`. `None` if the ring lacks `id`. Used for the
+    /// membership datagrams' AEAD key (protocol.md, "Membership").
+    pub fn derive_key(&self, id: u8, info: &[u8]) -> Option<[u8; 32]> {
+        let mut mac = self.mac(id)?;
+        mac.update(info);
+        mac.update(&[1]);
+        Some(mac.finalize().into_bytes().into())
+    }
+
     /// A fresh MAC state for key `id`, if the ring has it.
     pub(crate) fn mac(&self, id: u8) -> Option<HmacSha256> {
         self.keys.iter().find(|(k, _)| *k == id).map(|(_, m)| m.clone())

@@ -21,8 +21,12 @@ mod peer;
 mod session;
 mod token;
 mod wire;
+pub use wire::put_addr;
 
-pub use client::{encode_session_reply, op as client_op, ErrorReply, Request, Response, SessionReply};
+pub use client::{
+    encode_session_reply, op as client_op, ErrorReply, MemberInfo, MemberState, Request, Response,
+    SessionReply,
+};
 #[cfg(feature = "codec")]
 pub use codec::{CodecError, FrameCodec};
 pub use error::{DecodeError, ErrorCode, FrameError};
@@ -36,7 +40,7 @@ pub use handshake::{
 pub use keys::{KeyError, Keyring, MIN_SECRET_LEN};
 pub use limits::Limits;
 pub use message::{Message, OP_ERROR};
-pub use peer::{op as peer_op, PeerMessage, NONCE_LEN, PROOF_LEN};
+pub use peer::{op as peer_op, PeerMessage, Role, MAX_HOLDERS, MAX_IDS, NONCE_LEN, PROOF_LEN};
 #[cfg(feature = "testing")]
 pub use session::sim_ids;
 pub use session::{Attributes, PackedAttributes, SessionId, SessionMeta, SessionRecord};

@@ -18,6 +18,9 @@ use crate::wire::{put_addr, Reader};
 pub const NONCE_LEN: usize = 32;
 /// Bytes in a handshake proof (a full HMAC-SHA256).
 pub const PROOF_LEN: usize = 32;
+/// Most holders a COPY_DATA names (a session's backups, including failed ones an owner
+/// keeps until they answer again).
+pub const MAX_HOLDERS: usize = 8;
 
 /// Peer opcodes.
 pub mod op {
@@ -37,6 +40,15 @@ pub mod op {
     pub const DROP: u8 = 0x46;
     /// PROMOTE: the owner is gone; hand the backup copy over to the asker.
     pub const PROMOTE: u8 = 0x47;
+    /// TAKE: the sender is leaving; take these sessions over from it (COPY each).
+    pub const TAKE: u8 = 0x48;
+    /// RELEASE: the sender is leaving and holds backup copies of these sessions of the
+    /// receiver's: replace it as their holder.
+    pub const RELEASE: u8 = 0x49;
+    /// LOCATE: what do you know of this session?
+    pub const LOCATE: u8 = 0x4A;
+    /// EPOCH: which process (node id) answers at this address?
+    pub const EPOCH: u8 = 0x4B;
     /// AUTH_CHALLENGE: the accepting node's nonce and proof.
     pub const AUTH_CHALLENGE: u8 = 0xC0;
     /// AUTH_OK: the handshake is complete.
@@ -51,6 +63,12 @@ pub mod op {
     pub const NOT_FOUND: u8 = 0xC5;
     /// OK: COPY_ACK, REPLICATE or DROP done.
     pub const OK: u8 = 0xC6;
+    /// IDS: reply to RELEASE: the sessions the receiver does not own.
+    pub const IDS: u8 = 0xC7;
+    /// LOCATED: reply to LOCATE.
+    pub const LOCATED: u8 = 0xC8;
+    /// EPOCH_IS: reply to EPOCH: the answering process's node id.
+    pub const EPOCH_IS: u8 = 0xC9;
 }
 
 /// A message on a peer link.
@@ -122,12 +140,17 @@ pub enum PeerMessage {
     /// The session, handed over: the receiver of this reply is now its owner.
     ///
     /// # Format
-    /// u64 transfer, session record.
+    /// u64 transfer, u8 holder count (at most [`MAX_HOLDERS`]), that many addresses,
+    /// session record.
     CopyData {
         /// The session's handover generation (one more than the sender received it with);
         /// a receiver installs only a generation newer than it knows. Echoed in COPY_ACK and
         /// remembered by the receiver for its next COPY's `last_transfer`.
         transfer: u64,
+        /// The nodes that may hold a backup copy of the sender's lineage: the receiver
+        /// places its own copy on every one of them before it serves anything, so no older
+        /// copy is left that a failover could promote (protocol.md 12.4).
+        holders: Vec<SocketAddr>,
         /// The session.
         record: SessionRecord,
     },
@@ -201,8 +224,128 @@ pub enum PeerMessage {
     /// # Format
     /// empty.
     Ok,
+    /// Leaver -> member: "I am leaving: take these sessions over from me", each by the
+    /// ordinary COPY handover. Answered OK (accepted; the COPYs follow) or ERROR.
+    ///
+    /// # Format
+    /// u16 count (at most [`MAX_IDS`]), session ids (16 each).
+    Take {
+        /// The sessions to take.
+        ids: Vec<SessionId>,
+    },
+    /// Leaver -> owner: "I hold backup copies of these sessions of yours and I am
+    /// leaving: place new copies elsewhere, then DROP mine." Answered IDS with those the
+    /// receiver does not own.
+    ///
+    /// # Format
+    /// u16 count (at most [`MAX_IDS`]), session ids (16 each).
+    Release {
+        /// The sessions.
+        ids: Vec<SessionId>,
+    },
+    /// The sessions (of a RELEASE) the receiver does not own.
+    ///
+    /// # Format
+    /// u16 count (at most [`MAX_IDS`]), session ids (16 each).
+    Ids {
+        /// The sessions.
+        ids: Vec<SessionId>,
+    },
+    /// "What do you know of this session?" Answered LOCATED or NOT_FOUND.
+    ///
+    /// # Format
+    /// session id (16).
+    Locate {
+        /// The session.
+        session_id: SessionId,
+    },
+    /// Reply to LOCATE.
+    ///
+    /// # Format
+    /// session id (16), u8 role (1 owner, 2 backup, 3 handed over, 4 destroyed), peer
+    /// address.
+    Located {
+        /// The session.
+        session_id: SessionId,
+        /// What the answering node holds.
+        role: Role,
+        /// Role owner: the answering node; backup: the owner the copy is from; handed
+        /// over: the node it went to.
+        addr: SocketAddr,
+    },
+    /// "Which process answers at your address?" Answered EPOCH_IS.
+    ///
+    /// # Format
+    /// empty.
+    Epoch,
+    /// Reply to EPOCH.
+    ///
+    /// # Format
+    /// node id (16), u64 uptime_ms.
+    EpochIs {
+        /// The answering process's node id (random per start).
+        node_id: [u8; 16],
+        /// How long the answering process has been running, in ms.
+        uptime_ms: u64,
+    },
     /// The request failed.
     Error(ErrorReply),
+}
+
+/// Most session ids in one TAKE, RELEASE or IDS.
+pub const MAX_IDS: usize = 4096;
+
+/// What a node holds of a session, in LOCATED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// It owns the session (live).
+    Owner,
+    /// It holds a backup copy from the owner named.
+    Backup,
+    /// It handed the session over to the node named.
+    HandedOver,
+    /// It destroyed (or rotated away) the session: it must not be brought back from a
+    /// copy (the address is the answering node's).
+    Destroyed,
+}
+
+impl Role {
+    fn byte(self) -> u8 {
+        match self {
+            Role::Owner => 1,
+            Role::Backup => 2,
+            Role::HandedOver => 3,
+            Role::Destroyed => 4,
+        }
+    }
+
+    fn from_byte(b: u8) -> Result<Role, DecodeError> {
+        match b {
+            1 => Ok(Role::Owner),
+            2 => Ok(Role::Backup),
+            3 => Ok(Role::HandedOver),
+            4 => Ok(Role::Destroyed),
+            v => Err(DecodeError::Invalid(format!("LOCATED role {v}, expected 1 to 4"))),
+        }
+    }
+}
+
+fn put_ids(out: &mut BytesMut, ids: &[SessionId]) {
+    // Encoders are given at most MAX_IDS (u16 range); more would not decode anywhere.
+    let n = ids.len().min(MAX_IDS);
+    out.put_u16(n as u16);
+    for id in &ids[..n] {
+        out.put_slice(&id.0);
+    }
+}
+
+fn get_ids(r: &mut Reader<'_>) -> Result<Vec<SessionId>, DecodeError> {
+    let n = r.count("session ids", MAX_IDS, 16)?;
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(SessionId(r.array()?));
+    }
+    Ok(ids)
 }
 
 impl Message for PeerMessage {
@@ -223,6 +366,13 @@ impl Message for PeerMessage {
             PeerMessage::Drop { .. } => op::DROP,
             PeerMessage::Promote { .. } => op::PROMOTE,
             PeerMessage::Ok => op::OK,
+            PeerMessage::Take { .. } => op::TAKE,
+            PeerMessage::Release { .. } => op::RELEASE,
+            PeerMessage::Ids { .. } => op::IDS,
+            PeerMessage::Locate { .. } => op::LOCATE,
+            PeerMessage::Located { .. } => op::LOCATED,
+            PeerMessage::Epoch => op::EPOCH,
+            PeerMessage::EpochIs { .. } => op::EPOCH_IS,
             PeerMessage::Error(_) => OP_ERROR,
         }
     }
@@ -252,7 +402,24 @@ impl Message for PeerMessage {
                 put_addr(out, advertised);
             }
             PeerMessage::AuthProof { proof } => out.put_slice(proof),
-            PeerMessage::AuthOk | PeerMessage::Ok => {}
+            PeerMessage::AuthOk | PeerMessage::Ok | PeerMessage::Epoch => {}
+            PeerMessage::Take { ids } | PeerMessage::Release { ids } | PeerMessage::Ids { ids } => {
+                put_ids(out, ids)
+            }
+            PeerMessage::Locate { session_id } => out.put_slice(&session_id.0),
+            PeerMessage::Located {
+                session_id,
+                role,
+                addr,
+            } => {
+                out.put_slice(&session_id.0);
+                out.put_u8(role.byte());
+                put_addr(out, addr);
+            }
+            PeerMessage::EpochIs { node_id, uptime_ms } => {
+                out.put_slice(node_id);
+                out.put_u64(*uptime_ms);
+            }
             PeerMessage::Ping(n) | PeerMessage::Pong(n) => out.put_u64(*n),
             PeerMessage::NotFound { session_id } => out.put_slice(&session_id.0),
             PeerMessage::Drop {
@@ -278,8 +445,17 @@ impl Message for PeerMessage {
                 out.put_slice(&session_id.0);
                 out.put_u64(*last_transfer);
             }
-            PeerMessage::CopyData { transfer, record } => {
+            PeerMessage::CopyData {
+                transfer,
+                holders,
+                record,
+            } => {
                 out.put_u64(*transfer);
+                let n = holders.len().min(MAX_HOLDERS);
+                out.put_u8(n as u8);
+                for h in &holders[..n] {
+                    put_addr(out, h);
+                }
                 record.encode(out);
             }
             PeerMessage::Replicate { generation, record } => {
@@ -321,10 +497,21 @@ impl Message for PeerMessage {
                 session_id: SessionId(r.array()?),
                 last_transfer: r.u64()?,
             },
-            op::COPY_DATA => PeerMessage::CopyData {
-                transfer: r.u64()?,
-                record: SessionRecord::decode(&mut r, limits)?,
-            },
+            op::COPY_DATA => {
+                let transfer = r.u64()?;
+                let n = usize::from(r.u8()?);
+                if n > MAX_HOLDERS {
+                    return Err(DecodeError::Invalid(format!(
+                        "COPY_DATA names {n} holders, at most {MAX_HOLDERS} allowed"
+                    )));
+                }
+                let holders = (0..n).map(|_| r.addr()).collect::<Result<Vec<_>, _>>()?;
+                PeerMessage::CopyData {
+                    transfer,
+                    holders,
+                    record: SessionRecord::decode(&mut r, limits)?,
+                }
+            }
             op::MOVED => PeerMessage::Moved {
                 session_id: SessionId(r.array()?),
                 owner: r.addr()?,
@@ -350,6 +537,28 @@ impl Message for PeerMessage {
                 failed_owner: r.addr()?,
             },
             op::OK => PeerMessage::Ok,
+            op::TAKE => PeerMessage::Take {
+                ids: get_ids(&mut r)?,
+            },
+            op::RELEASE => PeerMessage::Release {
+                ids: get_ids(&mut r)?,
+            },
+            op::IDS => PeerMessage::Ids {
+                ids: get_ids(&mut r)?,
+            },
+            op::LOCATE => PeerMessage::Locate {
+                session_id: SessionId(r.array()?),
+            },
+            op::LOCATED => PeerMessage::Located {
+                session_id: SessionId(r.array()?),
+                role: Role::from_byte(r.u8()?)?,
+                addr: r.addr()?,
+            },
+            op::EPOCH => PeerMessage::Epoch,
+            op::EPOCH_IS => PeerMessage::EpochIs {
+                node_id: r.array()?,
+                uptime_ms: r.u64()?,
+            },
             OP_ERROR => PeerMessage::Error(ErrorReply::decode(&mut r, limits)?),
             other => return Err(DecodeError::UnknownOpcode(other)),
         };

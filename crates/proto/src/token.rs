@@ -3,9 +3,10 @@
 //! # Format
 //! URL-safe base64 without padding of:
 //! ```text
-//! 1   token version (1)
+//! 1   token version (2; version 1, without the generation, is still read)
 //! 1   key id of the secret that signed it
 //! 16  session id
+//! 8   generation: the session's handover generation at the owner when signed
 //! 7|19 owner peer address (family 4|6, address, u16 port)
 //! 1   backup count, 0..=2
 //! ..  that many backup addresses
@@ -26,19 +27,23 @@ use crate::keys::Keyring;
 use crate::session::SessionId;
 use crate::wire::{addr_len, put_addr, Reader};
 
-/// The token layout version this crate writes and reads.
-pub const TOKEN_VERSION: u8 = 1;
+/// The token layout version this crate writes (it also reads version 1).
+pub const TOKEN_VERSION: u8 = 2;
+/// The first layout, without the generation: still accepted, read as generation 0.
+const TOKEN_VERSION_1: u8 = 1;
+/// Bytes of the generation field (version 2).
+const GENERATION_LEN: usize = 8;
 /// Bytes of the truncated HMAC tag.
 pub const TAG_LEN: usize = 16;
 /// Most backup addresses a token may name.
 pub const MAX_BACKUPS: usize = 2;
 /// Longest binary token: three IPv6 addresses.
-const MAX_TOKEN_LEN: usize = 2 + 16 + 3 * 19 + 1 + TAG_LEN;
-/// Longest token string (three IPv6 addresses: 92 bytes, 123 characters of base64url
+const MAX_TOKEN_LEN: usize = 2 + 16 + GENERATION_LEN + 3 * 19 + 1 + TAG_LEN;
+/// Longest token string (three IPv6 addresses: 100 bytes, 134 characters of base64url
 /// without padding); longer input is rejected before it is decoded, so a string that
-/// passes decodes to at most 92 bytes.
+/// passes decodes to at most 100 bytes.
 pub const MAX_TOKEN_STR_LEN: usize = (4 * MAX_TOKEN_LEN).div_ceil(3);
-/// Shortest binary token: one IPv4 owner, no backups.
+/// Shortest binary token: a version-1 token, one IPv4 owner, no backups.
 const MIN_TOKEN_LEN: usize = 2 + 16 + 7 + 1 + TAG_LEN;
 
 /// What a verified token says: which session, which node owns it, where its backups are.
@@ -46,6 +51,11 @@ const MIN_TOKEN_LEN: usize = 2 + 16 + 7 + 1 + TAG_LEN;
 pub struct Token {
     /// The session.
     pub session_id: SessionId,
+    /// The session's handover generation at the owner when the token was signed (0 in a
+    /// version-1 token: unknown). A node whose own copy is of an older generation knows
+    /// its copy is superseded and fetches the session instead of serving it, so a client
+    /// never reads a state older than one it was given.
+    pub generation: u64,
     /// The owner node's advertised peer address.
     pub owner: SocketAddr,
     /// Backup nodes' peer addresses, at most [`MAX_BACKUPS`].
@@ -75,11 +85,18 @@ impl Token {
     /// Backups beyond [`MAX_BACKUPS`] are not included.
     pub fn sign(&self, keys: &Keyring) -> String {
         let backups = &self.backups[..self.backups.len().min(MAX_BACKUPS)];
-        let len = 2 + 16 + addr_len(&self.owner) + 1 + backups.iter().map(addr_len).sum::<usize>() + TAG_LEN;
+        let len = 2
+            + 16
+            + GENERATION_LEN
+            + addr_len(&self.owner)
+            + 1
+            + backups.iter().map(addr_len).sum::<usize>()
+            + TAG_LEN;
         let mut raw = Vec::with_capacity(len);
         raw.put_u8(TOKEN_VERSION);
         raw.put_u8(keys.current_id());
         raw.put_slice(&self.session_id.0);
+        raw.put_u64(self.generation);
         put_addr(&mut raw, &self.owner);
         raw.put_u8(backups.len() as u8);
         for b in backups {
@@ -106,8 +123,9 @@ impl Token {
         if raw.len() < MIN_TOKEN_LEN {
             return Err(TokenError::Malformed);
         }
-        if raw[0] != TOKEN_VERSION {
-            return Err(TokenError::UnsupportedVersion(raw[0]));
+        let version = raw[0];
+        if version != TOKEN_VERSION && version != TOKEN_VERSION_1 {
+            return Err(TokenError::UnsupportedVersion(version));
         }
         let mut mac = keys.mac(raw[1]).ok_or(TokenError::UnknownKey(raw[1]))?;
         let (signed, tag) = raw.split_at(raw.len() - TAG_LEN);
@@ -120,6 +138,7 @@ impl Token {
         let mut r = Reader::new(&signed[2..]);
         let parse = |r: &mut Reader<'_>| -> Result<Token, crate::error::DecodeError> {
             let session_id = SessionId(r.array()?);
+            let generation = if version == TOKEN_VERSION_1 { 0 } else { r.u64()? };
             let owner = r.addr()?;
             let n = usize::from(r.u8()?);
             if n > MAX_BACKUPS {
@@ -132,6 +151,7 @@ impl Token {
             r.finish()?;
             Ok(Token {
                 session_id,
+                generation,
                 owner,
                 backups,
             })

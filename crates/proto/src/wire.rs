@@ -205,8 +205,9 @@ pub(crate) fn put_bytes(out: &mut impl BufMut, b: &[u8]) {
     out.put_slice(&b[..n as usize]);
 }
 
-/// Appends a socket address in the layout [`Reader::addr`] reads.
-pub(crate) fn put_addr(out: &mut impl BufMut, addr: &SocketAddr) {
+/// Appends a socket address in the layout [`Reader::addr`] reads (family byte 4 or 6,
+/// the address, a u16 port): every message that names a node uses it.
+pub fn put_addr(out: &mut impl BufMut, addr: &SocketAddr) {
     match addr.ip() {
         IpAddr::V4(ip) => {
             out.put_u8(4);

@@ -114,6 +114,10 @@ fn sample_frames() -> Vec<(String, Vec<u8>)> {
         },
         PeerMessage::CopyData {
             transfer: 9,
+            holders: vec![
+                std::net::SocketAddr::from(([10, 0, 0, 2], 7800)),
+                std::net::SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 7801)),
+            ],
             record: record.clone(),
         },
         PeerMessage::Moved {
@@ -419,6 +423,8 @@ fn invalid_values_are_malformed() {
         ("request", client_op::HELLO, vec![1, 1, 0, 1, 0xff, 0]),
         // SET: if_version presence byte 7.
         ("request", client_op::SET, vec![0, 0, 7]),
+        // COPY_DATA naming 9 holders (at most 8).
+        ("peer", 0xc3, [vec![0; 8], vec![9]].concat()),
         // MOVED: address family 5.
         ("peer", 0xc4, [vec![0; 16], vec![5, 1, 2, 3, 4, 0, 1]].concat()),
     ];
@@ -579,8 +585,8 @@ fn over_limit_counts_and_lengths_are_refused_before_reading_on() {
         Response::decode_body(0x85, &Bytes::from_static(&[0xff, 0xff, 0, 0]), &limits).map(drop)
     });
 
-    // COPY_DATA whose record announces 65535 attributes.
-    let mut body = vec![0u8; 8 + 16 + 40];
+    // COPY_DATA (no holders) whose record announces 65535 attributes.
+    let mut body = vec![0u8; 8 + 1 + 16 + 40];
     body.extend_from_slice(&[0xff, 0xff]);
     let b = Bytes::from(body);
     fails_fast("record attributes", ErrorCode::LimitExceeded, || {

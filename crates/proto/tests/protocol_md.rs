@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use sessync_proto::{
     client_op, decode_frame_slice, peer_op, Acceptor, Attributes, Dialler, ErrorCode, ErrorReply, Keyring,
-    Limits, Message, PackedAttributes, PeerIdentity, PeerMessage, Request, Response, SessionId, SessionMeta,
-    SessionRecord, SessionReply, Token, OP_ERROR,
+    Limits, MemberInfo, MemberState, Message, PackedAttributes, PeerIdentity, PeerMessage, Request, Response,
+    SessionId, SessionMeta, SessionRecord, SessionReply, Token, OP_ERROR,
 };
 
 const DOC: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../protocol.md"));
@@ -58,6 +58,7 @@ fn token_examples() -> Vec<(&'static str, u8, Token)> {
             0,
             Token {
                 session_id: SESSION,
+                generation: 0,
                 owner: addr("10.0.0.1:7401"),
                 backups: vec![],
             },
@@ -67,6 +68,7 @@ fn token_examples() -> Vec<(&'static str, u8, Token)> {
             1,
             Token {
                 session_id: SESSION_2,
+                generation: 5,
                 owner: addr("[fd00::1]:7401"),
                 backups: vec![addr("10.0.0.2:7401"), addr("10.0.0.3:7401")],
             },
@@ -231,6 +233,8 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
     add("rotate", Req(8, Request::Rotate { token: token.clone() }));
     add("destroy", Req(9, Request::Destroy { token: token.clone() }));
     add("stats", Req(10, Request::Stats));
+    add("members", Req(11, Request::Members));
+    add("drain", Req(12, Request::Drain));
 
     add(
         "hello_ok",
@@ -286,6 +290,28 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
         ),
     );
     add(
+        "members_reply",
+        Resp(
+            11,
+            Response::Members(vec![
+                MemberInfo {
+                    node_id: NODE_A,
+                    incarnation: CREATED,
+                    state: MemberState::Alive,
+                    peer: addr("10.0.0.1:7401"),
+                    client: addr("10.0.0.1:7400"),
+                },
+                MemberInfo {
+                    node_id: NODE_B,
+                    incarnation: CREATED + 1,
+                    state: MemberState::Leaving,
+                    peer: addr("[fd00::2]:7401"),
+                    client: addr("10.0.0.2:7400"),
+                },
+            ]),
+        ),
+    );
+    add(
         "error_version_conflict",
         Resp(
             6,
@@ -303,6 +329,40 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
         ),
     );
 
+    add(
+        "take",
+        Peer(
+            10,
+            PeerMessage::Take {
+                ids: vec![SESSION, SESSION_2],
+            },
+        ),
+    );
+    add("release", Peer(11, PeerMessage::Release { ids: vec![SESSION] }));
+    add("ids", Peer(11, PeerMessage::Ids { ids: vec![SESSION] }));
+    add("locate", Peer(12, PeerMessage::Locate { session_id: SESSION }));
+    add(
+        "located",
+        Peer(
+            12,
+            PeerMessage::Located {
+                session_id: SESSION,
+                role: sessync_proto::Role::Backup,
+                addr: addr("10.0.0.1:7401"),
+            },
+        ),
+    );
+    add("epoch", Peer(13, PeerMessage::Epoch));
+    add(
+        "epoch_is",
+        Peer(
+            13,
+            PeerMessage::EpochIs {
+                node_id: NODE_A,
+                uptime_ms: 60_000,
+            },
+        ),
+    );
     add("auth_hello", Peer(1, hello));
     add("auth_challenge", Peer(1, challenge));
     add("auth_proof", Peer(2, proof));
@@ -325,6 +385,7 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
             4,
             PeerMessage::CopyData {
                 transfer: TRANSFER,
+                holders: vec![std::net::SocketAddr::from(([10, 0, 0, 2], 7800))],
                 record: record(),
             },
         ),
@@ -576,6 +637,8 @@ fn every_opcode_has_an_example() {
         client_op::ROTATE,
         client_op::DESTROY,
         client_op::STATS,
+        client_op::MEMBERS,
+        client_op::DRAIN,
     ];
     let responses = [
         client_op::HELLO_OK,
@@ -583,6 +646,7 @@ fn every_opcode_has_an_example() {
         client_op::SESSION,
         client_op::DONE,
         client_op::STATS_REPLY,
+        client_op::MEMBERS_REPLY,
         OP_ERROR,
     ];
     let peer = [
@@ -601,6 +665,13 @@ fn every_opcode_has_an_example() {
         peer_op::MOVED,
         peer_op::NOT_FOUND,
         peer_op::OK,
+        peer_op::TAKE,
+        peer_op::RELEASE,
+        peer_op::LOCATE,
+        peer_op::EPOCH,
+        peer_op::IDS,
+        peer_op::LOCATED,
+        peer_op::EPOCH_IS,
         OP_ERROR,
     ];
     let wanted = requests
@@ -615,10 +686,10 @@ fn every_opcode_has_an_example() {
         );
     }
     // Opcode constants are distinct within each set, so the lists above really are
-    // 9, 6 and 16 different messages.
-    assert_eq!(requests.iter().collect::<BTreeSet<_>>().len(), 9);
-    assert_eq!(responses.iter().collect::<BTreeSet<_>>().len(), 6);
-    assert_eq!(peer.iter().collect::<BTreeSet<_>>().len(), 16);
+    // 11, 7 and 23 different messages.
+    assert_eq!(requests.iter().collect::<BTreeSet<_>>().len(), 11);
+    assert_eq!(responses.iter().collect::<BTreeSet<_>>().len(), 7);
+    assert_eq!(peer.iter().collect::<BTreeSet<_>>().len(), 23);
 }
 
 /// Rows of a markdown table whose first cell satisfies `first`, as trimmed cells.

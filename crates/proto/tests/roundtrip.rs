@@ -8,8 +8,8 @@ use bytes::{Bytes, BytesMut};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use sessync_proto::{
-    decode_frame_slice, Attributes, ErrorCode, ErrorReply, Limits, Message, PackedAttributes, PeerMessage,
-    Request, Response, SessionId, SessionMeta, SessionRecord, SessionReply,
+    decode_frame_slice, Attributes, ErrorCode, ErrorReply, Limits, MemberInfo, MemberState, Message,
+    PackedAttributes, PeerMessage, Request, Response, SessionId, SessionMeta, SessionRecord, SessionReply,
 };
 
 /// Any UTF-8 text of at most `max_chars` characters (so at most 4 x `max_chars` bytes).
@@ -137,6 +137,8 @@ fn request() -> impl Strategy<Value = Request> {
         token().prop_map(|token| Request::Rotate { token }),
         token().prop_map(|token| Request::Destroy { token }),
         Just(Request::Stats),
+        Just(Request::Members),
+        Just(Request::Drain),
     ]
 }
 
@@ -159,6 +161,19 @@ fn response() -> impl Strategy<Value = Response> {
         }),
         Just(Response::Done),
         vec((free_text(), any::<u64>()), 0..4).prop_map(Response::Stats),
+        vec((any::<[u8; 16]>(), any::<u64>(), 0u8..4, addr(), addr()), 0..4).prop_map(|ms| {
+            Response::Members(
+                ms.into_iter()
+                    .map(|(node_id, incarnation, s, peer, client)| MemberInfo {
+                        node_id,
+                        incarnation,
+                        state: MemberState::from_u8(s).unwrap_or(MemberState::Dead),
+                        peer,
+                        client,
+                    })
+                    .collect(),
+            )
+        }),
         error_reply().prop_map(Response::Error),
     ]
 }
@@ -189,7 +204,15 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
             session_id,
             last_transfer
         }),
-        (any::<u64>(), record()).prop_map(|(transfer, record)| PeerMessage::CopyData { transfer, record }),
+        (any::<u64>(), prop::collection::vec(addr(), 0..=8), record()).prop_map(
+            |(transfer, holders, record)| {
+                PeerMessage::CopyData {
+                    transfer,
+                    holders,
+                    record,
+                }
+            }
+        ),
         (session_id(), addr()).prop_map(|(session_id, owner)| PeerMessage::Moved { session_id, owner }),
         session_id().prop_map(|session_id| PeerMessage::NotFound { session_id }),
         (session_id(), any::<u64>())
@@ -353,9 +376,9 @@ fn each_side_rejects_the_other_sides_opcodes() {
     let limits = Limits::DEFAULT;
     let empty = Bytes::new();
     for opcode in 0..=u8::MAX {
-        let is_request = (0x01..=0x09).contains(&opcode);
-        let is_response = (0x81..=0x85).contains(&opcode) || opcode == 0xff;
-        let is_peer = (0x40..=0x47).contains(&opcode) || (0xc0..=0xc6).contains(&opcode) || opcode == 0xff;
+        let is_request = (0x01..=0x0b).contains(&opcode);
+        let is_response = (0x81..=0x86).contains(&opcode) || opcode == 0xff;
+        let is_peer = (0x40..=0x4b).contains(&opcode) || (0xc0..=0xc9).contains(&opcode) || opcode == 0xff;
         let unknown = |e: Option<sessync_proto::DecodeError>| matches!(e, Some(sessync_proto::DecodeError::UnknownOpcode(op)) if op == opcode);
         assert_eq!(
             unknown(Request::decode_body(opcode, &empty, &limits).err()),

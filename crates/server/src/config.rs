@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sessync_proto::{Keyring, Limits};
 
+use crate::membership::MembershipConfig;
 use crate::table::EvictPolicy;
 use crate::tls::TlsFiles;
 
@@ -59,6 +60,9 @@ pub struct NodeConfig {
     /// The cluster's advertised peer addresses (this node's own may be among them): where
     /// backup copies may go.
     pub peers: Vec<SocketAddr>,
+    /// Cluster membership: seeds and timings (see [`MembershipConfig`]). Every change of
+    /// the alive members replaces `peers` as the backup candidates.
+    pub membership: MembershipConfig,
     /// Backup copies kept of each session this node owns (0, 1 or 2).
     pub replicas: u8,
     /// What a write does when fewer than `replicas` backups can be had.
@@ -117,6 +121,7 @@ impl NodeConfig {
             peer_timeout: Duration::from_secs(1),
             max_hops: 3,
             peers: Vec::new(),
+            membership: MembershipConfig::default(),
             replicas: 0,
             backup_policy: BackupPolicy::Refuse,
             peer_tls: None,

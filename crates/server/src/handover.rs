@@ -24,6 +24,8 @@ pub enum Step {
         from: SocketAddr,
         /// The handover's transfer id (for the COPY_ACK and our next COPY).
         transfer: u64,
+        /// The giver's backup holders (they must take our copy before we serve).
+        holders: Vec<std::net::SocketAddr>,
         /// The session.
         record: SessionRecord,
     },
@@ -100,9 +102,14 @@ impl Fetch {
                 ErrorCode::Internal,
                 format!("{from} sent COPY_DATA with transfer id 0, which no handover has"),
             ),
-            PeerMessage::CopyData { transfer, record } if record.id == self.id => Step::Install {
+            PeerMessage::CopyData {
+                transfer,
+                holders,
+                record,
+            } if record.id == self.id => Step::Install {
                 from,
                 transfer,
+                holders,
                 record,
             },
             PeerMessage::Moved { session_id, owner } if session_id == self.id => {
@@ -206,7 +213,15 @@ mod tests {
         fn serve_copy(&self, owner: SocketAddr, from: SocketAddr, id: SessionId) -> PeerMessage {
             let last = self.table(from).last_received(&id);
             match self.table(owner).hand_over(&id, who(from), last, None, 0) {
-                CopyOutcome::Data { transfer, record } => PeerMessage::CopyData { transfer, record },
+                CopyOutcome::Data {
+                    transfer,
+                    holders,
+                    record,
+                } => PeerMessage::CopyData {
+                    transfer,
+                    holders,
+                    record,
+                },
                 CopyOutcome::Moved(to) => PeerMessage::Moved {
                     session_id: id,
                     owner: to,
@@ -216,6 +231,8 @@ mod tests {
         }
 
         /// Runs a fetch to completion; `drop_reply(n)` says whether the n-th reply is lost.
+        // A test helper: the step it fails with is read right away, never moved around.
+        #[allow(clippy::result_large_err)]
         fn fetch(
             &self,
             me: SocketAddr,
@@ -240,6 +257,7 @@ mod tests {
                         from,
                         transfer,
                         record,
+                        ..
                     } => {
                         self.table(me).install(&record, transfer, 0).unwrap();
                         self.table(from).ack_handover(&id, who(me), transfer, 0);
@@ -331,6 +349,7 @@ mod tests {
         let PeerMessage::CopyData {
             transfer: rec_t,
             record: rec,
+            ..
         } = rb
         else {
             unreachable!()
@@ -397,6 +416,7 @@ mod tests {
         let PeerMessage::CopyData {
             transfer: drec_t,
             record: drec,
+            ..
         } = c.serve_copy(cc, b, d)
         else {
             panic!()
@@ -421,7 +441,10 @@ mod tests {
         let (a, b) = (addr(0), addr(1));
         let (id, _) = c.table(a).create(&attrs(&[("n", "0")]), 60_000, 0, 0).unwrap();
         // A -> B; B installs, its ACK is delayed (not delivered).
-        let PeerMessage::CopyData { transfer: t1, record } = c.serve_copy(a, b, id) else {
+        let PeerMessage::CopyData {
+            transfer: t1, record, ..
+        } = c.serve_copy(a, b, id)
+        else {
             panic!()
         };
         c.table(b).install(&record, t1, 0).unwrap();
@@ -432,6 +455,7 @@ mod tests {
         let PeerMessage::CopyData {
             transfer: t2,
             record: v2,
+            ..
         } = c.serve_copy(b, a, id)
         else {
             panic!()

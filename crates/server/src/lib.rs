@@ -20,6 +20,7 @@ mod handover;
 mod http;
 mod listen;
 mod lograte;
+pub mod membership;
 mod node;
 mod peer_link;
 mod peer_port;
@@ -42,7 +43,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{BackupPolicy, NodeConfig};
-pub use node::Node;
+pub use membership::{Member, MemberState, Membership, MembershipConfig, Seed};
+pub use node::{DrainReport, Node, DEFAULT_DRAIN_TIMEOUT};
 pub use table::{EvictPolicy, TableStats};
 pub use throttle::BASE_DELAY as AUTH_BACKOFF_BASE;
 pub use tls::{Reload, TlsFiles, EXPIRY_WARNING};
@@ -147,7 +149,33 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
     let sweep_interval = config.sweep_interval;
     let (orphan_tx, orphan_rx) = tokio::sync::mpsc::channel(ORPHAN_QUEUE);
     let (refresh_tx, refresh_rx) = tokio::sync::mpsc::channel(REFRESH_QUEUE);
+    let membership_config = config.membership.clone();
     let node = Arc::new(Node::new(config, advertise, orphan_tx, refresh_tx));
+    let (trigger, shutdown) = Shutdown::new();
+    let tasks = TaskTracker::new();
+    let membership = if membership_config.enabled {
+        let weak = Arc::downgrade(&node);
+        Some(membership::start(
+            membership::Start {
+                node_id: node.node_id,
+                keys: node.config.keys.clone(),
+                peer_bound: peer_addr,
+                advertise,
+                client_bound: client_addr,
+            },
+            membership_config,
+            // Every change of the alive members replaces the backup candidates.
+            Box::new(move |alive| {
+                if let Some(n) = weak.upgrade() {
+                    n.set_peers(alive);
+                }
+            }),
+            &tasks,
+            shutdown.clone(),
+        )?)
+    } else {
+        None
+    };
     let _ = node.stats.about.set(stats::About {
         started: std::time::Instant::now(),
         node_id: node.node_id,
@@ -157,12 +185,11 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
         http: http_addr,
         peers: node.peers.clone(),
         node: Arc::downgrade(&node),
+        membership,
     });
     if let Some(t) = &peer_tls {
         node.peers.set_tls(t.clone());
     }
-    let (trigger, shutdown) = Shutdown::new();
-    let tasks = TaskTracker::new();
     if let Some((listener, _)) = http {
         let health = Arc::new(http::Health::default());
         tasks.spawn(http::prober(node.clone(), health.clone(), shutdown.clone()));
@@ -195,6 +222,7 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
     tasks.spawn(sweeper(node.clone(), sweep_interval, shutdown.clone()));
     tasks.spawn(late_replies(node.clone(), orphan_rx, shutdown.clone()));
     tasks.spawn(backup_refreshes(node.clone(), refresh_rx, shutdown.clone()));
+    tasks.spawn(node::repair_loop(node.clone(), shutdown.clone()));
     Ok(NodeHandle {
         node,
         client_addr,
@@ -274,9 +302,14 @@ async fn late_replies(
                 None => return,
             },
         };
-        if let sessync_proto::PeerMessage::CopyData { transfer, record } = msg {
+        if let sessync_proto::PeerMessage::CopyData {
+            transfer,
+            holders,
+            record,
+        } = msg
+        {
             tracing::debug!(%from, session = %record.id, "installing a late COPY_DATA");
-            node.install_copy(from, transfer, &record, &[]).await;
+            node.install_copy(from, transfer, &record, &holders, &[]).await;
         }
     }
 }

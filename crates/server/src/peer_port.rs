@@ -441,12 +441,20 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
         .table
         .hand_over(&session_id, *peer, last_transfer, failed_owner, now)
     {
-        CopyOutcome::Data { transfer, record } => {
+        CopyOutcome::Data {
+            transfer,
+            holders,
+            record,
+        } => {
             Stats::bump(&node.stats.copies_served);
             if failed_owner.is_some() {
                 Stats::bump(&node.stats.backups_promoted);
             }
-            PeerMessage::CopyData { transfer, record }
+            PeerMessage::CopyData {
+                transfer,
+                holders,
+                record,
+            }
         }
         CopyOutcome::Moved(owner) => {
             Stats::bump(&node.stats.moved);
@@ -471,6 +479,14 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             }
             PeerMessage::Ok
         }
+        // Leaving, lookups and repair (node/drain.rs): a leaving node takes no new copy.
+        m @ PeerMessage::Replicate { .. } if matches!(&m, PeerMessage::Replicate { record, .. } if node.refuses_new_copy(peer, &record.id)) => {
+            node.elastic_request(peer, m)
+        }
+        m @ (PeerMessage::Take { .. }
+        | PeerMessage::Release { .. }
+        | PeerMessage::Locate { .. }
+        | PeerMessage::Epoch) => node.elastic_request(peer, m),
         PeerMessage::Replicate { generation, record } => {
             match node.table.replicate_in(*peer, generation, &record, now) {
                 Replicated::Stored(old) => {
@@ -505,7 +521,7 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
                 .table
                 .drop_backup(&session_id, peer.advertised, generation, now)
             {
-                Dropped::Dropped | Dropped::NotHeld => PeerMessage::Ok,
+                Dropped::Fenced | Dropped::NotHeld => PeerMessage::Ok,
                 Dropped::Newer(owner) => PeerMessage::Moved {
                     session_id,
                     owner: if owner.ip().is_unspecified() {

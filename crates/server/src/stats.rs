@@ -54,6 +54,9 @@ pub(crate) struct Stats {
     pub(crate) handover_failures: AtomicU64,
     /// Random pauses taken because two nodes kept taking a session from each other.
     pub(crate) contention_backoffs: AtomicU64,
+    /// Requests whose token named a newer generation than the copy live here: the copy was
+    /// superseded, so the session was fetched instead of served from it.
+    pub(crate) superseded_copies_skipped: AtomicU64,
     /// Backup copies confirmed by backups (REPLICATE answered OK).
     pub(crate) replicated: AtomicU64,
     /// REPLICATE requests that failed (no answer, refused); the backup was replaced.
@@ -112,6 +115,10 @@ impl Stats {
             ("moved".into(), g(&self.moved)),
             ("handover_failures".into(), g(&self.handover_failures)),
             ("contention_backoffs".into(), g(&self.contention_backoffs)),
+            (
+                "superseded_copies_skipped".into(),
+                g(&self.superseded_copies_skipped),
+            ),
             ("replicated".into(), g(&self.replicated)),
             ("replicate_failures".into(), g(&self.replicate_failures)),
             ("under_replicated_writes".into(), g(&self.under_replicated_writes)),
@@ -125,6 +132,9 @@ impl Stats {
             ("tls_failures".into(), g(&self.tls_failures)),
             ("tls_on_plain_port".into(), g(&self.tls_on_plain_port)),
         ];
+        if let Some(m) = about.and_then(|a| a.membership.as_ref()) {
+            v.extend(m.stats());
+        }
         if let Some(a) = about {
             v.push(("uptime_ms".into(), a.started.elapsed().as_millis() as u64));
             v.extend(a.facts());
@@ -152,6 +162,8 @@ pub(crate) struct About {
     pub(crate) peers: Arc<Peers>,
     /// The node, for its cluster peers (weak: the node owns these stats).
     pub(crate) node: std::sync::Weak<crate::Node>,
+    /// Cluster membership, unless it is off.
+    pub(crate) membership: Option<crate::membership::Membership>,
 }
 
 impl About {
@@ -212,8 +224,8 @@ impl About {
 }
 
 /// The operations whose latency is measured, in the order of [`RequestLatency`]'s slots.
-pub(crate) const OPS: [&str; 9] = [
-    "hello", "ping", "create", "get", "set", "touch", "rotate", "destroy", "stats",
+pub(crate) const OPS: [&str; 10] = [
+    "hello", "ping", "create", "get", "set", "touch", "rotate", "destroy", "stats", "members",
 ];
 
 /// The slot of a request in [`OPS`].
@@ -227,7 +239,8 @@ pub(crate) fn op_index(req: &Request) -> usize {
         Request::Touch { .. } => 5,
         Request::Rotate { .. } => 6,
         Request::Destroy { .. } => 7,
-        Request::Stats => 8,
+        Request::Stats | Request::Drain => 8,
+        Request::Members => 9,
     }
 }
 

@@ -52,7 +52,7 @@ DOC_PATH = Path(os.environ.get("SESSYNC_PROTOCOL_MD", Path(__file__).resolve().p
 MAX_FRAME = 4 * 1024 * 1024
 
 SECRET = b"sessync-docs-example-secret-0001"
-TOKEN = "AQAAESIzRFVmd4iZqrvM3e7_BAoAAAEc6QC4GCxqzsImgh9trpzN734B"
+TOKEN = "AgAAESIzRFVmd4iZqrvM3e7_AAAAAAAAAAAECgAAARzpAJY_dtzQzhLirrcpiVPU3tc"
 SESSION = bytes.fromhex("00112233445566778899aabbccddeeff")
 SESSION_2 = bytes.fromhex("ffeeddccbbaa99887766554433221100")
 CREATED = 1_700_000_000_000
@@ -92,6 +92,14 @@ CLIENT_RESPONSES = {
     "error_version_conflict": (6, ErrorReply(302, "expected version 1, session is at 2")),
     "error_bad_crc": (0, ErrorReply(101, "CRC32 mismatch")),
 }
+# Examples of messages this SDK does not speak: MEMBERS and DRAIN are operator requests (the CLI's
+# `sessync members`, the Rust SDK); applications have no use for it. The Rust conformance
+# test (crates/proto/tests/protocol_md.rs) decodes them.
+NOT_SPOKEN = {("client-request", "members"), ("client-response", "members_reply"), ("client-request", "drain")} | {
+    # The peer messages of leaving, lookup and repair (protocol.md 17.5): node to node only,
+    # decoded field by field by the Rust conformance test.
+    ("peer", n) for n in ['take', 'release', 'locate', 'epoch', 'ids', 'located', 'epoch_is']
+}
 
 
 # A small peer-port codec (protocol.md section 10), enough to decode and re-encode the
@@ -114,6 +122,20 @@ def _addr_write(w: Writer, addr: Tuple[str, int]) -> None:
     w.u16(addr[1])
 
 
+def _addrs_read(r: Reader) -> List[Tuple[str, int]]:
+    n = r.u8()
+    if n > 8:
+        raise errors.ProtocolViolation(f"{n} holders", code=100)
+    return [_addr_read(r) for _ in range(n)]
+
+
+def _addrs_write(w: Writer, addrs: List[Tuple[str, int]]) -> None:
+    assert len(addrs) <= 8
+    w.u8(len(addrs))
+    for a in addrs:
+        _addr_write(w, a)
+
+
 def _record_read(r: Reader) -> dict:
     return {"id": r.raw(16), "meta": r.meta(), "attributes": r.attributes()}
 
@@ -132,7 +154,7 @@ PEER_LAYOUTS = {
     0x42: ("ping", [("payload", "u64")]),
     0xC2: ("pong", [("payload", "u64")]),
     0x43: ("copy", [("session_id", 16), ("last_transfer", "u64")]),
-    0xC3: ("copy_data", [("transfer", "u64"), ("record", "record")]),
+    0xC3: ("copy_data", [("transfer", "u64"), ("holders", "addrs"), ("record", "record")]),
     0xC4: ("moved", [("session_id", 16), ("owner", "addr")]),
     0xC5: ("not_found", [("session_id", 16)]),
     0x44: ("copy_ack", [("session_id", 16), ("transfer", "u64")]),
@@ -161,6 +183,8 @@ def peer_decode(frame: Frame) -> Tuple[str, dict]:
             out[fname] = r.u64()
         elif kind == "addr":
             out[fname] = _addr_read(r)
+        elif kind == "addrs":
+            out[fname] = _addrs_read(r)
         elif kind == "record":
             out[fname] = _record_read(r)
         elif kind == "text":
@@ -185,6 +209,8 @@ def peer_encode(opcode: int, fields: dict) -> bytes:
             w.u64(v)
         elif kind == "addr":
             _addr_write(w, v)
+        elif kind == "addrs":
+            _addrs_write(w, v)
         elif kind == "record":
             _record_write(w, v)
         elif kind == "text":
@@ -214,7 +240,7 @@ PEER = {
     "peer_ping": (3, 0x42, {"payload": 1}),
     "peer_pong": (3, 0xC2, {"payload": 1}),
     "copy": (4, 0x43, {"session_id": SESSION, "last_transfer": 0}),
-    "copy_data": (4, 0xC3, {"transfer": TRANSFER, "record": RECORD}),
+    "copy_data": (4, 0xC3, {"transfer": TRANSFER, "holders": [("10.0.0.2", 7800)], "record": RECORD}),
     "moved": (6, 0xC4, {"session_id": SESSION, "owner": ("10.0.0.2", 7401)}),
     "moved_v6": (7, 0xC4, {"session_id": SESSION, "owner": ("fd00::3", 7401)}),
     "not_found": (8, 0xC5, {"session_id": SESSION}),
@@ -226,10 +252,13 @@ PEER = {
     "peer_error": (2, 0xFF, {"code": 201, "message": "peer proof does not verify"}),
 }
 
-# Token examples: name -> (key id, session id, owner, backups).
+# Token examples (version 2, protocol.md 8.1): name -> (key id, session id, generation,
+# owner, backups).
+TOKEN_VERSION = 2
+MAX_TOKEN_STR_LEN = 134
 TOKENS = {
-    "basic": (0, SESSION, ("10.0.0.1", 7401), []),
-    "backups": (1, SESSION_2, ("fd00::1", 7401), [("10.0.0.2", 7401), ("10.0.0.3", 7401)]),
+    "basic": (0, SESSION, 0, ("10.0.0.1", 7401), []),
+    "backups": (1, SESSION_2, 5, ("fd00::1", 7401), [("10.0.0.2", 7401), ("10.0.0.3", 7401)]),
 }
 
 
@@ -274,6 +303,8 @@ def test_every_example_is_known_to_this_test() -> None:
         "token": set(TOKENS),
     }
     for kind, name in EXAMPLES:
+        if (kind, name) in NOT_SPOKEN:
+            continue
         assert kind in kinds, f"unknown example kind {kind}"
         assert name in kinds[kind], f"example {kind} {name} has no expected value in this test"
     for kind, names in kinds.items():
@@ -317,9 +348,13 @@ def test_peer_examples(name: str) -> None:
 
 
 def test_every_opcode_has_an_example() -> None:
-    client_ops = {whole_frame(frame_bytes(k, n)).opcode for k, n in EXAMPLES if k.startswith("client")}
+    client_ops = {
+        whole_frame(frame_bytes(k, n)).opcode
+        for k, n in EXAMPLES
+        if k.startswith("client") and (k, n) not in NOT_SPOKEN
+    }
     assert client_ops == set(range(0x01, 0x0A)) | set(range(0x81, 0x86)) | {0xFF}
-    peer_ops = {whole_frame(frame_bytes("peer", n)).opcode for k, n in EXAMPLES if k == "peer"}
+    peer_ops = {whole_frame(frame_bytes("peer", n)).opcode for k, n in EXAMPLES if k == "peer" and (k, n) not in NOT_SPOKEN}
     assert peer_ops == set(PEER_LAYOUTS)
 
 
@@ -334,22 +369,25 @@ def _b64url_decode_strict(s: str) -> bytes:
 @pytest.mark.parametrize("name", sorted(TOKENS))
 def test_token_examples(name: str) -> None:
     text = EXAMPLES[("token", name)].strip()
-    key_id, sid, owner, backups = TOKENS[name]
-    assert len(text) <= 123
+    key_id, sid, generation, owner, backups = TOKENS[name]
+    assert len(text) <= MAX_TOKEN_STR_LEN
     raw = _b64url_decode_strict(text)
-    assert raw[0] == 1 and raw[1] == key_id
+    assert 50 <= len(raw) <= 100
+    assert raw[0] == TOKEN_VERSION and raw[1] == key_id
     body, tag = raw[:-16], raw[-16:]
     assert hmac.compare_digest(tag, hmac.new(SECRET, body, hashlib.sha256).digest()[:16])
     r = Reader(body)
     r.raw(2)
     assert r.raw(16) == sid
+    assert r.u64() == generation
     assert _addr_read(r) == owner
     n = r.u8()
     assert [_addr_read(r) for _ in range(n)] == backups
     r.end()
     # Re-signing the stated fields gives the same string.
     w = Writer()
-    w.raw(bytes([1, key_id]) + sid)
+    w.raw(bytes([TOKEN_VERSION, key_id]) + sid)
+    w.u64(generation)
     _addr_write(w, owner)
     w.u8(len(backups))
     for b in backups:
@@ -357,6 +395,23 @@ def test_token_examples(name: str) -> None:
     signed = w.getvalue()
     signed += hmac.new(SECRET, signed, hashlib.sha256).digest()[:16]
     assert base64.urlsafe_b64encode(signed).rstrip(b"=").decode() == text
+
+
+def test_token_basic_is_the_token_of_the_request_examples() -> None:
+    assert EXAMPLES[("token", "basic")].strip() == TOKEN
+
+
+def test_token_length_bounds() -> None:
+    # 8.1: the shortest token (IPv4 owner, no backups) and the longest (IPv6 owner, two
+    # IPv6 backups) are 50 and 100 bytes, 67 and MAX_TOKEN_STR_LEN characters.
+    fixed = 2 + 16 + 8 + 1 + 16
+    shortest, longest = fixed + 7, fixed + 3 * 19
+    assert (shortest, longest) == (50, 100)
+    assert len(base64.urlsafe_b64encode(bytes(shortest)).rstrip(b"=")) == 67
+    assert len(base64.urlsafe_b64encode(bytes(longest)).rstrip(b"=")) == MAX_TOKEN_STR_LEN
+    doc = DOC_PATH.read_text(encoding="utf-8")
+    assert f"a token string 67 to **{MAX_TOKEN_STR_LEN} characters**" in doc
+    assert f"at most {MAX_TOKEN_STR_LEN} characters long" in doc
 
 
 def test_stated_crc_and_byte_strings_in_prose() -> None:

@@ -17,7 +17,7 @@ use crate::shutdown::Shutdown;
 use crate::stats::OPS;
 
 /// STATS entries that are levels, not counts.
-const GAUGES: [(&str, &str); 7] = [
+const GAUGES: [(&str, &str); 11] = [
     ("connections", "Client connections open now."),
     ("sessions", "Live sessions this node owns."),
     ("backups", "Backup copies this node holds for other owners."),
@@ -25,6 +25,16 @@ const GAUGES: [(&str, &str); 7] = [
     ("bytes", "Estimated bytes of sessions, backups and tombstones."),
     ("max_sessions", "The --max-sessions limit."),
     ("max_memory", "The --max-memory limit in bytes."),
+    (
+        "members_joining",
+        "Members this node sees joining (itself, until a member answers).",
+    ),
+    ("members_alive", "Members this node sees alive, itself included."),
+    ("members_leaving", "Members this node sees leaving (draining)."),
+    (
+        "members_dead",
+        "Members this node saw declared dead in the last 2 minutes.",
+    ),
 ];
 
 /// Renders the metrics in the text exposition format.

@@ -4,15 +4,18 @@
 use super::*;
 
 impl Node {
-    /// Installs a session handed over by `from`, gives it backups (preferring `prefer`,
-    /// the previous owner's), and acknowledges it, so `from` can drop its copy and tell
-    /// its backups to drop theirs. Also used for a COPY_DATA that arrived after its
-    /// request gave up: the sender handed the session to us, so it must be installed.
+    /// Installs a session handed over by `from`, places its copy on every node of
+    /// `holders` (the giver's backups: they hold older copies of this lineage, which a
+    /// failover could otherwise promote) and more backups if they are too few
+    /// (preferring `prefer`), and acknowledges it, so `from` can drop its copy. Also used
+    /// for a COPY_DATA that arrived after its request gave up: the sender handed the
+    /// session to us, so it must be installed.
     pub(crate) async fn install_copy(
         &self,
         from: SocketAddr,
         transfer: u64,
         record: &sessync_proto::SessionRecord,
+        holders: &[SocketAddr],
         prefer: &[SocketAddr],
     ) {
         if transfer == 0 {
@@ -25,8 +28,19 @@ impl Node {
         // anyone who finds us gone looks first (it named us in MOVED).
         let mut first = vec![from];
         first.extend_from_slice(prefer);
-        let giver_holds_a_copy = match self.protect_and_install(transfer, record, &[], &first).await {
-            Some(backups) => backups.confirmed.contains(&from),
+        let current: Vec<SocketAddr> = holders
+            .iter()
+            .copied()
+            .filter(|h| *h != self.advertise && *h != from)
+            .collect();
+        // The giver cannot hand its older copy on (nor take it back) once it, or every
+        // node that holds its lineage's backups, holds ours: such a claim collides with
+        // our copy there (protocol.md 12.4). Otherwise it must hear our ACK first.
+        let giver_is_fenced = match self.protect_and_install(transfer, record, &current, &first).await {
+            Some(backups) => {
+                backups.confirmed.contains(&from)
+                    || (!current.is_empty() && current.iter().all(|h| backups.confirmed.contains(h)))
+            }
             None => true,
         };
         // The ACK is sent even when the install was refused (a destroyed tombstone here):
@@ -46,7 +60,7 @@ impl Node {
                 }
             }
         };
-        if giver_holds_a_copy {
+        if giver_is_fenced {
             // Not tracked by the shutdown tracker: it is bounded (3 x peer timeout), and a
             // lost ACK only leaves the giver answering MOVED to us until it expires.
             tokio::spawn(send);
@@ -119,28 +133,13 @@ impl Node {
         prefer: &[SocketAddr],
         ranked: bool,
     ) -> Vec<SocketAddr> {
-        use std::hash::{Hash, Hasher};
-        let mut order: Vec<(u64, SocketAddr)> = Vec::new();
-        if ranked {
-            order = self
-                .cluster_peers()
-                .iter()
-                .map(|p| {
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    id.0.hash(&mut h);
-                    p.hash(&mut h);
-                    (h.finish(), *p)
-                })
-                .collect();
-            order.sort_by_key(|r| std::cmp::Reverse(r.0));
-        }
+        let order = if ranked {
+            super::drain::ranked(id, &self.cluster_peers())
+        } else {
+            Vec::new()
+        };
         let mut out: Vec<SocketAddr> = Vec::new();
-        for a in current
-            .iter()
-            .chain(prefer)
-            .copied()
-            .chain(order.into_iter().map(|(_, a)| a))
-        {
+        for a in current.iter().chain(prefer).copied().chain(order) {
             if a != self.advertise && !out.contains(&a) {
                 out.push(a);
             }
@@ -156,7 +155,7 @@ impl Node {
             || self
                 .cluster_peers()
                 .iter()
-                .filter(|p| **p != self.advertise && self.peers.reachable(**p))
+                .filter(|p| **p != self.advertise && self.peers.reachable(**p) && !self.is_leaving(**p))
                 .count()
                 >= want
     }
@@ -327,6 +326,7 @@ impl Node {
     pub(super) async fn replicate_write(
         &self,
         id: SessionId,
+        generation: u64,
         served: &[SocketAddr],
     ) -> Result<Box<[SocketAddr]>, String> {
         let want = usize::from(self.config.replicas);
@@ -334,9 +334,16 @@ impl Node {
             return Ok(served.into());
         }
         match self.replicate(id, &[]).await {
-            // Handed over (or gone) meanwhile: the write was applied before, so it is in
-            // the copy the next owner got, and that owner replicates before it serves.
-            Replication::NotHere => Ok(served.into()),
+            // Handed over by a COPY meanwhile: the write was applied before, so it is in
+            // the copy the next owner got, and that owner places it on this lineage's
+            // holders before it serves. (The receiver's claim can still lose to a rival
+            // claim that lacks the write: a known gap, protocol.md 12.6.)
+            Replication::NotHere if self.table.handed_over_from(&id, generation) => Ok(served.into()),
+            // Yielded to a newer owner (whose copy does not have this write), destroyed or
+            // expired meanwhile: the write was never protected.
+            Replication::NotHere => Err(
+                "the write was applied at this node, but a newer owner took the session over before the write reached its backups: it may be lost".into(),
+            ),
             Replication::Done(b) if b.complete(want) => Ok(b.holders),
             Replication::Done(b) => {
                 if self.config.backup_policy == BackupPolicy::Degrade {

@@ -18,8 +18,28 @@ impl Node {
         let id = token.session_id;
         let mut fetches = 0;
         let mut first_fetch: Option<Instant> = None;
+        // Set when a copy here was passed over as superseded and the newer one could not
+        // be had: the copy here is then the best there is.
+        let mut fall_back_to_local = false;
         loop {
-            let start = match op(&self.table, &id, now_ms()) {
+            // A copy here older than the token's generation is superseded (this node was
+            // paused or cut off while the session moved on): the client was already given
+            // a newer state, so it is fetched from the owner the token names rather than
+            // served (protocol.md 12.5).
+            let superseded_here = !fall_back_to_local
+                && token.generation > 0
+                && token.owner != self.advertise
+                && self
+                    .table
+                    .live_generation(&id, now_ms())
+                    .is_some_and(|g| g < token.generation);
+            let found = if superseded_here {
+                Stats::bump(&self.stats.superseded_copies_skipped);
+                Err(Miss::Absent)
+            } else {
+                op(&self.table, &id, now_ms())
+            };
+            let start = match found {
                 Ok(value) => return Ok(Resolved { value, id, token }),
                 // We handed it on (or hold a backup): follow it. Never here: ask the owner
                 // the token names (its MAC verified, so the address is one a node of ours
@@ -28,7 +48,10 @@ impl Node {
                 Err(Miss::Absent) if token.owner != self.advertise => Start::Ask(token.owner, false),
                 // The token names this node, which does not have the session: it lost it
                 // (a restart). Its backups may have it.
-                Err(Miss::Absent) if !token.backups.is_empty() => Start::Failover(self.advertise),
+                // (Or a lookup among members may find it: drain.rs, lookup.rs.)
+                Err(Miss::Absent) if !token.backups.is_empty() || self.may_look_up() => {
+                    Start::Failover(self.advertise)
+                }
                 Err(m) => return Err(SessionFailure::Miss(m)),
             };
             if mode == Mode::LocalOnly {
@@ -49,6 +72,13 @@ impl Node {
             fetches += 1;
             let fetched = match self.fetch(id, start, &token.backups).await {
                 Ok(f) => f,
+                // The newer copy is gone (its owner restarted without it and no backup
+                // has it) or out of reach: the superseded copy here has every write that
+                // was acknowledged before it was superseded, and is served as before.
+                Err(_) if superseded_here => {
+                    fall_back_to_local = true;
+                    continue;
+                }
                 Err((ErrorCode::TooManyHops, message)) => {
                     self.back_off(first, &message).await?;
                     continue;
@@ -167,6 +197,8 @@ impl Node {
             }
             (r, _) => r,
         };
+        // Neither the owner nor a backup the token names has it: ask the members (lookup.rs).
+        let result = self.lookup_if_lost(id, result, &chain, backups).await;
         if result.is_err() {
             Stats::bump(&self.stats.handover_failures);
         }
@@ -237,13 +269,14 @@ impl Node {
                 Step::Install {
                     from,
                     transfer,
+                    holders,
                     record,
                 } => {
                     // Installed or not, the giver is acknowledged (it must not keep offering
                     // the data); a record already past its deadline (clocks a little apart,
                     // section 1) is a session that is gone, not one to chase.
                     let expired = record.meta.expires_at_ms() <= now_ms();
-                    self.install_copy(from, transfer, &record, prefer).await;
+                    self.install_copy(from, transfer, &record, &holders, prefer).await;
                     if expired {
                         return (
                             Err((
@@ -302,10 +335,14 @@ impl Node {
                 }
             };
             match reply {
-                Ok(PeerMessage::CopyData { transfer, record }) if record.id == id && transfer != 0 => {
+                Ok(PeerMessage::CopyData {
+                    transfer,
+                    holders,
+                    record,
+                }) if record.id == id && transfer != 0 => {
                     tracing::info!(session = %id, %failed, backup = %b, "took the session over from a backup");
                     Stats::bump(&self.stats.promotions);
-                    self.install_copy(b, transfer, &record, backups).await;
+                    self.install_copy(b, transfer, &record, &holders, backups).await;
                     return Some(Ok(Fetched::Installed));
                 }
                 Ok(PeerMessage::Moved { owner, .. }) if owner == self.advertise => {

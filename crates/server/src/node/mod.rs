@@ -2,9 +2,15 @@
 //! `client_port`; this module turns one decoded request into one reply frame.
 
 mod backup;
+mod drain;
 mod fetch;
+mod lookup;
+mod repair;
 mod reply;
 mod requests;
+
+pub use drain::{DrainReport, DEFAULT_DRAIN_TIMEOUT};
+pub(crate) use repair::repair_loop;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -153,6 +159,8 @@ pub struct Node {
     /// Sessions whose backups should get a newer access time (sent by reads, served by a
     /// background task so that reads never wait for it).
     refresh: tokio::sync::mpsc::Sender<SessionId>,
+    /// Leaving, lookups and repair (drain.rs).
+    pub(crate) elastic: drain::Elastic,
 }
 
 /// Removes a fetch from the in-flight map even if the fetching request is cancelled.
@@ -207,6 +215,7 @@ impl Node {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             refresh,
+            elastic: drain::Elastic::default(),
         }
     }
 
@@ -255,6 +264,7 @@ impl Node {
             ("max_memory".to_string(), self.config.max_memory as u64),
         ];
         s.extend(self.stats.snapshot());
+        s.extend(self.elastic_stats());
         s
     }
 
@@ -289,6 +299,9 @@ impl Node {
             );
         }
         // One line per request (mini-redis's `Command::apply`); each lives in requests.rs.
+        if let Some(refused) = self.drain_gate(request_id, req, mode, out) {
+            return refused;
+        }
         let at = Reply { request_id, mode };
         match req {
             Request::Hello {
@@ -299,6 +312,7 @@ impl Node {
             } => self.hello(at, (*min_version, *max_version), password.as_deref(), out),
             Request::Ping(payload) => self.ping(at, payload, out),
             Request::Stats => self.stats_reply(at, out),
+            Request::Members => self.members_reply(request_id, out),
             Request::Create {
                 idle_ttl_ms,
                 max_lifetime_ms,
@@ -317,6 +331,7 @@ impl Node {
             Request::Touch { token } => self.touch(at, token, out).await,
             Request::Rotate { token } => self.rotate(at, token, out).await,
             Request::Destroy { token } => self.destroy(at, token, out).await,
+            Request::Drain => self.drain_request(at, out).await,
         }
     }
 }

@@ -3,22 +3,29 @@
 use super::*;
 
 impl Node {
-    pub(super) fn sign(&self, id: SessionId, backups: &[SocketAddr]) -> String {
+    /// A token naming this node as the owner of `id` under `generation`, with `backups`.
+    pub(super) fn sign(&self, id: SessionId, generation: u64, backups: &[SocketAddr]) -> String {
         Token {
             session_id: id,
+            generation,
             owner: self.advertise,
             backups: backups.to_vec(),
         }
         .sign(&self.config.keys)
     }
 
-    /// The replacement token a reply carries, when the client's does not name this node
-    /// and these backups.
-    pub(super) fn fresh_token(&self, token: &Token, backups: &[SocketAddr]) -> Option<String> {
-        if token.owner == self.advertise && token.backups == backups {
+    /// The replacement token a reply carries, when the client's does not name this node,
+    /// this generation and these backups.
+    pub(super) fn fresh_token(
+        &self,
+        token: &Token,
+        generation: u64,
+        backups: &[SocketAddr],
+    ) -> Option<String> {
+        if token.owner == self.advertise && token.generation == generation && token.backups == backups {
             None
         } else {
-            Some(self.sign(token.session_id, backups))
+            Some(self.sign(token.session_id, generation, backups))
         }
     }
 

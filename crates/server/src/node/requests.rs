@@ -65,7 +65,7 @@ impl Node {
         {
             Ok(r) => {
                 self.refresh_backups_if_stale(r.id, &r.value);
-                let fresh = self.fresh_token(&r.token, &r.value.backups);
+                let fresh = self.fresh_token(&r.token, r.value.generation, &r.value.backups);
                 self.reply_session(
                     at.request_id,
                     fresh.as_deref(),
@@ -86,7 +86,7 @@ impl Node {
         {
             Ok(r) => {
                 self.refresh_backups_if_stale(r.id, &r.value);
-                let fresh = self.fresh_token(&r.token, &r.value.backups);
+                let fresh = self.fresh_token(&r.token, r.value.generation, &r.value.backups);
                 self.reply_session(
                     at.request_id,
                     fresh.as_deref(),
@@ -127,9 +127,12 @@ impl Node {
             })
             .await
         {
-            Ok(r) => match self.replicate_write(r.id, &r.value.backups).await {
+            Ok(r) => match self
+                .replicate_write(r.id, r.value.generation, &r.value.backups)
+                .await
+            {
                 Ok(backups) => {
-                    let fresh = self.fresh_token(&r.token, &backups);
+                    let fresh = self.fresh_token(&r.token, r.value.generation, &backups);
                     self.reply_session(request_id, fresh.as_deref(), &r.value.meta, &r.value.attrs, out)
                 }
                 Err(why) => self.indeterminate(request_id, why, out),
@@ -154,9 +157,9 @@ impl Node {
                 let (new_id, s) = r.value;
                 Stats::bump(&self.stats.rotated);
                 let dropped = self.retire_id(r.id, &s).await;
-                match self.replicate_write(new_id, &[]).await {
+                match self.replicate_write(new_id, 0, &[]).await {
                     Ok(backups) if dropped == 0 || self.config.backup_policy == BackupPolicy::Degrade => {
-                        let token = self.sign(new_id, &backups);
+                        let token = self.sign(new_id, 0, &backups);
                         self.reply_session(request_id, Some(&token), &s.meta, &s.attrs, out)
                     }
                     Ok(_) => self.indeterminate(
@@ -234,10 +237,10 @@ impl Node {
             Ok(created) => created,
             Err(m) => return self.miss_error(request_id, m, out),
         };
-        match self.replicate_write(id, &[]).await {
+        match self.replicate_write(id, 0, &[]).await {
             Ok(backups) => {
                 Stats::bump(&self.stats.created);
-                let token = self.sign(id, &backups);
+                let token = self.sign(id, 0, &backups);
                 self.reply_session(request_id, Some(&token), &meta, &attrs, out)
             }
             Err(_) => {

@@ -158,7 +158,7 @@ impl Table {
             until_ms,
         };
         self.replace(shard, r.value_mut(), fence);
-        Dropped::Dropped
+        Dropped::Fenced
     }
 
     /// The live session's state for its backups; also records that its current access
@@ -176,6 +176,25 @@ impl Table {
             }
             _ => None,
         }
+    }
+
+    /// Whether this node handed the session on by a COPY (or PROMOTE) from `generation`:
+    /// a write applied here under that generation is then in the copy it gave. (A node
+    /// that yielded keeps `received` one below its generation, so it does not count.)
+    pub fn handed_over_from(&self, id: &SessionId, generation: u64) -> bool {
+        self.shard(id).map.get(id).is_some_and(|r| match r.value() {
+            Entry::HandingOver(h) => h.live.received == generation,
+            Entry::Forwarded { received, .. } => *received == generation,
+            _ => false,
+        })
+    }
+
+    /// The generation under which the session is live here, if it is.
+    pub fn live_generation(&self, id: &SessionId, now: u64) -> Option<u64> {
+        self.shard(id).map.get(id).and_then(|r| match r.value() {
+            Entry::Live(l) if !l.expired(now) => Some(l.received),
+            _ => None,
+        })
     }
 
     /// Records the backups that confirmed the session's copy, if it is still live here
@@ -198,10 +217,12 @@ impl Table {
             return false;
         };
         let t = match r.value() {
+            // `to` may hold this very generation (a colliding claim that won): its copies
+            // must still be accepted here, so only the generation before ours is kept.
             Entry::Live(l) if l.received == generation => Entry::Forwarded {
                 to,
                 until_ms: l.meta().expires_at_ms().max(now + 1),
-                received: l.received,
+                received: l.received.saturating_sub(1),
             },
             _ => return false,
         };

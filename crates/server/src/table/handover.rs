@@ -32,7 +32,7 @@ impl Table {
         let Some(mut r) = shard.map.get_mut(id) else {
             return CopyOutcome::NotFound;
         };
-        let start = |live: Live| {
+        let start = |live: Live, holders: Vec<SocketAddr>| {
             let transfer = live.received + 1;
             let record = live.record(id);
             tracing::debug!(session = %id, to = %requester, transfer, version = record.meta.version, "hand_over");
@@ -42,14 +42,22 @@ impl Table {
                 live,
                 transfer,
             }));
-            (h, CopyOutcome::Data { transfer, record })
+            (
+                h,
+                CopyOutcome::Data {
+                    transfer,
+                    holders,
+                    record,
+                },
+            )
         };
         match r.value() {
             Entry::Live(l) if !l.expired(now) => {
                 let mut out = CopyOutcome::NotFound;
                 self.transform(shard, r.value_mut(), |old| match old {
                     Entry::Live(live) => {
-                        let (h, o) = start(live);
+                        let holders = live.backups.to_vec();
+                        let (h, o) = start(live, holders);
                         out = o;
                         h
                     }
@@ -69,7 +77,9 @@ impl Table {
                     Entry::Backup(b) => {
                         let mut live = b.live;
                         live.meta.version = claim_version(live.meta.version);
-                        let (h, o) = start(live);
+                        // This node is the lineage's holder that hands its copy on; the
+                        // owner's other holders are unknown here (see protocol.md 12.6).
+                        let (h, o) = start(live, Vec::new());
                         out = o;
                         h
                     }
@@ -96,6 +106,7 @@ impl Table {
                     // Its reply was lost: the same data again, under the same transfer id.
                     CopyOutcome::Data {
                         transfer: h.transfer,
+                        holders: h.live.backups.to_vec(),
                         record: h.live.record(id),
                     }
                 }
@@ -124,6 +135,7 @@ impl Table {
                 h.live.meta.version = claim_version(h.live.meta.version);
                 CopyOutcome::Data {
                     transfer,
+                    holders: h.live.backups.to_vec(),
                     record: h.live.record(id),
                 }
             }
@@ -207,10 +219,11 @@ impl Table {
                 live.backups = backups.into();
                 Entry::Live(live)
             }
+            // As in `lose_ownership`: `to` may hold this very generation.
             Landing::Superseded(to) => Entry::Forwarded {
                 to,
                 until_ms: live.meta().expires_at_ms().max(now + 1),
-                received: transfer,
+                received: transfer.saturating_sub(1),
             },
         };
         tracing::debug!(session = %id, version = record.meta.version, transfer, "install");

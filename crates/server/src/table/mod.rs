@@ -18,6 +18,7 @@
 mod backup;
 mod capacity;
 mod compact;
+mod drain;
 mod handover;
 mod store;
 
@@ -161,6 +162,9 @@ pub enum CopyOutcome {
     Data {
         /// This handover's transfer id.
         transfer: u64,
+        /// The nodes that may hold a backup copy of this lineage (the receiver must place
+        /// its copy on each before serving; protocol.md 12.4).
+        holders: Vec<SocketAddr>,
         /// The session.
         record: SessionRecord,
     },
@@ -189,7 +193,10 @@ pub enum Entry {
         to: SocketAddr,
         /// When the tombstone may go.
         until_ms: u64,
-        /// The transfer id with which this node had received the session (0: created here).
+        /// The transfer id with which this node had received the session (0: created here);
+        /// `to` holds generation `received + 1` or newer. A node that yielded to an owner
+        /// with a colliding claim (same generation) keeps one less, so that owner's copies
+        /// still count as newer here.
         received: u64,
     },
     /// This node held a backup copy from `owner` under `generation` and was told (DROP)
@@ -269,7 +276,7 @@ pub struct Claimed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
     /// The sender's copy was replaced by a fence.
-    Dropped,
+    Fenced,
     /// No copy of the sender's was held (nothing to do).
     NotHeld,
     /// A newer owner holds the session (the unspecified address: this node itself).
@@ -650,7 +657,7 @@ impl Table {
     }
 
     /// The entry for `id`, in words (for failure reports of the simulation).
-    #[cfg(any(test, feature = "testing"))]
+    #[cfg(feature = "testing")]
     pub fn describe(&self, id: &SessionId) -> String {
         match self.shard(id).map.get(id) {
             None => "absent".into(),

@@ -256,6 +256,14 @@ impl LiveNode {
         SESSION_OVERHEAD + self.packed_len()
     }
 
+    /// The nodes holding backup copies (empty without replication; no allocation then).
+    pub(super) fn backup_addrs(&self) -> Vec<SocketAddr> {
+        match self.0.slice.first() {
+            Some(0) | None => Vec::new(),
+            Some(_) => get_extra(&self.0.slice).0,
+        }
+    }
+
     /// The backups, and the access time they last got. Without backups nothing lags:
     /// that time is the live one.
     fn backups(&self) -> (Box<[SocketAddr]>, u64) {
@@ -349,6 +357,16 @@ impl Inner {
                     .insert_unique(hash(&id), Box::new(Other { id, entry }), |o| hash(&o.id));
             }
         }
+    }
+
+    /// The live sessions held.
+    pub(super) fn iter_live(&self) -> impl Iterator<Item = &LiveNode> {
+        self.live.iter()
+    }
+
+    /// The other entries held, with their ids.
+    pub(super) fn iter_other(&self) -> impl Iterator<Item = (&SessionId, &Entry)> {
+        self.other.iter().map(|o| (&o.id, &o.entry))
     }
 
     /// Visits every entry; `keep_live` / `keep_other` return whether it stays.

@@ -121,7 +121,7 @@ fn backups_keep_the_newest_copy_and_answer_promote_once() {
     );
     // The first PROMOTE naming the owner gets the copy, under the next generation...
     match backup.hand_over(&id, b, 0, Some(a.advertised), 3) {
-        CopyOutcome::Data { transfer, record } => {
+        CopyOutcome::Data { transfer, record, .. } => {
             assert_eq!(transfer, 1);
             // A claim continues from a version past the copy's (a random jump, so two
             // branches never share a version: `claim_version`).
@@ -159,7 +159,7 @@ fn backups_keep_the_newest_copy_and_answer_promote_once() {
         backup.drop_backup(&id, a.advertised, 0, 6),
         Dropped::Newer(b.advertised)
     );
-    assert_eq!(backup.drop_backup(&id, b.advertised, 1, 6), Dropped::Dropped);
+    assert_eq!(backup.drop_backup(&id, b.advertised, 1, 6), Dropped::Fenced);
     assert_eq!(backup.stats().backups, 0);
     // The DROP leaves a fence: the dropped generation is refused, a newer one stored.
     assert_eq!(backup.replicate_in(b, 1, &r, 7), Replicated::Moved(b.advertised));
@@ -178,7 +178,10 @@ fn a_handover_whose_receiver_died_is_handed_on_and_stale_owners_are_told() {
         panic!("no copy")
     };
     // C found B gone (B never took the session over): the kept copy goes to C.
-    let CopyOutcome::Data { transfer: t2, record } = t.hand_over(&id, c, 0, Some(b.advertised), 2) else {
+    let CopyOutcome::Data {
+        transfer: t2, record, ..
+    } = t.hand_over(&id, c, 0, Some(b.advertised), 2)
+    else {
         panic!("no copy for C")
     };
     assert_eq!(

@@ -221,9 +221,14 @@ impl Net {
         }
         // The asker gave up before the reply came: a late COPY_DATA must still be
         // installed (the giver handed the session over), as `late_replies` does.
-        if let Err(Ok(PeerMessage::CopyData { transfer, record })) = reply.send(Ok(answer)) {
+        if let Err(Ok(PeerMessage::CopyData {
+            transfer,
+            holders,
+            record,
+        })) = reply.send(Ok(answer))
+        {
             let node = self.lock().slots[f].node.clone();
-            node.install_copy(to, transfer, &record, &[]).await;
+            node.install_copy(to, transfer, &record, &holders, &[]).await;
         }
     }
 }

@@ -247,7 +247,7 @@ impl Workload {
                 continue;
             }
             match got {
-                Ok(Response::Session(s)) => check_list(i, l, &list_of(&s), report),
+                Ok(Response::Session(s)) => check_list(i, l, &list_of(&s), &where_is(net, &l.token), report),
                 other => report.violations.push(format!(
                     "writer {i} ({sid}): its session is not readable after the heal: {other:?}"
                 )),
@@ -306,7 +306,7 @@ async fn read(net: &Arc<Net>, nodes: usize, token: &str) -> Result<Response, Str
 
 /// Every acknowledged append is present, in order; anything else present was of unknown
 /// outcome.
-fn check_list(i: usize, l: &Ledger, list: &[u64], report: &mut Report) {
+fn check_list(i: usize, l: &Ledger, list: &[u64], at: &str, report: &mut Report) {
     if !list.windows(2).all(|w| w[0] < w[1]) {
         report
             .violations
@@ -315,10 +315,7 @@ fn check_list(i: usize, l: &Ledger, list: &[u64], report: &mut Report) {
     let lost: Vec<u64> = l.acked.iter().copied().filter(|a| !list.contains(a)).collect();
     if !lost.is_empty() {
         report.violations.push(format!(
-            "writer {i} ({}): acknowledged appends lost: {lost:?} (list ends {:?})",
-            sessync_proto::Token::verify(&l.token, &super::keys())
-                .map(|t| t.session_id.to_string())
-                .unwrap_or_default(),
+            "writer {i} ({at}): acknowledged appends lost: {lost:?} (list ends {:?})",
             &list[list.len().saturating_sub(5)..]
         ));
     }

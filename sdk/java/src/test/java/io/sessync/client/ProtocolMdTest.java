@@ -39,7 +39,11 @@ import org.junit.jupiter.api.Test;
  * error and limit tables must match this SDK's.
  */
 class ProtocolMdTest {
-    static final String TOKEN = "AQAAESIzRFVmd4iZqrvM3e7_BAoAAAEc6QC4GCxqzsImgh9trpzN734B";
+    static final String TOKEN = "AgAAESIzRFVmd4iZqrvM3e7_AAAAAAAAAAAECgAAARzpAJY_dtzQzhLirrcpiVPU3tc";
+    /** The token layout the examples use (protocol.md 8.1): version 2, with the generation. */
+    static final byte TOKEN_VERSION = 2;
+    /** protocol.md 8.1's {@code MAX_TOKEN_STR_LEN}. */
+    static final int MAX_TOKEN_STR_LEN = 134;
     static final long CREATED = 1_700_000_000_000L;
     static final long IDLE = 1_800_000L;
     static final byte[] SECRET = "sessync-docs-example-secret-0001".getBytes(UTF_8);
@@ -99,6 +103,13 @@ class ProtocolMdTest {
 
     static final Map<String, Expected> RESPONSES;
 
+    /**
+     * Examples of messages this SDK does not speak: MEMBERS and DRAIN are operator requests (the CLI's
+     * {@code sessync members}, the Rust SDK); applications have no use for it. The Rust
+     * conformance test (crates/proto/tests/protocol_md.rs) decodes them.
+     */
+    static final Set<String> NOT_SPOKEN = Set.of("client-request members", "client-response members_reply", "client-request drain");
+
     static {
         Map<String, Long> counters = new LinkedHashMap<>();
         counters.put("sessions", 1L);
@@ -155,6 +166,9 @@ class ProtocolMdTest {
         Set<Integer> opcodes = new HashSet<>();
         int n = 0;
         for (Example e : EXAMPLES.values()) {
+            if (NOT_SPOKEN.contains(e.kind() + " " + e.name())) {
+                continue;
+            }
             if (e.kind().equals("client-request") || e.kind().equals("client-response")) {
                 boolean request = e.kind().equals("client-request");
                 Expected want = (request ? REQUESTS : RESPONSES).get(e.name());
@@ -216,14 +230,17 @@ class ProtocolMdTest {
         return b.array();
     }
 
-    static void checkToken(String name, int keyId, String sessionHex, String owner, int port, String... backups)
-            throws Exception {
+    static void checkToken(String name, int keyId, String sessionHex, long generation, String owner, int port,
+            String... backups) throws Exception {
         String text = EXAMPLES.get(name).text().strip();
+        assertTrue(text.length() <= MAX_TOKEN_STR_LEN, name + ": " + text.length() + " characters");
         byte[] raw = Base64.getUrlDecoder().decode(text);
         assertEquals(text, Base64.getUrlEncoder().withoutPadding().encodeToString(raw), "one string form");
+        assertTrue(raw.length >= 50 && raw.length <= 100, name + ": " + raw.length + " bytes");
         List<byte[]> parts = new ArrayList<>();
-        parts.add(new byte[] {1, (byte) keyId});
+        parts.add(new byte[] {TOKEN_VERSION, (byte) keyId});
         parts.add(HexFormat.of().parseHex(sessionHex));
+        parts.add(ByteBuffer.allocate(8).putLong(generation).array());
         parts.add(addr(owner, port));
         parts.add(new byte[] {(byte) backups.length});
         for (String bk : backups) {
@@ -238,14 +255,29 @@ class ProtocolMdTest {
         mac.init(new SecretKeySpec(SECRET, "HmacSHA256"));
         byte[] tag = Arrays.copyOf(mac.doFinal(fields), 16);
         assertArrayEquals(tag, Arrays.copyOfRange(raw, fields.length, raw.length), name + ": tag");
-        assertTrue(text.length() <= 123);
     }
 
     @Test
     void tokenExamplesVerify() throws Exception {
-        checkToken("basic", 0, "00112233445566778899aabbccddeeff", "10.0.0.1", 7401);
-        checkToken("backups", 1, "ffeeddccbbaa99887766554433221100", "fd00::1", 7401, "10.0.0.2", "10.0.0.3");
+        checkToken("basic", 0, "00112233445566778899aabbccddeeff", 0, "10.0.0.1", 7401);
+        checkToken("backups", 1, "ffeeddccbbaa99887766554433221100", 5, "fd00::1", 7401, "10.0.0.2", "10.0.0.3");
         assertEquals(TOKEN, EXAMPLES.get("basic").text().strip());
+    }
+
+    @Test
+    void tokenLengthBounds() {
+        // The shortest token (IPv4 owner, no backups) and the longest (IPv6 owner, two IPv6
+        // backups) are 50 and 100 bytes, 67 and MAX_TOKEN_STR_LEN characters.
+        int fixed = 2 + 16 + 8 + 1 + 16;
+        int shortest = fixed + 7;
+        int longest = fixed + 3 * 19;
+        assertEquals(50, shortest);
+        assertEquals(100, longest);
+        Base64.Encoder b64 = Base64.getUrlEncoder().withoutPadding();
+        assertEquals(67, b64.encodeToString(new byte[shortest]).length());
+        assertEquals(MAX_TOKEN_STR_LEN, b64.encodeToString(new byte[longest]).length());
+        assertTrue(doc.contains("a token string 67 to **" + MAX_TOKEN_STR_LEN + " characters**"));
+        assertTrue(doc.contains("at most " + MAX_TOKEN_STR_LEN + " characters long"));
     }
 
     @Test

@@ -1,0 +1,137 @@
+//! The table's part of leaving and repair (protocol.md 17): listing what a leaving node
+//! still owns or holds, answering LOCATE, and finding sessions whose backups were lost.
+//! Read-only scans: every change of an entry still goes through the handover and backup
+//! steps of `handover.rs` and `backup.rs`, so their fencing rules apply unchanged.
+
+use std::collections::HashMap;
+use std::sync::PoisonError;
+
+use sessync_proto::Role;
+
+use super::*;
+
+impl Table {
+    /// The live sessions owned here (not expired), at most `limit`.
+    pub fn owned_ids(&self, now: u64, limit: usize) -> Vec<SessionId> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for lock in shard.map.inners() {
+                let g = lock.read().unwrap_or_else(PoisonError::into_inner);
+                for n in g.iter_live() {
+                    if out.len() >= limit {
+                        return out;
+                    }
+                    if !n.expired(now) {
+                        out.push(*n.id());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Backup copies held here (not expired), grouped by the owner they came from.
+    pub fn backups_by_owner(&self, now: u64) -> HashMap<SocketAddr, Vec<SessionId>> {
+        let mut out: HashMap<SocketAddr, Vec<SessionId>> = HashMap::new();
+        for shard in self.shards.iter() {
+            for lock in shard.map.inners() {
+                let g = lock.read().unwrap_or_else(PoisonError::into_inner);
+                for (id, e) in g.iter_other() {
+                    if let Entry::Backup(b) = e {
+                        if !b.live.expired(now) {
+                            out.entry(b.owner).or_default().push(*id);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether this node holds a backup copy of `id` from `owner` (repair: a copy that is
+    /// still the owner's own).
+    pub fn holds_backup_from(&self, id: &SessionId, owner: SocketAddr) -> bool {
+        let g = self.shard(id).map.read(id);
+        matches!(g.find_other(id), Some(Entry::Backup(b)) if b.owner == owner)
+    }
+
+    /// Whether this node holds a backup copy of `id` (from any owner).
+    pub fn holds_backup(&self, id: &SessionId) -> bool {
+        let g = self.shard(id).map.read(id);
+        matches!(g.find_other(id), Some(Entry::Backup(_)))
+    }
+
+    /// Whether there is any entry for `id` here (live, backup or tombstone). A node with
+    /// none never had the session (or restarted since).
+    pub fn knows(&self, id: &SessionId) -> bool {
+        self.shard(id).map.read(id).contains(id)
+    }
+
+    /// What this node knows of `id`, for LOCATE: it owns it (the address is `me`), holds a
+    /// backup copy from the owner named, handed it over to the node named, or destroyed it
+    /// (`me`). Fences say nothing (`None`): they name no live copy.
+    pub fn locate(&self, id: &SessionId, me: SocketAddr, now: u64) -> Option<(Role, SocketAddr)> {
+        let g = self.shard(id).map.read(id);
+        if let Some(n) = g.find_live(id) {
+            return (!n.expired(now)).then_some((Role::Owner, me));
+        }
+        match g.find_other(id)? {
+            Entry::Backup(b) if !b.live.expired(now) => Some((Role::Backup, b.owner)),
+            Entry::HandingOver(h) if !h.live.expired(now) => Some((Role::HandedOver, h.to)),
+            Entry::Forwarded { to, until_ms, .. } if now < *until_ms => Some((Role::HandedOver, *to)),
+            Entry::Destroyed { until_ms } if now < *until_ms => Some((Role::Destroyed, me)),
+            _ => None,
+        }
+    }
+
+    /// The live sessions owned here that have fewer than `want` backups outside `lost`
+    /// (nodes whose copies are gone or unreachable), at most `limit`; and, separately,
+    /// how many such sessions there are in all.
+    pub fn under_replicated(
+        &self,
+        lost: &[SocketAddr],
+        want: usize,
+        now: u64,
+        limit: usize,
+    ) -> (Vec<SessionId>, usize) {
+        let mut out = Vec::new();
+        let mut total = 0;
+        for shard in self.shards.iter() {
+            for lock in shard.map.inners() {
+                let g = lock.read().unwrap_or_else(PoisonError::into_inner);
+                for n in g.iter_live() {
+                    if n.expired(now) {
+                        continue;
+                    }
+                    let good = n.backup_addrs().iter().filter(|b| !lost.contains(b)).count();
+                    if good < want {
+                        total += 1;
+                        if out.len() < limit {
+                            out.push(*n.id());
+                        }
+                    }
+                }
+            }
+        }
+        (out, total)
+    }
+
+    /// The live sessions owned here whose backups include `holder`, at most `limit`.
+    pub fn backed_by(&self, holder: SocketAddr, now: u64, limit: usize) -> Vec<SessionId> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for lock in shard.map.inners() {
+                let g = lock.read().unwrap_or_else(PoisonError::into_inner);
+                for n in g.iter_live() {
+                    if out.len() >= limit {
+                        return out;
+                    }
+                    if !n.expired(now) && n.backup_addrs().contains(&holder) {
+                        out.push(*n.id());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
