@@ -19,7 +19,9 @@
 //!
 //! `sessync-table` runs the same pattern through `sessync_server::table::Table` itself
 //! (`get` / `set` of one attribute / `touch`), which adds what the node really does per
-//! request (expiry check, counters, building the new packed attributes on SET).
+//! request (expiry check, counters, building the new packed attributes on SET);
+//! `sessync-table-in-place` reads with `get_with` instead, writing the attributes into a
+//! reused buffer under the read lock, as a GET reply is encoded since issue 15.
 //!
 //! One iteration is one operation on each of the 2 threads; criterion's "elements" rate is
 //! operations per second over both threads. Run: `cargo bench --bench table`
@@ -311,11 +313,18 @@ impl SessionMap for ThinRwLock {
     }
 }
 
-/// The real table behind the same trait: a read is `get` (all attributes), a write is
-/// `set` of one attribute (which builds new packed attributes, as the node does).
+/// The real table behind the same trait: a read is `get` (all attributes copied out), or
+/// with `in_place` `get_with` writing them into a reused buffer as a GET reply does now;
+/// a write is `set` of one attribute (which builds new packed attributes, as the node does).
 struct TableMap {
     table: Table,
     put: Attributes,
+    in_place: bool,
+}
+
+thread_local! {
+    /// The reply buffer of an in-place read (a connection's output buffer, reused).
+    static REPLY: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
 }
 
 impl SessionMap for TableMap {
@@ -323,7 +332,19 @@ impl SessionMap for TableMap {
         unreachable!("the table makes its own ids")
     }
     fn read(&self, id: &SessionId, now: u64) -> Option<PackedAttributes> {
-        self.table.get(id, &[], now).ok().map(|s| s.attrs)
+        if !self.in_place {
+            return self.table.get(id, &[], now).ok().map(|s| s.attrs);
+        }
+        REPLY.with(|out| {
+            let mut out = out.borrow_mut();
+            out.clear();
+            let served = self.table.get_with(id, now, |v| {
+                v.write_attributes(&[], &mut out);
+                v.served()
+            });
+            black_box(&out[..]);
+            served.ok().map(|s| s.attrs)
+        })
     }
     fn write(&self, id: &SessionId, _attrs: PackedAttributes, now: u64) -> bool {
         self.table.set(id, None, &self.put, &[], now).is_ok()
@@ -436,8 +457,16 @@ fn table(c: &mut Criterion) {
             "csrf".into(),
             Bytes::from_static(b"0123456789abcdef0123456789abcdef"),
         );
-        let map = TableMap { table, put };
+        let mut map = TableMap {
+            table,
+            put,
+            in_place: false,
+        };
         g.bench_function("sessync-table", |b| {
+            b.iter_custom(|iters| run_pattern(&map, &ids, iters, &fresh))
+        });
+        map.in_place = true;
+        g.bench_function("sessync-table-in-place", |b| {
             b.iter_custom(|iters| run_pattern(&map, &ids, iters, &fresh))
         });
     }

@@ -4,12 +4,14 @@
 //! lengths are 6 bytes per attribute, the varints 2-3 for typical names and values under
 //! 16 KiB, and a node holds millions of sessions (issue 15: 25 bytes less per session of
 //! 8 attributes of 128 bytes, 33 less with 12-byte values). A GET copies the attributes
-//! out anyway; it now writes the wire lengths back as it copies.
+//! out anyway; it writes the wire lengths back as it copies, straight into the reply frame
+//! ([`write_wire`]).
 //!
 //! Both directions trust their input (it was built or checked by this process: a
 //! [`PackedAttributes`] or a compact buffer made here) but never panic on a defect: they
 //! stop at it.
 
+use bytes::{BufMut, BytesMut};
 use sessync_proto::PackedAttributes;
 
 /// Appends `v` as a LEB128 varint.
@@ -130,6 +132,34 @@ pub(super) fn expand(compact: &[u8]) -> PackedAttributes {
     PackedAttributes::copy_of_packed(&out)
 }
 
+/// Appends the wire form of a compact buffer's attributes (all of them, or only those
+/// named in `names` when it is not empty, as `PackedAttributes::select`) to `out`: the
+/// u16 count, then per attribute its u16 name length, name, u32 value length and value.
+/// What a reply carries, written straight from the table's bytes (no allocation beyond
+/// `out`'s own growth). Returns the count written.
+pub(super) fn write_wire(compact: &[u8], names: &[String], out: &mut BytesMut) -> u16 {
+    // Each length grows by at most 1 (name) and 3 (value) bytes in wire form: one
+    // reservation covers the whole set.
+    let listed = get_varint(compact, &mut 0).unwrap_or(0);
+    let listed = usize::try_from(listed).unwrap_or(0).min(compact.len());
+    out.reserve(2 + compact.len() + 4 * listed);
+    let at = out.len();
+    out.put_u16(0);
+    let mut count = 0u16;
+    for (name, value) in compact_parts(compact) {
+        if !names.is_empty() && !names.iter().any(|n| n.as_bytes() == name) {
+            continue;
+        }
+        out.put_u16(name.len() as u16);
+        out.put_slice(name);
+        out.put_u32(value.len() as u32);
+        out.put_slice(value);
+        count += 1;
+    }
+    out[at..at + 2].copy_from_slice(&count.to_be_bytes());
+    count
+}
+
 /// Bytes the compact form saves on a set (for the test): the fixed-width lengths minus
 /// the varints.
 #[cfg(test)]
@@ -165,6 +195,15 @@ mod tests {
             .collect();
         let p = PackedAttributes::pack(&a);
         assert_eq!(p.encoded_len() - compact(&p).len(), 25);
+        // Written straight to wire form: all, or a selection, as PackedAttributes does.
+        let c = compact(&p);
+        let mut out = BytesMut::new();
+        assert_eq!(write_wire(&c, &[], &mut out), 8);
+        assert_eq!(&out[..], p.as_bytes());
+        let names = vec!["attr3".to_string(), "nope".into(), "attr0".into()];
+        out.clear();
+        assert_eq!(write_wire(&c, &names, &mut out), 2);
+        assert_eq!(&out[..], p.select(&names).as_bytes());
         // No attributes.
         let none = PackedAttributes::default();
         assert_eq!(compact(&none), vec![0]);
@@ -180,6 +219,7 @@ mod tests {
         let c = compact(&p);
         for cut in 0..c.len() {
             let _ = expand(&c[..cut]);
+            let _ = write_wire(&c[..cut], &[], &mut BytesMut::new());
             let _ = wire_len(&c[..cut]);
         }
     }

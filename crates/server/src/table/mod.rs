@@ -21,12 +21,16 @@ mod compact;
 mod drain;
 mod handover;
 mod store;
+mod view;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use sessync_proto::{Attributes, PackedAttributes, PeerIdentity, SessionId, SessionMeta, SessionRecord};
 use store::{LiveNode, MapEntry, ShardMap};
+// Named by benches and tests (feature `testing`); the node only infers it.
+#[allow(unused_imports)]
+pub use view::SessionView;
 
 /// Number of top-level shards (a power of two).
 pub const SHARDS: usize = 16;

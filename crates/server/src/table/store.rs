@@ -14,7 +14,8 @@
 //! own reference counts) for the attributes.
 //!
 //! Readers (GET, TOUCH) take the inner *read* lock, find the node, bump its atomic access
-//! time and copy its attributes out (the reply copies them anyway). Writers take the inner
+//! time and write its attributes straight into the reply frame (`view.rs`), or copy them
+//! out for the callers that keep them. Writers take the inner
 //! write lock and replace the node. The handover and backup steps see an [`Entry`] through
 //! [`RefMut`] (`get_mut`, `entry`): a live node is materialized as `Entry::Live` while the
 //! write lock is held and written back when changed; other states are used in place.
@@ -209,6 +210,17 @@ impl LiveNode {
         }
     }
 
+    /// Appends the attributes (all, or those named) in wire form, straight from the
+    /// compact bytes (`compact::write_wire`).
+    pub(super) fn write_attrs(&self, names: &[String], out: &mut bytes::BytesMut) -> u16 {
+        compact::write_wire(self.compact_attrs(), names, out)
+    }
+
+    /// The session's handover generation here (see `Live::received`).
+    pub(super) fn received(&self) -> u64 {
+        self.head().received
+    }
+
     /// The length of the packed attributes (their wire form, what is charged).
     pub(super) fn packed_len(&self) -> usize {
         compact::wire_len(self.compact_attrs())
@@ -254,6 +266,29 @@ impl LiveNode {
     /// What it is charged against the memory limit (as `Live::charge`).
     pub(super) fn charge(&self) -> usize {
         SESSION_OVERHEAD + self.packed_len()
+    }
+
+    /// Records that the current access time is being sent to the backups (a snapshot for
+    /// REPLICATE), in place: only the 8 bytes of the extras change, so the node is not
+    /// rebuilt. Without backups there is nothing to record (nothing lags).
+    pub(super) fn note_replicated(&mut self) {
+        let now = self.last_access();
+        let (backups, replicated, rest) = get_extra(&self.0.slice);
+        if backups.is_empty() || replicated.is_none() {
+            return;
+        }
+        let at = self.0.slice.len() - rest.len() - 8;
+        // The table holds the only handle (never shared), so this is always `Some`.
+        let written = self.0.with_arc_mut(|arc| {
+            triomphe::Arc::get_mut(arc).map(|hs| {
+                hs.slice_mut()[at..at + 8].copy_from_slice(&now.to_be_bytes());
+            })
+        });
+        if written.is_none() {
+            let h = self.head();
+            let (id, meta, received) = (h.id, self.meta(), h.received);
+            *self = LiveNode::new(id, &meta, received, &self.packed(), &backups, now);
+        }
     }
 
     /// The nodes holding backup copies (empty without replication; no allocation then).

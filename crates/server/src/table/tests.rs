@@ -417,3 +417,64 @@ fn a_live_session_is_one_thin_pointer_and_one_allocation() {
     t.set_backups(&id, snap.generation, &[]);
     assert!(t.get(&id, &[], 61).unwrap().backups.is_empty());
 }
+
+#[test]
+fn get_with_writes_what_get_returns_and_misses_alike() {
+    let t = table(10, EvictPolicy::Reject);
+    let a = attrs(&[("u", "alice"), ("cart", "3"), ("big", &"x".repeat(300))]);
+    let (id, _) = t.create(&a, 1000, 0, 100).unwrap();
+    for names in [
+        vec![],
+        vec!["cart".to_string(), "nope".into()],
+        vec!["nope".into()],
+    ] {
+        let want = t.get(&id, &names, 200).unwrap();
+        let mut out = bytes::BytesMut::new();
+        let (served, meta) = t
+            .get_with(&id, 300, |v| {
+                v.write_attributes(&names, &mut out);
+                (v.served(), v.meta())
+            })
+            .unwrap();
+        assert_eq!(&out[..], want.attrs.as_bytes(), "{names:?}");
+        // The access is recorded like a GET's.
+        assert_eq!(meta.last_access_ms, 300);
+        assert_eq!(served.meta, meta);
+        assert_eq!(
+            (served.generation, &served.backups),
+            (want.generation, &want.backups)
+        );
+    }
+    // Misses are the same as GET's: absent, expired, destroyed.
+    let other = SessionId::random();
+    assert_eq!(t.get_with(&other, 300, |_| ()).unwrap_err(), Miss::Absent);
+    assert_eq!(t.get_with(&id, 5000, |_| ()).unwrap_err(), Miss::NotFound);
+    t.destroy(&id, 400).unwrap();
+    assert_eq!(t.get_with(&id, 401, |_| ()).unwrap_err(), Miss::NotFound);
+}
+
+#[test]
+fn a_snapshot_records_the_access_time_it_sends_in_place() {
+    let t = table(10, EvictPolicy::Reject);
+    let (id, _) = t.create(&attrs(&[("u", "alice")]), 10_000, 0, 100).unwrap();
+    let holder = SocketAddr::from(([127, 0, 0, 1], 9));
+    t.set_backups(&id, 0, &[holder]);
+    t.touch(&id, 500).unwrap();
+    // The backups last got the creation time: a read sees them lag.
+    let s = t.get(&id, &[], 600).unwrap();
+    assert_eq!((s.replicated_access_ms, &s.backups[..]), (100, &[holder][..]));
+    let snap = t.snapshot(&id, 650).unwrap();
+    assert_eq!(snap.record.meta.last_access_ms, 600);
+    assert_eq!(snap.record.attributes.unpack(), attrs(&[("u", "alice")]));
+    assert_eq!(&snap.backups[..], &[holder][..]);
+    // Recorded: the next read sees the time that was sent.
+    let s = t.get(&id, &[], 700).unwrap();
+    assert_eq!(s.replicated_access_ms, 600);
+    assert_eq!(s.attrs.unpack(), attrs(&[("u", "alice")]));
+    // Unchanged backups are not rewritten; changed ones are.
+    t.set_backups(&id, 0, &[holder]);
+    t.set_backups(&id, 1, &[]);
+    assert_eq!(&t.get(&id, &[], 710).unwrap().backups[..], &[holder][..]);
+    t.set_backups(&id, 0, &[]);
+    assert!(t.get(&id, &[], 720).unwrap().backups.is_empty());
+}
