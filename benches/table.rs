@@ -14,8 +14,8 @@
 //! - `thin-rwlock`: the table's layout since issue 15 (`table/store.rs`), alone: 128 ×
 //!   `RwLock<hashbrown::HashTable>` of 8-byte slots, each a triomphe `ThinArc` holding the
 //!   id, the meta and the packed attributes in one allocation; a read copies the
-//!   attributes out under the read lock (the others clone an `Arc`), a write builds a new
-//!   node.
+//!   attributes into a reused buffer under the read lock, as a GET reply is written since
+//!   `Table::get_with` (the others clone an `Arc`), a write builds a new node.
 //!
 //! `sessync-table` runs the same pattern through `sessync_server::table::Table` itself
 //! (`get` / `set` of one attribute / `touch`), which adds what the node really does per
@@ -289,7 +289,15 @@ impl SessionMap for ThinRwLock {
         let g = self.shard(id).read().unwrap();
         let n = g.find(Self::hash(id), |n| n.header.header.id == *id)?;
         n.header.header.last_access_ms.fetch_max(now, Ordering::Relaxed);
-        Some(PackedAttributes::copy_of_packed(&n.slice))
+        // As a GET reply since `Table::get_with`: copied into a reused buffer under the
+        // read lock, no allocation.
+        REPLY.with(|out| {
+            let mut out = out.borrow_mut();
+            out.clear();
+            out.extend_from_slice(&n.slice);
+            black_box(&out[..]);
+        });
+        Some(PackedAttributes::default())
     }
     fn write(&self, id: &SessionId, attrs: PackedAttributes, now: u64) -> bool {
         let mut g = self.shard(id).write().unwrap();
