@@ -150,6 +150,7 @@ async fn isolation_and_partial_partition_lose_no_acknowledged_append() {
             client: SocketAddr::new(net.host(i).into(), 7700),
             peer: SocketAddr::new(net.host(i).into(), 7800),
             netns: Some(net.ns(i)),
+            hosts: None,
             child: None,
         })
         .collect();

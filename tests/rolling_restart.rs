@@ -46,12 +46,13 @@ struct Counts {
     failed_while_down: AtomicU64,
     /// Requests that failed (retryably) while every node was up.
     failed_while_up: AtomicU64,
-    /// Requests sent.
+    /// Appends tried (a GET and a compare-and-set SET each).
     requests: AtomicU64,
 }
 
-/// One compare-and-set append to `l`'s session through a random node. Returns false when
-/// the session was lost (then the ledger says so).
+/// One compare-and-set append to `l`'s session through a random node, counting a
+/// retryable failure by what the cluster was doing. Returns false when the session was
+/// lost (then the ledger says so).
 async fn append(
     clients: &[Client],
     l: &mut Ledger,
@@ -60,81 +61,21 @@ async fn append(
     counts: &Counts,
     down: &AtomicU64,
 ) -> bool {
-    let failed = || {
-        let phase = down.load(Ordering::Relaxed);
-        if phase == DRAINING {
-            counts.failed_while_draining.fetch_add(1, Ordering::Relaxed);
-        } else if phase == DOWN {
-            counts.failed_while_down.fetch_add(1, Ordering::Relaxed);
-        } else {
-            counts.failed_while_up.fetch_add(1, Ordering::Relaxed);
-        }
-    };
     let at = rng.gen_range(0..clients.len());
-    let c = &clients[at];
     counts.requests.fetch_add(1, Ordering::Relaxed);
-    let s = match c.get(&l.token).await {
-        Ok(s) => s,
-        Err(ClientError::Server {
-            code: ErrorCode::SessionNotFound,
-            message,
-        }) => {
-            l.lost
-                .push(format!("GET at node {at} after {:?}: {message}", l.acked.last()));
-            return false;
-        }
-        Err(_) => {
-            failed();
-            return true;
-        }
-    };
-    l.token = s.token.clone();
-    let mut list = list_of(&s);
-    list.push(*next);
-    let joined = list.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
-    counts.requests.fetch_add(1, Ordering::Relaxed);
-    match c
-        .set(&l.token)
-        .put("list", joined)
-        .if_version(s.meta.version)
-        .send()
-        .await
-    {
-        Ok(w) => {
-            assert!(
-                !l.acked_versions.contains(&s.meta.version),
-                "double acknowledgement of if_version {} (at node {at})",
-                s.meta.version
-            );
-            l.acked_versions.push(s.meta.version);
-            l.token = w.token;
-            l.acked.push(*next);
-            *next += 1;
-        }
-        Err(ClientError::Server {
-            code: ErrorCode::Indeterminate,
-            ..
-        })
-        | Err(ClientError::Disconnected)
-        | Err(ClientError::Timeout) => {
-            failed();
-            l.unknown.push(*next);
-            *next += 1;
-        }
-        Err(ClientError::Server {
-            code: ErrorCode::SessionNotFound,
-            message,
-        }) => {
-            l.lost
-                .push(format!("SET at node {at} after {:?}: {message}", l.acked.last()));
-            return false;
-        }
-        Err(e) => {
-            failed();
-            l.refused.push((*next, e.to_string()));
+    match append_once(&clients[at], at, l, next).await {
+        Appended::Acked => true,
+        Appended::Lost => false,
+        Appended::Unknown | Appended::Retry => {
+            let failed = match down.load(Ordering::Relaxed) {
+                DRAINING => &counts.failed_while_draining,
+                DOWN => &counts.failed_while_down,
+                _ => &counts.failed_while_up,
+            };
+            failed.fetch_add(1, Ordering::Relaxed);
+            true
         }
     }
-    true
 }
 
 /// Appends to each of `tokens` in turn until `stop`.
@@ -221,13 +162,7 @@ async fn rolling_restart(replicas: u8) {
             let t = Instant::now();
             down.store(DRAINING, Ordering::Relaxed);
             // SIGTERM: the node drains, then exits. Blocking waits run off the runtime.
-            let blank = Node {
-                client: nodes[i].client,
-                peer: nodes[i].peer,
-                netns: None,
-                child: None,
-            };
-            let mut node = std::mem::replace(&mut nodes[i], blank);
+            let mut node = nodes[i].take();
             let (node, status) = tokio::task::spawn_blocking(move || {
                 let status = node.terminate(Duration::from_secs(30));
                 (node, status)
@@ -296,7 +231,7 @@ async fn rolling_restart(replicas: u8) {
         }
     }
     println!(
-        "replicas {replicas}: {} restarts in {restart_time:?} (drains {drains:?}); {} requests, {} failed (retryably) while a node was draining, {} while it was down (restarting), {} while all were up; {acked} acknowledged appends, {unknown} of unknown outcome; sessions lost: 0 of {} active, {} of {IDLE} idle",
+        "replicas {replicas}: {} restarts in {restart_time:?} (drains {drains:?}); {} appends tried, {} failed (retryably) while a node was draining, {} while it was down (restarting), {} while all were up; {acked} acknowledged appends, {unknown} of unknown outcome; sessions lost: 0 of {} active, {} of {IDLE} idle",
         ROUNDS * NODES,
         counts.requests.load(Ordering::Relaxed),
         counts.failed_while_draining.load(Ordering::Relaxed),

@@ -27,11 +27,26 @@ pub struct Node {
     pub peer: SocketAddr,
     /// The network namespace the process runs in (`None`: this one, on loopback).
     pub netns: Option<String>,
+    /// A hosts file the process sees as /etc/hosts (bind-mounted in a mount namespace of
+    /// its own, `unshare -m`), so that names resolve as a test wants without touching the
+    /// machine's own /etc/hosts. Changes to the file are seen by the running process.
+    pub hosts: Option<std::path::PathBuf>,
     /// The running process.
     pub child: Option<Child>,
 }
 
 impl Node {
+    /// A node to be started at these addresses, on loopback in this network namespace.
+    pub fn at(client: SocketAddr, peer: SocketAddr) -> Node {
+        Node {
+            client,
+            peer,
+            netns: None,
+            hosts: None,
+            child: None,
+        }
+    }
+
     pub fn start(&mut self, peers: &[SocketAddr], replicas: u8, secret: &str, log: &std::path::Path) {
         self.start_with(peers, replicas, secret, log, &[]);
     }
@@ -51,24 +66,36 @@ impl Node {
             .open(log)
             .unwrap();
         let peers = peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-        let mut cmd = match &self.netns {
+        let bin = env!("CARGO_BIN_EXE_sessync");
+        let mut cmd = match (&self.netns, &self.hosts) {
             // `ip netns exec` execs the node in place: the child's pid is the node's.
-            Some(ns) => {
+            (Some(ns), _) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_sessync")]);
+                c.args(["netns", "exec", ns, bin]);
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_sessync")),
+            // So does `exec` after the bind mount, in the shell `unshare` runs.
+            (None, Some(hosts)) => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""])
+                    .arg(hosts)
+                    .arg(bin);
+                c
+            }
+            (None, None) => Command::new(bin),
         };
+        cmd.args([
+            "node",
+            "--client",
+            &self.client.to_string(),
+            "--peer",
+            &self.peer.to_string(),
+        ]);
+        if !peers.is_empty() {
+            cmd.args(["--peers", &peers]);
+        }
         let mut child = cmd
-            .args([
-                "node",
-                "--client",
-                &self.client.to_string(),
-                "--peer",
-                &self.peer.to_string(),
-            ])
-            .args(["--peers", &peers, "--replicas", &replicas.to_string()])
+            .args(["--replicas", &replicas.to_string()])
             .args(["--secret-file", secret])
             .args(["--peer-timeout", "500ms"])
             .args(extra)
@@ -83,6 +110,15 @@ impl Node {
         let (client, peer) = wait_ready(&mut child);
         assert_eq!((client, peer), (self.client, self.peer));
         self.child = Some(child);
+    }
+
+    /// Moves this node (with its process) out, leaving one at the same addresses with no
+    /// process: for a blocking wait or start off the async runtime.
+    pub fn take(&mut self) -> Node {
+        let mut blank = Node::at(self.client, self.peer);
+        blank.netns = self.netns.clone();
+        blank.hosts = self.hosts.clone();
+        std::mem::replace(self, blank)
     }
 
     /// SIGSTOP (`true`) or SIGCONT (`false`): the process keeps its sockets and memory but
@@ -173,90 +209,105 @@ pub async fn connect(addr: SocketAddr) -> Client {
     Client::connect(addr, cfg).await.unwrap()
 }
 
-/// Appends 1, 2, 3, ... to one session's list with compare-and-set, through random nodes.
-pub async fn writer(
-    clients: Arc<Vec<Client>>,
-    mut token: String,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-) -> Ledger {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut ledger = Ledger::default();
-    let mut next = 1u64;
-    let pause = || tokio::time::sleep(Duration::from_millis(20));
-    while !stop.load(Ordering::Relaxed) {
-        ledger.token = token.clone();
-        let at = rng.gen_range(0..clients.len());
-        let c = &clients[at];
-        let s = match c.get(&token).await {
-            Ok(s) => s,
-            Err(ClientError::Server {
-                code: ErrorCode::SessionNotFound,
-                message,
-            }) => {
-                ledger
-                    .lost
-                    .push(format!("GET after {:?}: {message}", ledger.acked.last()));
-                return ledger;
-            }
-            Err(_) => {
-                pause().await;
-                continue;
-            }
-        };
-        token = s.token.clone();
-        let mut list = list_of(&s);
-        list.push(next);
-        let joined = list.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
-        match c
-            .set(&token)
-            .put("list", joined)
-            .if_version(s.meta.version)
-            .send()
-            .await
-        {
-            Ok(w) => {
-                // Two acknowledgements of one version would mean two owners accepted the
-                // same compare-and-set: one of the two appends is then lost.
-                assert!(
-                    !ledger.acked_versions.contains(&s.meta.version),
-                    "double acknowledgement: if_version {} was accepted twice (the second time at node {at}, session {})",
-                    s.meta.version,
-                    sessync_proto::Token::verify(&token, &keys()).map(|t| t.session_id.to_string()).unwrap_or_default()
-                );
-                ledger.acked_versions.push(s.meta.version);
-                token = w.token;
-                ledger.acked.push(next);
-                next += 1;
-            }
-            // Applied here, unprotected, or unknown: never reuse the number.
-            Err(ClientError::Server {
-                code: ErrorCode::Indeterminate,
-                ..
-            })
-            | Err(ClientError::Disconnected)
-            | Err(ClientError::Timeout) => {
-                ledger.unknown.push(next);
-                next += 1;
-                pause().await;
-            }
-            Err(ClientError::Server {
-                code: ErrorCode::SessionNotFound,
-                message,
-            }) => {
-                ledger
-                    .lost
-                    .push(format!("SET after {:?}: {message}", ledger.acked.last()));
-                return ledger;
-            }
-            // Not applied (refused, or the owner unreachable right now): try again.
-            Err(e) => {
-                ledger.refused.push((next, e.to_string()));
-                pause().await
-            }
+/// What one compare-and-set append saw ([`append_once`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Acknowledged: the number is in the ledger's `acked`.
+    Acked,
+    /// Applied or not, nobody knows (INDETERMINATE, a lost connection, a timeout): the
+    /// number is in `unknown` and never reused.
+    Unknown,
+    /// Not applied: the read before it failed, or the write was refused (`refused`).
+    /// Retryable.
+    Retry,
+    /// SESSION_NOT_FOUND: the session is gone; `lost` says where.
+    Lost,
+}
+
+/// One compare-and-set append of the ledger's next number to its session's list, through
+/// `c` (node `at`, named in failures), with the ledger's latest token.
+pub async fn append_once(c: &Client, at: usize, l: &mut Ledger, next: &mut u64) -> Appended {
+    let s = match c.get(&l.token).await {
+        Ok(s) => s,
+        Err(ClientError::Server {
+            code: ErrorCode::SessionNotFound,
+            message,
+        }) => {
+            l.lost
+                .push(format!("GET at node {at} after {:?}: {message}", l.acked.last()));
+            return Appended::Lost;
+        }
+        Err(_) => return Appended::Retry,
+    };
+    l.token = s.token.clone();
+    let mut list = list_of(&s);
+    list.push(*next);
+    let joined = list.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+    match c
+        .set(&l.token)
+        .put("list", joined)
+        .if_version(s.meta.version)
+        .send()
+        .await
+    {
+        Ok(w) => {
+            // Two acknowledgements of one version would mean two owners accepted the
+            // same compare-and-set: one of the two appends is then lost.
+            assert!(
+                !l.acked_versions.contains(&s.meta.version),
+                "double acknowledgement: if_version {} was accepted twice (the second time at node {at}, session {})",
+                s.meta.version,
+                sessync_proto::Token::verify(&l.token, &keys()).map(|t| t.session_id.to_string()).unwrap_or_default()
+            );
+            l.acked_versions.push(s.meta.version);
+            l.token = w.token;
+            l.acked.push(*next);
+            *next += 1;
+            Appended::Acked
+        }
+        // Applied here, unprotected, or unknown: never reuse the number.
+        Err(ClientError::Server {
+            code: ErrorCode::Indeterminate,
+            ..
+        })
+        | Err(ClientError::Disconnected)
+        | Err(ClientError::Timeout) => {
+            l.unknown.push(*next);
+            *next += 1;
+            Appended::Unknown
+        }
+        Err(ClientError::Server {
+            code: ErrorCode::SessionNotFound,
+            message,
+        }) => {
+            l.lost
+                .push(format!("SET at node {at} after {:?}: {message}", l.acked.last()));
+            Appended::Lost
+        }
+        // Not applied (refused, or the owner unreachable right now): try again.
+        Err(e) => {
+            l.refused.push((*next, e.to_string()));
+            Appended::Retry
         }
     }
-    ledger.token = token;
+}
+
+/// Appends 1, 2, 3, ... to one session's list with compare-and-set, through random nodes.
+pub async fn writer(clients: Arc<Vec<Client>>, token: String, seed: u64, stop: Arc<AtomicBool>) -> Ledger {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut ledger = Ledger {
+        token,
+        ..Ledger::default()
+    };
+    let mut next = 1u64;
+    while !stop.load(Ordering::Relaxed) {
+        let at = rng.gen_range(0..clients.len());
+        match append_once(&clients[at], at, &mut ledger, &mut next).await {
+            Appended::Acked => {}
+            Appended::Lost => break,
+            Appended::Unknown | Appended::Retry => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
     ledger
 }
 
@@ -286,14 +337,7 @@ pub fn start_nodes_with(
     dir: &std::path::Path,
     extra: &[&str],
 ) -> Vec<Node> {
-    let mut nodes: Vec<Node> = (0..n)
-        .map(|_| Node {
-            client: reserve_addr(),
-            peer: reserve_addr(),
-            netns: None,
-            child: None,
-        })
-        .collect();
+    let mut nodes: Vec<Node> = (0..n).map(|_| Node::at(reserve_addr(), reserve_addr())).collect();
     let peers: Vec<SocketAddr> = nodes.iter().map(|n| n.peer).collect();
     for (i, n) in nodes.iter_mut().enumerate() {
         n.start_with(&peers, replicas, secret, &dir.join(format!("node{i}.log")), extra);

@@ -164,12 +164,33 @@ pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
                 client_bound: client_addr,
             },
             membership_config,
-            // Every change of the alive members replaces the backup candidates.
-            Box::new(move |alive| {
-                if let Some(n) = weak.upgrade() {
-                    n.set_peers(alive);
-                }
-            }),
+            // Every change of the alive members replaces the backup candidates. Until each
+            // `--peers` address has been seen alive once, the `--peers` list is kept in
+            // as well: a node that printed its ready line would otherwise refuse writes
+            // needing backups (BACKUP_UNAVAILABLE) for the moment the first probes take.
+            {
+                let pending: std::collections::HashSet<SocketAddr> = node
+                    .config
+                    .peers
+                    .iter()
+                    .copied()
+                    .filter(|p| *p != advertise)
+                    .collect();
+                let pending = std::sync::Mutex::new(pending);
+                Box::new(move |alive: Vec<SocketAddr>| {
+                    let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+                    for a in &alive {
+                        pending.remove(a);
+                    }
+                    let mut peers = alive;
+                    peers.extend(pending.iter().copied());
+                    peers.sort();
+                    peers.dedup();
+                    if let Some(n) = weak.upgrade() {
+                        n.set_peers(peers);
+                    }
+                })
+            },
             &tasks,
             shutdown.clone(),
         )?)

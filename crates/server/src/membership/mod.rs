@@ -170,6 +170,33 @@ impl Membership {
         v
     }
 
+    /// The peer addresses of every other member not declared dead (joining, alive or
+    /// leaving), sorted: whom a lookup asks. A leaving member may still own a session
+    /// (its drain hands it over while requests go on), and a joining one may have been
+    /// handed one already.
+    pub fn not_dead_peers(&self) -> Vec<SocketAddr> {
+        let view = self.view.borrow();
+        let me = view.first().map(|m| m.peer);
+        let mut v: Vec<SocketAddr> = view
+            .iter()
+            .skip(1)
+            .filter(|m| m.state != MemberState::Dead && Some(m.peer) != me)
+            .map(|m| m.peer)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Whether the view says the process at `peer` is dead: it lists that address, and
+    /// every member it lists there (a restart on the same address is a new member) is
+    /// dead. Unknown addresses are not known dead.
+    pub fn known_dead(&self, peer: SocketAddr) -> bool {
+        let view = self.view.borrow();
+        let mut at = view.iter().filter(|m| m.peer == peer).peekable();
+        at.peek().is_some() && at.all(|m| m.state == MemberState::Dead)
+    }
+
     /// Tells the cluster that this node is leaving (draining): the others see it as
     /// `leaving` and stop choosing it for backups, while it keeps answering. Returns once
     /// the change is sent (gossip spreads it within a few probe periods). Calling it again

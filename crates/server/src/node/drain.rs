@@ -372,6 +372,9 @@ impl Node {
                 }
             }
             // Backup copies: RELEASE, to their owners.
+            if held <= 3 {
+                tracing::debug!(?backups, "drain: the backup copies left");
+            }
             for (owner, ids) in backups {
                 let ids: Vec<SessionId> = ids
                     .into_iter()
@@ -559,6 +562,22 @@ impl Node {
         let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
         let _one_at_a_time = self.replication_locks[stripe].lock().await;
         let Some(snap) = self.table.snapshot(&id, now_ms()) else {
+            // This node's lineage of the session ended since the leaver's copy was made
+            // (handed on, superseded, destroyed): the copy is one the current owner does
+            // not count on (its copies name it as their owner, and a DROP from here
+            // leaves those alone). Without this the copy would wait for the session to
+            // come back here, and a busy session moving between other members kept
+            // drains from finishing.
+            if let Some(generation) = self.table.lineage_ended_at(&id, now_ms()) {
+                let drop = PeerMessage::Drop {
+                    session_id: id,
+                    generation,
+                };
+                let deadline = Instant::now() + self.config.peer_timeout;
+                if let Ok(PeerMessage::Ok) = self.peers.request(leaver, drop, deadline).await {
+                    self.elastic.holders_replaced.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             return;
         };
         // The leaver may be missing from the holders already (a write's round leaves out

@@ -21,6 +21,9 @@ impl Node {
         // Set when a copy here was passed over as superseded and the newer one could not
         // be had: the copy here is then the best there is.
         let mut fall_back_to_local = false;
+        // Set when the owners' chain led back here and the session is not here: this node
+        // had it and lost it (a restart), so its backups are asked next.
+        let mut lost_here = false;
         loop {
             // A copy here older than the token's generation is superseded (this node was
             // paused or cut off while the session moved on): the client was already given
@@ -45,6 +48,7 @@ impl Node {
                 // the token names (its MAC verified, so the address is one a node of ours
                 // wrote).
                 Err(Miss::Moved(to)) => Start::Ask(to, true),
+                Err(Miss::Absent) if lost_here => Start::Failover(self.advertise),
                 Err(Miss::Absent) if token.owner != self.advertise => Start::Ask(token.owner, false),
                 // The token names this node, which does not have the session: it lost it
                 // (a restart). Its backups may have it.
@@ -87,11 +91,17 @@ impl Node {
             };
             if fetched == Fetched::PointsHere {
                 // The owners' chain ends here: if the table has moved on (another request
-                // handed it away meanwhile), the loop follows it; if it has nothing, the
-                // session is gone.
+                // handed it away meanwhile), the loop follows it; if it has nothing, this
+                // node lost it (it restarted after the session was handed here, so the
+                // giver points here): the backups its copy was placed on, or a lookup among
+                // the members, may have it; failing that, the session is gone.
                 match op(&self.table, &id, now_ms()) {
                     Ok(value) => return Ok(Resolved { value, id, token }),
                     Err(Miss::Moved(_)) => continue,
+                    Err(Miss::Absent) if !lost_here => {
+                        lost_here = true;
+                        continue;
+                    }
                     Err(Miss::Absent) => {
                         return Err(SessionFailure::Fetch(
                             ErrorCode::SessionNotFound,
@@ -206,8 +216,14 @@ impl Node {
     }
 
     /// Whether `peer` answers a PING over a freshly dialled (or live) link within the peer
-    /// timeout.
+    /// timeout. A member the membership view has declared dead is not asked: SWIM's
+    /// verdict (direct and indirect probes, then suspicion) already says more than one
+    /// PING would, and a request waiting on a dead owner would otherwise wait out the
+    /// peer timeout first.
     pub(super) async fn alive(&self, peer: SocketAddr) -> bool {
+        if self.membership().is_some_and(|m| m.known_dead(peer)) {
+            return false;
+        }
         // A fresh connection with its own deadline: the link we have may be stuck in TCP
         // retransmission after a partition healed (it would look dead for as long as its
         // silence timer runs), or backing off after the peer restarted.

@@ -178,14 +178,20 @@ impl Node {
         }
     }
 
-    /// The members a lookup asks: every peer of the cluster but this node (the membership
-    /// view replaces it when it lands).
+    /// The members a lookup asks: every peer of the cluster (the alive members, or the
+    /// `--peers` list without membership) and every member the view has not declared dead,
+    /// but this node. Leaving members are asked too: a draining node still owns what it
+    /// has not handed over yet, and a lookup that skipped it answered SESSION_NOT_FOUND
+    /// for a live session during rolling restarts.
     pub(super) fn lookup_members(&self) -> Vec<SocketAddr> {
-        self.cluster_peers()
-            .iter()
-            .copied()
-            .filter(|p| *p != self.advertise)
-            .collect()
+        let mut members: Vec<SocketAddr> = self.cluster_peers().iter().copied().collect();
+        if let Some(m) = self.membership() {
+            members.extend(m.not_dead_peers());
+        }
+        members.sort();
+        members.dedup();
+        members.retain(|p| *p != self.advertise);
+        members
     }
 
     /// Whether a session whose token names this node, which does not have it, may still

@@ -67,6 +67,26 @@ impl Table {
         self.shard(id).map.read(id).contains(id)
     }
 
+    /// If this node's own lineage of `id` is over (it handed the session on, holds a newer
+    /// owner's copy, was fenced by one, or destroyed it), the newest generation a copy of
+    /// that lineage can have: a backup copy still recorded under this node's name is then
+    /// one nobody counts on (the current owner's copies name it), and may be dropped by a
+    /// DROP of this generation. `None` while it owns the session or is handing it over (a
+    /// handover can still fall back), and when it knows nothing of it.
+    pub fn lineage_ended_at(&self, id: &SessionId, now: u64) -> Option<u64> {
+        match self.shard(id).map.get(id)?.value() {
+            Entry::Forwarded {
+                received, until_ms, ..
+            } if now < *until_ms => Some(received + 1),
+            Entry::Backup(b) if !b.live.expired(now) => Some(b.live.received),
+            Entry::Fenced {
+                generation, until_ms, ..
+            } if now < *until_ms => Some(*generation),
+            Entry::Destroyed { until_ms } if now < *until_ms => Some(u64::MAX),
+            _ => None,
+        }
+    }
+
     /// What this node knows of `id`, for LOCATE: it owns it (the address is `me`), holds a
     /// backup copy from the owner named, handed it over to the node named, or destroyed it
     /// (`me`). Fences say nothing (`None`): they name no live copy.
