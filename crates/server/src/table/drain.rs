@@ -74,7 +74,9 @@ impl Table {
     /// DROP of this generation. `None` while it owns the session or is handing it over (a
     /// handover can still fall back), and when it knows nothing of it.
     pub fn lineage_ended_at(&self, id: &SessionId, now: u64) -> Option<u64> {
-        match self.shard(id).map.get(id)?.value() {
+        // Only non-live states answer: read in place, nothing materialized.
+        let g = self.shard(id).map.read(id);
+        match g.find_other(id)? {
             Entry::Forwarded {
                 received, until_ms, ..
             } if now < *until_ms => Some(received + 1),
