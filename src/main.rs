@@ -97,7 +97,7 @@ enum OnNoBackup {
 enum Evict {
     /// CREATE fails with CAPACITY at the limit.
     Reject,
-    /// Sessions closest to expiry are evicted to make room.
+    /// Sessions closest to expiry are evicted to make room, soonest deadline first.
     SoonestExpiry,
 }
 

@@ -6,7 +6,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, ErrorCode};
-use crate::frame::write_frame;
+use crate::frame::{write_frame, CRC_LEN, HEADER_LEN, LENGTH_PREFIX_LEN};
 use crate::limits::Limits;
 use crate::message::{Message, OP_ERROR};
 use crate::session::{
@@ -589,4 +589,45 @@ pub fn encode_session_reply(
         meta.encode(b);
         b.put_slice(attributes.as_bytes());
     });
+}
+
+/// Appends a SESSION reply frame without a token whose attributes `attributes` writes
+/// straight into the frame, in their wire form (the u16 count, then each attribute as
+/// `Response::Session` encodes it): a node writes them from its own storage with no
+/// intermediate copy. Returns where the frame starts, for [`set_session_reply_token`].
+/// The bytes are exactly those of `Response::Session` with the same fields.
+pub fn encode_session_reply_with(
+    out: &mut BytesMut,
+    request_id: u64,
+    meta: &SessionMeta,
+    attributes: impl FnOnce(&mut BytesMut),
+) -> usize {
+    let start = out.len();
+    write_frame(out, op::SESSION, request_id, |b| {
+        b.put_u8(0);
+        meta.encode(b);
+        attributes(b);
+    });
+    start
+}
+
+/// Gives the SESSION reply frame at `start`, the last frame in `out`, written by
+/// [`encode_session_reply_with`] (so without a token), the token `token`: it is inserted
+/// after the token flag, and the length and CRC are written again. For the rarer reply
+/// whose token is only known after its attributes were written.
+pub fn set_session_reply_token(out: &mut BytesMut, start: usize, token: &str) {
+    let flag = start + LENGTH_PREFIX_LEN + HEADER_LEN;
+    if out.len() < flag + 1 + CRC_LEN {
+        return;
+    }
+    out.truncate(out.len() - CRC_LEN);
+    let end = out.len();
+    put_string(out, token);
+    let inserted = out.len() - end;
+    out[flag + 1..].rotate_right(inserted);
+    out[flag] = 1;
+    let crc = crc32fast::hash(&out[start + LENGTH_PREFIX_LEN..]);
+    out.put_u32(crc);
+    let len = (out.len() - start - LENGTH_PREFIX_LEN) as u32;
+    out[start..start + LENGTH_PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
 }

@@ -24,8 +24,8 @@ mod wire;
 pub use wire::put_addr;
 
 pub use client::{
-    encode_session_reply, op as client_op, ErrorReply, MemberInfo, MemberState, Request, Response,
-    SessionReply,
+    encode_session_reply, encode_session_reply_with, op as client_op, set_session_reply_token, ErrorReply,
+    MemberInfo, MemberState, Request, Response, SessionReply,
 };
 #[cfg(feature = "codec")]
 pub use codec::{CodecError, FrameCodec};

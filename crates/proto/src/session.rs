@@ -249,6 +249,20 @@ impl PackedAttributes {
         }
     }
 
+    /// A copy of attributes that are packed already: `bytes` must be the
+    /// [`PackedAttributes::as_bytes`] of a set this process built or checked (a node's
+    /// table keeps each session's attributes that way, in one allocation with its
+    /// metadata, and copies them out with this). One allocation of exactly their size.
+    /// Bytes from anywhere else must go through the checked decode: nothing here checks
+    /// them (a defect only stops iteration early; nothing reads out of bounds).
+    pub fn copy_of_packed(bytes: &[u8]) -> PackedAttributes {
+        if bytes.len() < EMPTY.len() || bytes == EMPTY {
+            PackedAttributes(None)
+        } else {
+            PackedAttributes(Some(Arc::from(bytes)))
+        }
+    }
+
     /// Packs a map.
     pub fn pack(attrs: &Attributes) -> PackedAttributes {
         let len = 2 + attrs.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>();

@@ -1,5 +1,9 @@
 //! Turning outcomes into reply frames: tokens, session replies and error codes.
 
+use std::sync::{Mutex, PoisonError};
+
+use sessync_proto::{encode_session_reply_with, set_session_reply_token};
+
 use super::*;
 
 impl Node {
@@ -113,6 +117,49 @@ impl Node {
     ) -> After {
         encode_session_reply(out, request_id, token, meta, attrs);
         After::Continue
+    }
+
+    /// GET, with its reply encoded under the session's read lock straight from the
+    /// table's bytes (`Table::get_with`): one copy of the attributes into `out`, no
+    /// allocation per request or attribute. The frame is written without a token; the
+    /// token, when the client needs a fresh one (after a move), is put in afterwards.
+    pub(super) async fn serve_get(
+        &self,
+        at: Reply,
+        token: &str,
+        names: &[String],
+        out: &mut BytesMut,
+    ) -> After {
+        let request_id = at.request_id;
+        let start = out.len();
+        // `on_session` takes an `Fn` (it may run the read again after a fetch): the
+        // output goes through an uncontended lock, which also keeps the future `Send`.
+        let frame = Mutex::new(&mut *out);
+        let found = self
+            .on_session(token, at.mode, |t, id, now| {
+                t.get_with(id, now, |view| {
+                    let mut o = frame.lock().unwrap_or_else(PoisonError::into_inner);
+                    o.truncate(start);
+                    encode_session_reply_with(&mut o, request_id, &view.meta(), |b| {
+                        view.write_attributes(names, b);
+                    });
+                    view.served()
+                })
+            })
+            .await;
+        match found {
+            Ok(r) => {
+                self.refresh_backups_if_stale(r.id, &r.value);
+                if let Some(t) = self.fresh_token(&r.token, r.value.generation, &r.value.backups) {
+                    set_session_reply_token(out, start, &t);
+                }
+                After::Continue
+            }
+            Err(f) => {
+                out.truncate(start);
+                self.session_failure(request_id, f, out)
+            }
+        }
     }
 
     pub(super) fn indeterminate(&self, request_id: u64, why: String, out: &mut BytesMut) -> After {

@@ -57,25 +57,10 @@ impl Node {
     }
 
     /// GET: served where the session is (copied here first if another node has it); the
-    /// backups get a newer access time in the background when theirs lags.
+    /// backups get a newer access time in the background when theirs lags. The reply is
+    /// encoded straight from the table (reply.rs).
     pub(super) async fn get(&self, at: Reply, token: &str, names: &[String], out: &mut BytesMut) -> After {
-        match self
-            .on_session(token, at.mode, |t, id, now| t.get(id, names, now))
-            .await
-        {
-            Ok(r) => {
-                self.refresh_backups_if_stale(r.id, &r.value);
-                let fresh = self.fresh_token(&r.token, r.value.generation, &r.value.backups);
-                self.reply_session(
-                    at.request_id,
-                    fresh.as_deref(),
-                    &r.value.meta,
-                    &r.value.attrs,
-                    out,
-                )
-            }
-            Err(f) => self.session_failure(at.request_id, f, out),
-        }
+        self.serve_get(at, token, names, out).await
     }
 
     /// TOUCH: like GET without the attributes.

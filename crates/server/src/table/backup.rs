@@ -164,45 +164,58 @@ impl Table {
     /// The live session's state for its backups; also records that its current access
     /// time is being sent (so reads know when the backups lag).
     pub fn snapshot(&self, id: &SessionId, now: u64) -> Option<Snapshot> {
-        let mut r = self.shard(id).map.get_mut(id)?;
-        match r.value_mut() {
-            Entry::Live(l) if !l.expired(now) => {
-                l.meta.last_access_ms = l.last_access_ms.load(Ordering::Relaxed);
-                Some(Snapshot {
-                    generation: l.received,
-                    record: l.record(id),
-                    backups: l.backups.clone(),
-                })
-            }
-            _ => None,
-        }
+        // In place under the write lock: one copy of the attributes (the record's), the
+        // node itself is not rebuilt.
+        let mut g = self.shard(id).map.write(id);
+        let n = g.find_live_mut(id).filter(|n| !n.expired(now))?;
+        n.note_replicated();
+        Some(Snapshot {
+            generation: n.received(),
+            record: SessionRecord {
+                id: *id,
+                meta: n.meta(),
+                attributes: n.packed(),
+            },
+            backups: n.backup_addrs().into(),
+        })
     }
 
     /// Whether this node handed the session on by a COPY (or PROMOTE) from `generation`:
     /// a write applied here under that generation is then in the copy it gave. (A node
     /// that yielded keeps `received` one below its generation, so it does not count.)
     pub fn handed_over_from(&self, id: &SessionId, generation: u64) -> bool {
-        self.shard(id).map.get(id).is_some_and(|r| match r.value() {
-            Entry::HandingOver(h) => h.live.received == generation,
-            Entry::Forwarded { received, .. } => *received == generation,
+        // Only non-live states count: read in place, nothing materialized.
+        let g = self.shard(id).map.read(id);
+        match g.find_other(id) {
+            Some(Entry::HandingOver(h)) => h.live.received == generation,
+            Some(Entry::Forwarded { received, .. }) => *received == generation,
             _ => false,
-        })
+        }
     }
 
     /// The generation under which the session is live here, if it is.
     pub fn live_generation(&self, id: &SessionId, now: u64) -> Option<u64> {
-        self.shard(id).map.get(id).and_then(|r| match r.value() {
-            Entry::Live(l) if !l.expired(now) => Some(l.received),
-            _ => None,
-        })
+        // Read in place: the attributes are not copied out.
+        let g = self.shard(id).map.read(id);
+        g.find_live(id).filter(|n| !n.expired(now)).map(|n| n.received())
     }
 
     /// Records the backups that confirmed the session's copy, if it is still live here
     /// under `generation`.
     pub fn set_backups(&self, id: &SessionId, generation: u64, backups: &[SocketAddr]) {
-        if let Some(mut r) = self.shard(id).map.get_mut(id) {
-            if let Entry::Live(l) = r.value_mut() {
-                if l.received == generation && *l.backups != *backups {
+        let shard = self.shard(id);
+        // Checked in place first: the node is rebuilt only when its backups change.
+        let changes = shard
+            .map
+            .read(id)
+            .find_live(id)
+            .is_some_and(|n| n.received() == generation && n.backup_addrs()[..] != *backups);
+        if !changes {
+            return;
+        }
+        if let Some(mut r) = shard.map.get_mut(id) {
+            if matches!(r.value(), Entry::Live(l) if l.received == generation && *l.backups != *backups) {
+                if let Entry::Live(l) = r.value_mut() {
                     l.backups = backups.into();
                 }
             }

@@ -4,6 +4,7 @@
 //! steps of `handover.rs` and `backup.rs`, so their fencing rules apply unchanged.
 
 use std::collections::HashMap;
+use std::sync::PoisonError;
 
 use sessync_proto::Role;
 
@@ -14,13 +15,14 @@ impl Table {
     pub fn owned_ids(&self, now: u64, limit: usize) -> Vec<SessionId> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            for r in shard.map.iter() {
-                if out.len() >= limit {
-                    return out;
-                }
-                if let Entry::Live(l) = r.value() {
-                    if !l.expired(now) {
-                        out.push(*r.key());
+            for lock in shard.map.inners() {
+                let g = lock.read().unwrap_or_else(PoisonError::into_inner);
+                for n in g.iter_live() {
+                    if out.len() >= limit {
+                        return out;
+                    }
+                    if !n.expired(now) {
+                        out.push(*n.id());
                     }
                 }
             }
@@ -32,10 +34,13 @@ impl Table {
     pub fn backups_by_owner(&self, now: u64) -> HashMap<SocketAddr, Vec<SessionId>> {
         let mut out: HashMap<SocketAddr, Vec<SessionId>> = HashMap::new();
         for shard in self.shards.iter() {
-            for r in shard.map.iter() {
-                if let Entry::Backup(b) = r.value() {
-                    if !b.live.expired(now) {
-                        out.entry(b.owner).or_default().push(*r.key());
+            for lock in shard.map.inners() {
+                let g = lock.read().unwrap_or_else(PoisonError::into_inner);
+                for (id, e) in g.iter_other() {
+                    if let Entry::Backup(b) = e {
+                        if !b.live.expired(now) {
+                            out.entry(b.owner).or_default().push(*id);
+                        }
                     }
                 }
             }
@@ -46,24 +51,20 @@ impl Table {
     /// Whether this node holds a backup copy of `id` from `owner` (repair: a copy that is
     /// still the owner's own).
     pub fn holds_backup_from(&self, id: &SessionId, owner: SocketAddr) -> bool {
-        self.shard(id)
-            .map
-            .get(id)
-            .is_some_and(|r| matches!(r.value(), Entry::Backup(b) if b.owner == owner))
+        let g = self.shard(id).map.read(id);
+        matches!(g.find_other(id), Some(Entry::Backup(b)) if b.owner == owner)
     }
 
     /// Whether this node holds a backup copy of `id` (from any owner).
     pub fn holds_backup(&self, id: &SessionId) -> bool {
-        self.shard(id)
-            .map
-            .get(id)
-            .is_some_and(|r| matches!(r.value(), Entry::Backup(_)))
+        let g = self.shard(id).map.read(id);
+        matches!(g.find_other(id), Some(Entry::Backup(_)))
     }
 
     /// Whether there is any entry for `id` here (live, backup or tombstone). A node with
     /// none never had the session (or restarted since).
     pub fn knows(&self, id: &SessionId) -> bool {
-        self.shard(id).map.contains_key(id)
+        self.shard(id).map.read(id).contains(id)
     }
 
     /// If this node's own lineage of `id` is over (it handed the session on, holds a newer
@@ -73,7 +74,9 @@ impl Table {
     /// DROP of this generation. `None` while it owns the session or is handing it over (a
     /// handover can still fall back), and when it knows nothing of it.
     pub fn lineage_ended_at(&self, id: &SessionId, now: u64) -> Option<u64> {
-        match self.shard(id).map.get(id)?.value() {
+        // Only non-live states answer: read in place, nothing materialized.
+        let g = self.shard(id).map.read(id);
+        match g.find_other(id)? {
             Entry::Forwarded {
                 received, until_ms, ..
             } if now < *until_ms => Some(received + 1),
@@ -90,9 +93,11 @@ impl Table {
     /// backup copy from the owner named, handed it over to the node named, or destroyed it
     /// (`me`). Fences say nothing (`None`): they name no live copy.
     pub fn locate(&self, id: &SessionId, me: SocketAddr, now: u64) -> Option<(Role, SocketAddr)> {
-        let r = self.shard(id).map.get(id)?;
-        match r.value() {
-            Entry::Live(l) if !l.expired(now) => Some((Role::Owner, me)),
+        let g = self.shard(id).map.read(id);
+        if let Some(n) = g.find_live(id) {
+            return (!n.expired(now)).then_some((Role::Owner, me));
+        }
+        match g.find_other(id)? {
             Entry::Backup(b) if !b.live.expired(now) => Some((Role::Backup, b.owner)),
             Entry::HandingOver(h) if !h.live.expired(now) => Some((Role::HandedOver, h.to)),
             Entry::Forwarded { to, until_ms, .. } if now < *until_ms => Some((Role::HandedOver, *to)),
@@ -114,16 +119,17 @@ impl Table {
         let mut out = Vec::new();
         let mut total = 0;
         for shard in self.shards.iter() {
-            for r in shard.map.iter() {
-                if let Entry::Live(l) = r.value() {
-                    if l.expired(now) {
+            for lock in shard.map.inners() {
+                let g = lock.read().unwrap_or_else(PoisonError::into_inner);
+                for n in g.iter_live() {
+                    if n.expired(now) {
                         continue;
                     }
-                    let good = l.backups.iter().filter(|b| !lost.contains(b)).count();
+                    let good = n.backup_addrs().iter().filter(|b| !lost.contains(b)).count();
                     if good < want {
                         total += 1;
                         if out.len() < limit {
-                            out.push(*r.key());
+                            out.push(*n.id());
                         }
                     }
                 }
@@ -136,13 +142,14 @@ impl Table {
     pub fn backed_by(&self, holder: SocketAddr, now: u64, limit: usize) -> Vec<SessionId> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            for r in shard.map.iter() {
-                if out.len() >= limit {
-                    return out;
-                }
-                if let Entry::Live(l) = r.value() {
-                    if !l.expired(now) && l.backups.contains(&holder) {
-                        out.push(*r.key());
+            for lock in shard.map.inners() {
+                let g = lock.read().unwrap_or_else(PoisonError::into_inner);
+                for n in g.iter_live() {
+                    if out.len() >= limit {
+                        return out;
+                    }
+                    if !n.expired(now) && n.backup_addrs().contains(&holder) {
+                        out.push(*n.id());
                     }
                 }
             }
