@@ -101,20 +101,38 @@ fn start_writers(
         .collect()
 }
 
-/// Stops the writers and checks their ledgers through `clients`: no session lost, every
-/// acknowledged append there in order. Returns (acknowledged, unknown).
+/// Stops the writers and checks, through `clients`: no session lost, every acknowledged
+/// append there in order, every idle session readable. Prints what the writers saw under
+/// `name`.
 async fn finish(
+    name: &str,
     writers: Vec<tokio::task::JoinHandle<Vec<Ledger>>>,
     stop: &AtomicBool,
+    counts: &[AtomicU64; 2],
+    idle: &[String],
     clients: &[Client],
     dir: &Path,
-) -> (usize, usize) {
+) {
     stop.store(true, Ordering::Relaxed);
     let mut ledgers = Vec::new();
     for w in writers {
         ledgers.extend(timeout(Duration::from_secs(60), w).await.unwrap().unwrap());
     }
-    check_ledgers(&ledgers, clients, dir).await
+    let (acked, unknown) = check_ledgers(&ledgers, clients, dir).await;
+    let lost = lost_idle(idle, clients).await;
+    println!(
+        "{name}: {} appends tried, {} failed retryably; {acked} acknowledged, {unknown} of unknown outcome; idle sessions lost: {} of {}",
+        counts[0].load(Ordering::Relaxed),
+        counts[1].load(Ordering::Relaxed),
+        lost.len(),
+        idle.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "idle sessions lost: {lost:?}; logs in {}",
+        dir.display()
+    );
+    assert!(acked > 0, "the writers got appends acknowledged");
 }
 
 /// Every idle session (tokens from their creation, attribute `i` = its index) is readable
@@ -311,20 +329,7 @@ async fn scaling_3_to_5_to_2_by_a_dns_name_loses_nothing() {
     let left = &clients[3..];
     let alive = wait_members(left, 2, &dir).await;
     println!("the 2 left agree on 2 alive members {alive:?} after the last drain");
-    let (acked, unknown) = finish(writers, &stop, left, &dir).await;
-    let lost = lost_idle(idle, left).await;
-    println!(
-        "scale 3 -> 5 -> 2: {} appends tried, {} failed retryably; {acked} acknowledged, {unknown} of unknown outcome; idle sessions lost: {} of {IDLE}",
-        counts[0].load(Ordering::Relaxed),
-        counts[1].load(Ordering::Relaxed),
-        lost.len()
-    );
-    assert!(
-        lost.is_empty(),
-        "idle sessions lost: {lost:?}; logs in {}",
-        dir.display()
-    );
-    assert!(acked > 0, "the writers got appends acknowledged");
+    finish("scale 3 -> 5 -> 2", writers, &stop, &counts, idle, left, &dir).await;
 }
 
 /// `kill -9` in the middle of a drain, with `--replicas 1`: the sessions the node had not
@@ -399,18 +404,5 @@ async fn a_kill_during_a_drain_loses_no_acknowledged_append() {
         }
         println!("round {round}: repaired {:?} after the restart", t.elapsed());
     }
-    let (acked, unknown) = finish(writers, &stop, &clients, &dir).await;
-    let lost = lost_idle(idle, &clients).await;
-    println!(
-        "kill during drain: {} appends tried, {} failed retryably; {acked} acknowledged, {unknown} of unknown outcome; idle sessions lost: {} of {IDLE}",
-        counts[0].load(Ordering::Relaxed),
-        counts[1].load(Ordering::Relaxed),
-        lost.len()
-    );
-    assert!(
-        lost.is_empty(),
-        "idle sessions lost: {lost:?}; logs in {}",
-        dir.display()
-    );
-    assert!(acked > 0, "the writers got appends acknowledged");
+    finish("kill during drain", writers, &stop, &counts, idle, &clients, &dir).await;
 }
