@@ -36,48 +36,6 @@ const NAME: &str = "nodes.sessync.test";
 /// ready and leaves once it has exited.
 type LiveSet = Arc<RwLock<Vec<(usize, Client)>>>;
 
-/// Appends to each of `tokens` in turn through a random live node until `stop`; counts
-/// the appends tried and those that failed retryably.
-async fn writer(
-    live: LiveSet,
-    tokens: Vec<String>,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-    counts: Arc<[AtomicU64; 2]>,
-) -> Vec<Ledger> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut ledgers: Vec<Ledger> = tokens
-        .into_iter()
-        .map(|token| Ledger {
-            token,
-            ..Ledger::default()
-        })
-        .collect();
-    let mut next = vec![1u64; ledgers.len()];
-    let mut gone = vec![false; ledgers.len()];
-    while !stop.load(Ordering::Relaxed) {
-        for i in 0..ledgers.len() {
-            if gone[i] || stop.load(Ordering::Relaxed) {
-                continue;
-            }
-            let (at, c) = {
-                let live = live.read().unwrap();
-                live[rng.gen_range(0..live.len())].clone()
-            };
-            counts[0].fetch_add(1, Ordering::Relaxed);
-            match append_once(&c, at, &mut ledgers[i], &mut next[i]).await {
-                Appended::Acked => {}
-                Appended::Lost => gone[i] = true,
-                Appended::Unknown | Appended::Retry => {
-                    counts[1].fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    ledgers
-}
-
 /// Starts one writer task per chunk of `active`.
 fn start_writers(
     live: &LiveSet,
@@ -90,12 +48,21 @@ fn start_writers(
         .chunks(active.len().div_ceil(writers))
         .enumerate()
         .map(|(w, chunk)| {
-            tokio::spawn(writer(
-                live.clone(),
+            let (live, tried, failed) = (live.clone(), counts.clone(), counts.clone());
+            let pick = move |rng: &mut StdRng| {
+                tried[0].fetch_add(1, Ordering::Relaxed);
+                let live = live.read().unwrap();
+                live[rng.gen_range(0..live.len())].clone()
+            };
+            let on_retry = move || {
+                failed[1].fetch_add(1, Ordering::Relaxed);
+            };
+            tokio::spawn(writer_over(
                 chunk.to_vec(),
                 0xe1a5 + w as u64,
                 stop.clone(),
-                counts.clone(),
+                pick,
+                on_retry,
             ))
         })
         .collect()

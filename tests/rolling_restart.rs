@@ -21,7 +21,7 @@ use common::*;
 use fault::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sessync_client::{Client, ClientError, ErrorCode};
+use sessync_client::{ClientError, ErrorCode};
 use tokio::time::timeout;
 
 const NODES: usize = 3;
@@ -48,67 +48,6 @@ struct Counts {
     failed_while_up: AtomicU64,
     /// Appends tried (a GET and a compare-and-set SET each).
     requests: AtomicU64,
-}
-
-/// One compare-and-set append to `l`'s session through a random node, counting a
-/// retryable failure by what the cluster was doing. Returns false when the session was
-/// lost (then the ledger says so).
-async fn append(
-    clients: &[Client],
-    l: &mut Ledger,
-    next: &mut u64,
-    rng: &mut StdRng,
-    counts: &Counts,
-    down: &AtomicU64,
-) -> bool {
-    let at = rng.gen_range(0..clients.len());
-    counts.requests.fetch_add(1, Ordering::Relaxed);
-    match append_once(&clients[at], at, l, next).await {
-        Appended::Acked => true,
-        Appended::Lost => false,
-        Appended::Unknown | Appended::Retry => {
-            let failed = match down.load(Ordering::Relaxed) {
-                DRAINING => &counts.failed_while_draining,
-                DOWN => &counts.failed_while_down,
-                _ => &counts.failed_while_up,
-            };
-            failed.fetch_add(1, Ordering::Relaxed);
-            true
-        }
-    }
-}
-
-/// Appends to each of `tokens` in turn until `stop`.
-async fn writer(
-    clients: Arc<Vec<Client>>,
-    tokens: Vec<String>,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-    down: Arc<AtomicU64>,
-    counts: Arc<Counts>,
-) -> Vec<Ledger> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut ledgers: Vec<Ledger> = tokens
-        .into_iter()
-        .map(|token| Ledger {
-            token,
-            ..Ledger::default()
-        })
-        .collect();
-    let mut next = vec![1u64; ledgers.len()];
-    let mut alive = vec![true; ledgers.len()];
-    while !stop.load(Ordering::Relaxed) {
-        for i in 0..ledgers.len() {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            if alive[i] {
-                alive[i] = append(&clients, &mut ledgers[i], &mut next[i], &mut rng, &counts, &down).await;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    ledgers
 }
 
 async fn rolling_restart(replicas: u8) {
@@ -144,13 +83,30 @@ async fn rolling_restart(replicas: u8) {
         .chunks(per)
         .enumerate()
         .map(|(w, chunk)| {
-            tokio::spawn(writer(
-                clients.clone(),
+            let (clients, counts, down) = (clients.clone(), counts.clone(), down.clone());
+            let pick = {
+                let counts = counts.clone();
+                move |rng: &mut StdRng| {
+                    counts.requests.fetch_add(1, Ordering::Relaxed);
+                    let at = rng.gen_range(0..clients.len());
+                    (at, clients[at].clone())
+                }
+            };
+            // A retryable failure, counted by what the cluster was doing.
+            let on_retry = move || {
+                let failed = match down.load(Ordering::Relaxed) {
+                    DRAINING => &counts.failed_while_draining,
+                    DOWN => &counts.failed_while_down,
+                    _ => &counts.failed_while_up,
+                };
+                failed.fetch_add(1, Ordering::Relaxed);
+            };
+            tokio::spawn(writer_over(
                 chunk.to_vec(),
                 0x5e55 + w as u64,
                 stop.clone(),
-                down.clone(),
-                counts.clone(),
+                pick,
+                on_retry,
             ))
         })
         .collect();

@@ -292,6 +292,48 @@ pub async fn append_once(c: &Client, at: usize, l: &mut Ledger, next: &mut u64) 
     }
 }
 
+/// Appends to each session of `tokens` in turn ([`append_once`]: 1, 2, 3, ... to its
+/// list) until `stop`, through the node `pick` chooses for each append (its index and a
+/// client), pausing 5 ms between rounds; `on_retry` is called for each append that failed
+/// retryably. A session found lost is left alone from then on (its ledger says so).
+pub async fn writer_over<P, R>(
+    tokens: Vec<String>,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    pick: P,
+    on_retry: R,
+) -> Vec<Ledger>
+where
+    P: Fn(&mut StdRng) -> (usize, Client),
+    R: Fn(),
+{
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut ledgers: Vec<Ledger> = tokens
+        .into_iter()
+        .map(|token| Ledger {
+            token,
+            ..Ledger::default()
+        })
+        .collect();
+    let mut next = vec![1u64; ledgers.len()];
+    let mut gone = vec![false; ledgers.len()];
+    while !stop.load(Ordering::Relaxed) {
+        for i in 0..ledgers.len() {
+            if gone[i] || stop.load(Ordering::Relaxed) {
+                continue;
+            }
+            let (at, c) = pick(&mut rng);
+            match append_once(&c, at, &mut ledgers[i], &mut next[i]).await {
+                Appended::Acked => {}
+                Appended::Lost => gone[i] = true,
+                Appended::Unknown | Appended::Retry => on_retry(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ledgers
+}
+
 /// Appends 1, 2, 3, ... to one session's list with compare-and-set, through random nodes.
 pub async fn writer(clients: Arc<Vec<Client>>, token: String, seed: u64, stop: Arc<AtomicBool>) -> Ledger {
     let mut rng = StdRng::seed_from_u64(seed);
