@@ -351,25 +351,15 @@ async fn a_kill_during_a_drain_loses_no_acknowledged_append() {
         .await
         .unwrap();
         // Repaired before the next round: every session has its copy again.
-        let t = Instant::now();
-        loop {
-            let mut under = 0;
-            for c in &clients {
-                if let Ok(Ok(st)) = timeout(Duration::from_secs(2), c.stats()).await {
-                    under += stat(&st, "under_replicated");
-                }
-            }
-            if under == 0 && t.elapsed() > Duration::from_secs(6) {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(40),
-                "round {round}: {under} sessions still under-replicated after 40 s; logs in {}",
-                dir.display()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        println!("round {round}: repaired {:?} after the restart", t.elapsed());
+        let took = wait_repaired(
+            &clients,
+            0,
+            Duration::from_secs(6),
+            &format!("round {round}"),
+            &dir,
+        )
+        .await;
+        println!("round {round}: repaired {took:?} after the restart");
     }
     finish("kill during drain", writers, &stop, &counts, idle, &clients, &dir).await;
 }

@@ -428,3 +428,35 @@ pub async fn check_ledgers(ledgers: &[Ledger], clients: &[Client], dir: &std::pa
     }
     (acked, unknown)
 }
+
+/// Waits until the nodes behind `clients` own at least `owned` sessions among them and
+/// report none under-replicated, and at least `min` has passed (a kill is noticed only
+/// after the membership's and the repair's own delays); panics after 40 s, naming `what`.
+/// Returns how long it took.
+pub async fn wait_repaired(
+    clients: &[Client],
+    owned: u64,
+    min: Duration,
+    what: &str,
+    dir: &std::path::Path,
+) -> Duration {
+    let t = std::time::Instant::now();
+    loop {
+        let (mut have, mut under) = (0, 0);
+        for c in clients {
+            if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(2), c.stats()).await {
+                have += stat(&st, "sessions");
+                under += stat(&st, "under_replicated");
+            }
+        }
+        if have >= owned && under == 0 && t.elapsed() >= min {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "{what}: not repaired in 40 s: {have} owned, {under} under-replicated; logs in {}",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
