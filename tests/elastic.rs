@@ -8,6 +8,8 @@
 //!   machine and the machine's own /etc/hosts is untouched. Two nodes join when their
 //!   records are added; three leave by drain (SIGTERM). Nothing is lost.
 //! - `kill -9` in the middle of a drain, with `--replicas 1`: no acknowledged write lost.
+//! - A DNS seed that resolves to nothing: the node starts anyway, says so at WARN, and
+//!   joins once the name has records.
 //!
 //! Both need root for `unshare -m` and the bind mount only where they use it (the scale
 //! test); without it they print why and return.
@@ -362,4 +364,69 @@ async fn a_kill_during_a_drain_loses_no_acknowledged_append() {
         println!("round {round}: repaired {took:?} after the restart");
     }
     finish("kill during drain", writers, &stop, &counts, idle, &clients, &dir).await;
+}
+
+/// A seed that resolves to nothing is retried and logged, never fatal: two nodes whose
+/// only seed is a name with no record start and run alone, each saying so at WARN; once
+/// the name has their records (the seeds are resolved again every 5 s), they join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_that_resolves_to_nothing_is_retried_and_logged_never_fatal() {
+    if let Err(why) = can_unshare() {
+        println!("not run: needs a mount namespace for its hosts file (root and unshare): {why}");
+        return;
+    }
+    let dir = temp_dir("empty-seed");
+    let secret = secret_file(&dir);
+    let secret = secret.to_str().unwrap().to_string();
+    let hosts = dir.join("hosts");
+    let ips: Vec<IpAddr> = (7..=8).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))).collect();
+    let port = port_free_on(&ips);
+    let seed = format!("dns:{NAME}:{port}");
+    write_hosts(&hosts, &[]);
+    let mut nodes = Vec::new();
+    let mut clients = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        let client = TcpListener::bind((*ip, 0)).unwrap().local_addr().unwrap();
+        let mut node = Node::at(client, SocketAddr::new(*ip, port));
+        node.hosts = Some(hosts.clone());
+        node.log = Some("sessync_server=warn".into());
+        node.start_with(
+            &[],
+            1,
+            &secret,
+            &dir.join(format!("node{i}.log")),
+            &["--join", &seed],
+        );
+        clients.push(connect(node.client).await);
+        nodes.push(node);
+    }
+    // Alone (each knows only itself), and saying why.
+    for c in &clients {
+        assert_eq!(timeout(WAIT, c.members()).await.unwrap().unwrap().len(), 1);
+    }
+    let t = Instant::now();
+    for i in 0..ips.len() {
+        let log = dir.join(format!("node{i}.log"));
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("WARN") && text.contains(&format!("seed {seed}")) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "node {i} did not log the empty seed at WARN: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The name gets its records: the next resolution finds them, and the two join.
+    write_hosts(&hosts, &ips);
+    let joined = wait_members(&clients, 2, &dir).await;
+    println!("two nodes whose seed resolved to nothing joined {joined:?} after it had records");
+    for n in &mut nodes {
+        assert!(
+            n.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+            "a node exited"
+        );
+    }
 }

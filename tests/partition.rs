@@ -151,6 +151,7 @@ async fn isolation_and_partial_partition_lose_no_acknowledged_append() {
             peer: SocketAddr::new(net.host(i).into(), 7800),
             netns: Some(net.ns(i)),
             hosts: None,
+            log: None,
             child: None,
         })
         .collect();

@@ -31,6 +31,8 @@ pub struct Node {
     /// its own, `unshare -m`), so that names resolve as a test wants without touching the
     /// machine's own /etc/hosts. Changes to the file are seen by the running process.
     pub hosts: Option<std::path::PathBuf>,
+    /// The process's log filter (`RUST_LOG`); `None`: `CHAOS_LOG`, or errors only.
+    pub log: Option<String>,
     /// The running process.
     pub child: Option<Child>,
 }
@@ -43,6 +45,7 @@ impl Node {
             peer,
             netns: None,
             hosts: None,
+            log: None,
             child: None,
         }
     }
@@ -101,7 +104,10 @@ impl Node {
             .args(extra)
             .env(
                 "RUST_LOG",
-                std::env::var("CHAOS_LOG").unwrap_or_else(|_| "error".into()),
+                self.log
+                    .clone()
+                    .or_else(|| std::env::var("CHAOS_LOG").ok())
+                    .unwrap_or_else(|| "error".into()),
             )
             .stdout(Stdio::piped())
             .stderr(log)
@@ -118,6 +124,7 @@ impl Node {
         let mut blank = Node::at(self.client, self.peer);
         blank.netns = self.netns.clone();
         blank.hosts = self.hosts.clone();
+        blank.log = self.log.clone();
         std::mem::replace(self, blank)
     }
 
