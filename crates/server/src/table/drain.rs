@@ -13,6 +13,12 @@ use super::*;
 impl Table {
     /// The live sessions owned here (not expired), at most `limit`.
     pub fn owned_ids(&self, now: u64, limit: usize) -> Vec<SessionId> {
+        self.live_ids_where(now, limit, |_| true)
+    }
+
+    /// The live sessions owned here (not expired) that `keep` accepts, at most `limit`: one
+    /// scan, inner table by inner table under its read lock.
+    fn live_ids_where(&self, now: u64, limit: usize, keep: impl Fn(&LiveNode) -> bool) -> Vec<SessionId> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             for lock in shard.map.inners() {
@@ -21,7 +27,7 @@ impl Table {
                     if out.len() >= limit {
                         return out;
                     }
-                    if !n.expired(now) {
+                    if !n.expired(now) && keep(n) {
                         out.push(*n.id());
                     }
                 }
@@ -140,20 +146,6 @@ impl Table {
 
     /// The live sessions owned here whose backups include `holder`, at most `limit`.
     pub fn backed_by(&self, holder: SocketAddr, now: u64, limit: usize) -> Vec<SessionId> {
-        let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            for lock in shard.map.inners() {
-                let g = lock.read().unwrap_or_else(PoisonError::into_inner);
-                for n in g.iter_live() {
-                    if out.len() >= limit {
-                        return out;
-                    }
-                    if !n.expired(now) && n.backup_addrs().contains(&holder) {
-                        out.push(*n.id());
-                    }
-                }
-            }
-        }
-        out
+        self.live_ids_where(now, limit, |n| n.backup_addrs().contains(&holder))
     }
 }

@@ -551,7 +551,9 @@ impl Table {
     }
 
     /// Reads a session (all attributes, or only `names` when not empty) and refreshes its
-    /// idle deadline. Takes a read lock only; the attributes are copied out under it.
+    /// idle deadline. Takes a read lock only; the attributes are copied out under it. The
+    /// node serves GET with [`Table::get_with`] (no copy); this owned form is for tests.
+    #[cfg(any(test, feature = "testing"))]
     pub fn get(&self, id: &SessionId, names: &[String], now: u64) -> Result<Served, Miss> {
         let g = self.shard(id).map.read(id);
         let Some(n) = g.find_live(id) else {
