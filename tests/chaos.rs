@@ -66,10 +66,7 @@ async fn a_resumed_owner_acknowledges_nothing_of_its_stale_copy() {
     let dir = temp_dir("pause-min");
     let secret = secret_file(&dir);
     let nodes = start_nodes(3, 1, secret.to_str().unwrap(), &dir);
-    let mut clients = Vec::new();
-    for n in &nodes {
-        clients.push(connect(n.client).await);
-    }
+    let clients = connect_all(&nodes).await;
     let created = timeout(WAIT, clients[0].create(attrs(&[("cart", "0")])))
         .await
         .unwrap()

@@ -205,6 +205,26 @@ fn write_hosts(path: &Path, ips: &[IpAddr]) {
     std::fs::write(path, text).unwrap();
 }
 
+/// Starts a node (`--replicas 1`) with its peer port at `ip:port` and its client port on
+/// an OS-chosen port of `ip`, seeing `hosts` as /etc/hosts and joining by `seed`; `filter`
+/// overrides its log filter.
+fn start_named(
+    ip: IpAddr,
+    port: u16,
+    hosts: &Path,
+    secret: &str,
+    seed: &str,
+    log: &Path,
+    filter: Option<&str>,
+) -> Node {
+    let client = TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap();
+    let mut node = Node::at(client, SocketAddr::new(ip, port));
+    node.hosts = Some(hosts.to_path_buf());
+    node.log = filter.map(String::from);
+    node.start_with(&[], 1, secret, log, &["--join", seed]);
+    node
+}
+
 /// Whether this process may make mount namespaces and bind mounts (root, `unshare`).
 fn can_unshare() -> Result<(), String> {
     let out = std::process::Command::new("unshare")
@@ -237,18 +257,18 @@ async fn scaling_3_to_5_to_2_by_a_dns_name_loses_nothing() {
     let seed = format!("dns:{NAME}:{port}");
     write_hosts(&hosts, &ips[..3]);
     let start = |i: usize| {
-        let client = TcpListener::bind((ips[i], 0)).unwrap().local_addr().unwrap();
-        let mut node = Node::at(client, SocketAddr::new(ips[i], port));
-        node.hosts = Some(hosts.clone());
-        let log = dir.join(format!("node{i}.log"));
-        node.start_with(&[], 1, &secret, &log, &["--join", &seed]);
-        node
+        start_named(
+            ips[i],
+            port,
+            &hosts,
+            &secret,
+            &seed,
+            &dir.join(format!("node{i}.log")),
+            None,
+        )
     };
     let mut nodes: Vec<Node> = (0..3).map(start).collect();
-    let mut clients = Vec::new();
-    for n in &nodes {
-        clients.push(connect(n.client).await);
-    }
+    let mut clients = connect_all(&nodes).await;
     let formed = wait_members(&clients, 3, &dir).await;
     println!("3 nodes joined by {seed} agree on 3 alive members after {formed:?}");
 
@@ -315,10 +335,7 @@ async fn a_kill_during_a_drain_loses_no_acknowledged_append() {
     let secret = secret.to_str().unwrap().to_string();
     let mut nodes = start_nodes(NODES, 1, &secret, &dir);
     let peers: Vec<_> = nodes.iter().map(|n| n.peer).collect();
-    let mut clients = Vec::new();
-    for n in &nodes {
-        clients.push(connect(n.client).await);
-    }
+    let clients = connect_all(&nodes).await;
     let tokens = create_sessions(&clients, SESSIONS).await;
     let (idle, active) = tokens.split_at(IDLE);
     let live: LiveSet = Arc::new(RwLock::new(clients.iter().cloned().enumerate().collect()));
@@ -386,16 +403,15 @@ async fn a_seed_that_resolves_to_nothing_is_retried_and_logged_never_fatal() {
     let mut nodes = Vec::new();
     let mut clients = Vec::new();
     for (i, ip) in ips.iter().enumerate() {
-        let client = TcpListener::bind((*ip, 0)).unwrap().local_addr().unwrap();
-        let mut node = Node::at(client, SocketAddr::new(*ip, port));
-        node.hosts = Some(hosts.clone());
-        node.log = Some("sessync_server=warn".into());
-        node.start_with(
-            &[],
-            1,
+        let log = dir.join(format!("node{i}.log"));
+        let node = start_named(
+            *ip,
+            port,
+            &hosts,
             &secret,
-            &dir.join(format!("node{i}.log")),
-            &["--join", &seed],
+            &seed,
+            &log,
+            Some("sessync_server=warn"),
         );
         clients.push(connect(node.client).await);
         nodes.push(node);

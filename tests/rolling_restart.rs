@@ -56,10 +56,7 @@ async fn rolling_restart(replicas: u8) {
     let secret = secret.to_str().unwrap().to_string();
     let mut nodes = start_nodes(NODES, replicas, &secret, &dir);
     let peers: Vec<_> = nodes.iter().map(|n| n.peer).collect();
-    let mut clients = Vec::new();
-    for n in &nodes {
-        clients.push(connect(n.client).await);
-    }
+    let clients = connect_all(&nodes).await;
     let clients = Arc::new(clients);
     // Sessions through every node in turn, so each node owns a third.
     let mut tokens = Vec::with_capacity(SESSIONS);
@@ -227,10 +224,7 @@ async fn a_rolling_kill_with_time_to_repair_loses_no_idle_session() {
     let secret = secret.to_str().unwrap().to_string();
     let mut nodes = start_nodes(NODES, 1, &secret, &dir);
     let peers: Vec<_> = nodes.iter().map(|n| n.peer).collect();
-    let mut clients = Vec::new();
-    for n in &nodes {
-        clients.push(connect(n.client).await);
-    }
+    let clients = connect_all(&nodes).await;
     let mut tokens = Vec::with_capacity(IDLE_SESSIONS);
     for i in 0..IDLE_SESSIONS {
         let s = timeout(WAIT, clients[i % NODES].create(attrs(&[("i", &i.to_string())])))

@@ -216,6 +216,15 @@ pub async fn connect(addr: SocketAddr) -> Client {
     Client::connect(addr, cfg).await.unwrap()
 }
 
+/// A client to each of `nodes`, in order.
+pub async fn connect_all(nodes: &[Node]) -> Vec<Client> {
+    let mut clients = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        clients.push(connect(n.client).await);
+    }
+    clients
+}
+
 /// What one compare-and-set append saw ([`append_once`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
