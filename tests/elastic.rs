@@ -298,14 +298,7 @@ async fn scaling_3_to_5_to_2_by_a_dns_name_loses_nothing() {
     for i in 0..3 {
         write_hosts(&hosts, &ips[i + 1..]);
         let t = Instant::now();
-        let mut node = nodes[i].take();
-        let (node, status) = tokio::task::spawn_blocking(move || {
-            let status = node.terminate(Duration::from_secs(30));
-            (node, status)
-        })
-        .await
-        .unwrap();
-        nodes[i] = node;
+        let status = nodes[i].terminate_in_background(Duration::from_secs(30)).await;
         live.write().unwrap().retain(|(at, _)| *at != i);
         assert!(
             status.success(),
@@ -362,13 +355,7 @@ async fn a_kill_during_a_drain_loses_no_acknowledged_append() {
         nodes[i].kill();
         println!("round {round}: node {i} killed {after:?} into its drain ({drain_left})");
         let log = dir.join(format!("node{i}-again.log"));
-        let (mut node, peers2, secret2) = (nodes[i].take(), peers.clone(), secret.clone());
-        nodes[i] = tokio::task::spawn_blocking(move || {
-            node.start(&peers2, 1, &secret2, &log);
-            node
-        })
-        .await
-        .unwrap();
+        nodes[i].start_in_background(&peers, 1, &secret, log).await;
         // Repaired before the next round: every session has its copy again.
         let took = wait_repaired(
             &clients,

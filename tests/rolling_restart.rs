@@ -115,13 +115,7 @@ async fn rolling_restart(replicas: u8) {
             let t = Instant::now();
             down.store(DRAINING, Ordering::Relaxed);
             // SIGTERM: the node drains, then exits. Blocking waits run off the runtime.
-            let mut node = nodes[i].take();
-            let (node, status) = tokio::task::spawn_blocking(move || {
-                let status = node.terminate(Duration::from_secs(30));
-                (node, status)
-            })
-            .await
-            .unwrap();
+            let status = nodes[i].terminate_in_background(Duration::from_secs(30)).await;
             let drain_time = t.elapsed();
             assert!(
                 status.success(),
@@ -129,19 +123,8 @@ async fn rolling_restart(replicas: u8) {
                 dir.display()
             );
             down.store(DOWN, Ordering::Relaxed);
-            let (secret, peers, log) = (
-                secret.clone(),
-                peers.clone(),
-                dir.join(format!("node{i}-round{round}.log")),
-            );
-            let node = tokio::task::spawn_blocking(move || {
-                let mut node = node;
-                node.start(&peers, replicas, &secret, &log);
-                node
-            })
-            .await
-            .unwrap();
-            nodes[i] = node;
+            let log = dir.join(format!("node{i}-round{round}.log"));
+            nodes[i].start_in_background(&peers, replicas, &secret, log).await;
             down.store(UP, Ordering::Relaxed);
             println!(
                 "replicas {replicas}: round {round}, node {i}: drained and exited 0 in {drain_time:?}, back in {:?}",

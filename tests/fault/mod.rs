@@ -128,6 +128,38 @@ impl Node {
         std::mem::replace(self, blank)
     }
 
+    /// [`Node::terminate`] on a blocking thread, so that an async test's clients and
+    /// writers keep running meanwhile.
+    pub async fn terminate_in_background(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut node = self.take();
+        let (node, status) = tokio::task::spawn_blocking(move || {
+            let status = node.terminate(within);
+            (node, status)
+        })
+        .await
+        .unwrap();
+        *self = node;
+        status
+    }
+
+    /// [`Node::start`] on a blocking thread (it waits for the ready line), as
+    /// [`Node::terminate_in_background`].
+    pub async fn start_in_background(
+        &mut self,
+        peers: &[SocketAddr],
+        replicas: u8,
+        secret: &str,
+        log: std::path::PathBuf,
+    ) {
+        let (mut node, peers, secret) = (self.take(), peers.to_vec(), secret.to_string());
+        *self = tokio::task::spawn_blocking(move || {
+            node.start(&peers, replicas, &secret, &log);
+            node
+        })
+        .await
+        .unwrap();
+    }
+
     /// SIGSTOP (`true`) or SIGCONT (`false`): the process keeps its sockets and memory but
     /// runs nothing, as in a long GC pause or a VM migration.
     pub fn pause(&self, stop: bool) {
