@@ -103,12 +103,17 @@ impl Node {
                 }
                 RoundOutcome::Superseded { to, placed } => {
                     self.spawn_fence(id, generation, placed);
-                    (None, Some(to))
+                    (None, Some(Landing::Superseded(to)))
+                }
+                RoundOutcome::Destroyed { placed } => {
+                    tracing::info!(session = %id, generation, "a holder has the session destroyed; the copy claimed is not installed");
+                    self.spawn_fence(id, generation, placed);
+                    (None, Some(Landing::Destroyed))
                 }
             }
         };
         let landing = match (&landing_backups, superseded) {
-            (_, Some(to)) => Landing::Superseded(to),
+            (_, Some(instead)) => instead,
             (Some(b), None) => Landing::Owner(&b.holders),
             (None, None) => Landing::Owner(&[]),
         };
@@ -215,6 +220,19 @@ impl Node {
                     Replication::NotHere
                 }
             }
+            // A later owner of this lineage destroyed (or rotated) it: this copy is stale
+            // (this node was paused or cut off meanwhile) and ends here too.
+            RoundOutcome::Destroyed { mut placed } => {
+                for b in current.iter() {
+                    if !placed.contains(b) {
+                        placed.push(*b);
+                    }
+                }
+                self.spawn_fence(id, snap.generation, placed);
+                tracing::info!(session = %id, generation = snap.generation, "a holder has the session destroyed; ending the copy here");
+                let _ = self.table.destroy(&id, now_ms());
+                Replication::NotHere
+            }
         }
     }
 
@@ -286,8 +304,12 @@ impl Node {
             }))
             .await;
             let mut superseded = None;
+            let mut destroyed = false;
             for (&b, reply) in batch.iter().zip(replies) {
                 match reply {
+                    // A tombstone there: the session was destroyed or rotated away by a
+                    // later owner; never install or acknowledge this copy (seed 51).
+                    Ok(PeerMessage::NotFound { .. }) => destroyed = true,
                     Ok(PeerMessage::Ok) => {
                         Stats::bump(&self.stats.replicated);
                         confirmed.push(b);
@@ -309,6 +331,9 @@ impl Node {
                         }
                     }
                 }
+            }
+            if destroyed {
+                return RoundOutcome::Destroyed { placed: holders };
             }
             if let Some(to) = superseded {
                 return RoundOutcome::Superseded { to, placed: holders };

@@ -88,6 +88,10 @@ enum RoundOutcome {
     /// hold this owner's copy of the session; they must be fenced (DROP) so that the
     /// abandoned copy can never be promoted over the newer owner's.
     Superseded { to: SocketAddr, placed: Vec<SocketAddr> },
+    /// A node holds the session's tombstone: it was destroyed or rotated away there (by a
+    /// later owner of this lineage), so the copy replicated is a stale one that must never
+    /// be served. `placed` as for `Superseded`.
+    Destroyed { placed: Vec<SocketAddr> },
 }
 
 /// A request's session, resolved: the operation's result, the id and the verified token.

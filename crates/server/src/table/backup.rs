@@ -4,6 +4,12 @@
 
 use super::*;
 
+/// How long a DROP for a copy this node does not hold (yet) fences that copy: longer than
+/// a REPLICATE can be delayed in flight behind it (a peer timeout of a few seconds, a
+/// paused receiver reading its socket late), short enough that the tombstones it leaves
+/// cost nothing lasting.
+const LATE_COPY_FENCE_MS: u64 = 60_000;
+
 impl Table {
     /// A backup's step: stores `record`, sent by `owner`, which owns it under
     /// `generation`. Copies are ordered by (generation, version, last access); an older
@@ -89,6 +95,7 @@ impl Table {
                         owner: fenced,
                         generation: g,
                         until_ms,
+                        ..
                     } if now < *until_ms && generation <= *g => return Replicated::Moved(*fenced),
                     Entry::Destroyed { until_ms } if now < *until_ms => return Replicated::Destroyed,
                     _ => None,
@@ -133,12 +140,29 @@ impl Table {
     /// Returns whether it did.
     pub fn drop_backup(&self, id: &SessionId, owner: SocketAddr, generation: u64, now: u64) -> Dropped {
         let shard = self.shard(id);
-        let Some(mut r) = shard.map.get_mut(id) else {
-            return Dropped::NotHeld;
+        let fence = |until_ms: u64, held: bool| Entry::Fenced {
+            owner,
+            generation,
+            until_ms,
+            held,
         };
-        let until_ms = match r.value() {
+        let mut o = match shard.map.entry(*id) {
+            // Nothing held: the DROP may have overtaken the REPLICATE it retires (one
+            // whose reply was lost, so the owner counted this node a holder, delayed or
+            // sent on an older connection). A fence for a while refuses that copy when it
+            // lands, or a failover could later promote a destroyed or rotated-away id
+            // (simulation seed 51).
+            MapEntry::Vacant(v) => {
+                let e = fence(now + LATE_COPY_FENCE_MS, false);
+                self.account_add(shard, &e);
+                v.insert(e);
+                return Dropped::NotHeld;
+            }
+            MapEntry::Occupied(o) => o,
+        };
+        let until_ms = match o.get() {
             Entry::Backup(b) if b.owner == owner && b.live.received <= generation => {
-                b.live.meta().expires_at_ms().max(now + 1)
+                (b.live.meta().expires_at_ms().max(now + 1), true)
             }
             // A newer owner's copy, or this node owns or handed on the session since: the
             // sender is not the owner any more, and must not report its DESTROY or ROTATE
@@ -162,15 +186,21 @@ impl Table {
                 owner: by,
                 generation: g,
                 until_ms,
+                ..
             } if now < *until_ms && *by != owner && *g >= generation => return Dropped::Newer(*by),
+            // A pointer to the sender (or to an older owner), or an older fence: as for
+            // an absent entry, the sender's copy may still be on its way here (this node
+            // handed the session to it, and its REPLICATE making this node a holder was
+            // overtaken), so it is fenced rather than left open.
+            Entry::Forwarded { until_ms, .. } if now < *until_ms => {
+                ((*until_ms).max(now + LATE_COPY_FENCE_MS), true)
+            }
+            Entry::Fenced { until_ms, held, .. } if now < *until_ms => {
+                ((*until_ms).max(now + LATE_COPY_FENCE_MS), *held)
+            }
             _ => return Dropped::NotHeld,
         };
-        let fence = Entry::Fenced {
-            owner,
-            generation,
-            until_ms,
-        };
-        self.replace(shard, r.value_mut(), fence);
+        self.replace(shard, o.get_mut(), fence(until_ms.0, until_ms.1));
         Dropped::Fenced
     }
 

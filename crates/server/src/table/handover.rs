@@ -145,7 +145,12 @@ impl Table {
             }
             Entry::HandingOver(h) if !h.live.expired(now) => CopyOutcome::Moved(h.to),
             Entry::Forwarded { to, until_ms, .. } if now < *until_ms => CopyOutcome::Moved(*to),
-            Entry::Fenced { owner, until_ms, .. } if now < *until_ms => CopyOutcome::Moved(*owner),
+            Entry::Fenced {
+                owner,
+                until_ms,
+                held: true,
+                ..
+            } if now < *until_ms => CopyOutcome::Moved(*owner),
             _ => CopyOutcome::NotFound,
         }
     }
@@ -228,6 +233,9 @@ impl Table {
                 to,
                 until_ms: live.meta().expires_at_ms().max(now + 1),
                 received: transfer.saturating_sub(1),
+            },
+            Landing::Destroyed => Entry::Destroyed {
+                until_ms: live.meta().expires_at_ms().max(now + 1),
             },
         };
         tracing::debug!(session = %id, version = record.meta.version, transfer, "install");

@@ -219,6 +219,10 @@ pub enum Entry {
         generation: u64,
         /// When the fence may go.
         until_ms: u64,
+        /// Whether this node held that owner's copy (or pointed to it): then requests are
+        /// pointed at `owner`. A fence left by a DROP for a copy never held here (it may
+        /// still be on its way) says nothing about where the session is.
+        held: bool,
     },
     /// Destroyed or rotated away; kept until the session's own deadline.
     Destroyed {
@@ -298,6 +302,9 @@ pub enum Landing<'a> {
     Owner(&'a [SocketAddr]),
     /// A forwarding tombstone to this newer owner.
     Superseded(SocketAddr),
+    /// A tombstone: a holder of the session had it destroyed or rotated away, so the copy
+    /// is of a lineage that ended.
+    Destroyed,
 }
 
 /// What to do when a CREATE would pass the limits.
@@ -546,7 +553,10 @@ impl Table {
     fn miss_for(e: &Entry) -> Miss {
         match e {
             Entry::Forwarded { to, .. } => Miss::Moved(*to),
-            Entry::Fenced { owner, .. } => Miss::Moved(*owner),
+            Entry::Fenced {
+                owner, held: true, ..
+            } => Miss::Moved(*owner),
+            Entry::Fenced { held: false, .. } => Miss::Absent,
             Entry::HandingOver(h) => Miss::Moved(h.to),
             // Not ours: its owner (as far as we know) is the one to ask.
             Entry::Backup(b) => Miss::Moved(b.owner),

@@ -310,6 +310,28 @@ fn two_pending_claims_of_one_generation_the_higher_node_wins() {
     );
 }
 
+/// A DROP that overtakes the REPLICATE it retires (the owner counted this node a holder
+/// because the reply was lost) fences the late copy, so a rotated-away or destroyed id is
+/// never stored and later promoted (simulation seed 51); the fence names no copy, so
+/// requests here are not pointed anywhere by it.
+#[test]
+fn a_drop_before_its_replicate_fences_the_late_copy() {
+    let owner = who(1);
+    let origin = table(10, EvictPolicy::Reject);
+    let (id, _) = origin.create(&attrs(&[("k", "v")]), 1000, 0, 0).unwrap();
+    let r = record_of(&origin, &id);
+    let b = table(10, EvictPolicy::Reject);
+    assert_eq!(b.drop_backup(&id, owner.advertised, 4, 1), Dropped::NotHeld);
+    assert_eq!(
+        b.replicate_in(owner, 4, &r, 2),
+        Replicated::Moved(owner.advertised)
+    );
+    assert_eq!(b.get(&id, &[], 2).unwrap_err(), Miss::Absent);
+    assert_eq!(b.hand_over(&id, who(2), 0, None, 2), CopyOutcome::NotFound);
+    // A newer generation of the lineage is stored as before.
+    assert_eq!(b.replicate_in(owner, 5, &r, 3), Replicated::Stored(None));
+}
+
 /// `--evict soonest-expiry` evicts in deadline order (issue 15: the sampling it replaced
 /// let 216 of the 500 oldest sessions survive while it evicted 21 of the 500 newest).
 /// 2 000 sessions fill the table, created 1 ms apart with one idle TTL (so deadlines
