@@ -381,6 +381,66 @@ fn committed_corpus_replays() {
     assert!(failed.is_empty(), "corpus files broke a promise: {failed:?}");
 }
 
+/// Schedules the fuzz target found breaking a promise (5 minutes of `cargo fuzz run`, 75
+/// findings on 2026-12-01), the smallest of each class: issue 13's open part, as
+/// tests/simulation.rs `STILL_FAILING`. Hex bytes (a corpus file's content) and what broke.
+/// Several need no fault at all, only message loss. A fixed one moves into the corpus.
+const KNOWN_FAILING: &[(&str, &str)] = &[
+    (
+        "6d6f77316d2a1212",
+        "no fault, 4 nodes, 1 backup, 5% loss: a destroyed session comes back",
+    ),
+    (
+        "030000f119e003480002",
+        "no fault, 4 nodes, 1 backup, 10% loss, no chaser: a destroyed session comes back",
+    ),
+    (
+        "c76d69613b6f6f6e",
+        "no fault, 10% loss, 30% duplicates: two sessions left as forwarding pointers and fences only, unreadable after the heal",
+    ),
+    (
+        "41034100ca00060003",
+        "no fault, 5% loss: a reader's session TOO_MANY_HOPS after the heal",
+    ),
+    (
+        "297072e07072e0858585856f6f",
+        "delay spikes and one 16 s pause: an acknowledged append lost, a rotated-away id takes a write",
+    ),
+    (
+        "35696c646532656f6d69ffffff6e73",
+        "a partial partition (1-2 cut for 6.5 s): a rotated-away id takes a write",
+    ),
+    (
+        "0300002c6572726f7273e003480002",
+        "5% loss and a 275 ms isolation: an acknowledged append lost",
+    ),
+];
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The schedules of [`KNOWN_FAILING`]; ignored until they are fixed (`cargo test --release
+/// --test handover_model -- --ignored known_failing_schedules`). Each prints its report.
+#[test]
+#[ignore = "schedules the fuzzer found breaking promises: issue 13's open part; run with --ignored"]
+fn known_failing_schedules() {
+    init_log();
+    let mut failed = Vec::new();
+    for (bytes, what) in KNOWN_FAILING {
+        let data = unhex(bytes);
+        let r = simulate_bytes(&data);
+        if !r.violations.is_empty() {
+            eprintln!("{}", explain(what, &data, &r));
+            failed.push(*bytes);
+        }
+    }
+    assert!(failed.is_empty(), "still failing: {failed:?}");
+}
+
 #[test]
 fn the_seed_corpus_is_committed() {
     for (name, schedule, _) in scenarios() {
