@@ -70,6 +70,19 @@ impl Table {
                         }
                         None
                     }
+                    // Two claims of one generation (two backups promoted at once after
+                    // their owner failed), ours still replicating: neither can have been
+                    // installed (each needs the other's acceptance, and each refuses the
+                    // other), so nothing was acknowledged under either, and the higher node
+                    // id wins. Without the tie-break both refuse, both give up, and no copy
+                    // is left (simulation seed 190).
+                    Entry::HandingOver(h)
+                        if h.claim && generation == h.transfer && owner.node_id > h.to_node =>
+                    {
+                        let e = backup();
+                        self.replace(shard, o.get_mut(), e);
+                        return Replicated::Stored(None);
+                    }
                     Entry::HandingOver(h) => Some((h.to, h.transfer)),
                     Entry::Forwarded { to, received, .. } => Some((*to, received + 1)),
                     Entry::Fenced {

@@ -41,6 +41,7 @@ impl Table {
                 to_node: requester_node,
                 live,
                 transfer,
+                claim: false,
             }));
             (
                 h,
@@ -308,6 +309,7 @@ impl Table {
                 to_node: me.node_id,
                 live,
                 transfer: generation,
+                claim: true,
             }))
         });
         out

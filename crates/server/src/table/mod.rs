@@ -108,6 +108,10 @@ pub struct HandingOver {
     live: Live,
     /// This handover's transfer id.
     pub transfer: u64,
+    /// This node's own claim ([`Table::promote_local`]), replicating before it installs:
+    /// nothing was acknowledged under it yet, so it may lose a tie with another claim of
+    /// the same generation (protocol.md 12.2).
+    pub claim: bool,
 }
 
 /// A backup copy of a session another node owns: see [`Entry::Backup`].

@@ -266,6 +266,50 @@ fn a_handover_whose_receiver_died_is_handed_on_and_stale_owners_are_told() {
     assert!(u.get(&own, &[], 3).is_ok());
 }
 
+/// Two backups of a failed owner promote at once, each claiming the next generation: the
+/// higher node id wins between the two pending claims, the lower yields and keeps the
+/// winner's copy as its backup (simulation seed 190: both refused, no copy was left).
+#[test]
+fn two_pending_claims_of_one_generation_the_higher_node_wins() {
+    let (owner, low, high) = (who(1), who(2), who(3));
+    let origin = table(10, EvictPolicy::Reject);
+    let (id, _) = origin.create(&attrs(&[("k", "v")]), 1000, 0, 0).unwrap();
+    let r = record_of(&origin, &id);
+    let (l, h) = (table(10, EvictPolicy::Reject), table(10, EvictPolicy::Reject));
+    for t in [&l, &h] {
+        assert_eq!(t.replicate_in(owner, 4, &r, 1), Replicated::Stored(None));
+    }
+    let cl = l.promote_local(&id, owner.advertised, low, 2).unwrap();
+    let ch = h.promote_local(&id, owner.advertised, high, 2).unwrap();
+    assert_eq!((cl.generation, ch.generation), (5, 5));
+    // The lower claim is refused at the higher claimer ...
+    assert_eq!(
+        h.replicate_in(low, 5, &cl.record, 3),
+        Replicated::Moved(high.advertised)
+    );
+    // ... and the higher one is taken at the lower, in place of its own claim.
+    assert_eq!(l.replicate_in(high, 5, &ch.record, 3), Replicated::Stored(None));
+    assert_eq!(l.get(&id, &[], 3).unwrap_err(), Miss::Moved(high.advertised));
+    // The loser's superseded install leaves the winner's copy in place.
+    assert!(!l
+        .install_as(&cl.record, 5, Landing::Superseded(high.advertised), 3)
+        .unwrap());
+    assert!(h
+        .install_as(&ch.record, 5, Landing::Owner(&[low.advertised]), 3)
+        .unwrap());
+    assert_eq!(h.get(&id, &[], 3).unwrap().attrs.unpack(), attrs(&[("k", "v")]));
+    // A plain handover of that generation is never overruled by a claim.
+    let g = table(10, EvictPolicy::Reject);
+    let (other, _) = g.create(&attrs(&[]), 1000, 0, 0).unwrap();
+    let CopyOutcome::Data { transfer, record, .. } = g.hand_over(&other, low, 0, None, 1) else {
+        panic!("no copy")
+    };
+    assert_eq!(
+        g.replicate_in(high, transfer, &record, 2),
+        Replicated::Moved(low.advertised)
+    );
+}
+
 /// `--evict soonest-expiry` evicts in deadline order (issue 15: the sampling it replaced
 /// let 216 of the 500 oldest sessions survive while it evicted 21 of the 500 newest).
 /// 2 000 sessions fill the table, created 1 ms apart with one idle TTL (so deadlines
