@@ -11,7 +11,7 @@
 #
 # Except `handover` (the simulation of the node, scripted by the input): it replays its
 # committed corpus, every file of which must pass, but does not explore, because about one
-# random schedule in eight still hits a class that issue 13 keeps open (fuzz/README.md,
+# random schedule in ten still hits a class that issue 13 keeps open (fuzz/README.md,
 # "Known findings"). FUZZ_HANDOVER_EXPLORE=1 explores it like the others.
 set -euo pipefail
 cd "$(dirname "$0")/.."
