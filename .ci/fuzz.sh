@@ -8,6 +8,11 @@
 # changes here. A crash, a timeout or an out-of-memory fails the step; the input is left in
 # fuzz/artifacts/TARGET/ and the fuzzer's log is printed. fuzz/README.md says how to
 # reproduce, minimise and keep it.
+#
+# Except `handover` (the simulation of the node, scripted by the input): it replays its
+# committed corpus, every file of which must pass, but does not explore, because about one
+# random schedule in ten still hits a class that issue 13 keeps open (fuzz/README.md,
+# "Known findings"). FUZZ_HANDOVER_EXPLORE=1 explores it like the others.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +31,19 @@ failed=0
 for target in $(cargo fuzz list); do
   mkdir -p "$scratch/$target"
   log="$scratch/$target.log"
+  if [ "$target" = handover ] && [ "${FUZZ_HANDOVER_EXPLORE:-0}" != 1 ]; then
+    inputs=(fuzz/corpus/handover/*)
+    # Given files, libFuzzer runs each once and exits.
+    if cargo fuzz run --sanitizer none handover "${inputs[@]}" -- \
+        -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 >"$log" 2>&1; then
+      echo "== fuzz handover: replayed ${#inputs[@]} corpus inputs (exploring is off until issue 13's open classes are fixed), no finding"
+    else
+      echo "== fuzz handover FAILED on a corpus input; the fuzzer's log:" >&2
+      cat "$log" >&2
+      failed=1
+    fi
+    continue
+  fi
   # -timeout: one input may not take 10 s; -malloc_limit_mb: no single allocation of more
   # than 256 MiB (inputs are at most a few KiB, so that would be an unchecked length).
   if cargo fuzz run --sanitizer none "$target" "$scratch/$target" "fuzz/corpus/$target" -- \

@@ -1,26 +1,16 @@
-//! The COPY handover over three simulated nodes, driven by an operation list. The model
-//! (and its operation decoding) is shared with `tests/handover_model.rs`, which replays
-//! this target's corpus in `cargo test`.
+//! The node's real cross-node logic (handover, replication, failover) in the deterministic
+//! simulation (`sessync_server::testing`), scripted by the input: seed, cluster, workload,
+//! weather and each fault with its time (`testing::Schedule`; every byte string is one).
+//! Any broken promise panics with the report. `tests/handover_model.rs` replays this
+//! target's corpus in `cargo test`.
 #![no_main]
 
-use libfuzzer_sys::arbitrary::{Arbitrary, Result, Unstructured};
-
-#[path = "../../tests/model/handover_model.rs"]
-mod model;
-
-/// An operation list: `Arbitrary` hands the whole input to the model's own decoding, so a
-/// corpus file means the same run here and in the replay test.
-#[derive(Debug)]
-struct Ops(Vec<model::Op>);
-
-impl<'a> Arbitrary<'a> for Ops {
-    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        Ok(Ops(model::decode(u.bytes(u.len())?)))
-    }
-}
-
-libfuzzer_sys::fuzz_target!(|ops: Ops| {
-    if let Err(e) = model::run(&ops.0) {
-        panic!("{e}");
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let report = sessync_server::testing::simulate_bytes(data);
+    if !report.violations.is_empty() {
+        panic!(
+            "a promise broke (replay: put the input in fuzz/corpus/handover/ and run `cargo test --test handover_model`):\n  violations: {:#?}\n  schedule and faults: {:#?}",
+            report.violations, report.events
+        );
     }
 });

@@ -13,13 +13,22 @@
 //! not model: clock skew between nodes (one virtual clock), a paused process's own timers
 //! (its IO is held, its timers run), and the TCP and TLS layers (tested over sockets).
 //!
-//! Replay: a violation names its seed; `simulate(seed, ..)` runs the same schedule again.
-//! (Session ids still come from the OS RNG, so a replay follows the same fault and
-//! request schedule with other ids; that has reproduced every failure so far.)
+//! Replay: a violation names its seed; `simulate(seed, ..)` runs the same schedule again
+//! (session ids come from the seed too, on the simulation's thread).
+//!
+//! From bytes: [`simulate_bytes`] runs the [`Schedule`] a byte string stands for (seed,
+//! cluster, workload, weather, and each fault with its time), so that a fuzzer explores
+//! the simulator (the `handover` target, fuzz/); every byte string is a valid schedule
+//! and the same bytes replay the same run.
 
 mod net;
+mod schedule;
 mod workload;
 
+pub use net::{Traffic, Weather};
+pub use schedule::{Fault, FaultKind, Schedule, DELAY_US, DUP, FAULT_LEN, HEADER_LEN, LOSS, SPIKE};
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -30,7 +39,7 @@ use tokio::time::{sleep, Duration, Instant};
 
 use crate::config::NodeConfig;
 use crate::node::Node;
-use net::{Net, NetHandle, NetState, Slot, Weather};
+use net::{Net, NetHandle, NetState, Slot};
 
 /// What one simulation runs.
 #[derive(Debug, Clone)]
@@ -43,6 +52,11 @@ pub struct SimOptions {
     pub writers: usize,
     /// Sessions read through random nodes (moving them).
     pub readers: usize,
+    /// Readers that chase the writers' sessions through random nodes (so that moves race
+    /// the writes, rotations and destructions).
+    pub chasers: usize,
+    /// Whether every writer destroys its session at the end (else one in four does).
+    pub destroy_all: bool,
     /// How long faults are injected (virtual time), before everything heals.
     pub chaos: Duration,
     /// Whether a node may crash (and restart empty) once.
@@ -63,6 +77,8 @@ impl Default for SimOptions {
             replicas: 1,
             writers: 6,
             readers: 4,
+            chasers: 0,
+            destroy_all: false,
             chaos: Duration::from_secs(8),
             crash: true,
             pauses: true,
@@ -87,10 +103,52 @@ pub struct Report {
     pub violations: Vec<String>,
     /// Promotions counted by the nodes (for the quiet-cluster check).
     pub promotions: u64,
+    /// The nodes' counters at the end (STATS names), summed over the processes running
+    /// then (a crashed process's counts are gone with it).
+    pub stats: BTreeMap<String, u64>,
+    /// What the network did.
+    pub traffic: Traffic,
 }
 
-/// Runs one simulation. Deterministic for a seed (up to session ids; see the module docs).
+impl Report {
+    /// A node counter summed over the nodes (0 when no node counts it).
+    pub fn stat(&self, name: &str) -> u64 {
+        self.stats.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// Where the faults and the weather come from.
+enum Plan<'a> {
+    /// Drawn from the seed ([`simulate`]).
+    Drawn,
+    /// Set by a schedule ([`simulate_schedule`]).
+    Scripted(Weather, &'a [Fault]),
+}
+
+/// Runs one simulation, faults and weather drawn from the seed. Deterministic for a seed.
 pub fn simulate(seed: u64, opts: &SimOptions) -> Report {
+    simulate_plan(seed, opts, Plan::Drawn)
+}
+
+/// Runs the schedule a byte string stands for ([`Schedule::decode`]; every byte string
+/// is one). Deterministic for the bytes; a fuzz target's whole body.
+pub fn simulate_bytes(data: &[u8]) -> Report {
+    simulate_schedule(&Schedule::decode(data))
+}
+
+/// Runs a schedule: its seed drives the network's randomness and the clients, its
+/// weather and faults are as written. [`Report::events`] starts with the schedule.
+pub fn simulate_schedule(schedule: &Schedule) -> Report {
+    let mut report = simulate_plan(
+        u64::from(schedule.seed),
+        &schedule.options(),
+        Plan::Scripted(schedule.weather, &schedule.faults),
+    );
+    report.events.insert(0, format!("{schedule:?}"));
+    report
+}
+
+fn simulate_plan(seed: u64, opts: &SimOptions, plan: Plan<'_>) -> Report {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -108,7 +166,7 @@ pub fn simulate(seed: u64, opts: &SimOptions) -> Report {
     let report = rt.block_on(async {
         crate::clock::sim::set(1_800_000_000_000);
         sessync_proto::sim_ids::seed(seed);
-        run(seed, opts).await
+        run(seed, opts, plan).await
     });
     crate::clock::sim::clear();
     sessync_proto::sim_ids::clear();
@@ -162,7 +220,7 @@ fn boot(net: &Arc<Net>, i: usize, opts: &SimOptions) -> (Arc<Node>, Vec<tokio::t
     (node, tasks)
 }
 
-async fn run(seed: u64, opts: &SimOptions) -> Report {
+async fn run(seed: u64, opts: &SimOptions, plan: Plan<'_>) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
     let weather = Weather {
         loss: [0.0, 0.0, 0.01, 0.05][rng.gen_range(0..4)],
@@ -170,7 +228,9 @@ async fn run(seed: u64, opts: &SimOptions) -> Report {
         max_delay: Duration::from_micros([200, 2_000, 20_000][rng.gen_range(0..3)]),
         spike: [0.0, 0.001, 0.01][rng.gen_range(0..3)],
     };
-    let weather = if opts.faults && opts.weather {
+    let weather = if let Plan::Scripted(w, _) = plan {
+        w
+    } else if opts.faults && opts.weather {
         weather
     } else {
         Weather {
@@ -186,6 +246,7 @@ async fn run(seed: u64, opts: &SimOptions) -> Report {
             slots: Vec::new(),
             cuts: Default::default(),
             weather,
+            traffic: Traffic::default(),
         }),
     });
     for i in 0..opts.nodes {
@@ -213,11 +274,23 @@ async fn run(seed: u64, opts: &SimOptions) -> Report {
         }
     };
     let started = Instant::now();
-    if opts.faults {
+    if let Plan::Scripted(_, faults) = plan {
+        for f in faults {
+            sleep(f.after).await;
+            let what = apply(&net, f.what, opts).await;
+            report.events.push(format!("{:?}: {what}", started.elapsed()));
+        }
+        tokio::time::sleep_until(started + opts.chaos).await;
+        heal(&net).await;
+        report.events.push(format!("{:?}: healed", started.elapsed()));
+    } else if opts.faults {
         let mut crashed = !opts.crash;
         while started.elapsed() < opts.chaos {
             sleep(Duration::from_millis(rng.gen_range(100..1500))).await;
-            let fault = inject(&net, &mut rng, opts, &mut crashed).await;
+            let fault = match draw(&mut rng, opts, &mut crashed) {
+                Some(f) => apply(&net, f, opts).await,
+                None => "nothing".to_string(),
+            };
             report.events.push(format!("{:?}: {fault}", started.elapsed()));
         }
         heal(&net).await;
@@ -230,13 +303,12 @@ async fn run(seed: u64, opts: &SimOptions) -> Report {
     work.finish(&net, &mut report).await;
     let slots: Vec<Arc<Node>> = net.lock().slots.iter().map(|s| s.node.clone()).collect();
     for n in slots {
-        let s = n.stats.snapshot();
-        report.promotions += s
-            .iter()
-            .filter(|(k, _)| k == "promotions")
-            .map(|(_, v)| *v)
-            .sum::<u64>();
+        for (k, v) in n.stats.snapshot() {
+            *report.stats.entry(k).or_default() += v;
+        }
     }
+    report.promotions = report.stat("promotions");
+    report.traffic = net.lock().traffic;
     for s in net.lock().slots.iter_mut() {
         for t in s.tasks.drain(..) {
             t.abort();
@@ -245,16 +317,39 @@ async fn run(seed: u64, opts: &SimOptions) -> Report {
     report
 }
 
-/// One fault: a cut between two hosts, an isolated host, a pause, or (once per run, so
-/// that no more than `replicas` nodes lose their memory) a crash and restart. Each heals
-/// by itself within seconds.
-async fn inject(net: &Arc<Net>, rng: &mut StdRng, opts: &SimOptions, crashed: &mut bool) -> String {
+/// One fault drawn from the seed: a cut between two hosts, an isolated host, a pause, or
+/// (once per run, so that no more than `replicas` nodes lose their memory) a crash and
+/// restart; `None` for nothing. Each heals by itself within seconds.
+fn draw(rng: &mut StdRng, opts: &SimOptions, crashed: &mut bool) -> Option<FaultKind> {
     let n = opts.nodes;
     let a = rng.gen_range(0..n);
     let b = (a + rng.gen_range(1..n)) % n;
     let hold = Duration::from_millis(rng.gen_range(200..6000));
     match rng.gen_range(0..10) {
-        0..=2 => {
+        0..=2 => Some(FaultKind::Cut { a, b, hold }),
+        3..=4 => Some(FaultKind::Isolate { a, hold }),
+        5..=7 if opts.pauses => {
+            // Pauses of any length: sometimes far past the peer timeout and the client's.
+            let length = if rng.gen_bool(0.3) {
+                Duration::from_millis(rng.gen_range(5_000..25_000))
+            } else {
+                hold
+            };
+            Some(FaultKind::Pause { a, length })
+        }
+        _ if !*crashed => {
+            *crashed = true;
+            let down = Duration::from_millis(rng.gen_range(50..2000));
+            Some(FaultKind::Crash { a, down })
+        }
+        _ => None,
+    }
+}
+
+/// Injects one fault (a crash waits out its downtime); returns what it did, for the report.
+async fn apply(net: &Arc<Net>, fault: FaultKind, opts: &SimOptions) -> String {
+    match fault {
+        FaultKind::Cut { a, b, hold } => {
             net.lock().cuts.insert((a.min(b), a.max(b)));
             let net = net.clone();
             tokio::spawn(async move {
@@ -263,9 +358,11 @@ async fn inject(net: &Arc<Net>, rng: &mut StdRng, opts: &SimOptions, crashed: &m
             });
             format!("cut {a}-{b} for {hold:?}")
         }
-        3..=4 => {
-            let pairs: Vec<(usize, usize)> =
-                (0..n).filter(|&x| x != a).map(|x| (a.min(x), a.max(x))).collect();
+        FaultKind::Isolate { a, hold } => {
+            let pairs: Vec<(usize, usize)> = (0..opts.nodes)
+                .filter(|&x| x != a)
+                .map(|x| (a.min(x), a.max(x)))
+                .collect();
             net.lock().cuts.extend(pairs.iter().copied());
             let net = net.clone();
             tokio::spawn(async move {
@@ -277,42 +374,47 @@ async fn inject(net: &Arc<Net>, rng: &mut StdRng, opts: &SimOptions, crashed: &m
             });
             format!("isolate {a} for {hold:?}")
         }
-        5..=7 if opts.pauses => {
-            // Pauses of any length: sometimes far past the peer timeout and the client's.
-            let pause = if rng.gen_bool(0.3) {
-                Duration::from_millis(rng.gen_range(5_000..25_000))
-            } else {
-                hold
-            };
-            let until = Instant::now() + pause;
+        FaultKind::Pause { a, length } => {
+            let until = Instant::now() + length;
             let mut st = net.lock();
             let slot = &mut st.slots[a];
             slot.paused_until = Some(slot.paused_until.map_or(until, |u| u.max(until)));
-            format!("pause {a} for {pause:?}")
+            format!("pause {a} for {length:?}")
         }
-        _ if !*crashed => {
-            *crashed = true;
-            {
-                let mut st = net.lock();
-                let slot = &mut st.slots[a];
-                slot.alive = false;
-                slot.paused_until = None;
-                for t in slot.tasks.drain(..) {
-                    t.abort();
-                }
-            }
-            let down = Duration::from_millis(rng.gen_range(50..2000));
-            sleep(down).await;
-            let (node, tasks) = boot(net, a, opts);
-            let mut st = net.lock();
-            let slot = &mut st.slots[a];
-            slot.node = node;
-            slot.tasks = tasks;
-            slot.alive = true;
-            slot.incarnation += 1;
+        FaultKind::Crash { a, down } => {
+            crash(net, &[a], down, opts).await;
             format!("crash {a}, restarted after {down:?}")
         }
-        _ => "nothing".to_string(),
+        FaultKind::CrashAll { down, .. } => {
+            let all: Vec<usize> = (0..opts.nodes).collect();
+            crash(net, &all, down, opts).await;
+            format!("crash every node, restarted after {down:?}")
+        }
+    }
+}
+
+/// Crashes the processes of `hosts` at once and restarts them (empty) after `down`.
+async fn crash(net: &Arc<Net>, hosts: &[usize], down: Duration, opts: &SimOptions) {
+    {
+        let mut st = net.lock();
+        for &a in hosts {
+            let slot = &mut st.slots[a];
+            slot.alive = false;
+            slot.paused_until = None;
+            for t in slot.tasks.drain(..) {
+                t.abort();
+            }
+        }
+    }
+    sleep(down).await;
+    for &a in hosts {
+        let (node, tasks) = boot(net, a, opts);
+        let mut st = net.lock();
+        let slot = &mut st.slots[a];
+        slot.node = node;
+        slot.tasks = tasks;
+        slot.alive = true;
+        slot.incarnation += 1;
     }
 }
 

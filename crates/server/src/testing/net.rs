@@ -34,17 +34,40 @@ pub(crate) struct Slot {
     pub(crate) tasks: Vec<JoinHandle<()>>,
 }
 
-/// How messages fare on the network (drawn per seed).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Weather {
+/// How messages fare on the network (drawn per seed, or set by a schedule).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weather {
     /// Probability that a request, or its reply, is lost.
-    pub(crate) loss: f64,
+    pub loss: f64,
     /// Probability that a request is delivered twice.
-    pub(crate) dup: f64,
+    pub dup: f64,
     /// Largest one-way delay.
-    pub(crate) max_delay: Duration,
+    pub max_delay: Duration,
     /// Probability of a delay spike (up to 1.5 s: longer than the peer timeout).
-    pub(crate) spike: f64,
+    pub spike: f64,
+}
+
+/// What the network did in one run (so tests can show a scenario reached what its name
+/// says).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Peer requests sent.
+    pub requests: u64,
+    /// Refused at once (host down, or a cut that refuses connections).
+    pub refused: u64,
+    /// Requests that vanished (lost, or sent into a cut).
+    pub requests_lost: u64,
+    /// Requests delivered twice.
+    pub duplicated: u64,
+    /// Replies lost after the request was handled.
+    pub replies_lost: u64,
+    /// Delay spikes (past the peer timeout).
+    pub spikes: u64,
+    /// Replies that came after the asker gave up.
+    pub late_replies: u64,
+    /// Of those, COPY_DATA, handed to the node to install anyway, as its late-reply task
+    /// does (the node refuses one that a newer copy superseded).
+    pub late_copies: u64,
 }
 
 /// The network's mutable state.
@@ -54,6 +77,8 @@ pub(crate) struct NetState {
     /// Host pairs (lower index first) that cannot reach each other.
     pub(crate) cuts: HashSet<(usize, usize)>,
     pub(crate) weather: Weather,
+    /// What happened to the messages (counted only; draws nothing).
+    pub(crate) traffic: Traffic,
 }
 
 /// The network, shared by every node and client of one simulation.
@@ -114,6 +139,7 @@ impl Net {
     fn delay(state: &mut NetState) -> Duration {
         let w = state.weather;
         if state.rng.gen_bool(w.spike) {
+            state.traffic.spikes += 1;
             return Duration::from_millis(state.rng.gen_range(100..1500));
         }
         let max = w.max_delay.as_micros().max(1) as u64;
@@ -122,20 +148,25 @@ impl Net {
 
     fn plan(&self, from: usize, to: usize) -> Plan {
         let mut st = self.lock();
+        st.traffic.requests += 1;
         if !st.slots[to].alive {
+            st.traffic.refused += 1;
             return Plan::Refused(format!("{}: connection refused", st.slots[to].addr));
         }
         if Self::cut(&st, from, to) {
             // A blackhole route refuses new connections at once; packets on a link that
             // exists already vanish. Both happen.
             return if st.rng.gen_bool(0.5) {
+                st.traffic.refused += 1;
                 Plan::Refused("no route to host".into())
             } else {
+                st.traffic.requests_lost += 1;
                 Plan::Silence
             };
         }
         let w = st.weather;
         if st.rng.gen_bool(w.loss) {
+            st.traffic.requests_lost += 1;
             return Plan::Silence;
         }
         let there = Self::delay(&mut st);
@@ -203,6 +234,7 @@ impl Net {
         let _entered = span.enter();
         let answer = crate::peer_port::handle(&target, &from, msg.clone());
         if dup {
+            self.lock().traffic.duplicated += 1;
             let _ = crate::peer_port::handle(&target, &from, msg);
         }
         drop(_entered);
@@ -211,6 +243,7 @@ impl Net {
             return;
         };
         if lose_reply {
+            self.lock().traffic.replies_lost += 1;
             sleep_until(deadline).await;
             return;
         }
@@ -221,12 +254,17 @@ impl Net {
         }
         // The asker gave up before the reply came: a late COPY_DATA must still be
         // installed (the giver handed the session over), as `late_replies` does.
+        let late = reply.send(Ok(answer));
+        if late.is_err() {
+            self.lock().traffic.late_replies += 1;
+        }
         if let Err(Ok(PeerMessage::CopyData {
             transfer,
             holders,
             record,
-        })) = reply.send(Ok(answer))
+        })) = late
         {
+            self.lock().traffic.late_copies += 1;
             let node = self.lock().slots[f].node.clone();
             node.install_copy(to, transfer, &record, &holders, &[]).await;
         }

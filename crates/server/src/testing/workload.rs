@@ -111,6 +111,7 @@ pub(super) struct Workload {
     stop: Arc<AtomicBool>,
     writers: Vec<JoinHandle<Ledger>>,
     readers: Vec<JoinHandle<String>>,
+    chasers: Vec<JoinHandle<()>>,
 }
 
 async fn create(net: &Arc<Net>, i: usize, attrs: Attributes) -> Result<String, String> {
@@ -137,11 +138,13 @@ impl Workload {
     pub(super) async fn start(net: &Arc<Net>, opts: &SimOptions, seed: u64) -> Result<Workload, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut writers = Vec::new();
+        let mut writer_tokens = Vec::new();
         for w in 0..opts.writers {
             let attrs: Attributes = [("list".to_string(), Bytes::new())].into_iter().collect();
             let token = create(net, w % opts.nodes, attrs).await?;
+            writer_tokens.push(token.clone());
             let (net, stop) = (net.clone(), stop.clone());
-            let (nodes, destroy_at_end) = (opts.nodes, w % 4 == 3);
+            let (nodes, destroy_at_end) = (opts.nodes, opts.destroy_all || w % 4 == 3);
             writers.push(tokio::spawn(writer(
                 net,
                 nodes,
@@ -182,10 +185,37 @@ impl Workload {
                 token
             }));
         }
+        // Chasers read the writers' sessions (following the tokens they are given), so
+        // that copies race the writer's own requests, its rotations and its DESTROY.
+        let mut chasers = Vec::new();
+        for c in 0..opts.chasers {
+            let Some(token) = writer_tokens.get(c % writer_tokens.len().max(1)).cloned() else {
+                break;
+            };
+            let (net, stop, nodes) = (net.clone(), stop.clone(), opts.nodes);
+            let mut rng = StdRng::seed_from_u64(seed * 15_485_863 + c as u64);
+            chasers.push(tokio::spawn(async move {
+                let mut token = token;
+                while !stop.load(Ordering::Relaxed) {
+                    let i = rng.gen_range(0..nodes);
+                    let get = Request::Get {
+                        token: token.clone(),
+                        names: Vec::new(),
+                    };
+                    if let Outcome::Reply(Response::Session(s)) = call(&net, i, get).await {
+                        if let Some(t) = s.token {
+                            token = t;
+                        }
+                    }
+                    sleep(Duration::from_millis(rng.gen_range(1..15))).await;
+                }
+            }));
+        }
         Ok(Workload {
             stop,
             writers,
             readers,
+            chasers,
         })
     }
 
@@ -197,6 +227,11 @@ impl Workload {
             match w.await {
                 Ok(l) => ledgers.push(l),
                 Err(e) => report.violations.push(format!("a writer panicked: {e}")),
+            }
+        }
+        for c in self.chasers {
+            if let Err(e) = c.await {
+                report.violations.push(format!("a chaser panicked: {e}"));
             }
         }
         let mut tokens = Vec::new();
