@@ -250,6 +250,8 @@ async fn serve_connection(
     let mut partial_since = Some(Instant::now());
     let mut got_frame = false;
     let mut reading = true;
+    // Whether a deferred request's reply woke this task.
+    let mut late_arrived = false;
     loop {
         // Decode and answer what is buffered, unless too many requests wait on peers.
         while deferred < MAX_DEFERRED {
@@ -362,6 +364,18 @@ async fn serve_connection(
             deferred -= 1;
             out.extend_from_slice(&reply);
         }
+        if late_arrived && deferred > 0 {
+            // Late replies come in bursts: the peer answers a batch of COPYs in one write,
+            // and each completes a deferred request. Let the rest of the burst run first
+            // (the task runs again once its worker has nothing else ready), so that the
+            // burst goes out in one write instead of one write per reply.
+            tokio::task::yield_now().await;
+            while let Ok(reply) = late_rx.try_recv() {
+                deferred -= 1;
+                out.extend_from_slice(&reply);
+            }
+        }
+        late_arrived = false;
         if !out.is_empty() {
             write_bounded(node, &mut stream, &out).await?;
             out.clear();
@@ -398,6 +412,7 @@ async fn serve_connection(
             Some(reply) = late_rx.recv(), if deferred > 0 => {
                 deferred -= 1;
                 out.extend_from_slice(&reply);
+                late_arrived = true;
             }
             r = timeout_at(deadline, stream.read_buf(&mut input)), if can_read && reading => match r {
                 Ok(r) => {
