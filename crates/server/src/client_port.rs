@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::FutureExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use sessync_proto::{check_frame, decode_frame, ErrorCode, ErrorReply, Message, Request, Response};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -244,6 +245,8 @@ async fn serve_connection(
     let mut authenticated = cfg.password.is_none();
     // Replies of requests that needed another node, computed off this task.
     let (late_tx, mut late_rx) = mpsc::channel::<BytesMut>(MAX_DEFERRED);
+    // The task that runs them, started on the first one.
+    let mut runner: Option<mpsc::UnboundedSender<Deferred>> = None;
     let mut deferred = 0usize;
     // The first frame must be complete within the frame timeout of connecting, and so
     // must every frame after its first byte arrives.
@@ -323,13 +326,32 @@ async fn serve_connection(
                     match local.now_or_never().unwrap_or(After::Defer) {
                         After::Defer => {
                             deferred += 1;
-                            let (node, tx, id) = (node.clone(), late_tx.clone(), frame.request_id);
-                            tokio::spawn(async move {
-                                let mut reply = BytesMut::new();
-                                node.handle(id, &req, true, Mode::Full, &mut reply).await;
-                                node.stats.latency.observe(op, started.elapsed());
-                                let _ = tx.send(reply).await;
-                            });
+                            let d = Deferred {
+                                id: frame.request_id,
+                                req,
+                                op,
+                                started,
+                            };
+                            // Alone, a request gets a task of its own (the shortest path
+                            // for a single move); with others out, it joins the runner.
+                            let d = if deferred == 1 {
+                                Err(d)
+                            } else {
+                                let runner = runner.get_or_insert_with(|| {
+                                    let (tx, rx) = mpsc::unbounded_channel();
+                                    tokio::spawn(run_deferred(node.clone(), rx, late_tx.clone()));
+                                    tx
+                                });
+                                // An error is not expected (the runner lives while this
+                                // sender does); the request is answered all the same.
+                                runner.send(d).map_err(|mpsc::error::SendError(d)| d)
+                            };
+                            if let Err(d) = d {
+                                let (tx, node) = (late_tx.clone(), node.clone());
+                                tokio::spawn(async move {
+                                    let _ = tx.send(answer(node, d).await).await;
+                                });
+                            }
                             After::Continue
                         }
                         after => {
@@ -432,6 +454,57 @@ async fn serve_connection(
                     return write_final(&mut stream, &out).await;
                 }
             },
+        }
+    }
+}
+
+/// A request that needs another node, handed to its connection's runner.
+struct Deferred {
+    id: u64,
+    req: Request,
+    op: usize,
+    started: std::time::Instant,
+}
+
+/// Bytes reserved for a deferred request's reply: a 1 KiB session's SESSION reply with a
+/// new token (~1.3 KiB) fits without growing the buffer.
+const DEFERRED_REPLY_CAPACITY: usize = 2048;
+
+/// Answers one deferred request (copying its session here first, or whatever else it
+/// needs from other nodes).
+async fn answer(node: SharedNode, d: Deferred) -> BytesMut {
+    let mut reply = BytesMut::with_capacity(DEFERRED_REPLY_CAPACITY);
+    node.handle(d.id, &d.req, true, Mode::Full, &mut reply).await;
+    node.stats.latency.observe(d.op, d.started.elapsed());
+    reply
+}
+
+/// Runs one connection's deferred requests, all at once and each at its own pace, and
+/// sends each reply back as it is ready: one task per connection instead of one per
+/// request, woken once for every batch of peer replies, whose requests it then all
+/// completes in that one run. It is not the connection's task, so a client that does not
+/// read its replies holds up none of the handovers its requests are part of. Ends when the
+/// connection is gone and every request it took is answered.
+async fn run_deferred(
+    node: SharedNode,
+    mut requests: mpsc::UnboundedReceiver<Deferred>,
+    replies: mpsc::Sender<BytesMut>,
+) {
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            Some(reply) = running.next(), if !running.is_empty() => {
+                // Never full: the connection has at most MAX_DEFERRED requests out, and
+                // the channel holds MAX_DEFERRED replies. When the connection is gone
+                // the reply has no one to go to.
+                let _ = replies.try_send(reply);
+            }
+            r = requests.recv(), if open => match r {
+                Some(d) => running.push(answer(node.clone(), d)),
+                None => open = false,
+            },
+            else => return,
         }
     }
 }
