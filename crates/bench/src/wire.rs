@@ -67,11 +67,18 @@ pub(crate) fn sessync_stats(out: &mut BytesMut, rid: u64) {
 
 /// Takes one reply frame off `buf`. `Ok(None)`: need more bytes.
 pub(crate) fn sessync_reply(buf: &mut BytesMut) -> anyhow::Result<Option<Outcome>> {
+    Ok(sessync_reply_with_id(buf)?.map(|(_, o)| o))
+}
+
+/// [`sessync_reply`], with the request id the reply answers: a node answers a request
+/// that needs another node when it is ready, after requests sent later (protocol.md:
+/// replies are matched by request id), so a pipelining client must match them by id.
+pub(crate) fn sessync_reply_with_id(buf: &mut BytesMut) -> anyhow::Result<Option<(u64, Outcome)>> {
     let Some(frame) = decode_frame(buf, MAX_FRAME)? else {
         return Ok(None);
     };
     let mut body = &frame.body[..];
-    Ok(Some(match frame.opcode {
+    Ok(Some((frame.request_id, match frame.opcode {
         client_op::SESSION => {
             anyhow::ensure!(!body.is_empty(), "empty SESSION reply");
             if body.get_u8() == 1 {
@@ -89,7 +96,7 @@ pub(crate) fn sessync_reply(buf: &mut BytesMut) -> anyhow::Result<Option<Outcome
             Outcome::Err(ErrorCode::from_u16(body.get_u16()).name().to_string())
         }
         other => anyhow::bail!("unexpected reply opcode {other:#04x}"),
-    }))
+    })))
 }
 
 /// The counters of a STATS reply, by name.
