@@ -78,25 +78,28 @@ pub(crate) fn sessync_reply_with_id(buf: &mut BytesMut) -> anyhow::Result<Option
         return Ok(None);
     };
     let mut body = &frame.body[..];
-    Ok(Some((frame.request_id, match frame.opcode {
-        client_op::SESSION => {
-            anyhow::ensure!(!body.is_empty(), "empty SESSION reply");
-            if body.get_u8() == 1 {
-                anyhow::ensure!(body.len() >= 2, "short SESSION reply");
-                let n = usize::from(body.get_u16());
-                anyhow::ensure!(body.len() >= n, "short SESSION token");
-                Outcome::Ok(Some(String::from_utf8(body[..n].to_vec())?))
-            } else {
-                Outcome::Ok(None)
+    Ok(Some((
+        frame.request_id,
+        match frame.opcode {
+            client_op::SESSION => {
+                anyhow::ensure!(!body.is_empty(), "empty SESSION reply");
+                if body.get_u8() == 1 {
+                    anyhow::ensure!(body.len() >= 2, "short SESSION reply");
+                    let n = usize::from(body.get_u16());
+                    anyhow::ensure!(body.len() >= n, "short SESSION token");
+                    Outcome::Ok(Some(String::from_utf8(body[..n].to_vec())?))
+                } else {
+                    Outcome::Ok(None)
+                }
             }
-        }
-        client_op::DONE | client_op::PONG | client_op::STATS_REPLY => Outcome::Ok(None),
-        OP_ERROR => {
-            anyhow::ensure!(body.len() >= 2, "short ERROR reply");
-            Outcome::Err(ErrorCode::from_u16(body.get_u16()).name().to_string())
-        }
-        other => anyhow::bail!("unexpected reply opcode {other:#04x}"),
-    })))
+            client_op::DONE | client_op::PONG | client_op::STATS_REPLY => Outcome::Ok(None),
+            OP_ERROR => {
+                anyhow::ensure!(body.len() >= 2, "short ERROR reply");
+                Outcome::Err(ErrorCode::from_u16(body.get_u16()).name().to_string())
+            }
+            other => anyhow::bail!("unexpected reply opcode {other:#04x}"),
+        },
+    )))
 }
 
 /// The counters of a STATS reply, by name.
