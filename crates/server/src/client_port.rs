@@ -7,8 +7,10 @@
 //! flushed whenever it passes [`FLUSH_AT`], so it stays bounded.
 //!
 //! A request this node can answer alone is answered in place. One that needs another node
-//! (its session must be copied here) runs in its own task and its reply is written when
-//! it is ready, out of order (replies are matched by request id): an SDK sends all of an
+//! (its session must be copied here) runs off the connection's task (alone, in a task of
+//! its own; while others are out, in the connection's runner task, [`run_deferred`]) and
+//! its reply is written when it is ready, out of order (replies are matched by request
+//! id), late replies of one burst in one write: an SDK sends all of an
 //! application's users over one connection, and one user's session on a slow or dead
 //! node must not hold up everyone else's. At most [`MAX_DEFERRED`] such requests per
 //! connection wait at once.
