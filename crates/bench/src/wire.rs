@@ -67,29 +67,39 @@ pub(crate) fn sessync_stats(out: &mut BytesMut, rid: u64) {
 
 /// Takes one reply frame off `buf`. `Ok(None)`: need more bytes.
 pub(crate) fn sessync_reply(buf: &mut BytesMut) -> anyhow::Result<Option<Outcome>> {
+    Ok(sessync_reply_with_id(buf)?.map(|(_, o)| o))
+}
+
+/// [`sessync_reply`], with the request id the reply answers: a node answers a request
+/// that needs another node when it is ready, after requests sent later (protocol.md:
+/// replies are matched by request id), so a pipelining client must match them by id.
+pub(crate) fn sessync_reply_with_id(buf: &mut BytesMut) -> anyhow::Result<Option<(u64, Outcome)>> {
     let Some(frame) = decode_frame(buf, MAX_FRAME)? else {
         return Ok(None);
     };
     let mut body = &frame.body[..];
-    Ok(Some(match frame.opcode {
-        client_op::SESSION => {
-            anyhow::ensure!(!body.is_empty(), "empty SESSION reply");
-            if body.get_u8() == 1 {
-                anyhow::ensure!(body.len() >= 2, "short SESSION reply");
-                let n = usize::from(body.get_u16());
-                anyhow::ensure!(body.len() >= n, "short SESSION token");
-                Outcome::Ok(Some(String::from_utf8(body[..n].to_vec())?))
-            } else {
-                Outcome::Ok(None)
+    Ok(Some((
+        frame.request_id,
+        match frame.opcode {
+            client_op::SESSION => {
+                anyhow::ensure!(!body.is_empty(), "empty SESSION reply");
+                if body.get_u8() == 1 {
+                    anyhow::ensure!(body.len() >= 2, "short SESSION reply");
+                    let n = usize::from(body.get_u16());
+                    anyhow::ensure!(body.len() >= n, "short SESSION token");
+                    Outcome::Ok(Some(String::from_utf8(body[..n].to_vec())?))
+                } else {
+                    Outcome::Ok(None)
+                }
             }
-        }
-        client_op::DONE | client_op::PONG | client_op::STATS_REPLY => Outcome::Ok(None),
-        OP_ERROR => {
-            anyhow::ensure!(body.len() >= 2, "short ERROR reply");
-            Outcome::Err(ErrorCode::from_u16(body.get_u16()).name().to_string())
-        }
-        other => anyhow::bail!("unexpected reply opcode {other:#04x}"),
-    }))
+            client_op::DONE | client_op::PONG | client_op::STATS_REPLY => Outcome::Ok(None),
+            OP_ERROR => {
+                anyhow::ensure!(body.len() >= 2, "short ERROR reply");
+                Outcome::Err(ErrorCode::from_u16(body.get_u16()).name().to_string())
+            }
+            other => anyhow::bail!("unexpected reply opcode {other:#04x}"),
+        },
+    )))
 }
 
 /// The counters of a STATS reply, by name.

@@ -7,8 +7,10 @@
 //! flushed whenever it passes [`FLUSH_AT`], so it stays bounded.
 //!
 //! A request this node can answer alone is answered in place. One that needs another node
-//! (its session must be copied here) runs in its own task and its reply is written when
-//! it is ready, out of order (replies are matched by request id): an SDK sends all of an
+//! (its session must be copied here) runs off the connection's task (alone, in a task of
+//! its own; while others are out, in the connection's runner task, [`run_deferred`]) and
+//! its reply is written when it is ready, out of order (replies are matched by request
+//! id), late replies of one burst in one write: an SDK sends all of an
 //! application's users over one connection, and one user's session on a slow or dead
 //! node must not hold up everyone else's. At most [`MAX_DEFERRED`] such requests per
 //! connection wait at once.
@@ -27,7 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::FutureExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use sessync_proto::{check_frame, decode_frame, ErrorCode, ErrorReply, Message, Request, Response};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -244,12 +247,16 @@ async fn serve_connection(
     let mut authenticated = cfg.password.is_none();
     // Replies of requests that needed another node, computed off this task.
     let (late_tx, mut late_rx) = mpsc::channel::<BytesMut>(MAX_DEFERRED);
+    // The task that runs them, started on the first one.
+    let mut runner: Option<mpsc::UnboundedSender<Deferred>> = None;
     let mut deferred = 0usize;
     // The first frame must be complete within the frame timeout of connecting, and so
     // must every frame after its first byte arrives.
     let mut partial_since = Some(Instant::now());
     let mut got_frame = false;
     let mut reading = true;
+    // Whether a deferred request's reply woke this task.
+    let mut late_arrived = false;
     loop {
         // Decode and answer what is buffered, unless too many requests wait on peers.
         while deferred < MAX_DEFERRED {
@@ -321,13 +328,32 @@ async fn serve_connection(
                     match local.now_or_never().unwrap_or(After::Defer) {
                         After::Defer => {
                             deferred += 1;
-                            let (node, tx, id) = (node.clone(), late_tx.clone(), frame.request_id);
-                            tokio::spawn(async move {
-                                let mut reply = BytesMut::new();
-                                node.handle(id, &req, true, Mode::Full, &mut reply).await;
-                                node.stats.latency.observe(op, started.elapsed());
-                                let _ = tx.send(reply).await;
-                            });
+                            let d = Deferred {
+                                id: frame.request_id,
+                                req,
+                                op,
+                                started,
+                            };
+                            // Alone, a request gets a task of its own (the shortest path
+                            // for a single move); with others out, it joins the runner.
+                            let d = if deferred == 1 {
+                                Err(d)
+                            } else {
+                                let runner = runner.get_or_insert_with(|| {
+                                    let (tx, rx) = mpsc::unbounded_channel();
+                                    tokio::spawn(run_deferred(node.clone(), rx, late_tx.clone()));
+                                    tx
+                                });
+                                // An error is not expected (the runner lives while this
+                                // sender does); the request is answered all the same.
+                                runner.send(d).map_err(|mpsc::error::SendError(d)| d)
+                            };
+                            if let Err(d) = d {
+                                let (tx, node) = (late_tx.clone(), node.clone());
+                                tokio::spawn(async move {
+                                    let _ = tx.send(answer(node, d).await).await;
+                                });
+                            }
                             After::Continue
                         }
                         after => {
@@ -362,6 +388,18 @@ async fn serve_connection(
             deferred -= 1;
             out.extend_from_slice(&reply);
         }
+        if late_arrived && deferred > 0 {
+            // Late replies come in bursts: the peer answers a batch of COPYs in one write,
+            // and each completes a deferred request. Let the rest of the burst run first
+            // (the task runs again once its worker has nothing else ready), so that the
+            // burst goes out in one write instead of one write per reply.
+            tokio::task::yield_now().await;
+            while let Ok(reply) = late_rx.try_recv() {
+                deferred -= 1;
+                out.extend_from_slice(&reply);
+            }
+        }
+        late_arrived = false;
         if !out.is_empty() {
             write_bounded(node, &mut stream, &out).await?;
             out.clear();
@@ -398,6 +436,7 @@ async fn serve_connection(
             Some(reply) = late_rx.recv(), if deferred > 0 => {
                 deferred -= 1;
                 out.extend_from_slice(&reply);
+                late_arrived = true;
             }
             r = timeout_at(deadline, stream.read_buf(&mut input)), if can_read && reading => match r {
                 Ok(r) => {
@@ -417,6 +456,57 @@ async fn serve_connection(
                     return write_final(&mut stream, &out).await;
                 }
             },
+        }
+    }
+}
+
+/// A request that needs another node, handed to its connection's runner.
+struct Deferred {
+    id: u64,
+    req: Request,
+    op: usize,
+    started: std::time::Instant,
+}
+
+/// Bytes reserved for a deferred request's reply: a 1 KiB session's SESSION reply with a
+/// new token (~1.3 KiB) fits without growing the buffer.
+const DEFERRED_REPLY_CAPACITY: usize = 2048;
+
+/// Answers one deferred request (copying its session here first, or whatever else it
+/// needs from other nodes).
+async fn answer(node: SharedNode, d: Deferred) -> BytesMut {
+    let mut reply = BytesMut::with_capacity(DEFERRED_REPLY_CAPACITY);
+    node.handle(d.id, &d.req, true, Mode::Full, &mut reply).await;
+    node.stats.latency.observe(d.op, d.started.elapsed());
+    reply
+}
+
+/// Runs one connection's deferred requests, all at once and each at its own pace, and
+/// sends each reply back as it is ready: one task per connection instead of one per
+/// request, woken once for every batch of peer replies, whose requests it then all
+/// completes in that one run. It is not the connection's task, so a client that does not
+/// read its replies holds up none of the handovers its requests are part of. Ends when the
+/// connection is gone and every request it took is answered.
+async fn run_deferred(
+    node: SharedNode,
+    mut requests: mpsc::UnboundedReceiver<Deferred>,
+    replies: mpsc::Sender<BytesMut>,
+) {
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            Some(reply) = running.next(), if !running.is_empty() => {
+                // Never full: the connection has at most MAX_DEFERRED requests out, and
+                // the channel holds MAX_DEFERRED replies. When the connection is gone
+                // the reply has no one to go to.
+                let _ = replies.try_send(reply);
+            }
+            r = requests.recv(), if open => match r {
+                Some(d) => running.push(answer(node.clone(), d)),
+                None => open = false,
+            },
+            else => return,
         }
     }
 }

@@ -372,7 +372,8 @@ async fn serve_peer(
     guard.throttle.success(ip);
     drop(guard.permit);
     drop(guard.unauthenticated);
-    input.reserve(16 * 1024);
+    // A burst of requests (REPLICATEs of a session each) is taken in a few reads.
+    input.reserve(64 * 1024);
     let limits = &node.config.limits;
     let mut out = BytesMut::with_capacity(16 * 1024);
     loop {
