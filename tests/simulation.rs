@@ -58,7 +58,7 @@ fn init_log() {
 /// simulation"): a session left with forwarding pointers only, an acknowledged append lost
 /// when a claim that lost at the backups is handed on under a newer generation, a
 /// rotated-away id taking a write.
-const STILL_FAILING: &[u64] = &[0, 59, 60, 75, 105, 106, 114, 136, 147, 151, 153, 181];
+const STILL_FAILING: &[u64] = &[0, 39, 60, 75, 105, 106, 114, 136, 147, 151, 153, 181];
 
 /// The seeds `cargo test` runs: 0 to 19 but those in [`STILL_FAILING`], unless
 /// `SESSYNC_SIM_SEEDS` / `SESSYNC_SIM_FIRST` say otherwise (then every seed of the range

@@ -94,7 +94,25 @@ impl Node {
         let mut answered: Vec<SocketAddr> = Vec::new();
         // Members that answered with a pointer (they handed it on: maybe in flight).
         let mut pointing: Vec<SocketAddr> = Vec::new();
+        // Every (giver, receiver) of a handover under way, and the members that answered
+        // holding at most a backup copy (nothing they would hand on).
+        let mut handovers: Vec<(SocketAddr, SocketAddr)> = Vec::new();
+        let mut without: Vec<SocketAddr> = Vec::new();
         for (&m, reply) in members.iter().zip(replies.clone()) {
+            match &reply {
+                Ok(PeerMessage::Located {
+                    session_id,
+                    role: Role::HandedOver,
+                    addr,
+                }) if *session_id == id => handovers.push((m, *addr)),
+                Ok(PeerMessage::Located {
+                    session_id,
+                    role: Role::Backup,
+                    ..
+                }) if *session_id == id => without.push(m),
+                Ok(PeerMessage::NotFound { session_id }) if *session_id == id => without.push(m),
+                _ => {}
+            }
             if matches!(&reply, Ok(PeerMessage::Located { session_id, role: Role::HandedOver, .. }) if *session_id == id)
             {
                 pointing.push(m);
@@ -134,9 +152,32 @@ impl Node {
         // pointers, or a stale one) leads nowhere new; one to a node that did not answer,
         // or that is not a member, may lead to the owner.
         handed.retain(|h| !answered.contains(h));
-        tracing::debug!(session = %id, ?owner, ?handed, ?copies, ?silent, "lookup");
+        // A handover stuck for good: its receiver answered, and holds at most a backup
+        // copy (its COPY_DATA was lost and it never asked again). The giver still holds the
+        // newest state, and answers every other asker MOVED to the receiver, which points
+        // back at its owner: a cycle no COPY chain leaves (simulation seed 233).
+        let stuck: Vec<(SocketAddr, SocketAddr)> = handovers
+            .iter()
+            .copied()
+            .filter(|(_, to)| without.contains(to) && *to != self.advertise)
+            .collect();
+        tracing::debug!(session = %id, ?owner, ?handed, ?copies, ?silent, ?stuck, "lookup");
         let found = if let Some(o) = owner.or(handed.first().copied()) {
             self.copy_chain_or_rehand(id, o, true, backups).await.0
+        } else if let Some(&(giver, to)) = stuck.first() {
+            // The picture must hold still for as long as a receiver may take to protect a
+            // copy before installing it (two peer timeouts): then the receiver never will,
+            // and the giver hands its copy on again (PROMOTE naming the receiver, 12.4). Were
+            // the receiver's install only late, it and this node claim one generation from
+            // one state, and the holders accept only one (12.2).
+            tokio::time::sleep(self.config.peer_timeout * 2).await;
+            if !same_answers(id, &replies, &self.survey(id, &members).await) {
+                return unsure("the session was still moving".into());
+            }
+            match self.failover(id, to, &[giver]).await {
+                Some(r) => r,
+                None => return unsure("the member handing it on did not hand it over again".into()),
+            }
         } else if !copies.is_empty() {
             // Copies of one or more owners, none of which owns the session now: take one
             // over as a failover would, with PROMOTE naming its owner.

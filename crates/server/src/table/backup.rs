@@ -91,12 +91,19 @@ impl Table {
                     }
                     Entry::HandingOver(h) => Some((h.to, h.transfer)),
                     Entry::Forwarded { to, received, .. } => Some((*to, received + 1)),
+                    // A fence where this node held the copy refuses every copy of its
+                    // generation or older (the session moved past it); one left by a DROP
+                    // for a copy never held here, only that owner's own late copy: another
+                    // owner's of the same generation is a newer lineage (the DROP of a
+                    // lineage that ended names the next generation, 17.2).
                     Entry::Fenced {
                         owner: fenced,
                         generation: g,
                         until_ms,
-                        ..
-                    } if now < *until_ms && generation <= *g => return Replicated::Moved(*fenced),
+                        held,
+                    } if now < *until_ms && generation <= *g && (*held || *fenced == owner.advertised) => {
+                        return Replicated::Moved(*fenced)
+                    }
                     Entry::Destroyed { until_ms } if now < *until_ms => return Replicated::Destroyed,
                     _ => None,
                 };
@@ -186,18 +193,8 @@ impl Table {
                 owner: by,
                 generation: g,
                 until_ms,
-                ..
+                held: true,
             } if now < *until_ms && *by != owner && *g >= generation => return Dropped::Newer(*by),
-            // A pointer to the sender (or to an older owner), or an older fence: as for
-            // an absent entry, the sender's copy may still be on its way here (this node
-            // handed the session to it, and its REPLICATE making this node a holder was
-            // overtaken), so it is fenced rather than left open.
-            Entry::Forwarded { until_ms, .. } if now < *until_ms => {
-                ((*until_ms).max(now + LATE_COPY_FENCE_MS), true)
-            }
-            Entry::Fenced { until_ms, held, .. } if now < *until_ms => {
-                ((*until_ms).max(now + LATE_COPY_FENCE_MS), *held)
-            }
             _ => return Dropped::NotHeld,
         };
         self.replace(shard, o.get_mut(), fence(until_ms.0, until_ms.1));

@@ -328,6 +328,11 @@ fn a_drop_before_its_replicate_fences_the_late_copy() {
     );
     assert_eq!(b.get(&id, &[], 2).unwrap_err(), Miss::Absent);
     assert_eq!(b.hand_over(&id, who(2), 0, None, 2), CopyOutcome::NotFound);
+    // It holds back that owner's copies only: a DROP for a lineage that ended names the
+    // next generation, which another owner's copy (the receiver's) carries.
+    let c = table(10, EvictPolicy::Reject);
+    assert_eq!(c.drop_backup(&id, owner.advertised, 4, 1), Dropped::NotHeld);
+    assert_eq!(c.replicate_in(who(3), 4, &r, 2), Replicated::Stored(None));
     // A newer generation of the lineage is stored as before.
     assert_eq!(b.replicate_in(owner, 5, &r, 3), Replicated::Stored(None));
 }
