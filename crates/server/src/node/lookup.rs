@@ -170,8 +170,7 @@ impl Node {
             // and the giver hands its copy on again (PROMOTE naming the receiver, 12.4). Were
             // the receiver's install only late, it and this node claim one generation from
             // one state, and the holders accept only one (12.2).
-            tokio::time::sleep(self.config.peer_timeout * 2).await;
-            if !same_answers(id, &replies, &self.survey(id, &members).await) {
+            if !self.holds_still(id, &members, &replies).await {
                 return unsure("the session was still moving".into());
             }
             match self.failover(id, to, &[giver]).await {
@@ -231,8 +230,7 @@ impl Node {
                 // looks ownerless for that long. Asked again after that, every member
                 // must answer as before, or nothing is taken over (a quiet cluster under
                 // load must never fail over, tests/chaos.rs).
-                tokio::time::sleep(self.config.peer_timeout * 2).await;
-                if !same_answers(id, &replies, &self.survey(id, &members).await) {
+                if !self.holds_still(id, &members, &replies).await {
                     return unsure("the session was still moving".into());
                 }
             }
@@ -293,6 +291,19 @@ impl Node {
                 "a lookup found it but fetching it failed ({code}: {message})"
             )),
         }
+    }
+
+    /// Whether the members answer as in `replies` when asked again two peer timeouts later
+    /// (the longest a receiver protects a copy before it installs it, during which a
+    /// session in flight looks ownerless or stuck).
+    async fn holds_still(
+        &self,
+        id: SessionId,
+        members: &[SocketAddr],
+        replies: &[Result<PeerMessage, LinkError>],
+    ) -> bool {
+        tokio::time::sleep(self.config.peer_timeout * 2).await;
+        same_answers(id, replies, &self.survey(id, members).await)
     }
 
     /// LOCATE to each of `members`, in parallel, within one peer timeout.
