@@ -58,9 +58,16 @@ fn init_log() {
 /// simulation"): a session left with forwarding pointers only, an acknowledged append lost
 /// when a claim that lost at the backups is handed on under a newer generation, a
 /// rotated-away id taking a write.
-const STILL_FAILING: &[u64] = &[0, 39, 60, 75, 105, 106, 114, 136, 147, 151, 153, 181];
+const STILL_FAILING: &[u64] = &[0, 60, 75, 105, 106, 114, 127, 136, 147, 151, 153, 181];
 
-/// The seeds `cargo test` runs: 0 to 19 but those in [`STILL_FAILING`], unless
+/// Seeds that found a bug which is fixed (ARCHITECTURE.md, "The simulation", says which),
+/// run by `cargo test` besides 0 to 19. A change to the node's logic shifts what each seed
+/// draws, so they guard the same schedules only until then; they are kept as the record
+/// and as cheap extra seeds.
+const FIXED_SEEDS: &[u64] = &[39, 51, 59, 111, 135, 158, 190, 233, 468, 609];
+
+/// The seeds `cargo test` runs: 0 to 19 but those in [`STILL_FAILING`], and
+/// [`FIXED_SEEDS`], unless
 /// `SESSYNC_SIM_SEEDS` / `SESSYNC_SIM_FIRST` say otherwise (then every seed of the range
 /// runs). All of the first ten failed before issue 13's fixes so far; those that pass now
 /// must keep passing.
@@ -73,7 +80,9 @@ fn seeded_runs_keep_every_promise() {
     let started = Instant::now();
     let (mut acked, mut unknown) = (0, 0);
     let mut failed = Vec::new();
-    for seed in (first..first + seeds).filter(|s| chosen || !STILL_FAILING.contains(s)) {
+    let fixed = if chosen { &[][..] } else { FIXED_SEEDS };
+    let range = (first..first + seeds).filter(|s| chosen || !STILL_FAILING.contains(s));
+    for seed in range.chain(fixed.iter().copied()) {
         let r = simulate(seed, &options(seed));
         acked += r.acked;
         unknown += r.unknown;

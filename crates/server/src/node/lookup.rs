@@ -173,7 +173,22 @@ impl Node {
             if !self.holds_still(id, &members, &replies).await {
                 return unsure("the session was still moving".into());
             }
-            match self.failover(id, to, &[giver]).await {
+            // The giver may have heard an ACK since (it points on, holding nothing): then
+            // the copies of its lineage that the members hold are all that is left of the
+            // session (simulation seed 609: the receiver held the giver's backup copy, and
+            // the giver pointed at it), and one of them is taken over as below.
+            let lineage: Vec<SocketAddr> = copies.iter().map(|(h, _)| *h).collect();
+            let givers: Vec<SocketAddr> = copies
+                .iter()
+                .filter(|(_, o)| *o == giver)
+                .map(|(h, _)| *h)
+                .collect();
+            let rehanded = match self.failover(id, to, &[giver]).await {
+                Some(r) => Some(r),
+                None if !givers.is_empty() => self.failover_fencing(id, giver, &givers, &lineage).await,
+                None => None,
+            };
+            match rehanded {
                 Some(r) => r,
                 None => return unsure("the member handing it on did not hand it over again".into()),
             }

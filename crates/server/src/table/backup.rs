@@ -4,12 +4,6 @@
 
 use super::*;
 
-/// How long a DROP for a copy this node does not hold (yet) fences that copy: longer than
-/// a REPLICATE can be delayed in flight behind it (a peer timeout of a few seconds, a
-/// paused receiver reading its socket late), short enough that the tombstones it leaves
-/// cost nothing lasting.
-const LATE_COPY_FENCE_MS: u64 = 60_000;
-
 impl Table {
     /// A backup's step: stores `record`, sent by `owner`, which owns it under
     /// `generation`. Copies are ordered by (generation, version, last access); an older
@@ -40,8 +34,14 @@ impl Table {
             let s = self.stats();
             s.sessions + s.backups < self.config.max_sessions && s.bytes + extra <= self.config.max_memory
         };
+        // A late copy whose DROP came first (`late_fence.rs`) is refused, and its sender
+        // (long done with the round it belongs to) pointed at itself, as a fence does.
+        // Checked under the entry's lock, as the DROP set it.
         match shard.map.entry(id) {
             MapEntry::Vacant(v) => {
+                if shard.late.refuses(&id, owner.advertised, generation, now) {
+                    return Replicated::Moved(owner.advertised);
+                }
                 let e = backup();
                 if !fits(e.charge()) {
                     return Replicated::Capacity;
@@ -51,6 +51,9 @@ impl Table {
                 Replicated::Stored(None)
             }
             MapEntry::Occupied(mut o) => {
+                if shard.late.refuses(&id, owner.advertised, generation, now) {
+                    return Replicated::Moved(owner.advertised);
+                }
                 let handing_over = matches!(o.get(), Entry::HandingOver(_));
                 let handed_to = match o.get() {
                     // An owner here under an older generation than the sender's has been
@@ -91,19 +94,13 @@ impl Table {
                     }
                     Entry::HandingOver(h) => Some((h.to, h.transfer)),
                     Entry::Forwarded { to, received, .. } => Some((*to, received + 1)),
-                    // A fence where this node held the copy refuses every copy of its
-                    // generation or older (the session moved past it); one left by a DROP
-                    // for a copy never held here, only that owner's own late copy: another
-                    // owner's of the same generation is a newer lineage (the DROP of a
-                    // lineage that ended names the next generation, 17.2).
+                    // A fence refuses every copy of its generation or older (the session
+                    // moved past it).
                     Entry::Fenced {
                         owner: fenced,
                         generation: g,
                         until_ms,
-                        held,
-                    } if now < *until_ms && generation <= *g && (*held || *fenced == owner.advertised) => {
-                        return Replicated::Moved(*fenced)
-                    }
+                    } if now < *until_ms && generation <= *g => return Replicated::Moved(*fenced),
                     Entry::Destroyed { until_ms } if now < *until_ms => return Replicated::Destroyed,
                     _ => None,
                 };
@@ -147,29 +144,20 @@ impl Table {
     /// Returns whether it did.
     pub fn drop_backup(&self, id: &SessionId, owner: SocketAddr, generation: u64, now: u64) -> Dropped {
         let shard = self.shard(id);
-        let fence = |until_ms: u64, held: bool| Entry::Fenced {
-            owner,
-            generation,
-            until_ms,
-            held,
+        // Nothing of the sender's held: the DROP may have overtaken the REPLICATE it
+        // retires, which is refused when it lands (`late_fence.rs`; seeds 39 and 51).
+        // Set under the entry's lock, where `replicate_in` reads it.
+        let late = || {
+            shard.late.add(*id, owner, generation, now);
+            Dropped::NotHeld
         };
         let mut o = match shard.map.entry(*id) {
-            // Nothing held: the DROP may have overtaken the REPLICATE it retires (one
-            // whose reply was lost, so the owner counted this node a holder, delayed or
-            // sent on an older connection). A fence for a while refuses that copy when it
-            // lands, or a failover could later promote a destroyed or rotated-away id
-            // (simulation seed 51).
-            MapEntry::Vacant(v) => {
-                let e = fence(now + LATE_COPY_FENCE_MS, false);
-                self.account_add(shard, &e);
-                v.insert(e);
-                return Dropped::NotHeld;
-            }
+            MapEntry::Vacant(_) => return late(),
             MapEntry::Occupied(o) => o,
         };
         let until_ms = match o.get() {
             Entry::Backup(b) if b.owner == owner && b.live.received <= generation => {
-                (b.live.meta().expires_at_ms().max(now + 1), true)
+                b.live.meta().expires_at_ms().max(now + 1)
             }
             // A newer owner's copy, or this node owns or handed on the session since: the
             // sender is not the owner any more, and must not report its DESTROY or ROTATE
@@ -193,11 +181,15 @@ impl Table {
                 owner: by,
                 generation: g,
                 until_ms,
-                held: true,
             } if now < *until_ms && *by != owner && *g >= generation => return Dropped::Newer(*by),
-            _ => return Dropped::NotHeld,
+            _ => return late(),
         };
-        self.replace(shard, o.get_mut(), fence(until_ms.0, until_ms.1));
+        let fence = Entry::Fenced {
+            owner,
+            generation,
+            until_ms,
+        };
+        self.replace(shard, o.get_mut(), fence);
         Dropped::Fenced
     }
 

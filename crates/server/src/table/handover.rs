@@ -145,12 +145,7 @@ impl Table {
             }
             Entry::HandingOver(h) if !h.live.expired(now) => CopyOutcome::Moved(h.to),
             Entry::Forwarded { to, until_ms, .. } if now < *until_ms => CopyOutcome::Moved(*to),
-            Entry::Fenced {
-                owner,
-                until_ms,
-                held: true,
-                ..
-            } if now < *until_ms => CopyOutcome::Moved(*owner),
+            Entry::Fenced { owner, until_ms, .. } if now < *until_ms => CopyOutcome::Moved(*owner),
             _ => CopyOutcome::NotFound,
         }
     }

@@ -20,6 +20,7 @@ mod capacity;
 mod compact;
 mod drain;
 mod handover;
+mod late_fence;
 mod store;
 mod view;
 
@@ -208,10 +209,11 @@ pub enum Entry {
         received: u64,
     },
     /// This node held a backup copy from `owner` under `generation` and was told (DROP)
-    /// that the session moved on or ended: a *fence*. Copies from `owner` at `generation` or
-    /// older are refused from now on (a paused or cut-off owner cannot get a write
-    /// accepted here), and requests are pointed at `owner`, which knows where the session
-    /// went. Kept until the session's own deadline.
+    /// that the session moved on or ended: a *fence*. Copies of `generation` or older are
+    /// refused from now on (a paused or cut-off owner cannot get a write accepted here),
+    /// and requests are pointed at `owner`, which knows where the session went. Kept until
+    /// the session's own deadline. (A DROP for a copy not held leaves a late-copy fence
+    /// beside the entry instead: `late_fence.rs`.)
     Fenced {
         /// The owner whose copy this node held.
         owner: SocketAddr,
@@ -219,10 +221,6 @@ pub enum Entry {
         generation: u64,
         /// When the fence may go.
         until_ms: u64,
-        /// Whether this node held that owner's copy (or pointed to it): then requests are
-        /// pointed at `owner`. A fence left by a DROP for a copy never held here (it may
-        /// still be on its way) says nothing about where the session is.
-        held: bool,
     },
     /// Destroyed or rotated away; kept until the session's own deadline.
     Destroyed {
@@ -382,6 +380,8 @@ struct ShardStats {
 struct Shard {
     map: ShardMap,
     stats: ShardStats,
+    /// Fences for copies not held here (see `late_fence.rs`).
+    late: late_fence::LateFences,
 }
 
 /// Counters the table keeps, summed over shards.
@@ -416,6 +416,7 @@ impl Table {
             .map(|_| Shard {
                 map: ShardMap::default(),
                 stats: ShardStats::default(),
+                late: late_fence::LateFences::default(),
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
@@ -553,10 +554,7 @@ impl Table {
     fn miss_for(e: &Entry) -> Miss {
         match e {
             Entry::Forwarded { to, .. } => Miss::Moved(*to),
-            Entry::Fenced {
-                owner, held: true, ..
-            } => Miss::Moved(*owner),
-            Entry::Fenced { held: false, .. } => Miss::Absent,
+            Entry::Fenced { owner, .. } => Miss::Moved(*owner),
             Entry::HandingOver(h) => Miss::Moved(h.to),
             // Not ours: its owner (as far as we know) is the one to ask.
             Entry::Backup(b) => Miss::Moved(b.owner),

@@ -318,7 +318,7 @@ fn two_pending_claims_of_one_generation_the_higher_node_wins() {
 fn a_drop_before_its_replicate_fences_the_late_copy() {
     let owner = who(1);
     let origin = table(10, EvictPolicy::Reject);
-    let (id, _) = origin.create(&attrs(&[("k", "v")]), 1000, 0, 0).unwrap();
+    let (id, _) = origin.create(&attrs(&[("k", "v")]), 1_000_000, 0, 0).unwrap();
     let r = record_of(&origin, &id);
     let b = table(10, EvictPolicy::Reject);
     assert_eq!(b.drop_backup(&id, owner.advertised, 4, 1), Dropped::NotHeld);
@@ -335,6 +335,19 @@ fn a_drop_before_its_replicate_fences_the_late_copy() {
     assert_eq!(c.replicate_in(who(3), 4, &r, 2), Replicated::Stored(None));
     // A newer generation of the lineage is stored as before.
     assert_eq!(b.replicate_in(owner, 5, &r, 3), Replicated::Stored(None));
+    // Seed 39: the node holds another owner's older copy when the DROP comes. That copy
+    // stays (its owner may be the live one), and the late copy is refused all the same.
+    let d = table(10, EvictPolicy::Reject);
+    assert_eq!(d.replicate_in(who(2), 3, &r, 1), Replicated::Stored(None));
+    assert_eq!(d.drop_backup(&id, owner.advertised, 4, 2), Dropped::NotHeld);
+    assert_eq!(
+        d.replicate_in(owner, 4, &r, 3),
+        Replicated::Moved(owner.advertised)
+    );
+    assert_eq!(d.get(&id, &[], 3).unwrap_err(), Miss::Moved(who(2).advertised));
+    // The fence lasts a while, not for good.
+    let later = 3 + late_fence::LATE_COPY_FENCE_MS;
+    assert_eq!(d.replicate_in(owner, 4, &r, later), Replicated::Stored(None));
 }
 
 /// `--evict soonest-expiry` evicts in deadline order (issue 15: the sampling it replaced
