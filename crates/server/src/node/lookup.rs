@@ -322,7 +322,11 @@ impl Node {
     }
 
     /// LOCATE to each of `members`, in parallel, within one peer timeout.
-    async fn survey(&self, id: SessionId, members: &[SocketAddr]) -> Vec<Result<PeerMessage, LinkError>> {
+    pub(super) async fn survey(
+        &self,
+        id: SessionId,
+        members: &[SocketAddr],
+    ) -> Vec<Result<PeerMessage, LinkError>> {
         let deadline = Instant::now() + self.config.peer_timeout;
         futures_util::future::join_all(members.iter().map(|&m| {
             self.peers
