@@ -275,7 +275,8 @@ impl Workload {
             if l.destroyed {
                 if let Ok(Response::Session(s)) = got {
                     report.violations.push(format!(
-                        "writer {i}: a destroyed session came back at version {}",
+                        "writer {i} ({}): a destroyed session came back at version {}",
+                        where_is(net, &l.token),
                         s.meta.version
                     ));
                 }
@@ -461,6 +462,7 @@ async fn writer(
             let i = rng.gen_range(0..nodes);
             match call(&net, i, Request::Destroy { token: token.clone() }).await {
                 Outcome::Reply(Response::Done) => {
+                    tracing::debug!(target: "sim", node = i, token = %token, "destroyed");
                     l.destroyed = true;
                     break;
                 }
