@@ -25,6 +25,7 @@ impl Table {
             Entry::Backup(Box::new(BackupCopy {
                 owner: owner.advertised,
                 live: Live::from_record(record, generation),
+                kept: false,
             }))
         };
         if Live::from_record(record, generation).expired(now) {
@@ -63,6 +64,17 @@ impl Table {
                     // and its own holders are fenced. An older or equal sender is refused.
                     Entry::Live(l) if !l.expired(now) && generation <= l.received => {
                         return Replicated::OwnedHere
+                    }
+                    // A copy kept when this node yielded to `b.owner` fences as the
+                    // forwarding pointer it stands for: only that owner's copies of its
+                    // generation, or newer ones, are taken (another owner's of that
+                    // generation is a rival claim).
+                    Entry::Backup(b) if b.kept && !b.live.expired(now) => {
+                        let theirs = b.live.received + 1;
+                        if generation < theirs || (generation == theirs && b.owner != owner.advertised) {
+                            return Replicated::Moved(b.owner);
+                        }
+                        None
                     }
                     Entry::Backup(b) if !b.live.expired(now) => {
                         let held = b.live.received;
@@ -261,18 +273,26 @@ impl Table {
         let Some(mut r) = shard.map.get_mut(id) else {
             return false;
         };
-        let t = match r.value() {
-            // `to` may hold this very generation (a colliding claim that won): its copies
-            // must still be accepted here, so only the generation before ours is kept.
-            Entry::Live(l) if l.received == generation => Entry::Forwarded {
-                to,
-                until_ms: l.meta().expires_at_ms().max(now + 1),
-                received: l.received.saturating_sub(1),
-            },
-            _ => return false,
-        };
+        if !matches!(r.value(), Entry::Live(l) if l.received == generation && !l.expired(now)) {
+            return false;
+        }
         tracing::warn!(session = %id, %to, "a backup knows a newer owner; giving the session up");
-        self.replace(shard, r.value_mut(), t);
+        // Kept as a copy of `to`'s (see `BackupCopy::kept`): requests are pointed at `to`
+        // as by a forwarding pointer. `to` may hold this very generation (a colliding claim
+        // that won): its copies must still be accepted here, so only the generation before
+        // ours is kept.
+        self.transform(shard, r.value_mut(), |old| match old {
+            Entry::Live(mut l) => {
+                l.received = l.received.saturating_sub(1);
+                l.backups = Box::default();
+                Entry::Backup(Box::new(BackupCopy {
+                    owner: to,
+                    live: l,
+                    kept: true,
+                }))
+            }
+            other => other,
+        });
         true
     }
 }

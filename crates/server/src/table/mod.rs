@@ -122,6 +122,12 @@ pub struct BackupCopy {
     pub owner: SocketAddr,
     /// The copy; its `received` is the owner's generation.
     live: Live,
+    /// This node's own copy, kept when it gave the session up to `owner`, a rival owner of
+    /// its generation ([`Table::lose_ownership`]); `received` is one below that generation,
+    /// so a claim from it never outranks the winner's copies. Kept rather than dropped:
+    /// three rivals that each yielded to another at once left only forwarding pointers and
+    /// no copy (simulation seed 47 with `SESSYNC_SIM_NO_CRASH`).
+    pub kept: bool,
 }
 
 /// What a backup did with a REPLICATE.

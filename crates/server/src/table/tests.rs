@@ -562,3 +562,40 @@ fn a_snapshot_records_the_access_time_it_sends_in_place() {
     t.set_backups(&id, 0, &[]);
     assert!(t.get(&id, &[], 720).unwrap().backups.is_empty());
 }
+
+/// An owner that gives the session up to a rival owner of its generation keeps its copy
+/// as a copy of the rival's, one generation below (simulation seed 47 without crashes:
+/// three rivals yielding to each other at once left no copy at all). Requests are pointed
+/// at the rival, the rival's copies are taken, another rival's of that generation is not,
+/// and a claim from the kept copy is under the rival's generation, never past it.
+#[test]
+fn an_owner_that_yields_keeps_its_copy_below_the_winner() {
+    let winner = who(2);
+    let t = table(10, EvictPolicy::Reject);
+    let (id, _) = t.create(&attrs(&[("k", "v")]), 1_000_000, 0, 0).unwrap();
+    let r = record_of(&t, &id);
+    // Owned here under generation 5 (as if installed by a claim).
+    let claimed = table(10, EvictPolicy::Reject);
+    assert_eq!(claimed.install(&r, 5, 1), Ok(true));
+    assert!(claimed.lose_ownership(&id, 5, winner.advertised, 2));
+    assert_eq!(
+        claimed.get(&id, &[], 3).unwrap_err(),
+        Miss::Moved(winner.advertised)
+    );
+    assert_eq!(
+        claimed.replicate_in(who(3), 5, &r, 4),
+        Replicated::Moved(winner.advertised),
+        "another rival of generation 5 is refused"
+    );
+    // The copy is still here: with the winner gone, a PROMOTE naming it hands it on,
+    // under the winner's generation (5), not past it.
+    match claimed.hand_over(&id, who(4), 0, Some(winner.advertised), 5) {
+        CopyOutcome::Data { transfer, .. } => assert_eq!(transfer, 5),
+        other => panic!("the kept copy was not handed on: {other:?}"),
+    }
+    // And the winner's own copies are taken.
+    let kept = table(10, EvictPolicy::Reject);
+    assert_eq!(kept.install(&r, 5, 1), Ok(true));
+    assert!(kept.lose_ownership(&id, 5, winner.advertised, 2));
+    assert_eq!(kept.replicate_in(winner, 5, &r, 3), Replicated::Stored(None));
+}
