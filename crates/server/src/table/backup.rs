@@ -168,7 +168,10 @@ impl Table {
             MapEntry::Occupied(o) => o,
         };
         let until_ms = match o.get() {
-            Entry::Backup(b) if b.owner == owner && b.live.received <= generation => {
+            // A kept copy (`BackupCopy::kept`) holds this node's own state, not the
+            // sender's: the sender's DROP (it lost the session too) leaves it, or rivals
+            // that yielded to each other fence every copy away (seed 29 without crashes).
+            Entry::Backup(b) if b.owner == owner && b.live.received <= generation && !b.kept => {
                 b.live.meta().expires_at_ms().max(now + 1)
             }
             // A newer owner's copy, or this node owns or handed on the session since: the

@@ -223,12 +223,18 @@ impl Table {
                 live.backups = backups.into();
                 Entry::Live(live)
             }
-            // As in `lose_ownership`: `to` may hold this very generation.
-            Landing::Superseded(to) => Entry::Forwarded {
-                to,
-                until_ms: live.meta().expires_at_ms().max(now + 1),
-                received: transfer.saturating_sub(1),
-            },
+            // As in `lose_ownership`: `to` may hold this very generation, and the copy is
+            // kept below it (`BackupCopy::kept`), not dropped: a claim that lost may hold
+            // the last copy there is (seed 29 without crashes: rivals that each lost to
+            // another left nothing).
+            Landing::Superseded(to) => {
+                live.received = transfer.saturating_sub(1);
+                Entry::Backup(Box::new(BackupCopy {
+                    owner: to,
+                    live,
+                    kept: true,
+                }))
+            }
             Landing::Destroyed => Entry::Destroyed {
                 until_ms: live.meta().expires_at_ms().max(now + 1),
             },

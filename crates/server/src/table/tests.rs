@@ -593,6 +593,23 @@ fn an_owner_that_yields_keeps_its_copy_below_the_winner() {
         CopyOutcome::Data { transfer, .. } => assert_eq!(transfer, 5),
         other => panic!("the kept copy was not handed on: {other:?}"),
     }
+    // The winner's DROP (it lost the session too) leaves the kept copy: it is this
+    // node's state, not the winner's.
+    let dropped = table(10, EvictPolicy::Reject);
+    assert_eq!(dropped.install(&r, 5, 1), Ok(true));
+    assert!(dropped.lose_ownership(&id, 5, winner.advertised, 2));
+    assert_eq!(
+        dropped.drop_backup(&id, winner.advertised, 5, 3),
+        Dropped::NotHeld
+    );
+    assert_eq!(
+        dropped.get(&id, &[], 4).unwrap_err(),
+        Miss::Moved(winner.advertised)
+    );
+    assert!(matches!(
+        dropped.hand_over(&id, who(4), 0, Some(winner.advertised), 5),
+        CopyOutcome::Data { .. }
+    ));
     // And the winner's own copies are taken.
     let kept = table(10, EvictPolicy::Reject);
     assert_eq!(kept.install(&r, 5, 1), Ok(true));
