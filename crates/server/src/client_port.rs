@@ -341,6 +341,9 @@ async fn serve_connection(
                             } else {
                                 let runner = runner.get_or_insert_with(|| {
                                     let (tx, rx) = mpsc::unbounded_channel();
+                                    // Not tracked: it ends with the connection's sender,
+                                    // and the shutdown waits for the connection's
+                                    // requests in flight through `late_tx`.
                                     tokio::spawn(run_deferred(node.clone(), rx, late_tx.clone()));
                                     tx
                                 });
@@ -350,6 +353,8 @@ async fn serve_connection(
                             };
                             if let Err(d) = d {
                                 let (tx, node) = (late_tx.clone(), node.clone());
+                                // Not tracked: as the runner above (one request,
+                                // bounded by the peer timeouts of its fetch).
                                 tokio::spawn(async move {
                                     let _ = tx.send(answer(node, d).await).await;
                                 });

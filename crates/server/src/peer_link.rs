@@ -546,6 +546,8 @@ impl Peers {
             alive: Arc::new(AtomicBool::new(true)),
             next_id: Arc::new(AtomicU64::new(1)),
         };
+        // Not tracked by the shutdown tracker: `Peers::close` cancels `shutdown` at node
+        // shutdown, which ends every link task.
         tokio::spawn(run_link(
             addr,
             framed,

@@ -426,6 +426,8 @@ impl Node {
     /// Serves the background refreshes of [`Node::refresh_backups_if_stale`].
     pub(crate) fn refresh_backups(self: &Arc<Self>, id: SessionId) {
         let node = self.clone();
+        // Not tracked by the shutdown tracker: a round is bounded by two peer timeouts,
+        // and one cut short only leaves a backup's access time older.
         tokio::spawn(async move {
             let _ = node.replicate(id, &[]).await;
         });
@@ -466,6 +468,8 @@ impl Node {
             return;
         }
         let node = self.clone();
+        // Not tracked: bounded by the peer timeout, and a DROP not sent leaves a copy that
+        // expires on its own (and that fencing refuses to promote past the new owner).
         tokio::spawn(async move {
             node.drop_backups(id, &old).await;
         });

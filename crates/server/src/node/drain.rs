@@ -189,6 +189,9 @@ impl Node {
     pub async fn drain(self: &Arc<Self>) -> DrainReport {
         if !self.elastic.started.swap(true, Ordering::SeqCst) {
             let node = self.clone();
+            // Not tracked by the shutdown tracker: its starter waits for its report
+            // (`drain_ended`), and `sessync node` shuts down only after that (or on a
+            // second signal, when stopping at once is what was asked).
             tokio::spawn(async move {
                 let report = node.run_drain().await;
                 node.elastic.outcome.send_replace(Some(report));
@@ -528,6 +531,9 @@ impl Node {
                 }
                 let node = self.clone();
                 let from = peer.advertised;
+                // Not tracked: each take is an ordinary handover bounded by the peer
+                // timeout, and one cut short by a shutdown leaves the session with the
+                // leaver (it hands it on again, or a lookup finds it).
                 tokio::spawn(async move {
                     futures_util::stream::iter(ids)
                         .for_each_concurrent(PARALLEL, |id| {
@@ -550,6 +556,8 @@ impl Node {
                 let absent: Vec<SessionId> = ids.iter().copied().filter(|id| !self.table.knows(id)).collect();
                 let node = self.clone();
                 let leaver = peer.advertised;
+                // Not tracked: each replacement is a REPLICATE round and a DROP bounded
+                // by the peer timeout; one cut short leaves the leaver a holder (12.2).
                 tokio::spawn(async move {
                     futures_util::stream::iter(ids)
                         .for_each_concurrent(PARALLEL, |id| {
