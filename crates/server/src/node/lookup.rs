@@ -183,10 +183,10 @@ impl Node {
                 .filter(|(_, o)| *o == giver)
                 .map(|(h, _)| *h)
                 .collect();
+            // (`failover_fencing` tries a copy of the giver's held here first.)
             let rehanded = match self.failover(id, to, &[giver]).await {
                 Some(r) => Some(r),
-                None if !givers.is_empty() => self.failover_fencing(id, giver, &givers, &lineage).await,
-                None => None,
+                None => self.failover_fencing(id, giver, &givers, &lineage).await,
             };
             match rehanded {
                 Some(r) => r,
