@@ -210,11 +210,14 @@ fn boot(net: &Arc<Net>, i: usize, opts: &SimOptions) -> (Arc<Node>, Vec<tokio::t
     }));
     // The repair (a holder that restarted empty is sent its copies again, after a check
     // that the session was not destroyed meanwhile; orphaned copies are taken over), as
-    // `start` runs it. Its shutdown sender is leaked with the task: the task is aborted
-    // with the others when the node crashes or the run ends.
+    // `start` runs it. The task holds its own shutdown sender: it is aborted with the
+    // others when the node crashes or the run ends.
     let (stop, shutdown) = crate::shutdown::Shutdown::new();
-    std::mem::forget(stop);
-    tasks.push(tokio::spawn(crate::node::repair_loop(node.clone(), shutdown)));
+    let n = node.clone();
+    tasks.push(tokio::spawn(async move {
+        let _stop = stop;
+        crate::node::repair_loop(n, shutdown).await;
+    }));
     let n = node.clone();
     tasks.push(tokio::spawn(async move {
         let mut shard = 0;
