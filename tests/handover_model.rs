@@ -8,6 +8,8 @@
 //! promise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
@@ -32,17 +34,6 @@ fn explain(what: &str, bytes: &[u8], r: &Report) -> String {
         r.violations,
         r.events
     )
-}
-
-/// `SESSYNC_SIM_LOG=debug` (or any tracing filter) prints the nodes' logs.
-fn init_log() {
-    if let Ok(filter) = std::env::var("SESSYNC_SIM_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_ansi(false)
-            .with_test_writer()
-            .try_init();
-    }
 }
 
 fn ms(n: u64) -> Duration {
@@ -324,7 +315,7 @@ const STILL_FAILING: &[&str] = &[];
 
 #[test]
 fn scenarios_keep_every_promise() {
-    init_log();
+    common::init_sim_log();
     let mut failed = Vec::new();
     for (name, schedule, reached) in scenarios() {
         let r = simulate_schedule(&schedule);
@@ -349,7 +340,7 @@ fn scenarios_keep_every_promise() {
 /// nodes' logs).
 #[test]
 fn committed_corpus_replays() {
-    init_log();
+    common::init_sim_log();
     let only = std::env::var("HANDOVER_CORPUS_FILE").ok();
     let dir = corpus_dir();
     let mut files = Vec::new();
@@ -436,7 +427,7 @@ fn unhex(s: &str) -> Vec<u8> {
 #[test]
 #[ignore = "schedules the fuzzer found breaking promises: issue 13's open part; run with --ignored"]
 fn known_failing_schedules() {
-    init_log();
+    common::init_sim_log();
     let mut failed = Vec::new();
     for (bytes, what) in KNOWN_FAILING {
         let data = unhex(bytes);

@@ -11,6 +11,8 @@
 //! seed; `SESSYNC_SIM_FIRST=S SESSYNC_SIM_SEEDS=1` replays it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Instant;
 
 use sessync_server::testing::{simulate, Report, SimOptions};
@@ -40,17 +42,6 @@ fn explain(r: &Report) -> String {
     )
 }
 
-/// `SESSYNC_SIM_LOG=debug` (or any tracing filter) prints the nodes' logs of a replay.
-fn init_log() {
-    if let Ok(filter) = std::env::var("SESSYNC_SIM_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_ansi(false)
-            .with_test_writer()
-            .try_init();
-    }
-}
-
 /// Seeds among the first 200 that still break a promise (issue 13 is open on them). Which
 /// seeds fail moves with every change to the node's logic (a change shifts what each seed
 /// draws), so the list is re-measured with `SESSYNC_SIM_SEEDS=200 cargo test --test
@@ -73,7 +64,7 @@ const FIXED_SEEDS: &[u64] = &[39, 51, 59, 106, 111, 135, 158, 190, 233, 468];
 /// must keep passing.
 #[test]
 fn seeded_runs_keep_every_promise() {
-    init_log();
+    common::init_sim_log();
     let chosen = std::env::var("SESSYNC_SIM_SEEDS").is_ok() || std::env::var("SESSYNC_SIM_FIRST").is_ok();
     let first = env("SESSYNC_SIM_FIRST", 0);
     let seeds = env("SESSYNC_SIM_SEEDS", 20);
@@ -120,7 +111,7 @@ fn a_quiet_cluster_promotes_nothing() {
 #[test]
 #[ignore = "seeds that still fail: issue 13's open part; run with --ignored"]
 fn known_failing_seeds() {
-    init_log();
+    common::init_sim_log();
     let mut failed = Vec::new();
     for &seed in STILL_FAILING {
         let r = simulate(seed, &options(seed));

@@ -155,3 +155,15 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
 }
 
 pub mod certs;
+
+/// `SESSYNC_SIM_LOG=debug` (or any tracing filter) prints the simulated nodes' logs of a
+/// replay (tests/simulation.rs, tests/handover_model.rs).
+pub fn init_sim_log() {
+    if let Ok(filter) = std::env::var("SESSYNC_SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(false)
+            .with_test_writer()
+            .try_init();
+    }
+}

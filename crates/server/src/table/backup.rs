@@ -35,14 +35,15 @@ impl Table {
             let s = self.stats();
             s.sessions + s.backups < self.config.max_sessions && s.bytes + extra <= self.config.max_memory
         };
+        let entry = shard.map.entry(id);
         // A late copy whose DROP came first (`late_fence.rs`) is refused, and its sender
         // (long done with the round it belongs to) pointed at itself, as a fence does.
         // Checked under the entry's lock, as the DROP set it.
-        match shard.map.entry(id) {
+        if shard.late.refuses(&id, owner.advertised, generation, now) {
+            return Replicated::Moved(owner.advertised);
+        }
+        match entry {
             MapEntry::Vacant(v) => {
-                if shard.late.refuses(&id, owner.advertised, generation, now) {
-                    return Replicated::Moved(owner.advertised);
-                }
                 let e = backup();
                 if !fits(e.charge()) {
                     return Replicated::Capacity;
@@ -52,9 +53,6 @@ impl Table {
                 Replicated::Stored(None)
             }
             MapEntry::Occupied(mut o) => {
-                if shard.late.refuses(&id, owner.advertised, generation, now) {
-                    return Replicated::Moved(owner.advertised);
-                }
                 let handing_over = matches!(o.get(), Entry::HandingOver(_));
                 let handed_to = match o.get() {
                     // An owner here under an older generation than the sender's has been

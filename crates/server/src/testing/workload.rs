@@ -111,7 +111,7 @@ pub(super) struct Workload {
     stop: Arc<AtomicBool>,
     writers: Vec<JoinHandle<Ledger>>,
     readers: Vec<JoinHandle<String>>,
-    chasers: Vec<JoinHandle<()>>,
+    chasers: Vec<JoinHandle<String>>,
 }
 
 async fn create(net: &Arc<Net>, i: usize, attrs: Attributes) -> Result<String, String> {
@@ -132,6 +132,33 @@ async fn create(net: &Arc<Net>, i: usize, attrs: Attributes) -> Result<String, S
         sleep(Duration::from_millis(50)).await;
     }
     Err(format!("no session could be created at node {i}"))
+}
+
+/// A reader: GETs the session through random nodes (following the token each reply
+/// gives), pausing 1 to `max_pause_ms` ms between requests, until stopped; returns the
+/// last token.
+async fn roam(
+    net: Arc<Net>,
+    nodes: usize,
+    mut token: String,
+    mut rng: StdRng,
+    stop: Arc<AtomicBool>,
+    max_pause_ms: u64,
+) -> String {
+    while !stop.load(Ordering::Relaxed) {
+        let i = rng.gen_range(0..nodes);
+        let get = Request::Get {
+            token: token.clone(),
+            names: Vec::new(),
+        };
+        if let Outcome::Reply(Response::Session(s)) = call(&net, i, get).await {
+            if let Some(t) = s.token {
+                token = t;
+            }
+        }
+        sleep(Duration::from_millis(rng.gen_range(1..max_pause_ms))).await;
+    }
+    token
 }
 
 impl Workload {
@@ -161,29 +188,8 @@ impl Workload {
                 .collect();
             let token = create(net, r % opts.nodes, attrs).await?;
             let (net, stop, nodes) = (net.clone(), stop.clone(), opts.nodes);
-            let mut rng = StdRng::seed_from_u64(seed * 104_729 + r as u64);
-            readers.push(tokio::spawn(async move {
-                let mut token = token;
-                while !stop.load(Ordering::Relaxed) {
-                    let i = rng.gen_range(0..nodes);
-                    if let Outcome::Reply(Response::Session(s)) = call(
-                        &net,
-                        i,
-                        Request::Get {
-                            token: token.clone(),
-                            names: Vec::new(),
-                        },
-                    )
-                    .await
-                    {
-                        if let Some(t) = s.token {
-                            token = t;
-                        }
-                    }
-                    sleep(Duration::from_millis(rng.gen_range(1..30))).await;
-                }
-                token
-            }));
+            let rng = StdRng::seed_from_u64(seed * 104_729 + r as u64);
+            readers.push(tokio::spawn(roam(net, nodes, token, rng, stop, 30)));
         }
         // Chasers read the writers' sessions (following the tokens they are given), so
         // that copies race the writer's own requests, its rotations and its DESTROY.
@@ -193,23 +199,8 @@ impl Workload {
                 break;
             };
             let (net, stop, nodes) = (net.clone(), stop.clone(), opts.nodes);
-            let mut rng = StdRng::seed_from_u64(seed * 15_485_863 + c as u64);
-            chasers.push(tokio::spawn(async move {
-                let mut token = token;
-                while !stop.load(Ordering::Relaxed) {
-                    let i = rng.gen_range(0..nodes);
-                    let get = Request::Get {
-                        token: token.clone(),
-                        names: Vec::new(),
-                    };
-                    if let Outcome::Reply(Response::Session(s)) = call(&net, i, get).await {
-                        if let Some(t) = s.token {
-                            token = t;
-                        }
-                    }
-                    sleep(Duration::from_millis(rng.gen_range(1..15))).await;
-                }
-            }));
+            let rng = StdRng::seed_from_u64(seed * 15_485_863 + c as u64);
+            chasers.push(tokio::spawn(roam(net, nodes, token, rng, stop, 15)));
         }
         Ok(Workload {
             stop,
