@@ -518,10 +518,11 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             session_id,
             generation,
         } => {
-            match node
+            let dropped = node
                 .table
-                .drop_backup(&session_id, peer.advertised, generation, now)
-            {
+                .drop_backup(&session_id, peer.advertised, generation, now);
+            tracing::debug!(session = %session_id, from = %peer.advertised, generation, ?dropped, "DROP");
+            match dropped {
                 Dropped::Fenced | Dropped::NotHeld => PeerMessage::Ok,
                 Dropped::Newer(owner) => PeerMessage::Moved {
                     session_id,

@@ -9,7 +9,8 @@ impl Node {
     /// failover could otherwise promote) and more backups if they are too few
     /// (preferring `prefer`), and acknowledges it, so `from` can drop its copy. Also used
     /// for a COPY_DATA that arrived after its request gave up: the sender handed the
-    /// session to us, so it must be installed.
+    /// session to us, so it must be installed. `stale` as for
+    /// [`Node::protect_and_install`] (empty for a plain COPY: its refusals are real).
     pub(crate) async fn install_copy(
         &self,
         from: SocketAddr,
@@ -17,6 +18,7 @@ impl Node {
         record: &sessync_proto::SessionRecord,
         holders: &[SocketAddr],
         prefer: &[SocketAddr],
+        stale: &[SocketAddr],
     ) {
         if transfer == 0 {
             // No handover has generation 0 (protocol.md 11.1): not installed, replicated
@@ -36,7 +38,10 @@ impl Node {
         // The giver cannot hand its older copy on (nor take it back) once it, or every
         // node that holds its lineage's backups, holds ours: such a claim collides with
         // our copy there (protocol.md 12.4). Otherwise it must hear our ACK first.
-        let giver_is_fenced = match self.protect_and_install(transfer, record, &current, &first).await {
+        let giver_is_fenced = match self
+            .protect_and_install(transfer, record, &current, &first, stale)
+            .await
+        {
             Some(backups) => {
                 backups.confirmed.contains(&from)
                     || (!current.is_empty() && current.iter().all(|h| backups.confirmed.contains(h)))
@@ -63,7 +68,7 @@ impl Node {
         if giver_is_fenced {
             // Not tracked by the shutdown tracker: it is bounded (3 x peer timeout), and a
             // lost ACK only leaves the giver answering MOVED to us until it expires.
-            tokio::spawn(send);
+            tokio::spawn(tracing::Instrument::in_current_span(send));
         } else {
             // The giver is not our backup, so until it hears our ACK it would hand its
             // (older) copy on to anyone who reports us gone: it must hear it before we
@@ -78,23 +83,47 @@ impl Node {
     /// backups; a node that answers with a newer owner makes it a forwarding tombstone
     /// instead. Returns the backups (`None`: no replication, or not installed).
     /// `current` are nodes that must take the copy (they hold older ones of this lineage).
+    /// `stale`: nodes known not to own the session (the holder that handed its copy over
+    /// under PROMOTE; this node always): a holder that names one of them as the newer
+    /// owner answers from a fence or kept copy left by an abandoned claim, and the claim
+    /// is placed again one generation higher (at most [`MAX_CLAIM_BUMPS`] times; 12.3).
+    /// Never the failed owner of a failover: it may be alive and cut off, and its holders'
+    /// refusal is what keeps a second owner out (seed 168).
     pub(super) async fn protect_and_install(
         &self,
         generation: u64,
         record: &sessync_proto::SessionRecord,
         current: &[SocketAddr],
         prefer: &[SocketAddr],
+        stale: &[SocketAddr],
     ) -> Option<Backups> {
         let id = record.id;
+        let mut generation = generation;
         let (landing_backups, superseded) = if self.config.replicas == 0 {
             (None, None)
         } else {
             let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
             let _one_at_a_time = self.replication_locks[stripe].lock().await;
-            match self
-                .replicate_round(id, generation, record, current, prefer)
-                .await
-            {
+            let mut bumps = 0;
+            let outcome = loop {
+                match self
+                    .replicate_round(id, generation, record, current, prefer)
+                    .await
+                {
+                    RoundOutcome::Superseded { to, .. }
+                        if bumps < MAX_CLAIM_BUMPS && (stale.contains(&to) || to == self.advertise) =>
+                    {
+                        // Fences and kept copies of abandoned claims refuse every copy of
+                        // their generation (seed 128: each failed claim of generation 6
+                        // fenced another holder at 6, until no copy was left).
+                        bumps += 1;
+                        generation += 1;
+                        tracing::info!(session = %id, %to, generation, "a holder refused the claim on behalf of a node that does not own the session; claiming one generation higher");
+                    }
+                    other => break other,
+                }
+            };
+            match outcome {
                 RoundOutcome::Done(b) => {
                     if !b.complete(usize::from(self.config.replicas)) {
                         tracing::warn!(session = %id, backups = b.confirmed.len(), "session taken over with fewer backups than wanted");
@@ -428,9 +457,9 @@ impl Node {
         let node = self.clone();
         // Not tracked by the shutdown tracker: a round is bounded by two peer timeouts,
         // and one cut short only leaves a backup's access time older.
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             let _ = node.replicate(id, &[]).await;
-        });
+        }));
     }
 
     /// Fences an abandoned copy: tells the nodes that may hold this node's copy of `id`
@@ -445,7 +474,8 @@ impl Node {
         }
         let (peers, timeout) = (self.peers.clone(), self.config.peer_timeout);
         // Not tracked by the shutdown tracker: bounded by the peer timeout.
-        tokio::spawn(async move {
+        tracing::debug!(session = %id, generation, holders = ?nodes, "fencing the copies of an abandoned claim");
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             let deadline = Instant::now() + timeout;
             futures_util::future::join_all(nodes.into_iter().map(|b| {
                 peers.request(
@@ -458,7 +488,7 @@ impl Node {
                 )
             }))
             .await;
-        });
+        }));
     }
 
     /// Tells a handed-over session's old backups to drop their copies, in the background
@@ -470,8 +500,8 @@ impl Node {
         let node = self.clone();
         // Not tracked: bounded by the peer timeout, and a DROP not sent leaves a copy that
         // expires on its own (and that fencing refuses to promote past the new owner).
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             node.drop_backups(id, &old).await;
-        });
+        }));
     }
 }

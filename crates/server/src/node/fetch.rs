@@ -3,6 +3,7 @@
 //! gone (protocol.md 11.3 and 12.3).
 
 use super::*;
+use sessync_proto::Role;
 
 impl Node {
     /// Verifies a token and runs `op` on the session it names, copying the session here
@@ -316,7 +317,8 @@ impl Node {
                     // the data); a record already past its deadline (clocks a little apart,
                     // section 1) is a session that is gone, not one to chase.
                     let expired = record.meta.expires_at_ms() <= now_ms();
-                    self.install_copy(from, transfer, &record, &holders, prefer).await;
+                    self.install_copy(from, transfer, &record, &holders, prefer, &[])
+                        .await;
                     if expired {
                         return (
                             Err((
@@ -372,9 +374,32 @@ impl Node {
                 &claim.record,
                 &with_lineage(&claim.holders),
                 backups,
+                &[],
             )
             .await;
-            return Some(Ok(Fetched::Installed));
+            // Installed: served here. Not installed: a holder refused the claim. When it
+            // points at a newer owner, the session lives on there; when it points back at
+            // `failed` (a copy it kept when it yielded to `failed`, which holds nothing
+            // now), its copy is the newer one and is taken over below with PROMOTE.
+            // Returning "installed" regardless re-served the request from the copy kept
+            // here, pointing at `failed`, in a loop (simulation seed 128).
+            match self.table.locate(&id, self.advertise, now_ms()) {
+                Some((Role::Owner, _)) => return Some(Ok(Fetched::Installed)),
+                Some((Role::Destroyed, _)) => {
+                    return Some(Err((
+                        ErrorCode::SessionNotFound,
+                        "no such session: it was destroyed".into(),
+                    )))
+                }
+                Some((Role::Backup | Role::HandedOver, owner))
+                    if owner != failed && owner != self.advertise =>
+                {
+                    return Some(self.copy_chain(id, owner, true, backups).await.0)
+                }
+                _ => {
+                    tracing::debug!(session = %id, %failed, "a holder refused the claim of the copy held here; asking the holders")
+                }
+            }
         }
         for &b in backups {
             if b == self.advertise || b == failed {
@@ -407,7 +432,7 @@ impl Node {
                 }) if record.id == id && transfer != 0 => {
                     tracing::info!(session = %id, %failed, backup = %b, "took the session over from a backup");
                     Stats::bump(&self.stats.promotions);
-                    self.install_copy(b, transfer, &record, &with_lineage(&holders), backups)
+                    self.install_copy(b, transfer, &record, &with_lineage(&holders), backups, &[b])
                         .await;
                     return Some(Ok(Fetched::Installed));
                 }

@@ -36,6 +36,12 @@ use crate::table::{Landing, Miss, OldBackups, Served, Table, TableConfig, TableS
 /// carries the newest state), unrelated sessions rarely wait on each other.
 const REPLICATION_STRIPES: usize = 256;
 
+/// How many generations a failover's claim may climb past fences and kept copies that
+/// name a node known not to own the session ([`Node::protect_and_install`]). Each failed
+/// claim leaves at most one such fence per holder, so a few suffice; bounded so that a
+/// holder that keeps refusing cannot make a claim loop.
+const MAX_CLAIM_BUMPS: u32 = 3;
+
 /// Where a fetch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Start {

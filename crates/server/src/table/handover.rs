@@ -32,8 +32,9 @@ impl Table {
         let Some(mut r) = shard.map.get_mut(id) else {
             return CopyOutcome::NotFound;
         };
-        let start = |live: Live, holders: Vec<SocketAddr>| {
-            let transfer = live.received + 1;
+        // `floor`: a generation the transfer must exceed (see the backup arm below).
+        let start = |live: Live, holders: Vec<SocketAddr>, floor: u64| {
+            let transfer = live.received.max(floor) + 1;
             let record = live.record(id);
             tracing::debug!(session = %id, to = %requester, transfer, version = record.meta.version, "hand_over");
             let h = Entry::HandingOver(Box::new(HandingOver {
@@ -58,7 +59,7 @@ impl Table {
                 self.transform(shard, r.value_mut(), |old| match old {
                     Entry::Live(live) => {
                         let holders = live.backups.to_vec();
-                        let (h, o) = start(live, holders);
+                        let (h, o) = start(live, holders, 0);
                         out = o;
                         h
                     }
@@ -80,7 +81,10 @@ impl Table {
                         live.meta.version = claim_version(live.meta.version);
                         // This node is the lineage's holder that hands its copy on; the
                         // owner's other holders are unknown here (see protocol.md 12.6).
-                        let (h, o) = start(live, Vec::new());
+                        // Past the asker's own generation too: a fence there of an
+                        // abandoned claim of the next generation would refuse the copy at
+                        // its install, which acknowledges it all the same (seed 25).
+                        let (h, o) = start(live, Vec::new(), their_last);
                         out = o;
                         h
                     }
