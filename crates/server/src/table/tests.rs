@@ -616,3 +616,40 @@ fn an_owner_that_yields_keeps_its_copy_below_the_winner() {
     assert!(kept.lose_ownership(&id, 5, winner.advertised, 2));
     assert_eq!(kept.replicate_in(winner, 5, &r, 3), Replicated::Stored(None));
 }
+
+#[test]
+fn a_promoted_copy_is_handed_on_past_the_askers_fence() {
+    // Simulation seed 25: the asker held a fence of an abandoned claim of generation 12
+    // (its DROP said so); the backup's copy is of generation 11. Handed on as 12, the copy
+    // was refused at the asker's install, which acknowledged it all the same, and the
+    // session was left with no owner.
+    let (owner, asker) = (who(1), who(3));
+    let source = table(10, EvictPolicy::Reject);
+    let (id, _) = source.create(&attrs(&[("n", "1")]), 1000, 0, 0).unwrap();
+    let r = record_of(&source, &id);
+    let backup = table(10, EvictPolicy::Reject);
+    assert_eq!(backup.replicate_in(owner, 11, &r, 1), Replicated::Stored(None));
+    let here = table(10, EvictPolicy::Reject);
+    assert_eq!(here.replicate_in(owner, 11, &r, 1), Replicated::Stored(None));
+    assert_eq!(here.drop_backup(&id, owner.advertised, 12, 2), Dropped::Fenced);
+    let their_last = here.last_received(&id);
+    assert_eq!(their_last, 12);
+    let CopyOutcome::Data { transfer, record, .. } =
+        backup.hand_over(&id, asker, their_last, Some(owner.advertised), 3)
+    else {
+        panic!("the backup did not hand its copy on");
+    };
+    assert_eq!(transfer, 13);
+    assert_eq!(
+        here.install_as(&record, transfer, Landing::Owner(&[]), 4),
+        Ok(true)
+    );
+    assert!(here.get(&id, &[], 5).is_ok());
+    // Without an asker's generation, the next one as before.
+    let plain = table(10, EvictPolicy::Reject);
+    assert_eq!(plain.replicate_in(owner, 11, &r, 1), Replicated::Stored(None));
+    assert!(matches!(
+        plain.hand_over(&id, asker, 0, Some(owner.advertised), 2),
+        CopyOutcome::Data { transfer: 12, .. }
+    ));
+}
