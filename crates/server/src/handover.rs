@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 
 use sessync_proto::{ErrorCode, PeerMessage, SessionId, SessionRecord};
 
+pub use crate::fetch_error::FetchError;
+
 /// What the caller does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -34,7 +36,7 @@ pub enum Step {
     /// is not there, the session is gone.
     Local,
     /// Give up; answer the client with this error.
-    Fail(ErrorCode, String),
+    Fail(FetchError),
 }
 
 /// One fetch of one session by this node.
@@ -84,10 +86,7 @@ impl Fetch {
             return Step::Local;
         }
         if self.asks_left == 0 {
-            return Step::Fail(
-                ErrorCode::TooManyHops,
-                format!("session moved more than the hop limit; last seen at {to}"),
-            );
+            return Step::Fail(FetchError::HopLimit { last: to });
         }
         self.asks_left -= 1;
         Step::Ask(to)
@@ -98,10 +97,9 @@ impl Fetch {
         match reply {
             // Transfer ids are handover generations, never 0 (protocol.md 11.1): a copy
             // claiming 0 is not installed, served or acknowledged.
-            PeerMessage::CopyData { transfer: 0, .. } => Step::Fail(
-                ErrorCode::Internal,
-                format!("{from} sent COPY_DATA with transfer id 0, which no handover has"),
-            ),
+            PeerMessage::CopyData { transfer: 0, .. } => Step::Fail(FetchError::Protocol(format!(
+                "{from} sent COPY_DATA with transfer id 0, which no handover has"
+            ))),
             PeerMessage::CopyData {
                 transfer,
                 holders,
@@ -122,10 +120,9 @@ impl Fetch {
                 self.not_yet_left -= 1;
                 Step::AskLater(from)
             }
-            PeerMessage::NotFound { session_id } if session_id == self.id => Step::Fail(
-                ErrorCode::SessionNotFound,
-                format!("no such session: {from} does not have it (expired, destroyed or never existed)"),
-            ),
+            PeerMessage::NotFound { session_id } if session_id == self.id => {
+                Step::Fail(FetchError::NotAt { at: from })
+            }
             PeerMessage::Error(e) => {
                 // A peer's own troubles are not the client's: codes about a connection or
                 // a frame (1xx, 2xx, and anything that would close the client's connection)
@@ -135,12 +132,15 @@ impl Fetch {
                     c if c.closes_connection() || c.as_u16() < 300 => ErrorCode::Internal,
                     c => c,
                 };
-                Step::Fail(code, format!("owner {from} answered: {}", e.message))
+                Step::Fail(FetchError::Refused {
+                    owner: from,
+                    code,
+                    message: e.message,
+                })
             }
-            other => Step::Fail(
-                ErrorCode::Internal,
-                format!("owner {from} sent an unexpected reply: {other:?}"),
-            ),
+            other => Step::Fail(FetchError::Protocol(format!(
+                "owner {from} sent an unexpected reply: {other:?}"
+            ))),
         }
     }
 
@@ -151,10 +151,7 @@ impl Fetch {
             self.retries_left -= 1;
             return Step::Ask(from);
         }
-        Step::Fail(
-            ErrorCode::OwnerUnreachable,
-            format!("owner {from} did not answer in time"),
-        )
+        Step::Fail(FetchError::Silent { owner: from })
     }
 }
 
@@ -321,7 +318,7 @@ mod tests {
         let (a, b) = (addr(0), addr(1));
         let (id, _) = c.table(a).create(&attrs(&[("k", "v")]), 60_000, 0, 0).unwrap();
         let err = c.fetch(b, a, id, |_| true).unwrap_err();
-        assert!(matches!(err, Step::Fail(ErrorCode::OwnerUnreachable, _)));
+        assert!(matches!(err, Step::Fail(FetchError::Silent { .. })));
         // A kept the data for B: a later retry by B (a client's retry) still gets it.
         c.fetch(b, a, id, |_| false).unwrap();
         assert_eq!(
@@ -410,7 +407,7 @@ mod tests {
         c.table(b).ack_handover(&id, who(a), t2, 0);
         // Now A says B and B says A.
         let err = c.fetch(cc, a, id, |_| false).unwrap_err();
-        assert!(matches!(err, Step::Fail(ErrorCode::TooManyHops, _)), "{err:?}");
+        assert!(matches!(err, Step::Fail(FetchError::HopLimit { .. })), "{err:?}");
         // A destroyed session is never copied back in.
         let (d, _) = c.table(cc).create(&attrs(&[]), 60_000, 0, 0).unwrap();
         let PeerMessage::CopyData {
@@ -427,7 +424,7 @@ mod tests {
         assert_eq!(c.table(b).install(&drec, drec_t, 0).unwrap_err(), Miss::NotFound);
         assert!(matches!(
             c.fetch(a, cc, d, |_| false).unwrap_err(),
-            Step::Fail(ErrorCode::SessionNotFound, _)
+            Step::Fail(FetchError::NotAt { .. })
         ));
     }
 

@@ -10,6 +10,10 @@ pub mod clock;
 #[allow(unreachable_pub)]
 mod clock;
 mod config;
+// what happened to a session a request needed from another node; public (re-exported by
+// `handover`) only with the feature `testing`.
+#[allow(unreachable_pub)]
+mod fetch_error;
 // the asking side of the handover, sans-IO: public only for tests, benches and fuzzing (feature `testing`), as
 // quinn-proto keeps its internals behind `fuzzing`.
 #[cfg(feature = "testing")]

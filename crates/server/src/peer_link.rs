@@ -47,11 +47,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Why a peer request got no reply. Either way the request may or may not have been
 /// processed by the peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum LinkError {
-    /// Could not connect or authenticate (or still backing off after that).
+    /// Could not connect or authenticate (or still backing off after that); why.
+    #[error("{0}")]
     Unreachable(String),
     /// Connected, but no reply before the deadline or the link broke.
+    #[error("no reply in time, or the link broke")]
     Lost,
 }
 

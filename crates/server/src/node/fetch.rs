@@ -84,11 +84,11 @@ impl Node {
                     fall_back_to_local = true;
                     continue;
                 }
-                Err((ErrorCode::TooManyHops, message)) => {
-                    self.back_off(first, &message).await?;
+                Err(e) if e.too_many_hops() => {
+                    self.back_off(first, &e.to_string()).await?;
                     continue;
                 }
-                Err((c, m)) => return Err(SessionFailure::Fetch(c, m)),
+                Err(e) => return Err(SessionFailure::Fetch(e)),
             };
             if fetched == Fetched::PointsHere {
                 // The owners' chain ends here: if the table has moved on (another request
@@ -103,12 +103,7 @@ impl Node {
                         lost_here = true;
                         continue;
                     }
-                    Err(Miss::Absent) => {
-                        return Err(SessionFailure::Fetch(
-                            ErrorCode::SessionNotFound,
-                            "no such session: its forwarding path ends here and it is not here".into(),
-                        ))
-                    }
+                    Err(Miss::Absent) => return Err(SessionFailure::Fetch(FetchError::PathEndsHere)),
                     Err(m) => return Err(SessionFailure::Miss(m)),
                 }
             }
@@ -121,7 +116,7 @@ impl Node {
     pub(super) async fn back_off(&self, first: Instant, why: &str) -> Result<(), SessionFailure> {
         let pause = std::time::Duration::from_millis(2 + u64::from(SessionId::random().0[0] % 24));
         if first.elapsed() + pause >= self.config.peer_timeout {
-            return Err(SessionFailure::Fetch(ErrorCode::TooManyHops, why.to_string()));
+            return Err(SessionFailure::Fetch(FetchError::KeepsMoving(why.to_string())));
         }
         Stats::bump(&self.stats.contention_backoffs);
         tokio::time::sleep(pause).await;
@@ -150,13 +145,8 @@ impl Node {
                 result
             }
             Err(mut rx) => match rx.wait_for(|r| r.is_some()).await {
-                Ok(r) => r
-                    .clone()
-                    .unwrap_or(Err((ErrorCode::Internal, "fetch ended without a result".into()))),
-                Err(_) => Err((
-                    ErrorCode::OwnerUnreachable,
-                    "the fetch this request waited on was abandoned".into(),
-                )),
+                Ok(r) => r.clone().unwrap_or(Err(FetchError::NoResult)),
+                Err(_) => Err(FetchError::Abandoned),
             },
         }
     }
@@ -169,13 +159,7 @@ impl Node {
     ) -> FetchResult {
         let (result, chain) = match start {
             Start::Ask(owner, forwarded) => self.copy_chain_or_rehand(id, owner, forwarded, backups).await,
-            Start::Failover(me) => (
-                Err((
-                    ErrorCode::SessionNotFound,
-                    "no such session here (this node lost it) and no backup has it".into(),
-                )),
-                vec![me],
-            ),
+            Start::Failover(me) => (Err(FetchError::LostHere), vec![me]),
         };
         let (result, chain) = match (result, chain.last().copied()) {
             // Our link said the owner is unreachable. Before anyone takes its sessions
@@ -185,8 +169,11 @@ impl Node {
             // Only when there is somewhere to fail over to: without backups, or nodes that
             // pointed to it, the probe could change nothing, and the fetch keeps within one
             // peer timeout (protocol.md 11.3).
-            (Err((ErrorCode::OwnerUnreachable, _)), Some(f))
-                if f != self.advertise && (!backups.is_empty() || chain.len() > 1) && self.alive(f).await =>
+            (Err(e), Some(f))
+                if e.unreachable()
+                    && f != self.advertise
+                    && (!backups.is_empty() || chain.len() > 1)
+                    && self.alive(f).await =>
             {
                 self.copy_chain(id, f, true, backups).await
             }
@@ -196,14 +183,12 @@ impl Node {
             // The owner is gone (unreachable, or restarted without it): the nodes that
             // pointed to it (it may have made its giver its backup, or never taken the
             // session over) and then its backups may hold the session.
-            (Err((code, message)), Some((&failed, before)))
-                if matches!(code, ErrorCode::OwnerUnreachable | ErrorCode::SessionNotFound) =>
-            {
+            (Err(e), Some((&failed, before))) if e.unreachable() || e.not_found() => {
                 let mut candidates: Vec<SocketAddr> = before.iter().rev().copied().collect();
                 candidates.extend(backups.iter().filter(|b| !before.contains(b)));
                 match self.failover(id, failed, &candidates).await {
                     Some(r) => r,
-                    None => Err((code, message)),
+                    None => Err(e),
                 }
             }
             (r, _) => r,
@@ -288,20 +273,19 @@ impl Node {
                         .await
                     {
                         Ok(reply) => fetch.handle_reply(to, reply),
-                        Err(LinkError::Unreachable(why)) => Step::Fail(ErrorCode::OwnerUnreachable, why),
-                        Err(LinkError::Lost) if Instant::now() >= deadline => Step::Fail(
-                            ErrorCode::OwnerUnreachable,
-                            format!("owner {to} did not answer within {:?}", self.config.peer_timeout),
-                        ),
+                        Err(LinkError::Unreachable(why)) => Step::Fail(FetchError::Unreachable(why)),
+                        Err(LinkError::Lost) if Instant::now() >= deadline => {
+                            Step::Fail(FetchError::SilentWithin {
+                                owner: to,
+                                within: self.config.peer_timeout,
+                            })
+                        }
                         Err(LinkError::Lost) => fetch.handle_lost(to),
                     }
                 }
                 Step::AskLater(to) => {
                     if Instant::now() + NOT_YET_PAUSE >= deadline {
-                        Step::Fail(
-                            ErrorCode::OwnerUnreachable,
-                            format!("{to} did not receive the session in time"),
-                        )
+                        Step::Fail(FetchError::NotReceived { at: to })
                     } else {
                         tokio::time::sleep(NOT_YET_PAUSE).await;
                         Step::Ask(to)
@@ -320,18 +304,12 @@ impl Node {
                     self.install_copy(from, transfer, &record, &holders, prefer, &[])
                         .await;
                     if expired {
-                        return (
-                            Err((
-                                ErrorCode::SessionNotFound,
-                                "no such session: it expired as it was handed over".into(),
-                            )),
-                            chain,
-                        );
+                        return (Err(FetchError::ExpiredInFlight), chain);
                     }
                     return (Ok(Fetched::Installed), chain);
                 }
                 Step::Local => return (Ok(Fetched::PointsHere), chain),
-                Step::Fail(code, message) => return (Err((code, message)), chain),
+                Step::Fail(e) => return (Err(e), chain),
             };
         }
     }
@@ -385,12 +363,7 @@ impl Node {
             // here, pointing at `failed`, in a loop (simulation seed 128).
             match self.table.locate(&id, self.advertise, now_ms()) {
                 Some((Role::Owner, _)) => return Some(Ok(Fetched::Installed)),
-                Some((Role::Destroyed, _)) => {
-                    return Some(Err((
-                        ErrorCode::SessionNotFound,
-                        "no such session: it was destroyed".into(),
-                    )))
-                }
+                Some((Role::Destroyed, _)) => return Some(Err(FetchError::Destroyed)),
                 Some((Role::Backup | Role::HandedOver, owner))
                     if owner != failed && owner != self.advertise =>
                 {

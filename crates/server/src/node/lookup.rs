@@ -32,10 +32,10 @@ impl Node {
         // simulation stranded sessions that way for good (TOO_MANY_HOPS at every node after
         // the heal: two claims of one generation that fenced each other, leaving backups
         // and pointers only). Every member is then asked, the nodes of the cycle included.
-        let cycle = matches!(&result, Err((ErrorCode::TooManyHops, _)))
+        let cycle = matches!(&result, Err(e) if e.too_many_hops())
             && asked.iter().enumerate().any(|(i, a)| asked[..i].contains(a));
         let lost = match &result {
-            Err((ErrorCode::SessionNotFound | ErrorCode::OwnerUnreachable, _)) => true,
+            Err(e) if e.not_found() || e.unreachable() => true,
             Ok(Fetched::PointsHere) => !self.table.knows(&id),
             _ => cycle,
         };
@@ -64,12 +64,7 @@ impl Node {
         if members.is_empty() {
             return result;
         }
-        let unsure = |why: String| -> FetchResult {
-            Err((
-                ErrorCode::OwnerUnreachable,
-                format!("the session's owner does not have it, and {why}; try again"),
-            ))
-        };
+        let unsure = |why: String| -> FetchResult { Err(FetchError::Unsure(why)) };
         // Bounded: a flood of tokens for expired sessions costs at most this many
         // broadcasts at once.
         let Ok(Ok(_slot)) =
@@ -136,12 +131,7 @@ impl Node {
                     Role::HandedOver if asked.contains(&addr) => handing_to_lost.push((m, addr)),
                     Role::Backup => copies.push((m, addr)),
                     // Destroyed (or rotated away) there: nothing may bring it back.
-                    Role::Destroyed => {
-                        return Err((
-                            ErrorCode::SessionNotFound,
-                            "no such session: it was destroyed".into(),
-                        ))
-                    }
+                    Role::Destroyed => return Err(FetchError::Destroyed),
                     _ => {}
                 },
                 Ok(PeerMessage::NotFound { .. }) | Ok(PeerMessage::Located { .. }) => {}
@@ -302,8 +292,9 @@ impl Node {
                 Ok(f)
             }
             // Found somewhere, but not fetched: a retry may succeed.
-            Err((code, message)) => unsure(format!(
-                "a lookup found it but fetching it failed ({code}: {message})"
+            Err(e) => unsure(format!(
+                "a lookup found it but fetching it failed ({}: {e})",
+                e.code()
             )),
         }
     }
@@ -352,10 +343,7 @@ impl Node {
             Ok(PeerMessage::Located {
                 role: Role::Destroyed,
                 ..
-            }) => Err(Err((
-                ErrorCode::SessionNotFound,
-                "no such session: it was destroyed".into(),
-            ))),
+            }) => Err(Err(FetchError::Destroyed)),
             Ok(_) => Ok(false),
             Err(_) => Ok(!self.alive(node).await),
         }

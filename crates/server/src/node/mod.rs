@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::clock::now_ms;
 use crate::config::{BackupPolicy, NodeConfig};
-use crate::handover::{Fetch, Step, NOT_YET_PAUSE};
+use crate::handover::{Fetch, FetchError, Step, NOT_YET_PAUSE};
 use crate::peer_link::{LinkConfig, LinkError, Peers};
 use crate::stats::Stats;
 use crate::table::{Landing, Miss, OldBackups, Served, Table, TableConfig, TableStats};
@@ -117,7 +117,7 @@ enum Fetched {
 }
 
 /// The outcome of one fetch, shared with every request that waited on it.
-type FetchResult = Result<Fetched, (ErrorCode, String)>;
+type FetchResult = Result<Fetched, FetchError>;
 
 /// What a connection must do after a request was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,7 +350,7 @@ impl Node {
 enum SessionFailure {
     Token(TokenError),
     Miss(Miss),
-    Fetch(ErrorCode, String),
+    Fetch(FetchError),
     /// Needs a fetch, and the caller asked for local work only.
     Defer,
 }

@@ -102,7 +102,7 @@ impl Node {
                 out,
             ),
             SessionFailure::Miss(m) => self.miss_error(request_id, m, out),
-            SessionFailure::Fetch(code, message) => self.error(request_id, code, message, out),
+            SessionFailure::Fetch(e) => self.error(request_id, e.code(), e.to_string(), out),
             SessionFailure::Defer => After::Defer,
         }
     }
