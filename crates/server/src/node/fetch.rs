@@ -201,6 +201,20 @@ impl Node {
         result
     }
 
+    /// Whether `node` answers LOCATE for `id` with NOT_FOUND: it has no entry at all (a
+    /// new process; a destroyed session leaves a tombstone, answered otherwise).
+    async fn has_no_entry(&self, id: SessionId, node: SocketAddr) -> bool {
+        let reply = self
+            .peers
+            .request(
+                node,
+                PeerMessage::Locate { session_id: id },
+                Instant::now() + self.config.peer_timeout,
+            )
+            .await;
+        matches!(reply, Ok(PeerMessage::NotFound { .. }))
+    }
+
     /// Whether `peer` answers a PING over a freshly dialled (or live) link within the peer
     /// timeout. A member the membership view has declared dead is not asked: SWIM's
     /// verdict (direct and indirect probes, then suspicion) already says more than one
@@ -345,7 +359,20 @@ impl Node {
             all.extend(lineage.iter().filter(|l| !holders.contains(l)));
             all
         };
-        if let Some(claim) = self.table.promote_local(&id, failed, self.identity(), now_ms()) {
+        // A copy this node handed to `failed` is taken back only when `failed` is known to
+        // have lost it (a new process with no entry): merely unreachable, it may have
+        // installed the copy and be serving it, with none of our holders told (seed 57:
+        // it rotated the session away while this node took its copy back).
+        let handing_to_failed = failed != self.advertise
+            && matches!(self.table.locate(&id, self.advertise, now_ms()), Some((Role::HandedOver, to)) if to == failed);
+        let may_claim_here = !handing_to_failed || self.has_no_entry(id, failed).await;
+        let claim = if may_claim_here {
+            self.table.promote_local(&id, failed, self.identity(), now_ms())
+        } else {
+            tracing::debug!(session = %id, %failed, "not taking back a copy handed to a node that may be serving it");
+            None
+        };
+        if let Some(claim) = claim {
             Stats::bump(&self.stats.promotions);
             self.protect_and_install(
                 claim.generation,
