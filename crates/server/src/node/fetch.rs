@@ -184,14 +184,7 @@ impl Node {
             // pointed to it (it may have made its giver its backup, or never taken the
             // session over) and then its backups may hold the session.
             (Err(e), Some((&failed, before))) if e.unreachable() || e.not_found() => {
-                // The nodes that pointed to it are asked only when it lost the session:
-                // one of them may still be handing it over, and would hand its copy on
-                // (re-handing) while a silent receiver may be serving it (12.4).
-                let mut candidates: Vec<SocketAddr> = if e.not_found() {
-                    before.iter().rev().copied().collect()
-                } else {
-                    Vec::new()
-                };
+                let mut candidates: Vec<SocketAddr> = before.iter().rev().copied().collect();
                 candidates.extend(backups.iter().filter(|b| !before.contains(b)));
                 match self.failover(id, failed, &candidates).await {
                     Some(r) => r,
