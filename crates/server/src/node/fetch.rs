@@ -204,15 +204,7 @@ impl Node {
     /// Whether `node` answers LOCATE for `id` with NOT_FOUND: it has no entry at all (a
     /// new process; a destroyed session leaves a tombstone, answered otherwise).
     async fn has_no_entry(&self, id: SessionId, node: SocketAddr) -> bool {
-        let reply = self
-            .peers
-            .request(
-                node,
-                PeerMessage::Locate { session_id: id },
-                Instant::now() + self.config.peer_timeout,
-            )
-            .await;
-        matches!(reply, Ok(PeerMessage::NotFound { .. }))
+        matches!(self.locate_at(id, node).await, Ok(PeerMessage::NotFound { .. }))
     }
 
     /// Whether `peer` answers a PING over a freshly dialled (or live) link within the peer

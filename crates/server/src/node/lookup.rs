@@ -326,19 +326,22 @@ impl Node {
         .await
     }
 
-    /// Whether `node` is gone as far as session `id` goes: it answers LOCATE with
-    /// NOT_FOUND (a new process there, with no entry), or does not answer and fails a
-    /// fresh PING. `Err`: it says the session was destroyed (the lookup's answer).
-    async fn gone_without(&self, id: SessionId, node: SocketAddr) -> Result<bool, FetchResult> {
-        let reply = self
-            .peers
+    /// LOCATE for `id` to `node`, within one peer timeout.
+    pub(super) async fn locate_at(&self, id: SessionId, node: SocketAddr) -> Result<PeerMessage, LinkError> {
+        self.peers
             .request(
                 node,
                 PeerMessage::Locate { session_id: id },
                 Instant::now() + self.config.peer_timeout,
             )
-            .await;
-        match reply {
+            .await
+    }
+
+    /// Whether `node` is gone as far as session `id` goes: it answers LOCATE with
+    /// NOT_FOUND (a new process there, with no entry), or does not answer and fails a
+    /// fresh PING. `Err`: it says the session was destroyed (the lookup's answer).
+    async fn gone_without(&self, id: SessionId, node: SocketAddr) -> Result<bool, FetchResult> {
+        match self.locate_at(id, node).await {
             Ok(PeerMessage::NotFound { .. }) => Ok(true),
             Ok(PeerMessage::Located {
                 role: Role::Destroyed,
