@@ -98,12 +98,20 @@ impl Table {
     /// What this node knows of `id`, for LOCATE: it owns it (the address is `me`), holds a
     /// backup copy from the owner named, handed it over to the node named, or destroyed it
     /// (`me`). Fences say nothing (`None`): they name no live copy.
+    ///
+    /// A copy this node claimed and is placing on backups before it installs it
+    /// (HandingOver to `me`) is answered as owned: it is about to be, and whoever asks
+    /// must wait for it. Answered as "handed over to itself", a lookup counted the member
+    /// out (a pointer to a member that answered without owning the session leads nowhere
+    /// new) and, finding nothing else, answered SESSION_NOT_FOUND for a session that was
+    /// being installed (a kill during a drain, tests/elastic.rs).
     pub fn locate(&self, id: &SessionId, me: SocketAddr, now: u64) -> Option<(Role, SocketAddr)> {
         let g = self.shard(id).map.read(id);
         if let Some(n) = g.find_live(id) {
             return (!n.expired(now)).then_some((Role::Owner, me));
         }
         match g.find_other(id)? {
+            Entry::HandingOver(h) if h.to == me && !h.live.expired(now) => Some((Role::Owner, me)),
             Entry::Backup(b) if !b.live.expired(now) => Some((Role::Backup, b.owner)),
             Entry::HandingOver(h) if !h.live.expired(now) => Some((Role::HandedOver, h.to)),
             Entry::Forwarded { to, until_ms, .. } if now < *until_ms => Some((Role::HandedOver, *to)),

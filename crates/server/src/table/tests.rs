@@ -653,3 +653,46 @@ fn a_promoted_copy_is_handed_on_past_the_askers_fence() {
         CopyOutcome::Data { transfer: 12, .. }
     ));
 }
+
+/// A kill during a drain (tests/elastic.rs, the message of its earlier failures): the
+/// repair at B was taking over its copy of the killed owner's (a claim: replicating before
+/// it installs) when a writer's GET reached B; the fetch found nothing at the owner's new
+/// process, the failover nothing to promote (B's copy was already claimed), and the lookup
+/// did not count B's own claim ("handed over to itself"), so the GET was answered
+/// SESSION_NOT_FOUND for a session B installed a few milliseconds later. A claim under
+/// way is located as owned (the lookup then waits for it, retryably), while it is still
+/// not served.
+#[test]
+fn a_claim_under_way_is_located_as_owned() {
+    let (owner, me, giver) = (who(1), who(2), who(3));
+    let origin = table(10, EvictPolicy::Reject);
+    let (id, _) = origin.create(&attrs(&[("list", "1")]), 100_000, 0, 0).unwrap();
+    let r = record_of(&origin, &id);
+    let here = table(10, EvictPolicy::Reject);
+    assert_eq!(here.replicate_in(owner, 0, &r, 1), Replicated::Stored(None));
+    assert_eq!(
+        here.locate(&id, me.advertised, 1),
+        Some((sessync_proto::Role::Backup, owner.advertised))
+    );
+    let claim = here.promote_local(&id, owner.advertised, me, 2).unwrap();
+    assert_eq!(
+        here.locate(&id, me.advertised, 2),
+        Some((sessync_proto::Role::Owner, me.advertised))
+    );
+    assert_eq!(here.get(&id, &[], 2).unwrap_err(), Miss::Moved(me.advertised));
+    assert!(here
+        .install_as(&claim.record, claim.generation, Landing::Owner(&[]), 3)
+        .unwrap());
+    assert_eq!(
+        here.locate(&id, me.advertised, 3),
+        Some((sessync_proto::Role::Owner, me.advertised))
+    );
+    // A copy handed over: the giver points at the receiver.
+    let CopyOutcome::Data { .. } = origin.hand_over(&id, me, 0, None, 4) else {
+        panic!("no copy")
+    };
+    assert_eq!(
+        origin.locate(&id, giver.advertised, 5),
+        Some((sessync_proto::Role::HandedOver, me.advertised))
+    );
+}
