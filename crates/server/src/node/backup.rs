@@ -9,9 +9,37 @@ impl Node {
     /// failover could otherwise promote) and more backups if they are too few
     /// (preferring `prefer`), and acknowledges it, so `from` can drop its copy. Also used
     /// for a COPY_DATA that arrived after its request gave up: the sender handed the
-    /// session to us, so it must be installed. `stale` as for
-    /// [`Node::protect_and_install`] (empty for a plain COPY: its refusals are real).
+    /// session to us, so it must be installed. A holder's refusal is real here.
     pub(crate) async fn install_copy(
+        &self,
+        from: SocketAddr,
+        transfer: u64,
+        record: &sessync_proto::SessionRecord,
+        holders: &[SocketAddr],
+        prefer: &[SocketAddr],
+    ) {
+        self.receive_copy(from, transfer, record, holders, prefer, &[])
+            .await
+    }
+
+    /// [`Node::install_copy`] for a copy the backup `from` handed over under PROMOTE: it
+    /// is handing the session to us and owns nothing, so a holder that names it as the
+    /// newer owner answers from a fence or kept copy of an abandoned claim, and the claim
+    /// climbs a generation ([`Node::protect_and_install`], `stale`).
+    pub(super) async fn install_promoted_copy(
+        &self,
+        from: SocketAddr,
+        transfer: u64,
+        record: &sessync_proto::SessionRecord,
+        holders: &[SocketAddr],
+        prefer: &[SocketAddr],
+    ) {
+        self.receive_copy(from, transfer, record, holders, prefer, &[from])
+            .await
+    }
+
+    /// The body of [`Node::install_copy`] and [`Node::install_promoted_copy`].
+    async fn receive_copy(
         &self,
         from: SocketAddr,
         transfer: u64,

@@ -307,8 +307,7 @@ impl Node {
                     // the data); a record already past its deadline (clocks a little apart,
                     // section 1) is a session that is gone, not one to chase.
                     let expired = record.meta.expires_at_ms() <= now_ms();
-                    self.install_copy(from, transfer, &record, &holders, prefer, &[])
-                        .await;
+                    self.install_copy(from, transfer, &record, &holders, prefer).await;
                     if expired {
                         return (Err(FetchError::ExpiredInFlight), chain);
                     }
@@ -424,7 +423,7 @@ impl Node {
                 }) if record.id == id && transfer != 0 => {
                     tracing::info!(session = %id, %failed, backup = %b, "took the session over from a backup");
                     Stats::bump(&self.stats.promotions);
-                    self.install_copy(b, transfer, &record, &with_lineage(&holders), backups, &[b])
+                    self.install_promoted_copy(b, transfer, &record, &with_lineage(&holders), backups)
                         .await;
                     return Some(Ok(Fetched::Installed));
                 }
