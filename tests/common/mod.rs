@@ -158,10 +158,25 @@ pub mod certs;
 
 /// `SESSYNC_SIM_LOG=debug` (or any tracing filter) prints the simulated nodes' logs of a
 /// replay (tests/simulation.rs, tests/handover_model.rs).
+/// Log lines of a simulation carry its virtual time (ms since the run began), so two runs
+/// of one seed compare line by line.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(
+            w,
+            "t={:>7}ms",
+            sessync_server::clock::now_ms().saturating_sub(1_800_000_000_000)
+        )
+    }
+}
+
 pub fn init_sim_log() {
     if let Ok(filter) = std::env::var("SESSYNC_SIM_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_timer(SimTime)
             .with_ansi(false)
             .with_test_writer()
             .try_init();

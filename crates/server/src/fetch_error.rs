@@ -84,9 +84,6 @@ pub enum FetchError {
     /// A peer broke the protocol (an unexpected reply, a copy with transfer id 0).
     #[error("{0}")]
     Protocol(String),
-    /// The fetch this request waited on ended without saying how (a bug, if ever seen).
-    #[error("fetch ended without a result")]
-    NoResult,
 }
 
 impl FetchError {
@@ -106,7 +103,7 @@ impl FetchError {
             | FetchError::Abandoned
             | FetchError::Unsure(_) => ErrorCode::OwnerUnreachable,
             FetchError::Refused { code, .. } => *code,
-            FetchError::Protocol(_) | FetchError::NoResult => ErrorCode::Internal,
+            FetchError::Protocol(_) => ErrorCode::Internal,
         }
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use super::*;
+use tokio::sync::watch;
 
 /// Session ids per TAKE or RELEASE message.
 const BATCH: usize = 512;

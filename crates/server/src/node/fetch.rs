@@ -128,26 +128,20 @@ impl Node {
     pub(super) async fn fetch(&self, id: SessionId, start: Start, backups: &[SocketAddr]) -> FetchResult {
         let leader = match self.inflight.entry(id) {
             dashmap::mapref::entry::Entry::Occupied(o) => Err(o.get().clone()),
-            dashmap::mapref::entry::Entry::Vacant(v) => {
-                let (tx, rx) = watch::channel(None);
-                v.insert(rx);
-                Ok(tx)
-            }
+            dashmap::mapref::entry::Entry::Vacant(v) => Ok(v.insert(Arc::default()).clone()),
         };
         match leader {
-            Ok(tx) => {
-                let _guard = InflightGuard {
+            Ok(fetch) => {
+                let guard = InflightGuard {
                     map: &self.inflight,
                     id,
+                    fetch,
                 };
                 let result = self.fetch_from_peers(id, start, backups).await;
-                let _ = tx.send(Some(result.clone()));
+                guard.finish(result.clone());
                 result
             }
-            Err(mut rx) => match rx.wait_for(|r| r.is_some()).await {
-                Ok(r) => r.clone().unwrap_or(Err(FetchError::NoResult)),
-                Err(_) => Err(FetchError::Abandoned),
-            },
+            Err(fetch) => fetch.wait().await.unwrap_or(Err(FetchError::Abandoned)),
         }
     }
 

@@ -22,7 +22,6 @@ use sessync_proto::{
 };
 
 use dashmap::DashMap;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::clock::now_ms;
@@ -160,7 +159,7 @@ pub struct Node {
     pub(crate) stats: Stats,
     pub(crate) peers: Arc<Peers>,
     /// Fetches under way, so concurrent requests for one session send one COPY.
-    inflight: DashMap<SessionId, watch::Receiver<Option<FetchResult>>>,
+    inflight: DashMap<SessionId, Arc<Inflight>>,
     /// See [`REPLICATION_STRIPES`].
     replication_locks: Box<[tokio::sync::Mutex<()>]>,
     /// The cluster's peer addresses (backup candidates): `config.peers` at start, replaced
@@ -173,15 +172,61 @@ pub struct Node {
     pub(crate) elastic: drain::Elastic,
 }
 
-/// Removes a fetch from the in-flight map even if the fetching request is cancelled.
+/// A fetch under way, shared by the requests that wait for it. Not a `watch` channel:
+/// tokio's `watch` spreads its waiters over notifiers picked at random, so the order in
+/// which they wake (and so which request runs first) would differ between two runs of one
+/// simulated seed; `Notify` wakes them in the order they came.
+#[derive(Default)]
+struct Inflight {
+    /// `None` while the fetch runs; then `Some(Some(result))`, or `Some(None)` when the
+    /// fetching request was cancelled before it had one.
+    outcome: std::sync::Mutex<Option<Option<FetchResult>>>,
+    done: tokio::sync::Notify,
+}
+
+impl Inflight {
+    fn finish(&self, result: Option<FetchResult>) {
+        let mut outcome = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        if outcome.is_none() {
+            *outcome = Some(result);
+        }
+        drop(outcome);
+        self.done.notify_waiters();
+    }
+
+    /// The fetch's result, once the fetching request has it (`None`: it was cancelled).
+    async fn wait(&self) -> Option<FetchResult> {
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if let Some(outcome) = self.outcome.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                return outcome;
+            }
+            done.await;
+        }
+    }
+}
+
+/// Removes a fetch from the in-flight map, and releases its waiters, even if the fetching
+/// request is cancelled.
 struct InflightGuard<'a> {
-    map: &'a DashMap<SessionId, watch::Receiver<Option<FetchResult>>>,
+    map: &'a DashMap<SessionId, Arc<Inflight>>,
     id: SessionId,
+    fetch: Arc<Inflight>,
+}
+
+impl InflightGuard<'_> {
+    /// Hands `result` to the requests waiting for this fetch.
+    fn finish(self, result: FetchResult) {
+        self.fetch.finish(Some(result));
+    }
 }
 
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
         self.map.remove(&self.id);
+        self.fetch.finish(None);
     }
 }
 

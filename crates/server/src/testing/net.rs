@@ -87,6 +87,7 @@ pub(crate) struct Net {
 }
 
 /// What the network does with one request, decided when it is sent.
+#[derive(Debug)]
 enum Plan {
     /// The connection is refused at once (the host is down, or the route says so).
     Refused(String),
@@ -200,7 +201,9 @@ impl Net {
         if !self.is_current(&from) {
             return; // a crashed process sends nothing
         }
-        let (there, back, lose_reply, dup) = match self.plan(f, t) {
+        let plan = self.plan(f, t);
+        tracing::trace!(target: "simnet", from = f, to = t, plan = ?plan, msg = %format!("{msg:?}").chars().take(80).collect::<String>());
+        let (there, back, lose_reply, dup) = match plan {
             Plan::Refused(why) => {
                 let _ = reply.send(Err(LinkError::Unreachable(why)));
                 return;
