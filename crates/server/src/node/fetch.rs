@@ -77,6 +77,15 @@ impl Node {
             fetches += 1;
             let fetched = match self.fetch(id, start, &token.backups).await {
                 Ok(f) => f,
+                // The newer lineage ended in a DESTROY or ROTATE: the superseded copy here
+                // is of a dead id, and is tombstoned rather than served (simulation seed
+                // 1374: a stale owner's copy answered a destroyed id again).
+                Err(FetchError::Destroyed) if superseded_here => {
+                    if self.table.destroy_superseded(&id, token.generation, now_ms()) {
+                        tracing::info!(session = %id, "destroyed in a newer lineage; the superseded copy here is gone too");
+                    }
+                    return Err(SessionFailure::Fetch(FetchError::Destroyed));
+                }
                 // The newer copy is gone (its owner restarted without it and no backup
                 // has it) or out of reach: the superseded copy here has every write that
                 // was acknowledged before it was superseded, and is served as before.
@@ -177,7 +186,31 @@ impl Node {
             // The owner is gone (unreachable, or restarted without it): the nodes that
             // pointed to it (it may have made its giver its backup, or never taken the
             // session over) and then its backups may hold the session.
-            (Err(e), Some((&failed, before))) if e.unreachable() || e.not_found() => {
+            (Err(e), Some((&failed, before))) if e.unreachable() || e.not_found() => 'failover: {
+                // NOT_FOUND from the owner is also what a session destroyed or rotated away
+                // there gets: its backups' copies (or a copy kept by an owner it was taken
+                // from) must not bring it back. The owner is asked with LOCATE, which tells
+                // a tombstone from a new process with no entry (simulation seed 22: a
+                // rotated-away id was taken over from a kept copy and took writes).
+                if e.not_found() && failed != self.advertise {
+                    match self.locate_at(id, failed).await {
+                        Ok(PeerMessage::Located {
+                            session_id,
+                            role: Role::Destroyed,
+                            ..
+                        }) if session_id == id => {
+                            tracing::debug!(session = %id, %failed, "destroyed or rotated away at its owner: no failover");
+                            return Err(FetchError::Destroyed);
+                        }
+                        Ok(PeerMessage::Located { session_id, .. }) if session_id == id => {
+                            tracing::debug!(session = %id, %failed, "the owner that answered NOT_FOUND has an entry for it now: no failover");
+                            break 'failover Err(e);
+                        }
+                        // NOT_FOUND (a new process, no entry), or no answer to this LOCATE
+                        // after the owner's NOT_FOUND: its backups are asked.
+                        _ => {}
+                    }
+                }
                 let mut candidates: Vec<SocketAddr> = before.iter().rev().copied().collect();
                 candidates.extend(backups.iter().filter(|b| !before.contains(b)));
                 match self.failover(id, failed, &candidates).await {

@@ -666,6 +666,26 @@ impl Table {
         Ok(served)
     }
 
+    /// [`Table::destroy`] for a live copy here older than `generation` only: a copy this
+    /// node kept serving while the session moved on (a pause, a partition), whose newer
+    /// lineage was destroyed or rotated away meanwhile. Left live, it would answer the id
+    /// again. Whether it was tombstoned.
+    pub fn destroy_superseded(&self, id: &SessionId, generation: u64, now: u64) -> bool {
+        let shard = self.shard(id);
+        let mut g = shard.map.write(id);
+        let until_ms = match g.find_live(id) {
+            Some(n) if !n.expired(now) && n.received() < generation => n.expires_at_ms().max(now + 1),
+            _ => return false,
+        };
+        if let Some(n) = g.remove_live(id) {
+            self.account_live_remove(shard, &n);
+        }
+        let t = Entry::Destroyed { until_ms };
+        self.account_add(shard, &t);
+        g.insert(*id, t);
+        true
+    }
+
     /// Gives a session a new id, keeping data and deadlines; the old id becomes a
     /// `Destroyed` tombstone at once. Bumps the version. Never refused for capacity: the
     /// number of sessions stays the same and only a tombstone is added, and a login (the

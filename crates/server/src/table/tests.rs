@@ -696,3 +696,25 @@ fn a_claim_under_way_is_located_as_owned() {
         Some((sessync_proto::Role::HandedOver, me.advertised))
     );
 }
+
+/// A live copy superseded by a newer lineage that was destroyed is tombstoned by
+/// `destroy_superseded`; a copy of that generation or newer is left alone.
+#[test]
+fn a_superseded_copy_of_a_destroyed_lineage_is_tombstoned() {
+    let me = who(2);
+    let t = table(10, EvictPolicy::Reject);
+    let (id, _) = t.create(&attrs(&[("list", "1")]), 100_000, 0, 0).unwrap();
+    let generation = t.live_generation(&id, 1).unwrap();
+    assert!(!t.destroy_superseded(&id, generation, 1), "not older: kept");
+    assert!(t.get(&id, &[], 1).is_ok());
+    assert!(t.destroy_superseded(&id, generation + 1, 2));
+    assert_eq!(
+        t.locate(&id, me.advertised, 3),
+        Some((sessync_proto::Role::Destroyed, me.advertised))
+    );
+    assert!(t.get(&id, &[], 3).is_err());
+    assert!(
+        !t.destroy_superseded(&id, generation + 1, 4),
+        "a tombstone stays one"
+    );
+}

@@ -236,6 +236,7 @@ impl Net {
         let span = tracing::info_span!("peer", node = t, from = f);
         let _entered = span.enter();
         let answer = crate::peer_port::handle(&target, &from, msg.clone());
+        tracing::trace!(target: "simnet", answer = %format!("{answer:?}").chars().take(100).collect::<String>());
         if dup {
             self.lock().traffic.duplicated += 1;
             let _ = crate::peer_port::handle(&target, &from, msg);

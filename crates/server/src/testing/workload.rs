@@ -32,6 +32,13 @@ enum Outcome {
 
 /// Sends `req` to host `i` as an application beside it would, and waits for the reply.
 async fn call(net: &Arc<Net>, i: usize, req: Request) -> Outcome {
+    let what = format!("{req:?}").chars().take(60).collect::<String>();
+    let outcome = send_and_wait(net, i, req).await;
+    tracing::trace!(target: "sim", node = i, request = %what, outcome = %format!("{outcome:?}").chars().take(100).collect::<String>(), "call");
+    outcome
+}
+
+async fn send_and_wait(net: &Arc<Net>, i: usize, req: Request) -> Outcome {
     let (node, incarnation, alive) = {
         let st = net.lock();
         let s = &st.slots[i];
