@@ -372,6 +372,19 @@ async fn serve_peer(
     guard.throttle.success(ip);
     drop(guard.permit);
     drop(guard.unauthenticated);
+    let served = serve_requests(node, stream, input, peer, shutdown).await;
+    node.forget_owner_heard(peer.advertised);
+    served
+}
+
+/// Answers an authenticated peer's requests until the connection ends.
+async fn serve_requests(
+    node: &SharedNode,
+    mut stream: Stream,
+    mut input: BytesMut,
+    peer: PeerIdentity,
+    mut shutdown: Shutdown,
+) -> std::io::Result<()> {
     // A burst of requests (REPLICATEs of a session each) is taken in a few reads.
     input.reserve(64 * 1024);
     let limits = &node.config.limits;
@@ -469,6 +482,21 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             session_id,
             last_transfer,
         } => copy(session_id, last_transfer, None),
+        // An owner that REPLICATEd here lately is alive: the asker cannot reach it, which
+        // is no reason to make a second owner (simulation seed 121, without crashes: a
+        // paused node's PROMOTE took a copy the live owner had just written to).
+        PeerMessage::Promote {
+            session_id,
+            failed_owner,
+            ..
+        } if failed_owner != peer.advertised && node.heard_from_owner_lately(failed_owner, now) => {
+            tracing::debug!(session = %session_id, %failed_owner, asker = %peer.advertised, "PROMOTE refused: the owner REPLICATEd here lately");
+            Stats::bump(&node.stats.moved);
+            PeerMessage::Moved {
+                session_id,
+                owner: failed_owner,
+            }
+        }
         PeerMessage::Promote {
             session_id,
             last_transfer,
@@ -489,6 +517,7 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
         | PeerMessage::Locate { .. }
         | PeerMessage::Epoch) => node.elastic_request(peer, m),
         PeerMessage::Replicate { generation, record } => {
+            node.heard_from_owner(peer.advertised, now);
             match node.table.replicate_in(*peer, generation, &record, now) {
                 Replicated::Stored(old) => {
                     if let Some(old) = old {

@@ -170,6 +170,9 @@ pub struct Node {
     refresh: tokio::sync::mpsc::Sender<SessionId>,
     /// Leaving, lookups and repair (drain.rs).
     pub(crate) elastic: drain::Elastic,
+    /// When each peer last sent this node a REPLICATE (Unix ms), while its connection
+    /// lasts: a backup does not promote a copy for an owner it heard from lately.
+    owners_heard: std::sync::Mutex<std::collections::HashMap<SocketAddr, u64>>,
 }
 
 /// A fetch under way, shared by the requests that wait for it. Not a `watch` channel:
@@ -231,6 +234,34 @@ impl Drop for InflightGuard<'_> {
 }
 
 impl Node {
+    /// Notes a REPLICATE from `owner` (it is alive and acting as an owner now).
+    pub(crate) fn heard_from_owner(&self, owner: SocketAddr, now: u64) {
+        self.owners_heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(owner, now);
+    }
+
+    /// Forgets `owner`'s REPLICATEs: its connection here closed (it shut down or died).
+    pub(crate) fn forget_owner_heard(&self, owner: SocketAddr) {
+        self.owners_heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&owner);
+    }
+
+    /// Whether `owner` sent a REPLICATE here within the peer timeout, over a connection
+    /// still open: a PROMOTE that names it failed comes from a node that cannot reach it,
+    /// not from its death, and is refused (protocol.md 12.3 step 2).
+    pub(crate) fn heard_from_owner_lately(&self, owner: SocketAddr, now: u64) -> bool {
+        let window = self.config.peer_timeout.as_millis() as u64;
+        self.owners_heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&owner)
+            .is_some_and(|&at| now.saturating_sub(at) < window)
+    }
+
     pub(crate) fn new(
         config: NodeConfig,
         advertise: SocketAddr,
@@ -271,6 +302,7 @@ impl Node {
                 .collect(),
             refresh,
             elastic: drain::Elastic::default(),
+            owners_heard: Default::default(),
         }
     }
 

@@ -415,6 +415,15 @@ async fn crash(net: &Arc<Net>, hosts: &[usize], down: Duration, opts: &SimOption
                 t.abort();
             }
         }
+        // The dead process's connections close (its kernel sends FIN or RST): every peer
+        // not cut off from it sees its connection end, as the peer port does.
+        for &a in hosts {
+            for (b, peer) in st.slots.iter().enumerate() {
+                if b != a && !st.cuts.contains(&(a.min(b), a.max(b))) {
+                    peer.node.forget_owner_heard(addr(a));
+                }
+            }
+        }
     }
     sleep(down).await;
     for &a in hosts {
