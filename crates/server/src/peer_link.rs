@@ -495,7 +495,8 @@ impl Peers {
         let queued = match conn.tx.try_send((id, msg)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Closed(_)) => false,
-            Err(mpsc::error::TrySendError::Full(m)) => timeout_at(deadline, conn.tx.send(m))
+            // Boxed for the size of the request's future (see `connection`).
+            Err(mpsc::error::TrySendError::Full(m)) => Box::pin(timeout_at(deadline, conn.tx.send(m)))
                 .await
                 .is_ok_and(|r| r.is_ok()),
         };
@@ -579,14 +580,24 @@ impl Peers {
     }
 
     async fn connection(&self, link: &Link, deadline: Instant) -> Result<Conn, LinkError> {
-        // Not contended nearly always: then no timer (tokio takes its timer driver's lock
-        // to drop one, even one never armed).
-        let mut state = match link.state.try_lock() {
-            Ok(state) => state,
-            Err(_) => timeout_at(deadline, link.state.lock())
-                .await
-                .map_err(|_| LinkError::Lost)?,
-        };
+        // Not contended, and up, nearly always: then no timer (tokio takes its timer
+        // driver's lock to drop one, even one never armed). The rest is boxed: every peer
+        // request's future (and every deferred client request's, which holds one) would
+        // otherwise carry its state (the dial's: TCP, TLS, the handshake), allocated and
+        // copied per request.
+        if let Ok(state) = link.state.try_lock() {
+            if let Some(c) = state.conn.as_ref().filter(|c| c.alive.load(Ordering::Acquire)) {
+                return Ok(c.clone());
+            }
+        }
+        Box::pin(self.connect(link, deadline)).await
+    }
+
+    /// [`Peers::connection`] when the link is not up (or someone else holds its state).
+    async fn connect(&self, link: &Link, deadline: Instant) -> Result<Conn, LinkError> {
+        let mut state = timeout_at(deadline, link.state.lock())
+            .await
+            .map_err(|_| LinkError::Lost)?;
         if let Some(c) = &state.conn {
             if c.alive.load(Ordering::Acquire) {
                 return Ok(c.clone());
