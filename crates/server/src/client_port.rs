@@ -36,7 +36,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::listen::next_connection;
@@ -202,7 +202,22 @@ async fn refuse(mut stream: TcpStream, why: &'static str) {
 /// Writes all of `buf`, failing with `TimedOut` once the socket has accepted no byte for
 /// the node's write timeout. Progress, not the whole write, is timed: a slow reader of a
 /// large reply is served, a client that stopped reading is cut off.
-async fn write_bounded(node: &SharedNode, stream: &mut Stream, buf: &[u8]) -> std::io::Result<()> {
+async fn write_bounded(node: &SharedNode, stream: &mut Stream, mut buf: &[u8]) -> std::io::Result<()> {
+    // A socket with room takes the whole buffer at once: then no timer is made (tokio
+    // takes its timer driver's lock to drop one, even one never armed: two per write).
+    while !buf.is_empty() {
+        match stream.write(buf).now_or_never() {
+            Some(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Some(Ok(n)) => buf = &buf[n..],
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+    }
+    if buf.is_empty() {
+        if let Some(r) = stream.flush().now_or_never() {
+            return r;
+        }
+    }
     let r = crate::listen::write_with_progress(stream, buf, node.config.write_timeout).await;
     if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
         Stats::bump(&node.stats.write_timeouts);
@@ -247,6 +262,8 @@ async fn serve_connection(
     let mut authenticated = cfg.password.is_none();
     // Replies of requests that needed another node, computed off this task.
     let (late_tx, mut late_rx) = mpsc::channel::<BytesMut>(MAX_DEFERRED);
+    // Their buffers, once copied out, for the next ones.
+    let pool = ReplyPool::default();
     // The task that runs them, started on the first one.
     let mut runner: Option<mpsc::UnboundedSender<Deferred>> = None;
     let mut deferred = 0usize;
@@ -257,6 +274,9 @@ async fn serve_connection(
     let mut reading = true;
     // Whether a deferred request's reply woke this task.
     let mut late_arrived = false;
+    // The read's deadline: the frame timeout's or the idle timeout's (set in the loop).
+    let idle = tokio::time::sleep_until(Instant::now() + cfg.idle_timeout);
+    tokio::pin!(idle);
     loop {
         // Decode and answer what is buffered, unless too many requests wait on peers.
         while deferred < MAX_DEFERRED {
@@ -344,7 +364,12 @@ async fn serve_connection(
                                     // Not tracked: it ends with the connection's sender,
                                     // and the shutdown waits for the connection's
                                     // requests in flight through `late_tx`.
-                                    tokio::spawn(run_deferred(node.clone(), rx, late_tx.clone()));
+                                    tokio::spawn(run_deferred(
+                                        node.clone(),
+                                        rx,
+                                        late_tx.clone(),
+                                        pool.clone(),
+                                    ));
                                     tx
                                 });
                                 // An error is not expected (the runner lives while this
@@ -353,10 +378,11 @@ async fn serve_connection(
                             };
                             if let Err(d) = d {
                                 let (tx, node) = (late_tx.clone(), node.clone());
+                                let buf = pool.take();
                                 // Not tracked: as the runner above (one request,
                                 // bounded by the peer timeouts of its fetch).
                                 tokio::spawn(async move {
-                                    let _ = tx.send(answer(node, d).await).await;
+                                    let _ = tx.send(answer(node, d, buf).await).await;
                                 });
                             }
                             After::Continue
@@ -392,6 +418,7 @@ async fn serve_connection(
         while let Ok(reply) = late_rx.try_recv() {
             deferred -= 1;
             out.extend_from_slice(&reply);
+            pool.give_back(reply);
         }
         if late_arrived && deferred > 0 {
             // Late replies come in bursts: the peer answers a batch of COPYs in one write,
@@ -402,6 +429,7 @@ async fn serve_connection(
             while let Ok(reply) = late_rx.try_recv() {
                 deferred -= 1;
                 out.extend_from_slice(&reply);
+                pool.give_back(reply);
             }
         }
         late_arrived = false;
@@ -435,15 +463,28 @@ async fn serve_connection(
             None if deferred > 0 => Instant::now() + cfg.idle_timeout.max(cfg.peer_timeout * 4),
             None => Instant::now() + cfg.idle_timeout,
         };
+        // Moved forward without the timer driver's lock (a timer made per read took it
+        // twice); only an earlier deadline (a partial frame's) re-registers it.
+        if idle.deadline() != deadline {
+            idle.as_mut().reset(deadline);
+        }
         let can_read = deferred < MAX_DEFERRED;
         tokio::select! {
             _ = shutdown.wait() => continue,
             Some(reply) = late_rx.recv(), if deferred > 0 => {
                 deferred -= 1;
                 out.extend_from_slice(&reply);
+                pool.give_back(reply);
                 late_arrived = true;
             }
-            r = timeout_at(deadline, stream.read_buf(&mut input)), if can_read && reading => match r {
+            r = async {
+                // As `timeout_at(deadline, read)`, with one timer for the connection.
+                tokio::select! {
+                    biased;
+                    r = stream.read_buf(&mut input) => Ok(r),
+                    () = idle.as_mut() => Err(()),
+                }
+            }, if can_read && reading => match r {
                 Ok(r) => {
                     if r? == 0 {
                         // The client finished sending; answer what it sent, then close.
@@ -477,10 +518,40 @@ struct Deferred {
 /// new token (~1.3 KiB) fits without growing the buffer.
 const DEFERRED_REPLY_CAPACITY: usize = 2048;
 
+/// Buffers of a connection's deferred replies, kept for its next ones once their bytes
+/// are copied to the connection's output: a reply buffer (2 KiB, above glibc's per-thread
+/// cache of small chunks) was a malloc and a free on the allocator's slow path per move.
+/// At most [`REPLY_POOL`] are kept.
+#[derive(Clone, Default)]
+struct ReplyPool(Arc<std::sync::Mutex<Vec<BytesMut>>>);
+
+/// Reply buffers a connection keeps at most (32 KiB): a pipeline's burst of moves.
+const REPLY_POOL: usize = 16;
+
+impl ReplyPool {
+    /// A buffer for a deferred reply: a kept one, or a new one.
+    fn take(&self) -> BytesMut {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        kept.unwrap_or_else(|| BytesMut::with_capacity(DEFERRED_REPLY_CAPACITY))
+    }
+
+    /// Keeps `buf` (its bytes were copied out) for another reply, unless enough are kept
+    /// or it grew past the usual size (a large session's reply).
+    fn give_back(&self, mut buf: BytesMut) {
+        if buf.capacity() > DEFERRED_REPLY_CAPACITY * 2 {
+            return;
+        }
+        buf.clear();
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < REPLY_POOL {
+            kept.push(buf);
+        }
+    }
+}
+
 /// Answers one deferred request (copying its session here first, or whatever else it
-/// needs from other nodes).
-async fn answer(node: SharedNode, d: Deferred) -> BytesMut {
-    let mut reply = BytesMut::with_capacity(DEFERRED_REPLY_CAPACITY);
+/// needs from other nodes) into `reply` (empty).
+async fn answer(node: SharedNode, d: Deferred, mut reply: BytesMut) -> BytesMut {
     node.handle(d.id, &d.req, true, Mode::Full, &mut reply).await;
     node.stats.latency.observe(d.op, d.started.elapsed());
     reply
@@ -496,6 +567,7 @@ async fn run_deferred(
     node: SharedNode,
     mut requests: mpsc::UnboundedReceiver<Deferred>,
     replies: mpsc::Sender<BytesMut>,
+    pool: ReplyPool,
 ) {
     let mut running = FuturesUnordered::new();
     let mut open = true;
@@ -508,7 +580,7 @@ async fn run_deferred(
                 let _ = replies.try_send(reply);
             }
             r = requests.recv(), if open => match r {
-                Some(d) => running.push(answer(node.clone(), d)),
+                Some(d) => running.push(answer(node.clone(), d, pool.take())),
                 None => open = false,
             },
             else => return,

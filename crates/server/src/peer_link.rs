@@ -11,10 +11,10 @@
 //! quiet. After a failed dial, requests fail at once until a backoff (100 ms doubling to
 //! 5 s) has passed, so a dead peer costs nothing per request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -22,7 +22,7 @@ use sessync_proto::{
     Dialler, ErrorCode, ErrorReply, FrameCodec, HandshakeError, Keyring, Limits, Message, PeerMessage,
 };
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{timeout_at, Instant};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -57,14 +57,120 @@ pub(crate) enum LinkError {
     Lost,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<PeerMessage>>>>;
+/// One established connection of a link, shared by its requesters, its `run_link` task
+/// and its deadline sweeper ([`sweep_deadlines`]).
+type Conn = Arc<ConnShared>;
 
-#[derive(Clone)]
-struct Conn {
+struct ConnShared {
     tx: mpsc::Sender<(u64, PeerMessage)>,
-    pending: Pending,
-    alive: Arc<AtomicBool>,
-    next_id: Arc<AtomicU64>,
+    pending: Mutex<Pending>,
+    alive: AtomicBool,
+    /// Set when `run_link` has ended (`alive` may be cleared earlier: a probe replaced the
+    /// link, whose requests in flight still get their replies).
+    ended: AtomicBool,
+    next_id: AtomicU64,
+    /// Wakes the sweeper: a deadline went to the front of the queue, or the link ended.
+    sweep: Notify,
+}
+
+/// The requests of a connection that await their replies, and when each gives up.
+///
+/// One sweeper per connection ends the requests whose deadline has passed (a requester
+/// then sees [`LinkError::Lost`]) instead of a timer per request: a move sends two peer
+/// requests, and a timer each was a registration and a removal in tokio's timer wheel
+/// per request. The sweeper runs apart from `run_link`, so a link whose writes are stuck
+/// (the peer does not read) still times its requests out.
+#[derive(Default)]
+struct Pending {
+    waiters: HashMap<u64, Waiter>,
+    /// `(deadline, id)` of every request registered, in deadline order (nearly always the
+    /// order of registration: requesters mostly ask with `now + peer timeout`). A request
+    /// answered stays here until the sweeper next wakes. The front is the request the
+    /// sweeper sleeps for: one registered with an earlier deadline wakes it.
+    deadlines: VecDeque<(Instant, u64)>,
+}
+
+impl ConnShared {
+    /// Registers a request that gives up at `deadline`; returns its id.
+    fn register(&self, waiter: Waiter, deadline: Instant) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let first = {
+            let mut p = lock(&self.pending);
+            p.waiters.insert(id, waiter);
+            let first = p.deadlines.front().is_none_or(|&(d, _)| deadline < d);
+            if p.deadlines.back().is_none_or(|&(d, _)| d <= deadline) {
+                p.deadlines.push_back((deadline, id));
+            } else {
+                // An earlier deadline than the last (a chain of requests under one deadline):
+                // kept in order, so the sweeper need only look at the front.
+                let at = p.deadlines.partition_point(|&(d, _)| d <= deadline);
+                p.deadlines.insert(at, (deadline, id));
+            }
+            first
+        };
+        if first {
+            self.sweep.notify_one();
+        }
+        id
+    }
+
+    /// Forgets request `id` (not sent after all); `None` when it was already answered.
+    fn unregister(&self, id: u64) -> Option<Waiter> {
+        lock(&self.pending).waiters.remove(&id)
+    }
+}
+
+/// Who awaits a request's reply.
+enum Waiter {
+    /// A caller of [`Peers::request`]; dropping the sender tells it the request was lost.
+    Caller(oneshot::Sender<PeerMessage>),
+    /// No one: a request of [`Peers::send_until_ok`], checked when its reply comes (boxed:
+    /// the map's slots stay two words).
+    Unwatched(Box<Resend>),
+}
+
+impl Waiter {
+    /// The request got no reply in time, or its link ended.
+    fn lost(self) {
+        match self {
+            // Dropping the sender wakes the caller with "lost".
+            Waiter::Caller(_) => {}
+            Waiter::Unwatched(r) => r.again(),
+        }
+    }
+}
+
+/// A request of [`Peers::send_until_ok`] in flight: what to send again if it fails.
+struct Resend {
+    peers: Weak<Peers>,
+    addr: SocketAddr,
+    msg: PeerMessage,
+    /// Tries left after this one.
+    tries: u32,
+    timeout: Duration,
+}
+
+impl Resend {
+    /// The request failed (not OK, no reply in time, or the link ended): sends it again
+    /// while tries are left, in a task of its own (this is off the common path).
+    fn again(self) {
+        if self.tries == 0 {
+            return;
+        }
+        let Some(peers) = self.peers.upgrade() else { return };
+        tokio::spawn(async move {
+            resend_loop(&peers, self.addr, self.msg, self.tries, self.timeout).await;
+        });
+    }
+}
+
+/// Sends `msg` to `addr` up to `tries` times, until the peer answers OK.
+async fn resend_loop(peers: &Peers, addr: SocketAddr, msg: PeerMessage, tries: u32, timeout: Duration) {
+    for _ in 0..tries {
+        if let Ok(PeerMessage::Ok) = peers.request(addr, msg.clone(), Instant::now() + timeout).await {
+            return;
+        }
+    }
 }
 
 struct DialState {
@@ -380,23 +486,77 @@ impl Peers {
     }
 
     /// Sends `msg` on `conn` and waits for its reply until `deadline`.
+    /// The deadline is kept by the connection's sweeper ([`sweep_deadlines`]), which drops
+    /// the reply's sender once it passes (or when the link ends).
     async fn ask(conn: &Conn, msg: PeerMessage, deadline: Instant) -> Result<PeerMessage, LinkError> {
-        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&conn.pending).insert(id, tx);
-        if timeout_at(deadline, conn.tx.send((id, msg)))
-            .await
-            .map_or(true, |r| r.is_err())
-        {
-            lock(&conn.pending).remove(&id);
+        let id = conn.register(Waiter::Caller(tx), deadline);
+        // The queue has room nearly always: then no timer (see `connection`).
+        let queued = match conn.tx.try_send((id, msg)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            // Boxed for the size of the request's future (see `connection`).
+            Err(mpsc::error::TrySendError::Full(m)) => Box::pin(timeout_at(deadline, conn.tx.send(m)))
+                .await
+                .is_ok_and(|r| r.is_ok()),
+        };
+        if !queued {
+            conn.unregister(id);
             return Err(LinkError::Lost);
         }
-        match timeout_at(deadline, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(LinkError::Lost),
-            Err(_) => {
-                lock(&conn.pending).remove(&id);
-                Err(LinkError::Lost)
+        rx.await.map_err(|_| LinkError::Lost)
+    }
+
+    /// Sends `msg` to the peer at `addr` without waiting for its reply, up to `tries`
+    /// times (each given `timeout`) until the peer answers OK, as a task running
+    /// `for _ in 0..tries { if request(..) == OK { break } }` would, without a task: when
+    /// the link is up, the request is queued on it at once and its reply checked there;
+    /// only a failure (or a link not up) takes a task. For COPY_ACK (`node/backup.rs`).
+    pub(crate) fn send_until_ok(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        msg: PeerMessage,
+        tries: u32,
+        timeout: Duration,
+    ) {
+        if tries == 0 {
+            return;
+        }
+        #[cfg(feature = "testing")]
+        let simulated = self.sim.get().is_some();
+        #[cfg(not(feature = "testing"))]
+        let simulated = false;
+        let conn = if simulated {
+            None
+        } else {
+            let link = self.link(addr);
+            let conn = match link.state.try_lock() {
+                Ok(state) => state.conn.clone().filter(|c| c.alive.load(Ordering::Acquire)),
+                Err(_) => None,
+            };
+            conn
+        };
+        let resend = Box::new(Resend {
+            peers: Arc::downgrade(self),
+            addr,
+            msg,
+            tries: tries - 1,
+            timeout,
+        });
+        let Some(conn) = conn else {
+            let peers = self.clone();
+            // Not tracked by the shutdown tracker: bounded by `tries` peer timeouts.
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
+                resend_loop(&peers, addr, resend.msg, tries, timeout).await;
+            }));
+            return;
+        };
+        let msg = resend.msg.clone();
+        let id = conn.register(Waiter::Unwatched(resend), Instant::now() + timeout);
+        if conn.tx.try_send((id, msg)).is_err() {
+            // The link's queue is full, or the link just ended: this try failed.
+            if let Some(w) = conn.unregister(id) {
+                w.lost();
             }
         }
     }
@@ -420,6 +580,21 @@ impl Peers {
     }
 
     async fn connection(&self, link: &Link, deadline: Instant) -> Result<Conn, LinkError> {
+        // Not contended, and up, nearly always: then no timer (tokio takes its timer
+        // driver's lock to drop one, even one never armed). The rest is boxed: every peer
+        // request's future (and every deferred client request's, which holds one) would
+        // otherwise carry its state (the dial's: TCP, TLS, the handshake), allocated and
+        // copied per request.
+        if let Ok(state) = link.state.try_lock() {
+            if let Some(c) = state.conn.as_ref().filter(|c| c.alive.load(Ordering::Acquire)) {
+                return Ok(c.clone());
+            }
+        }
+        Box::pin(self.connect(link, deadline)).await
+    }
+
+    /// [`Peers::connection`] when the link is not up (or someone else holds its state).
+    async fn connect(&self, link: &Link, deadline: Instant) -> Result<Conn, LinkError> {
         let mut state = timeout_at(deadline, link.state.lock())
             .await
             .map_err(|_| LinkError::Lost)?;
@@ -542,12 +717,16 @@ impl Peers {
         link.was_up.store(true, Ordering::Relaxed);
         tracing::info!(peer = %addr, advertised = %peer.advertised, "peer link up");
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
-        let conn = Conn {
+        let conn = Arc::new(ConnShared {
             tx,
-            pending: Arc::new(Mutex::new(HashMap::new())),
-            alive: Arc::new(AtomicBool::new(true)),
-            next_id: Arc::new(AtomicU64::new(1)),
-        };
+            pending: Mutex::new(Pending::default()),
+            alive: AtomicBool::new(true),
+            ended: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            sweep: Notify::new(),
+        });
+        // Ends with the link (run_link wakes it when it ends).
+        tokio::spawn(sweep_deadlines(conn.clone()));
         // Not tracked by the shutdown tracker: `Peers::close` cancels `shutdown` at node
         // shutdown, which ends every link task.
         tokio::spawn(run_link(
@@ -639,7 +818,7 @@ async fn run_link(
                 // to queue more requests here run first: this task runs again once its
                 // worker has nothing else ready, and sends them all in one write instead
                 // of one write per request. With one request in flight it writes at once.
-                if lock(&conn.pending).len() > 1 {
+                if lock(&conn.pending).waiters.len() > 1 {
                     tokio::task::yield_now().await;
                 }
                 while let Ok(more) = rx.try_recv() {
@@ -660,11 +839,16 @@ async fn run_link(
                         break;
                     }
                 };
-                let waiter = lock(&conn.pending).remove(&frame.request_id);
+                let waiter = conn.unregister(frame.request_id);
                 match waiter {
-                    Some(w) => {
+                    Some(Waiter::Caller(w)) => {
                         if let Err(msg) = w.send(msg) {
                             let _ = orphans.try_send((addr, msg));
+                        }
+                    }
+                    Some(Waiter::Unwatched(r)) => {
+                        if !matches!(msg, PeerMessage::Ok) {
+                            r.again();
                         }
                     }
                     None => {
@@ -688,6 +872,72 @@ async fn run_link(
     if !shutdown.is_cancelled() {
         tracing::info!(peer = %addr, "peer link down: connection lost");
     }
-    // Dropping the senders wakes every waiter with "link lost".
-    lock(&conn.pending).clear();
+    // No request is queued from now on (a requester's send fails, and it gives up), so
+    // none registered after the waiters are failed below can be left waiting.
+    rx.close();
+    conn.ended.store(true, Ordering::Release);
+    fail_all(&conn);
+    // The sweeper sees the link is down and ends.
+    conn.sweep.notify_one();
+}
+
+/// Fails every request of `conn` that awaits a reply (its link ended).
+fn fail_all(conn: &ConnShared) {
+    let waiters: Vec<Waiter> = {
+        let mut p = lock(&conn.pending);
+        p.deadlines.clear();
+        p.waiters.drain().map(|(_, w)| w).collect()
+    };
+    // Outside the lock: a resend may queue on another connection.
+    for w in waiters {
+        w.lost();
+    }
+}
+
+/// Ends the requests of `conn` whose deadline has passed, until its link ends: one task
+/// and one timer per connection instead of a timer per request (see [`Pending`]). It
+/// sleeps until the deadline of the oldest request still unanswered, or until a request
+/// with an earlier deadline than that is registered; answered requests are dropped from
+/// the queue when it wakes. Under load the oldest unanswered request is a recent one, so
+/// it wakes about once per peer timeout, not once per request.
+async fn sweep_deadlines(conn: Conn) {
+    let mut expired = Vec::new();
+    loop {
+        if conn.ended.load(Ordering::Acquire) {
+            // run_link failed what was pending; a request registered since then finds
+            // the queue closed.
+            fail_all(&conn);
+            return;
+        }
+        let now = Instant::now();
+        let next = {
+            let mut p = lock(&conn.pending);
+            while let Some(&(deadline, id)) = p.deadlines.front() {
+                if deadline <= now {
+                    p.deadlines.pop_front();
+                    if let Some(w) = p.waiters.remove(&id) {
+                        expired.push(w);
+                    }
+                } else if !p.waiters.contains_key(&id) {
+                    // Answered already: the sweeper need not wake for it.
+                    p.deadlines.pop_front();
+                } else {
+                    break;
+                }
+            }
+            p.deadlines.front().map(|&(d, _)| d)
+        };
+        for w in expired.drain(..) {
+            w.lost();
+        }
+        match next {
+            Some(deadline) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = conn.sweep.notified() => {}
+                }
+            }
+            None => conn.sweep.notified().await,
+        }
+    }
 }

@@ -84,24 +84,25 @@ impl Node {
             transfer,
         };
         let timeout = self.config.peer_timeout;
-        let peers = self.peers.clone();
-        let send = async move {
-            for _ in 0..3 {
-                if let Ok(PeerMessage::Ok) = peers.request(from, ack.clone(), Instant::now() + timeout).await
-                {
-                    return;
-                }
-            }
-        };
         if giver_is_fenced {
-            // Not tracked by the shutdown tracker: it is bounded (3 x peer timeout), and a
-            // lost ACK only leaves the giver answering MOVED to us until it expires.
-            tokio::spawn(tracing::Instrument::in_current_span(send));
+            // Up to 3 tries until the giver answers OK, without a task while its link is
+            // up (queued on the link at once, its reply checked there). Bounded (3 x peer
+            // timeout), and a lost ACK only leaves the giver answering MOVED to us until
+            // it expires.
+            self.peers.send_until_ok(from, ack, 3, timeout);
         } else {
             // The giver is not our backup, so until it hears our ACK it would hand its
             // (older) copy on to anyone who reports us gone: it must hear it before we
             // serve anything from this session.
-            send.await;
+            for _ in 0..3 {
+                if let Ok(PeerMessage::Ok) = self
+                    .peers
+                    .request(from, ack.clone(), Instant::now() + timeout)
+                    .await
+                {
+                    return;
+                }
+            }
         }
     }
 
