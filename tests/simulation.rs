@@ -52,7 +52,7 @@ fn explain(r: &Report) -> String {
 /// simulation"): a session left with forwarding pointers only, an acknowledged append lost
 /// when a claim that lost at the backups is handed on under a newer generation, a
 /// rotated-away id taking a write.
-const STILL_FAILING: &[u64] = &[15, 30, 31, 76, 92, 94, 117, 126, 153, 163];
+const STILL_FAILING: &[u64] = &[15, 30, 31, 59, 76, 92, 94, 126, 153, 162, 163];
 
 /// Seeds that found a bug which is fixed (ARCHITECTURE.md, "The simulation", says which),
 /// run by `cargo test` besides 0 to 19. A change to the node's logic shifts what each seed
@@ -60,7 +60,7 @@ const STILL_FAILING: &[u64] = &[15, 30, 31, 76, 92, 94, 117, 126, 153, 163];
 /// and as cheap extra seeds. Seed 121 was found without crashes (`SESSYNC_SIM_NO_CRASH=1`);
 /// here it runs with them, as every seed of this list.
 const FIXED_SEEDS: &[u64] = &[
-    22, 25, 39, 51, 57, 59, 106, 111, 121, 128, 135, 158, 168, 190, 233, 468,
+    22, 25, 39, 51, 57, 106, 111, 121, 128, 135, 158, 168, 190, 233, 468,
 ];
 
 /// The seeds `cargo test` runs: 0 to 19 but those in [`STILL_FAILING`], and

@@ -482,15 +482,16 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             session_id,
             last_transfer,
         } => copy(session_id, last_transfer, None),
-        // An owner that REPLICATEd here lately is alive: the asker cannot reach it, which
-        // is no reason to make a second owner (simulation seed 121, without crashes: a
-        // paused node's PROMOTE took a copy the live owner had just written to).
+        // An owner that REPLICATEd this session here lately is alive and owns it: the asker
+        // cannot reach it, which is no reason to make a second owner (simulation seed 121,
+        // without crashes: a paused node's PROMOTE took a copy the live owner had just
+        // written to).
         PeerMessage::Promote {
             session_id,
             failed_owner,
             ..
-        } if failed_owner != peer.advertised && node.heard_from_owner_lately(failed_owner, now) => {
-            tracing::debug!(session = %session_id, %failed_owner, asker = %peer.advertised, "PROMOTE refused: the owner REPLICATEd here lately");
+        } if failed_owner != peer.advertised && node.owner_wrote_lately(&session_id, failed_owner, now) => {
+            tracing::debug!(session = %session_id, %failed_owner, asker = %peer.advertised, "PROMOTE refused: the owner REPLICATEd this session here lately");
             Stats::bump(&node.stats.moved);
             PeerMessage::Moved {
                 session_id,
@@ -517,7 +518,7 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
         | PeerMessage::Locate { .. }
         | PeerMessage::Epoch) => node.elastic_request(peer, m),
         PeerMessage::Replicate { generation, record } => {
-            node.heard_from_owner(peer.advertised, now);
+            node.heard_from_owner(peer, now);
             match node.table.replicate_in(*peer, generation, &record, now) {
                 Replicated::Stored(old) => {
                     if let Some(old) = old {

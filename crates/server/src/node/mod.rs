@@ -170,9 +170,21 @@ pub struct Node {
     refresh: tokio::sync::mpsc::Sender<SessionId>,
     /// Leaving, lookups and repair (drain.rs).
     pub(crate) elastic: drain::Elastic,
-    /// When each peer last sent this node a REPLICATE (Unix ms), while its connection
-    /// lasts: a backup does not promote a copy for an owner it heard from lately.
-    owners_heard: std::sync::Mutex<std::collections::HashMap<SocketAddr, u64>>,
+    /// The owners that REPLICATE here, by address: which process, since when and until
+    /// when: a backup does not promote a copy for an owner it heard from lately.
+    owners_heard: std::sync::Mutex<std::collections::HashMap<SocketAddr, OwnerHeard>>,
+}
+
+/// What a backup knows of an owner that REPLICATEs to it ([`Node::owner_wrote_lately`]).
+struct OwnerHeard {
+    /// The owner's process (its node id: a restart makes a new one).
+    process: [u8; 16],
+    /// Its first REPLICATE here (Unix ms): copies written since are that process's.
+    since_ms: u64,
+    /// Its latest REPLICATE here.
+    last_ms: u64,
+    /// Whether its connection here is still open.
+    connected: bool,
 }
 
 /// A fetch under way, shared by the requests that wait for it. Not a `watch` channel:
@@ -235,31 +247,54 @@ impl Drop for InflightGuard<'_> {
 
 impl Node {
     /// Notes a REPLICATE from `owner` (it is alive and acting as an owner now).
-    pub(crate) fn heard_from_owner(&self, owner: SocketAddr, now: u64) {
-        self.owners_heard
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(owner, now);
+    pub(crate) fn heard_from_owner(&self, owner: &sessync_proto::PeerIdentity, now: u64) {
+        let mut heard = self.owners_heard.lock().unwrap_or_else(|e| e.into_inner());
+        let h = heard.entry(owner.advertised).or_insert(OwnerHeard {
+            process: owner.node_id,
+            since_ms: now,
+            last_ms: now,
+            connected: true,
+        });
+        if h.process != owner.node_id {
+            // A new process at that address (it restarted): its copies start now.
+            h.process = owner.node_id;
+            h.since_ms = now;
+        }
+        h.last_ms = now;
+        h.connected = true;
     }
 
-    /// Forgets `owner`'s REPLICATEs: its connection here closed (it shut down or died).
+    /// `owner`'s connection here closed (it shut down or died, or the link broke).
     pub(crate) fn forget_owner_heard(&self, owner: SocketAddr) {
-        self.owners_heard
+        if let Some(h) = self
+            .owners_heard
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&owner);
+            .get_mut(&owner)
+        {
+            h.connected = false;
+        }
     }
 
-    /// Whether `owner` sent a REPLICATE here within the peer timeout, over a connection
-    /// still open: a PROMOTE that names it failed comes from a node that cannot reach it,
-    /// not from its death, and is refused (protocol.md 12.3 step 2).
-    pub(crate) fn heard_from_owner_lately(&self, owner: SocketAddr, now: u64) -> bool {
+    /// Whether `owner`'s process that wrote the copy of `id` held here is still writing
+    /// to this node: it REPLICATEd (any session) within the peer timeout over a connection
+    /// still open, and the copy came from that same process (written since it first
+    /// REPLICATEd here). A PROMOTE that names it failed comes from a node that cannot
+    /// reach it, not from its death, and is refused (protocol.md 12.3 step 2). An owner
+    /// that restarted empty is alive too, but the copy is from its earlier process: that
+    /// one is gone, and the copy is handed over.
+    pub(crate) fn owner_wrote_lately(&self, id: &SessionId, owner: SocketAddr, now: u64) -> bool {
         let window = self.config.peer_timeout.as_millis() as u64;
-        self.owners_heard
+        let since = match self
+            .owners_heard
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&owner)
-            .is_some_and(|&at| now.saturating_sub(at) < window)
+        {
+            Some(h) if h.connected && now.saturating_sub(h.last_ms) < window => h.since_ms,
+            _ => return false,
+        };
+        self.table.backup_written_since(id, owner, since)
     }
 
     pub(crate) fn new(

@@ -26,6 +26,7 @@ impl Table {
                 owner: owner.advertised,
                 live: Live::from_record(record, generation),
                 kept: false,
+                written_ms: now,
             }))
         };
         if Live::from_record(record, generation).expired(now) {
@@ -290,6 +291,7 @@ impl Table {
                     owner: to,
                     live: l,
                     kept: true,
+                    written_ms: 0,
                 }))
             }
             other => other,

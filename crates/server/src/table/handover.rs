@@ -237,6 +237,7 @@ impl Table {
                     owner: to,
                     live,
                     kept: true,
+                    written_ms: 0,
                 }))
             }
             Landing::Destroyed => Entry::Destroyed {
