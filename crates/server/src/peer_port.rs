@@ -482,16 +482,16 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             session_id,
             last_transfer,
         } => copy(session_id, last_transfer, None),
-        // An owner that REPLICATEd this session here lately is alive and owns it: the asker
-        // cannot reach it, which is no reason to make a second owner (simulation seed 121,
-        // without crashes: a paused node's PROMOTE took a copy the live owner had just
-        // written to).
+        // The owner's process that wrote the copy held here still REPLICATEs here: it is
+        // alive and owns the session; the asker cannot reach it, which is no reason to make
+        // a second owner (simulation seed 121, without crashes: a paused node's PROMOTE
+        // took a copy the live owner had just written to).
         PeerMessage::Promote {
             session_id,
             failed_owner,
             ..
         } if failed_owner != peer.advertised && node.owner_wrote_lately(&session_id, failed_owner, now) => {
-            tracing::debug!(session = %session_id, %failed_owner, asker = %peer.advertised, "PROMOTE refused: the owner REPLICATEd this session here lately");
+            tracing::debug!(session = %session_id, %failed_owner, asker = %peer.advertised, "PROMOTE refused: the process of the owner that wrote this copy still REPLICATEs here");
             Stats::bump(&node.stats.moved);
             PeerMessage::Moved {
                 session_id,
