@@ -396,41 +396,15 @@ async fn a_slow_owner_does_not_hold_up_other_requests_on_the_connection() {
 async fn lying_owner(
     reply: fn(sessync_proto::SessionId) -> sessync_proto::PeerMessage,
 ) -> std::net::SocketAddr {
-    use futures_util::{SinkExt, StreamExt};
-    use sessync_proto::{Acceptor, FrameCodec, PeerMessage};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut framed = tokio_util::codec::Framed::new(s, FrameCodec::new(1 << 20));
-                let read =
-                    |f: sessync_proto::Frame| PeerMessage::decode_frame(&f, &Default::default()).unwrap();
-                let Some(Ok((id, hello))) = framed.next().await.map(|r| r.map(|f| (f.request_id, read(f))))
-                else {
-                    return;
-                };
-                let (acceptor, challenge) = Acceptor::handle_hello(keys(), [7; 16], addr, hello).unwrap();
-                framed.send((id, challenge)).await.unwrap();
-                let Some(Ok(f)) = framed.next().await else { return };
-                let (id, proof) = (f.request_id, read(f));
-                acceptor.handle_proof(proof).unwrap();
-                framed.send((id, PeerMessage::AuthOk)).await.unwrap();
-                while let Some(Ok(f)) = framed.next().await {
-                    let (id, msg) = (f.request_id, read(f));
-                    let answer = match msg {
-                        PeerMessage::Copy { session_id, .. } => reply(session_id),
-                        PeerMessage::Ping(n) => PeerMessage::Pong(n),
-                        _ => PeerMessage::Ok,
-                    };
-                    if framed.send((id, answer)).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+    use sessync_proto::PeerMessage;
+    let script: PeerScript = std::sync::Arc::new(move |msg: &PeerMessage| {
+        Some(match msg {
+            PeerMessage::Copy { session_id, .. } => reply(*session_id),
+            PeerMessage::Ping(n) => PeerMessage::Pong(*n),
+            _ => PeerMessage::Ok,
+        })
     });
-    addr
+    scripted_peer([7; 16], script).await
 }
 
 /// A session record with no attributes, created and last used at `at_ms`.

@@ -11,44 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
-use sessync_proto::{Acceptor, ErrorCode, ErrorReply, FrameCodec, Message, PeerMessage, SessionId};
+use sessync_proto::{ErrorCode, ErrorReply, PeerMessage, SessionId};
 use tokio::time::timeout;
 
-/// What the scripted peer does with a request: `Some(reply)` or `None` (never answers).
-type Script = Arc<dyn Fn(&PeerMessage) -> Option<PeerMessage> + Send + Sync>;
-
 /// A peer that completes the real handshake, then answers each request as `script` says.
-async fn scripted_peer(script: Script) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let script = script.clone();
-            tokio::spawn(async move {
-                let mut framed = tokio_util::codec::Framed::new(s, FrameCodec::new(1 << 20));
-                let read =
-                    |f: sessync_proto::Frame| PeerMessage::decode_frame(&f, &Default::default()).unwrap();
-                let Some(Ok(f)) = framed.next().await else { return };
-                let (id, hello) = (f.request_id, read(f));
-                let (acceptor, challenge) = Acceptor::handle_hello(keys(), [9; 16], addr, hello).unwrap();
-                framed.send((id, challenge)).await.unwrap();
-                let Some(Ok(f)) = framed.next().await else { return };
-                let (id, proof) = (f.request_id, read(f));
-                acceptor.handle_proof(proof).unwrap();
-                framed.send((id, PeerMessage::AuthOk)).await.unwrap();
-                while let Some(Ok(f)) = framed.next().await {
-                    let (id, msg) = (f.request_id, read(f));
-                    if let Some(answer) = script(&msg) {
-                        if framed.send((id, answer)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
+async fn scripted_peer(script: PeerScript) -> SocketAddr {
+    common::scripted_peer([9; 16], script).await
 }
 
 /// A valid token for a new random session that `owner` supposedly holds.

@@ -182,3 +182,43 @@ pub fn init_sim_log() {
             .try_init();
     }
 }
+
+/// What a scripted peer does with a request: `Some(reply)`, or `None` (never answers).
+pub type PeerScript =
+    std::sync::Arc<dyn Fn(&sessync_proto::PeerMessage) -> Option<sessync_proto::PeerMessage> + Send + Sync>;
+
+/// A fake peer on an OS-chosen port: it completes the real secret handshake (as node
+/// `node_id`), then answers each request as `script` says.
+pub async fn scripted_peer(node_id: [u8; 16], script: PeerScript) -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    use sessync_proto::{Acceptor, FrameCodec, Message, PeerMessage};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let script = script.clone();
+            tokio::spawn(async move {
+                let mut framed = tokio_util::codec::Framed::new(s, FrameCodec::new(1 << 20));
+                let read =
+                    |f: sessync_proto::Frame| PeerMessage::decode_frame(&f, &Default::default()).unwrap();
+                let Some(Ok(f)) = framed.next().await else { return };
+                let (id, hello) = (f.request_id, read(f));
+                let (acceptor, challenge) = Acceptor::handle_hello(keys(), node_id, addr, hello).unwrap();
+                framed.send((id, challenge)).await.unwrap();
+                let Some(Ok(f)) = framed.next().await else { return };
+                let (id, proof) = (f.request_id, read(f));
+                acceptor.handle_proof(proof).unwrap();
+                framed.send((id, PeerMessage::AuthOk)).await.unwrap();
+                while let Some(Ok(f)) = framed.next().await {
+                    let (id, msg) = (f.request_id, read(f));
+                    if let Some(answer) = script(&msg) {
+                        if framed.send((id, answer)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
