@@ -2,6 +2,7 @@
 //! (MOVED), backing off under contention, and failing over to a backup when the owner is
 //! gone (protocol.md 11.3 and 12.3).
 
+use super::lookup::LocateAnswer;
 use super::*;
 use sessync_proto::Role;
 
@@ -194,21 +195,17 @@ impl Node {
                 // rotated-away id was taken over from a kept copy and took writes).
                 if e.not_found() && failed != self.advertise {
                     match self.locate_at(id, failed).await {
-                        Ok(PeerMessage::Located {
-                            session_id,
-                            role: Role::Destroyed,
-                            ..
-                        }) if session_id == id => {
+                        LocateAnswer::Destroyed => {
                             tracing::debug!(session = %id, %failed, "destroyed or rotated away at its owner: no failover");
                             return Err(FetchError::Destroyed);
                         }
-                        Ok(PeerMessage::Located { session_id, .. }) if session_id == id => {
+                        LocateAnswer::Entry => {
                             tracing::debug!(session = %id, %failed, "the owner that answered NOT_FOUND has an entry for it now: no failover");
                             break 'failover Err(e);
                         }
                         // NOT_FOUND (a new process, no entry), or no answer to this LOCATE
                         // after the owner's NOT_FOUND: its backups are asked.
-                        _ => {}
+                        LocateAnswer::NoEntry | LocateAnswer::Unclear | LocateAnswer::Silent => {}
                     }
                 }
                 let mut candidates: Vec<SocketAddr> = before.iter().rev().copied().collect();
@@ -226,12 +223,6 @@ impl Node {
             Stats::bump(&self.stats.handover_failures);
         }
         result
-    }
-
-    /// Whether `node` answers LOCATE for `id` with NOT_FOUND: it has no entry at all (a
-    /// new process; a destroyed session leaves a tombstone, answered otherwise).
-    async fn has_no_entry(&self, id: SessionId, node: SocketAddr) -> bool {
-        matches!(self.locate_at(id, node).await, Ok(PeerMessage::NotFound { .. }))
     }
 
     /// Whether `peer` answers a PING over a freshly dialled (or live) link within the peer
@@ -383,7 +374,7 @@ impl Node {
         // it rotated the session away while this node took its copy back).
         let handing_to_failed = failed != self.advertise
             && matches!(self.table.locate(&id, self.advertise, now_ms()), Some((Role::HandedOver, to)) if to == failed);
-        let may_claim_here = !handing_to_failed || self.has_no_entry(id, failed).await;
+        let may_claim_here = !handing_to_failed || self.locate_at(id, failed).await == LocateAnswer::NoEntry;
         let claim = if may_claim_here {
             self.table.promote_local(&id, failed, self.identity(), now_ms())
         } else {

@@ -326,15 +326,27 @@ impl Node {
         .await
     }
 
-    /// LOCATE for `id` to `node`, within one peer timeout.
-    pub(super) async fn locate_at(&self, id: SessionId, node: SocketAddr) -> Result<PeerMessage, LinkError> {
-        self.peers
+    /// LOCATE for `id` to `node`, within one peer timeout, read one way for every caller.
+    pub(super) async fn locate_at(&self, id: SessionId, node: SocketAddr) -> LocateAnswer {
+        let reply = self
+            .peers
             .request(
                 node,
                 PeerMessage::Locate { session_id: id },
                 Instant::now() + self.config.peer_timeout,
             )
-            .await
+            .await;
+        match reply {
+            Ok(PeerMessage::NotFound { session_id }) if session_id == id => LocateAnswer::NoEntry,
+            Ok(PeerMessage::Located {
+                session_id,
+                role: Role::Destroyed,
+                ..
+            }) if session_id == id => LocateAnswer::Destroyed,
+            Ok(PeerMessage::Located { session_id, .. }) if session_id == id => LocateAnswer::Entry,
+            Ok(_) => LocateAnswer::Unclear,
+            Err(_) => LocateAnswer::Silent,
+        }
     }
 
     /// Whether `node` is gone as far as session `id` goes: it answers LOCATE with
@@ -342,13 +354,10 @@ impl Node {
     /// fresh PING. `Err`: it says the session was destroyed (the lookup's answer).
     async fn gone_without(&self, id: SessionId, node: SocketAddr) -> Result<bool, FetchResult> {
         match self.locate_at(id, node).await {
-            Ok(PeerMessage::NotFound { .. }) => Ok(true),
-            Ok(PeerMessage::Located {
-                role: Role::Destroyed,
-                ..
-            }) => Err(Err(FetchError::Destroyed)),
-            Ok(_) => Ok(false),
-            Err(_) => Ok(!self.alive(node).await),
+            LocateAnswer::NoEntry => Ok(true),
+            LocateAnswer::Destroyed => Err(Err(FetchError::Destroyed)),
+            LocateAnswer::Entry | LocateAnswer::Unclear => Ok(false),
+            LocateAnswer::Silent => Ok(!self.alive(node).await),
         }
     }
 
@@ -373,6 +382,23 @@ impl Node {
     pub(super) fn may_look_up(&self) -> bool {
         !self.lookup_members().is_empty()
     }
+}
+
+/// What a node's answer to one LOCATE says about its entry for the session
+/// ([`Node::locate_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LocateAnswer {
+    /// NOT_FOUND: no entry at all, so a new process there (a destroyed or rotated-away
+    /// session leaves a tombstone, answered otherwise).
+    NoEntry,
+    /// LOCATED with role 4: destroyed or rotated away there.
+    Destroyed,
+    /// LOCATED with any other role: it owns, holds, or points on from an entry.
+    Entry,
+    /// An answer about another session, or an error frame: it says nothing either way.
+    Unclear,
+    /// No answer within the peer timeout (or no link).
+    Silent,
 }
 
 /// Whether two surveys of the members ([`Node::survey`]) say the same about session `id`:
