@@ -201,10 +201,28 @@ async fn refuse(mut stream: TcpStream, why: &'static str) {
 
 /// Writes all of `buf`, failing with `TimedOut` once the socket has accepted no byte for
 /// the node's write timeout. Progress, not the whole write, is timed: a slow reader of a
-/// large reply is served, a client that stopped reading is cut off. No timer is made when
-/// the socket takes the whole reply at once (see [`crate::listen::write_bounded`]).
-async fn write_bounded(node: &SharedNode, stream: &mut Stream, buf: &[u8]) -> std::io::Result<()> {
-    crate::listen::write_bounded(stream, buf, node.config.write_timeout, &node.stats.write_timeouts).await
+/// large reply is served, a client that stopped reading is cut off.
+async fn write_bounded(node: &SharedNode, stream: &mut Stream, mut buf: &[u8]) -> std::io::Result<()> {
+    // A socket with room takes the whole buffer at once: then no timer is made (tokio
+    // takes its timer driver's lock to drop one, even one never armed: two per write).
+    while !buf.is_empty() {
+        match stream.write(buf).now_or_never() {
+            Some(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Some(Ok(n)) => buf = &buf[n..],
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+    }
+    if buf.is_empty() {
+        if let Some(r) = stream.flush().now_or_never() {
+            return r;
+        }
+    }
+    let r = crate::listen::write_with_progress(stream, buf, node.config.write_timeout).await;
+    if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
+        Stats::bump(&node.stats.write_timeouts);
+    }
+    r
 }
 
 async fn write_final(stream: &mut Stream, out: &[u8]) -> std::io::Result<()> {

@@ -1,10 +1,7 @@
 //! Listening sockets, shared by the client and peer ports.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use futures_util::FutureExt;
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -49,42 +46,6 @@ pub(crate) async fn next_connection(
             },
         }
     }
-}
-
-/// [`write_with_progress`] without a timer when none is needed: a socket with room takes
-/// the whole buffer at once, and then no timeout is made (each `tokio::time::timeout` reads
-/// the clock and clones the runtime's shared handle, two per write; one that has to wait
-/// registers its timer under the timer driver's lock, and takes the lock again when
-/// dropped). Only what the socket did not take at once is written under the timeout. A
-/// `TimedOut` is counted in `timeouts`.
-///
-/// When the socket has room it completes on its first poll, so a caller that races it
-/// against another future in a `biased` select, this one first, never polls the other.
-pub(crate) async fn write_bounded<S: tokio::io::AsyncWrite + Unpin>(
-    stream: &mut S,
-    mut buf: &[u8],
-    deadline: Duration,
-    timeouts: &AtomicU64,
-) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    while !buf.is_empty() {
-        match stream.write(buf).now_or_never() {
-            Some(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Some(Ok(n)) => buf = &buf[n..],
-            Some(Err(e)) => return Err(e),
-            None => break,
-        }
-    }
-    if buf.is_empty() {
-        if let Some(r) = stream.flush().now_or_never() {
-            return r;
-        }
-    }
-    let r = write_with_progress(stream, buf, deadline).await;
-    if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
-        timeouts.fetch_add(1, Ordering::Relaxed);
-    }
-    r
 }
 
 /// Writes all of `buf`, failing with `TimedOut` once the socket has accepted no byte for

@@ -23,7 +23,7 @@ use sessync_proto::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::now_ms;
@@ -287,19 +287,20 @@ async fn handshake(
 
 /// Writes replies on an authenticated link: bounded by the node's write timeout (a peer
 /// that stops reading is cut off, like a client) and abandoned when the node shuts down
-/// (a link stuck in a write must not hold the shutdown up). Replies the socket takes at
-/// once make no timer and do not look at the shutdown signal (the write is polled first
-/// and completes on that poll; see [`crate::listen::write_bounded`]).
+/// (a link stuck in a write must not hold the shutdown up).
 async fn send(
     node: &SharedNode,
     stream: &mut Stream,
     out: &[u8],
     shutdown: &mut Shutdown,
 ) -> std::io::Result<()> {
-    let timeouts = &node.stats.write_timeouts;
     tokio::select! {
-        biased;
-        r = crate::listen::write_bounded(stream, out, node.config.write_timeout, timeouts) => r,
+        r = crate::listen::write_with_progress(stream, out, node.config.write_timeout) => {
+            if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
+                Stats::bump(&node.stats.write_timeouts);
+            }
+            r
+        }
         _ = shutdown.wait() => Err(std::io::Error::new(
             std::io::ErrorKind::Interrupted,
             "shutting down while a peer was not reading",
@@ -388,13 +389,6 @@ async fn serve_requests(
     input.reserve(64 * 1024);
     let limits = &node.config.limits;
     let mut out = BytesMut::with_capacity(16 * 1024);
-    // The idle timeout, with one timer for the link. A `timeout` per read registered a
-    // timer under the timer driver's lock (a lock all the node's connections share) and
-    // took the lock again to drop it, twice per read of a busy link; this timer is left
-    // alone while traffic flows, and is moved on, when it goes off, to IDLE_TIMEOUT after
-    // the start of the read then waiting (so at most once per IDLE_TIMEOUT).
-    let idle = tokio::time::sleep(IDLE_TIMEOUT);
-    tokio::pin!(idle);
     loop {
         loop {
             let frame = match decode_frame(&mut input, limits.max_frame_len) {
@@ -437,31 +431,15 @@ async fn serve_requests(
             send(node, &mut stream, &out, &mut shutdown).await?;
             out.clear();
         }
-        // The read below is polled first, so a link that always has bytes waiting would
-        // not see the shutdown there.
-        if shutdown.is_shutting_down() {
-            let _ = stream.shutdown().await;
-            return Ok(());
-        }
-        let idle_from = Instant::now();
-        let n = loop {
-            tokio::select! {
-                biased;
-                r = stream.read_buf(&mut input) => break r?,
-                _ = shutdown.wait() => {
-                    let _ = stream.shutdown().await;
-                    return Ok(());
-                }
-                () = idle.as_mut() => {
-                    // The link is closed IDLE_TIMEOUT after this read began, as by a
-                    // timeout on the read; the timer only wakes us to look.
-                    let due = idle_from + IDLE_TIMEOUT;
-                    if Instant::now() >= due {
-                        return Ok(());
-                    }
-                    idle.as_mut().reset(due);
-                }
+        let n = tokio::select! {
+            _ = shutdown.wait() => {
+                let _ = stream.shutdown().await;
+                return Ok(());
             }
+            r = timeout(IDLE_TIMEOUT, stream.read_buf(&mut input)) => match r {
+                Ok(r) => r?,
+                Err(_) => return Ok(()),
+            },
         };
         if n == 0 {
             return Ok(());
