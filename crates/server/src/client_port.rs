@@ -203,8 +203,10 @@ async fn refuse(mut stream: TcpStream, why: &'static str) {
 /// the node's write timeout. Progress, not the whole write, is timed: a slow reader of a
 /// large reply is served, a client that stopped reading is cut off.
 async fn write_bounded(node: &SharedNode, stream: &mut Stream, mut buf: &[u8]) -> std::io::Result<()> {
-    // A socket with room takes the whole buffer at once: then no timer is made (tokio
-    // takes its timer driver's lock to drop one, even one never armed: two per write).
+    // A socket with room takes the whole buffer at once: then no timeout is made. (That
+    // saves little: tokio 1.54 registers a `Sleep` only when it is first polled, so a
+    // timeout whose write completes at once never takes the timer driver's lock; measured
+    // in BENCHMARKS.md, "Peer port I/O without timers".)
     while !buf.is_empty() {
         match stream.write(buf).now_or_never() {
             Some(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),

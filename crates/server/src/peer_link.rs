@@ -467,8 +467,8 @@ impl Peers {
     }
 
     async fn connection(&self, link: &Link, deadline: Instant) -> Result<Conn, LinkError> {
-        // Not contended, and up, nearly always: then no timer (tokio takes its timer
-        // driver's lock to drop one, even one never armed). The rest is boxed: every peer
+        // Not contended, and up, nearly always: then no timeout at all (a small saving:
+        // tokio registers a timer only when it is first polled). The rest is boxed: every peer
         // request's future (and every deferred client request's, which holds one) would
         // otherwise carry its state (the dial's: TCP, TLS, the handshake), allocated and
         // copied per request.
