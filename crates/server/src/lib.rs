@@ -334,7 +334,7 @@ async fn late_replies(
         } = msg
         {
             tracing::debug!(%from, session = %record.id, "installing a late COPY_DATA");
-            node.install_copy(from, transfer, &record, &holders, &[]).await;
+            node.install_late_copy(from, transfer, &record, &holders).await;
         }
     }
 }

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// How often a write whose session was handed on meanwhile looks for the receiver's
+/// acknowledgement ([`Node::handover_acknowledged`]).
+const ACK_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl Node {
     /// Installs a session handed over by `from`, places its copy on every node of
     /// `holders` (the giver's backups: they hold older copies of this lineage, which a
@@ -20,6 +24,77 @@ impl Node {
     ) {
         self.receive_copy(from, transfer, record, holders, prefer, &[])
             .await
+    }
+
+    /// A COPY_DATA that came after its COPY gave up (the peer link's or the simulated
+    /// network's late reply). Installed as [`Node::install_copy`] does, unless this node
+    /// has owned the session under a newer generation than it had when it asked: it took
+    /// the session over some other way meanwhile (a failover, a re-handed copy), fenced at
+    /// the holders, so the giver's copy holds nothing acknowledged that this one lacks, and
+    /// installing it would throw this owner's acknowledged writes away (simulation seed 13
+    /// without crashes: the giver, paused mid-fetch, answered 2.7 s late and its copy
+    /// replaced a live one holding an acknowledged append). Such a copy is not
+    /// acknowledged either: the giver, still handing it here, then acknowledges no write
+    /// that went only into it (seed 208 without crashes), and points here.
+    pub(crate) async fn install_late_copy(
+        &self,
+        from: SocketAddr,
+        transfer: u64,
+        record: &sessync_proto::SessionRecord,
+        holders: &[SocketAddr],
+    ) {
+        let id = record.id;
+        if let Some(had) = self.take_unanswered_copy(id, from) {
+            if self.table.owned_past(&id, had, now_ms()) {
+                tracing::info!(session = %id, %from, transfer, had, "a late COPY_DATA of a state older than this node's own since it asked; not installed, not acknowledged");
+                return;
+            }
+        }
+        self.install_copy(from, transfer, record, holders, &[]).await;
+    }
+
+    /// Waits, at most one peer timeout, until the receiver of the copy this node handed
+    /// on from `generation` acknowledges it.
+    async fn handover_acknowledged(&self, id: SessionId, generation: u64) -> bool {
+        let deadline = Instant::now() + self.config.peer_timeout;
+        loop {
+            match self.table.handed_over_from(&id, generation) {
+                Some(true) => return true,
+                Some(false) if Instant::now() < deadline => tokio::time::sleep(ACK_POLL).await,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Remembers that a COPY for `id` to `giver` got no reply in time, sent while this
+    /// node's entry had generation `had`: a late COPY_DATA is weighed against it. Bounded:
+    /// entries older than a minute go when the map grows past 4096.
+    pub(super) fn unanswered_copy(&self, id: SessionId, giver: SocketAddr, had: u64) {
+        let now = now_ms();
+        let mut map = self.unanswered_copies.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= 4096 {
+            map.retain(|_, u| now.saturating_sub(u.at_ms) < 60_000);
+            if map.len() >= 4096 {
+                map.clear();
+            }
+        }
+        map.insert(
+            id,
+            UnansweredCopy {
+                giver,
+                had,
+                at_ms: now,
+            },
+        );
+    }
+
+    /// What this node had when its unanswered COPY for `id` went to `from`, if one did.
+    fn take_unanswered_copy(&self, id: SessionId, from: SocketAddr) -> Option<u64> {
+        let mut map = self.unanswered_copies.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&id) {
+            Some(u) if u.giver == from => map.remove(&id).map(|u| u.had),
+            _ => None,
+        }
     }
 
     /// [`Node::install_copy`] for a copy the backup `from` handed over under PROMOTE: it
@@ -421,7 +496,17 @@ impl Node {
             // the copy the next owner got, and that owner places it on this lineage's
             // holders before it serves. (The receiver's claim can still lose to a rival
             // claim that lacks the write: a known gap, protocol.md 12.6.)
-            Replication::NotHere if self.table.handed_over_from(&id, generation) => Ok(served.into()),
+            Replication::NotHere if self.table.handed_over_from(&id, generation).is_some() => {
+                // Only once the receiver acknowledged it: a receiver that owns a newer
+                // state than the one it asked for refuses a late copy
+                // ([`Node::install_late_copy`]), and this write is then in no copy that
+                // lives on (seed 208 without crashes).
+                if self.handover_acknowledged(id, generation).await {
+                    Ok(served.into())
+                } else {
+                    Err("the write was applied at this node, which handed the session on meanwhile; the next owner did not confirm it took that copy: it may be lost".into())
+                }
+            }
             // Yielded to a newer owner (whose copy does not have this write), destroyed or
             // expired meanwhile: the write was never protected.
             Replication::NotHere => Err(

@@ -284,18 +284,22 @@ impl Node {
                     if chain.last() != Some(&to) {
                         chain.push(to);
                     }
-                    match self
+                    let had = self.table.last_received(&id);
+                    let reply = self
                         .peers
                         .request(
                             to,
                             PeerMessage::Copy {
                                 session_id: id,
-                                last_transfer: self.table.last_received(&id),
+                                last_transfer: had,
                             },
                             deadline,
                         )
-                        .await
-                    {
+                        .await;
+                    if matches!(reply, Err(LinkError::Lost)) {
+                        self.unanswered_copy(id, to, had);
+                    }
+                    match reply {
                         Ok(reply) => fetch.handle_reply(to, reply),
                         Err(LinkError::Unreachable(why)) => Step::Fail(FetchError::Unreachable(why)),
                         Err(LinkError::Lost) if Instant::now() >= deadline => {

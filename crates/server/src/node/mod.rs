@@ -173,6 +173,18 @@ pub struct Node {
     /// The owners that REPLICATE here, by address: which process, since when and until
     /// when: a backup does not promote a copy for an owner it heard from lately.
     owners_heard: std::sync::Mutex<std::collections::HashMap<SocketAddr, OwnerHeard>>,
+    /// COPYs that got no reply in time, by session ([`Node::install_late_copy`]).
+    unanswered_copies: std::sync::Mutex<std::collections::HashMap<SessionId, UnansweredCopy>>,
+}
+
+/// A COPY whose reply did not come in time: a late COPY_DATA may still follow.
+struct UnansweredCopy {
+    /// The node asked.
+    giver: SocketAddr,
+    /// The generation of this node's entry when it asked (`last_transfer`).
+    had: u64,
+    /// When (Unix ms), to bound the map.
+    at_ms: u64,
 }
 
 /// What a backup knows of an owner that REPLICATEs to it ([`Node::owner_wrote_lately`]).
@@ -338,6 +350,7 @@ impl Node {
             refresh,
             elastic: drain::Elastic::default(),
             owners_heard: Default::default(),
+            unanswered_copies: Default::default(),
         }
     }
 

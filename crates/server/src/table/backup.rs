@@ -227,15 +227,17 @@ impl Table {
     }
 
     /// Whether this node handed the session on by a COPY (or PROMOTE) from `generation`:
-    /// a write applied here under that generation is then in the copy it gave. (A node
-    /// that yielded keeps `received` one below its generation, so it does not count.)
-    pub fn handed_over_from(&self, id: &SessionId, generation: u64) -> bool {
+    /// `Some(true)` once the receiver acknowledged it (a write applied here under that
+    /// generation is then in the copy the receiver installed), `Some(false)` while it has
+    /// not yet, `None` when it did not hand it on from there. (A node that yielded keeps
+    /// `received` one below its generation, so it does not count.)
+    pub fn handed_over_from(&self, id: &SessionId, generation: u64) -> Option<bool> {
         // Only non-live states count: read in place, nothing materialized.
         let g = self.shard(id).map.read(id);
         match g.find_other(id) {
-            Some(Entry::HandingOver(h)) => h.live.received == generation,
-            Some(Entry::Forwarded { received, .. }) => *received == generation,
-            _ => false,
+            Some(Entry::HandingOver(h)) if h.live.received == generation => Some(false),
+            Some(Entry::Forwarded { received, .. }) if *received == generation => Some(true),
+            _ => None,
         }
     }
 

@@ -13,6 +13,15 @@ impl Table {
             .map_or(0, |r| r.value().known_generation())
     }
 
+    /// Whether this node owns `id` now (live, unexpired) under a generation newer than
+    /// `had`: it took the session over since its entry stood at `had`.
+    pub fn owned_past(&self, id: &SessionId, had: u64, now: u64) -> bool {
+        self.shard(id)
+            .map
+            .get(id)
+            .is_some_and(|r| matches!(r.value(), Entry::Live(l) if !l.expired(now) && l.received > had))
+    }
+
     /// The giving side of the handover: answers a COPY (`failed_owner` `None`) or a
     /// PROMOTE (`Some(owner the requester could not get it from)`) from `requester`, whose
     /// own entry remembers generation `their_last`. See protocol.md, "The COPY handover"

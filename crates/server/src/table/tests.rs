@@ -718,3 +718,30 @@ fn a_superseded_copy_of_a_destroyed_lineage_is_tombstoned() {
         "a tombstone stays one"
     );
 }
+
+#[test]
+fn a_handover_counts_for_a_write_only_once_acknowledged_and_ownership_since_an_ask_is_seen() {
+    let (giver, taker) = (table(10, EvictPolicy::Reject), table(10, EvictPolicy::Reject));
+    let b = who(3);
+    let (id, _) = giver.create(&attrs(&[("n", "1")]), 100_000, 0, 0).unwrap();
+    let generation = giver.live_generation(&id, 1).unwrap();
+    assert_eq!(
+        giver.handed_over_from(&id, generation),
+        None,
+        "live: not handed on"
+    );
+    let (transfer, record) = match giver.hand_over(&id, b, 0, None, 2) {
+        CopyOutcome::Data { transfer, record, .. } => (transfer, record),
+        other => panic!("{other:?}"),
+    };
+    // Handed on but not acknowledged: a write applied before must not count as placed.
+    assert_eq!(giver.handed_over_from(&id, generation), Some(false));
+    // The taker had nothing when it asked (0); once it owns the copy, it owns past that.
+    assert!(!taker.owned_past(&id, 0, 3), "nothing here yet");
+    assert!(taker.install(&record, transfer, 3).unwrap());
+    assert!(taker.owned_past(&id, 0, 3));
+    assert!(!taker.owned_past(&id, transfer, 3), "not past what it had then");
+    assert!(giver.ack_handover(&id, b, transfer, 4).is_some());
+    assert_eq!(giver.handed_over_from(&id, generation), Some(true));
+    assert!(!giver.owned_past(&id, 0, 5), "forwarded: owns nothing");
+}

@@ -270,7 +270,7 @@ impl Net {
         {
             self.lock().traffic.late_copies += 1;
             let node = self.lock().slots[f].node.clone();
-            node.install_copy(to, transfer, &record, &holders, &[]).await;
+            node.install_late_copy(to, transfer, &record, &holders).await;
         }
     }
 }
