@@ -210,22 +210,35 @@ impl Node {
             let _one_at_a_time = self.replication_locks[stripe].lock().await;
             let mut bumps = 0;
             let outcome = loop {
-                match self
+                let round = self
                     .replicate_round(id, generation, record, current, prefer)
-                    .await
-                {
+                    .await;
+                let to = match &round {
                     RoundOutcome::Superseded { to, .. }
-                        if bumps < MAX_CLAIM_BUMPS && (stale.contains(&to) || to == self.advertise) =>
+                        if bumps < MAX_CLAIM_BUMPS && (stale.contains(to) || *to == self.advertise) =>
                     {
-                        // Fences and kept copies of abandoned claims refuse every copy of
-                        // their generation (seed 128: each failed claim of generation 6
-                        // fenced another holder at 6, until no copy was left).
-                        bumps += 1;
-                        generation += 1;
-                        tracing::info!(session = %id, %to, generation, "a holder refused the claim on behalf of a node that does not own the session; claiming one generation higher");
+                        *to
                     }
-                    other => break other,
+                    _ => break round,
+                };
+                // The giver that handed its copy here under PROMOTE owned nothing then, but
+                // may own the session again since (it fetched it back while this claim was
+                // being placed): then the refusal is real (seed 1026 without crashes: the
+                // claim climbed past the giver's newer lineage and replaced its
+                // acknowledged append). It is asked.
+                if to != self.advertise
+                    && self.locate_at(id, to).await
+                        == super::lookup::LocateAnswer::Entry(sessync_proto::Role::Owner)
+                {
+                    tracing::info!(session = %id, %to, generation, "the node that handed its copy here owns the session again; the claim yields");
+                    break round;
                 }
+                // Fences and kept copies of abandoned claims refuse every copy of
+                // their generation (seed 128: each failed claim of generation 6
+                // fenced another holder at 6, until no copy was left).
+                bumps += 1;
+                generation += 1;
+                tracing::info!(session = %id, %to, generation, "a holder refused the claim on behalf of a node that does not own the session; claiming one generation higher");
             };
             match outcome {
                 RoundOutcome::Done(b) => {

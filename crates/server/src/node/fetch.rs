@@ -199,7 +199,7 @@ impl Node {
                             tracing::debug!(session = %id, %failed, "destroyed or rotated away at its owner: no failover");
                             return Err(FetchError::Destroyed);
                         }
-                        LocateAnswer::Entry => {
+                        LocateAnswer::Entry(_) => {
                             tracing::debug!(session = %id, %failed, "the owner that answered NOT_FOUND has an entry for it now: no failover");
                             break 'failover Err(e);
                         }

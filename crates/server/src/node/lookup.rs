@@ -343,7 +343,9 @@ impl Node {
                 role: Role::Destroyed,
                 ..
             }) if session_id == id => LocateAnswer::Destroyed,
-            Ok(PeerMessage::Located { session_id, .. }) if session_id == id => LocateAnswer::Entry,
+            Ok(PeerMessage::Located { session_id, role, .. }) if session_id == id => {
+                LocateAnswer::Entry(role)
+            }
             Ok(_) => LocateAnswer::Unclear,
             Err(_) => LocateAnswer::Silent,
         }
@@ -356,7 +358,7 @@ impl Node {
         match self.locate_at(id, node).await {
             LocateAnswer::NoEntry => Ok(true),
             LocateAnswer::Destroyed => Err(Err(FetchError::Destroyed)),
-            LocateAnswer::Entry | LocateAnswer::Unclear => Ok(false),
+            LocateAnswer::Entry(_) | LocateAnswer::Unclear => Ok(false),
             LocateAnswer::Silent => Ok(!self.alive(node).await),
         }
     }
@@ -394,7 +396,7 @@ pub(super) enum LocateAnswer {
     /// LOCATED with role 4: destroyed or rotated away there.
     Destroyed,
     /// LOCATED with any other role: it owns, holds, or points on from an entry.
-    Entry,
+    Entry(Role),
     /// An answer about another session, or an error frame: it says nothing either way.
     Unclear,
     /// No answer within the peer timeout (or no link).
