@@ -455,6 +455,9 @@ pub async fn check_ledgers(ledgers: &[Ledger], clients: &[Client], dir: &std::pa
     }
     // Every acknowledged append is there, in order; nothing else but the unknown ones.
     for (i, l) in ledgers.iter().enumerate() {
+        let id = sessync_proto::Token::verify(&l.token, &keys())
+            .unwrap()
+            .session_id;
         let list = final_list(clients, &l.token).await;
         assert!(
             list.windows(2).all(|w| w[0] < w[1]),
@@ -463,7 +466,7 @@ pub async fn check_ledgers(ledgers: &[Ledger], clients: &[Client], dir: &std::pa
         let lost: Vec<u64> = l.acked.iter().copied().filter(|a| !list.contains(a)).collect();
         assert!(
             lost.is_empty(),
-            "session {i}: acknowledged appends lost: {lost:?}; list {list:?}; logs in {}",
+            "session {i} ({id}): acknowledged appends lost: {lost:?}; list {list:?}; logs in {}",
             dir.display()
         );
         for x in &list {
