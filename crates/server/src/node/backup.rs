@@ -28,12 +28,14 @@ impl Node {
 
     /// A COPY_DATA that came after its COPY gave up (the peer link's or the simulated
     /// network's late reply). Installed as [`Node::install_copy`] does, unless this node
-    /// has owned the session under a newer generation than it had when it asked: it took
-    /// the session over some other way meanwhile (a failover, a re-handed copy), fenced at
-    /// the holders, so the giver's copy holds nothing acknowledged that this one lacks, and
-    /// installing it would throw this owner's acknowledged writes away (simulation seed 13
-    /// without crashes: the giver, paused mid-fetch, answered 2.7 s late and its copy
-    /// replaced a live one holding an acknowledged append). Such a copy is not
+    /// has owned the session under a newer generation than it had when it asked (it owns
+    /// it, or has handed it on since): it took the session over some other way meanwhile
+    /// (a failover, a re-handed copy), fenced at the holders, so the giver's copy holds
+    /// nothing acknowledged that that lineage lacks, and installing it would make a rival
+    /// owner that throws acknowledged writes away (simulation seed 13 without crashes: the
+    /// giver, paused mid-fetch, answered 2.7 s late and its copy replaced a live one
+    /// holding an acknowledged append; `tests/partition.rs` seed 19: the late copy landed
+    /// after this node had handed its own newer copy on, and lived beside it). Such a copy is not
     /// acknowledged either: the giver, still handing it here, then acknowledges no write
     /// that went only into it (seed 208 without crashes), and points here.
     pub(crate) async fn install_late_copy(

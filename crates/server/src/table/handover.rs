@@ -13,13 +13,17 @@ impl Table {
             .map_or(0, |r| r.value().known_generation())
     }
 
-    /// Whether this node owns `id` now (live, unexpired) under a generation newer than
-    /// `had`: it took the session over since its entry stood at `had`.
+    /// Whether this node has owned `id` under a generation newer than `had` since its
+    /// entry stood at `had`: it owns it now (live, unexpired), or took it over and has
+    /// handed it on already (handing over, or forwarding). A backup copy does not count:
+    /// holding one says nothing of which lineage owns the session.
     pub fn owned_past(&self, id: &SessionId, had: u64, now: u64) -> bool {
-        self.shard(id)
-            .map
-            .get(id)
-            .is_some_and(|r| matches!(r.value(), Entry::Live(l) if !l.expired(now) && l.received > had))
+        self.shard(id).map.get(id).is_some_and(|r| match r.value() {
+            Entry::Live(l) => !l.expired(now) && l.received > had,
+            Entry::HandingOver(h) => h.live.received > had,
+            Entry::Forwarded { received, .. } => *received > had,
+            _ => false,
+        })
     }
 
     /// The giving side of the handover: answers a COPY (`failed_owner` `None`) or a

@@ -743,5 +743,21 @@ fn a_handover_counts_for_a_write_only_once_acknowledged_and_ownership_since_an_a
     assert!(!taker.owned_past(&id, transfer, 3), "not past what it had then");
     assert!(giver.ack_handover(&id, b, transfer, 4).is_some());
     assert_eq!(giver.handed_over_from(&id, generation), Some(true));
-    assert!(!giver.owned_past(&id, 0, 5), "forwarded: owns nothing");
+    assert!(
+        !giver.owned_past(&id, generation, 5),
+        "handed on what it had then"
+    );
+    // Having owned it past `had` counts after handing it on too.
+    match taker.hand_over(&id, who(4), 0, None, 6) {
+        CopyOutcome::Data { .. } => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(taker.owned_past(&id, 0, 6), "handed on a state newer than it had");
+    // A backup copy does not count: it says nothing of which lineage owns the session.
+    let holder = table(10, EvictPolicy::Reject);
+    assert_eq!(
+        holder.replicate_in(b, transfer, &record, 7),
+        Replicated::Stored(None)
+    );
+    assert!(!holder.owned_past(&id, 0, 7));
 }
