@@ -46,7 +46,7 @@ impl Node {
         holders: &[SocketAddr],
     ) {
         let id = record.id;
-        if let Some(had) = self.take_unanswered_copy(id, from) {
+        if let Some(had) = self.unanswered_copy_to(id, from) {
             if self.table.owned_past(&id, had, now_ms()) {
                 tracing::info!(session = %id, %from, transfer, had, "a late COPY_DATA of a state older than this node's own since it asked; not installed, not acknowledged");
                 return;
@@ -91,12 +91,12 @@ impl Node {
     }
 
     /// What this node had when its unanswered COPY for `id` went to `from`, if one did.
-    fn take_unanswered_copy(&self, id: SessionId, from: SocketAddr) -> Option<u64> {
-        let mut map = self.unanswered_copies.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&id) {
-            Some(u) if u.giver == from => map.remove(&id).map(|u| u.had),
-            _ => None,
-        }
+    /// Kept after it is read (until a newer ask replaces it, or it ages out): a COPY that
+    /// the network duplicated is answered twice, and the second late COPY_DATA must meet
+    /// the same refusal as the first.
+    fn unanswered_copy_to(&self, id: SessionId, from: SocketAddr) -> Option<u64> {
+        let map = self.unanswered_copies.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&id).filter(|u| u.giver == from).map(|u| u.had)
     }
 
     /// [`Node::install_copy`] for a copy the backup `from` handed over under PROMOTE: it
