@@ -52,6 +52,8 @@ pub struct Fetch {
     followed_moved: bool,
     /// Re-asks still allowed of a MOVED-named peer that does not have the session yet.
     not_yet_left: u8,
+    /// The peer whose latest answer was NOT_FOUND (asked again: see `not_yet_left`).
+    said_not_found: Option<SocketAddr>,
 }
 
 /// Pause before asking again a node that MOVED named but that has not installed the
@@ -76,6 +78,7 @@ impl Fetch {
             retries_left: 1,
             followed_moved: forwarded,
             not_yet_left: 5,
+            said_not_found: None,
         };
         let step = f.ask(owner);
         (f, step)
@@ -118,6 +121,7 @@ impl Fetch {
                 if session_id == self.id && self.followed_moved && self.not_yet_left > 0 =>
             {
                 self.not_yet_left -= 1;
+                self.said_not_found = Some(from);
                 Step::AskLater(from)
             }
             PeerMessage::NotFound { session_id } if session_id == self.id => {
@@ -151,7 +155,21 @@ impl Fetch {
             self.retries_left -= 1;
             return Step::Ask(from);
         }
-        Step::Fail(FetchError::Silent { owner: from })
+        self.gave_up_on(from, FetchError::Silent { owner: from })
+    }
+
+    /// How a fetch ends at `at`, which stopped answering: `silent` (it looks unreachable,
+    /// and its sessions may be taken over from their backups), unless its last answer
+    /// was NOT_FOUND. On a lossy link a NOT_FOUND re-asked can be followed by silence, and
+    /// a session destroyed at that node was then taken over from a backup copy (handover
+    /// corpus file 04d5b25f): it ends as NOT_FOUND there, which the failover checks with
+    /// LOCATE before it takes anything over.
+    pub fn gave_up_on(&self, at: SocketAddr, silent: FetchError) -> Step {
+        if self.said_not_found == Some(at) {
+            Step::Fail(FetchError::NotAt { at })
+        } else {
+            Step::Fail(silent)
+        }
     }
 }
 

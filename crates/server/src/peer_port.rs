@@ -506,6 +506,8 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
         PeerMessage::CopyAck { session_id, transfer } => {
             if let Some(old) = node.table.ack_handover(&session_id, *peer, transfer, now) {
                 node.spawn_drop_backups(session_id, old);
+                // Its next owner has it: a COPY_ACK held back here may go too.
+                node.release_held_ack(session_id);
             }
             PeerMessage::Ok
         }

@@ -55,6 +55,50 @@ impl Node {
         self.install_copy(from, transfer, record, holders, &[]).await;
     }
 
+    /// Sends the COPY_ACK held back for `id` ([`Node::receive_copy`]), if any: the copy
+    /// installed here now has its backups, or its next owner acknowledged it.
+    pub(crate) fn release_held_ack(&self, id: SessionId) {
+        if let Some(held) = self.held_acks.take(&id) {
+            tracing::debug!(session = %id, giver = %held.giver, transfer = held.transfer, "sending a COPY_ACK held back until backups took the copy");
+            let ack = PeerMessage::CopyAck {
+                session_id: id,
+                transfer: held.transfer,
+            };
+            self.peers
+                .send_until_ok(held.giver, ack, 3, self.config.peer_timeout);
+        }
+    }
+
+    /// Sends every COPY_ACK held back for `giver`, which announced it is leaving: its
+    /// copies go when it exits all the same, and its drain waits for every ACK.
+    pub(super) fn release_held_acks_to(&self, giver: SocketAddr) {
+        for (id, held) in self.held_acks.take_all(|h| h.giver == giver) {
+            let ack = PeerMessage::CopyAck {
+                session_id: id,
+                transfer: held.transfer,
+            };
+            self.peers.send_until_ok(giver, ack, 3, self.config.peer_timeout);
+        }
+    }
+
+    /// [`Node::release_held_ack`] for an id that is gone here (destroyed, rotated away),
+    /// waiting for the giver's OK (at most one peer timeout): whether nothing was held or
+    /// the giver confirmed.
+    pub(super) async fn release_held_ack_now(&self, id: SessionId) -> bool {
+        let Some(held) = self.held_acks.take(&id) else {
+            return true;
+        };
+        let ack = PeerMessage::CopyAck {
+            session_id: id,
+            transfer: held.transfer,
+        };
+        let deadline = Instant::now() + self.config.peer_timeout;
+        matches!(
+            self.peers.request(held.giver, ack, deadline).await,
+            Ok(PeerMessage::Ok)
+        )
+    }
+
     /// Waits, at most one peer timeout, until the receiver of the copy this node handed
     /// on from `generation` acknowledges it.
     async fn handover_acknowledged(&self, id: SessionId, generation: u64) -> bool {
@@ -69,25 +113,11 @@ impl Node {
     }
 
     /// Remembers that a COPY for `id` to `giver` got no reply in time, sent while this
-    /// node's entry had generation `had`: a late COPY_DATA is weighed against it. Bounded:
-    /// entries older than a minute go when the map grows past 4096.
+    /// node's entry had generation `had`: a late COPY_DATA is weighed against it. Bounded
+    /// ([`memo::SessionMemo`]): entries older than a minute go first.
     pub(super) fn unanswered_copy(&self, id: SessionId, giver: SocketAddr, had: u64) {
-        let now = now_ms();
-        let mut map = self.unanswered_copies.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= 4096 {
-            map.retain(|_, u| now.saturating_sub(u.at_ms) < 60_000);
-            if map.len() >= 4096 {
-                map.clear();
-            }
-        }
-        map.insert(
-            id,
-            UnansweredCopy {
-                giver,
-                had,
-                at_ms: now,
-            },
-        );
+        self.unanswered_copies
+            .insert(id, UnansweredCopy { giver, had }, now_ms());
     }
 
     /// What this node had when its unanswered COPY for `id` went to `from`, if one did.
@@ -95,8 +125,10 @@ impl Node {
     /// the network duplicated is answered twice, and the second late COPY_DATA must meet
     /// the same refusal as the first.
     fn unanswered_copy_to(&self, id: SessionId, from: SocketAddr) -> Option<u64> {
-        let map = self.unanswered_copies.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&id).filter(|u| u.giver == from).map(|u| u.had)
+        self.unanswered_copies
+            .get(&id)
+            .filter(|u| u.giver == from)
+            .map(|u| u.had)
     }
 
     /// [`Node::install_copy`] for a copy the backup `from` handed over under PROMOTE: it
@@ -143,16 +175,42 @@ impl Node {
         // The giver cannot hand its older copy on (nor take it back) once it, or every
         // node that holds its lineage's backups, holds ours: such a claim collides with
         // our copy there (protocol.md 12.4). Otherwise it must hear our ACK first.
-        let giver_is_fenced = match self
+        let placed = self
             .protect_and_install(transfer, record, &current, &first, stale)
-            .await
-        {
+            .await;
+        let giver_is_fenced = match &placed {
             Some(backups) => {
                 backups.confirmed.contains(&from)
                     || (!current.is_empty() && current.iter().all(|h| backups.confirmed.contains(h)))
             }
             None => true,
         };
+        // Installed while too few backups took the copy (the giver among none of them):
+        // the giver's copy, kept while it hands the session here, is then the only other
+        // one, so the ACK waits until backups have ours ([`Node::release_held_ack`]).
+        // Acknowledged at once, one crash of this node lost the session (simulation
+        // seed 59: installed with no backup, acknowledged, crashed; the giver had
+        // dropped its copy). Until then the giver answers MOVED to this node, and if
+        // this node restarts empty, it hands its copy on again (protocol.md 12.4). Not
+        // from a giver that is leaving: its copy goes when it exits all the same, and its
+        // drain waits for every ACK (tests/drain.rs, a backup node paused).
+        if let Some(backups) = &placed {
+            if backups.confirmed.len() < usize::from(self.config.replicas)
+                && !backups.confirmed.contains(&from)
+                && !self.is_leaving(from)
+            {
+                tracing::info!(session = %record.id, %from, transfer, confirmed = backups.confirmed.len(), "installed with too few backups; the COPY_ACK waits for them");
+                self.held_acks.insert(
+                    record.id,
+                    HeldAck {
+                        giver: from,
+                        transfer,
+                    },
+                    now_ms(),
+                );
+                return;
+            }
+        }
         // The ACK is sent even when the install was refused (a destroyed tombstone here):
         // the sender must not keep offering the data. It goes after the backups have the
         // copy: the sender then drops its own backups.
@@ -347,6 +405,9 @@ impl Node {
             RoundOutcome::Done(b) => {
                 tracing::debug!(session = %id, generation = snap.generation, version = snap.record.meta.version, confirmed = ?b.confirmed, holders = ?b.holders, "replicated");
                 self.table.set_backups(&id, snap.generation, &b.holders);
+                if b.confirmed.len() >= usize::from(self.config.replicas) {
+                    self.release_held_ack(id);
+                }
                 Replication::Done(b)
             }
             // Still ours here: a backup promoted it meanwhile (or another node claimed

@@ -511,6 +511,7 @@ impl Node {
     /// Remembers that `peer` announced it is leaving.
     fn note_leaving(&self, peer: &sessync_proto::PeerIdentity) {
         lock(&self.elastic.leaving).insert(peer.advertised, peer.node_id);
+        self.release_held_acks_to(peer.advertised);
     }
 
     /// Answers the peer requests of leaving, lookup and repair (TAKE, RELEASE, LOCATE,

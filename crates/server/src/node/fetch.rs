@@ -302,12 +302,13 @@ impl Node {
                     match reply {
                         Ok(reply) => fetch.handle_reply(to, reply),
                         Err(LinkError::Unreachable(why)) => Step::Fail(FetchError::Unreachable(why)),
-                        Err(LinkError::Lost) if Instant::now() >= deadline => {
-                            Step::Fail(FetchError::SilentWithin {
+                        Err(LinkError::Lost) if Instant::now() >= deadline => fetch.gave_up_on(
+                            to,
+                            FetchError::SilentWithin {
                                 owner: to,
                                 within: self.config.peer_timeout,
-                            })
-                        }
+                            },
+                        ),
                         Err(LinkError::Lost) => fetch.handle_lost(to),
                     }
                 }

@@ -5,6 +5,7 @@ mod backup;
 mod drain;
 mod fetch;
 mod lookup;
+mod memo;
 mod repair;
 mod reply;
 mod requests;
@@ -174,17 +175,28 @@ pub struct Node {
     /// when: a backup does not promote a copy for an owner it heard from lately.
     owners_heard: std::sync::Mutex<std::collections::HashMap<SocketAddr, OwnerHeard>>,
     /// COPYs that got no reply in time, by session ([`Node::install_late_copy`]).
-    unanswered_copies: std::sync::Mutex<std::collections::HashMap<SessionId, UnansweredCopy>>,
+    unanswered_copies: memo::SessionMemo<UnansweredCopy>,
+    /// COPY_ACKs held back until the copy installed here has its backups
+    /// ([`Node::release_held_ack`]).
+    held_acks: memo::SessionMemo<HeldAck>,
 }
 
 /// A COPY whose reply did not come in time: a late COPY_DATA may still follow.
+#[derive(Clone, Copy)]
 struct UnansweredCopy {
     /// The node asked.
     giver: SocketAddr,
     /// The generation of this node's entry when it asked (`last_transfer`).
     had: u64,
-    /// When (Unix ms), to bound the map.
-    at_ms: u64,
+}
+
+/// A COPY_ACK not sent yet: the copy was installed here while no backup took it.
+#[derive(Clone, Copy)]
+struct HeldAck {
+    /// The node that handed the copy here (it keeps it, handing over, until it hears).
+    giver: SocketAddr,
+    /// The handover's transfer id.
+    transfer: u64,
 }
 
 /// What a backup knows of an owner that REPLICATEs to it ([`Node::owner_wrote_lately`]).
@@ -350,7 +362,12 @@ impl Node {
             refresh,
             elastic: drain::Elastic::default(),
             owners_heard: Default::default(),
-            unanswered_copies: Default::default(),
+            // A late COPY_DATA comes within a few peer timeouts of its COPY.
+            unanswered_copies: memo::SessionMemo::new(60_000),
+            // Forgotten, an ACK is never sent: the giver keeps its copy until the session
+            // expires, answering MOVED to this node (and re-hands it if this node restarts
+            // empty). Kept long, so that the ACK still goes once backups come back.
+            held_acks: memo::SessionMemo::new(3_600_000),
         }
     }
 

@@ -287,6 +287,9 @@ impl Node {
             generation: last.generation,
         };
         let missing = usize::from(self.config.replicas).saturating_sub(old.backups.len());
-        self.drop_backups(id, &old).await + missing
+        // A giver whose COPY_ACK was held back still keeps its copy: it must hear the ACK
+        // (and point here, where the id is gone) or it could hand that copy on again.
+        let giver_unsure = usize::from(!self.release_held_ack_now(id).await);
+        self.drop_backups(id, &old).await + missing + giver_unsure
     }
 }
