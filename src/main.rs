@@ -153,6 +153,10 @@ struct NodeArgs {
     /// (protocol.md 11.3).
     #[arg(long, env = "SESSYNC_PEER_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     peer_timeout: Duration,
+    /// With backups: a read of a session not replicated for this long first asks its
+    /// holders whether this node still owns it (protocol.md 12.5). 0s turns it off.
+    #[arg(long, env = "SESSYNC_READ_LEASE", default_value = "2s", value_parser = humantime::parse_duration)]
+    read_lease: Duration,
     /// Seeds to join the cluster through, comma-separated: host:port (a name or an IP
     /// address) or dns:NAME:PORT (every A/AAAA record of NAME, re-resolved every 5 s).
     /// None: a cluster of one, which others may join.
@@ -337,6 +341,7 @@ async fn run_node(args: NodeArgs) -> Result<std::process::ExitCode> {
     config.frame_timeout = args.frame_timeout;
     config.write_timeout = args.write_timeout;
     config.peer_timeout = args.peer_timeout;
+    config.read_lease = args.read_lease;
     let mut seeds = args.join.clone();
     seeds.extend(args.peers.iter().cloned());
     // --peers are the backup candidates until membership has a view (names that do not

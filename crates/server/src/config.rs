@@ -55,6 +55,10 @@ pub struct NodeConfig {
     pub sweep_interval: Duration,
     /// How long a request waits on another node before OWNER_UNREACHABLE.
     pub peer_timeout: Duration,
+    /// The read lease (protocol.md 12.5): how long after a session's last replication
+    /// round its owner serves reads without asking its holders first. Zero: no lease
+    /// (reads never wait, and a superseded owner may serve stale reads until it writes).
+    pub read_lease: Duration,
     /// Most MOVED answers followed for one request.
     pub max_hops: u8,
     /// The cluster's advertised peer addresses (this node's own may be among them): where
@@ -119,6 +123,7 @@ impl NodeConfig {
             limits: Limits::DEFAULT,
             sweep_interval: Duration::from_millis(50),
             peer_timeout: Duration::from_secs(1),
+            read_lease: Duration::from_secs(2),
             max_hops: 3,
             peers: Vec::new(),
             membership: MembershipConfig::default(),

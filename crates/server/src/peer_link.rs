@@ -75,6 +75,10 @@ struct Link {
     was_up: AtomicBool,
     /// Why the last dial failed, for the status page.
     last_error: Mutex<Option<String>>,
+    /// When this peer last left a request of ours unanswered until its deadline, with no
+    /// reply to any later one yet ([`Peers::silent`]): milliseconds since [`Peers::epoch`]
+    /// plus one; 0 when it answered since.
+    silent_since: AtomicU64,
 }
 
 /// One outgoing link as the status page, `/metrics` and STATS show it.
@@ -157,6 +161,8 @@ pub(crate) struct Peers {
     tls: OnceLock<Arc<TlsState>>,
     /// Round trips, refused handshakes and backup failures.
     pub(crate) metrics: LinkMetrics,
+    /// When these links were made: what [`Link::silent_since`] counts from.
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for Peers {
@@ -164,6 +170,21 @@ impl std::fmt::Debug for Peers {
         f.debug_struct("Peers")
             .field("advertise", &self.config.advertise)
             .finish()
+    }
+}
+
+/// Records on `link` whether its peer answered this request ([`Peers::silent`]): one
+/// relaxed load per answered request, a store when it changes. `epoch`: [`Peers::epoch`].
+fn note_silence(epoch: Instant, link: &Link, r: &Result<PeerMessage, LinkError>) {
+    match r {
+        Err(LinkError::Lost) => {
+            let since = epoch.elapsed().as_millis() as u64 + 1;
+            link.silent_since.store(since, Ordering::Relaxed);
+        }
+        Ok(_) if link.silent_since.load(Ordering::Relaxed) != 0 => {
+            link.silent_since.store(0, Ordering::Relaxed);
+        }
+        _ => {}
     }
 }
 
@@ -183,6 +204,7 @@ impl Peers {
             shutdown: CancellationToken::new(),
             tls: OnceLock::new(),
             metrics: LinkMetrics::default(),
+            epoch: Instant::now(),
         }
     }
 
@@ -277,6 +299,7 @@ impl Peers {
                     rtt_us: AtomicU64::new(0),
                     was_up: AtomicBool::new(false),
                     last_error: Mutex::new(None),
+                    silent_since: AtomicU64::new(0),
                 })
             })
             .clone()
@@ -291,7 +314,9 @@ impl Peers {
     ) -> Result<PeerMessage, LinkError> {
         #[cfg(feature = "testing")]
         if let Some((net, me)) = self.sim() {
-            return net.request(me, addr, msg, deadline).await;
+            let r = net.request(me, addr, msg, deadline).await;
+            note_silence(self.epoch, &self.link(addr), &r);
+            return r;
         }
         let started = Instant::now();
         let kind = match &msg {
@@ -302,6 +327,7 @@ impl Peers {
         };
         let link = self.link(addr);
         let r = self.request_on(&link, msg, deadline).await;
+        note_silence(self.epoch, &link, &r);
         let took = started.elapsed();
         let m = &self.metrics;
         match (kind, &r) {
@@ -446,6 +472,19 @@ impl Peers {
                 w.lost();
             }
         }
+    }
+
+    /// Whether `addr` left a request of ours unanswered until its deadline within the last
+    /// `within`, and has answered none since (a paused process, a cut link: its TCP
+    /// connection may still look up). Never waits. A read's lease renewal does not wait
+    /// for such a holder (`Node::renew_read_lease`); an older silence is tried again (the
+    /// link may have healed with nothing sent over it since).
+    pub(crate) fn silent(&self, addr: SocketAddr, within: Duration) -> bool {
+        let since = lock(&self.links)
+            .get(&addr)
+            .map_or(0, |l| l.silent_since.load(Ordering::Relaxed));
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        since != 0 && now.saturating_sub(since) <= within.as_millis() as u64
     }
 
     /// Whether a request to `addr` may get through now: its link is up, or may be dialled

@@ -65,6 +65,8 @@ pub(crate) struct Stats {
     pub(crate) under_replicated_writes: AtomicU64,
     /// Writes answered INDETERMINATE.
     pub(crate) indeterminate: AtomicU64,
+    /// Reads that ran a replication round first: their lease had lapsed (protocol.md 12.5).
+    pub(crate) read_lease_rounds: AtomicU64,
     /// Writes refused with BACKUP_UNAVAILABLE.
     pub(crate) backup_unavailable: AtomicU64,
     /// Sessions this node took over from a backup copy after their owner was gone.
@@ -123,6 +125,7 @@ impl Stats {
             ("replicate_failures".into(), g(&self.replicate_failures)),
             ("under_replicated_writes".into(), g(&self.under_replicated_writes)),
             ("indeterminate".into(), g(&self.indeterminate)),
+            ("read_lease_rounds".into(), g(&self.read_lease_rounds)),
             ("backup_unavailable".into(), g(&self.backup_unavailable)),
             ("promotions".into(), g(&self.promotions)),
             ("backups_promoted".into(), g(&self.backups_promoted)),

@@ -55,29 +55,65 @@ impl Node {
         self.install_copy(from, transfer, record, holders, &[]).await;
     }
 
+    /// The read lease (protocol.md 12.5): whether a read of this session (served here as
+    /// `s`) must first renew it ([`Node::renew_read_lease`]): with replicas, its holders
+    /// last got a replication round from here longer ago than `--read-lease` (and that
+    /// is not zero).
+    pub(super) fn read_lease_lapsed(&self, s: &Served) -> bool {
+        let lease = self.config.read_lease.as_millis() as u64;
+        lease > 0
+            && self.config.replicas > 0
+            && !s.backups.is_empty()
+            && s.meta.last_access_ms.saturating_sub(s.replicated_access_ms) > lease
+    }
+
+    /// Renews the read lease of the session `s` (`id`) with a replication round. A node
+    /// that lost the session without hearing of it (paused, or cut off while a backup
+    /// took it over) learns it there, from a holder that knows the newer owner or the
+    /// session's tombstone, instead of serving its old state for good (simulation seed
+    /// 271). Returns whether the read may be served from here: `false` when the round
+    /// ended the copy here (a newer owner, a tombstone, or handed on meanwhile); the read
+    /// is then run again, and follows. A round that reached no holder keeps the read
+    /// here: reads stay available while the holders are cut off. A holder found silent
+    /// within the last peer timeout ([`Peers::silent`](crate::peer_link::Peers)) is
+    /// not waited for: the round runs in the background (and keeps that finding fresh
+    /// while the holder stays silent) and the read is served, so a paused holder holds
+    /// no read up for a peer timeout (tests/drain.rs, a backup node paused). An older
+    /// finding is tried again: after a heal nothing may have gone over the link since.
+    pub(super) async fn renew_read_lease(&self, id: SessionId, s: &Served) -> bool {
+        Stats::bump(&self.stats.read_lease_rounds);
+        let lately = self.config.peer_timeout;
+        if s.backups.iter().any(|h| self.peers.silent(*h, lately)) {
+            let _ = self.refresh.try_send(id);
+            return true;
+        }
+        matches!(self.replicate(id, &[]).await, Replication::Done(_))
+    }
+
     /// Sends the COPY_ACK held back for `id` ([`Node::receive_copy`]), if any: the copy
     /// installed here now has its backups, or its next owner acknowledged it.
     pub(crate) fn release_held_ack(&self, id: SessionId) {
         if let Some(held) = self.held_acks.take(&id) {
-            tracing::debug!(session = %id, giver = %held.giver, transfer = held.transfer, "sending a COPY_ACK held back until backups took the copy");
-            let ack = PeerMessage::CopyAck {
-                session_id: id,
-                transfer: held.transfer,
-            };
-            self.peers
-                .send_until_ok(held.giver, ack, 3, self.config.peer_timeout);
+            self.send_held_ack(id, held);
         }
+    }
+
+    /// Sends a held COPY_ACK, in the background (up to 3 tries until the giver answers).
+    fn send_held_ack(&self, id: SessionId, held: HeldAck) {
+        tracing::debug!(session = %id, giver = %held.giver, transfer = held.transfer, "sending a COPY_ACK held back until backups took the copy");
+        let ack = PeerMessage::CopyAck {
+            session_id: id,
+            transfer: held.transfer,
+        };
+        self.peers
+            .send_until_ok(held.giver, ack, 3, self.config.peer_timeout);
     }
 
     /// Sends every COPY_ACK held back for `giver`, which announced it is leaving: its
     /// copies go when it exits all the same, and its drain waits for every ACK.
     pub(super) fn release_held_acks_to(&self, giver: SocketAddr) {
         for (id, held) in self.held_acks.take_all(|h| h.giver == giver) {
-            let ack = PeerMessage::CopyAck {
-                session_id: id,
-                transfer: held.transfer,
-            };
-            self.peers.send_until_ok(giver, ack, 3, self.config.peer_timeout);
+            self.send_held_ack(id, held);
         }
     }
 
@@ -93,10 +129,15 @@ impl Node {
             transfer: held.transfer,
         };
         let deadline = Instant::now() + self.config.peer_timeout;
-        matches!(
-            self.peers.request(held.giver, ack, deadline).await,
-            Ok(PeerMessage::Ok)
-        )
+        match self.peers.request(held.giver, ack.clone(), deadline).await {
+            Ok(PeerMessage::Ok) => true,
+            _ => {
+                // Still sent, in the background: unheard, the giver keeps its copy.
+                self.peers
+                    .send_until_ok(held.giver, ack, 3, self.config.peer_timeout);
+                false
+            }
+        }
     }
 
     /// Waits, at most one peer timeout, until the receiver of the copy this node handed
@@ -116,7 +157,9 @@ impl Node {
     /// node's entry had generation `had`: a late COPY_DATA is weighed against it. Bounded
     /// ([`memo::SessionMemo`]): entries older than a minute go first.
     pub(super) fn unanswered_copy(&self, id: SessionId, giver: SocketAddr, had: u64) {
-        self.unanswered_copies
+        // Forgetting one costs a refusal not made (protocol.md 12.4): dropped.
+        let _ = self
+            .unanswered_copies
             .insert(id, UnansweredCopy { giver, had }, now_ms());
     }
 
@@ -157,6 +200,8 @@ impl Node {
         prefer: &[SocketAddr],
         stale: &[SocketAddr],
     ) {
+        // A copy handed over under PROMOTE (`stale` names its giver) is a claim.
+        let claim = !stale.is_empty();
         if transfer == 0 {
             // No handover has generation 0 (protocol.md 11.1): not installed, replicated
             // or acknowledged.
@@ -174,9 +219,12 @@ impl Node {
             .collect();
         // The giver cannot hand its older copy on (nor take it back) once it, or every
         // node that holds its lineage's backups, holds ours: such a claim collides with
-        // our copy there (protocol.md 12.4). Otherwise it must hear our ACK first.
+        // our copy there (protocol.md 12.4). Otherwise it must hear our ACK first, except
+        // while the ACK is held back (below): then the giver may still hand its copy on
+        // to a node that reports us gone, a risk taken so that its copy outlives a crash
+        // of ours.
         let placed = self
-            .protect_and_install(transfer, record, &current, &first, stale)
+            .protect_and_install(transfer, record, &current, &first, stale, claim)
             .await;
         let giver_is_fenced = match &placed {
             Some(backups) => {
@@ -200,14 +248,22 @@ impl Node {
                 && !self.is_leaving(from)
             {
                 tracing::info!(session = %record.id, %from, transfer, confirmed = backups.confirmed.len(), "installed with too few backups; the COPY_ACK waits for them");
-                self.held_acks.insert(
-                    record.id,
-                    HeldAck {
-                        giver: from,
-                        transfer,
-                    },
-                    now_ms(),
+                let held = HeldAck {
+                    giver: from,
+                    transfer,
+                };
+                for (id, forgotten) in self.held_acks.insert(record.id, held, now_ms()) {
+                    self.send_held_ack(id, forgotten);
+                }
+                // Gone here, or the giver leaving, since the install (a DESTROY or a
+                // TAKE on another task in between found nothing held): sent now.
+                let still_ours = matches!(
+                    self.table.locate(&record.id, self.advertise, now_ms()),
+                    Some((sessync_proto::Role::Owner, _))
                 );
+                if !still_ours || self.is_leaving(from) {
+                    self.release_held_ack(record.id);
+                }
                 return;
             }
         }
@@ -253,6 +309,12 @@ impl Node {
     /// is placed again one generation higher (at most [`MAX_CLAIM_BUMPS`] times; 12.3).
     /// Never the failed owner of a failover: it may be alive and cut off, and its holders'
     /// refusal is what keeps a second owner out (seed 168).
+    /// `claim`: a failover's takeover, not a move. A rival claim that placed its copy on
+    /// this node, as a holder, while this one was being placed wins: this node confirmed
+    /// that copy, so its owner may have acknowledged writes on it, and installing over it
+    /// threw them away (seed 168 again, with the read lease: two backups promoted at once,
+    /// each to a different node, and the later claim's install replaced the backup copy
+    /// holding the earlier claim's acknowledged append).
     pub(super) async fn protect_and_install(
         &self,
         generation: u64,
@@ -260,6 +322,7 @@ impl Node {
         current: &[SocketAddr],
         prefer: &[SocketAddr],
         stale: &[SocketAddr],
+        claim: bool,
     ) -> Option<Backups> {
         let id = record.id;
         let mut generation = generation;
@@ -268,6 +331,7 @@ impl Node {
         } else {
             let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
             let _one_at_a_time = self.replication_locks[stripe].lock().await;
+            let before = self.table.locate(&id, self.advertise, now_ms());
             let mut bumps = 0;
             let outcome = loop {
                 let round = self
@@ -299,6 +363,28 @@ impl Node {
                 bumps += 1;
                 generation += 1;
                 tracing::info!(session = %id, %to, generation, "a holder refused the claim on behalf of a node that does not own the session; claiming one generation higher");
+            };
+            // A rival's copy taken here meanwhile, as its holder (see `claim`).
+            let rival = match self.table.locate(&id, self.advertise, now_ms()) {
+                Some((sessync_proto::Role::Backup, o))
+                    if claim
+                        && o != self.advertise
+                        && !stale.contains(&o)
+                        && Some((sessync_proto::Role::Backup, o)) != before =>
+                {
+                    Some(o)
+                }
+                _ => None,
+            };
+            let outcome = match (outcome, rival) {
+                (RoundOutcome::Done(b), Some(to)) => {
+                    tracing::info!(session = %id, %to, generation, "a rival claim placed its copy here while this one was placed; it yields");
+                    let mut placed = b.holders.to_vec();
+                    placed.extend(b.confirmed.iter().filter(|c| !b.holders.contains(c)));
+                    self.spawn_fence(id, generation, placed);
+                    return None;
+                }
+                (outcome, _) => outcome,
             };
             match outcome {
                 RoundOutcome::Done(b) => {
@@ -423,6 +509,9 @@ impl Node {
                     }
                 }
                 self.spawn_fence(id, snap.generation, placed);
+                // Given up here: a giver still keeping its copy for this node must not
+                // hand it on again later (a held COPY_ACK, if any, goes now).
+                self.release_held_ack(id);
                 if self.table.lose_ownership(&id, snap.generation, owner, now_ms()) {
                     Replication::Lost(owner)
                 } else {
@@ -439,6 +528,7 @@ impl Node {
                 }
                 self.spawn_fence(id, snap.generation, placed);
                 tracing::info!(session = %id, generation = snap.generation, "a holder has the session destroyed; ending the copy here");
+                self.release_held_ack(id);
                 let _ = self.table.destroy(&id, now_ms());
                 Replication::NotHere
             }

@@ -200,8 +200,10 @@ impl Node {
                             return Err(FetchError::Destroyed);
                         }
                         LocateAnswer::Entry(_) => {
-                            tracing::debug!(session = %id, %failed, "the owner that answered NOT_FOUND has an entry for it now: no failover");
-                            break 'failover Err(e);
+                            tracing::debug!(session = %id, %failed, "the owner that answered NOT_FOUND has an entry for it now: no failover, asked again");
+                            // A node MOVED named may have installed it since (its silence
+                            // after NOT_FOUND ends a fetch as NOT_FOUND: `Fetch::gave_up_on`).
+                            break 'failover self.copy_chain(id, failed, true, backups).await.0;
                         }
                         // NOT_FOUND (a new process, no entry), or no answer to this LOCATE
                         // after the owner's NOT_FOUND: its backups are asked.
@@ -394,6 +396,7 @@ impl Node {
                 &with_lineage(&claim.holders),
                 backups,
                 &[],
+                true,
             )
             .await;
             // Installed: served here. Not installed: a holder refused the claim. When it
@@ -448,6 +451,13 @@ impl Node {
                     Stats::bump(&self.stats.promotions);
                     self.install_promoted_copy(b, transfer, &record, &with_lineage(&holders), backups)
                         .await;
+                    // Not installed when a rival claim won here meanwhile
+                    // (`protect_and_install`, `claim`): the session lives on there.
+                    if let Some((Role::Backup, owner)) = self.table.locate(&id, self.advertise, now_ms()) {
+                        if owner != self.advertise {
+                            return Some(self.copy_chain(id, owner, true, backups).await.0);
+                        }
+                    }
                     return Some(Ok(Fetched::Installed));
                 }
                 Ok(PeerMessage::Moved { owner, .. }) if owner == self.advertise => {

@@ -9,8 +9,7 @@ use std::sync::Mutex;
 use sessync_proto::SessionId;
 
 /// Most entries kept: past this, entries older than the memo's age limit go, and if it is
-/// still full, all of them (a memory lost is a refusal or an ACK not made, never a wrong
-/// one: each user says what forgetting costs).
+/// still full, all of them; [`SessionMemo::insert`] hands them back.
 const CAPACITY: usize = 4096;
 
 /// One value per session, bounded in count and (when full) in age.
@@ -32,17 +31,28 @@ impl<V: Clone> SessionMemo<V> {
         }
     }
 
-    /// Remembers `value` for `id` at `now_ms`, replacing what was there.
-    pub(super) fn insert(&self, id: SessionId, value: V, now_ms: u64) {
+    /// Remembers `value` for `id` at `now_ms`. Returns what it forgot to make room (the
+    /// oldest entries, or all of them) and the value it replaced for `id`, so that a user
+    /// for whom a forgotten entry is a duty (a COPY_ACK to send) can still do it.
+    pub(super) fn insert(&self, id: SessionId, value: V, now_ms: u64) -> Vec<(SessionId, V)> {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut forgotten = Vec::new();
         if map.len() >= CAPACITY {
-            map.retain(|_, (_, at)| now_ms.saturating_sub(*at) < self.max_age_ms);
+            let old: Vec<SessionId> = map
+                .iter()
+                .filter(|(_, (_, at))| now_ms.saturating_sub(*at) >= self.max_age_ms)
+                .map(|(id, _)| *id)
+                .collect();
+            for old in old {
+                forgotten.extend(map.remove(&old).map(|(v, _)| (old, v)));
+            }
             if map.len() >= CAPACITY {
-                map.clear();
+                forgotten.extend(map.drain().map(|(id, (v, _))| (id, v)));
             }
         }
-        map.insert(id, (value, now_ms));
+        forgotten.extend(map.insert(id, (value, now_ms)).map(|(v, _)| (id, v)));
         self.len.store(map.len(), Ordering::Relaxed);
+        forgotten
     }
 
     /// What is remembered for `id`; kept.
@@ -96,10 +106,19 @@ mod tests {
         for (i, id) in ids.iter().enumerate() {
             // The first half is old by the time the memo is full.
             let at = if i < CAPACITY / 2 { 0 } else { 5000 };
-            memo.insert(*id, i, at);
+            assert!(memo.insert(*id, i, at).is_empty());
         }
         let newest = SessionId::random();
-        memo.insert(newest, 7, 5000);
+        let forgotten = memo.insert(newest, 7, 5000);
+        assert_eq!(forgotten.len(), CAPACITY / 2, "the old half is handed back");
+        assert!(forgotten.iter().all(|(_, v)| *v < CAPACITY / 2));
+        assert_eq!(
+            memo.insert(newest, 8, 5000),
+            vec![(newest, 7)],
+            "a replaced value too"
+        );
+        assert_eq!(memo.take(&newest), Some(8));
+        let _ = memo.insert(newest, 7, 5000);
         assert_eq!(
             memo.get(&ids[0]),
             None,

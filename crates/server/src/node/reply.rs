@@ -132,21 +132,41 @@ impl Node {
     ) -> After {
         let request_id = at.request_id;
         let start = out.len();
-        // `on_session` takes an `Fn` (it may run the read again after a fetch): the
-        // output goes through an uncontended lock, which also keeps the future `Send`.
-        let frame = Mutex::new(&mut *out);
-        let found = self
-            .on_session(token, at.mode, |t, id, now| {
-                t.get_with(id, now, |view| {
-                    let mut o = frame.lock().unwrap_or_else(PoisonError::into_inner);
-                    o.truncate(start);
-                    encode_session_reply_with(&mut o, request_id, &view.meta(), |b| {
-                        view.write_attributes(names, b);
-                    });
-                    view.served()
+        let mut confirm = true;
+        let found = loop {
+            let found = {
+                // `on_session` takes an `Fn` (it may run the read again after a fetch): the
+                // output goes through an uncontended lock, which also keeps the future `Send`.
+                let frame = Mutex::new(&mut *out);
+                self.on_session(token, at.mode, |t, id, now| {
+                    t.get_with(id, now, |view| {
+                        let mut o = frame.lock().unwrap_or_else(PoisonError::into_inner);
+                        o.truncate(start);
+                        encode_session_reply_with(&mut o, request_id, &view.meta(), |b| {
+                            view.write_attributes(names, b);
+                        });
+                        view.served()
+                    })
                 })
-            })
-            .await;
+                .await
+            };
+            match &found {
+                Ok(r) if confirm && self.read_lease_lapsed(&r.value) => {
+                    // LocalOnly may not wait: the read is run again in full.
+                    if at.mode == Mode::LocalOnly {
+                        out.truncate(start);
+                        return After::Defer;
+                    }
+                    if self.renew_read_lease(r.id, &r.value).await {
+                        break found;
+                    }
+                    // Given up here by the lease's round: read again, following the newer
+                    // owner (once: a session fetched back here has a fresh lease).
+                    confirm = false;
+                }
+                _ => break found,
+            }
+        };
         match found {
             Ok(r) => {
                 self.refresh_backups_if_stale(r.id, &r.value);

@@ -65,10 +65,27 @@ impl Node {
 
     /// TOUCH: like GET without the attributes.
     pub(super) async fn touch(&self, at: Reply, token: &str, out: &mut BytesMut) -> After {
-        match self
-            .on_session(token, at.mode, |t, id, now| t.touch(id, now))
-            .await
-        {
+        let mut confirm = true;
+        let found = loop {
+            let found = self
+                .on_session(token, at.mode, |t, id, now| t.touch(id, now))
+                .await;
+            match &found {
+                // As GET (`serve_get`): LocalOnly may not wait; given up here by the
+                // lease's round, the read is run again.
+                Ok(r) if confirm && self.read_lease_lapsed(&r.value) => {
+                    if at.mode == Mode::LocalOnly {
+                        return After::Defer;
+                    }
+                    if self.renew_read_lease(r.id, &r.value).await {
+                        break found;
+                    }
+                    confirm = false;
+                }
+                _ => break found,
+            }
+        };
+        match found {
             Ok(r) => {
                 self.refresh_backups_if_stale(r.id, &r.value);
                 let fresh = self.fresh_token(&r.token, r.value.generation, &r.value.backups);
