@@ -5,7 +5,8 @@
 //!   the token the old owner signed (before the lease, the old owner served its copy until
 //!   the session expired: the simulation's seeds 27 and 271 found it).
 //! - A session written at its new owner is read at the old owner with the new value.
-//! - On a quiet cluster, a read past the lease renews it once; `--read-lease 0s` never.
+//! - On a quiet cluster, a read (GET or TOUCH) past the lease renews it once;
+//!   `--read-lease 0s` never.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -112,9 +113,9 @@ async fn a_paused_owner_does_not_serve_sessions_taken_over_meanwhile_once_its_le
     assert!(stat(&st, "read_lease_rounds") >= 2, "{st:?}");
 }
 
-/// Reads of a session neither written nor moved for longer than the lease, at its owner:
-/// with the default lease each such read runs one replication round first, and with
-/// `--read-lease 0s` none does.
+/// Reads (GET, then TOUCH) of a session neither written nor moved for longer than the
+/// lease, at its owner: with the default lease the first read past it runs one
+/// replication round, and with `--read-lease 0s` none does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_past_the_lease_renews_it_unless_the_lease_is_off() {
     for (flags, renewals) in [(&[][..], true), (&["--read-lease", "0s"][..], false)] {
@@ -132,9 +133,14 @@ async fn a_read_past_the_lease_renews_it_unless_the_lease_is_off() {
             let s = timeout(WAIT, c0.get(&token)).await.unwrap().unwrap();
             assert_eq!(s.attributes.get("x").map(|v| v.as_ref()), Some(&b"1"[..]));
         }
+        // TOUCH is a read too.
+        tokio::time::sleep(PAST_THE_LEASE).await;
+        for _ in 0..2 {
+            timeout(WAIT, c0.touch(&token)).await.unwrap().unwrap();
+        }
         let st = timeout(WAIT, c0.stats()).await.unwrap().unwrap();
-        // The first read renews the lease; the next two are within it.
-        let expected = u64::from(renewals);
+        // The first GET and the first TOUCH renew the lease; the others are within it.
+        let expected = 2 * u64::from(renewals);
         assert_eq!(
             stat(&st, "read_lease_rounds"),
             expected,

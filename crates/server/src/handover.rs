@@ -346,6 +346,45 @@ mod tests {
     }
 
     #[test]
+    fn silence_after_not_found_ends_as_not_found_and_silence_alone_as_unreachable() {
+        let (me, a, b) = (addr(0), addr(1), addr(2));
+        let id = SessionId::random();
+        // A MOVED to b, which answers NOT_FOUND (not installed yet: asked again), then
+        // nothing: the fetch ends as b's NOT_FOUND, which the failover checks with LOCATE.
+        let (mut f, step) = Fetch::new(id, me, a, false, 3);
+        assert!(matches!(step, Step::Ask(to) if to == a));
+        let moved = PeerMessage::Moved {
+            session_id: id,
+            owner: b,
+        };
+        assert!(matches!(f.handle_reply(a, moved), Step::Ask(to) if to == b));
+        let not_found = PeerMessage::NotFound { session_id: id };
+        assert!(matches!(f.handle_reply(b, not_found), Step::AskLater(to) if to == b));
+        assert!(
+            matches!(f.handle_lost(b), Step::Ask(to) if to == b),
+            "asked once more"
+        );
+        let end = f.handle_lost(b);
+        assert!(
+            matches!(&end, Step::Fail(e) if e.not_found() && !e.unreachable()),
+            "{end:?}"
+        );
+        // Silence from a node that never said NOT_FOUND: unreachable, as before.
+        let (mut f, _) = Fetch::new(id, me, a, false, 3);
+        assert!(matches!(f.handle_lost(a), Step::Ask(_)));
+        let end = f.handle_lost(a);
+        assert!(
+            matches!(&end, Step::Fail(e) if e.unreachable() && !e.not_found()),
+            "{end:?}"
+        );
+        // A NOT_FOUND from another node than the silent one does not count for it.
+        let (mut f, _) = Fetch::new(id, me, a, true, 3);
+        let not_found = PeerMessage::NotFound { session_id: id };
+        assert!(matches!(f.handle_reply(a, not_found), Step::AskLater(_)));
+        assert!(matches!(f.gave_up_on(b, FetchError::Silent { owner: b }), Step::Fail(e) if e.unreachable()));
+    }
+
+    #[test]
     fn concurrent_copies_resolve_to_one_owner() {
         let c = Cluster::new(3);
         let (a, b, cc) = (addr(0), addr(1), addr(2));
