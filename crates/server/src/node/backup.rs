@@ -59,12 +59,40 @@ impl Node {
     /// `s`) must first renew it ([`Node::renew_read_lease`]): with replicas, its holders
     /// last got a replication round from here longer ago than `--read-lease` (and that
     /// is not zero).
-    pub(super) fn read_lease_lapsed(&self, s: &Served) -> bool {
+    fn read_lease_lapsed(&self, s: &Served) -> bool {
         let lease = self.config.read_lease.as_millis() as u64;
         lease > 0
             && self.config.replicas > 0
             && !s.backups.is_empty()
             && s.meta.last_access_ms.saturating_sub(s.replicated_access_ms) > lease
+    }
+
+    /// The read lease's step after one pass of a read (GET, TOUCH) that served `found`:
+    /// serve it, defer the request (`LocalOnly` may not wait for a renewal), or read again
+    /// (the renewal ended the copy here; the second pass follows the newer owner and is
+    /// not checked again: a session fetched back here has a fresh lease). `checked`: set
+    /// once this read has renewed the lease.
+    pub(super) async fn read_lease_step(
+        &self,
+        mode: Mode,
+        found: &Result<Resolved<Served>, SessionFailure>,
+        checked: &mut bool,
+    ) -> LeaseStep {
+        let Ok(r) = found else {
+            return LeaseStep::Serve;
+        };
+        if *checked || !self.read_lease_lapsed(&r.value) {
+            return LeaseStep::Serve;
+        }
+        if mode == Mode::LocalOnly {
+            return LeaseStep::Defer;
+        }
+        *checked = true;
+        if self.renew_read_lease(r.id, &r.value).await {
+            LeaseStep::Serve
+        } else {
+            LeaseStep::ReadAgain
+        }
     }
 
     /// Renews the read lease of the session `s` (`id`) with a replication round. A node
@@ -80,7 +108,7 @@ impl Node {
     /// while the holder stays silent) and the read is served, so a paused holder holds
     /// no read up for a peer timeout (tests/drain.rs, a backup node paused). An older
     /// finding is tried again: after a heal nothing may have gone over the link since.
-    pub(super) async fn renew_read_lease(&self, id: SessionId, s: &Served) -> bool {
+    async fn renew_read_lease(&self, id: SessionId, s: &Served) -> bool {
         Stats::bump(&self.stats.read_lease_rounds);
         let lately = self.config.peer_timeout;
         if s.backups.iter().any(|h| self.peers.silent(*h, lately)) {
@@ -129,12 +157,11 @@ impl Node {
             transfer: held.transfer,
         };
         let deadline = Instant::now() + self.config.peer_timeout;
-        match self.peers.request(held.giver, ack.clone(), deadline).await {
+        match self.peers.request(held.giver, ack, deadline).await {
             Ok(PeerMessage::Ok) => true,
             _ => {
                 // Still sent, in the background: unheard, the giver keeps its copy.
-                self.peers
-                    .send_until_ok(held.giver, ack, 3, self.config.peer_timeout);
+                self.send_held_ack(id, held);
                 false
             }
         }

@@ -151,6 +151,17 @@ pub(crate) enum Mode {
     Full,
 }
 
+/// What a read does after one pass, under the read lease ([`Node::read_lease_step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseStep {
+    /// Serve what the pass found.
+    Serve,
+    /// Answer nothing yet: the request is run again in [`Mode::Full`].
+    Defer,
+    /// The copy here was given up: read again.
+    ReadAgain,
+}
+
 /// One node's state, shared by all its connections.
 pub struct Node {
     pub(crate) config: NodeConfig,

@@ -132,7 +132,7 @@ impl Node {
     ) -> After {
         let request_id = at.request_id;
         let start = out.len();
-        let mut confirm = true;
+        let mut checked = false;
         let found = loop {
             let found = {
                 // `on_session` takes an `Fn` (it may run the read again after a fetch): the
@@ -150,21 +150,13 @@ impl Node {
                 })
                 .await
             };
-            match &found {
-                Ok(r) if confirm && self.read_lease_lapsed(&r.value) => {
-                    // LocalOnly may not wait: the read is run again in full.
-                    if at.mode == Mode::LocalOnly {
-                        out.truncate(start);
-                        return After::Defer;
-                    }
-                    if self.renew_read_lease(r.id, &r.value).await {
-                        break found;
-                    }
-                    // Given up here by the lease's round: read again, following the newer
-                    // owner (once: a session fetched back here has a fresh lease).
-                    confirm = false;
+            match self.read_lease_step(at.mode, &found, &mut checked).await {
+                LeaseStep::Serve => break found,
+                LeaseStep::Defer => {
+                    out.truncate(start);
+                    return After::Defer;
                 }
-                _ => break found,
+                LeaseStep::ReadAgain => {}
             }
         };
         match found {

@@ -65,24 +65,15 @@ impl Node {
 
     /// TOUCH: like GET without the attributes.
     pub(super) async fn touch(&self, at: Reply, token: &str, out: &mut BytesMut) -> After {
-        let mut confirm = true;
+        let mut checked = false;
         let found = loop {
             let found = self
                 .on_session(token, at.mode, |t, id, now| t.touch(id, now))
                 .await;
-            match &found {
-                // As GET (`serve_get`): LocalOnly may not wait; given up here by the
-                // lease's round, the read is run again.
-                Ok(r) if confirm && self.read_lease_lapsed(&r.value) => {
-                    if at.mode == Mode::LocalOnly {
-                        return After::Defer;
-                    }
-                    if self.renew_read_lease(r.id, &r.value).await {
-                        break found;
-                    }
-                    confirm = false;
-                }
-                _ => break found,
+            match self.read_lease_step(at.mode, &found, &mut checked).await {
+                LeaseStep::Serve => break found,
+                LeaseStep::Defer => return After::Defer,
+                LeaseStep::ReadAgain => {}
             }
         };
         match found {
