@@ -49,6 +49,8 @@ pub mod op {
     pub const LOCATE: u8 = 0x4A;
     /// EPOCH: which process (node id) answers at this address?
     pub const EPOCH: u8 = 0x4B;
+    /// RETIRE: the session was destroyed or rotated away; keep a tombstone for it.
+    pub const RETIRE: u8 = 0x4C;
     /// AUTH_CHALLENGE: the accepting node's nonce and proof.
     pub const AUTH_CHALLENGE: u8 = 0xC0;
     /// AUTH_OK: the handshake is complete.
@@ -201,6 +203,19 @@ pub enum PeerMessage {
     /// # Format
     /// session id (16), u64 generation.
     Drop {
+        /// The session.
+        session_id: SessionId,
+        /// The sender's generation for the session: a newer owner's copy is kept.
+        generation: u64,
+    },
+    /// Owner -> backup, on DESTROY or ROTATE: the session ended at this generation. Like
+    /// DROP, but what the backup keeps is a tombstone (it answers NOT_FOUND and LOCATE
+    /// "destroyed"), so that the end outlives the owner: a DROP's fence did not, and a
+    /// crash of the owner let a stale copy elsewhere bring the ended session back.
+    ///
+    /// # Format
+    /// session id (16), u64 generation.
+    Retire {
         /// The session.
         session_id: SessionId,
         /// The sender's generation for the session: a newer owner's copy is kept.
@@ -364,6 +379,7 @@ impl Message for PeerMessage {
             PeerMessage::CopyAck { .. } => op::COPY_ACK,
             PeerMessage::Replicate { .. } => op::REPLICATE,
             PeerMessage::Drop { .. } => op::DROP,
+            PeerMessage::Retire { .. } => op::RETIRE,
             PeerMessage::Promote { .. } => op::PROMOTE,
             PeerMessage::Ok => op::OK,
             PeerMessage::Take { .. } => op::TAKE,
@@ -423,6 +439,10 @@ impl Message for PeerMessage {
             PeerMessage::Ping(n) | PeerMessage::Pong(n) => out.put_u64(*n),
             PeerMessage::NotFound { session_id } => out.put_slice(&session_id.0),
             PeerMessage::Drop {
+                session_id,
+                generation,
+            }
+            | PeerMessage::Retire {
                 session_id,
                 generation,
             } => {
@@ -528,6 +548,10 @@ impl Message for PeerMessage {
                 record: SessionRecord::decode(&mut r, limits)?,
             },
             op::DROP => PeerMessage::Drop {
+                session_id: SessionId(r.array()?),
+                generation: r.u64()?,
+            },
+            op::RETIRE => PeerMessage::Retire {
                 session_id: SessionId(r.array()?),
                 generation: r.u64()?,
             },

@@ -446,6 +446,16 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
         ),
     );
     add(
+        "retire",
+        Peer(
+            12,
+            PeerMessage::Retire {
+                session_id: SESSION,
+                generation: 3,
+            },
+        ),
+    );
+    add(
         "promote",
         Peer(
             11,
@@ -658,6 +668,7 @@ fn every_opcode_has_an_example() {
         peer_op::REPLICATE,
         peer_op::DROP,
         peer_op::PROMOTE,
+        peer_op::RETIRE,
         peer_op::AUTH_CHALLENGE,
         peer_op::AUTH_OK,
         peer_op::PONG,
@@ -686,10 +697,10 @@ fn every_opcode_has_an_example() {
         );
     }
     // Opcode constants are distinct within each set, so the lists above really are
-    // 11, 7 and 23 different messages.
+    // 11, 7 and 24 different messages.
     assert_eq!(requests.iter().collect::<BTreeSet<_>>().len(), 11);
     assert_eq!(responses.iter().collect::<BTreeSet<_>>().len(), 7);
-    assert_eq!(peer.iter().collect::<BTreeSet<_>>().len(), 23);
+    assert_eq!(peer.iter().collect::<BTreeSet<_>>().len(), 24);
 }
 
 /// Rows of a markdown table whose first cell satisfies `first`, as trimmed cells.

@@ -554,18 +554,34 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
                 .table
                 .drop_backup(&session_id, peer.advertised, generation, now);
             tracing::debug!(session = %session_id, from = %peer.advertised, generation, ?dropped, "DROP");
-            match dropped {
-                Dropped::Fenced | Dropped::NotHeld => PeerMessage::Ok,
-                Dropped::Newer(owner) => PeerMessage::Moved {
-                    session_id,
-                    owner: if owner.ip().is_unspecified() {
-                        node.advertise
-                    } else {
-                        owner
-                    },
-                },
-            }
+            answer_drop(node, session_id, dropped)
+        }
+        PeerMessage::Retire {
+            session_id,
+            generation,
+        } => {
+            let retired = node
+                .table
+                .retire_backup(&session_id, peer.advertised, generation, now);
+            tracing::debug!(session = %session_id, from = %peer.advertised, generation, ?retired, "RETIRE");
+            answer_drop(node, session_id, retired)
         }
         _ => return None,
     })
+}
+
+/// The answer to a DROP or RETIRE: OK, or MOVED to the newer owner (this node, for the
+/// unspecified address).
+fn answer_drop(node: &crate::Node, session_id: sessync_proto::SessionId, dropped: Dropped) -> PeerMessage {
+    match dropped {
+        Dropped::Fenced | Dropped::NotHeld => PeerMessage::Ok,
+        Dropped::Newer(owner) => PeerMessage::Moved {
+            session_id,
+            owner: if owner.ip().is_unspecified() {
+                node.advertise
+            } else {
+                owner
+            },
+        },
+    }
 }

@@ -729,16 +729,32 @@ impl Node {
     /// Tells `backups` to drop their copies of `id` (those of `generation` or older);
     /// returns how many could not be told.
     pub(super) async fn drop_backups(&self, id: SessionId, old: &OldBackups) -> usize {
+        self.end_backups(id, old, false).await
+    }
+
+    /// [`Node::drop_backups`] for a session destroyed or rotated away here: RETIRE, so
+    /// that the holders keep its tombstone, which outlives this node (protocol.md 10).
+    pub(super) async fn retire_backups(&self, id: SessionId, old: &OldBackups) -> usize {
+        self.end_backups(id, old, true).await
+    }
+
+    /// The body of [`Node::drop_backups`] and [`Node::retire_backups`].
+    async fn end_backups(&self, id: SessionId, old: &OldBackups, ended: bool) -> usize {
         let deadline = Instant::now() + self.config.peer_timeout;
+        let (session_id, generation) = (id, old.generation);
         let replies = futures_util::future::join_all(old.backups.iter().map(|&b| {
-            self.peers.request(
-                b,
+            let message = if ended {
+                PeerMessage::Retire {
+                    session_id,
+                    generation,
+                }
+            } else {
                 PeerMessage::Drop {
-                    session_id: id,
-                    generation: old.generation,
-                },
-                deadline,
-            )
+                    session_id,
+                    generation,
+                }
+            };
+            self.peers.request(b, message, deadline)
         }))
         .await;
         replies

@@ -298,6 +298,6 @@ impl Node {
         // A giver whose COPY_ACK was held back still keeps its copy: it must hear the ACK
         // (and point here, where the id is gone) or it could hand that copy on again.
         let giver_unsure = usize::from(!self.release_held_ack_now(id).await);
-        self.drop_backups(id, &old).await + missing + giver_unsure
+        self.retire_backups(id, &old).await + missing + giver_unsure
     }
 }

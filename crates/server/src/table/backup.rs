@@ -154,6 +154,27 @@ impl Table {
     /// late or stale REPLICATE from that generation is refused rather than stored again.
     /// Returns whether it did.
     pub fn drop_backup(&self, id: &SessionId, owner: SocketAddr, generation: u64, now: u64) -> Dropped {
+        self.end_backup(id, owner, generation, now, false)
+    }
+
+    /// [`Table::drop_backup`] for a session `owner` destroyed or rotated away (RETIRE,
+    /// protocol.md 10): what is left is a tombstone, not a fence, so that the session's
+    /// end outlives the owner (a crash of the owner lost it, and a stale copy elsewhere
+    /// was taken over: simulation seed 153, a rotated-away id taking writes). A kept copy
+    /// of `owner`'s lineage and a fence of its generation become tombstones too.
+    pub fn retire_backup(&self, id: &SessionId, owner: SocketAddr, generation: u64, now: u64) -> Dropped {
+        self.end_backup(id, owner, generation, now, true)
+    }
+
+    /// The body of [`Table::drop_backup`] and [`Table::retire_backup`].
+    fn end_backup(
+        &self,
+        id: &SessionId,
+        owner: SocketAddr,
+        generation: u64,
+        now: u64,
+        ended: bool,
+    ) -> Dropped {
         let shard = self.shard(id);
         // Nothing of the sender's held: the DROP may have overtaken the REPLICATE it
         // retires, which is refused when it lands (`late_fence.rs`; seeds 39 and 51).
@@ -170,9 +191,15 @@ impl Table {
             // A kept copy (`BackupCopy::kept`) holds this node's own state, not the
             // sender's: the sender's DROP (it lost the session too) leaves it, or rivals
             // that yielded to each other fence every copy away (seed 29 without crashes).
-            Entry::Backup(b) if b.owner == owner && b.live.received <= generation && !b.kept => {
+            Entry::Backup(b) if b.owner == owner && b.live.received <= generation && (!b.kept || ended) => {
                 b.live.meta().expires_at_ms().max(now + 1)
             }
+            Entry::Fenced {
+                owner: by,
+                generation: g,
+                until_ms,
+            } if ended && now < *until_ms && *by == owner && *g <= generation => *until_ms,
+            Entry::Destroyed { until_ms } if ended && now < *until_ms => return Dropped::Fenced,
             // A newer owner's copy, or this node owns or handed on the session since: the
             // sender is not the owner any more, and must not report its DESTROY or ROTATE
             // as done (fencing, like a REPLICATE).
@@ -198,12 +225,16 @@ impl Table {
             } if now < *until_ms && *by != owner && *g >= generation => return Dropped::Newer(*by),
             _ => return late(),
         };
-        let fence = Entry::Fenced {
-            owner,
-            generation,
-            until_ms,
+        let end = if ended {
+            Entry::Destroyed { until_ms }
+        } else {
+            Entry::Fenced {
+                owner,
+                generation,
+                until_ms,
+            }
         };
-        self.replace(shard, o.get_mut(), fence);
+        self.replace(shard, o.get_mut(), end);
         Dropped::Fenced
     }
 

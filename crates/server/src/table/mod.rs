@@ -295,7 +295,7 @@ pub struct Claimed {
 /// What a backup did with a DROP: see [`Table::drop_backup`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
-    /// The sender's copy was replaced by a fence.
+    /// The sender's copy was replaced by a fence (a tombstone, for RETIRE).
     Fenced,
     /// No copy of the sender's was held (nothing to do).
     NotHeld,
