@@ -18,7 +18,7 @@
 mod common;
 mod fault;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -174,25 +174,9 @@ async fn wait_members(clients: &[Client], n: usize, dir: &Path) -> Duration {
     }
 }
 
-/// A TCP port number free for TCP and UDP on every one of `ips` (from the OS, then checked).
+/// A port number free for TCP and UDP on every one of `ips` ([`reserve_port`]).
 fn port_free_on(ips: &[IpAddr]) -> u16 {
-    for _ in 0..100 {
-        let first = TcpListener::bind((ips[0], 0)).unwrap();
-        let port = first.local_addr().unwrap().port();
-        let held: Vec<_> = ips
-            .iter()
-            .map(|ip| {
-                (
-                    TcpListener::bind((*ip, port)).ok(),
-                    UdpSocket::bind((*ip, port)).ok(),
-                )
-            })
-            .collect();
-        if held.iter().skip(1).all(|(t, u)| t.is_some() && u.is_some()) && held[0].1.is_some() {
-            return port;
-        }
-    }
-    panic!("no port free on all of {ips:?}");
+    reserve_port(ips, true)
 }
 
 /// The hosts file naming `NAME` for each of `ips`, written in place (the same inode, so
@@ -217,7 +201,7 @@ fn start_named(
     log: &Path,
     filter: Option<&str>,
 ) -> Node {
-    let client = TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap();
+    let client = SocketAddr::new(ip, reserve_port(&[ip], false));
     let mut node = Node::at(client, SocketAddr::new(ip, port));
     node.hosts = Some(hosts.to_path_buf());
     node.log = filter.map(String::from);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,18 +35,12 @@ fn members_json(client: SocketAddr) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-/// `n` distinct port numbers, each free for both TCP and UDP on 127.0.0.1 now (from the
-/// OS; held until all are chosen, so they differ).
+/// `n` distinct port numbers, each free for both TCP and UDP on 127.0.0.1 now
+/// ([`reserve_port`]).
 fn free_ports(n: usize) -> Vec<u16> {
-    let mut held = Vec::new();
-    while held.len() < n {
-        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = t.local_addr().unwrap().port();
-        if let Ok(u) = UdpSocket::bind(("127.0.0.1", port)) {
-            held.push((port, t, u));
-        }
-    }
-    held.into_iter().map(|(p, _, _)| p).collect()
+    (0..n)
+        .map(|_| reserve_port(&[std::net::IpAddr::from([127, 0, 0, 1])], true))
+        .collect()
 }
 
 /// Starts `sessync node` with its client port on an OS-chosen port (not waiting for it).

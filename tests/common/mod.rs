@@ -105,6 +105,53 @@ pub fn ready_line(child: &mut Child) -> String {
     rx.recv_timeout(WAIT).expect("node printed no ready line in time")
 }
 
+/// A port free on every one of `ips` now (for TCP, and for UDP too when `udp`), for a node process a
+/// test must start at an address known in advance (peers name it, a restart reuses it).
+/// Taken from below the kernel's ephemeral range (`ip_local_port_range`), at random:
+/// a port the OS handed out for `bind(0)` and then freed could be given to any outgoing
+/// connection or `bind(0)` of a test running in parallel before the node bound it, and
+/// the node then failed to start ("address already in use": tests/drain.rs, seen three
+/// times in CI-like runs). Never the same port twice in one test process.
+pub fn reserve_port(ips: &[std::net::IpAddr], udp: bool) -> u16 {
+    use rand::Rng;
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(0);
+    // All bound at once (and released together), as a node binds them.
+    let free = |port: u16| {
+        let held: Vec<_> = ips
+            .iter()
+            .map(|ip| {
+                let tcp = std::net::TcpListener::bind((*ip, port)).ok();
+                let udp = if udp {
+                    std::net::UdpSocket::bind((*ip, port)).ok().map(|_| ())
+                } else {
+                    Some(())
+                };
+                tcp.zip(udp)
+            })
+            .collect();
+        held.iter().all(Option::is_some)
+    };
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let port = if ephemeral_low > 12_000 {
+            rng.gen_range(ephemeral_low - 10_000..ephemeral_low)
+        } else {
+            let l = std::net::TcpListener::bind((ips[0], 0)).unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed.contains(&port) && free(port) {
+            handed.push(port);
+            return port;
+        }
+    }
+    panic!("no port free on all of {ips:?}");
+}
+
 /// The address a `ready` line gives for `key` (`client=`, `peer=`, `http=`).
 pub fn ready_field(line: &str, key: &str) -> SocketAddr {
     line.split_whitespace()

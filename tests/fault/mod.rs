@@ -4,7 +4,7 @@
 //! acknowledged; and the check that every acknowledged append survived, in order.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,7 +16,8 @@ use rand::{Rng, SeedableRng};
 use sessync_client::{Client, ClientConfig, ClientError, ErrorCode};
 
 pub fn reserve_addr() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    SocketAddr::new(ip, reserve_port(&[ip], false))
 }
 
 /// One node process at fixed addresses, so that it can be restarted where tokens say it is.
