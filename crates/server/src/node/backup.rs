@@ -7,6 +7,11 @@ use super::*;
 /// acknowledgement ([`Node::handover_acknowledged`]).
 const ACK_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// How many read leases old a session's last replication round may be for a read to skip
+/// waiting for a silent holder ([`Node::renew_read_lease`]); past that it waits (at most
+/// a peer timeout).
+const SILENT_HOLDER_LEASES: u64 = 3;
+
 impl Node {
     /// Installs a session handed over by `from`, places its copy on every node of
     /// `holders` (the giver's backups: they hold older copies of this lineage, which a
@@ -108,10 +113,17 @@ impl Node {
     /// while the holder stays silent) and the read is served, so a paused holder holds
     /// no read up for a peer timeout (tests/drain.rs, a backup node paused). An older
     /// finding is tried again: after a heal nothing may have gone over the link since.
+    /// Only for a session whose last round began within [`SILENT_HOLDER_LEASES`] leases
+    /// of this read: an older copy is what a node paused or cut off for long holds, and it
+    /// must hear from the holders before it serves again (after the heal, its silence
+    /// findings may be its own: its requests timed out while it was stopped).
     async fn renew_read_lease(&self, id: SessionId, s: &Served) -> bool {
         Stats::bump(&self.stats.read_lease_rounds);
         let lately = self.config.peer_timeout;
-        if s.backups.iter().any(|h| self.peers.silent(*h, lately)) {
+        let lease = self.config.read_lease.as_millis() as u64;
+        let recent =
+            s.meta.last_access_ms.saturating_sub(s.replicated_access_ms) <= SILENT_HOLDER_LEASES * lease;
+        if recent && s.backups.iter().any(|h| self.peers.silent(*h, lately)) {
             let _ = self.refresh.try_send(id);
             return true;
         }
