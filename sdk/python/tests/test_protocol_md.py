@@ -161,6 +161,7 @@ PEER_LAYOUTS = {
     0xC6: ("ok", []),
     0x45: ("replicate", [("generation", "u64"), ("record", "record")]),
     0x46: ("drop", [("session_id", 16), ("generation", "u64")]),
+    0x4C: ("retire", [("session_id", 16), ("generation", "u64")]),
     0x47: ("promote", [("session_id", 16), ("last_transfer", "u64"), ("failed_owner", "addr")]),
     0xFF: ("error", [("code", "u16"), ("message", "text")]),
 }
@@ -248,6 +249,7 @@ PEER = {
     "ok": (5, 0xC6, {}),
     "replicate": (9, 0x45, {"generation": 1, "record": RECORD}),
     "drop": (10, 0x46, {"session_id": SESSION, "generation": 1}),
+    "retire": (12, 0x4C, {"session_id": SESSION, "generation": 3}),
     "promote": (11, 0x47, {"session_id": SESSION, "last_transfer": 0, "failed_owner": ("10.0.0.1", 7401)}),
     "peer_error": (2, 0xFF, {"code": 201, "message": "peer proof does not verify"}),
 }
