@@ -1,16 +1,8 @@
 //! Backups: installing a session that became ours behind its replication, REPLICATE
-//! rounds with fencing (every holder must confirm), DROP and fences (protocol.md 12).
+//! rounds with fencing (every holder must confirm), DROP, RETIRE and fences (protocol.md
+//! 12). The read lease and the COPY_ACKs live beside it (`read_lease.rs`, `copy_acks.rs`).
 
 use super::*;
-
-/// How often a write whose session was handed on meanwhile looks for the receiver's
-/// acknowledgement ([`Node::handover_acknowledged`]).
-const ACK_POLL: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// How many read leases old a session's last replication round may be for a read to skip
-/// waiting for a silent holder ([`Node::renew_read_lease`]); past that it waits (at most
-/// a peer timeout).
-const SILENT_HOLDER_LEASES: u64 = 3;
 
 impl Node {
     /// Installs a session handed over by `from`, places its copy on every node of
@@ -58,138 +50,6 @@ impl Node {
             }
         }
         self.install_copy(from, transfer, record, holders, &[]).await;
-    }
-
-    /// The read lease (protocol.md 12.5): whether a read of this session (served here as
-    /// `s`) must first renew it ([`Node::renew_read_lease`]): with replicas, its holders
-    /// last got a replication round from here longer ago than `--read-lease` (and that
-    /// is not zero).
-    fn read_lease_lapsed(&self, s: &Served) -> bool {
-        let lease = self.config.read_lease.as_millis() as u64;
-        lease > 0
-            && self.config.replicas > 0
-            && !s.backups.is_empty()
-            && s.meta.last_access_ms.saturating_sub(s.replicated_access_ms) > lease
-    }
-
-    /// The read lease's step after one pass of a read (GET, TOUCH) that served `found`:
-    /// serve it, defer the request (`LocalOnly` may not wait for a renewal), or read again
-    /// (the renewal ended the copy here; the second pass follows the newer owner and is
-    /// not checked again: a session fetched back here has a fresh lease). `checked`: set
-    /// once this read has renewed the lease.
-    pub(super) async fn read_lease_step(
-        &self,
-        mode: Mode,
-        found: &Result<Resolved<Served>, SessionFailure>,
-        checked: &mut bool,
-    ) -> LeaseStep {
-        let Ok(r) = found else {
-            return LeaseStep::Serve;
-        };
-        if *checked || !self.read_lease_lapsed(&r.value) {
-            return LeaseStep::Serve;
-        }
-        if mode == Mode::LocalOnly {
-            return LeaseStep::Defer;
-        }
-        *checked = true;
-        if self.renew_read_lease(r.id, &r.value).await {
-            LeaseStep::Serve
-        } else {
-            LeaseStep::ReadAgain
-        }
-    }
-
-    /// Renews the read lease of the session `s` (`id`) with a replication round. A node
-    /// that lost the session without hearing of it (paused, or cut off while a backup
-    /// took it over) learns it there, from a holder that knows the newer owner or the
-    /// session's tombstone, instead of serving its old state for good (simulation seed
-    /// 271). Returns whether the read may be served from here: `false` when the round
-    /// ended the copy here (a newer owner, a tombstone, or handed on meanwhile); the read
-    /// is then run again, and follows. A round that reached no holder keeps the read
-    /// here: reads stay available while the holders are cut off. A holder found silent
-    /// within the last peer timeout ([`Peers::silent`](crate::peer_link::Peers)) is
-    /// not waited for: the round runs in the background (and keeps that finding fresh
-    /// while the holder stays silent) and the read is served, so a paused holder holds
-    /// no read up for a peer timeout (tests/drain.rs, a backup node paused). An older
-    /// finding is tried again: after a heal nothing may have gone over the link since.
-    /// Only for a session whose last round began within [`SILENT_HOLDER_LEASES`] leases
-    /// of this read: an older copy is what a node paused or cut off for long holds, and it
-    /// must hear from the holders before it serves again (after the heal, its silence
-    /// findings may be its own: its requests timed out while it was stopped).
-    async fn renew_read_lease(&self, id: SessionId, s: &Served) -> bool {
-        Stats::bump(&self.stats.read_lease_rounds);
-        let lately = self.config.peer_timeout;
-        let lease = self.config.read_lease.as_millis() as u64;
-        let recent =
-            s.meta.last_access_ms.saturating_sub(s.replicated_access_ms) <= SILENT_HOLDER_LEASES * lease;
-        if recent && s.backups.iter().any(|h| self.peers.silent(*h, lately)) {
-            let _ = self.refresh.try_send(id);
-            return true;
-        }
-        matches!(self.replicate(id, &[]).await, Replication::Done(_))
-    }
-
-    /// Sends the COPY_ACK held back for `id` ([`Node::receive_copy`]), if any: the copy
-    /// installed here now has its backups, or its next owner acknowledged it.
-    pub(crate) fn release_held_ack(&self, id: SessionId) {
-        if let Some(held) = self.held_acks.take(&id) {
-            self.send_held_ack(id, held);
-        }
-    }
-
-    /// Sends a held COPY_ACK, in the background (up to 3 tries until the giver answers).
-    fn send_held_ack(&self, id: SessionId, held: HeldAck) {
-        tracing::debug!(session = %id, giver = %held.giver, transfer = held.transfer, "sending a COPY_ACK held back until backups took the copy");
-        let ack = PeerMessage::CopyAck {
-            session_id: id,
-            transfer: held.transfer,
-        };
-        self.peers
-            .send_until_ok(held.giver, ack, 3, self.config.peer_timeout);
-    }
-
-    /// Sends every COPY_ACK held back for `giver`, which announced it is leaving: its
-    /// copies go when it exits all the same, and its drain waits for every ACK.
-    pub(super) fn release_held_acks_to(&self, giver: SocketAddr) {
-        for (id, held) in self.held_acks.take_all(|h| h.giver == giver) {
-            self.send_held_ack(id, held);
-        }
-    }
-
-    /// [`Node::release_held_ack`] for an id that is gone here (destroyed, rotated away),
-    /// waiting for the giver's OK (at most one peer timeout): whether nothing was held or
-    /// the giver confirmed.
-    pub(super) async fn release_held_ack_now(&self, id: SessionId) -> bool {
-        let Some(held) = self.held_acks.take(&id) else {
-            return true;
-        };
-        let ack = PeerMessage::CopyAck {
-            session_id: id,
-            transfer: held.transfer,
-        };
-        let deadline = Instant::now() + self.config.peer_timeout;
-        match self.peers.request(held.giver, ack, deadline).await {
-            Ok(PeerMessage::Ok) => true,
-            _ => {
-                // Still sent, in the background: unheard, the giver keeps its copy.
-                self.send_held_ack(id, held);
-                false
-            }
-        }
-    }
-
-    /// Waits, at most one peer timeout, until the receiver of the copy this node handed
-    /// on from `generation` acknowledges it.
-    async fn handover_acknowledged(&self, id: SessionId, generation: u64) -> bool {
-        let deadline = Instant::now() + self.config.peer_timeout;
-        loop {
-            match self.table.handed_over_from(&id, generation) {
-                Some(true) => return true,
-                Some(false) if Instant::now() < deadline => tokio::time::sleep(ACK_POLL).await,
-                _ => return false,
-            }
-        }
     }
 
     /// Remembers that a COPY for `id` to `giver` got no reply in time, sent while this

@@ -2,10 +2,12 @@
 //! `client_port`; this module turns one decoded request into one reply frame.
 
 mod backup;
+mod copy_acks;
 mod drain;
 mod fetch;
 mod lookup;
 mod memo;
+mod read_lease;
 mod repair;
 mod reply;
 mod requests;

@@ -1,0 +1,73 @@
+//! The COPY_ACKs of handovers: those held back while a copy installed here has too few
+//! backups ([`Node::receive_copy`], protocol.md 12.4), and the giver's wait for the
+//! receiver's ACK before it acknowledges a write that went with the copy.
+
+use super::*;
+
+/// How often a write whose session was handed on meanwhile looks for the receiver's
+/// acknowledgement ([`Node::handover_acknowledged`]).
+const ACK_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+impl Node {
+    /// Sends the COPY_ACK held back for `id` ([`Node::receive_copy`]), if any: the copy
+    /// installed here now has its backups, or its next owner acknowledged it.
+    pub(crate) fn release_held_ack(&self, id: SessionId) {
+        if let Some(held) = self.held_acks.take(&id) {
+            self.send_held_ack(id, held);
+        }
+    }
+
+    /// Sends a held COPY_ACK, in the background (up to 3 tries until the giver answers).
+    pub(super) fn send_held_ack(&self, id: SessionId, held: HeldAck) {
+        tracing::debug!(session = %id, giver = %held.giver, transfer = held.transfer, "sending a COPY_ACK held back until backups took the copy");
+        let ack = PeerMessage::CopyAck {
+            session_id: id,
+            transfer: held.transfer,
+        };
+        self.peers
+            .send_until_ok(held.giver, ack, 3, self.config.peer_timeout);
+    }
+
+    /// Sends every COPY_ACK held back for `giver`, which announced it is leaving: its
+    /// copies go when it exits all the same, and its drain waits for every ACK.
+    pub(super) fn release_held_acks_to(&self, giver: SocketAddr) {
+        for (id, held) in self.held_acks.take_all(|h| h.giver == giver) {
+            self.send_held_ack(id, held);
+        }
+    }
+
+    /// [`Node::release_held_ack`] for an id that is gone here (destroyed, rotated away),
+    /// waiting for the giver's OK (at most one peer timeout): whether nothing was held or
+    /// the giver confirmed.
+    pub(super) async fn release_held_ack_now(&self, id: SessionId) -> bool {
+        let Some(held) = self.held_acks.take(&id) else {
+            return true;
+        };
+        let ack = PeerMessage::CopyAck {
+            session_id: id,
+            transfer: held.transfer,
+        };
+        let deadline = Instant::now() + self.config.peer_timeout;
+        match self.peers.request(held.giver, ack, deadline).await {
+            Ok(PeerMessage::Ok) => true,
+            _ => {
+                // Still sent, in the background: unheard, the giver keeps its copy.
+                self.send_held_ack(id, held);
+                false
+            }
+        }
+    }
+
+    /// Waits, at most one peer timeout, until the receiver of the copy this node handed
+    /// on from `generation` acknowledges it.
+    pub(super) async fn handover_acknowledged(&self, id: SessionId, generation: u64) -> bool {
+        let deadline = Instant::now() + self.config.peer_timeout;
+        loop {
+            match self.table.handed_over_from(&id, generation) {
+                Some(true) => return true,
+                Some(false) if Instant::now() < deadline => tokio::time::sleep(ACK_POLL).await,
+                _ => return false,
+            }
+        }
+    }
+}
