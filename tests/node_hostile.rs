@@ -407,21 +407,6 @@ async fn lying_owner(
     scripted_peer([7; 16], script).await
 }
 
-/// A session record with no attributes, created and last used at `at_ms`.
-fn empty_record(id: sessync_proto::SessionId, at_ms: u64, idle_ttl_ms: u64) -> sessync_proto::SessionRecord {
-    sessync_proto::SessionRecord {
-        id,
-        meta: sessync_proto::SessionMeta {
-            version: 1,
-            created_ms: at_ms,
-            last_access_ms: at_ms,
-            idle_ttl_ms,
-            absolute_deadline_ms: 0,
-        },
-        attributes: Default::default(),
-    }
-}
-
 /// Issue 20, S2: a COPY_DATA with transfer id 0 (which no handover has, protocol.md 11.1)
 /// is not installed, served or acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,24 +67,11 @@ async fn acks_seen(acks_refused: usize) -> usize {
     let giver = scripted_peer(Arc::new(move |m| {
         Some(match m {
             PeerMessage::Ping(n) => PeerMessage::Pong(*n),
-            PeerMessage::Copy { session_id, .. } => {
-                let now = sessync_server::clock::now_ms();
-                PeerMessage::CopyData {
-                    transfer: 1,
-                    holders: Vec::new(),
-                    record: sessync_proto::SessionRecord {
-                        id: *session_id,
-                        meta: sessync_proto::SessionMeta {
-                            version: 1,
-                            created_ms: now,
-                            last_access_ms: now,
-                            idle_ttl_ms: 60_000,
-                            absolute_deadline_ms: 0,
-                        },
-                        attributes: Default::default(),
-                    },
-                }
-            }
+            PeerMessage::Copy { session_id, .. } => PeerMessage::CopyData {
+                transfer: 1,
+                holders: Vec::new(),
+                record: empty_record(*session_id, sessync_server::clock::now_ms(), 60_000),
+            },
             PeerMessage::CopyAck { .. } => {
                 if seen.fetch_add(1, Ordering::SeqCst) < acks_refused {
                     PeerMessage::Error(ErrorReply::new(ErrorCode::Internal, "not now"))

@@ -764,21 +764,7 @@ async fn ask(raw: &mut Raw, msg: PeerMessage) -> PeerMessage {
 async fn retire_leaves_a_tombstone_where_drop_leaves_a_fence() {
     let nodes = cluster(1).await;
     let mut owner = authenticated(nodes[0].peer_addr()).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let record = |id: SessionId| sessync_proto::SessionRecord {
-        id,
-        meta: SessionMeta {
-            version: 1,
-            created_ms: now,
-            last_access_ms: now,
-            idle_ttl_ms: 60_000,
-            absolute_deadline_ms: 0,
-        },
-        attributes: Default::default(),
-    };
+    let record = |id| empty_record(id, sessync_server::clock::now_ms(), 60_000);
     let (retired, dropped) = (SessionId::random(), SessionId::random());
     for id in [retired, dropped] {
         let stored = ask(

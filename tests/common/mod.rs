@@ -152,6 +152,26 @@ pub fn reserve_port(ips: &[std::net::IpAddr], udp: bool) -> u16 {
     panic!("no port free on all of {ips:?}");
 }
 
+/// A session record with no attributes, created and last used at `at_ms`: what a test
+/// playing a peer sends in REPLICATE or COPY_DATA.
+pub fn empty_record(
+    id: sessync_proto::SessionId,
+    at_ms: u64,
+    idle_ttl_ms: u64,
+) -> sessync_proto::SessionRecord {
+    sessync_proto::SessionRecord {
+        id,
+        meta: sessync_proto::SessionMeta {
+            version: 1,
+            created_ms: at_ms,
+            last_access_ms: at_ms,
+            idle_ttl_ms,
+            absolute_deadline_ms: 0,
+        },
+        attributes: Default::default(),
+    }
+}
+
 /// The address a `ready` line gives for `key` (`client=`, `peer=`, `http=`).
 pub fn ready_field(line: &str, key: &str) -> SocketAddr {
     line.split_whitespace()

@@ -549,31 +549,34 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
         PeerMessage::Drop {
             session_id,
             generation,
-        } => {
-            let dropped = node
-                .table
-                .drop_backup(&session_id, peer.advertised, generation, now);
-            tracing::debug!(session = %session_id, from = %peer.advertised, generation, ?dropped, "DROP");
-            answer_drop(node, session_id, dropped)
-        }
+        } => end_backup(node, peer, session_id, generation, now, false),
         PeerMessage::Retire {
             session_id,
             generation,
-        } => {
-            let retired = node
-                .table
-                .retire_backup(&session_id, peer.advertised, generation, now);
-            tracing::debug!(session = %session_id, from = %peer.advertised, generation, ?retired, "RETIRE");
-            answer_drop(node, session_id, retired)
-        }
+        } => end_backup(node, peer, session_id, generation, now, true),
         _ => return None,
     })
 }
 
-/// The answer to a DROP or RETIRE: OK, or MOVED to the newer owner (this node, for the
-/// unspecified address).
-fn answer_drop(node: &crate::Node, session_id: sessync_proto::SessionId, dropped: Dropped) -> PeerMessage {
-    match dropped {
+/// DROP (`retire` false) or RETIRE from `peer`: the table's step, and the answer: OK, or
+/// MOVED to the newer owner (this node, for the unspecified address).
+fn end_backup(
+    node: &crate::Node,
+    peer: &PeerIdentity,
+    session_id: sessync_proto::SessionId,
+    generation: u64,
+    now: u64,
+    retire: bool,
+) -> PeerMessage {
+    let (ended, what) = if retire {
+        let r = node.table.retire_backup(&session_id, peer.advertised, generation, now);
+        (r, "RETIRE")
+    } else {
+        let d = node.table.drop_backup(&session_id, peer.advertised, generation, now);
+        (d, "DROP")
+    };
+    tracing::debug!(session = %session_id, from = %peer.advertised, generation, ?ended, "{what}");
+    match ended {
         Dropped::Fenced | Dropped::NotHeld => PeerMessage::Ok,
         Dropped::Newer(owner) => PeerMessage::Moved {
             session_id,
