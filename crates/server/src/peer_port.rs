@@ -569,10 +569,14 @@ fn end_backup(
     retire: bool,
 ) -> PeerMessage {
     let (ended, what) = if retire {
-        let r = node.table.retire_backup(&session_id, peer.advertised, generation, now);
+        let r = node
+            .table
+            .retire_backup(&session_id, peer.advertised, generation, now);
         (r, "RETIRE")
     } else {
-        let d = node.table.drop_backup(&session_id, peer.advertised, generation, now);
+        let d = node
+            .table
+            .drop_backup(&session_id, peer.advertised, generation, now);
         (d, "DROP")
     };
     tracing::debug!(session = %session_id, from = %peer.advertised, generation, ?ended, "{what}");

@@ -641,7 +641,7 @@ impl Node {
     pub(super) fn refresh_backups_if_stale(&self, id: SessionId, s: &Served) {
         if self.config.replicas > 0
             && !s.backups.is_empty()
-            && s.meta.last_access_ms.saturating_sub(s.replicated_access_ms) > s.meta.idle_ttl_ms / 4
+            && s.replication_lag_ms() > s.meta.idle_ttl_ms / 4
         {
             let _ = self.refresh.try_send(id);
         }

@@ -16,10 +16,7 @@ impl Node {
     /// is not zero).
     fn read_lease_lapsed(&self, s: &Served) -> bool {
         let lease = self.config.read_lease.as_millis() as u64;
-        lease > 0
-            && self.config.replicas > 0
-            && !s.backups.is_empty()
-            && s.meta.last_access_ms.saturating_sub(s.replicated_access_ms) > lease
+        lease > 0 && self.config.replicas > 0 && !s.backups.is_empty() && s.replication_lag_ms() > lease
     }
 
     /// The read lease's step after one pass of a read (GET, TOUCH) that served `found`:
@@ -71,8 +68,7 @@ impl Node {
         Stats::bump(&self.stats.read_lease_rounds);
         let lately = self.config.peer_timeout;
         let lease = self.config.read_lease.as_millis() as u64;
-        let recent =
-            s.meta.last_access_ms.saturating_sub(s.replicated_access_ms) <= SILENT_HOLDER_LEASES * lease;
+        let recent = s.replication_lag_ms() <= SILENT_HOLDER_LEASES * lease;
         if recent && s.backups.iter().any(|h| self.peers.silent(*h, lately)) {
             let _ = self.refresh.try_send(id);
             return true;

@@ -379,6 +379,14 @@ pub struct Served {
     pub replicated_access_ms: u64,
 }
 
+impl Served {
+    /// How far the backups' access time lags the live one (ms): what the read lease and
+    /// the backups' access-time refresh measure.
+    pub fn replication_lag_ms(&self) -> u64 {
+        self.meta.last_access_ms.saturating_sub(self.replicated_access_ms)
+    }
+}
+
 #[derive(Default)]
 struct ShardStats {
     live: AtomicUsize,
