@@ -125,6 +125,23 @@ impl Node {
         let placed = self
             .protect_and_install(transfer, record, &current, &first, stale, claim)
             .await;
+        // A holder named a newer owner (not the giver): the copy is kept here below that
+        // owner's generation (protocol.md 12.2), not installed. Not acknowledged: the
+        // giver acknowledges a write that went only into this copy once it hears the ACK
+        // (12.2 step 2), and the lineage that lives on lacks it (simulation seed 1104
+        // without crashes: the ACK of a copy kept this way acknowledged an append that
+        // the rival claim's lineage, which went on, did not have). The giver keeps its
+        // copy, handing the session here, and requests follow the kept copy's owner.
+        if placed.is_none() {
+            if let Some((sessync_proto::Role::Backup, owner)) =
+                self.table.locate(&record.id, self.advertise, now_ms())
+            {
+                if owner != from && owner != self.advertise {
+                    tracing::info!(session = %record.id, %from, %owner, transfer, "the copy lost to a newer owner at a holder; kept, not acknowledged");
+                    return;
+                }
+            }
+        }
         let giver_is_fenced = match &placed {
             Some(backups) => {
                 backups.confirmed.contains(&from)
