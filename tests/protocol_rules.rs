@@ -8,95 +8,19 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use common::raw_peer::{authenticated, raw_frame, Raw};
 use common::*;
 use sessync_proto::{
-    decode_frame, peer_op, write_frame, Attributes, Dialler, ErrorCode, Frame, Limits, Message, PeerMessage,
-    Request, Response, SessionId, SessionMeta, Token, MAX_HANDSHAKE_FRAME_LEN, OP_ERROR,
+    decode_frame, peer_op, Attributes, Dialler, ErrorCode, Limits, Message, PeerMessage, Request, Response,
+    SessionMeta, Token, MAX_HANDSHAKE_FRAME_LEN, OP_ERROR,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
 const DOC: &str = include_str!("../protocol.md");
-
-/// One raw connection: frames out, frames in, every wait bounded.
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-    /// The longest frame this side accepts (115 to read like a dialler in the handshake).
-    max: u32,
-}
-
-impl Raw {
-    async fn connect(addr: SocketAddr) -> Raw {
-        let stream = timeout(WAIT, TcpStream::connect(addr)).await.unwrap().unwrap();
-        Raw {
-            stream,
-            buf: BytesMut::new(),
-            max: 1 << 24,
-        }
-    }
-
-    async fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    async fn send<M: Message>(&mut self, request_id: u64, msg: &M) {
-        let mut out = BytesMut::new();
-        msg.encode_frame(request_id, &mut out);
-        self.send_bytes(&out).await;
-    }
-
-    /// The next frame, or `None` once the node closed the connection.
-    async fn next(&mut self) -> Option<Frame> {
-        loop {
-            match decode_frame(&mut self.buf, self.max) {
-                Ok(Some(f)) => return Some(f),
-                Ok(None) => {}
-                Err(e) => panic!("the node sent an invalid frame (limit {}): {e}", self.max),
-            }
-            match timeout(WAIT, self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("no frame and no close in time")
-            {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// The next client-port reply, which must answer `request_id`.
-    async fn reply(&mut self, request_id: u64) -> Response {
-        let f = self.next().await.expect("the node closed the connection");
-        assert_eq!(f.request_id, request_id, "a reply to another request");
-        Response::decode_frame(&f, &Limits::DEFAULT).unwrap()
-    }
-
-    /// Exactly one ERROR frame, then the close: its (request id, code).
-    async fn error_then_close(&mut self, what: &str) -> (u64, ErrorCode) {
-        let f = self
-            .next()
-            .await
-            .unwrap_or_else(|| panic!("{what}: closed without an ERROR"));
-        assert_eq!(f.opcode, OP_ERROR, "{what}: opcode {:#04x}", f.opcode);
-        let code = match PeerMessage::decode_frame(&f, &Limits::DEFAULT).unwrap() {
-            PeerMessage::Error(e) => e.code,
-            other => panic!("{what}: {other:?}"),
-        };
-        assert!(self.next().await.is_none(), "{what}: more frames after the ERROR");
-        (f.request_id, code)
-    }
-}
-
-fn raw_frame(opcode: u8, request_id: u64, body: &[u8]) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    write_frame(&mut out, opcode, request_id, |b| b.put_slice(body));
-    out.to_vec()
-}
 
 fn error_code(r: &Response) -> Option<ErrorCode> {
     match r {
@@ -117,21 +41,6 @@ fn attrs_of(pairs: &[(&str, &[u8])]) -> Attributes {
         .iter()
         .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v)))
         .collect()
-}
-
-/// Completes the handshake as a dialler with the cluster secret.
-async fn authenticated(peer: SocketAddr) -> Raw {
-    let mut raw = Raw::connect(peer).await;
-    let me: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let (dialler, hello) = Dialler::start(keys(), SessionId::random().0, me);
-    raw.send(1, &hello).await;
-    let f = raw.next().await.unwrap();
-    let challenge = PeerMessage::decode_frame(&f, &Limits::DEFAULT).unwrap();
-    let (_, proof) = dialler.handle_challenge(challenge).unwrap();
-    raw.send(2, &proof).await;
-    let f = raw.next().await.unwrap();
-    assert_eq!(f.opcode, peer_op::AUTH_OK);
-    raw
 }
 
 // ---------------------------------------------------------------------------------------
@@ -740,107 +649,5 @@ async fn the_stats_example_shows_counters_a_node_reports() {
             "protocol.md's STATS example shows {name:?}, which the node does not report: {reported:?}"
         );
     }
-    stop(nodes).await;
-}
-
-// ---------------------------------------------------------------------------------------
-// 10 and 12.2: RETIRE leaves a tombstone, DROP a fence
-// ---------------------------------------------------------------------------------------
-
-/// Sends one peer request and returns its decoded reply.
-async fn ask(raw: &mut Raw, msg: PeerMessage) -> PeerMessage {
-    raw.send(77, &msg).await;
-    let f = raw.next().await.unwrap();
-    assert_eq!(f.request_id, 77);
-    PeerMessage::decode_frame(&f, &Limits::DEFAULT).unwrap()
-}
-
-/// A backup told RETIRE by the owner of its copy keeps a tombstone: LOCATE answers
-/// "destroyed", and no copy of that session is stored again, from that owner or any
-/// other (what lets the end of a session outlive a crash of its owner). A DROP leaves a
-/// fence instead, which a newer generation passes. Checked: with RETIRE handled as DROP,
-/// the tombstone assertions fail.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retire_leaves_a_tombstone_where_drop_leaves_a_fence() {
-    let nodes = cluster(1).await;
-    let mut owner = authenticated(nodes[0].peer_addr()).await;
-    let record = |id| empty_record(id, sessync_server::clock::now_ms(), 60_000);
-    let (retired, dropped) = (SessionId::random(), SessionId::random());
-    for id in [retired, dropped] {
-        let stored = ask(
-            &mut owner,
-            PeerMessage::Replicate {
-                generation: 1,
-                record: record(id),
-            },
-        )
-        .await;
-        assert_eq!(stored, PeerMessage::Ok);
-    }
-    let end = ask(
-        &mut owner,
-        PeerMessage::Retire {
-            session_id: retired,
-            generation: 1,
-        },
-    )
-    .await;
-    assert_eq!(end, PeerMessage::Ok);
-    let end = ask(
-        &mut owner,
-        PeerMessage::Drop {
-            session_id: dropped,
-            generation: 1,
-        },
-    )
-    .await;
-    assert_eq!(end, PeerMessage::Ok);
-
-    // The retired session: a tombstone, to LOCATE and to any later copy.
-    match ask(&mut owner, PeerMessage::Locate { session_id: retired }).await {
-        PeerMessage::Located { role, .. } => assert_eq!(role, sessync_proto::Role::Destroyed),
-        other => panic!("LOCATE of a retired session: {other:?}"),
-    }
-    let again = ask(
-        &mut owner,
-        PeerMessage::Replicate {
-            generation: 2,
-            record: record(retired),
-        },
-    )
-    .await;
-    assert_eq!(again, PeerMessage::NotFound { session_id: retired });
-    let mut other = authenticated(nodes[0].peer_addr()).await;
-    let rival = ask(
-        &mut other,
-        PeerMessage::Replicate {
-            generation: 5,
-            record: record(retired),
-        },
-    )
-    .await;
-    assert_eq!(rival, PeerMessage::NotFound { session_id: retired });
-
-    // The dropped one: a fence, which the next generation passes.
-    let located = ask(&mut owner, PeerMessage::Locate { session_id: dropped }).await;
-    assert!(
-        !matches!(
-            located,
-            PeerMessage::Located {
-                role: sessync_proto::Role::Destroyed,
-                ..
-            }
-        ),
-        "a DROP left a tombstone: {located:?}"
-    );
-    let next = ask(
-        &mut owner,
-        PeerMessage::Replicate {
-            generation: 2,
-            record: record(dropped),
-        },
-    )
-    .await;
-    assert_eq!(next, PeerMessage::Ok);
     stop(nodes).await;
 }
