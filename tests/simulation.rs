@@ -62,9 +62,11 @@ const STILL_FAILING: &[u64] = &[15, 31, 76, 94, 163];
 /// took, acknowledged it (its giver dropped its copy) and crashed: the COPY_ACK is now held
 /// back until backups take the copy. 153: a rotated-away id took writes after its owner
 /// crashed, which alone remembered that it ended: DESTROY and ROTATE now send RETIRE,
-/// which leaves a tombstone at the holders.
+/// which leaves a tombstone at the holders. 403: a copy refused as not newer (a PROMOTE's
+/// copy of the same generation was installed first) was acknowledged, and its giver
+/// acknowledged an append only it had: such a copy is answered COPY_REFUSED.
 const FIXED_SEEDS: &[u64] = &[
-    22, 25, 39, 51, 57, 59, 106, 111, 128, 135, 153, 158, 168, 190, 233, 468,
+    22, 25, 39, 51, 57, 59, 106, 111, 128, 135, 153, 158, 168, 190, 233, 403, 468,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.
@@ -75,7 +77,7 @@ const FIXED_SEEDS: &[u64] = &[
 /// climbed past a refusal from the backup that handed it its copy, which owned the
 /// session again. 1104: a moved copy that a holder refused (it held a rival claim's) was
 /// kept, not installed, but still acknowledged, and its giver acknowledged an append
-/// that only that copy held: such a copy is no longer acknowledged.
+/// that only that copy held: such a copy is answered COPY_REFUSED.
 const FIXED_SEEDS_WITHOUT_CRASHES: &[u64] = &[13, 121, 208, 418, 1026, 1032, 1104];
 
 /// The seeds `cargo test` runs: 0 to 19 but those in [`STILL_FAILING`], and

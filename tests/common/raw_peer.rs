@@ -1,5 +1,5 @@
 //! A raw peer or client connection for tests that speak the wire protocol byte by byte
-//! (tests/protocol_rules.rs, tests/peer_retire.rs): frames out, frames in, every wait
+//! (tests/protocol_rules.rs, tests/peer_endings.rs): frames out, frames in, every wait
 //! bounded by [`super::WAIT`].
 
 use std::net::SocketAddr;

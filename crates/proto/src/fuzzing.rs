@@ -276,7 +276,7 @@ fn is_client_response(op: u8) -> bool {
 }
 
 fn is_peer(op: u8) -> bool {
-    (crate::peer::op::AUTH_HELLO..=crate::peer::op::RETIRE).contains(&op)
+    (crate::peer::op::AUTH_HELLO..=crate::peer::op::COPY_REFUSED).contains(&op)
         || (crate::peer::op::AUTH_CHALLENGE..=crate::peer::op::EPOCH_IS).contains(&op)
         || op == crate::OP_ERROR
 }

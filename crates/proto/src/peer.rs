@@ -51,6 +51,9 @@ pub mod op {
     pub const EPOCH: u8 = 0x4B;
     /// RETIRE: the session was destroyed or rotated away; keep a tombstone for it.
     pub const RETIRE: u8 = 0x4C;
+    /// COPY_REFUSED: the asker did not install the session; stop offering it, and
+    /// acknowledge nothing that went only into it.
+    pub const COPY_REFUSED: u8 = 0x4D;
     /// AUTH_CHALLENGE: the accepting node's nonce and proof.
     pub const AUTH_CHALLENGE: u8 = 0xC0;
     /// AUTH_OK: the handshake is complete.
@@ -182,6 +185,19 @@ pub enum PeerMessage {
         /// The session.
         session_id: SessionId,
         /// The transfer id of the COPY_DATA installed.
+        transfer: u64,
+    },
+    /// The asker did not install the session from COPY_DATA as its live copy (a holder
+    /// named a newer owner, or it had installed another copy of that generation first):
+    /// the old owner stops offering it, as on COPY_ACK, but acknowledges no write that
+    /// went only into it.
+    ///
+    /// # Format
+    /// session id (16), u64 transfer (from the COPY_DATA).
+    CopyRefused {
+        /// The session.
+        session_id: SessionId,
+        /// The transfer id of the COPY_DATA refused.
         transfer: u64,
     },
     /// Owner -> backup: store (or replace) this copy of a session the sender owns.
@@ -380,6 +396,7 @@ impl Message for PeerMessage {
             PeerMessage::Replicate { .. } => op::REPLICATE,
             PeerMessage::Drop { .. } => op::DROP,
             PeerMessage::Retire { .. } => op::RETIRE,
+            PeerMessage::CopyRefused { .. } => op::COPY_REFUSED,
             PeerMessage::Promote { .. } => op::PROMOTE,
             PeerMessage::Ok => op::OK,
             PeerMessage::Take { .. } => op::TAKE,
@@ -486,7 +503,8 @@ impl Message for PeerMessage {
                 out.put_slice(&session_id.0);
                 put_addr(out, owner);
             }
-            PeerMessage::CopyAck { session_id, transfer } => {
+            PeerMessage::CopyAck { session_id, transfer }
+            | PeerMessage::CopyRefused { session_id, transfer } => {
                 out.put_slice(&session_id.0);
                 out.put_u64(*transfer);
             }
@@ -540,6 +558,10 @@ impl Message for PeerMessage {
                 session_id: SessionId(r.array()?),
             },
             op::COPY_ACK => PeerMessage::CopyAck {
+                session_id: SessionId(r.array()?),
+                transfer: r.u64()?,
+            },
+            op::COPY_REFUSED => PeerMessage::CopyRefused {
                 session_id: SessionId(r.array()?),
                 transfer: r.u64()?,
             },

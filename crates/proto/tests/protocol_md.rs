@@ -456,6 +456,16 @@ fn frame_examples() -> BTreeMap<&'static str, Expected> {
         ),
     );
     add(
+        "copy_refused",
+        Peer(
+            13,
+            PeerMessage::CopyRefused {
+                session_id: SESSION,
+                transfer: 0x0123_4567_89ab_cdef,
+            },
+        ),
+    );
+    add(
         "promote",
         Peer(
             11,

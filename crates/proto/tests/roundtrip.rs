@@ -382,7 +382,7 @@ fn each_side_rejects_the_other_sides_opcodes() {
     for opcode in 0..=u8::MAX {
         let is_request = (0x01..=0x0b).contains(&opcode);
         let is_response = (0x81..=0x86).contains(&opcode) || opcode == 0xff;
-        let is_peer = (0x40..=0x4c).contains(&opcode) || (0xc0..=0xc9).contains(&opcode) || opcode == 0xff;
+        let is_peer = (0x40..=0x4d).contains(&opcode) || (0xc0..=0xc9).contains(&opcode) || opcode == 0xff;
         let unknown = |e: Option<sessync_proto::DecodeError>| matches!(e, Some(sessync_proto::DecodeError::UnknownOpcode(op)) if op == opcode);
         assert_eq!(
             unknown(Request::decode_body(opcode, &empty, &limits).err()),

@@ -511,6 +511,14 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             }
             PeerMessage::Ok
         }
+        PeerMessage::CopyRefused { session_id, transfer } => {
+            // A COPY_ACK held back here stays held: the copy it would retire at this
+            // node's giver is now the newest one this node knows was placed.
+            if let Some(old) = node.table.refuse_handover(&session_id, *peer, transfer, now) {
+                node.spawn_drop_backups(session_id, old);
+            }
+            PeerMessage::Ok
+        }
         // Leaving, lookups and repair (node/drain.rs): a leaving node takes no new copy.
         m @ PeerMessage::Replicate { .. } if matches!(&m, PeerMessage::Replicate { record, .. } if node.refuses_new_copy(peer, &record.id)) => {
             node.elastic_request(peer, m)

@@ -140,6 +140,7 @@ const PEER_LAYOUTS = {
   0x45: [['generation', 'u64'], ['record', 'record']],
   0x46: [['session_id', 16], ['generation', 'u64']],
   0x4c: [['session_id', 16], ['generation', 'u64']],
+  0x4d: [['session_id', 16], ['transfer', 'u64']],
   0x47: [['session_id', 16], ['last_transfer', 'u64'], ['failed_owner', 'addr']],
   0xff: [['code', 'u16'], ['message', 'text']],
 };
@@ -202,6 +203,7 @@ const PEER = {
   replicate: [9, 0x45, { generation: 1n, record: RECORD }],
   drop: [10, 0x46, { session_id: SESSION, generation: 1n }],
   retire: [12, 0x4c, { session_id: SESSION, generation: 3n }],
+  copy_refused: [13, 0x4d, { session_id: SESSION, transfer: TRANSFER }],
   promote: [11, 0x47, { session_id: SESSION, last_transfer: 0n, failed_owner: ['10.0.0.1', 7401] }],
   peer_error: [2, 0xff, { code: 201, message: 'peer proof does not verify' }],
 };

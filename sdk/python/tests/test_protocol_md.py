@@ -162,6 +162,7 @@ PEER_LAYOUTS = {
     0x45: ("replicate", [("generation", "u64"), ("record", "record")]),
     0x46: ("drop", [("session_id", 16), ("generation", "u64")]),
     0x4C: ("retire", [("session_id", 16), ("generation", "u64")]),
+    0x4D: ("copy_refused", [("session_id", 16), ("transfer", "u64")]),
     0x47: ("promote", [("session_id", 16), ("last_transfer", "u64"), ("failed_owner", "addr")]),
     0xFF: ("error", [("code", "u16"), ("message", "text")]),
 }
@@ -250,6 +251,7 @@ PEER = {
     "replicate": (9, 0x45, {"generation": 1, "record": RECORD}),
     "drop": (10, 0x46, {"session_id": SESSION, "generation": 1}),
     "retire": (12, 0x4C, {"session_id": SESSION, "generation": 3}),
+    "copy_refused": (13, 0x4D, {"session_id": SESSION, "transfer": TRANSFER}),
     "promote": (11, 0x47, {"session_id": SESSION, "last_transfer": 0, "failed_owner": ("10.0.0.1", 7401)}),
     "peer_error": (2, 0xFF, {"code": 201, "message": "peer proof does not verify"}),
 }

@@ -122,26 +122,51 @@ impl Node {
         // while the ACK is held back (below): then the giver may still hand its copy on
         // to a node that reports us gone, a risk taken so that its copy outlives a crash
         // of ours.
-        let placed = self
+        let landed = self
             .protect_and_install(transfer, record, &current, &first, stale, claim)
             .await;
-        // A holder named a newer owner (not the giver): the copy is kept here below that
-        // owner's generation (protocol.md 12.2), not installed. Not acknowledged: the
-        // giver acknowledges a write that went only into this copy once it hears the ACK
-        // (12.2 step 2), and the lineage that lives on lacks it (simulation seed 1104
-        // without crashes: the ACK of a copy kept this way acknowledged an append that
-        // the rival claim's lineage, which went on, did not have). The giver keeps its
-        // copy, handing the session here, and requests follow the kept copy's owner.
-        if placed.is_none() {
-            if let Some((sessync_proto::Role::Backup, owner)) =
-                self.table.locate(&record.id, self.advertise, now_ms())
-            {
-                if owner != from && owner != self.advertise {
-                    tracing::info!(session = %record.id, %from, %owner, transfer, "the copy lost to a newer owner at a holder; kept, not acknowledged");
-                    return;
-                }
+        // A copy not installed as the live session is answered COPY_REFUSED, not COPY_ACK,
+        // when the giver would take the ACK for more than "stop offering it": the giver
+        // acknowledges a write that went only into this copy once it hears the ACK
+        // (protocol.md 12.2 step 2), and what lives on here does not have it. The refusal
+        // ends the handover at the giver all the same (a giver left handing over keeps a
+        // stale copy that can come back: seed 3642). Two cases:
+        // - a holder named a newer owner (not the giver): the copy is kept here below
+        //   that owner's generation (12.2). Simulation seed 1104 without crashes: the ACK
+        //   of a copy kept this way acknowledged an append that the rival claim's lineage,
+        //   which went on, did not have.
+        // - another copy of this generation was installed here first (another request's
+        //   fetch, a failover's PROMOTE), so this one is refused as not newer. Simulation
+        //   seed 403: a promoted backup copy was installed, then the live owner's copy of
+        //   the same generation was refused but acknowledged, and its append was lost.
+        let refused = PeerMessage::CopyRefused {
+            session_id: record.id,
+            transfer,
+        };
+        let placed = match landed {
+            Landed::Owner(placed) => placed,
+            // Without backups a write is acknowledged without waiting for any ACK.
+            Landed::NotNewer if self.config.replicas == 0 => None,
+            Landed::NotNewer => {
+                tracing::info!(session = %record.id, %from, transfer, "another copy of this generation was installed here first; this one is refused");
+                self.peers
+                    .send_until_ok(from, refused, 3, self.config.peer_timeout);
+                return;
             }
-        }
+            Landed::Elsewhere => {
+                if let Some((sessync_proto::Role::Backup, owner)) =
+                    self.table.locate(&record.id, self.advertise, now_ms())
+                {
+                    if owner != from && owner != self.advertise {
+                        tracing::info!(session = %record.id, %from, %owner, transfer, "the copy lost to a newer owner at a holder; kept, and refused");
+                        self.peers
+                            .send_until_ok(from, refused, 3, self.config.peer_timeout);
+                        return;
+                    }
+                }
+                None
+            }
+        };
         let giver_is_fenced = match &placed {
             Some(backups) => {
                 backups.confirmed.contains(&from)
@@ -217,7 +242,8 @@ impl Node {
     /// replicas, its copy goes to backups (preferring `prefer`) *before* it is installed,
     /// so no request is served from it unprotected and every reply's token names its
     /// backups; a node that answers with a newer owner makes it a forwarding tombstone
-    /// instead. Returns the backups (`None`: no replication, or not installed).
+    /// instead. Returns where the copy landed (installed: with its backups, `None`
+    /// without replication).
     /// `current` are nodes that must take the copy (they hold older ones of this lineage).
     /// `stale`: nodes known not to own the session (the holder that handed its copy over
     /// under PROMOTE; this node always): a holder that names one of them as the newer
@@ -239,7 +265,7 @@ impl Node {
         prefer: &[SocketAddr],
         stale: &[SocketAddr],
         claim: bool,
-    ) -> Option<Backups> {
+    ) -> Landed {
         let id = record.id;
         let mut generation = generation;
         let (landing_backups, superseded) = if self.config.replicas == 0 {
@@ -298,7 +324,7 @@ impl Node {
                     let mut placed = b.holders.to_vec();
                     placed.extend(b.confirmed.iter().filter(|c| !b.holders.contains(c)));
                     self.spawn_fence(id, generation, placed);
-                    return None;
+                    return Landed::Elsewhere;
                 }
                 (outcome, _) => outcome,
             };
@@ -328,9 +354,10 @@ impl Node {
         match self.table.install_as(record, generation, landing, now_ms()) {
             Ok(true) if superseded.is_none() => {
                 Stats::bump(&self.stats.copies_received);
-                landing_backups
+                Landed::Owner(landing_backups)
             }
-            _ => None,
+            Ok(false) if superseded.is_none() => Landed::NotNewer,
+            _ => Landed::Elsewhere,
         }
     }
 

@@ -54,6 +54,17 @@ enum Start {
     Failover(SocketAddr),
 }
 
+/// Where a copy that became this node's ended ([`Node::protect_and_install`]).
+enum Landed {
+    /// Installed as the live session, with these backups (`None` without replication).
+    Owner(Option<Backups>),
+    /// Not installed: this node already has this generation or a newer one.
+    NotNewer,
+    /// Not installed as the live session: kept below a newer owner, a tombstone here or
+    /// at a holder, or a rival claim won here.
+    Elsewhere,
+}
+
 /// How replicating a session's current state to its backups went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Replication {

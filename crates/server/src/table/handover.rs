@@ -283,6 +283,44 @@ impl Table {
         }
     }
 
+    /// COPY_REFUSED from `requester`: it did not install the copy handed to it under
+    /// `transfer` as its live session (protocol.md 12.4). The handover ends as on
+    /// COPY_ACK (the entry forwards to `requester`, and the old backups are returned to be
+    /// dropped), but the forwarding entry remembers one generation less, so
+    /// [`Table::handed_over_from`] does not count the handover as placed: a write that
+    /// went only into the refused copy is not acknowledged.
+    pub fn refuse_handover(
+        &self,
+        id: &SessionId,
+        requester: PeerIdentity,
+        transfer: u64,
+        now: u64,
+    ) -> Option<OldBackups> {
+        let (requester_node, requester) = (requester.node_id, requester.advertised);
+        let shard = self.shard(id);
+        let mut r = shard.map.get_mut(id)?;
+        let t = match r.value() {
+            Entry::HandingOver(h)
+                if h.to == requester && h.to_node == requester_node && h.transfer == transfer =>
+            {
+                Entry::Forwarded {
+                    to: requester,
+                    until_ms: h.live.meta().expires_at_ms().max(now + 1),
+                    received: h.live.received.saturating_sub(1),
+                }
+            }
+            _ => return None,
+        };
+        tracing::debug!(session = %id, to = %requester, transfer, "refused handover");
+        match self.replace(shard, r.value_mut(), t) {
+            Entry::HandingOver(h) => Some(OldBackups {
+                backups: h.live.backups,
+                generation: h.live.received,
+            }),
+            _ => None,
+        }
+    }
+
     /// Claims a session locally because `failed_owner`, which owned it, is gone: a backup
     /// copy of that owner's (its generation + 1), or a copy we handed to that owner which it
     /// never took over (a HandingOver it neither acknowledged nor replaced by making us its

@@ -1,5 +1,6 @@
-//! RETIRE and DROP at a backup over real sockets (protocol.md 10 and 12.2): RETIRE leaves
-//! a tombstone, DROP a fence.
+//! How copies end at a peer, over real sockets (protocol.md 10, 12.2 and 12.4): RETIRE
+//! leaves a tombstone at a backup, DROP a fence, and COPY_REFUSED ends a handover at its
+//! giver.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -95,5 +96,62 @@ async fn retire_leaves_a_tombstone_where_drop_leaves_a_fence() {
     )
     .await;
     assert_eq!(next, PeerMessage::Ok);
+    stop(nodes).await;
+}
+
+/// A receiver that did not install a handed-over copy answers COPY_REFUSED (protocol.md
+/// 10 and 12.4): the giver ends the handover as on COPY_ACK (it forwards to the receiver
+/// and hands nothing out again), it does not keep offering its copy. Checked: with
+/// COPY_REFUSED answered OK but ignored, a COPY asked again gets the copy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_refused_ends_the_handover_at_the_giver() {
+    let nodes = cluster(1).await;
+    let c = client(nodes[0].client_addr()).await;
+    let s = c.create(attrs(&[("cart", "1")])).await.unwrap();
+    let id = sessync_proto::Token::verify(&s.token, &keys())
+        .unwrap()
+        .session_id;
+    let mut taker = authenticated(nodes[0].peer_addr()).await;
+    let transfer = match ask(
+        &mut taker,
+        PeerMessage::Copy {
+            session_id: id,
+            last_transfer: 0,
+        },
+    )
+    .await
+    {
+        PeerMessage::CopyData { transfer, .. } => transfer,
+        other => panic!("COPY of a live session: {other:?}"),
+    };
+    let refused = ask(
+        &mut taker,
+        PeerMessage::CopyRefused {
+            session_id: id,
+            transfer,
+        },
+    )
+    .await;
+    assert_eq!(refused, PeerMessage::Ok);
+    // Handed on: LOCATE names the taker, and a COPY asked again is pointed at it.
+    match ask(&mut taker, PeerMessage::Locate { session_id: id }).await {
+        PeerMessage::Located { role, addr, .. } => {
+            assert_eq!(role, sessync_proto::Role::HandedOver);
+            assert_eq!(addr, "127.0.0.1:9".parse().unwrap());
+        }
+        other => panic!("LOCATE after COPY_REFUSED: {other:?}"),
+    }
+    let again = ask(
+        &mut taker,
+        PeerMessage::Copy {
+            session_id: id,
+            last_transfer: 0,
+        },
+    )
+    .await;
+    assert!(
+        matches!(again, PeerMessage::Moved { .. }),
+        "the refused copy was offered again: {again:?}"
+    );
     stop(nodes).await;
 }
