@@ -178,6 +178,18 @@ impl Table {
         transfer: u64,
         now: u64,
     ) -> Option<OldBackups> {
+        self.end_handover(id, requester, transfer, true, now)
+    }
+
+    /// [`Table::ack_handover`] (`installed`) and [`Table::refuse_handover`].
+    fn end_handover(
+        &self,
+        id: &SessionId,
+        requester: PeerIdentity,
+        transfer: u64,
+        installed: bool,
+        now: u64,
+    ) -> Option<OldBackups> {
         let (requester_node, requester) = (requester.node_id, requester.advertised);
         let shard = self.shard(id);
         let mut r = shard.map.get_mut(id)?;
@@ -188,12 +200,16 @@ impl Table {
                 Entry::Forwarded {
                     to: requester,
                     until_ms: h.live.meta().expires_at_ms().max(now + 1),
-                    received: h.live.received,
+                    received: if installed {
+                        h.live.received
+                    } else {
+                        h.live.received.saturating_sub(1)
+                    },
                 }
             }
             _ => return None,
         };
-        tracing::debug!(session = %id, to = %requester, transfer, "ack_handover");
+        tracing::debug!(session = %id, to = %requester, transfer, installed, "ack_handover");
         match self.replace(shard, r.value_mut(), t) {
             Entry::HandingOver(h) => Some(OldBackups {
                 backups: h.live.backups,
@@ -296,29 +312,7 @@ impl Table {
         transfer: u64,
         now: u64,
     ) -> Option<OldBackups> {
-        let (requester_node, requester) = (requester.node_id, requester.advertised);
-        let shard = self.shard(id);
-        let mut r = shard.map.get_mut(id)?;
-        let t = match r.value() {
-            Entry::HandingOver(h)
-                if h.to == requester && h.to_node == requester_node && h.transfer == transfer =>
-            {
-                Entry::Forwarded {
-                    to: requester,
-                    until_ms: h.live.meta().expires_at_ms().max(now + 1),
-                    received: h.live.received.saturating_sub(1),
-                }
-            }
-            _ => return None,
-        };
-        tracing::debug!(session = %id, to = %requester, transfer, "refused handover");
-        match self.replace(shard, r.value_mut(), t) {
-            Entry::HandingOver(h) => Some(OldBackups {
-                backups: h.live.backups,
-                generation: h.live.received,
-            }),
-            _ => None,
-        }
+        self.end_handover(id, requester, transfer, false, now)
     }
 
     /// Claims a session locally because `failed_owner`, which owned it, is gone: a backup
