@@ -139,33 +139,21 @@ impl Node {
         //   fetch, a failover's PROMOTE), so this one is refused as not newer. Simulation
         //   seed 403: a promoted backup copy was installed, then the live owner's copy of
         //   the same generation was refused but acknowledged, and its append was lost.
-        let refused = PeerMessage::CopyRefused {
-            session_id: record.id,
-            transfer,
-        };
         let placed = match landed {
             Landed::Owner(placed) => placed,
             // Without backups a write is acknowledged without waiting for any ACK.
             Landed::NotNewer if self.config.replicas == 0 => None,
             Landed::NotNewer => {
                 tracing::info!(session = %record.id, %from, transfer, "another copy of this generation was installed here first; this one is refused");
-                self.peers
-                    .send_until_ok(from, refused, 3, self.config.peer_timeout);
-                return;
+                return self.refuse_copy(from, record.id, transfer);
             }
-            Landed::Elsewhere => {
-                if let Some((sessync_proto::Role::Backup, owner)) =
-                    self.table.locate(&record.id, self.advertise, now_ms())
-                {
-                    if owner != from && owner != self.advertise {
-                        tracing::info!(session = %record.id, %from, %owner, transfer, "the copy lost to a newer owner at a holder; kept, and refused");
-                        self.peers
-                            .send_until_ok(from, refused, 3, self.config.peer_timeout);
-                        return;
-                    }
+            Landed::Elsewhere => match self.table.locate(&record.id, self.advertise, now_ms()) {
+                Some((sessync_proto::Role::Backup, owner)) if owner != from && owner != self.advertise => {
+                    tracing::info!(session = %record.id, %from, %owner, transfer, "the copy lost to a newer owner at a holder; kept, and refused");
+                    return self.refuse_copy(from, record.id, transfer);
                 }
-                None
-            }
+                _ => None,
+            },
         };
         let giver_is_fenced = match &placed {
             Some(backups) => {

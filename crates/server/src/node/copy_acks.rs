@@ -1,4 +1,4 @@
-//! The COPY_ACKs of handovers: those held back while a copy installed here has too few
+//! The COPY_ACKs (and COPY_REFUSEDs) of handovers: those held back while a copy installed here has too few
 //! backups ([`Node::receive_copy`], protocol.md 12.4), and the giver's wait for the
 //! receiver's ACK before it acknowledges a write that went with the copy.
 
@@ -26,6 +26,19 @@ impl Node {
         };
         self.peers
             .send_until_ok(held.giver, ack, 3, self.config.peer_timeout);
+    }
+
+    /// Answers `giver`'s COPY_DATA of `id` (`transfer`) with COPY_REFUSED, in the
+    /// background (up to 3 tries until it answers OK): the copy was not installed here as
+    /// the live session, so the giver must acknowledge no write that went only into it
+    /// (protocol.md 12.4).
+    pub(super) fn refuse_copy(&self, giver: SocketAddr, id: SessionId, transfer: u64) {
+        let refused = PeerMessage::CopyRefused {
+            session_id: id,
+            transfer,
+        };
+        self.peers
+            .send_until_ok(giver, refused, 3, self.config.peer_timeout);
     }
 
     /// Sends every COPY_ACK held back for `giver`, which announced it is leaving: its
