@@ -52,7 +52,7 @@ fn explain(r: &Report) -> String {
 /// simulation"): a session left with forwarding pointers only, an acknowledged append lost
 /// when a claim that lost at the backups is handed on under a newer generation, a
 /// rotated-away id taking a write.
-const STILL_FAILING: &[u64] = &[15, 31, 76, 94, 163];
+const STILL_FAILING: &[u64] = &[76, 94, 130, 163];
 
 /// Seeds that found a bug which is fixed (ARCHITECTURE.md, "The simulation", says which),
 /// run by `cargo test` besides 0 to 19. A change to the node's logic shifts what each seed
@@ -64,9 +64,12 @@ const STILL_FAILING: &[u64] = &[15, 31, 76, 94, 163];
 /// crashed, which alone remembered that it ended: DESTROY and ROTATE now send RETIRE,
 /// which leaves a tombstone at the holders. 403: a copy refused as not newer (a PROMOTE's
 /// copy of the same generation was installed first) was acknowledged, and its giver
-/// acknowledged an append only it had: such a copy is answered COPY_REFUSED.
+/// acknowledged an append only it had: such a copy is answered COPY_REFUSED. 31: an owner
+/// cut off while its session moved on wrote to a holder that had restarted empty (and so
+/// forgot the fence), and acknowledged the write: a restarted holder's confirmation now
+/// counts only after the members said they know no newer owner.
 const FIXED_SEEDS: &[u64] = &[
-    22, 25, 39, 51, 57, 59, 106, 111, 128, 135, 153, 158, 168, 190, 233, 403, 468,
+    22, 25, 31, 39, 51, 57, 59, 106, 111, 128, 135, 153, 158, 168, 190, 233, 403, 468,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.

@@ -294,7 +294,8 @@ pub enum PeerMessage {
     ///
     /// # Format
     /// session id (16), u8 role (1 owner, 2 backup, 3 handed over, 4 destroyed), peer
-    /// address.
+    /// address, then (since the restarted-holder survey, protocol.md 12.2) u64 generation;
+    /// a node before it sends no generation.
     Located {
         /// The session.
         session_id: SessionId,
@@ -303,6 +304,10 @@ pub enum PeerMessage {
         /// Role owner: the answering node; backup: the owner the copy is from; handed
         /// over: the node it went to.
         addr: SocketAddr,
+        /// The newest handover generation of the session the answering node knows of:
+        /// owner, the one it owns under; backup, its copy's; handed over, the one it handed
+        /// on; destroyed, 0. `None`: not sent (an older node), or not to be sent.
+        generation: Option<u64>,
     },
     /// "Which process answers at your address?" Answered EPOCH_IS.
     ///
@@ -444,10 +449,14 @@ impl Message for PeerMessage {
                 session_id,
                 role,
                 addr,
+                generation,
             } => {
                 out.put_slice(&session_id.0);
                 out.put_u8(role.byte());
                 put_addr(out, addr);
+                if let Some(g) = generation {
+                    out.put_u64(*g);
+                }
             }
             PeerMessage::EpochIs { node_id, uptime_ms } => {
                 out.put_slice(node_id);
@@ -599,6 +608,9 @@ impl Message for PeerMessage {
                 session_id: SessionId(r.array()?),
                 role: Role::from_byte(r.u8()?)?,
                 addr: r.addr()?,
+                // Absent from an older node; anything else after the address but 8 bytes
+                // is left for `finish` to refuse.
+                generation: if r.remaining() >= 8 { Some(r.u64()?) } else { None },
             },
             op::EPOCH => PeerMessage::Epoch,
             op::EPOCH_IS => PeerMessage::EpochIs {

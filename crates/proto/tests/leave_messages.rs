@@ -41,11 +41,15 @@ fn every_new_message_round_trips() {
     });
     roundtrip(PeerMessage::Locate { session_id: ids[1] });
     for role in [Role::Owner, Role::Backup, Role::HandedOver, Role::Destroyed] {
-        roundtrip(PeerMessage::Located {
-            session_id: ids[2],
-            role,
-            addr: "[::1]:7401".parse().unwrap(),
-        });
+        // With the generation, and without it (what a node before the field sends).
+        for generation in [Some(u64::MAX), Some(0), None] {
+            roundtrip(PeerMessage::Located {
+                session_id: ids[2],
+                role,
+                addr: "[::1]:7401".parse().unwrap(),
+                generation,
+            });
+        }
     }
     roundtrip(PeerMessage::Epoch);
     roundtrip(PeerMessage::EpochIs {
@@ -91,4 +95,36 @@ fn an_unknown_located_role_is_malformed() {
     ));
     body[16] = 0;
     assert!(decode(sessync_proto::peer_op::LOCATED, &body).is_err());
+}
+
+#[test]
+fn a_located_generation_is_eight_bytes_or_none() {
+    let mut body = vec![0u8; 16];
+    body.push(2);
+    body.extend_from_slice(&[4, 10, 0, 0, 1, 0x1c, 0xe9]);
+    let without = decode(sessync_proto::peer_op::LOCATED, &body);
+    assert!(matches!(
+        without,
+        Ok(PeerMessage::Located { generation: None, .. })
+    ));
+    // One to seven bytes after the address: neither form.
+    for extra in 1..8 {
+        let mut b = body.clone();
+        b.extend(std::iter::repeat_n(0u8, extra));
+        assert!(
+            decode(sessync_proto::peer_op::LOCATED, &b).is_err(),
+            "{extra} bytes"
+        );
+    }
+    body.extend_from_slice(&9u64.to_be_bytes());
+    let with = decode(sessync_proto::peer_op::LOCATED, &body);
+    assert!(matches!(
+        with,
+        Ok(PeerMessage::Located {
+            generation: Some(9),
+            ..
+        })
+    ));
+    body.push(0);
+    assert!(decode(sessync_proto::peer_op::LOCATED, &body).is_err(), "9 bytes");
 }

@@ -28,6 +28,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 mod conn;
+mod processes;
 
 use crate::lograte::RateLimit;
 use crate::stats::LatencyHistogram;
@@ -135,15 +136,15 @@ pub(crate) struct LinkConfig {
 /// node from the one before it).
 #[cfg(feature = "testing")]
 pub(crate) trait SimNet: Send + Sync {
-    /// Delivers `msg` from `from` to `to` and returns the reply, or the failure the
-    /// simulated network chose, by `deadline`.
+    /// Delivers `msg` from `from` to `to` and returns the reply with the node id of the
+    /// process that answered, or the failure the simulated network chose, by `deadline`.
     fn request(
         &self,
         from: sessync_proto::PeerIdentity,
         to: SocketAddr,
         msg: PeerMessage,
         deadline: Instant,
-    ) -> futures_util::future::BoxFuture<'static, Result<PeerMessage, LinkError>>;
+    ) -> futures_util::future::BoxFuture<'static, Result<(PeerMessage, [u8; 16]), LinkError>>;
 }
 
 /// All outgoing links of a node.
@@ -163,6 +164,8 @@ pub(crate) struct Peers {
     pub(crate) metrics: LinkMetrics,
     /// When these links were made: what [`Link::silent_since`] counts from.
     epoch: Instant,
+    /// Which process answers at each address (restarts: `node/holder_restarts.rs`).
+    pub(crate) processes: processes::Processes,
 }
 
 impl std::fmt::Debug for Peers {
@@ -205,6 +208,7 @@ impl Peers {
             tls: OnceLock::new(),
             metrics: LinkMetrics::default(),
             epoch: Instant::now(),
+            processes: processes::Processes::default(),
         }
     }
 
@@ -314,7 +318,13 @@ impl Peers {
     ) -> Result<PeerMessage, LinkError> {
         #[cfg(feature = "testing")]
         if let Some((net, me)) = self.sim() {
-            let r = net.request(me, addr, msg, deadline).await;
+            let r = net
+                .request(me, addr, msg, deadline)
+                .await
+                .map(|(reply, answerer)| {
+                    self.processes.seen(addr, answerer);
+                    reply
+                });
             note_silence(self.epoch, &self.link(addr), &r);
             return r;
         }
@@ -374,7 +384,10 @@ impl Peers {
         #[cfg(feature = "testing")]
         if let Some((net, me)) = self.sim() {
             let reply = net.request(me, addr, PeerMessage::Ping(0), deadline).await;
-            return matches!(reply, Ok(PeerMessage::Pong(_)));
+            if let Ok((_, answerer)) = &reply {
+                self.processes.seen(addr, *answerer);
+            }
+            return matches!(reply, Ok((PeerMessage::Pong(_), _)));
         }
         let link = self.link(addr);
         let conn = match timeout_at(deadline, self.dial(&link)).await {
@@ -641,6 +654,8 @@ impl Peers {
             other => return Err(format!("handshake: expected AUTH_OK, got {other:?}")),
         }
         link.was_up.store(true, Ordering::Relaxed);
+        // Every reply on this connection comes from that process.
+        self.processes.seen(addr, peer.node_id);
         tracing::info!(peer = %addr, advertised = %peer.advertised, "peer link up");
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let conn = Arc::new(ConnShared {

@@ -191,6 +191,7 @@ pub(super) fn frame_examples() -> BTreeMap<&'static str, Expected> {
                 session_id: SESSION,
                 role: sessync_proto::Role::Backup,
                 addr: addr("10.0.0.1:7401"),
+                generation: Some(7),
             },
         ),
     );

@@ -2,6 +2,7 @@
 //! rounds with fencing (every holder must confirm), DROP, RETIRE and fences (protocol.md
 //! 12). The read lease and the COPY_ACKs live beside it (`read_lease.rs`, `copy_acks.rs`).
 
+use super::holder_restarts::LineageSurvey;
 use super::*;
 
 impl Node {
@@ -569,10 +570,14 @@ impl Node {
                 return RoundOutcome::Superseded { to, placed: holders };
             }
         }
-        RoundOutcome::Done(Backups {
-            confirmed: confirmed.into(),
-            holders: holders.into(),
-        })
+        match self.check_restarted_holders(id, generation, &mut confirmed).await {
+            Some(LineageSurvey::Newer(to)) => RoundOutcome::Superseded { to, placed: holders },
+            Some(LineageSurvey::Destroyed) => RoundOutcome::Destroyed { placed: holders },
+            _ => RoundOutcome::Done(Backups {
+                confirmed: confirmed.into(),
+                holders: holders.into(),
+            }),
+        }
     }
 
     /// After a write applied here: replicates it, and says what the reply may claim.

@@ -571,11 +571,15 @@ impl Node {
                 PeerMessage::Ids { ids: absent }
             }
             PeerMessage::Locate { session_id } => {
-                match self.table.locate(&session_id, self.advertise, now_ms()) {
-                    Some((role, addr)) => PeerMessage::Located {
+                match self
+                    .table
+                    .locate_generation(&session_id, self.advertise, now_ms())
+                {
+                    Some((role, addr, generation)) => PeerMessage::Located {
                         session_id,
                         role,
                         addr,
+                        generation: Some(generation),
                     },
                     None => PeerMessage::NotFound { session_id },
                 }

@@ -99,6 +99,7 @@ impl Node {
                     session_id,
                     role: Role::HandedOver,
                     addr,
+                    ..
                 }) if *session_id == id => handovers.push((m, *addr)),
                 Ok(PeerMessage::Located {
                     session_id,
@@ -122,6 +123,7 @@ impl Node {
                     session_id,
                     role,
                     addr,
+                    ..
                 }) if session_id == id => match role {
                     Role::Owner if addr == m => owner = Some(m),
                     Role::HandedOver if addr != self.advertise && !asked.contains(&addr) => handed.push(addr),
@@ -416,6 +418,7 @@ fn same_answers(
             session_id,
             role,
             addr,
+            ..
         }) if *session_id == id => Some(Some((*role, *addr))),
         Ok(PeerMessage::NotFound { session_id }) if *session_id == id => Some(None),
         _ => None,

@@ -5,6 +5,7 @@ mod backup;
 mod copy_acks;
 mod drain;
 mod fetch;
+mod holder_restarts;
 mod lookup;
 mod memo;
 mod read_lease;
@@ -203,6 +204,8 @@ pub struct Node {
     /// COPY_ACKs held back until the copy installed here has its backups
     /// ([`Node::release_held_ack`]).
     held_acks: memo::SessionMemo<HeldAck>,
+    /// Sessions with a copy at a holder that restarted since (`holder_restarts.rs`).
+    unsure_holders: holder_restarts::UnsureHolders,
 }
 
 /// A COPY whose reply did not come in time: a late COPY_DATA may still follow.
@@ -392,6 +395,7 @@ impl Node {
             // expires, answering MOVED to this node (and re-hands it if this node restarts
             // empty). Kept long, so that the ACK still goes once backups come back.
             held_acks: memo::SessionMemo::new(3_600_000),
+            unsure_holders: Default::default(),
         }
     }
 

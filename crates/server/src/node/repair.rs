@@ -44,6 +44,7 @@ pub(crate) async fn repair_loop(node: Arc<Node>, mut shutdown: Shutdown) {
             _ = tokio::time::sleep(TICK) => {}
         }
         node.repair_tick(since, &mut queue, &mut queued).await;
+        node.prune_unsure_holders();
     }
 }
 

@@ -106,16 +106,35 @@ impl Table {
     /// new) and, finding nothing else, answered SESSION_NOT_FOUND for a session that was
     /// being installed (a kill during a drain, tests/elastic.rs).
     pub fn locate(&self, id: &SessionId, me: SocketAddr, now: u64) -> Option<(Role, SocketAddr)> {
+        self.locate_generation(id, me, now)
+            .map(|(role, addr, _)| (role, addr))
+    }
+
+    /// [`Table::locate`] with the newest handover generation of the session known here,
+    /// for the LOCATED reply: owned, the one it is owned under; backup, the copy's; handed
+    /// over, the one handed on (at least); destroyed, 0.
+    pub fn locate_generation(
+        &self,
+        id: &SessionId,
+        me: SocketAddr,
+        now: u64,
+    ) -> Option<(Role, SocketAddr, u64)> {
         let g = self.shard(id).map.read(id);
         if let Some(n) = g.find_live(id) {
-            return (!n.expired(now)).then_some((Role::Owner, me));
+            return (!n.expired(now)).then_some((Role::Owner, me, n.received()));
         }
         match g.find_other(id)? {
-            Entry::HandingOver(h) if h.to == me && !h.live.expired(now) => Some((Role::Owner, me)),
-            Entry::Backup(b) if !b.live.expired(now) => Some((Role::Backup, b.owner)),
-            Entry::HandingOver(h) if !h.live.expired(now) => Some((Role::HandedOver, h.to)),
-            Entry::Forwarded { to, until_ms, .. } if now < *until_ms => Some((Role::HandedOver, *to)),
-            Entry::Destroyed { until_ms } if now < *until_ms => Some((Role::Destroyed, me)),
+            Entry::HandingOver(h) if h.to == me && !h.live.expired(now) => {
+                Some((Role::Owner, me, h.transfer))
+            }
+            Entry::Backup(b) if !b.live.expired(now) => Some((Role::Backup, b.owner, b.live.received)),
+            Entry::HandingOver(h) if !h.live.expired(now) => Some((Role::HandedOver, h.to, h.transfer)),
+            Entry::Forwarded {
+                to,
+                until_ms,
+                received,
+            } if now < *until_ms => Some((Role::HandedOver, *to, received.saturating_add(1))),
+            Entry::Destroyed { until_ms } if now < *until_ms => Some((Role::Destroyed, me, 0)),
             _ => None,
         }
     }

@@ -190,7 +190,7 @@ impl Net {
         to: SocketAddr,
         msg: PeerMessage,
         deadline: Instant,
-        reply: oneshot::Sender<Result<PeerMessage, LinkError>>,
+        reply: oneshot::Sender<Result<(PeerMessage, [u8; 16]), LinkError>>,
     ) {
         let (Some(f), Some(t)) = (self.index(from.advertised), self.index(to)) else {
             let _ = reply.send(Err(LinkError::Unreachable(format!("{to}: no such host"))));
@@ -229,6 +229,9 @@ impl Net {
                 Some(st.slots[t].node.clone())
             }
         };
+        // The process that answers (a restarted host has a new one), as a real link
+        // learns it from its handshake.
+        let answerer = target.as_ref().map_or([0; 16], |n| n.node_id);
         let Some(target) = target else {
             sleep_until(deadline).await;
             return;
@@ -258,15 +261,18 @@ impl Net {
         }
         // The asker gave up before the reply came: a late COPY_DATA must still be
         // installed (the giver handed the session over), as `late_replies` does.
-        let late = reply.send(Ok(answer));
+        let late = reply.send(Ok((answer, answerer)));
         if late.is_err() {
             self.lock().traffic.late_replies += 1;
         }
-        if let Err(Ok(PeerMessage::CopyData {
-            transfer,
-            holders,
-            record,
-        })) = late
+        if let Err(Ok((
+            PeerMessage::CopyData {
+                transfer,
+                holders,
+                record,
+            },
+            _,
+        ))) = late
         {
             self.lock().traffic.late_copies += 1;
             let node = self.lock().slots[f].node.clone();
@@ -285,7 +291,7 @@ impl SimNet for NetHandle {
         to: SocketAddr,
         msg: PeerMessage,
         deadline: Instant,
-    ) -> futures_util::future::BoxFuture<'static, Result<PeerMessage, LinkError>> {
+    ) -> futures_util::future::BoxFuture<'static, Result<(PeerMessage, [u8; 16]), LinkError>> {
         let net = self.0.clone();
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();

@@ -1,0 +1,155 @@
+//! A holder that restarted empty forgot the fences and newer copies it kept (protocol.md
+//! 12.2, "a holder that restarted"). A stale owner (paused, or cut off while its session
+//! moved on) whose holder restarted would otherwise get its next REPLICATE stored there and
+//! acknowledge a write that the session's newer lineage never sees (simulation seed 31
+//! with crashes). So when a new process answers at a holder's address
+//! ([`crate::peer_link::Peers::processes`]), every session this node owns with a copy
+//! there is *unsure*: its next round's confirmations from a restarted holder count only
+//! once every member has said, by LOCATE, that it knows no newer generation of the
+//! session ([`Node::survey_lineage`]).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::*;
+
+/// The sessions whose holders include a node that restarted since their copy was placed
+/// there, and those restarted addresses.
+#[derive(Default)]
+pub(super) struct UnsureHolders {
+    inner: std::sync::Mutex<Unsure>,
+    /// Whether `sessions` may be non-empty: read without the lock on every replicated
+    /// write, which nearly always finds nothing to check.
+    any: AtomicBool,
+}
+
+#[derive(Default)]
+struct Unsure {
+    sessions: HashSet<SessionId>,
+    restarted: HashSet<SocketAddr>,
+}
+
+/// What the members said of a session this node owns under some generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LineageSurvey {
+    /// Every member answered, none with a newer (or rival) generation.
+    Clean,
+    /// A member knows a newer owner, or a rival of the same generation: the node named.
+    Newer(SocketAddr),
+    /// A member has the session destroyed or rotated away.
+    Destroyed,
+    /// Some member did not answer: nothing can be said.
+    Unknown,
+}
+
+impl Node {
+    /// Whether a round's confirmations of `id` need the members' word first: it was owned
+    /// here, with a copy at a holder whose process has changed since. Takes in the restarts
+    /// the peer links saw since the last call (the sessions backed by each become unsure).
+    fn holders_unsure(&self, id: &SessionId) -> bool {
+        let holders = &self.unsure_holders;
+        // In this order: a restart taken by another round meanwhile has set `any` first.
+        if !self.peers.processes.may_have_restarted() && !holders.any.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut unsure = holders.inner.lock().unwrap_or_else(|e| e.into_inner());
+        holders.any.store(true, Ordering::SeqCst);
+        for addr in self.peers.processes.take_restarted() {
+            let backed = self.table.backed_by(addr, now_ms(), usize::MAX);
+            tracing::info!(holder = %addr, sessions = backed.len(), "a holder restarted; its confirmations count again after a survey of the members");
+            unsure.sessions.extend(backed);
+            unsure.restarted.insert(addr);
+        }
+        holders.any.store(!unsure.sessions.is_empty(), Ordering::SeqCst);
+        unsure.sessions.contains(id)
+    }
+
+    /// Forgets the unsure sessions this node has no entry for any more (expired, or
+    /// their tombstone has): called by the repair once a tick, so the set holds at most
+    /// the sessions the table knows. A session handed on stays unsure: it may come back
+    /// with the same holders. (Forgetting those too cost the simulation 4 more failing
+    /// seeds of 13 000.)
+    pub(super) fn prune_unsure_holders(&self) {
+        let holders = &self.unsure_holders;
+        if !holders.any.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut unsure = holders.inner.lock().unwrap_or_else(|e| e.into_inner());
+        unsure.sessions.retain(|id| self.table.knows(id));
+        holders.any.store(!unsure.sessions.is_empty(), Ordering::SeqCst);
+    }
+
+    /// Checks a round's confirmations of `id` (owned here under `generation`) against
+    /// restarted holders: returns `None` when they may count as they are; otherwise what
+    /// the survey of the members found. On [`LineageSurvey::Unknown`], `confirmed` loses
+    /// the restarted holders (they may have stored a copy a fence would have refused).
+    pub(super) async fn check_restarted_holders(
+        &self,
+        id: SessionId,
+        generation: u64,
+        confirmed: &mut Vec<SocketAddr>,
+    ) -> Option<LineageSurvey> {
+        if confirmed.is_empty() || !self.holders_unsure(&id) {
+            return None;
+        }
+        let found = self.survey_lineage(id, generation).await;
+        tracing::info!(session = %id, generation, ?found, "surveyed the members for a session backed by a restarted holder");
+        let mut unsure = self
+            .unsure_holders
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match found {
+            LineageSurvey::Clean => {
+                unsure.sessions.remove(&id);
+            }
+            LineageSurvey::Unknown => confirmed.retain(|b| !unsure.restarted.contains(b)),
+            // The copy here ends (the caller gives it up): nothing to survey again.
+            LineageSurvey::Newer(_) | LineageSurvey::Destroyed => {
+                unsure.sessions.remove(&id);
+            }
+        }
+        Some(found)
+    }
+
+    /// Asks every member LOCATE for `id`, which this node owns under `generation`:
+    /// whether one knows a newer generation (an owner, a handover or a backup copy of one
+    /// at least as new, other than this node's own), or the session destroyed.
+    async fn survey_lineage(&self, id: SessionId, generation: u64) -> LineageSurvey {
+        let members = self.lookup_members();
+        let replies = self.survey(id, &members).await;
+        let me = self.advertise;
+        // A node before LOCATED carried a generation: taken to know a newer one.
+        let at_least = |g: Option<u64>, than: u64| g.is_none_or(|g| g >= than);
+        let mut found = LineageSurvey::Clean;
+        for (&m, reply) in members.iter().zip(replies) {
+            let this = match reply {
+                Ok(PeerMessage::NotFound { session_id }) if session_id == id => LineageSurvey::Clean,
+                Ok(PeerMessage::Located {
+                    session_id,
+                    role,
+                    addr,
+                    generation: theirs,
+                }) if session_id == id => match role {
+                    sessync_proto::Role::Destroyed => LineageSurvey::Destroyed,
+                    sessync_proto::Role::Owner if at_least(theirs, generation) => LineageSurvey::Newer(m),
+                    sessync_proto::Role::HandedOver if addr != me && at_least(theirs, generation + 1) => {
+                        LineageSurvey::Newer(addr)
+                    }
+                    sessync_proto::Role::Backup if addr != me && at_least(theirs, generation) => {
+                        LineageSurvey::Newer(addr)
+                    }
+                    _ => LineageSurvey::Clean,
+                },
+                _ => LineageSurvey::Unknown,
+            };
+            found = match (found, this) {
+                (LineageSurvey::Destroyed, _) | (_, LineageSurvey::Destroyed) => LineageSurvey::Destroyed,
+                (LineageSurvey::Newer(a), _) | (_, LineageSurvey::Newer(a)) => LineageSurvey::Newer(a),
+                (LineageSurvey::Unknown, _) | (_, LineageSurvey::Unknown) => LineageSurvey::Unknown,
+                _ => LineageSurvey::Clean,
+            };
+        }
+        found
+    }
+}

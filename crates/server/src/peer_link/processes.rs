@@ -1,0 +1,72 @@
+//! Which process answers at each peer address. A node id is random per process start
+//! (protocol.md 11.1), so a new one at an address that answered before is a process that
+//! restarted, and the backup copies and fences the old one kept are gone: an owner must
+//! not count the new process's confirmations for its sessions as if it remembered them
+//! (protocol.md 12.2, "a holder that restarted"; `node/holder_restarts.rs`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// The process last seen at each peer address, and the addresses where another one
+/// appeared since [`Processes::take_restarted`] was last called.
+#[derive(Default)]
+pub(crate) struct Processes {
+    inner: Mutex<Inner>,
+    /// Whether `restarted` may be non-empty: read without the lock on every replicated
+    /// write. Set after a push, cleared when taken (both under the lock).
+    any_restarted: AtomicBool,
+}
+
+#[derive(Default)]
+struct Inner {
+    node_ids: HashMap<SocketAddr, [u8; 16]>,
+    restarted: Vec<SocketAddr>,
+}
+
+impl Processes {
+    /// Records that the process `node_id` answered at `addr` (a handshake, or a reply in
+    /// the simulation).
+    pub(crate) fn seen(&self, addr: SocketAddr, node_id: [u8; 16]) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let before = inner.node_ids.insert(addr, node_id);
+        if before.is_some_and(|b| b != node_id) && !inner.restarted.contains(&addr) {
+            inner.restarted.push(addr);
+            self.any_restarted.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The addresses where a new process answered since the last call.
+    pub(crate) fn take_restarted(&self) -> Vec<SocketAddr> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.any_restarted.store(false, Ordering::SeqCst);
+        std::mem::take(&mut inner.restarted)
+    }
+
+    /// Whether [`Processes::take_restarted`] may return something (no lock taken).
+    pub(crate) fn may_have_restarted(&self) -> bool {
+        self.any_restarted.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_process_at_a_known_address_is_reported_once() {
+        let p = Processes::default();
+        let a: SocketAddr = "10.0.0.1:7400".parse().unwrap();
+        p.seen(a, [1; 16]);
+        p.seen(a, [1; 16]);
+        assert!(
+            p.take_restarted().is_empty(),
+            "first sight and the same process again"
+        );
+        p.seen(a, [2; 16]);
+        p.seen(a, [2; 16]);
+        assert_eq!(p.take_restarted(), vec![a]);
+        assert!(p.take_restarted().is_empty());
+    }
+}

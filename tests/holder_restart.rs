@@ -1,0 +1,226 @@
+//! A holder that restarted empty forgot its fences (protocol.md 12.2, "A holder that
+//! restarted"): over real sockets, an owner whose backup's process changed acknowledges
+//! the next write only after every member has said, by LOCATE, that it knows no newer
+//! owner of the session. The holder and the other member are fake peers that complete the
+//! real handshake; the holder "restarts" by answering under a new node id and closing the
+//! connections of its old process.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use sessync_proto::{Acceptor, ErrorCode, FrameCodec, Message, PeerMessage, Role};
+use tokio::sync::watch;
+use tokio::time::timeout;
+
+/// How the fake member answers LOCATE.
+#[derive(Clone, Copy, PartialEq)]
+enum Locate {
+    /// NOT_FOUND: it knows nothing of the session.
+    Nothing,
+    /// It owns the session under generation 5 (newer than the node's 0).
+    OwnsNewer,
+    /// No answer.
+    Silent,
+}
+
+/// One fake peer's state, shared with its connections.
+struct Fake {
+    addr: SocketAddr,
+    /// The node id it answers the handshake with: a new one is a restarted process.
+    incarnation: watch::Sender<[u8; 16]>,
+    replicates: Mutex<usize>,
+    locate: Mutex<Locate>,
+}
+
+impl Fake {
+    /// Starts a new process at the same address: a new node id, the old connections closed.
+    fn restart(&self) {
+        self.incarnation.send_modify(|id| id[0] = id[0].wrapping_add(1));
+    }
+
+    fn answer(&self, m: &PeerMessage) -> Option<PeerMessage> {
+        Some(match m {
+            PeerMessage::Ping(n) => PeerMessage::Pong(*n),
+            PeerMessage::Epoch => PeerMessage::EpochIs {
+                node_id: *self.incarnation.borrow(),
+                uptime_ms: 0,
+            },
+            PeerMessage::Replicate { .. } => {
+                *self.replicates.lock().unwrap() += 1;
+                PeerMessage::Ok
+            }
+            PeerMessage::Locate { session_id } => match *self.locate.lock().unwrap() {
+                Locate::Nothing => PeerMessage::NotFound {
+                    session_id: *session_id,
+                },
+                Locate::OwnsNewer => PeerMessage::Located {
+                    session_id: *session_id,
+                    role: Role::Owner,
+                    addr: self.addr,
+                    generation: Some(5),
+                },
+                Locate::Silent => return None,
+            },
+            PeerMessage::Copy { session_id, .. } | PeerMessage::Promote { session_id, .. } => {
+                PeerMessage::NotFound {
+                    session_id: *session_id,
+                }
+            }
+            _ => PeerMessage::Ok,
+        })
+    }
+}
+
+/// A fake peer on an OS-chosen port.
+async fn fake_peer(first_id: u8) -> Arc<Fake> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = Arc::new(Fake {
+        addr: listener.local_addr().unwrap(),
+        incarnation: watch::Sender::new([first_id; 16]),
+        replicates: Mutex::new(0),
+        locate: Mutex::new(Locate::Nothing),
+    });
+    let f = fake.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let fake = f.clone();
+            tokio::spawn(async move {
+                let mut restarted = fake.incarnation.subscribe();
+                let node_id = *restarted.borrow_and_update();
+                let mut framed = tokio_util::codec::Framed::new(s, FrameCodec::new(1 << 20));
+                let read =
+                    |f: sessync_proto::Frame| PeerMessage::decode_frame(&f, &Default::default()).unwrap();
+                let Some(Ok(f)) = framed.next().await else { return };
+                let (id, hello) = (f.request_id, read(f));
+                let (acceptor, challenge) =
+                    Acceptor::handle_hello(keys(), node_id, fake.addr, hello).unwrap();
+                framed.send((id, challenge)).await.unwrap();
+                let Some(Ok(f)) = framed.next().await else { return };
+                let (id, proof) = (f.request_id, read(f));
+                acceptor.handle_proof(proof).unwrap();
+                framed.send((id, PeerMessage::AuthOk)).await.unwrap();
+                loop {
+                    let f = tokio::select! {
+                        // The process this connection belonged to is gone.
+                        _ = restarted.changed() => return,
+                        f = framed.next() => f,
+                    };
+                    let Some(Ok(f)) = f else { return };
+                    let (id, msg) = (f.request_id, read(f));
+                    if let Some(answer) = fake.answer(&msg) {
+                        if framed.send((id, answer)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    fake
+}
+
+/// A node with `--replicas 1` whose peers are two fake ones, and a session created there:
+/// (node, client, token, the fake holding the copy, the other fake).
+async fn owner_with_a_backup() -> (
+    sessync_server::NodeHandle,
+    sessync_client::Client,
+    String,
+    Arc<Fake>,
+    Arc<Fake>,
+) {
+    let (a, b) = (fake_peer(1).await, fake_peer(101).await);
+    let mut cfg = config();
+    cfg.replicas = 1;
+    cfg.peers = vec![a.addr, b.addr];
+    cfg.peer_timeout = Duration::from_millis(600);
+    let node = sessync_server::start(cfg).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let s = timeout(WAIT, c.create(attrs(&[("cart", "0")])))
+        .await
+        .unwrap()
+        .unwrap();
+    let (holder, other) = if *a.replicates.lock().unwrap() > 0 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert_eq!(*holder.replicates.lock().unwrap(), 1, "one backup copy");
+    assert_eq!(*other.replicates.lock().unwrap(), 0, "one backup copy");
+    (node, c, s.token, holder, other)
+}
+
+/// Restarts `holder` and gives the node's link a moment to see its connection close.
+async fn restart(holder: &Fake) {
+    holder.restart();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+async fn set(
+    c: &sessync_client::Client,
+    token: &str,
+    value: &str,
+) -> Result<sessync_client::Session, ErrorCode> {
+    timeout(WAIT, c.set(token).put("cart", value.to_string()).send())
+        .await
+        .expect("the SET must end")
+        .map_err(|e| e.code().unwrap_or_else(|| panic!("not a node's error: {e}")))
+}
+
+/// The holder restarts while the other member owns the session under a newer generation
+/// (this node was cut off or paused meanwhile, as far as it can tell): the restarted
+/// holder stores the write, but the write is not acknowledged. Before the holder restarts,
+/// the same member's claim is never asked for: no survey without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_confirmed_only_by_a_restarted_holder_waits_for_the_members() {
+    let (node, c, token, holder, other) = owner_with_a_backup().await;
+    *other.locate.lock().unwrap() = Locate::OwnsNewer;
+    let s = set(&c, &token, "1")
+        .await
+        .expect("the holder's process is the same: acknowledged");
+    let token = s.token;
+
+    restart(&holder).await;
+    let before = *holder.replicates.lock().unwrap();
+    // INDETERMINATE; or, if the node's repair round (once a second) surveyed first and
+    // gave the session up to the newer owner, not found there.
+    let refused = set(&c, &token, "2").await.err();
+    assert!(
+        matches!(
+            refused,
+            Some(ErrorCode::Indeterminate | ErrorCode::SessionNotFound)
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        *holder.replicates.lock().unwrap() > before,
+        "the restarted holder was sent the write (and confirmed it)"
+    );
+    stop(vec![node]).await;
+}
+
+/// The holder restarts and the other member does not answer LOCATE: nothing can be said,
+/// so the write is not acknowledged; once the member answers that it knows nothing of the
+/// session, the next write is, and the survey is not repeated for later writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_holder_counts_again_once_every_member_answered() {
+    let (node, c, token, holder, other) = owner_with_a_backup().await;
+    restart(&holder).await;
+    *other.locate.lock().unwrap() = Locate::Silent;
+    assert_eq!(set(&c, &token, "1").await.err(), Some(ErrorCode::Indeterminate));
+
+    *other.locate.lock().unwrap() = Locate::Nothing;
+    let s = set(&c, &token, "2")
+        .await
+        .expect("every member answered: acknowledged");
+    *other.locate.lock().unwrap() = Locate::OwnsNewer;
+    set(&c, &s.token, "3")
+        .await
+        .expect("surveyed once: later writes are not asked again");
+    stop(vec![node]).await;
+}
