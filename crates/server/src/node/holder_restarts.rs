@@ -93,7 +93,7 @@ impl Node {
             return None;
         }
         let found = self.survey_lineage(id, generation).await;
-        tracing::info!(session = %id, generation, ?found, "surveyed the members for a session backed by a restarted holder");
+        tracing::debug!(session = %id, generation, ?found, "surveyed the members for a session backed by a restarted holder");
         let mut unsure = self
             .unsure_holders
             .inner
