@@ -212,7 +212,8 @@ impl Node {
                 }
                 let mut candidates: Vec<SocketAddr> = before.iter().rev().copied().collect();
                 candidates.extend(backups.iter().filter(|b| !before.contains(b)));
-                match self.failover(id, failed, &candidates).await {
+                // Boxed, as the lookup: rare, and large (BENCHMARKS.md).
+                match Box::pin(self.failover(id, failed, &candidates)).await {
                     Some(r) => r,
                     None => Err(e),
                 }
@@ -259,7 +260,7 @@ impl Node {
         let (result, chain) = self.copy_chain(id, owner, forwarded, prefer).await;
         match (&result, chain.last().copied()) {
             (Ok(Fetched::PointsHere), Some(giver)) if giver != self.advertise && !self.table.knows(&id) => {
-                match self.failover(id, self.advertise, &[giver]).await {
+                match Box::pin(self.failover(id, self.advertise, &[giver])).await {
                     Some(r) => (r, chain),
                     None => (result, chain),
                 }

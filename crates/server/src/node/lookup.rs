@@ -43,6 +43,20 @@ impl Node {
             return result;
         }
         let asked: &[SocketAddr] = if cycle { &[] } else { asked };
+        // Boxed: a lookup is rare, and its state (~3.8 KB) would otherwise sit inside
+        // every fetch's future, which a deferred request allocates and copies once per
+        // move (BENCHMARKS.md, "The deferred request's future").
+        Box::pin(self.lookup_lost(id, result, asked, backups)).await
+    }
+
+    /// The lookup of [`Node::lookup_if_lost`], for a fetch that ended lost.
+    async fn lookup_lost(
+        &self,
+        id: SessionId,
+        result: FetchResult,
+        asked: &[SocketAddr],
+        backups: &[SocketAddr],
+    ) -> FetchResult {
         // It may have come here meanwhile (another node handed it to this one while this
         // fetch was under way): then the request is served here.
         let here = |table: &Table| {

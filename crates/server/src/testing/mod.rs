@@ -280,6 +280,7 @@ async fn run(seed: u64, opts: &SimOptions, plan: Plan<'_>) -> Report {
         Ok(w) => w,
         Err(why) => {
             report.violations.push(why);
+            net.lock().slots.clear();
             return report;
         }
     };
@@ -324,6 +325,10 @@ async fn run(seed: u64, opts: &SimOptions, plan: Plan<'_>) -> Report {
             t.abort();
         }
     }
+    // Each node's peer links hold the network, which holds the nodes: without this the
+    // nodes (and their tables) of every seed stayed in memory, ~230 KB a seed (11 GB
+    // after 50 000 seeds).
+    net.lock().slots.clear();
     report
 }
 
