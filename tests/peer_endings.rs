@@ -1,11 +1,11 @@
 //! How copies end at a peer, over real sockets (protocol.md 10, 12.2 and 12.4): RETIRE
-//! leaves a tombstone at a backup, DROP a fence, and COPY_REFUSED ends a handover at its
-//! giver.
+//! leaves a tombstone at a backup, DROP a fence, COPY_REFUSED ends a handover at its
+//! giver, and a giver takes back a copy its receiver never took over.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::raw_peer::{ask, authenticated};
+use common::raw_peer::{ask, authenticated, authenticated_as};
 use common::*;
 use sessync_proto::{PeerMessage, SessionId};
 
@@ -153,5 +153,86 @@ async fn copy_refused_ends_the_handover_at_the_giver() {
         matches!(again, PeerMessage::Moved { .. }),
         "the refused copy was offered again: {again:?}"
     );
+    stop(nodes).await;
+}
+
+/// A copy whose COPY_DATA never reached its receiver (the reply lost in a cut, the asker
+/// gave up) leaves its giver handing over with nobody to acknowledge it. When a request
+/// then finds that the receiver points on from an older generation (here, to a node that
+/// is gone), so it never installed the copy, the giver takes the copy back and serves it
+/// (protocol.md 12.3; simulation seed 94, where this left a session unreadable after
+/// the heal). Checked: without the take-back, the GET fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_its_receiver_never_installed_is_taken_back() {
+    let nodes = cluster(2).await;
+    // Created at node 1 and read at node 0: owned at node 0 under generation 1.
+    let s = client(nodes[1].client_addr())
+        .await
+        .create(attrs(&[("cart", "1")]))
+        .await
+        .unwrap();
+    let c = client(nodes[0].client_addr()).await;
+    let moved = tokio::time::timeout(WAIT, c.get(&s.token))
+        .await
+        .unwrap()
+        .unwrap();
+    let id = sessync_proto::Token::verify(&moved.token, &keys())
+        .unwrap()
+        .session_id;
+    // The receiver: a peer whose pointer for the session is older than the handover (it
+    // handed generation 1 on, to a node that is gone).
+    let gone = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let receiver_id = [7; 16];
+    let script: PeerScript = std::sync::Arc::new(move |m: &PeerMessage| {
+        Some(match m {
+            PeerMessage::Ping(n) => PeerMessage::Pong(*n),
+            PeerMessage::Epoch => PeerMessage::EpochIs {
+                node_id: receiver_id,
+                uptime_ms: 0,
+            },
+            PeerMessage::Copy { session_id, .. } | PeerMessage::Promote { session_id, .. } => {
+                PeerMessage::Moved {
+                    session_id: *session_id,
+                    owner: gone,
+                }
+            }
+            PeerMessage::Locate { session_id } => PeerMessage::Located {
+                session_id: *session_id,
+                role: sessync_proto::Role::HandedOver,
+                addr: gone,
+                generation: Some(1),
+            },
+            _ => PeerMessage::Ok,
+        })
+    });
+    let receiver = scripted_peer(receiver_id, script).await;
+    let mut taker = authenticated_as(nodes[0].peer_addr(), receiver, receiver_id).await;
+    let transfer = match ask(
+        &mut taker,
+        PeerMessage::Copy {
+            session_id: id,
+            last_transfer: 0,
+        },
+    )
+    .await
+    {
+        PeerMessage::CopyData { transfer, .. } => transfer,
+        other => panic!("COPY of a live session: {other:?}"),
+    };
+    assert_eq!(transfer, 2, "handed over under the generation after the move's");
+    // Neither COPY_ACK nor COPY_REFUSED comes: node 0 is left handing over.
+    let got = tokio::time::timeout(WAIT, c.get(&moved.token))
+        .await
+        .expect("the GET must end")
+        .expect("the giver takes its copy back and serves it");
+    assert_eq!(got.attributes.get("cart").map(|v| &v[..]), Some(&b"1"[..]));
+    match ask(&mut taker, PeerMessage::Locate { session_id: id }).await {
+        PeerMessage::Located { role, .. } => assert_eq!(role, sessync_proto::Role::Owner),
+        other => panic!("LOCATE after the take-back: {other:?}"),
+    }
     stop(nodes).await;
 }

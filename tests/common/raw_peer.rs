@@ -93,9 +93,14 @@ pub fn raw_frame(opcode: u8, request_id: u64, body: &[u8]) -> Vec<u8> {
 
 /// Completes the handshake as a dialler with the cluster secret.
 pub async fn authenticated(peer: SocketAddr) -> Raw {
+    authenticated_as(peer, "127.0.0.1:9".parse().unwrap(), SessionId::random().0).await
+}
+
+/// [`authenticated`], as the node `node_id` advertising `me` (a fake peer listening there
+/// answers what the node then asks that address).
+pub async fn authenticated_as(peer: SocketAddr, me: SocketAddr, node_id: [u8; 16]) -> Raw {
     let mut raw = Raw::connect(peer).await;
-    let me: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let (dialler, hello) = Dialler::start(keys(), SessionId::random().0, me);
+    let (dialler, hello) = Dialler::start(keys(), node_id, me);
     raw.send(1, &hello).await;
     let f = raw.next().await.unwrap();
     let challenge = PeerMessage::decode_frame(&f, &Limits::DEFAULT).unwrap();

@@ -282,8 +282,10 @@ impl Node {
                 // claim climbed past the giver's newer lineage and replaced its
                 // acknowledged append). It is asked.
                 if to != self.advertise
-                    && self.locate_at(id, to).await
-                        == super::lookup::LocateAnswer::Entry(sessync_proto::Role::Owner)
+                    && matches!(
+                        self.locate_at(id, to).await,
+                        super::lookup::LocateAnswer::Entry(sessync_proto::Role::Owner, _)
+                    )
                 {
                     tracing::info!(session = %id, %to, generation, "the node that handed its copy here owns the session again; the claim yields");
                     break round;

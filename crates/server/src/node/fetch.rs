@@ -199,7 +199,7 @@ impl Node {
                             tracing::debug!(session = %id, %failed, "destroyed or rotated away at its owner: no failover");
                             return Err(FetchError::Destroyed);
                         }
-                        LocateAnswer::Entry(_) => {
+                        LocateAnswer::Entry(..) => {
                             tracing::debug!(session = %id, %failed, "the owner that answered NOT_FOUND has an entry for it now: no failover, asked again");
                             // A node MOVED named may have installed it since (its silence
                             // after NOT_FOUND ends a fetch as NOT_FOUND: `Fetch::gave_up_on`).
@@ -376,18 +376,34 @@ impl Node {
             all.extend(lineage.iter().filter(|l| !holders.contains(l)));
             all
         };
-        // A copy this node handed to `failed` is taken back only when `failed` is known to
-        // have lost it (a new process with no entry): merely unreachable, it may have
-        // installed the copy and be serving it, with none of our holders told (seed 57:
-        // it rotated the session away while this node took its copy back).
-        let handing_to_failed = failed != self.advertise
-            && matches!(self.table.locate(&id, self.advertise, now_ms()), Some((Role::HandedOver, to)) if to == failed);
-        let may_claim_here = !handing_to_failed || self.locate_at(id, failed).await == LocateAnswer::NoEntry;
-        let claim = if may_claim_here {
-            self.table.promote_local(&id, failed, self.identity(), now_ms())
-        } else {
-            tracing::debug!(session = %id, %failed, "not taking back a copy handed to a node that may be serving it");
-            None
+        // A copy this node is still handing over (to `failed`, or to a node whose pointer
+        // led to `failed`) is taken back only when its receiver is known never to have
+        // taken it over: a new process with no entry, or the same node answering with a
+        // generation older than the handover (it neither installed the copy nor holds
+        // anything newer; seed 94: its reply was lost in a cut, and the receiver's older
+        // pointer led to a node that had restarted since, so nobody could read the
+        // session). Merely unreachable, it may have installed the copy and be serving
+        // it, with none of our holders told (seed 57: it rotated the session away while
+        // this node took its copy back).
+        let claim = match self
+            .table
+            .handing_over_to(&id, now_ms())
+            .filter(|&(to, _)| to != self.advertise)
+        {
+            None => self.table.promote_local(&id, failed, self.identity(), now_ms()),
+            Some((to, transfer)) => {
+                let never_took = match self.locate_at(id, to).await {
+                    LocateAnswer::NoEntry => true,
+                    LocateAnswer::Entry(Role::HandedOver, Some(g)) => g < transfer,
+                    _ => false,
+                };
+                if never_took {
+                    self.table.promote_local(&id, to, self.identity(), now_ms())
+                } else {
+                    tracing::debug!(session = %id, %failed, receiver = %to, "not taking back a copy handed to a node that may be serving it");
+                    None
+                }
+            }
         };
         if let Some(claim) = claim {
             Stats::bump(&self.stats.promotions);

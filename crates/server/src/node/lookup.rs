@@ -359,9 +359,12 @@ impl Node {
                 role: Role::Destroyed,
                 ..
             }) if session_id == id => LocateAnswer::Destroyed,
-            Ok(PeerMessage::Located { session_id, role, .. }) if session_id == id => {
-                LocateAnswer::Entry(role)
-            }
+            Ok(PeerMessage::Located {
+                session_id,
+                role,
+                generation,
+                ..
+            }) if session_id == id => LocateAnswer::Entry(role, generation),
             Ok(_) => LocateAnswer::Unclear,
             Err(_) => LocateAnswer::Silent,
         }
@@ -374,7 +377,7 @@ impl Node {
         match self.locate_at(id, node).await {
             LocateAnswer::NoEntry => Ok(true),
             LocateAnswer::Destroyed => Err(Err(FetchError::Destroyed)),
-            LocateAnswer::Entry(_) | LocateAnswer::Unclear => Ok(false),
+            LocateAnswer::Entry(..) | LocateAnswer::Unclear => Ok(false),
             LocateAnswer::Silent => Ok(!self.alive(node).await),
         }
     }
@@ -411,8 +414,9 @@ pub(super) enum LocateAnswer {
     NoEntry,
     /// LOCATED with role 4: destroyed or rotated away there.
     Destroyed,
-    /// LOCATED with any other role: it owns, holds, or points on from an entry.
-    Entry(Role),
+    /// LOCATED with any other role: it owns, holds, or points on from an entry, and the
+    /// generation it gave (`None` from a node before LOCATED carried one).
+    Entry(Role, Option<u64>),
     /// An answer about another session, or an error frame: it says nothing either way.
     Unclear,
     /// No answer within the peer timeout (or no link).

@@ -26,6 +26,16 @@ impl Table {
         })
     }
 
+    /// The node this node is handing `id` over to and the transfer it was handed under,
+    /// while that handover waits for its COPY_ACK (a claim in progress here names this
+    /// node itself).
+    pub fn handing_over_to(&self, id: &SessionId, now: u64) -> Option<(SocketAddr, u64)> {
+        self.shard(id).map.get(id).and_then(|r| match r.value() {
+            Entry::HandingOver(h) if !h.live.expired(now) => Some((h.to, h.transfer)),
+            _ => None,
+        })
+    }
+
     /// The giving side of the handover: answers a COPY (`failed_owner` `None`) or a
     /// PROMOTE (`Some(owner the requester could not get it from)`) from `requester`, whose
     /// own entry remembers generation `their_last`. See protocol.md, "The COPY handover"
