@@ -112,18 +112,7 @@ async fn copy_refused_ends_the_handover_at_the_giver() {
         .unwrap()
         .session_id;
     let mut taker = authenticated(nodes[0].peer_addr()).await;
-    let transfer = match ask(
-        &mut taker,
-        PeerMessage::Copy {
-            session_id: id,
-            last_transfer: 0,
-        },
-    )
-    .await
-    {
-        PeerMessage::CopyData { transfer, .. } => transfer,
-        other => panic!("COPY of a live session: {other:?}"),
-    };
+    let transfer = take_copy(&mut taker, id).await;
     let refused = ask(
         &mut taker,
         PeerMessage::CopyRefused {
@@ -211,18 +200,7 @@ async fn a_copy_its_receiver_never_installed_is_taken_back() {
     });
     let receiver = scripted_peer(receiver_id, script).await;
     let mut taker = authenticated_as(nodes[0].peer_addr(), receiver, receiver_id).await;
-    let transfer = match ask(
-        &mut taker,
-        PeerMessage::Copy {
-            session_id: id,
-            last_transfer: 0,
-        },
-    )
-    .await
-    {
-        PeerMessage::CopyData { transfer, .. } => transfer,
-        other => panic!("COPY of a live session: {other:?}"),
-    };
+    let transfer = take_copy(&mut taker, id).await;
     assert_eq!(transfer, 2, "handed over under the generation after the move's");
     // Neither COPY_ACK nor COPY_REFUSED comes: node 0 is left handing over.
     let got = tokio::time::timeout(WAIT, c.get(&moved.token))
@@ -235,4 +213,21 @@ async fn a_copy_its_receiver_never_installed_is_taken_back() {
         other => panic!("LOCATE after the take-back: {other:?}"),
     }
     stop(nodes).await;
+}
+
+/// Asks the node behind `taker` for session `id` with COPY, as a node that never held it,
+/// and returns the transfer it was handed under (the node is then handing it over).
+async fn take_copy(taker: &mut common::raw_peer::Raw, id: SessionId) -> u64 {
+    match ask(
+        taker,
+        PeerMessage::Copy {
+            session_id: id,
+            last_transfer: 0,
+        },
+    )
+    .await
+    {
+        PeerMessage::CopyData { transfer, .. } => transfer,
+        other => panic!("COPY of a live session: {other:?}"),
+    }
 }
