@@ -389,3 +389,111 @@ async fn a_write_whose_backup_dies_mid_write_is_indeterminate_not_success() {
     assert_eq!(now.get("n").unwrap(), applied.to_string().as_str());
     stop(vec![owner]).await;
 }
+
+/// Two claims of one generation, each placed on the other's claimer and on a third holder
+/// (protocol.md 12.3, "A claim refused on behalf of a node that does not own S"): a holder
+/// that took this claim's copy in the same round gave its own claim up to it, so a MOVED
+/// naming that holder elsewhere comes from the abandoned claim, and the claim is placed
+/// one generation higher instead of yielding too (simulation seed 3296 without crashes:
+/// both claims yielded and no copy was left). Fake peers: the backup handing its copy
+/// over under PROMOTE, the rival (takes every copy, locates itself as a backup of this
+/// node), and a third holder that holds the rival's copy of generation 1. Checked: without
+/// the rule, the GET fails and nothing is installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_rival_yielded_to_it_climbs_past_the_rivals_copy() {
+    use sessync_proto::{PeerMessage, Role, SessionId};
+    use std::sync::{Arc, Mutex};
+    let dead = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let id = SessionId::random();
+    let node_addr = Arc::new(Mutex::new(None::<SocketAddr>));
+    let rival = {
+        let node_addr = node_addr.clone();
+        scripted_peer(
+            [0xff; 16],
+            Arc::new(move |m: &PeerMessage| {
+                Some(match m {
+                    PeerMessage::Ping(n) => PeerMessage::Pong(*n),
+                    PeerMessage::Locate { session_id } => match *node_addr.lock().unwrap() {
+                        Some(addr) => PeerMessage::Located {
+                            session_id: *session_id,
+                            role: Role::Backup,
+                            addr,
+                            generation: Some(1),
+                        },
+                        None => PeerMessage::NotFound {
+                            session_id: *session_id,
+                        },
+                    },
+                    _ => PeerMessage::Ok,
+                })
+            }),
+        )
+        .await
+    };
+    let third_generations = Arc::new(Mutex::new(Vec::new()));
+    let third = {
+        let seen = third_generations.clone();
+        scripted_peer(
+            [2; 16],
+            Arc::new(move |m: &PeerMessage| {
+                Some(match m {
+                    PeerMessage::Ping(n) => PeerMessage::Pong(*n),
+                    PeerMessage::Replicate { generation, record } => {
+                        seen.lock().unwrap().push(*generation);
+                        if *generation <= 1 {
+                            PeerMessage::Moved {
+                                session_id: record.id,
+                                owner: rival,
+                            }
+                        } else {
+                            PeerMessage::Ok
+                        }
+                    }
+                    PeerMessage::Locate { session_id } => PeerMessage::NotFound {
+                        session_id: *session_id,
+                    },
+                    _ => PeerMessage::Ok,
+                })
+            }),
+        )
+        .await
+    };
+    let backup = scripted_peer(
+        [3; 16],
+        Arc::new(move |m: &PeerMessage| {
+            Some(match m {
+                PeerMessage::Ping(n) => PeerMessage::Pong(*n),
+                PeerMessage::Promote { session_id, .. } if *session_id == id => PeerMessage::CopyData {
+                    transfer: 1,
+                    holders: vec![rival, third],
+                    record: empty_record(id, sessync_server::clock::now_ms(), 60_000),
+                },
+                PeerMessage::Locate { session_id } => PeerMessage::NotFound {
+                    session_id: *session_id,
+                },
+                _ => PeerMessage::Ok,
+            })
+        }),
+    )
+    .await;
+    let mut cfg = config();
+    cfg.replicas = 1;
+    cfg.peers = vec![backup, rival, third];
+    cfg.peer_timeout = Duration::from_millis(600);
+    let node = sessync_server::start(cfg).await.unwrap();
+    *node_addr.lock().unwrap() = Some(node.peer_addr());
+    let c = client(node.client_addr()).await;
+    let token = Token {
+        session_id: id,
+        generation: 0,
+        owner: dead,
+        backups: vec![backup],
+    }
+    .sign(&keys());
+    let got = timeout(WAIT, c.get(&token)).await.unwrap();
+    assert!(got.is_ok(), "the claim yielded too: {got:?}");
+    let seen = third_generations.lock().unwrap().clone();
+    assert_eq!(seen.first(), Some(&1), "{seen:?}");
+    assert!(seen.contains(&2), "placed one generation higher: {seen:?}");
+    stop(vec![node]).await;
+}

@@ -224,3 +224,101 @@ async fn a_restarted_holder_counts_again_once_every_member_answered() {
         .expect("surveyed once: later writes are not asked again");
     stop(vec![node]).await;
 }
+
+/// A failover's claim that no holder confirmed (protocol.md 12.2 step 6, "A session a
+/// failover's claim installed with fewer confirmations"): a rival claim may have been
+/// placed where this one was not, so the session's next confirmations count only after a
+/// survey of the members. The failed owner is a dead address; the backup hands its copy
+/// over under PROMOTE, and it and the other member refuse the claim's REPLICATE with
+/// ERROR. Then both take writes: with the other member silent on LOCATE the write is not
+/// acknowledged, though the backup confirmed it; once it answers, writes are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_claim_counts_confirmations_only_after_a_survey() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let id = sessync_proto::SessionId::random();
+    let take_copies = Arc::new(AtomicBool::new(false));
+    let confirmed = Arc::new(AtomicUsize::new(0));
+    let answer_locate = Arc::new(AtomicBool::new(false));
+    let replicate = {
+        let (take, confirmed) = (take_copies.clone(), confirmed.clone());
+        move |m: &PeerMessage| -> Option<PeerMessage> {
+            match m {
+                PeerMessage::Replicate { .. } if take.load(Ordering::SeqCst) => {
+                    confirmed.fetch_add(1, Ordering::SeqCst);
+                    Some(PeerMessage::Ok)
+                }
+                PeerMessage::Replicate { .. } => Some(PeerMessage::Error(sessync_proto::ErrorReply::new(
+                    ErrorCode::Internal,
+                    "not now",
+                ))),
+                PeerMessage::Locate { session_id } => Some(PeerMessage::NotFound {
+                    session_id: *session_id,
+                }),
+                PeerMessage::Ping(n) => Some(PeerMessage::Pong(*n)),
+                _ => Some(PeerMessage::Ok),
+            }
+        }
+    };
+    let backup_script = {
+        let replicate = replicate.clone();
+        move |m: &PeerMessage| match m {
+            PeerMessage::Promote { session_id, .. } if *session_id == id => Some(PeerMessage::CopyData {
+                transfer: 1,
+                holders: Vec::new(),
+                record: empty_record(id, sessync_server::clock::now_ms(), 60_000),
+            }),
+            other => replicate(other),
+        }
+    };
+    let member_script = {
+        let answer = answer_locate.clone();
+        move |m: &PeerMessage| match m {
+            PeerMessage::Locate { .. } if !answer.load(Ordering::SeqCst) => None,
+            other => replicate(other),
+        }
+    };
+    let backup = scripted_peer([7; 16], Arc::new(backup_script)).await;
+    let member = scripted_peer([8; 16], Arc::new(member_script)).await;
+    let mut cfg = config();
+    cfg.replicas = 1;
+    cfg.peers = vec![backup, member];
+    cfg.peer_timeout = Duration::from_millis(600);
+    let node = sessync_server::start(cfg).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let token = sessync_proto::Token {
+        session_id: id,
+        generation: 0,
+        owner: dead,
+        backups: vec![backup],
+    }
+    .sign(&keys());
+
+    let s = timeout(WAIT, c.get(&token))
+        .await
+        .unwrap()
+        .expect("the backup's copy is taken over");
+    let stats = timeout(WAIT, c.stats()).await.unwrap().unwrap();
+    assert_eq!(stat(&stats, "promotions"), 1, "{stats:?}");
+    assert_eq!(
+        confirmed.load(Ordering::SeqCst),
+        0,
+        "no holder confirmed the claim"
+    );
+
+    take_copies.store(true, Ordering::SeqCst);
+    assert_eq!(set(&c, &s.token, "1").await.err(), Some(ErrorCode::Indeterminate));
+    assert!(
+        confirmed.load(Ordering::SeqCst) > 0,
+        "a holder confirmed the write"
+    );
+
+    answer_locate.store(true, Ordering::SeqCst);
+    set(&c, &s.token, "2")
+        .await
+        .expect("every member answered: acknowledged");
+    stop(vec![node]).await;
+}

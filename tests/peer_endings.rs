@@ -231,3 +231,96 @@ async fn take_copy(taker: &mut common::raw_peer::Raw, id: SessionId) -> u64 {
         other => panic!("COPY of a live session: {other:?}"),
     }
 }
+
+/// A node that gave its session up to a newer owner keeps its own (older) copy as a kept
+/// copy naming that owner (protocol.md 12.2 step 2). A PROMOTE naming that owner failed,
+/// while the owner's process still REPLICATEs here, is refused with MOVED to it (12.3 step
+/// 2): handed over, the older copy would supersede the owner's acknowledged writes
+/// (simulation seed 130). Once the owner's connection is gone, the kept copy is handed over
+/// as before. Checked: with kept copies exempt again, the refusal assertion fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_copy_is_not_promoted_past_its_live_owner() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let newer_owner_id = [9; 16];
+    // The newer owner, and the holder whose MOVED names it once `superseded` is set.
+    let superseded = std::sync::Arc::new(AtomicBool::new(false));
+    let newer_owner = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let script = {
+        let superseded = superseded.clone();
+        move |m: &PeerMessage| {
+            Some(match m {
+                PeerMessage::Ping(n) => PeerMessage::Pong(*n),
+                PeerMessage::Replicate { record, .. } if superseded.load(Ordering::SeqCst) => {
+                    PeerMessage::Moved {
+                        session_id: record.id,
+                        owner: newer_owner,
+                    }
+                }
+                PeerMessage::Locate { session_id } | PeerMessage::Copy { session_id, .. } => {
+                    PeerMessage::NotFound {
+                        session_id: *session_id,
+                    }
+                }
+                _ => PeerMessage::Ok,
+            })
+        }
+    };
+    let holder = scripted_peer([8; 16], std::sync::Arc::new(script)).await;
+    let mut cfg = config();
+    cfg.replicas = 1;
+    cfg.peers = vec![holder];
+    cfg.peer_timeout = std::time::Duration::from_secs(3);
+    let node = sessync_server::start(cfg).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let s = tokio::time::timeout(WAIT, c.create(attrs(&[("cart", "1")])))
+        .await
+        .unwrap()
+        .unwrap();
+    let id = sessync_proto::Token::verify(&s.token, &keys())
+        .unwrap()
+        .session_id;
+
+    // The newer owner's process REPLICATEs (another session) here, then the holder says
+    // it owns this one: the write is not acknowledged and the copy here is kept.
+    let mut owner = authenticated_as(node.peer_addr(), newer_owner, newer_owner_id).await;
+    let other = PeerMessage::Replicate {
+        generation: 1,
+        record: empty_record(SessionId::random(), sessync_server::clock::now_ms(), 60_000),
+    };
+    assert_eq!(ask(&mut owner, other).await, PeerMessage::Ok);
+    superseded.store(true, Ordering::SeqCst);
+    let write = tokio::time::timeout(WAIT, c.set(&s.token).put("cart", "2".to_string()).send())
+        .await
+        .unwrap();
+    assert_eq!(
+        write.err().and_then(|e| e.code()),
+        Some(sessync_proto::ErrorCode::Indeterminate)
+    );
+
+    let promote = PeerMessage::Promote {
+        session_id: id,
+        last_transfer: 0,
+        failed_owner: newer_owner,
+    };
+    let mut asker = authenticated(node.peer_addr()).await;
+    assert_eq!(
+        ask(&mut asker, promote.clone()).await,
+        PeerMessage::Moved {
+            session_id: id,
+            owner: newer_owner,
+        },
+        "the owner's process still REPLICATEs here"
+    );
+    drop(owner);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let handed = ask(&mut asker, promote).await;
+    assert!(
+        matches!(handed, PeerMessage::CopyData { .. }),
+        "the owner's connection is gone: the kept copy is handed over ({handed:?})"
+    );
+    stop(vec![node]).await;
+}

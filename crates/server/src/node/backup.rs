@@ -268,9 +268,19 @@ impl Node {
                 let round = self
                     .replicate_round(id, generation, record, current, prefer)
                     .await;
+                // Also a node that took this very copy in the round, as a holder: it gave
+                // its own pending claim of this generation up to this one (12.2: between
+                // two pending claims the higher node id wins), so what names it elsewhere
+                // is that claim's copy, fenced by it as it yields. Without the climb both
+                // claims yielded and no copy was left (seed 3296 without crashes). Not if
+                // it restarted since this node first met it: a new process takes any copy,
+                // and the old one may have installed its claim and acknowledged writes.
                 let to = match &round {
-                    RoundOutcome::Superseded { to, .. }
-                        if bumps < MAX_CLAIM_BUMPS && (stale.contains(to) || *to == self.advertise) =>
+                    RoundOutcome::Superseded { to, yielded, .. }
+                        if bumps < MAX_CLAIM_BUMPS
+                            && (stale.contains(to)
+                                || *to == self.advertise
+                                || (*yielded && !self.has_restarted(*to))) =>
                     {
                         *to
                     }
@@ -323,10 +333,13 @@ impl Node {
                 RoundOutcome::Done(b) => {
                     if !b.complete(usize::from(self.config.replicas)) {
                         tracing::warn!(session = %id, backups = b.confirmed.len(), "session taken over with fewer backups than wanted");
+                        if claim {
+                            self.mark_unconfirmed_claim(id);
+                        }
                     }
                     (Some(b), None)
                 }
-                RoundOutcome::Superseded { to, placed } => {
+                RoundOutcome::Superseded { to, placed, .. } => {
                     self.spawn_fence(id, generation, placed);
                     (None, Some(Landing::Superseded(to)))
                 }
@@ -436,6 +449,7 @@ impl Node {
             RoundOutcome::Superseded {
                 to: owner,
                 mut placed,
+                ..
             } => {
                 for b in current.iter() {
                     if !placed.contains(b) {
@@ -569,11 +583,19 @@ impl Node {
                 return RoundOutcome::Destroyed { placed: holders };
             }
             if let Some(to) = superseded {
-                return RoundOutcome::Superseded { to, placed: holders };
+                return RoundOutcome::Superseded {
+                    yielded: confirmed.contains(&to),
+                    to,
+                    placed: holders,
+                };
             }
         }
         match self.check_restarted_holders(id, generation, &mut confirmed).await {
-            Some(LineageSurvey::Newer(to)) => RoundOutcome::Superseded { to, placed: holders },
+            Some(LineageSurvey::Newer(to)) => RoundOutcome::Superseded {
+                to,
+                placed: holders,
+                yielded: false,
+            },
             Some(LineageSurvey::Destroyed) => RoundOutcome::Destroyed { placed: holders },
             _ => RoundOutcome::Done(Backups {
                 confirmed: confirmed.into(),

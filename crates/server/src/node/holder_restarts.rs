@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::*;
 
 /// The sessions whose holders include a node that restarted since their copy was placed
-/// there, and those restarted addresses.
+/// there, and every address a new process has answered at.
 #[derive(Default)]
 pub(super) struct UnsureHolders {
     inner: std::sync::Mutex<Unsure>,
@@ -27,6 +27,10 @@ pub(super) struct UnsureHolders {
 struct Unsure {
     sessions: HashSet<SessionId>,
     restarted: HashSet<SocketAddr>,
+    /// Sessions installed here by a failover's claim that fewer holders confirmed than
+    /// `--replicas` asks: a rival claim of the same lineage may have been placed where
+    /// this one was not, so every confirmation counts only after a survey.
+    unconfirmed_claims: HashSet<SessionId>,
 }
 
 /// What the members said of a session this node owns under some generation.
@@ -52,6 +56,31 @@ impl Node {
         if !self.peers.processes.may_have_restarted() && !holders.any.load(Ordering::SeqCst) {
             return false;
         }
+        self.take_in_restarts().sessions.contains(id)
+    }
+
+    /// Marks `id`, just installed by a claim that fewer holders confirmed than wanted,
+    /// unsure: its next round's confirmations count only after a survey of the members
+    /// (simulation seed 130: a claim placed on no holder took its first confirmation from
+    /// a restarted holder, and the rival claim of the same generation, which had
+    /// acknowledged an append, was superseded by it).
+    pub(super) fn mark_unconfirmed_claim(&self, id: SessionId) {
+        let holders = &self.unsure_holders;
+        let mut unsure = holders.inner.lock().unwrap_or_else(|e| e.into_inner());
+        unsure.sessions.insert(id);
+        unsure.unconfirmed_claims.insert(id);
+        holders.any.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a new process has answered at `addr` since this node first met one there.
+    pub(super) fn has_restarted(&self, addr: SocketAddr) -> bool {
+        self.take_in_restarts().restarted.contains(&addr)
+    }
+
+    /// The unsure sessions and restarted addresses, with the restarts the peer links saw
+    /// since the last call taken in (the sessions backed by each become unsure).
+    fn take_in_restarts(&self) -> std::sync::MutexGuard<'_, Unsure> {
+        let holders = &self.unsure_holders;
         let mut unsure = holders.inner.lock().unwrap_or_else(|e| e.into_inner());
         holders.any.store(true, Ordering::SeqCst);
         for addr in self.peers.processes.take_restarted() {
@@ -61,7 +90,7 @@ impl Node {
             unsure.restarted.insert(addr);
         }
         holders.any.store(!unsure.sessions.is_empty(), Ordering::SeqCst);
-        unsure.sessions.contains(id)
+        unsure
     }
 
     /// Forgets the unsure sessions this node has no entry for any more (expired, or
@@ -76,6 +105,12 @@ impl Node {
         }
         let mut unsure = holders.inner.lock().unwrap_or_else(|e| e.into_inner());
         unsure.sessions.retain(|id| self.table.knows(id));
+        let Unsure {
+            sessions,
+            unconfirmed_claims,
+            ..
+        } = &mut *unsure;
+        unconfirmed_claims.retain(|id| sessions.contains(id));
         holders.any.store(!unsure.sessions.is_empty(), Ordering::SeqCst);
     }
 
@@ -100,13 +135,15 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         match found {
-            LineageSurvey::Clean => {
-                unsure.sessions.remove(&id);
-            }
+            // An unconfirmed claim's every confirmation waits for the members' word: the
+            // silent one may hold the rival claim.
+            LineageSurvey::Unknown if unsure.unconfirmed_claims.contains(&id) => confirmed.clear(),
             LineageSurvey::Unknown => confirmed.retain(|b| !unsure.restarted.contains(b)),
-            // The copy here ends (the caller gives it up): nothing to survey again.
-            LineageSurvey::Newer(_) | LineageSurvey::Destroyed => {
+            // Clean: sure now. Otherwise the copy here ends (the caller gives it up):
+            // nothing to survey again.
+            LineageSurvey::Clean | LineageSurvey::Newer(_) | LineageSurvey::Destroyed => {
                 unsure.sessions.remove(&id);
+                unsure.unconfirmed_claims.remove(&id);
             }
         }
         Some(found)

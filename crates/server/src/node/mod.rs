@@ -107,7 +107,14 @@ enum RoundOutcome {
     /// A node knows a newer owner of the session (`to`). `placed`: the nodes that may now
     /// hold this owner's copy of the session; they must be fenced (DROP) so that the
     /// abandoned copy can never be promoted over the newer owner's.
-    Superseded { to: SocketAddr, placed: Vec<SocketAddr> },
+    /// `yielded`: `to` itself took this very copy in the same round, as a holder (it gave
+    /// its own pending claim of this generation up to this one, 12.2), so what names it
+    /// at another holder is that abandoned claim's copy, not a live owner's.
+    Superseded {
+        to: SocketAddr,
+        placed: Vec<SocketAddr>,
+        yielded: bool,
+    },
     /// A node holds the session's tombstone: it was destroyed or rotated away there (by a
     /// later owner of this lineage), so the copy replicated is a stale one that must never
     /// be served. `placed` as for `Superseded`.

@@ -324,7 +324,9 @@ impl Table {
                     owner: to,
                     live: l,
                     kept: true,
-                    written_ms: 0,
+                    // `to`'s process that is alive now owns a newer copy: a PROMOTE
+                    // naming it failed while it still REPLICATEs here is refused.
+                    written_ms: now,
                 }))
             }
             other => other,

@@ -128,9 +128,11 @@ pub struct BackupCopy {
     /// three rivals that each yielded to another at once left only forwarding pointers and
     /// no copy (simulation seed 47 with `SESSYNC_SIM_NO_CRASH`).
     pub kept: bool,
-    /// When `owner`'s REPLICATE last stored this copy here (Unix ms; 0 for a kept copy):
-    /// the evidence that `owner` was alive and writing this session lately, which a
-    /// PROMOTE naming it failed must not override (protocol.md 12.3 step 2).
+    /// When `owner`'s REPLICATE last stored this copy here (Unix ms), or, for a copy kept
+    /// by [`Table::lose_ownership`], when this node learned that `owner` holds a newer one
+    /// (0 for other kept copies): the evidence that `owner` was alive and holding this
+    /// session lately, which a PROMOTE naming it failed must not override (protocol.md
+    /// 12.3 step 2).
     pub written_ms: u64,
 }
 
@@ -679,10 +681,10 @@ impl Table {
     }
 
     /// Whether the copy of `id` here is a backup of `owner`'s that a REPLICATE from it
-    /// stored at `since_ms` or later.
+    /// stored at `since_ms` or later, or a kept copy given up to it at `since_ms` or later.
     pub fn backup_written_since(&self, id: &SessionId, owner: SocketAddr, since_ms: u64) -> bool {
         let g = self.shard(id).map.read(id);
-        matches!(g.find_other(id), Some(Entry::Backup(b)) if b.owner == owner && !b.kept && b.written_ms >= since_ms)
+        matches!(g.find_other(id), Some(Entry::Backup(b)) if b.owner == owner && b.written_ms >= since_ms)
     }
 
     /// [`Table::destroy`] for a live copy here older than `generation` only: a copy this
