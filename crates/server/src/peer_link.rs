@@ -437,7 +437,7 @@ impl Peers {
     /// times (each given `timeout`) until the peer answers OK, as a task running
     /// `for _ in 0..tries { if request(..) == OK { break } }` would, without a task: when
     /// the link is up, the request is queued on it at once and its reply checked there;
-    /// only a failure (or a link not up) takes a task. For COPY_ACK (`node/backup.rs`).
+    /// only a failure (or a link not up) takes a task. For COPY_ACK (`node/install.rs`, `node/copy_acks.rs`).
     pub(crate) fn send_until_ok(
         self: &Arc<Self>,
         addr: SocketAddr,

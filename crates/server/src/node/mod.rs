@@ -6,6 +6,7 @@ mod copy_acks;
 mod drain;
 mod fetch;
 mod holder_restarts;
+mod install;
 mod lookup;
 mod memo;
 mod read_lease;

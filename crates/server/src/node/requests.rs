@@ -1,6 +1,6 @@
 //! One method per client request, called from [`Node::handle`]'s one-line dispatch
 //! (mini-redis's `Command::apply`). Each says what its request does to the session and
-//! what it answers; the cross-node work is in fetch.rs and backup.rs.
+//! what it answers; the cross-node work is in fetch.rs, install.rs and backup.rs.
 
 use super::*;
 

@@ -1,0 +1,368 @@
+//! A session that becomes ours: a copy handed over (COPY_DATA, also a late one), or a
+//! failover's claim, is installed only behind its replication (protocol.md 12.3): its
+//! copy is placed on the holders first, and a holder's refusal decides whether the
+//! claim climbs a generation, yields, or lands as a kept copy. The rounds themselves are
+//! in `backup.rs`.
+
+use super::*;
+
+impl Node {
+    /// Installs a session handed over by `from`, places its copy on every node of
+    /// `holders` (the giver's backups: they hold older copies of this lineage, which a
+    /// failover could otherwise promote) and more backups if they are too few
+    /// (preferring `prefer`), and acknowledges it, so `from` can drop its copy. Also used
+    /// for a COPY_DATA that arrived after its request gave up: the sender handed the
+    /// session to us, so it must be installed. A holder's refusal is real here.
+    pub(crate) async fn install_copy(
+        &self,
+        from: SocketAddr,
+        transfer: u64,
+        record: &sessync_proto::SessionRecord,
+        holders: &[SocketAddr],
+        prefer: &[SocketAddr],
+    ) {
+        self.receive_copy(from, transfer, record, holders, prefer, &[])
+            .await
+    }
+
+    /// A COPY_DATA that came after its COPY gave up (the peer link's or the simulated
+    /// network's late reply). Installed as [`Node::install_copy`] does, unless this node
+    /// has owned the session under a newer generation than it had when it asked (it owns
+    /// it, or has handed it on since): it took the session over some other way meanwhile
+    /// (a failover, a re-handed copy), fenced at the holders, so the giver's copy holds
+    /// nothing acknowledged that that lineage lacks, and installing it would make a rival
+    /// owner that throws acknowledged writes away (simulation seed 13 without crashes: the
+    /// giver, paused mid-fetch, answered 2.7 s late and its copy replaced a live one
+    /// holding an acknowledged append; `tests/partition.rs` seed 19: the late copy landed
+    /// after this node had handed its own newer copy on, and lived beside it). Such a copy is not
+    /// acknowledged either: the giver, still handing it here, then acknowledges no write
+    /// that went only into it (seed 208 without crashes), and points here.
+    pub(crate) async fn install_late_copy(
+        &self,
+        from: SocketAddr,
+        transfer: u64,
+        record: &sessync_proto::SessionRecord,
+        holders: &[SocketAddr],
+    ) {
+        let id = record.id;
+        if let Some(had) = self.unanswered_copy_to(id, from) {
+            if self.table.owned_past(&id, had, now_ms()) {
+                tracing::info!(session = %id, %from, transfer, had, "a late COPY_DATA of a state older than this node's own since it asked; not installed, not acknowledged");
+                return;
+            }
+        }
+        self.install_copy(from, transfer, record, holders, &[]).await;
+    }
+
+    /// Remembers that a COPY for `id` to `giver` got no reply in time, sent while this
+    /// node's entry had generation `had`: a late COPY_DATA is weighed against it. Bounded
+    /// ([`memo::SessionMemo`]): entries older than a minute go first.
+    pub(super) fn unanswered_copy(&self, id: SessionId, giver: SocketAddr, had: u64) {
+        // Forgetting one costs a refusal not made (protocol.md 12.4): dropped.
+        let _ = self
+            .unanswered_copies
+            .insert(id, UnansweredCopy { giver, had }, now_ms());
+    }
+
+    /// What this node had when its unanswered COPY for `id` went to `from`, if one did.
+    /// Kept after it is read (until a newer ask replaces it, or it ages out): a COPY that
+    /// the network duplicated is answered twice, and the second late COPY_DATA must meet
+    /// the same refusal as the first.
+    fn unanswered_copy_to(&self, id: SessionId, from: SocketAddr) -> Option<u64> {
+        self.unanswered_copies
+            .get(&id)
+            .filter(|u| u.giver == from)
+            .map(|u| u.had)
+    }
+
+    /// [`Node::install_copy`] for a copy the backup `from` handed over under PROMOTE: it
+    /// is handing the session to us and owns nothing, so a holder that names it as the
+    /// newer owner answers from a fence or kept copy of an abandoned claim, and the claim
+    /// climbs a generation ([`Node::protect_and_install`], `stale`).
+    pub(super) async fn install_promoted_copy(
+        &self,
+        from: SocketAddr,
+        transfer: u64,
+        record: &sessync_proto::SessionRecord,
+        holders: &[SocketAddr],
+        prefer: &[SocketAddr],
+    ) {
+        self.receive_copy(from, transfer, record, holders, prefer, &[from])
+            .await
+    }
+
+    /// The body of [`Node::install_copy`] and [`Node::install_promoted_copy`].
+    async fn receive_copy(
+        &self,
+        from: SocketAddr,
+        transfer: u64,
+        record: &sessync_proto::SessionRecord,
+        holders: &[SocketAddr],
+        prefer: &[SocketAddr],
+        stale: &[SocketAddr],
+    ) {
+        // A copy handed over under PROMOTE (`stale` names its giver) is a claim.
+        let claim = !stale.is_empty();
+        if transfer == 0 {
+            // No handover has generation 0 (protocol.md 11.1): not installed, replicated
+            // or acknowledged.
+            tracing::warn!(%from, session = %record.id, "a peer sent COPY_DATA with transfer id 0; ignored");
+            return;
+        }
+        // The giver first: it is alive (it just answered), and as our backup it is where
+        // anyone who finds us gone looks first (it named us in MOVED).
+        let mut first = vec![from];
+        first.extend_from_slice(prefer);
+        let current: Vec<SocketAddr> = holders
+            .iter()
+            .copied()
+            .filter(|h| *h != self.advertise && *h != from)
+            .collect();
+        // The giver cannot hand its older copy on (nor take it back) once it, or every
+        // node that holds its lineage's backups, holds ours: such a claim collides with
+        // our copy there (protocol.md 12.4). Otherwise it must hear our ACK first, except
+        // while the ACK is held back (below): then the giver may still hand its copy on
+        // to a node that reports us gone, a risk taken so that its copy outlives a crash
+        // of ours.
+        let landed = self
+            .protect_and_install(transfer, record, &current, &first, stale, claim)
+            .await;
+        // A copy not installed as the live session is answered COPY_REFUSED, not COPY_ACK,
+        // when the giver would take the ACK for more than "stop offering it": the giver
+        // acknowledges a write that went only into this copy once it hears the ACK
+        // (protocol.md 12.2 step 2), and what lives on here does not have it. The refusal
+        // ends the handover at the giver all the same (a giver left handing over keeps a
+        // stale copy that can come back: seed 3642). Two cases:
+        // - a holder named a newer owner (not the giver): the copy is kept here below
+        //   that owner's generation (12.2). Simulation seed 1104 without crashes: the ACK
+        //   of a copy kept this way acknowledged an append that the rival claim's lineage,
+        //   which went on, did not have.
+        // - another copy of this generation was installed here first (another request's
+        //   fetch, a failover's PROMOTE), so this one is refused as not newer. Simulation
+        //   seed 403: a promoted backup copy was installed, then the live owner's copy of
+        //   the same generation was refused but acknowledged, and its append was lost.
+        let placed = match landed {
+            Landed::Owner(placed) => placed,
+            // Without backups a write is acknowledged without waiting for any ACK.
+            Landed::NotNewer if self.config.replicas == 0 => None,
+            Landed::NotNewer => {
+                tracing::info!(session = %record.id, %from, transfer, "another copy of this generation was installed here first; this one is refused");
+                return self.refuse_copy(from, record.id, transfer);
+            }
+            Landed::Elsewhere => match self.table.locate(&record.id, self.advertise, now_ms()) {
+                Some((sessync_proto::Role::Backup, owner)) if owner != from && owner != self.advertise => {
+                    tracing::info!(session = %record.id, %from, %owner, transfer, "the copy lost to a newer owner at a holder; kept, and refused");
+                    return self.refuse_copy(from, record.id, transfer);
+                }
+                _ => None,
+            },
+        };
+        let giver_is_fenced = match &placed {
+            Some(backups) => {
+                backups.confirmed.contains(&from)
+                    || (!current.is_empty() && current.iter().all(|h| backups.confirmed.contains(h)))
+            }
+            None => true,
+        };
+        // Installed while too few backups took the copy (the giver among none of them):
+        // the giver's copy, kept while it hands the session here, is then the only other
+        // one, so the ACK waits until backups have ours ([`Node::release_held_ack`]).
+        // Acknowledged at once, one crash of this node lost the session (simulation
+        // seed 59: installed with no backup, acknowledged, crashed; the giver had
+        // dropped its copy). Until then the giver answers MOVED to this node, and if
+        // this node restarts empty, it hands its copy on again (protocol.md 12.4). Not
+        // from a giver that is leaving: its copy goes when it exits all the same, and its
+        // drain waits for every ACK (tests/drain.rs, a backup node paused).
+        if let Some(backups) = &placed {
+            if backups.confirmed.len() < usize::from(self.config.replicas)
+                && !backups.confirmed.contains(&from)
+                && !self.is_leaving(from)
+            {
+                tracing::info!(session = %record.id, %from, transfer, confirmed = backups.confirmed.len(), "installed with too few backups; the COPY_ACK waits for them");
+                let held = HeldAck {
+                    giver: from,
+                    transfer,
+                };
+                for (id, forgotten) in self.held_acks.insert(record.id, held, now_ms()) {
+                    self.send_held_ack(id, forgotten);
+                }
+                // Gone here, or the giver leaving, since the install (a DESTROY or a
+                // TAKE on another task in between found nothing held): sent now.
+                let still_ours = matches!(
+                    self.table.locate(&record.id, self.advertise, now_ms()),
+                    Some((sessync_proto::Role::Owner, _))
+                );
+                if !still_ours || self.is_leaving(from) {
+                    self.release_held_ack(record.id);
+                }
+                return;
+            }
+        }
+        // The ACK is sent even when the install was refused (a destroyed tombstone here):
+        // the sender must not keep offering the data. It goes after the backups have the
+        // copy: the sender then drops its own backups.
+        let ack = PeerMessage::CopyAck {
+            session_id: record.id,
+            transfer,
+        };
+        let timeout = self.config.peer_timeout;
+        if giver_is_fenced {
+            // Up to 3 tries until the giver answers OK, without a task while its link is
+            // up (queued on the link at once, its reply checked there). Bounded (3 x peer
+            // timeout), and a lost ACK only leaves the giver answering MOVED to us until
+            // it expires.
+            self.peers.send_until_ok(from, ack, 3, timeout);
+        } else {
+            // The giver is not our backup, so until it hears our ACK it would hand its
+            // (older) copy on to anyone who reports us gone: it must hear it before we
+            // serve anything from this session.
+            for _ in 0..3 {
+                if let Ok(PeerMessage::Ok) = self
+                    .peers
+                    .request(from, ack.clone(), Instant::now() + timeout)
+                    .await
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Makes a session that becomes ours under `generation` safe, then installs it: with
+    /// replicas, its copy goes to backups (preferring `prefer`) *before* it is installed,
+    /// so no request is served from it unprotected and every reply's token names its
+    /// backups; a node that answers with a newer owner makes it a forwarding tombstone
+    /// instead. Returns where the copy landed (installed: with its backups, `None`
+    /// without replication).
+    /// `current` are nodes that must take the copy (they hold older ones of this lineage).
+    /// `stale`: nodes known not to own the session (the holder that handed its copy over
+    /// under PROMOTE; this node always): a holder that names one of them as the newer
+    /// owner answers from a fence or kept copy left by an abandoned claim, and the claim
+    /// is placed again one generation higher (at most [`MAX_CLAIM_BUMPS`] times; 12.3).
+    /// Never the failed owner of a failover: it may be alive and cut off, and its holders'
+    /// refusal is what keeps a second owner out (seed 168).
+    /// `claim`: a failover's takeover, not a move. A rival claim that placed its copy on
+    /// this node, as a holder, while this one was being placed wins: this node confirmed
+    /// that copy, so its owner may have acknowledged writes on it, and installing over it
+    /// threw them away (seed 168 again, with the read lease: two backups promoted at once,
+    /// each to a different node, and the later claim's install replaced the backup copy
+    /// holding the earlier claim's acknowledged append).
+    pub(super) async fn protect_and_install(
+        &self,
+        generation: u64,
+        record: &sessync_proto::SessionRecord,
+        current: &[SocketAddr],
+        prefer: &[SocketAddr],
+        stale: &[SocketAddr],
+        claim: bool,
+    ) -> Landed {
+        let id = record.id;
+        let mut generation = generation;
+        let (landing_backups, superseded) = if self.config.replicas == 0 {
+            (None, None)
+        } else {
+            let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
+            let _one_at_a_time = self.replication_locks[stripe].lock().await;
+            let before = self.table.locate(&id, self.advertise, now_ms());
+            let mut bumps = 0;
+            let outcome = loop {
+                let round = self
+                    .replicate_round(id, generation, record, current, prefer)
+                    .await;
+                // Also a node that took this very copy in the round, as a holder: it gave
+                // its own pending claim of this generation up to this one (12.2: between
+                // two pending claims the higher node id wins), so what names it elsewhere
+                // is that claim's copy, fenced by it as it yields. Without the climb both
+                // claims yielded and no copy was left (seed 3296 without crashes). Not if
+                // it restarted since this node first met it: a new process takes any copy,
+                // and the old one may have installed its claim and acknowledged writes.
+                let to = match &round {
+                    RoundOutcome::Superseded { to, yielded, .. }
+                        if bumps < MAX_CLAIM_BUMPS
+                            && (stale.contains(to)
+                                || *to == self.advertise
+                                || (*yielded && !self.has_restarted(*to))) =>
+                    {
+                        *to
+                    }
+                    _ => break round,
+                };
+                // The giver that handed its copy here under PROMOTE owned nothing then, but
+                // may own the session again since (it fetched it back while this claim was
+                // being placed): then the refusal is real (seed 1026 without crashes: the
+                // claim climbed past the giver's newer lineage and replaced its
+                // acknowledged append). It is asked.
+                if to != self.advertise
+                    && matches!(
+                        self.locate_at(id, to).await,
+                        super::lookup::LocateAnswer::Entry(sessync_proto::Role::Owner, _)
+                    )
+                {
+                    tracing::info!(session = %id, %to, generation, "the node that handed its copy here owns the session again; the claim yields");
+                    break round;
+                }
+                // Fences and kept copies of abandoned claims refuse every copy of
+                // their generation (seed 128: each failed claim of generation 6
+                // fenced another holder at 6, until no copy was left).
+                bumps += 1;
+                generation += 1;
+                tracing::info!(session = %id, %to, generation, "a holder refused the claim on behalf of a node that does not own the session; claiming one generation higher");
+            };
+            // A rival's copy taken here meanwhile, as its holder (see `claim`).
+            let rival = match self.table.locate(&id, self.advertise, now_ms()) {
+                Some((sessync_proto::Role::Backup, o))
+                    if claim
+                        && o != self.advertise
+                        && !stale.contains(&o)
+                        && Some((sessync_proto::Role::Backup, o)) != before =>
+                {
+                    Some(o)
+                }
+                _ => None,
+            };
+            let outcome = match (outcome, rival) {
+                (RoundOutcome::Done(b), Some(to)) => {
+                    tracing::info!(session = %id, %to, generation, "a rival claim placed its copy here while this one was placed; it yields");
+                    let mut placed = b.holders.to_vec();
+                    placed.extend(b.confirmed.iter().filter(|c| !b.holders.contains(c)));
+                    self.spawn_fence(id, generation, placed);
+                    return Landed::Elsewhere;
+                }
+                (outcome, _) => outcome,
+            };
+            match outcome {
+                RoundOutcome::Done(b) => {
+                    if !b.complete(usize::from(self.config.replicas)) {
+                        tracing::warn!(session = %id, backups = b.confirmed.len(), "session taken over with fewer backups than wanted");
+                        if claim {
+                            self.mark_unconfirmed_claim(id);
+                        }
+                    }
+                    (Some(b), None)
+                }
+                RoundOutcome::Superseded { to, placed, .. } => {
+                    self.spawn_fence(id, generation, placed);
+                    (None, Some(Landing::Superseded(to)))
+                }
+                RoundOutcome::Destroyed { placed } => {
+                    tracing::info!(session = %id, generation, "a holder has the session destroyed; the copy claimed is not installed");
+                    self.spawn_fence(id, generation, placed);
+                    (None, Some(Landing::Destroyed))
+                }
+            }
+        };
+        let landing = match (&landing_backups, superseded) {
+            (_, Some(instead)) => instead,
+            (Some(b), None) => Landing::Owner(&b.holders),
+            (None, None) => Landing::Owner(&[]),
+        };
+        match self.table.install_as(record, generation, landing, now_ms()) {
+            Ok(true) if superseded.is_none() => {
+                Stats::bump(&self.stats.copies_received);
+                Landed::Owner(landing_backups)
+            }
+            Ok(false) if superseded.is_none() => Landed::NotNewer,
+            _ => Landed::Elsewhere,
+        }
+    }
+}
