@@ -324,3 +324,100 @@ async fn a_kept_copy_is_not_promoted_past_its_live_owner() {
     );
     stop(vec![node]).await;
 }
+
+/// A handover whose receiver points back at its giver under an older generation (it
+/// handed the session to the giver before, and never installed the copy coming back: the
+/// COPY_DATA answered a request that had given up) is stuck for good: the giver answers
+/// MOVED to the receiver and the receiver MOVED to the giver. A third node's lookup
+/// (protocol.md 17.3) sees the picture hold still and has the giver hand its copy on
+/// again, by PROMOTE naming the receiver (simulation seed 120 with crashes). Both are
+/// fake peers. Checked: without the rule the GET fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_whose_receiver_points_back_older_is_handed_on_again() {
+    use std::sync::{Arc, Mutex};
+    let id = SessionId::random();
+    // Addresses known before the scripts: each fake names the other.
+    let receiver_slot = Arc::new(Mutex::new(None::<std::net::SocketAddr>));
+    let promoted = Arc::new(Mutex::new(Vec::new()));
+    let giver = {
+        let (receiver, promoted) = (receiver_slot.clone(), promoted.clone());
+        scripted_peer(
+            [5; 16],
+            Arc::new(move |m: &PeerMessage| {
+                let to = receiver
+                    .lock()
+                    .unwrap()
+                    .unwrap_or_else(|| "127.0.0.1:9".parse().unwrap());
+                Some(match m {
+                    PeerMessage::Ping(n) => PeerMessage::Pong(*n),
+                    PeerMessage::Copy { session_id, .. } => PeerMessage::Moved {
+                        session_id: *session_id,
+                        owner: to,
+                    },
+                    PeerMessage::Locate { session_id } => PeerMessage::Located {
+                        session_id: *session_id,
+                        role: sessync_proto::Role::HandedOver,
+                        addr: to,
+                        generation: Some(38),
+                    },
+                    PeerMessage::Promote {
+                        session_id,
+                        failed_owner,
+                        ..
+                    } if *session_id == id && *failed_owner == to => {
+                        promoted.lock().unwrap().push(*failed_owner);
+                        PeerMessage::CopyData {
+                            transfer: 38,
+                            holders: Vec::new(),
+                            record: empty_record(id, sessync_server::clock::now_ms(), 60_000),
+                        }
+                    }
+                    _ => PeerMessage::Ok,
+                })
+            }),
+        )
+        .await
+    };
+    let receiver = scripted_peer(
+        [6; 16],
+        std::sync::Arc::new(move |m: &PeerMessage| {
+            Some(match m {
+                PeerMessage::Ping(n) => PeerMessage::Pong(*n),
+                PeerMessage::Copy { session_id, .. } => PeerMessage::Moved {
+                    session_id: *session_id,
+                    owner: giver,
+                },
+                // It handed generation 37 to the giver, which is handing 38 back.
+                PeerMessage::Locate { session_id } => PeerMessage::Located {
+                    session_id: *session_id,
+                    role: sessync_proto::Role::HandedOver,
+                    addr: giver,
+                    generation: Some(37),
+                },
+                _ => PeerMessage::Ok,
+            })
+        }),
+    )
+    .await;
+    *receiver_slot.lock().unwrap() = Some(receiver);
+    let mut cfg = config();
+    cfg.peers = vec![giver, receiver];
+    cfg.peer_timeout = std::time::Duration::from_millis(400);
+    let node = sessync_server::start(cfg).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let token = sessync_proto::Token {
+        session_id: id,
+        generation: 37,
+        owner: giver,
+        backups: vec![],
+    }
+    .sign(&keys());
+    let got = tokio::time::timeout(WAIT, c.get(&token)).await.unwrap();
+    assert!(got.is_ok(), "the stuck handover was not handed on: {got:?}");
+    assert_eq!(
+        *promoted.lock().unwrap(),
+        vec![receiver],
+        "PROMOTE naming the receiver"
+    );
+    stop(vec![node]).await;
+}

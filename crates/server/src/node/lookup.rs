@@ -105,7 +105,7 @@ impl Node {
         let mut pointing: Vec<SocketAddr> = Vec::new();
         // Every (giver, receiver) of a handover under way, and the members that answered
         // holding at most a backup copy (nothing they would hand on).
-        let mut handovers: Vec<(SocketAddr, SocketAddr)> = Vec::new();
+        let mut handovers: Vec<(SocketAddr, SocketAddr, Option<u64>)> = Vec::new();
         let mut without: Vec<SocketAddr> = Vec::new();
         for (&m, reply) in members.iter().zip(replies.clone()) {
             match &reply {
@@ -113,8 +113,8 @@ impl Node {
                     session_id,
                     role: Role::HandedOver,
                     addr,
-                    ..
-                }) if *session_id == id => handovers.push((m, *addr)),
+                    generation,
+                }) if *session_id == id => handovers.push((m, *addr, *generation)),
                 Ok(PeerMessage::Located {
                     session_id,
                     role: Role::Backup,
@@ -161,11 +161,22 @@ impl Node {
         // A handover stuck for good: its receiver answered, and holds at most a backup
         // copy (its COPY_DATA was lost and it never asked again). The giver still holds the
         // newest state, and answers every other asker MOVED to the receiver, which points
-        // back at its owner: a cycle no COPY chain leaves (simulation seed 233).
+        // back at its owner: a cycle no COPY chain leaves (simulation seed 233). Or the
+        // receiver points back at the giver under an older generation than the handover's:
+        // it handed the session to the giver before and never installed the copy coming
+        // back (simulation seed 120 with crashes: a PROMOTE delayed past its asker's
+        // patience, answered by the giver after a pause; the COPY_DATA found no request).
+        let points_back_older = |giver: SocketAddr, to: SocketAddr, transfer: Option<u64>| {
+            handovers.iter().any(|&(m, a, g)| {
+                m == to && a == giver && matches!((g, transfer), (Some(g), Some(t)) if g < t)
+            })
+        };
         let stuck: Vec<(SocketAddr, SocketAddr)> = handovers
             .iter()
-            .copied()
-            .filter(|(_, to)| without.contains(to) && *to != self.advertise)
+            .filter(|&&(giver, to, transfer)| {
+                to != self.advertise && (without.contains(&to) || points_back_older(giver, to, transfer))
+            })
+            .map(|&(giver, to, _)| (giver, to))
             .collect();
         tracing::debug!(session = %id, ?owner, ?handed, ?copies, ?silent, ?stuck, "lookup");
         let found = if let Some(o) = owner.or(handed.first().copied()) {
