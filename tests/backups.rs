@@ -412,7 +412,6 @@ async fn a_claim_whose_rival_yielded_to_it_climbs_past_the_rivals_copy() {
             [0xff; 16],
             Arc::new(move |m: &PeerMessage| {
                 Some(match m {
-                    PeerMessage::Ping(n) => PeerMessage::Pong(*n),
                     PeerMessage::Locate { session_id } => match *node_addr.lock().unwrap() {
                         Some(addr) => PeerMessage::Located {
                             session_id: *session_id,
@@ -437,7 +436,6 @@ async fn a_claim_whose_rival_yielded_to_it_climbs_past_the_rivals_copy() {
             [2; 16],
             Arc::new(move |m: &PeerMessage| {
                 Some(match m {
-                    PeerMessage::Ping(n) => PeerMessage::Pong(*n),
                     PeerMessage::Replicate { generation, record } => {
                         seen.lock().unwrap().push(*generation);
                         if *generation <= 1 {
@@ -462,7 +460,6 @@ async fn a_claim_whose_rival_yielded_to_it_climbs_past_the_rivals_copy() {
         [3; 16],
         Arc::new(move |m: &PeerMessage| {
             Some(match m {
-                PeerMessage::Ping(n) => PeerMessage::Pong(*n),
                 PeerMessage::Promote { session_id, .. } if *session_id == id => PeerMessage::CopyData {
                     transfer: 1,
                     holders: vec![rival, third],
@@ -483,13 +480,7 @@ async fn a_claim_whose_rival_yielded_to_it_climbs_past_the_rivals_copy() {
     let node = sessync_server::start(cfg).await.unwrap();
     *node_addr.lock().unwrap() = Some(node.peer_addr());
     let c = client(node.client_addr()).await;
-    let token = Token {
-        session_id: id,
-        generation: 0,
-        owner: dead,
-        backups: vec![backup],
-    }
-    .sign(&keys());
+    let token = token_for(id, 0, dead, vec![backup]);
     let got = timeout(WAIT, c.get(&token)).await.unwrap();
     assert!(got.is_ok(), "the claim yielded too: {got:?}");
     let seen = third_generations.lock().unwrap().clone();

@@ -258,7 +258,6 @@ async fn an_unconfirmed_claim_counts_confirmations_only_after_a_survey() {
                 PeerMessage::Locate { session_id } => Some(PeerMessage::NotFound {
                     session_id: *session_id,
                 }),
-                PeerMessage::Ping(n) => Some(PeerMessage::Pong(*n)),
                 _ => Some(PeerMessage::Ok),
             }
         }
@@ -289,13 +288,7 @@ async fn an_unconfirmed_claim_counts_confirmations_only_after_a_survey() {
     cfg.peer_timeout = Duration::from_millis(600);
     let node = sessync_server::start(cfg).await.unwrap();
     let c = client(node.client_addr()).await;
-    let token = sessync_proto::Token {
-        session_id: id,
-        generation: 0,
-        owner: dead,
-        backups: vec![backup],
-    }
-    .sign(&keys());
+    let token = token_for(id, 0, dead, vec![backup]);
 
     let s = timeout(WAIT, c.get(&token))
         .await

@@ -400,7 +400,6 @@ async fn lying_owner(
     let script: PeerScript = std::sync::Arc::new(move |msg: &PeerMessage| {
         Some(match msg {
             PeerMessage::Copy { session_id, .. } => reply(*session_id),
-            PeerMessage::Ping(n) => PeerMessage::Pong(*n),
             _ => PeerMessage::Ok,
         })
     });

@@ -178,7 +178,6 @@ async fn a_copy_its_receiver_never_installed_is_taken_back() {
     let receiver_id = [7; 16];
     let script: PeerScript = std::sync::Arc::new(move |m: &PeerMessage| {
         Some(match m {
-            PeerMessage::Ping(n) => PeerMessage::Pong(*n),
             PeerMessage::Epoch => PeerMessage::EpochIs {
                 node_id: receiver_id,
                 uptime_ms: 0,
@@ -253,7 +252,6 @@ async fn a_kept_copy_is_not_promoted_past_its_live_owner() {
         let superseded = superseded.clone();
         move |m: &PeerMessage| {
             Some(match m {
-                PeerMessage::Ping(n) => PeerMessage::Pong(*n),
                 PeerMessage::Replicate { record, .. } if superseded.load(Ordering::SeqCst) => {
                     PeerMessage::Moved {
                         session_id: record.id,
@@ -349,7 +347,6 @@ async fn a_handover_whose_receiver_points_back_older_is_handed_on_again() {
                     .unwrap()
                     .unwrap_or_else(|| "127.0.0.1:9".parse().unwrap());
                 Some(match m {
-                    PeerMessage::Ping(n) => PeerMessage::Pong(*n),
                     PeerMessage::Copy { session_id, .. } => PeerMessage::Moved {
                         session_id: *session_id,
                         owner: to,
@@ -382,7 +379,6 @@ async fn a_handover_whose_receiver_points_back_older_is_handed_on_again() {
         [6; 16],
         std::sync::Arc::new(move |m: &PeerMessage| {
             Some(match m {
-                PeerMessage::Ping(n) => PeerMessage::Pong(*n),
                 PeerMessage::Copy { session_id, .. } => PeerMessage::Moved {
                     session_id: *session_id,
                     owner: giver,
@@ -405,13 +401,7 @@ async fn a_handover_whose_receiver_points_back_older_is_handed_on_again() {
     cfg.peer_timeout = std::time::Duration::from_millis(400);
     let node = sessync_server::start(cfg).await.unwrap();
     let c = client(node.client_addr()).await;
-    let token = sessync_proto::Token {
-        session_id: id,
-        generation: 37,
-        owner: giver,
-        backups: vec![],
-    }
-    .sign(&keys());
+    let token = token_for(id, 37, giver, vec![]);
     let got = tokio::time::timeout(WAIT, c.get(&token)).await.unwrap();
     assert!(got.is_ok(), "the stuck handover was not handed on: {got:?}");
     assert_eq!(

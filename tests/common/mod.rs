@@ -251,12 +251,29 @@ pub fn init_sim_log() {
     }
 }
 
+/// A signed token for session `id` that names `owner` (a peer address) and `backups`.
+pub fn token_for(
+    id: sessync_proto::SessionId,
+    generation: u64,
+    owner: std::net::SocketAddr,
+    backups: Vec<std::net::SocketAddr>,
+) -> String {
+    sessync_proto::Token {
+        session_id: id,
+        generation,
+        owner,
+        backups,
+    }
+    .sign(&keys())
+}
+
 /// What a scripted peer does with a request: `Some(reply)`, or `None` (never answers).
 pub type PeerScript =
     std::sync::Arc<dyn Fn(&sessync_proto::PeerMessage) -> Option<sessync_proto::PeerMessage> + Send + Sync>;
 
 /// A fake peer on an OS-chosen port: it completes the real secret handshake (as node
-/// `node_id`), then answers each request as `script` says.
+/// `node_id`), answers PING (every peer must answer liveness probes), and answers every
+/// other request as `script` says.
 pub async fn scripted_peer(node_id: [u8; 16], script: PeerScript) -> SocketAddr {
     use futures_util::{SinkExt, StreamExt};
     use sessync_proto::{Acceptor, FrameCodec, Message, PeerMessage};
@@ -279,7 +296,11 @@ pub async fn scripted_peer(node_id: [u8; 16], script: PeerScript) -> SocketAddr 
                 framed.send((id, PeerMessage::AuthOk)).await.unwrap();
                 while let Some(Ok(f)) = framed.next().await {
                     let (id, msg) = (f.request_id, read(f));
-                    if let Some(answer) = script(&msg) {
+                    let answer = match msg {
+                        PeerMessage::Ping(n) => Some(PeerMessage::Pong(n)),
+                        msg => script(&msg),
+                    };
+                    if let Some(answer) = answer {
                         if framed.send((id, answer)).await.is_err() {
                             return;
                         }
