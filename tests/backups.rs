@@ -488,3 +488,81 @@ async fn a_claim_whose_rival_yielded_to_it_climbs_past_the_rivals_copy() {
     assert!(seen.contains(&2), "placed one generation higher: {seen:?}");
     stop(vec![node]).await;
 }
+
+/// A write applied to a copy that a newer copy replaced before the write's replication
+/// round (protocol.md 12.2 step 2): the round that follows replicates the newer copy,
+/// which lacks the write, so it says nothing about the write, and the write is not
+/// acknowledged (simulation seed 2352 without crashes: a paused owner's stale copy took
+/// a write while a fetch for a newer token installed the newer owner's copy over it; the
+/// install's round then acknowledged the write, which was lost). Fake peers: the backup,
+/// whose answer to the fetched copy's REPLICATE takes 600 ms (so the install holds the
+/// session's replication while the write waits for it), and the newer owner, which hands
+/// its copy over. Checked: without the rule the SET is acknowledged and the read lacks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_copy_replaced_before_its_round_is_not_acknowledged() {
+    use sessync_proto::PeerMessage;
+    use std::sync::Arc;
+    let backup = scripted_peer_async(
+        [3; 16],
+        Arc::new(|m: PeerMessage| {
+            Box::pin(async move {
+                Some(match m {
+                    PeerMessage::Replicate { generation, .. } if generation > 0 => {
+                        tokio::time::sleep(Duration::from_millis(600)).await;
+                        PeerMessage::Ok
+                    }
+                    PeerMessage::Locate { session_id } => PeerMessage::NotFound { session_id },
+                    _ => PeerMessage::Ok,
+                })
+            })
+        }),
+    )
+    .await;
+    let newer = scripted_peer(
+        [4; 16],
+        Arc::new(move |m: &PeerMessage| {
+            Some(match m {
+                PeerMessage::Copy { session_id, .. } => PeerMessage::CopyData {
+                    transfer: 5,
+                    holders: vec![backup],
+                    record: empty_record(*session_id, sessync_server::clock::now_ms(), 60_000),
+                },
+                _ => PeerMessage::Ok,
+            })
+        }),
+    )
+    .await;
+    let node = start_node(1, |c| {
+        c.peers = vec![backup];
+        c.peer_timeout = Duration::from_millis(2_000);
+    })
+    .await;
+    let (c, reader) = (client(node.client_addr()).await, client(node.client_addr()).await);
+    let s = timeout(WAIT, c.create(attrs(&[("cart", "0")])))
+        .await
+        .unwrap()
+        .unwrap();
+    let id = Token::verify(&s.token, &keys()).unwrap().session_id;
+    let newer_token = token_for(id, 4, newer, vec![backup]);
+    let fetch = tokio::spawn(async move { timeout(WAIT, reader.get(&newer_token)).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let write = timeout(WAIT, c.set(&s.token).put("cart", "1".to_string()).send())
+        .await
+        .unwrap();
+    let fetched = fetch
+        .await
+        .unwrap()
+        .expect("the newer copy is fetched and installed");
+    assert_eq!(fetched.get("cart"), None, "the newer owner's copy");
+    assert!(
+        matches!(
+            write,
+            Err(ClientError::Server {
+                code: ErrorCode::Indeterminate,
+                ..
+            })
+        ),
+        "a write its copy lost before its round was reported as {write:?}"
+    );
+    stop(vec![node]).await;
+}

@@ -271,10 +271,33 @@ pub fn token_for(
 pub type PeerScript =
     std::sync::Arc<dyn Fn(&sessync_proto::PeerMessage) -> Option<sessync_proto::PeerMessage> + Send + Sync>;
 
+/// [`PeerScript`] whose answer may take time (a holder that answers late).
+pub type AsyncPeerScript = std::sync::Arc<
+    dyn Fn(
+            sessync_proto::PeerMessage,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<sessync_proto::PeerMessage>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A fake peer on an OS-chosen port: it completes the real secret handshake (as node
 /// `node_id`), answers PING (every peer must answer liveness probes), and answers every
 /// other request as `script` says.
 pub async fn scripted_peer(node_id: [u8; 16], script: PeerScript) -> SocketAddr {
+    scripted_peer_async(
+        node_id,
+        std::sync::Arc::new(move |m| {
+            let answer = script(&m);
+            Box::pin(async move { answer })
+        }),
+    )
+    .await
+}
+
+/// [`scripted_peer`] with answers that may take time: one connection's requests are
+/// answered in order, each after its script's future ends.
+pub async fn scripted_peer_async(node_id: [u8; 16], script: AsyncPeerScript) -> SocketAddr {
     use futures_util::{SinkExt, StreamExt};
     use sessync_proto::{Acceptor, FrameCodec, Message, PeerMessage};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -298,7 +321,7 @@ pub async fn scripted_peer(node_id: [u8; 16], script: PeerScript) -> SocketAddr 
                     let (id, msg) = (f.request_id, read(f));
                     let answer = match msg {
                         PeerMessage::Ping(n) => Some(PeerMessage::Pong(n)),
-                        msg => script(&msg),
+                        msg => script(msg).await,
                     };
                     if let Some(answer) = answer {
                         if framed.send((id, answer)).await.is_err() {

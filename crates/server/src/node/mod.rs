@@ -75,6 +75,11 @@ enum Replication {
     NotHere,
     /// Replicated as far as it went: see [`Backups`].
     Done(Backups),
+    /// Live here, but under another generation than the write's
+    /// ([`Node::replicate_write`]): the copy the write went into was replaced meanwhile
+    /// (a newer copy installed over it, or it left and came back), and no round of this
+    /// copy can say the write is protected.
+    Replaced,
     /// A backup knows a newer owner (it promoted its copy while this node seemed gone);
     /// the session was given up here.
     Lost(SocketAddr),
