@@ -411,3 +411,80 @@ async fn a_handover_whose_receiver_points_back_older_is_handed_on_again() {
     );
     stop(vec![node]).await;
 }
+
+/// A failover that finds a backup's copy no newer than the live copy held here (protocol.md
+/// 12.3 step 2): the backup hands it over under the generation just past ours, which it
+/// picks only when its own copy's generation is not above it, so ours is the later state
+/// and is kept; the handed copy is refused with COPY_REFUSED, so its giver ends the
+/// handover (simulation seed 913 without crashes: an owner cut off from the claimer of
+/// its next generation took over a copy that a third node had kept from an abandoned
+/// claim, and lost eight acknowledged appends). The token's owner is a dead address; the
+/// backup is a fake peer. Checked: without the rule the older copy replaces the live one
+/// and no COPY_REFUSED is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_keeps_a_live_copy_newer_than_the_backups() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let refused = std::sync::Arc::new(AtomicBool::new(false));
+    let script = {
+        let refused = refused.clone();
+        move |m: &PeerMessage| {
+            Some(match m {
+                PeerMessage::Promote {
+                    session_id,
+                    last_transfer,
+                    ..
+                } => PeerMessage::CopyData {
+                    transfer: last_transfer + 1,
+                    holders: Vec::new(),
+                    record: empty_record(*session_id, sessync_server::clock::now_ms(), 60_000),
+                },
+                PeerMessage::CopyRefused { .. } => {
+                    refused.store(true, Ordering::SeqCst);
+                    PeerMessage::Ok
+                }
+                PeerMessage::Locate { session_id } => PeerMessage::NotFound {
+                    session_id: *session_id,
+                },
+                _ => PeerMessage::Ok,
+            })
+        }
+    };
+    let backup = scripted_peer([8; 16], std::sync::Arc::new(script)).await;
+    let mut cfg = config();
+    cfg.replicas = 1;
+    cfg.peers = vec![backup];
+    cfg.peer_timeout = std::time::Duration::from_millis(600);
+    let node = sessync_server::start(cfg).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let s = tokio::time::timeout(WAIT, c.create(attrs(&[("cart", "1")])))
+        .await
+        .unwrap()
+        .unwrap();
+    let id = sessync_proto::Token::verify(&s.token, &keys())
+        .unwrap()
+        .session_id;
+
+    // A token naming a newer generation at an owner that is gone, with the fake backup.
+    let newer = token_for(id, 5, dead, vec![backup]);
+    // Nothing newer than the live copy is found: the read is served from it (a read
+    // whose token's owner and backups cannot give it anything newer, 12.5), or fails.
+    let got = tokio::time::timeout(WAIT, c.get(&newer)).await.unwrap();
+    if let Ok(read) = &got {
+        assert_eq!(read.get("cart").map(|v| v.as_ref()), Some(&b"1"[..]), "{got:?}");
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !refused.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(refused.load(Ordering::SeqCst), "the handed copy was refused");
+    let kept = tokio::time::timeout(WAIT, c.get(&s.token))
+        .await
+        .unwrap()
+        .expect("the live copy is still served");
+    assert_eq!(kept.get("cart").map(|v| v.as_ref()), Some(&b"1"[..]));
+    stop(vec![node]).await;
+}

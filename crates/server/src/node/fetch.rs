@@ -440,11 +440,13 @@ impl Node {
                 continue;
             }
             let mut attempts = 0;
+            let had = self.table.last_received(&id);
+            let live_here = self.table.live_generation(&id, now_ms()) == Some(had);
             let reply = loop {
                 attempts += 1;
                 let ask = PeerMessage::Promote {
                     session_id: id,
-                    last_transfer: self.table.last_received(&id),
+                    last_transfer: had,
                     failed_owner: failed,
                 };
                 match self
@@ -459,6 +461,20 @@ impl Node {
                 }
             };
             match reply {
+                // The backup's copy is no newer than the live copy here: it was handed
+                // over under the generation just past ours, which a giver picks only when
+                // its own copy's is not above it (protocol.md 12.3 step 2). Ours is the
+                // later state of the lineage (or a rival branch of it); taking the older
+                // one over it would lose what ours has (simulation seed 913 without
+                // crashes: an owner cut off from the claimer of its next generation took
+                // over a copy another node had kept from an abandoned claim, and lost
+                // eight acknowledged appends). Refused, so the giver ends its handover.
+                Ok(PeerMessage::CopyData { transfer, record, .. })
+                    if record.id == id && live_here && transfer <= had + 1 =>
+                {
+                    tracing::info!(session = %id, %failed, backup = %b, transfer, "a backup's copy is no newer than the live copy here; refused");
+                    self.refuse_copy(b, id, transfer);
+                }
                 Ok(PeerMessage::CopyData {
                     transfer,
                     holders,
