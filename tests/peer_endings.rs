@@ -231,6 +231,33 @@ async fn take_copy(taker: &mut common::raw_peer::Raw, id: SessionId) -> u64 {
     }
 }
 
+/// A node with `--replicas 1` and the one peer `backup`, and a session created there
+/// (`cart` = 1): its client, the session and its id.
+async fn node_with_a_session(
+    backup: std::net::SocketAddr,
+    peer_timeout: std::time::Duration,
+) -> (
+    sessync_server::NodeHandle,
+    sessync_client::Client,
+    sessync_client::Session,
+    SessionId,
+) {
+    let mut cfg = config();
+    cfg.replicas = 1;
+    cfg.peers = vec![backup];
+    cfg.peer_timeout = peer_timeout;
+    let node = sessync_server::start(cfg).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let s = tokio::time::timeout(WAIT, c.create(attrs(&[("cart", "1")])))
+        .await
+        .unwrap()
+        .unwrap();
+    let id = sessync_proto::Token::verify(&s.token, &keys())
+        .unwrap()
+        .session_id;
+    (node, c, s, id)
+}
+
 /// A node that gave its session up to a newer owner keeps its own (older) copy as a kept
 /// copy naming that owner (protocol.md 12.2 step 2). A PROMOTE naming that owner failed,
 /// while the owner's process still REPLICATEs here, is refused with MOVED to it (12.3 step
@@ -268,19 +295,7 @@ async fn a_kept_copy_is_not_promoted_past_its_live_owner() {
         }
     };
     let holder = scripted_peer([8; 16], std::sync::Arc::new(script)).await;
-    let mut cfg = config();
-    cfg.replicas = 1;
-    cfg.peers = vec![holder];
-    cfg.peer_timeout = std::time::Duration::from_secs(3);
-    let node = sessync_server::start(cfg).await.unwrap();
-    let c = client(node.client_addr()).await;
-    let s = tokio::time::timeout(WAIT, c.create(attrs(&[("cart", "1")])))
-        .await
-        .unwrap()
-        .unwrap();
-    let id = sessync_proto::Token::verify(&s.token, &keys())
-        .unwrap()
-        .session_id;
+    let (node, c, s, id) = node_with_a_session(holder, std::time::Duration::from_secs(3)).await;
 
     // The newer owner's process REPLICATEs (another session) here, then the holder says
     // it owns this one: the write is not acknowledged and the copy here is kept.
@@ -454,19 +469,7 @@ async fn a_failover_keeps_a_live_copy_newer_than_the_backups() {
         }
     };
     let backup = scripted_peer([8; 16], std::sync::Arc::new(script)).await;
-    let mut cfg = config();
-    cfg.replicas = 1;
-    cfg.peers = vec![backup];
-    cfg.peer_timeout = std::time::Duration::from_millis(600);
-    let node = sessync_server::start(cfg).await.unwrap();
-    let c = client(node.client_addr()).await;
-    let s = tokio::time::timeout(WAIT, c.create(attrs(&[("cart", "1")])))
-        .await
-        .unwrap()
-        .unwrap();
-    let id = sessync_proto::Token::verify(&s.token, &keys())
-        .unwrap()
-        .session_id;
+    let (node, c, s, id) = node_with_a_session(backup, std::time::Duration::from_millis(600)).await;
 
     // A token naming a newer generation at an owner that is gone, with the fake backup.
     let newer = token_for(id, 5, dead, vec![backup]);
