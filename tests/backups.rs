@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -14,13 +14,6 @@ use sessync_client::{Client, ClientError, ErrorCode};
 use sessync_proto::Token;
 use sessync_server::{BackupPolicy, NodeConfig, NodeHandle};
 use tokio::time::timeout;
-
-/// A loopback address the OS just handed out and that nothing listens on now (for a
-/// backup node that is never there).
-fn nowhere() -> SocketAddr {
-    let l = StdListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 /// Starts a node on OS-chosen ports that keeps `replicas` backups.
 async fn start_node(replicas: u8, tweak: impl FnOnce(&mut NodeConfig)) -> NodeHandle {
@@ -403,7 +396,7 @@ async fn a_write_whose_backup_dies_mid_write_is_indeterminate_not_success() {
 async fn a_claim_whose_rival_yielded_to_it_climbs_past_the_rivals_copy() {
     use sessync_proto::{PeerMessage, Role, SessionId};
     use std::sync::{Arc, Mutex};
-    let dead = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = nowhere();
     let id = SessionId::random();
     let node_addr = Arc::new(Mutex::new(None::<SocketAddr>));
     let rival = {

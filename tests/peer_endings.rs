@@ -170,11 +170,7 @@ async fn a_copy_its_receiver_never_installed_is_taken_back() {
         .session_id;
     // The receiver: a peer whose pointer for the session is older than the handover (it
     // handed generation 1 on, to a node that is gone).
-    let gone = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let gone = nowhere();
     let receiver_id = [7; 16];
     let script: PeerScript = std::sync::Arc::new(move |m: &PeerMessage| {
         Some(match m {
@@ -270,11 +266,7 @@ async fn a_kept_copy_is_not_promoted_past_its_live_owner() {
     let newer_owner_id = [9; 16];
     // The newer owner, and the holder whose MOVED names it once `superseded` is set.
     let superseded = std::sync::Arc::new(AtomicBool::new(false));
-    let newer_owner = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let newer_owner = nowhere();
     let script = {
         let superseded = superseded.clone();
         move |m: &PeerMessage| {
@@ -439,10 +431,7 @@ async fn a_handover_whose_receiver_points_back_older_is_handed_on_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_keeps_a_live_copy_newer_than_the_backups() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = nowhere();
     let refused = std::sync::Arc::new(AtomicBool::new(false));
     let script = {
         let refused = refused.clone();

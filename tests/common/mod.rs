@@ -251,6 +251,13 @@ pub fn init_sim_log() {
     }
 }
 
+/// A loopback address the OS just handed out and that nothing listens on now: a peer
+/// that is gone (a dead owner, a backup node that is never there).
+pub fn nowhere() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
 /// A signed token for session `id` that names `owner` (a peer address) and `backups`.
 pub fn token_for(
     id: sessync_proto::SessionId,
