@@ -154,7 +154,8 @@ struct NodeArgs {
     #[arg(long, env = "SESSYNC_PEER_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     peer_timeout: Duration,
     /// With backups: a read of a session not replicated for this long first asks its
-    /// holders whether this node still owns it (protocol.md 12.5). 0s turns it off.
+    /// holders whether this node still owns it (protocol.md 12.5); a failover claims a
+    /// backup copy only once it is this old (12.3). 0s turns both off.
     #[arg(long, env = "SESSYNC_READ_LEASE", default_value = "2s", value_parser = humantime::parse_duration)]
     read_lease: Duration,
     /// Seeds to join the cluster through, comma-separated: host:port (a name or an IP

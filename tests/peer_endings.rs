@@ -258,8 +258,8 @@ async fn node_with_a_session(
 /// copy naming that owner (protocol.md 12.2 step 2). A PROMOTE naming that owner failed,
 /// while the owner's process still REPLICATEs here, is refused with MOVED to it (12.3 step
 /// 2): handed over, the older copy would supersede the owner's acknowledged writes
-/// (simulation seed 130). Once the owner's connection is gone, the kept copy is handed over
-/// as before. Checked: with kept copies exempt again, the refusal assertion fails.
+/// (simulation seed 130). Once the owner's connection is gone (and the read lease since
+/// the copy was kept has run out), the kept copy is handed over as before. Checked: with kept copies exempt again, the refusal assertion fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_copy_is_not_promoted_past_its_live_owner() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -321,7 +321,8 @@ async fn a_kept_copy_is_not_promoted_past_its_live_owner() {
         "the owner's process still REPLICATEs here"
     );
     drop(owner);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Past the read lease (2 s) from when the copy was kept, too (12.3: claims wait it out).
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
     let handed = ask(&mut asker, promote).await;
     assert!(
         matches!(handed, PeerMessage::CopyData { .. }),

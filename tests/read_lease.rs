@@ -7,6 +7,9 @@
 //! - A session written at its new owner is read at the old owner with the new value.
 //! - On a quiet cluster, a read (GET or TOUCH) past the lease renews it once;
 //!   `--read-lease 0s` never.
+//! - A failover claim waits out the failed owner's lease on the copy it claims (12.3): a
+//!   local claim waits for it, a PROMOTE is refused until it ended, and the asker asks
+//!   again meanwhile (in-process node, fake peers: the owner is a test playing a peer).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,6 +17,7 @@ mod fault;
 
 use std::time::{Duration, Instant};
 
+use common::raw_peer::{ask, authenticated, authenticated_as};
 use common::*;
 use fault::*;
 use sessync_client::{Client, ClientError, ErrorCode};
@@ -147,4 +151,175 @@ async fn a_read_past_the_lease_renews_it_unless_the_lease_is_off() {
             "flags {flags:?}: {st:?}"
         );
     }
+}
+
+/// A node with `--replicas 1` and a 1 s read lease holding a backup copy of session `id`
+/// that a fake owner (advertising `owner`, a dead address once this returns) REPLICATEd
+/// just now; the owner's connection is closed, so only the lease can hold a claim up.
+/// Returns the node and when the copy was sent.
+async fn node_with_a_fresh_backup_copy(
+    id: sessync_proto::SessionId,
+    owner: std::net::SocketAddr,
+    lease: Duration,
+) -> (sessync_server::NodeHandle, Instant) {
+    let mut cfg = config();
+    cfg.replicas = 1;
+    cfg.read_lease = lease;
+    cfg.peer_timeout = Duration::from_millis(300);
+    let node = sessync_server::start(cfg).await.unwrap();
+    let mut fake_owner = authenticated_as(node.peer_addr(), owner, [5; 16]).await;
+    let sent = Instant::now();
+    let copy = sessync_proto::PeerMessage::Replicate {
+        generation: 1,
+        record: empty_record(id, sessync_server::clock::now_ms(), 60_000),
+    };
+    assert_eq!(ask(&mut fake_owner, copy).await, sessync_proto::PeerMessage::Ok);
+    drop(fake_owner);
+    (node, sent)
+}
+
+/// The read lease of [`node_with_a_fresh_backup_copy`].
+const LEASE: Duration = Duration::from_secs(1);
+
+/// An owner that is alive but cut off, as far as a dialler can tell: its address accepts
+/// TCP connections (the kernel's backlog) and never says a word, so dials to it time out
+/// instead of being refused. Keep the listener for as long as the owner should look so.
+fn silent_owner() -> (std::net::TcpListener, std::net::SocketAddr) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
+/// A PROMOTE naming the owner failed is refused with MOVED to it while the owner's read
+/// lease on the copy may still run (it was written less than a lease ago), although the
+/// owner's connection is gone: alive and cut off, the owner may serve reads of its copy
+/// without asking anyone until then, and a claim that acknowledged a DESTROY meanwhile let
+/// a destroyed session be read back there (simulation seed 745 without crashes). After the
+/// lease the copy is handed over. Checked: with the rule off, the first PROMOTE gets the
+/// copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promote_waits_out_the_failed_owners_read_lease() {
+    let (_listening, owner) = silent_owner();
+    let id = sessync_proto::SessionId::random();
+    let (node, sent) = node_with_a_fresh_backup_copy(id, owner, LEASE).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let promote = sessync_proto::PeerMessage::Promote {
+        session_id: id,
+        last_transfer: 0,
+        failed_owner: owner,
+    };
+    let mut asker = authenticated(node.peer_addr()).await;
+    let early = ask(&mut asker, promote.clone()).await;
+    assert!(
+        sent.elapsed() < LEASE,
+        "the machine was too slow to ask within the lease"
+    );
+    assert_eq!(
+        early,
+        sessync_proto::PeerMessage::Moved {
+            session_id: id,
+            owner
+        },
+        "the owner's lease may still run"
+    );
+    let c = client(node.client_addr()).await;
+    let st = timeout(WAIT, c.stats()).await.unwrap().unwrap();
+    assert_eq!(stat(&st, "claims_waited_for_lease"), 1, "{st:?}");
+    tokio::time::sleep((sent + LEASE + Duration::from_millis(100)).saturating_duration_since(Instant::now()))
+        .await;
+    let late = ask(&mut asker, promote).await;
+    assert!(
+        matches!(&late, sessync_proto::PeerMessage::CopyData { record, .. } if record.id == id),
+        "past the lease the copy is handed over: {late:?}"
+    );
+    stop(vec![node]).await;
+}
+
+/// A request at the backup with a token naming the silent owner and this node as its
+/// backup claims the copy here, but only once the owner's read lease on it has ended: the
+/// GET is answered no sooner than a lease after the owner's REPLICATE. Checked: with the
+/// wait off, it is answered within about a peer timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_claim_waits_out_the_failed_owners_read_lease() {
+    let (_listening, owner) = silent_owner();
+    let id = sessync_proto::SessionId::random();
+    let (node, sent) = node_with_a_fresh_backup_copy(id, owner, LEASE).await;
+    let c = client(node.client_addr()).await;
+    let token = token_for(id, 1, owner, vec![node.peer_addr()]);
+    let got = timeout(WAIT, c.get(&token)).await.unwrap();
+    let waited = sent.elapsed();
+    let s = got.expect("the backup copy is taken over");
+    assert_ne!(s.token, token, "served under a new token naming this node");
+    assert!(
+        waited >= LEASE - Duration::from_millis(20),
+        "claimed {waited:?} after the owner's last REPLICATE, within its {LEASE:?} lease"
+    );
+    let st = timeout(WAIT, c.stats()).await.unwrap().unwrap();
+    assert_eq!(stat(&st, "claims_waited_for_lease"), 1, "{st:?}");
+    assert_eq!(stat(&st, "promotions"), 1, "{st:?}");
+    stop(vec![node]).await;
+}
+
+/// The asker's side of the PROMOTE refusal: a backup that answers MOVED to the failed
+/// owner (its copy is younger than that owner's read lease) is asked again until the lease
+/// has passed, so the request waits and is served instead of failing. The backup is a
+/// fake peer that refuses for its first 300 ms, then hands its copy over. Checked: without
+/// the asking again, the GET fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asker_refused_for_the_lease_asks_again() {
+    use sessync_proto::PeerMessage;
+    let (id, owner) = (sessync_proto::SessionId::random(), nowhere());
+    let began = Instant::now();
+    let script = move |m: &PeerMessage| {
+        Some(match m {
+            PeerMessage::Promote { session_id, .. } if began.elapsed() < Duration::from_millis(300) => {
+                PeerMessage::Moved {
+                    session_id: *session_id,
+                    owner,
+                }
+            }
+            PeerMessage::Promote { session_id, .. } => PeerMessage::CopyData {
+                transfer: 2,
+                holders: vec![],
+                record: empty_record(*session_id, sessync_server::clock::now_ms(), 60_000),
+            },
+            _ => PeerMessage::Ok,
+        })
+    };
+    let backup = scripted_peer([6; 16], std::sync::Arc::new(script)).await;
+    let mut cfg = config();
+    cfg.replicas = 1;
+    cfg.read_lease = LEASE;
+    cfg.peer_timeout = Duration::from_millis(300);
+    cfg.peers = vec![backup];
+    let node = sessync_server::start(cfg).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let token = token_for(id, 1, owner, vec![backup]);
+    let got = timeout(WAIT, c.get(&token)).await.unwrap();
+    assert!(got.is_ok(), "served once the backup hands its copy over: {got:?}");
+    let st = timeout(WAIT, c.stats()).await.unwrap().unwrap();
+    assert_eq!(stat(&st, "promotions"), 1, "{st:?}");
+    stop(vec![node]).await;
+}
+
+/// An owner whose address refuses connections is gone (no process listens there, so none
+/// serves reads under a lease): the claim does not wait. The lease is long (30 s), so a
+/// GET answered within it was not held up by it. Checked: without the refused-dial
+/// evidence, the GET waits the lease out and times out here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_does_not_wait_for_an_owner_whose_address_refuses_connections() {
+    let (id, owner) = (sessync_proto::SessionId::random(), nowhere());
+    let lease = Duration::from_secs(30);
+    let (node, sent) = node_with_a_fresh_backup_copy(id, owner, lease).await;
+    let c = client(node.client_addr()).await;
+    let token = token_for(id, 1, owner, vec![node.peer_addr()]);
+    let got = timeout(WAIT, c.get(&token)).await;
+    assert!(
+        matches!(&got, Ok(Ok(_))),
+        "taken over without waiting out the lease: {got:?}"
+    );
+    assert!(sent.elapsed() < lease);
+    let st = timeout(WAIT, c.stats()).await.unwrap().unwrap();
+    assert_eq!(stat(&st, "promotions"), 1, "{st:?}");
+    stop(vec![node]).await;
 }

@@ -56,8 +56,10 @@ pub struct NodeConfig {
     /// How long a request waits on another node before OWNER_UNREACHABLE.
     pub peer_timeout: Duration,
     /// The read lease (protocol.md 12.5): how long after a session's last replication
-    /// round its owner serves reads without asking its holders first. Zero: no lease
-    /// (reads never wait, and a superseded owner may serve stale reads until it writes).
+    /// round its owner serves reads without asking its holders first, and so how old a
+    /// backup copy must be before a failover claims it (12.3). Zero: no lease (reads
+    /// never wait, claims neither, and a superseded owner may serve stale reads until it
+    /// writes).
     pub read_lease: Duration,
     /// Most MOVED answers followed for one request.
     pub max_hops: u8,

@@ -325,6 +325,10 @@ impl Peers {
                     self.processes.seen(addr, answerer);
                     reply
                 });
+            // The simulated network's word for a host where no process listens.
+            if matches!(&r, Err(LinkError::Unreachable(why)) if why.ends_with(": connection refused")) {
+                self.processes.refused(addr);
+            }
             note_silence(self.epoch, &self.link(addr), &r);
             return r;
         }
@@ -582,9 +586,12 @@ impl Peers {
 
     async fn dial(&self, link: &Link) -> Result<Conn, String> {
         let addr = link.addr;
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let tcp = TcpStream::connect(addr).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                self.processes.refused(addr);
+            }
+            format!("connect: {e}")
+        })?;
         let _ = tcp.set_nodelay(true);
         let stream = match self.tls.get() {
             None => Stream::Plain(tcp),

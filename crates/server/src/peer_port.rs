@@ -498,6 +498,28 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
                 owner: failed_owner,
             }
         }
+        // The failed owner's read lease on the copy held here may still run: alive and cut
+        // off, it may serve reads of its copy without asking anyone until then, so no
+        // claim of this copy may acknowledge anything yet (protocol.md 12.3 step 2;
+        // simulation seed 745 without crashes: a destroyed session read back there).
+        PeerMessage::Promote {
+            session_id,
+            failed_owner,
+            ..
+        } if failed_owner != peer.advertised
+            && node
+                .old_owner_lease_ends(&session_id, failed_owner, now)
+                .is_some() =>
+        {
+            tracing::debug!(session = %session_id, %failed_owner, asker = %peer.advertised, "PROMOTE refused: the failed owner's read lease on this copy has not ended");
+            Stats::bump(&node.stats.claims_waited_for_lease);
+            // The asker asks again shortly; a probe may by then have found the owner gone.
+            node.probe_failed_owner(failed_owner);
+            PeerMessage::Moved {
+                session_id,
+                owner: failed_owner,
+            }
+        }
         PeerMessage::Promote {
             session_id,
             last_transfer,

@@ -6,6 +6,10 @@ use super::lookup::LocateAnswer;
 use super::*;
 use sessync_proto::Role;
 
+/// How often a failover asks a backup again while it refuses PROMOTE for the failed
+/// owner's read lease ([`Node::failover_fencing`]).
+const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Node {
     /// Verifies a token and runs `op` on the session it names, copying the session here
     /// first when another node holds it (instant copy), or taking it over from a backup
@@ -390,7 +394,16 @@ impl Node {
             .handing_over_to(&id, now_ms())
             .filter(|&(to, _)| to != self.advertise)
         {
-            None => self.table.promote_local(&id, failed, self.identity(), now_ms()),
+            // A backup copy of `failed`'s is claimed once `failed`'s read lease on it has
+            // ended (protocol.md 12.3 step 1): `failed` may be alive and cut off, serving
+            // reads of its copy without asking anyone until then.
+            None if self.wait_out_old_owner_lease(&id, failed).await => {
+                self.table.promote_local(&id, failed, self.identity(), now_ms())
+            }
+            None => {
+                tracing::debug!(session = %id, %failed, "the failed owner wrote its copy here while the claim waited; not claimed");
+                None
+            }
             Some((to, transfer)) => {
                 let never_took = match self.locate_at(id, to).await {
                     LocateAnswer::NoEntry => true,
@@ -435,6 +448,11 @@ impl Node {
                 }
             }
         }
+        // A backup refuses PROMOTE with MOVED{failed} while `failed`'s read lease on its
+        // copy may still run (or while `failed` still REPLICATEs to it); asked again until
+        // that lease has surely ended (12.3), so the request waits instead of failing.
+        let lease = self.config.read_lease;
+        let lease_ends = (!lease.is_zero()).then(|| Instant::now() + lease + LEASE_POLL);
         for &b in backups {
             if b == self.advertise || b == failed {
                 continue;
@@ -457,6 +475,13 @@ impl Node {
                     // A lost reply is asked again: a backup that handed its copy to us
                     // sends the same copy again.
                     Err(LinkError::Lost) if attempts < 2 => continue,
+                    Ok(PeerMessage::Moved { owner, .. })
+                        if owner == failed && lease_ends.is_some_and(|end| Instant::now() < end) =>
+                    {
+                        tokio::time::sleep(LEASE_POLL).await;
+                        attempts = 0;
+                        continue;
+                    }
                     r => break r,
                 }
             };

@@ -212,6 +212,8 @@ pub struct Node {
     /// The owners that REPLICATE here, by address: which process, since when and until
     /// when: a backup does not promote a copy for an owner it heard from lately.
     owners_heard: std::sync::Mutex<std::collections::HashMap<SocketAddr, OwnerHeard>>,
+    /// When each failed owner was last probed by [`Node::probe_failed_owner`] (Unix ms).
+    owner_probes: std::sync::Mutex<std::collections::HashMap<SocketAddr, u64>>,
     /// COPYs that got no reply in time, by session ([`Node::install_late_copy`]).
     unanswered_copies: memo::SessionMemo<UnansweredCopy>,
     /// COPY_ACKs held back until the copy installed here has its backups
@@ -245,6 +247,9 @@ struct OwnerHeard {
     process: [u8; 16],
     /// Its first REPLICATE here (Unix ms): copies written since are that process's.
     since_ms: u64,
+    /// When a new process at this address first REPLICATEd here, replacing an earlier one
+    /// (0: none did): copies written before were the earlier one's.
+    replaced_ms: u64,
     /// Its latest REPLICATE here.
     last_ms: u64,
     /// Whether its connection here is still open.
@@ -316,6 +321,7 @@ impl Node {
         let h = heard.entry(owner.advertised).or_insert(OwnerHeard {
             process: owner.node_id,
             since_ms: now,
+            replaced_ms: 0,
             last_ms: now,
             connected: true,
         });
@@ -323,9 +329,20 @@ impl Node {
             // A new process at that address (it restarted): its copies start now.
             h.process = owner.node_id;
             h.since_ms = now;
+            h.replaced_ms = now;
         }
         h.last_ms = now;
         h.connected = true;
+    }
+
+    /// Whether a process of `owner` that started after `since_ms` has REPLICATEd here: the
+    /// one that ran at `since_ms` is gone.
+    pub(crate) fn owner_restarted_since(&self, owner: SocketAddr, since_ms: u64) -> bool {
+        self.owners_heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&owner)
+            .is_some_and(|h| h.replaced_ms > since_ms)
     }
 
     /// `owner`'s connection here closed (it shut down or died, or the link broke).
@@ -402,6 +419,7 @@ impl Node {
             refresh,
             elastic: drain::Elastic::default(),
             owners_heard: Default::default(),
+            owner_probes: Default::default(),
             // A late COPY_DATA comes within a few peer timeouts of its COPY.
             unanswered_copies: memo::SessionMemo::new(60_000),
             // Forgotten, an ACK is never sent: the giver keeps its copy until the session

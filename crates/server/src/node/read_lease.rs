@@ -9,6 +9,10 @@ use super::*;
 /// a peer timeout).
 const SILENT_HOLDER_LEASES: u64 = 3;
 
+/// How often a wait for a failed owner's read lease checks whether that owner's process is
+/// known to be gone ([`Node::wait_out_old_owner_lease`]).
+const LEASE_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Node {
     /// The read lease (protocol.md 12.5): whether a read of this session (served here as
     /// `s`) must first renew it ([`Node::renew_read_lease`]): with replicas, its holders
@@ -74,5 +78,73 @@ impl Node {
             return true;
         }
         matches!(self.replicate(id, &[]).await, Replication::Done(_))
+    }
+}
+
+impl Node {
+    /// When the read lease of `owner`'s copy of `id` may still be running (Unix ms), if it
+    /// may: `owner`'s last replication round that reached the backup copy held here began
+    /// before the copy was written, so the lease it gave `owner` ends at most a lease
+    /// after that (protocol.md 12.3, "Claims wait out the failed owner's read lease"). `None`
+    /// when that time has passed, there is no lease, the copy here is not `owner`'s, or
+    /// `owner` is this node, or the process that wrote the copy is known to be gone, and
+    /// its lease with it: a newer process of `owner` REPLICATEd here or answered this node
+    /// since, or a dial to `owner` was refused since (nothing listened there).
+    pub(crate) fn old_owner_lease_ends(&self, id: &SessionId, owner: SocketAddr, now: u64) -> Option<u64> {
+        let lease = self.config.read_lease.as_millis() as u64;
+        if lease == 0 || self.config.replicas == 0 || owner == self.advertise {
+            return None;
+        }
+        let written = self.table.backup_written_ms(id, owner)?;
+        if self.owner_restarted_since(owner, written) || self.peers.processes.gone_since(owner) > written {
+            return None;
+        }
+        Some(written.saturating_add(lease)).filter(|&ends| ends > now)
+    }
+
+    /// Waits until `failed`'s read lease on the backup copy of `id` held here has ended
+    /// ([`Node::old_owner_lease_ends`]), so that a local claim of it acknowledges nothing
+    /// while `failed`, cut off but alive, may still serve reads of its copy without asking
+    /// anyone (a destroyed session read back there: simulation seed 745 without crashes).
+    /// Returns whether the claim may go on: `false` when `failed` wrote the copy again
+    /// meanwhile (it is alive and acting as the owner).
+    pub(super) async fn wait_out_old_owner_lease(&self, id: &SessionId, failed: SocketAddr) -> bool {
+        let Some(ends) = self.old_owner_lease_ends(id, failed, now_ms()) else {
+            return true;
+        };
+        let written = self.table.backup_written_ms(id, failed);
+        tracing::debug!(session = %id, %failed, wait_ms = ends.saturating_sub(now_ms()), "waiting out the failed owner's read lease before claiming");
+        Stats::bump(&self.stats.claims_waited_for_lease);
+        // Checked again every [`LEASE_RECHECK`]: news that the owner's process is gone (a
+        // refused dial, a new process answering) ends the wait early.
+        while self.old_owner_lease_ends(id, failed, now_ms()).is_some() {
+            self.probe_failed_owner(failed);
+            tokio::time::sleep(LEASE_RECHECK).await;
+            if self.table.backup_written_ms(id, failed) != written {
+                return false;
+            }
+        }
+        self.table.backup_written_ms(id, failed) == written
+    }
+
+    /// Finds out, in the background, whether `owner`'s process is still there: a PING to
+    /// it, so that a refused dial or a new process answering ([`Node::old_owner_lease_ends`])
+    /// ends a wait for its lease early. At most one per [`LEASE_RECHECK`] per owner.
+    pub(crate) fn probe_failed_owner(&self, owner: SocketAddr) {
+        let now = now_ms();
+        {
+            let mut last = self.owner_probes.lock().unwrap_or_else(|e| e.into_inner());
+            let at = last.entry(owner).or_insert(0);
+            if now.saturating_sub(*at) < LEASE_RECHECK.as_millis() as u64 {
+                return;
+            }
+            *at = now;
+        }
+        let peers = self.peers.clone();
+        let deadline = tokio::time::Instant::now() + self.config.peer_timeout;
+        // Not tracked by the shutdown tracker: one request bounded by the peer timeout.
+        tokio::spawn(async move {
+            let _ = peers.request(owner, PeerMessage::Ping(0), deadline).await;
+        });
     }
 }

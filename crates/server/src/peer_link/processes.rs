@@ -23,6 +23,10 @@ pub(crate) struct Processes {
 struct Inner {
     node_ids: HashMap<SocketAddr, [u8; 16]>,
     restarted: Vec<SocketAddr>,
+    /// When this node last learned that the process running at an address before then is
+    /// gone (Unix ms): another process answered there, or a dial was refused (nothing
+    /// listened there).
+    gone_ms: HashMap<SocketAddr, u64>,
 }
 
 impl Processes {
@@ -31,10 +35,28 @@ impl Processes {
     pub(crate) fn seen(&self, addr: SocketAddr, node_id: [u8; 16]) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let before = inner.node_ids.insert(addr, node_id);
-        if before.is_some_and(|b| b != node_id) && !inner.restarted.contains(&addr) {
-            inner.restarted.push(addr);
-            self.any_restarted.store(true, Ordering::SeqCst);
+        if before.is_some_and(|b| b != node_id) {
+            inner.gone_ms.insert(addr, crate::clock::now_ms());
+            if !inner.restarted.contains(&addr) {
+                inner.restarted.push(addr);
+                self.any_restarted.store(true, Ordering::SeqCst);
+            }
         }
+    }
+
+    /// Records that a dial to `addr` was refused: no process listened there, so whichever
+    /// ran there before is gone.
+    pub(crate) fn refused(&self, addr: SocketAddr) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.gone_ms.insert(addr, crate::clock::now_ms());
+    }
+
+    /// When this node last learned that the process running at `addr` before then is gone
+    /// (Unix ms; 0: never). A process that did something before this time cannot be
+    /// running any more (a failover need not wait out its read lease, protocol.md 12.3).
+    pub(crate) fn gone_since(&self, addr: SocketAddr) -> u64 {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.gone_ms.get(&addr).copied().unwrap_or(0)
     }
 
     /// The addresses where a new process answered since the last call.

@@ -149,6 +149,18 @@ impl Table {
         }
     }
 
+    /// When `owner` last wrote the backup copy of `id` held here (a REPLICATE stored it, or,
+    /// for a kept copy, this node learned `owner` holds a newer one): `None` when the copy
+    /// here is not a backup of `owner`'s. The read lease of the owner's last round that
+    /// reached this copy ends a lease after it ([`crate::Node`]'s failover waits for that).
+    pub fn backup_written_ms(&self, id: &SessionId, owner: SocketAddr) -> Option<u64> {
+        let g = self.shard(id).map.read(id);
+        match g.find_other(id) {
+            Some(Entry::Backup(b)) if b.owner == owner => Some(b.written_ms),
+            _ => None,
+        }
+    }
+
     /// A backup's step: forgets `owner`'s copy of the session if it is of `generation` or
     /// older (a newer owner's copy stays), leaving a fence (see [`Entry::Fenced`]) so that a
     /// late or stale REPLICATE from that generation is refused rather than stored again.
