@@ -327,7 +327,7 @@ impl Peers {
                 });
             // The simulated network's word for a host where no process listens.
             if matches!(&r, Err(LinkError::Unreachable(why)) if why.ends_with(": connection refused")) {
-                self.processes.refused(addr);
+                self.processes.gone(addr);
             }
             note_silence(self.epoch, &self.link(addr), &r);
             return r;
@@ -588,7 +588,7 @@ impl Peers {
         let addr = link.addr;
         let tcp = TcpStream::connect(addr).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                self.processes.refused(addr);
+                self.processes.gone(addr);
             }
             format!("connect: {e}")
         })?;

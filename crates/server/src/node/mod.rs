@@ -247,9 +247,6 @@ struct OwnerHeard {
     process: [u8; 16],
     /// Its first REPLICATE here (Unix ms): copies written since are that process's.
     since_ms: u64,
-    /// When a new process at this address first REPLICATEd here, replacing an earlier one
-    /// (0: none did): copies written before were the earlier one's.
-    replaced_ms: u64,
     /// Its latest REPLICATE here.
     last_ms: u64,
     /// Whether its connection here is still open.
@@ -321,7 +318,6 @@ impl Node {
         let h = heard.entry(owner.advertised).or_insert(OwnerHeard {
             process: owner.node_id,
             since_ms: now,
-            replaced_ms: 0,
             last_ms: now,
             connected: true,
         });
@@ -329,20 +325,11 @@ impl Node {
             // A new process at that address (it restarted): its copies start now.
             h.process = owner.node_id;
             h.since_ms = now;
-            h.replaced_ms = now;
+            // The earlier process is gone (a failover need not wait out its read lease).
+            self.peers.processes.gone(owner.advertised);
         }
         h.last_ms = now;
         h.connected = true;
-    }
-
-    /// Whether a process of `owner` that started after `since_ms` has REPLICATEd here: the
-    /// one that ran at `since_ms` is gone.
-    pub(crate) fn owner_restarted_since(&self, owner: SocketAddr, since_ms: u64) -> bool {
-        self.owners_heard
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&owner)
-            .is_some_and(|h| h.replaced_ms > since_ms)
     }
 
     /// `owner`'s connection here closed (it shut down or died, or the link broke).

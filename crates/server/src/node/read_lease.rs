@@ -96,7 +96,7 @@ impl Node {
             return None;
         }
         let written = self.table.backup_written_ms(id, owner)?;
-        if self.owner_restarted_since(owner, written) || self.peers.processes.gone_since(owner) > written {
+        if self.peers.processes.gone_since(owner) > written {
             return None;
         }
         Some(written.saturating_add(lease)).filter(|&ends| ends > now)

@@ -24,8 +24,8 @@ struct Inner {
     node_ids: HashMap<SocketAddr, [u8; 16]>,
     restarted: Vec<SocketAddr>,
     /// When this node last learned that the process running at an address before then is
-    /// gone (Unix ms): another process answered there, or a dial was refused (nothing
-    /// listened there).
+    /// gone (Unix ms): another process answered or REPLICATEd from there, or a dial was
+    /// refused (nothing listened there).
     gone_ms: HashMap<SocketAddr, u64>,
 }
 
@@ -44,9 +44,9 @@ impl Processes {
         }
     }
 
-    /// Records that a dial to `addr` was refused: no process listened there, so whichever
-    /// ran there before is gone.
-    pub(crate) fn refused(&self, addr: SocketAddr) {
+    /// Records that whichever process ran at `addr` before now is gone: a dial there was
+    /// refused (no process listened), or another process REPLICATEd from there.
+    pub(crate) fn gone(&self, addr: SocketAddr) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.gone_ms.insert(addr, crate::clock::now_ms());
     }
