@@ -10,6 +10,8 @@
 //! - A failover claim waits out the failed owner's lease on the copy it claims (12.3): a
 //!   local claim waits for it, a PROMOTE is refused until it ended, and the asker asks
 //!   again meanwhile (in-process node, fake peers: the owner is a test playing a peer).
+//! - A read past the lease beside a silent holder is not held up by it, yet hears another
+//!   holder's tombstone (12.5; in-process node, fake holders).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -321,5 +323,79 @@ async fn a_claim_does_not_wait_for_an_owner_whose_address_refuses_connections() 
     assert!(sent.elapsed() < lease);
     let st = timeout(WAIT, c.stats()).await.unwrap().unwrap();
     assert_eq!(stat(&st, "promotions"), 1, "{st:?}");
+    stop(vec![node]).await;
+}
+
+/// A read whose lease lapsed while one of the session's two holders is silent is not held
+/// up for a peer timeout by it, but does hear the other holder: when that one has the
+/// session's tombstone (a newer owner destroyed it), the read answers SESSION_NOT_FOUND
+/// instead of the old copy (simulation seed 492 without crashes: a destroyed session read
+/// back at its old owner). Both holders are fake peers; the silent one stops answering
+/// after the session's creation. Checked: with the read served at once for a silent holder
+/// (the rule before), the GET returns the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_beside_a_silent_holder_still_hears_a_tombstone() {
+    use sessync_proto::PeerMessage;
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::Arc;
+    // 0: stores copies; 1: silent; 2: answers with the session's tombstone.
+    const STORES: u8 = 0;
+    const SILENT: u8 = 1;
+    const TOMBSTONE: u8 = 2;
+    let holder = |mode: Arc<AtomicU8>| {
+        Arc::new(move |m: &PeerMessage| match (mode.load(Ordering::SeqCst), m) {
+            (SILENT, _) => None,
+            (TOMBSTONE, PeerMessage::Replicate { record, .. }) => Some(PeerMessage::NotFound {
+                session_id: record.id,
+            }),
+            (_, PeerMessage::Epoch) => Some(PeerMessage::EpochIs {
+                node_id: [7; 16],
+                uptime_ms: 0,
+            }),
+            _ => Some(PeerMessage::Ok),
+        }) as PeerScript
+    };
+    let (silent_mode, other_mode) = (Arc::new(AtomicU8::new(STORES)), Arc::new(AtomicU8::new(STORES)));
+    let silent = scripted_peer([8; 16], holder(silent_mode.clone())).await;
+    let other = scripted_peer([9; 16], holder(other_mode.clone())).await;
+    let peer_timeout = Duration::from_millis(1500);
+    let mut cfg = config();
+    cfg.replicas = 2;
+    cfg.read_lease = LEASE;
+    cfg.peer_timeout = peer_timeout;
+    cfg.peers = vec![silent, other];
+    let node = sessync_server::start(cfg).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let token = timeout(WAIT, c.create(attrs(&[("x", "1")])))
+        .await
+        .unwrap()
+        .unwrap()
+        .token;
+    silent_mode.store(SILENT, Ordering::SeqCst);
+    // Past the lease: this read's renewal waits out the silent holder (it was not known
+    // silent yet) and is served; the holder is known silent from then on.
+    tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
+    timeout(WAIT, c.get(&token)).await.unwrap().unwrap();
+    // The other holder now has the session's tombstone; past the lease again (and within
+    // a peer timeout of the silence found, and three leases of the last round).
+    other_mode.store(TOMBSTONE, Ordering::SeqCst);
+    tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
+    let began = Instant::now();
+    let got = timeout(WAIT, c.get(&token)).await.unwrap();
+    let took = began.elapsed();
+    assert!(
+        matches!(
+            &got,
+            Err(ClientError::Server {
+                code: ErrorCode::SessionNotFound,
+                ..
+            })
+        ),
+        "a session whose holder has its tombstone was answered {got:?}"
+    );
+    assert!(
+        took < peer_timeout,
+        "the read waited {took:?} for the silent holder (peer timeout {peer_timeout:?})"
+    );
     stop(vec![node]).await;
 }

@@ -51,8 +51,17 @@ fn explain(r: &Report) -> String {
 /// simulation seeded` after each such change. The classes (ARCHITECTURE.md, "The
 /// simulation"): a session left with forwarding pointers only, an acknowledged append lost
 /// when a claim that lost at the backups is handed on under a newer generation, a
-/// rotated-away id taking a write.
-const STILL_FAILING: &[u64] = &[137];
+/// rotated-away id taking a write. (Empty since session 19: 137 passes since the read
+/// lease's renewal hears a tombstone beside a silent holder.)
+const STILL_FAILING: &[u64] = &[];
+
+/// Seeds that still break a promise without crashes and once passed: run with the same
+/// ignored test. 1026 (in [`FIXED_SEEDS_WITHOUT_CRASHES`] until session 19, when the read
+/// lease's short wait beside a silent holder shifted its schedule): two claims of one
+/// generation, a node's claim of its backup copy racing the live owner's hand-over to
+/// another node, each yield to the other and the session is left behind fences and
+/// pointers: the open class of same-generation rival claims (a ballot would settle it).
+const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[1026];
 
 /// Seeds that found a bug which is fixed (ARCHITECTURE.md, "The simulation", says which),
 /// run by `cargo test` besides 0 to 19. A change to the node's logic shifts what each seed
@@ -80,18 +89,19 @@ const STILL_FAILING: &[u64] = &[137];
 /// the receiver pointed back at the giver under an older generation: a lookup now takes
 /// that as a stuck handover and has the giver hand its copy on again. (233 left the list
 /// in session 18: the claims' wait for the failed owner's read lease shifted its
-/// schedule, and it ends with a session stranded behind fences, the open class of 163.)
+/// schedule, and it ended with a session stranded behind fences, the open class of 163;
+/// it passes again since session 19's change to the read lease.)
 const FIXED_SEEDS: &[u64] = &[
-    22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 403, 468,
+    22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 233, 403, 468,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.
 /// 121: a paused node's PROMOTE took a backup copy its live owner had just written to.
 /// 13, 208, 418, 1032: a late COPY_DATA (its asker had given up, then taken the session
 /// over another way) replaced the asker's live copy and its acknowledged append, or its
-/// giver acknowledged a write that went only into that refused copy. 1026: a claim
-/// climbed past a refusal from the backup that handed it its copy, which owned the
-/// session again. 1104: a moved copy that a holder refused (it held a rival claim's) was
+/// giver acknowledged a write that went only into that refused copy. (1026, a claim
+/// that climbed past a refusal from the backup that handed it its copy, which owned the
+/// session again, fails again: [`STILL_FAILING_WITHOUT_CRASHES`].) 1104: a moved copy that a holder refused (it held a rival claim's) was
 /// kept, not installed, but still acknowledged, and its giver acknowledged an append
 /// that only that copy held: such a copy is answered COPY_REFUSED. 3296: two claims of
 /// one generation each yielded (one to the node-id rule, one to the other's copy at a
@@ -104,8 +114,11 @@ const FIXED_SEEDS: &[u64] = &[
 /// than the live one is now refused. 745: a node promoted its backup copy while the owner,
 /// cut off from it by lost messages, still served reads under its read lease; the session
 /// was destroyed at the promoter and read back at the owner: a claim now waits out the
-/// failed owner's read lease.
-const FIXED_SEEDS_WITHOUT_CRASHES: &[u64] = &[13, 121, 208, 418, 745, 913, 1026, 1032, 1104, 2352, 3296];
+/// failed owner's read lease. 492: a session destroyed at a new owner was read back at
+/// the old one, whose lease renewal did not wait because one holder was silent, while the
+/// other holder had the tombstone: such a renewal now waits a tenth of a peer timeout,
+/// and a round ends at its first tombstone.
+const FIXED_SEEDS_WITHOUT_CRASHES: &[u64] = &[13, 121, 208, 418, 492, 745, 913, 1032, 1104, 2352, 3296];
 
 /// The seeds `cargo test` runs: 0 to 19 but those in [`STILL_FAILING`], and
 /// [`FIXED_SEEDS`], unless
@@ -205,7 +218,8 @@ fn a_quiet_cluster_promotes_nothing() {
     }
 }
 
-/// The seeds of [`STILL_FAILING`]. Ignored until they are fixed; runs with `cargo test
+/// The seeds of [`STILL_FAILING`] and [`STILL_FAILING_WITHOUT_CRASHES`]. Ignored until
+/// they are fixed; runs with `cargo test
 /// --test simulation -- --ignored` and prints each one's faults and the state of every
 /// failing session at every node. A seed fixed leaves the list.
 #[test]
@@ -213,8 +227,16 @@ fn a_quiet_cluster_promotes_nothing() {
 fn known_failing_seeds() {
     common::init_sim_log();
     let mut failed = Vec::new();
-    for &seed in STILL_FAILING {
-        let r = simulate(seed, &options(seed));
+    let with_crashes = STILL_FAILING.iter().map(|&s| (s, true));
+    let without = STILL_FAILING_WITHOUT_CRASHES.iter().map(|&s| (s, false));
+    for (seed, crash) in with_crashes.chain(without) {
+        let r = simulate(
+            seed,
+            &SimOptions {
+                crash,
+                ..options(seed)
+            },
+        );
         if !r.violations.is_empty() {
             eprintln!("{}", explain(&r));
             failed.push(seed);

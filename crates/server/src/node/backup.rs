@@ -5,6 +5,7 @@
 
 use super::holder_restarts::LineageSurvey;
 use super::*;
+use futures_util::StreamExt;
 
 impl Node {
     /// The nodes that may hold `id`'s backups, best first: its current backups, then
@@ -141,7 +142,8 @@ impl Node {
     /// Fencing (protocol.md 12.2): a node in `current` that fails stays a holder, so the
     /// write cannot be acknowledged until it confirms a later state; a new candidate that
     /// failed is a holder only when it may have stored the copy (its reply was lost).
-    /// A node that answers MOVED knows a newer owner: the round ends there.
+    /// A node that answers MOVED knows a newer owner: the round ends with its batch. One
+    /// that answers with the tombstone ends it at once (the rest of the batch is fenced).
     pub(super) async fn replicate_round(
         &self,
         id: SessionId,
@@ -193,17 +195,22 @@ impl Node {
                 continue;
             }
             let deadline = (Instant::now() + self.config.peer_timeout).min(overall);
-            let replies = futures_util::future::join_all(batch.iter().map(|&b| {
-                let msg = PeerMessage::Replicate {
-                    generation,
-                    record: record.clone(),
-                };
-                self.peers.request(b, msg, deadline)
-            }))
-            .await;
+            let mut replies: futures_util::stream::FuturesUnordered<_> = batch
+                .iter()
+                .map(|&b| {
+                    let msg = PeerMessage::Replicate {
+                        generation,
+                        record: record.clone(),
+                    };
+                    let ask = self.peers.request(b, msg, deadline);
+                    async move { (b, ask.await) }
+                })
+                .collect();
             let mut superseded = None;
             let mut destroyed = false;
-            for (&b, reply) in batch.iter().zip(replies) {
+            let mut answered: Vec<SocketAddr> = Vec::with_capacity(batch.len());
+            while let Some((b, reply)) = replies.next().await {
+                answered.push(b);
                 match reply {
                     // A tombstone there: the session was destroyed or rotated away by a
                     // later owner; never install or acknowledge this copy (seed 51).
@@ -228,6 +235,14 @@ impl Node {
                             holders.push(b);
                         }
                     }
+                }
+                // A tombstone settles the round: it ends without waiting for the rest of
+                // the batch (a silent holder would hold it up for a peer timeout, and a
+                // read renewing its lease with it, protocol.md 12.5).
+                if destroyed && answered.len() < batch.len() {
+                    // Those not heard from may hold the copy: they are fenced with the rest.
+                    holders.extend(batch.iter().filter(|b| !answered.contains(b)));
+                    break;
                 }
             }
             if destroyed {
