@@ -201,6 +201,9 @@ impl Net {
         if !self.is_current(&from) {
             return; // a crashed process sends nothing
         }
+        // The process the request is sent to: a request in flight when it crashes dies with
+        // its connection, as TCP's would, and never reaches the process restarted there.
+        let to_incarnation = self.lock().slots[t].incarnation;
         let plan = self.plan(f, t);
         tracing::trace!(target: "simnet", from = f, to = t, plan = ?plan, msg = %format!("{msg:?}").chars().take(80).collect::<String>());
         let (there, back, lose_reply, dup) = match plan {
@@ -223,6 +226,12 @@ impl Net {
         self.wait_running(t).await;
         let target = {
             let st = self.lock();
+            if st.slots[t].incarnation != to_incarnation {
+                drop(st);
+                // Its connection was reset by the crash.
+                let _ = reply.send(Err(LinkError::Lost));
+                return;
+            }
             if Self::cut(&st, f, t) || !st.slots[t].alive {
                 None
             } else {
