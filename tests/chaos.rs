@@ -63,17 +63,7 @@ async fn pausing_an_owner_for_20s_loses_no_acknowledged_append() {
 /// every acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_owner_acknowledges_nothing_of_its_stale_copy() {
-    let dir = temp_dir("pause-min");
-    let secret = secret_file(&dir);
-    let nodes = start_nodes(3, 1, secret.to_str().unwrap(), &dir);
-    let clients = connect_all(&nodes).await;
-    let created = timeout(WAIT, clients[0].create(attrs(&[("cart", "0")])))
-        .await
-        .unwrap()
-        .unwrap();
-    let token = sessync_proto::Token::verify(&created.token, &keys()).unwrap();
-    assert_eq!(token.owner, nodes[0].peer);
-    assert_eq!(token.backups.len(), 1, "the token names the backup: {token:?}");
+    let (dir, nodes, clients, created, token) = one_session_at_node_0("pause-min").await;
     let bystander = (0..3)
         .find(|&i| i != 0 && nodes[i].peer != token.backups[0])
         .unwrap();
@@ -159,6 +149,56 @@ async fn a_resumed_owner_acknowledges_nothing_of_its_stale_copy() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A move whose receiver places its copy slowly (the session's backup holder is paused, so
+/// the placement waits out a peer timeout): a request at the giver meanwhile waits for the
+/// receiver to install the copy and is served from it; the giver takes nothing back and
+/// nothing is promoted. Before, the receiver answered LOCATE with NOT_FOUND while it placed
+/// the copy, which reads as "it restarted and lost it": the giver took its copy back, a
+/// rival claim of a live handover (tests/drain.rs failed about one debug run in three,
+/// OWNER_UNREACHABLE for a session that was only being moved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_at_the_giver_while_the_receiver_places_the_copy_is_served() {
+    let (dir, nodes, clients, created, token) = one_session_at_node_0("slow-placement").await;
+    let holder = (1..3).find(|&i| nodes[i].peer == token.backups[0]).unwrap();
+    let receiver = 3 - holder;
+    nodes[holder].pause(true);
+    // The move: the receiver copies the session from node 0 and places its copy on node 0
+    // and on the paused holder before it installs it.
+    let moved = tokio::spawn({
+        let (c, t) = (clients[receiver].clone(), created.token.clone());
+        async move { timeout(WAIT, c.get(&t)).await }
+    });
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(Ok(s)) = timeout(Duration::from_secs(2), clients[0].stats()).await {
+            if stat(&s, "copies_served") >= 1 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the receiver never asked for the copy");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Node 0 points at the receiver, which is still waiting for the paused holder.
+    let at_giver = timeout(WAIT, clients[0].get(&created.token)).await.unwrap();
+    let at_receiver = timeout(WAIT, moved).await.unwrap().unwrap().unwrap();
+    nodes[holder].pause(false);
+    let at_giver =
+        at_giver.unwrap_or_else(|e| panic!("the request at the giver: {e}; logs in {}", dir.display()));
+    assert_eq!(at_giver.get("cart").unwrap().as_ref(), b"0");
+    assert_eq!(at_receiver.unwrap().get("cart").unwrap().as_ref(), b"0");
+    for (i, c) in clients.iter().enumerate() {
+        let s = timeout(WAIT, c.stats()).await.unwrap().unwrap();
+        assert_eq!(
+            (stat(&s, "promotions"), stat(&s, "backups_promoted")),
+            (0, 0),
+            "node {i} took a copy over from a live handover; logs in {}",
+            dir.display()
+        );
     }
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
@@ -259,6 +299,31 @@ async fn load_without_faults_promotes_nothing_and_loses_nothing() {
         drop(nodes);
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Three nodes with one backup per session, and one session (`cart=0`) created at node 0:
+/// the log directory, the nodes, a client of each, the reply and its token.
+async fn one_session_at_node_0(
+    name: &str,
+) -> (
+    std::path::PathBuf,
+    Vec<Node>,
+    Vec<sessync_client::Client>,
+    sessync_client::Session,
+    sessync_proto::Token,
+) {
+    let dir = temp_dir(name);
+    let secret = secret_file(&dir);
+    let nodes = start_nodes(3, 1, secret.to_str().unwrap(), &dir);
+    let clients = connect_all(&nodes).await;
+    let created = timeout(WAIT, clients[0].create(attrs(&[("cart", "0")])))
+        .await
+        .unwrap()
+        .unwrap();
+    let token = sessync_proto::Token::verify(&created.token, &keys()).unwrap();
+    assert_eq!(token.owner, nodes[0].peer);
+    assert_eq!(token.backups.len(), 1, "the token names the backup: {token:?}");
+    (dir, nodes, clients, created, token)
 }
 
 /// What happens to the chosen nodes in each round.

@@ -84,6 +84,13 @@ impl Fetch {
         (f, step)
     }
 
+    /// Re-asks a node that answers NOT_FOUND for as long as the caller's deadline allows,
+    /// not a few times: it said it owns the session (LOCATE), so it is placing a copy on
+    /// its holders and installs it within two peer timeouts.
+    pub fn wait_while_placed(&mut self) {
+        self.not_yet_left = u8::MAX;
+    }
+
     fn ask(&mut self, to: SocketAddr) -> Step {
         if to == self.me {
             return Step::Local;

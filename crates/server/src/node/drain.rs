@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use sessync_proto::Role;
 
 use super::*;
 use tokio::sync::watch;
@@ -570,20 +571,15 @@ impl Node {
                 });
                 PeerMessage::Ids { ids: absent }
             }
-            PeerMessage::Locate { session_id } => {
-                match self
-                    .table
-                    .locate_generation(&session_id, self.advertise, now_ms())
-                {
-                    Some((role, addr, generation)) => PeerMessage::Located {
-                        session_id,
-                        role,
-                        addr,
-                        generation: Some(generation),
-                    },
-                    None => PeerMessage::NotFound { session_id },
-                }
-            }
+            PeerMessage::Locate { session_id } => match self.locate_generation(&session_id) {
+                Some((role, addr, generation)) => PeerMessage::Located {
+                    session_id,
+                    role,
+                    addr,
+                    generation: Some(generation),
+                },
+                None => PeerMessage::NotFound { session_id },
+            },
             PeerMessage::Epoch => PeerMessage::EpochIs {
                 node_id: self.node_id,
                 uptime_ms: self.uptime().as_millis().min(u128::from(u64::MAX)) as u64,
@@ -593,6 +589,22 @@ impl Node {
                 "this node is leaving the cluster; it takes no new backup copies",
             )),
             _ => PeerMessage::Error(ErrorReply::new(ErrorCode::UnknownOpcode, "not a peer request")),
+        }
+    }
+
+    /// What LOCATE answers for `id`: the table's entry ([`Table::locate_generation`]);
+    /// but a copy handed over here and still being placed on its holders is this node's
+    /// under its transfer id, when the table knows nothing newer: no entry, or a pointer
+    /// from an older handover (what the giver reads as "never took it over", 12.3 step 1).
+    fn locate_generation(&self, id: &SessionId) -> Option<(Role, SocketAddr, u64)> {
+        let found = self.table.locate_generation(id, self.advertise, now_ms());
+        let Some(transfer) = self.receiving.get(id).map(|t| *t) else {
+            return found;
+        };
+        match found {
+            None => Some((Role::Owner, self.advertise, transfer)),
+            Some((Role::HandedOver, _, g)) if g < transfer => Some((Role::Owner, self.advertise, transfer)),
+            found => found,
         }
     }
 

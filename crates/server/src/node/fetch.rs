@@ -203,11 +203,22 @@ impl Node {
                             tracing::debug!(session = %id, %failed, "destroyed or rotated away at its owner: no failover");
                             return Err(FetchError::Destroyed);
                         }
-                        LocateAnswer::Entry(..) => {
-                            tracing::debug!(session = %id, %failed, "the owner that answered NOT_FOUND has an entry for it now: no failover, asked again");
+                        LocateAnswer::Entry(role, _) => {
+                            tracing::debug!(session = %id, %failed, ?role, "the owner that answered NOT_FOUND has an entry for it now: no failover, asked again");
                             // A node MOVED named may have installed it since (its silence
                             // after NOT_FOUND ends a fetch as NOT_FOUND: `Fetch::gave_up_on`).
-                            break 'failover self.copy_chain(id, failed, true, backups).await.0;
+                            // One that says it owns it and answers COPY with NOT_FOUND is
+                            // placing a copy handed to it on its holders: asked until it
+                            // installs it (at most two peer timeouts, 17.3).
+                            let patience = if role == Role::Owner {
+                                Patience::WhilePlaced
+                            } else {
+                                Patience::OnTheWire
+                            };
+                            break 'failover self
+                                .copy_chain_with(id, failed, true, backups, patience)
+                                .await
+                                .0;
                         }
                         // NOT_FOUND (a new process, no entry), or no answer to this LOCATE
                         // after the owner's NOT_FOUND: its backups are asked.
@@ -282,8 +293,27 @@ impl Node {
         forwarded: bool,
         prefer: &[SocketAddr],
     ) -> (FetchResult, Vec<SocketAddr>) {
-        let deadline = Instant::now() + self.config.peer_timeout;
+        self.copy_chain_with(id, owner, forwarded, prefer, Patience::OnTheWire)
+            .await
+    }
+
+    /// [`Node::copy_chain`], re-asking a node that answers NOT_FOUND as `patience` says.
+    async fn copy_chain_with(
+        &self,
+        id: SessionId,
+        owner: SocketAddr,
+        forwarded: bool,
+        prefer: &[SocketAddr],
+        patience: Patience,
+    ) -> (FetchResult, Vec<SocketAddr>) {
         let (mut fetch, mut step) = Fetch::new(id, self.advertise, owner, forwarded, self.config.max_hops);
+        let deadline = match patience {
+            Patience::OnTheWire => Instant::now() + self.config.peer_timeout,
+            Patience::WhilePlaced => {
+                fetch.wait_while_placed();
+                Instant::now() + 2 * self.config.peer_timeout
+            }
+        };
         let mut chain: Vec<SocketAddr> = Vec::new();
         loop {
             step = match step {
@@ -532,4 +562,15 @@ impl Node {
         }
         None
     }
+}
+
+/// How long a COPY chain waits for a node that answers NOT_FOUND where it should have the
+/// session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Patience {
+    /// A few short pauses (a node MOVED named: the copy is still on the wire).
+    OnTheWire,
+    /// Until two peer timeouts have passed: the node said (LOCATE) it owns the session,
+    /// so it is placing a copy handed to it on its holders before it installs it.
+    WhilePlaced,
 }

@@ -124,9 +124,18 @@ impl Node {
         // while the ACK is held back (below): then the giver may still hand its copy on
         // to a node that reports us gone, a risk taken so that its copy outlives a crash
         // of ours.
+        // While the copy is placed, this node has no entry for the session, and a LOCATE
+        // answered NOT_FOUND, which reads as "a new process that lost it": the giver then
+        // took its copy back, and a third node promoted a backup, both rival claims of a
+        // live handover (tests/drain.rs, a holder paused: each placement waits a peer
+        // timeout). So LOCATE answers as the owner meanwhile (protocol.md 12.4). Without
+        // replicas the copy is installed at once: nothing to mark.
+        let receiving = (!claim && self.config.replicas > 0)
+            .then(|| Receiving::start(&self.receiving, record.id, transfer));
         let landed = self
             .protect_and_install(transfer, record, &current, &first, stale, claim)
             .await;
+        drop(receiving);
         // A copy not installed as the live session is answered COPY_REFUSED, not COPY_ACK,
         // when the giver would take the ACK for more than "stop offering it": the giver
         // acknowledges a write that went only into this copy once it hears the ACK
@@ -364,5 +373,27 @@ impl Node {
             Ok(false) if superseded.is_none() => Landed::NotNewer,
             _ => Landed::Elsewhere,
         }
+    }
+}
+
+/// A copy handed over here and being placed on its holders ([`Node::receiving`]): the mark
+/// goes when this does, however the placement ends (or if its request is cancelled).
+struct Receiving<'a> {
+    map: &'a DashMap<SessionId, u64>,
+    id: SessionId,
+    transfer: u64,
+}
+
+impl<'a> Receiving<'a> {
+    fn start(map: &'a DashMap<SessionId, u64>, id: SessionId, transfer: u64) -> Self {
+        map.insert(id, transfer);
+        Receiving { map, id, transfer }
+    }
+}
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        // Another copy of it may be placed meanwhile (a late COPY_DATA): its mark stays.
+        self.map.remove_if(&self.id, |_, t| *t == self.transfer);
     }
 }

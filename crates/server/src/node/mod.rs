@@ -199,6 +199,9 @@ pub struct Node {
     pub(crate) peers: Arc<Peers>,
     /// Fetches under way, so concurrent requests for one session send one COPY.
     inflight: DashMap<SessionId, Arc<Inflight>>,
+    /// Copies handed over here that are being placed on their holders, not yet installed
+    /// (`install.rs`), with their transfer ids: LOCATE answers for them as their owner.
+    receiving: DashMap<SessionId, u64>,
     /// See [`REPLICATION_STRIPES`].
     replication_locks: Box<[tokio::sync::Mutex<()>]>,
     /// The cluster's peer addresses (backup candidates): `config.peers` at start, replaced
@@ -399,6 +402,7 @@ impl Node {
             stats: Stats::default(),
             peers,
             inflight: DashMap::new(),
+            receiving: DashMap::new(),
             cluster_peers,
             replication_locks: (0..REPLICATION_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
