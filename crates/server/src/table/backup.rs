@@ -279,7 +279,12 @@ impl Table {
         let g = self.shard(id).map.read(id);
         match g.find_other(id) {
             Some(Entry::HandingOver(h)) if h.live.received == generation => Some(false),
-            Some(Entry::Forwarded { received, .. }) if *received == generation => Some(true),
+            // Refused (COPY_REFUSED), the copy did not live on: as if never handed on.
+            Some(Entry::Forwarded {
+                received,
+                placed: true,
+                ..
+            }) if *received == generation => Some(true),
             _ => None,
         }
     }

@@ -133,6 +133,7 @@ impl Table {
                 to,
                 until_ms,
                 received,
+                ..
             } if now < *until_ms => Some((Role::HandedOver, *to, received.saturating_add(1))),
             Entry::Destroyed { until_ms } if now < *until_ms => Some((Role::Destroyed, me, 0)),
             _ => None,

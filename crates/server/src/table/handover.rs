@@ -126,6 +126,7 @@ impl Table {
                         to: h.to,
                         until_ms: h.live.meta().expires_at_ms().max(now + 1),
                         received: h.live.received,
+                        placed: true,
                     };
                     let to = h.to;
                     self.replace(shard, r.value_mut(), t);
@@ -215,6 +216,7 @@ impl Table {
                     } else {
                         h.live.received.saturating_sub(1)
                     },
+                    placed: installed,
                 }
             }
             _ => return None,

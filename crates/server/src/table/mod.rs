@@ -219,6 +219,10 @@ pub enum Entry {
         /// with a colliding claim (same generation) keeps one less, so that owner's copies
         /// still count as newer here.
         received: u64,
+        /// Whether `to` installed the copy as its live session (COPY_ACK, not COPY_REFUSED):
+        /// only then did a write applied here before the handover live on. `received`
+        /// alone cannot say so for a session created here: one less than 0 is 0.
+        placed: bool,
     },
     /// This node held a backup copy from `owner` under `generation` and was told (DROP)
     /// that the session moved on or ended: a *fence*. Copies of `generation` or older are

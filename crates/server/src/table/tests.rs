@@ -761,3 +761,28 @@ fn a_handover_counts_for_a_write_only_once_acknowledged_and_ownership_since_an_a
     );
     assert!(!holder.owned_past(&id, 0, 7));
 }
+
+/// A handover the receiver refused (COPY_REFUSED) does not count for a write applied
+/// before it, also for a session created here (generation 0, where "one generation
+/// less" cannot be told from 0: simulation seed 8956 without crashes acknowledged an
+/// append that lived only in a refused copy).
+#[test]
+fn a_refused_handover_counts_for_no_write_even_from_generation_0() {
+    let giver = table(10, EvictPolicy::Reject);
+    let b = who(3);
+    let (id, _) = giver.create(&attrs(&[("n", "1")]), 100_000, 0, 0).unwrap();
+    let generation = giver.live_generation(&id, 1).unwrap();
+    assert_eq!(generation, 0, "created here");
+    let transfer = match giver.hand_over(&id, b, 0, None, 2) {
+        CopyOutcome::Data { transfer, .. } => transfer,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(giver.handed_over_from(&id, generation), Some(false));
+    assert!(giver.refuse_handover(&id, b, transfer, 3).is_some());
+    assert_eq!(
+        giver.handed_over_from(&id, generation),
+        None,
+        "refused: the copy did not live on"
+    );
+    assert_eq!(giver.get(&id, &[], 4).err(), Some(Miss::Moved(b.advertised)));
+}
