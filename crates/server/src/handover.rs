@@ -84,9 +84,9 @@ impl Fetch {
         (f, step)
     }
 
-    /// Re-asks a node that answers NOT_FOUND for as long as the caller's deadline allows,
-    /// not a few times: it said it owns the session (LOCATE), so it is placing a copy on
-    /// its holders and installs it within two peer timeouts.
+    /// Re-asks a node that answers NOT_FOUND up to 255 times (the caller's deadline and
+    /// pause bound it first), not five: it said it owns the session (LOCATE), so it is
+    /// placing a copy on its holders and installs it within two peer timeouts.
     pub fn wait_while_placed(&mut self) {
         self.not_yet_left = u8::MAX;
     }

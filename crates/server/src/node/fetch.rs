@@ -209,7 +209,7 @@ impl Node {
                             // after NOT_FOUND ends a fetch as NOT_FOUND: `Fetch::gave_up_on`).
                             // One that says it owns it and answers COPY with NOT_FOUND is
                             // placing a copy handed to it on its holders: asked until it
-                            // installs it (at most two peer timeouts, 17.3).
+                            // installs it (at most two peer timeouts, protocol.md 12.4).
                             let patience = if role == Role::Owner {
                                 Patience::WhilePlaced
                             } else {
@@ -307,11 +307,12 @@ impl Node {
         patience: Patience,
     ) -> (FetchResult, Vec<SocketAddr>) {
         let (mut fetch, mut step) = Fetch::new(id, self.advertise, owner, forwarded, self.config.max_hops);
-        let deadline = match patience {
-            Patience::OnTheWire => Instant::now() + self.config.peer_timeout,
+        let (deadline, pause) = match patience {
+            Patience::OnTheWire => (Instant::now() + self.config.peer_timeout, NOT_YET_PAUSE),
             Patience::WhilePlaced => {
                 fetch.wait_while_placed();
-                Instant::now() + 2 * self.config.peer_timeout
+                // Fewer COPYs over a longer wait: a placement takes a round trip or more.
+                (Instant::now() + 2 * self.config.peer_timeout, 4 * NOT_YET_PAUSE)
             }
         };
         let mut chain: Vec<SocketAddr> = Vec::new();
@@ -350,10 +351,10 @@ impl Node {
                     }
                 }
                 Step::AskLater(to) => {
-                    if Instant::now() + NOT_YET_PAUSE >= deadline {
+                    if Instant::now() + pause >= deadline {
                         Step::Fail(FetchError::NotReceived { at: to })
                     } else {
-                        tokio::time::sleep(NOT_YET_PAUSE).await;
+                        tokio::time::sleep(pause).await;
                         Step::Ask(to)
                     }
                 }
