@@ -18,6 +18,9 @@ const SILENT_HOLDER_WAIT_DIVISOR: u32 = 10;
 /// How often a wait for a failed owner's read lease checks whether that owner's process is
 /// known to be gone ([`Node::wait_out_old_owner_lease`]).
 const LEASE_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+/// Failed owners whose last probe time is kept, at most (a cluster has a few dozen
+/// members; more names come only from peers naming addresses that are not members).
+const MAX_OWNER_PROBES: usize = 1024;
 
 impl Node {
     /// The read lease (protocol.md 12.5): whether a read of this session (served here as
@@ -154,6 +157,14 @@ impl Node {
         let now = now_ms();
         {
             let mut last = self.owner_probes.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: PROMOTE names any address as the failed owner, and a probe older
+            // than a recheck decides nothing.
+            if last.len() >= MAX_OWNER_PROBES {
+                last.retain(|_, at| now.saturating_sub(*at) < LEASE_RECHECK.as_millis() as u64);
+            }
+            if last.len() >= MAX_OWNER_PROBES && !last.contains_key(&owner) {
+                return;
+            }
             let at = last.entry(owner).or_insert(0);
             if now.saturating_sub(*at) < LEASE_RECHECK.as_millis() as u64 {
                 return;
