@@ -5,6 +5,7 @@
 
 use super::holder_restarts::LineageSurvey;
 use super::*;
+use futures_util::future::Either;
 use futures_util::StreamExt;
 
 impl Node {
@@ -195,17 +196,27 @@ impl Node {
                 continue;
             }
             let deadline = (Instant::now() + self.config.peer_timeout).min(overall);
-            let mut replies: futures_util::stream::FuturesUnordered<_> = batch
-                .iter()
-                .map(|&b| {
-                    let msg = PeerMessage::Replicate {
-                        generation,
-                        record: record.clone(),
-                    };
-                    let ask = self.peers.request(b, msg, deadline);
-                    async move { (b, ask.await) }
-                })
-                .collect();
+            let ask = |b: SocketAddr| {
+                let msg = PeerMessage::Replicate {
+                    generation,
+                    record: record.clone(),
+                };
+                let reply = self.peers.request(b, msg, deadline);
+                async move { (b, reply.await) }
+            };
+            // A batch of one (every write with the default `--replicas 1` whose backup
+            // answers) awaits its request in place: `FuturesUnordered` would allocate its
+            // queue and a task cell for the request's future on every write.
+            let mut replies = std::pin::pin!(if let [only] = batch[..] {
+                Either::Left(futures_util::stream::once(ask(only)))
+            } else {
+                Either::Right(
+                    batch
+                        .iter()
+                        .map(|&b| ask(b))
+                        .collect::<futures_util::stream::FuturesUnordered<_>>(),
+                )
+            });
             let mut superseded = None;
             let mut destroyed = false;
             let mut answered: Vec<SocketAddr> = Vec::with_capacity(batch.len());
