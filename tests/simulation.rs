@@ -56,12 +56,11 @@ fn explain(r: &Report) -> String {
 const STILL_FAILING: &[u64] = &[];
 
 /// Seeds that still break a promise without crashes and once passed: run with the same
-/// ignored test. 1026 (in [`FIXED_SEEDS_WITHOUT_CRASHES`] until session 19, when the read
-/// lease's short wait beside a silent holder shifted its schedule): two claims of one
+/// ignored test. (Empty since session 21: 1026, here since session 19, two claims of one
 /// generation, a node's claim of its backup copy racing the live owner's hand-over to
-/// another node, each yield to the other and the session is left behind fences and
-/// pointers: the open class of same-generation rival claims (a ballot would settle it).
-const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[1026];
+/// another node, passes since a holder's claim wins the tie with an unfinished handover:
+/// protocol.md 12.4.)
+const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 
 /// Seeds that found a bug which is fixed (ARCHITECTURE.md, "The simulation", says which),
 /// run by `cargo test` besides 0 to 19. A change to the node's logic shifts what each seed
@@ -101,7 +100,8 @@ const FIXED_SEEDS: &[u64] = &[
 /// over another way) replaced the asker's live copy and its acknowledged append, or its
 /// giver acknowledged a write that went only into that refused copy. (1026, a claim
 /// that climbed past a refusal from the backup that handed it its copy, which owned the
-/// session again, fails again: [`STILL_FAILING_WITHOUT_CRASHES`].) 1104: a moved copy that a holder refused (it held a rival claim's) was
+/// session again, failed again from session 19 to 21, and passes since 6544's fix.) 1104: a
+/// moved copy that a holder refused (it held a rival claim's) was
 /// kept, not installed, but still acknowledged, and its giver acknowledged an append
 /// that only that copy held: such a copy is answered COPY_REFUSED. 3296: two claims of
 /// one generation each yielded (one to the node-id rule, one to the other's copy at a
@@ -120,8 +120,12 @@ const FIXED_SEEDS: &[u64] = &[
 /// and a round ends at its first tombstone. 8956: a write at the node that created the
 /// session (generation 0) was acknowledged after its receiver refused the copy holding
 /// it (COPY_REFUSED), as "one generation less" than 0 is 0: a forwarding pointer now
-/// says whether its copy was installed.
-const FIXED_SEEDS_WITHOUT_CRASHES: &[u64] = &[13, 121, 208, 418, 492, 745, 913, 1032, 1104, 2352, 3296, 8956];
+/// says whether its copy was installed. 6544: a backup that claimed the generation its
+/// owner was handing over (the receiver never got the copy) gave its acknowledged claim up
+/// when that owner pointed it at the receiver: the holder's claim now wins the tie.
+const FIXED_SEEDS_WITHOUT_CRASHES: &[u64] = &[
+    13, 121, 208, 418, 492, 745, 913, 1032, 1026, 1104, 2352, 3296, 6544, 8956,
+];
 
 /// The seeds `cargo test` runs: 0 to 19 but those in [`STILL_FAILING`], and
 /// [`FIXED_SEEDS`], unless

@@ -103,6 +103,23 @@ impl Table {
                         self.replace(shard, o.get_mut(), e);
                         return Replicated::Stored(None);
                     }
+                    // A holder of the copy being handed over from here claimed that
+                    // handover's generation itself (it promoted its backup while this node
+                    // looked failed). The receiver places the copy on this copy's holders
+                    // before it installs, and a holder refuses a rival of the generation
+                    // it claimed, so this handover cannot complete while that claim
+                    // stands: the claim wins the tie, and this node keeps its copy as the
+                    // claim's backup. Pointing the claim at the receiver instead made it
+                    // give up and fence its holders, though it had acknowledged writes
+                    // this copy lacks (simulation seed 6544 without crashes).
+                    Entry::HandingOver(h)
+                        if !h.claim
+                            && generation == h.transfer
+                            && owner.advertised != h.to
+                            && h.live.backups.contains(&owner.advertised) =>
+                    {
+                        None
+                    }
                     Entry::HandingOver(h) => Some((h.to, h.transfer)),
                     Entry::Forwarded { to, received, .. } => Some((*to, received + 1)),
                     // A fence refuses every copy of its generation or older (the session

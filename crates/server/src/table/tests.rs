@@ -786,3 +786,30 @@ fn a_refused_handover_counts_for_no_write_even_from_generation_0() {
     );
     assert_eq!(giver.get(&id, &[], 4).err(), Some(Miss::Moved(b.advertised)));
 }
+
+#[test]
+fn a_holder_claiming_the_generation_of_an_unfinished_handover_wins_the_tie() {
+    // The giver's session has one backup; it hands the session to a receiver, which
+    // never confirms. The backup, finding the giver silent, claims the same generation.
+    let (holder, receiver, stranger) = (who(2), who(3), who(4));
+    let giver = table(10, EvictPolicy::Reject);
+    let (id, _) = giver.create(&attrs(&[("n", "1")]), 100_000, 0, 0).unwrap();
+    giver.set_backups(&id, 0, &[holder.advertised]);
+    let (transfer, record) = match giver.hand_over(&id, receiver, 0, None, 1) {
+        CopyOutcome::Data { transfer, record, .. } => (transfer, record),
+        other => panic!("{other:?}"),
+    };
+    // Anyone else claiming that generation is pointed at the receiver, as before.
+    assert_eq!(
+        giver.replicate_in(stranger, transfer, &record, 2),
+        Replicated::Moved(receiver.advertised)
+    );
+    // The holder's claim is stored: the receiver cannot install without that holder.
+    assert!(matches!(
+        giver.replicate_in(holder, transfer, &record, 3),
+        Replicated::Stored(Some(_))
+    ));
+    assert_eq!(giver.get(&id, &[], 4).err(), Some(Miss::Moved(holder.advertised)));
+    // A late COPY_ACK from the receiver changes nothing.
+    assert!(giver.ack_handover(&id, receiver, transfer, 5).is_none());
+}
