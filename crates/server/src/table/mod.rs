@@ -785,4 +785,6 @@ impl Table {
 }
 
 #[cfg(test)]
+mod handover_tests;
+#[cfg(test)]
 mod tests;
