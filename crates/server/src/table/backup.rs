@@ -106,12 +106,13 @@ impl Table {
                     // A holder of the copy being handed over from here claimed that
                     // handover's generation itself (it promoted its backup while this node
                     // looked failed). The receiver places the copy on this copy's holders
-                    // before it installs, and a holder refuses a rival of the generation
-                    // it claimed, so this handover cannot complete while that claim
-                    // stands: the claim wins the tie, and this node keeps its copy as the
-                    // claim's backup. Pointing the claim at the receiver instead made it
-                    // give up and fence its holders, though it had acknowledged writes
-                    // this copy lacks (simulation seed 6544 without crashes).
+                    // before it serves, and a holder refuses a rival of the generation it
+                    // claimed, so the receiver acknowledges nothing under this handover
+                    // while that claim stands (protocol.md 12.4): the claim wins the tie,
+                    // and this node keeps the claim's copy as its backup. Pointing the
+                    // claim at the receiver instead made it give up and fence its holders,
+                    // though it had acknowledged writes this copy lacks (simulation seed
+                    // 6544 without crashes).
                     Entry::HandingOver(h)
                         if !h.claim
                             && generation == h.transfer
