@@ -498,6 +498,23 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
                 owner: failed_owner,
             }
         }
+        // A kept copy (this node's own older state) for an asker that knew a newer
+        // generation: only once the failed owner said it holds nothing newer
+        // (`node/kept_copies.rs`; simulation seed 5934 without crashes).
+        PeerMessage::Promote {
+            session_id,
+            last_transfer,
+            failed_owner,
+        } if failed_owner != peer.advertised
+            && node.kept_copy_withheld(&session_id, failed_owner, last_transfer, now) =>
+        {
+            tracing::debug!(session = %session_id, %failed_owner, asker = %peer.advertised, "PROMOTE refused: the kept copy here is older than the asker's, and the failed owner has not said it holds nothing newer");
+            Stats::bump(&node.stats.moved);
+            PeerMessage::Moved {
+                session_id,
+                owner: failed_owner,
+            }
+        }
         // The failed owner's read lease on the copy held here may still run: alive and cut
         // off, it may serve reads of its copy without asking anyone until then, so no
         // claim of this copy may acknowledge anything yet (protocol.md 12.3 step 2;

@@ -7,6 +7,7 @@ mod drain;
 mod fetch;
 mod holder_restarts;
 mod install;
+mod kept_copies;
 mod lookup;
 mod memo;
 mod read_lease;
@@ -222,6 +223,8 @@ pub struct Node {
     /// COPY_ACKs held back until the copy installed here has its backups
     /// ([`Node::release_held_ack`]).
     held_acks: memo::SessionMemo<HeldAck>,
+    /// What failed owners said of sessions whose kept copy is here (`kept_copies.rs`).
+    kept_copy_checks: memo::SessionMemo<kept_copies::KeptCopyCheck>,
     /// Sessions with a copy at a holder that restarted since (`holder_restarts.rs`).
     unsure_holders: holder_restarts::UnsureHolders,
 }
@@ -417,6 +420,7 @@ impl Node {
             // expires, answering MOVED to this node (and re-hands it if this node restarts
             // empty). Kept long, so that the ACK still goes once backups come back.
             held_acks: memo::SessionMemo::new(3_600_000),
+            kept_copy_checks: memo::SessionMemo::new(60_000),
             unsure_holders: Default::default(),
         }
     }

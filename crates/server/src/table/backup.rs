@@ -179,6 +179,18 @@ impl Table {
         }
     }
 
+    /// The generation of the state in a kept copy of `id` held here below `owner`
+    /// (`BackupCopy::kept`: one above its `received`), if that is what is held.
+    pub fn kept_generation(&self, id: &SessionId, owner: SocketAddr, now: u64) -> Option<u64> {
+        let g = self.shard(id).map.read(id);
+        match g.find_other(id) {
+            Some(Entry::Backup(b)) if b.kept && b.owner == owner && !b.live.expired(now) => {
+                Some(b.live.received + 1)
+            }
+            _ => None,
+        }
+    }
+
     /// A backup's step: forgets `owner`'s copy of the session if it is of `generation` or
     /// older (a newer owner's copy stays), leaving a fence (see [`Entry::Fenced`]) so that a
     /// late or stale REPLICATE from that generation is refused rather than stored again.

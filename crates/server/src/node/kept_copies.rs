@@ -1,0 +1,92 @@
+//! A kept copy (`BackupCopy::kept`) is this node's own older state, kept when it yielded to
+//! a rival owner F; it is not F's copy. PROMOTE naming F failed may hand it over (three
+//! rivals that each yielded must leave a copy), but not to an asker that knew a newer
+//! generation of the session than the kept state while F may still hold that newer state:
+//! the kept copy would set the session back past writes F acknowledged (simulation seed
+//! 5934 without crashes: F, paused, held the only copy of two acknowledged appends, and a
+//! stale kept copy handed on replaced them). So this node asks F itself (LOCATE), and hands
+//! the kept copy over only once F answered that it holds nothing newer: no entry (a new
+//! process), or an entry that points back here. A silent F, or one that owns the session
+//! or points elsewhere, keeps the kept copy here (protocol.md 12.3 step 2).
+
+use super::*;
+
+/// How long F's answer counts (ms): the asker asks again about every 100 ms.
+const ANSWER_COUNTS_MS: u64 = 1_000;
+
+/// What this node last learned from F about a session whose kept copy it holds.
+#[derive(Clone, Copy)]
+pub(super) struct KeptCopyCheck {
+    /// The failed owner asked.
+    failed: SocketAddr,
+    /// When it was asked (Unix ms).
+    asked_ms: u64,
+    /// When it answered that it holds nothing newer (Unix ms), if it did.
+    lets_go_ms: Option<u64>,
+}
+
+impl Node {
+    /// Whether PROMOTE{`id`, `their_last`, failed owner `failed`} must not get the kept
+    /// copy held here yet: the asker knew a newer generation than the kept state, and F has
+    /// not said lately that it holds nothing newer. Asks F in the background when needed.
+    pub(crate) fn kept_copy_withheld(
+        self: &Arc<Self>,
+        id: &SessionId,
+        failed: SocketAddr,
+        their_last: u64,
+        now: u64,
+    ) -> bool {
+        match self.table.kept_generation(id, failed, now) {
+            Some(kept) if their_last > kept => {}
+            _ => return false,
+        }
+        let last = self.kept_copy_checks.get(id).filter(|c| c.failed == failed);
+        if let Some(c) = last {
+            if c.lets_go_ms
+                .is_some_and(|at| now.saturating_sub(at) < ANSWER_COUNTS_MS)
+            {
+                return false;
+            }
+            if now.saturating_sub(c.asked_ms) < ANSWER_COUNTS_MS / 10 {
+                return true;
+            }
+        }
+        let check = KeptCopyCheck {
+            failed,
+            asked_ms: now,
+            lets_go_ms: None,
+        };
+        self.kept_copy_checks.insert(*id, check, now);
+        let (node, id) = (self.clone(), *id);
+        // Not tracked by the shutdown tracker: one request bounded by the peer timeout.
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let reply = node
+                .peers
+                .request(
+                    failed,
+                    PeerMessage::Locate { session_id: id },
+                    Instant::now() + node.config.peer_timeout,
+                )
+                .await;
+            let lets_go = match reply {
+                Ok(PeerMessage::NotFound { session_id }) => session_id == id,
+                Ok(PeerMessage::Located {
+                    session_id,
+                    role,
+                    addr,
+                    ..
+                }) => session_id == id && role != sessync_proto::Role::Owner && addr == node.advertise,
+                _ => false,
+            };
+            if lets_go {
+                let at = now_ms();
+                let answered = KeptCopyCheck {
+                    lets_go_ms: Some(at),
+                    ..check
+                };
+                node.kept_copy_checks.insert(id, answered, at);
+            }
+        }));
+        true
+    }
+}
