@@ -60,15 +60,7 @@ impl Node {
         let (node, id) = (self.clone(), *id);
         // Not tracked by the shutdown tracker: one request bounded by the peer timeout.
         tokio::spawn(tracing::Instrument::in_current_span(async move {
-            let reply = node
-                .peers
-                .request(
-                    failed,
-                    PeerMessage::Locate { session_id: id },
-                    Instant::now() + node.config.peer_timeout,
-                )
-                .await;
-            let lets_go = match reply {
+            let lets_go = match node.ask_locate(id, failed).await {
                 Ok(PeerMessage::NotFound { session_id }) => session_id == id,
                 Ok(PeerMessage::Located {
                     session_id,

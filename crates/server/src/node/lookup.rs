@@ -360,15 +360,7 @@ impl Node {
 
     /// LOCATE for `id` to `node`, within one peer timeout, read one way for every caller.
     pub(super) async fn locate_at(&self, id: SessionId, node: SocketAddr) -> LocateAnswer {
-        let reply = self
-            .peers
-            .request(
-                node,
-                PeerMessage::Locate { session_id: id },
-                Instant::now() + self.config.peer_timeout,
-            )
-            .await;
-        match reply {
+        match self.ask_locate(id, node).await {
             Ok(PeerMessage::NotFound { session_id }) if session_id == id => LocateAnswer::NoEntry,
             Ok(PeerMessage::Located {
                 session_id,
@@ -384,6 +376,14 @@ impl Node {
             Ok(_) => LocateAnswer::Unclear,
             Err(_) => LocateAnswer::Silent,
         }
+    }
+
+    /// LOCATE{`id`} to `node`, within one peer timeout: its raw reply.
+    pub(super) async fn ask_locate(&self, id: SessionId, node: SocketAddr) -> Result<PeerMessage, LinkError> {
+        let deadline = Instant::now() + self.config.peer_timeout;
+        self.peers
+            .request(node, PeerMessage::Locate { session_id: id }, deadline)
+            .await
     }
 
     /// Whether `node` is gone as far as session `id` goes: it answers LOCATE with
