@@ -217,7 +217,7 @@ impl Node {
                         .collect::<futures_util::stream::FuturesUnordered<_>>(),
                 )
             });
-            let mut superseded = None;
+            let mut superseded: Option<(SocketAddr, bool)> = None;
             let mut destroyed = false;
             let mut answered: Vec<SocketAddr> = Vec::with_capacity(batch.len());
             while let Some((b, reply)) = replies.next().await {
@@ -236,7 +236,11 @@ impl Node {
                     // newest is then where that handover waits, which the sender says by
                     // naming itself; a pointer to ourselves is never followed.)
                     Ok(PeerMessage::Moved { owner, .. }) => {
-                        superseded = Some(if owner != self.advertise { owner } else { b });
+                        superseded = Some(if owner != self.advertise {
+                            (owner, false)
+                        } else {
+                            (b, true)
+                        });
                     }
                     other => {
                         Stats::bump(&self.stats.replicate_failures);
@@ -259,11 +263,12 @@ impl Node {
             if destroyed {
                 return RoundOutcome::Destroyed { placed: holders };
             }
-            if let Some(to) = superseded {
+            if let Some((to, names_self)) = superseded {
                 return RoundOutcome::Superseded {
                     yielded: confirmed.contains(&to),
                     to,
                     placed: holders,
+                    names_self,
                 };
             }
         }
@@ -272,6 +277,7 @@ impl Node {
                 to,
                 placed: holders,
                 yielded: false,
+                names_self: false,
             },
             Some(LineageSurvey::Destroyed) => RoundOutcome::Destroyed { placed: holders },
             _ => RoundOutcome::Done(Backups {

@@ -285,12 +285,22 @@ impl Node {
                 // claims yielded and no copy was left (seed 3296 without crashes). Not if
                 // it restarted since this node first met it: a new process takes any copy,
                 // and the old one may have installed its claim and acknowledged writes.
+                // And, for a claim, a holder that names this node itself: its fence or
+                // kept copy is of this node's own abandoned claim (this node claims, so it
+                // owns nothing newer). Taking that holder for the newer owner left a kept
+                // copy here pointing at it and its fence pointing back, a cycle that no
+                // request could resolve (seed 230).
                 let to = match &round {
-                    RoundOutcome::Superseded { to, yielded, .. }
-                        if bumps < MAX_CLAIM_BUMPS
-                            && (stale.contains(to)
-                                || *to == self.advertise
-                                || (*yielded && !self.has_restarted(*to))) =>
+                    RoundOutcome::Superseded {
+                        to,
+                        yielded,
+                        names_self,
+                        ..
+                    } if bumps < MAX_CLAIM_BUMPS
+                        && (stale.contains(to)
+                            || *to == self.advertise
+                            || (*names_self && claim)
+                            || (*yielded && !self.has_restarted(*to))) =>
                     {
                         *to
                     }

@@ -117,10 +117,14 @@ enum RoundOutcome {
     /// `yielded`: `to` itself took this very copy in the same round, as a holder (it gave
     /// its own pending claim of this generation up to this one, 12.2), so what names it
     /// at another holder is that abandoned claim's copy, not a live owner's.
+    /// `names_self`: the holder `to` named this node as the newer owner (a fence or kept
+    /// copy of this node's own, left by an abandoned claim or an earlier process), so `to`
+    /// is that holder, never this node.
     Superseded {
         to: SocketAddr,
         placed: Vec<SocketAddr>,
         yielded: bool,
+        names_self: bool,
     },
     /// A node holds the session's tombstone: it was destroyed or rotated away there (by a
     /// later owner of this lineage), so the copy replicated is a stale one that must never
