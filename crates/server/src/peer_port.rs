@@ -478,6 +478,14 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
     };
     Some(match msg {
         PeerMessage::Ping(n) => PeerMessage::Pong(n),
+        // A claim its holders have not confirmed is not handed on: answered as while a
+        // copy is placed (LOCATE says owner, so the asker asks again; protocol.md 12.2
+        // step 6), and placed again in the background until confirmed or superseded.
+        PeerMessage::Copy { session_id, .. } if node.claim_unconfirmed(&session_id) => {
+            tracing::debug!(session = %session_id, asker = %peer.advertised, "COPY waits: this node's claim is not confirmed by its holders yet");
+            node.confirm_claim_in_background(session_id);
+            PeerMessage::NotFound { session_id }
+        }
         PeerMessage::Copy {
             session_id,
             last_transfer,

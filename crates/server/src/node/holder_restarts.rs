@@ -31,6 +31,9 @@ struct Unsure {
     /// `--replicas` asks: a rival claim of the same lineage may have been placed where
     /// this one was not, so every confirmation counts only after a survey.
     unconfirmed_claims: HashSet<SessionId>,
+    /// Unconfirmed claims a background round is placing again right now
+    /// ([`Node::confirm_claim_in_background`]).
+    confirming: HashSet<SessionId>,
 }
 
 /// What the members said of a session this node owns under some generation.
@@ -70,6 +73,50 @@ impl Node {
         unsure.sessions.insert(id);
         unsure.unconfirmed_claims.insert(id);
         holders.any.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether `id` is owned here by a failover's claim that its holders have not
+    /// confirmed yet ([`Node::mark_unconfirmed_claim`]). Such a claim is not handed over:
+    /// a silent holder may hold a rival claim of the same generation with acknowledged
+    /// writes, and the receiver's copy, one generation higher, would supersede it there
+    /// (simulation seed 295: a copy taken back from a restarted receiver was handed to it
+    /// again before the survey, and the rival claim's acknowledged append was lost).
+    pub(crate) fn claim_unconfirmed(&self, id: &SessionId) -> bool {
+        let holders = &self.unsure_holders;
+        if !holders.any.load(Ordering::SeqCst) {
+            return false;
+        }
+        let unsure = holders.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // Only while it is live here: a claim given up since points elsewhere.
+        unsure.unconfirmed_claims.contains(id) && self.table.live_generation(id, now_ms()).is_some()
+    }
+
+    /// Places an unconfirmed claim's copy on its holders again, in the background, so that
+    /// the survey that confirms it (or finds the newer owner it must yield to) runs without
+    /// waiting for a write. One round at a time per session.
+    pub(crate) fn confirm_claim_in_background(self: &Arc<Self>, id: SessionId) {
+        {
+            let mut unsure = self
+                .unsure_holders
+                .inner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !unsure.confirming.insert(id) {
+                return;
+            }
+        }
+        let node = self.clone();
+        // Not tracked: bounded by two peer timeouts and a survey's one.
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let replication = node.replicate(id, &[]).await;
+            tracing::debug!(session = %id, ?replication, "placed an unconfirmed claim again");
+            let mut unsure = node
+                .unsure_holders
+                .inner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            unsure.confirming.remove(&id);
+        }));
     }
 
     /// Whether a new process has answered at `addr` since this node first met one there.
