@@ -95,8 +95,17 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// generation, as protocol.md 12.3 says. 295: a claim confirmed only by a restarted holder
 /// was handed over before the survey, and its receiver's copy, one generation higher,
 /// replaced a rival claim's acknowledged append: an unconfirmed claim is not handed over.
+/// Session 23 (ARCHITECTURE.md item 15): 283, a stale owner's older copy was placed on a
+/// restarted holder before its receiver refused it, and a failover promoted it; then the
+/// newest copy was stranded behind a cycle of pointers. 426, a superseded copy served a
+/// write while the newer owner was paused. 1681, a copy handed to a receiver whose only
+/// holder had restarted was handed on again. 1971, a claim that found the failed owner
+/// alive took another backup's older copy over its newer one. 6063, a stale owner whose
+/// holder restarted handed its copy to the new process. 9744, a restarted node's claim of
+/// its old backup acknowledged a write below its old process's newer copy.
 const FIXED_SEEDS: &[u64] = &[
-    22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 295, 403, 468,
+    22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,
+    403, 426, 468, 1681, 1971, 6063, 9744,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.

@@ -385,6 +385,12 @@ async fn serve_requests(
     peer: PeerIdentity,
     mut shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    // A new process at a peer's address is learnt from its inbound handshake too, not
+    // only when this node dials it: it may ask for a session before this node asks it
+    // anything, and whether it forgot the fences its old process kept decides whether
+    // this node may hand the session over (`Node::holders_unsettled`; simulation seed
+    // 6063 with crashes).
+    node.peers.processes.seen(peer.advertised, peer.node_id);
     // A burst of requests (REPLICATEs of a session each) is taken in a few reads.
     input.reserve(64 * 1024);
     let limits = &node.config.limits;
@@ -478,12 +484,13 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
     };
     Some(match msg {
         PeerMessage::Ping(n) => PeerMessage::Pong(n),
-        // A claim its holders have not confirmed is not handed on: answered as while a
-        // copy is placed (LOCATE says owner, so the asker asks again; protocol.md 12.2
-        // step 6), and placed again in the background until confirmed or superseded.
-        PeerMessage::Copy { session_id, .. } if node.claim_unconfirmed(&session_id) => {
-            tracing::debug!(session = %session_id, asker = %peer.advertised, "COPY waits: this node's claim is not confirmed by its holders yet");
-            node.confirm_claim_in_background(session_id);
+        // A claim its holders have not confirmed, or a session with a holder that
+        // restarted, is not handed on: answered as while a copy is placed (LOCATE says
+        // owner, so the asker asks again; protocol.md 12.2 step 6), and placed again in
+        // the background until the members' word confirms or supersedes it.
+        PeerMessage::Copy { session_id, .. } if node.holders_unsettled(&session_id) => {
+            tracing::debug!(session = %session_id, asker = %peer.advertised, "COPY waits: this node's holders of the session are not settled yet");
+            node.settle_holders_in_background(session_id);
             PeerMessage::NotFound { session_id }
         }
         PeerMessage::Copy {
@@ -540,6 +547,21 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             Stats::bump(&node.stats.claims_waited_for_lease);
             // The asker asks again shortly; a probe may by then have found the owner gone.
             node.probe_failed_owner(failed_owner);
+            PeerMessage::Moved {
+                session_id,
+                owner: failed_owner,
+            }
+        }
+        // A copy handed to the failed owner, whose holder restarted since: not handed on
+        // until the members say nobody installed it (`node/holder_restarts.rs`; simulation
+        // seed 1681 with crashes).
+        PeerMessage::Promote {
+            session_id,
+            failed_owner,
+            ..
+        } if node.handover_unsure(&session_id, failed_owner, peer.advertised) => {
+            tracing::debug!(session = %session_id, %failed_owner, asker = %peer.advertised, "PROMOTE refused: a holder of the session restarted since it was handed to the failed owner");
+            Stats::bump(&node.stats.moved);
             PeerMessage::Moved {
                 session_id,
                 owner: failed_owner,

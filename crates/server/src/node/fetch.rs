@@ -92,9 +92,15 @@ impl Node {
                     return Err(SessionFailure::Fetch(FetchError::Destroyed));
                 }
                 // The newer copy is gone (its owner restarted without it and no backup
-                // has it) or out of reach: the superseded copy here has every write that
-                // was acknowledged before it was superseded, and is served as before.
-                Err(_) if superseded_here => {
+                // has it): the superseded copy here has every write that was acknowledged
+                // before it was superseded, and is served as before. Not when the newer
+                // owner is only out of reach: it may be paused or cut off with writes of
+                // its own, and this copy's backups know nothing of that lineage, so a
+                // write here would be a second owner's (simulation seed 426 with crashes:
+                // a claim of a stale backup copy served a write while the newer owner was
+                // paused, and that append was lost when the newer lineage came back).
+                // The client gets OWNER_UNREACHABLE and retries.
+                Err(e) if superseded_here && e.not_found() => {
                     fall_back_to_local = true;
                     continue;
                 }
@@ -105,6 +111,21 @@ impl Node {
                 Err(e) => return Err(SessionFailure::Fetch(e)),
             };
             if fetched == Fetched::PointsHere {
+                // Led back here while the copy here is still older than the client's
+                // token: the newer owner did not hand its copy over (it is paused or cut
+                // off, and its backup pointed here). Serving the copy here would be the
+                // write of a second owner, as above (seed 426 with crashes: a PROMOTE at
+                // the token's backup answered MOVED to this node).
+                if superseded_here
+                    && self
+                        .table
+                        .live_generation(&id, now_ms())
+                        .is_some_and(|g| g < token.generation)
+                {
+                    return Err(SessionFailure::Fetch(FetchError::Unsure(
+                        "the copy found is older than the client's token".into(),
+                    )));
+                }
                 // The owners' chain ends here: if the table has moved on (another request
                 // handed it away meanwhile), the loop follows it; if it has nothing, this
                 // node lost it (it restarted after the session was handed here, so the
@@ -431,9 +452,15 @@ impl Node {
             None if self.wait_out_old_owner_lease(&id, failed).await => {
                 self.table.promote_local(&id, failed, self.identity(), now_ms())
             }
+            // `failed` is alive and owns the session (its process wrote here: a new one
+            // that took a copy over, say): it is asked, not failed over from. Asking the
+            // other backups instead took an older copy over this node's newer one
+            // (simulation seed 1971 with crashes: the restarted owner claimed a backup
+            // copy and acknowledged two appends on it; this node's PROMOTE at the other
+            // backup then installed that backup's older copy over them).
             None => {
-                tracing::debug!(session = %id, %failed, "the failed owner wrote its copy here while the claim waited; not claimed");
-                None
+                tracing::debug!(session = %id, %failed, "the failed owner wrote its copy here while the claim waited; not claimed, asked instead");
+                return Some(self.copy_chain(id, failed, true, backups).await.0);
             }
             Some((to, transfer)) => {
                 let never_took = match self.locate_at(id, to).await {
@@ -540,6 +567,15 @@ impl Node {
                     Stats::bump(&self.stats.promotions);
                     self.install_promoted_copy(b, transfer, &record, &with_lineage(&holders), backups)
                         .await;
+                    // A copy of this node's own earlier process: which holders that process
+                    // placed newer copies on is unknown here, so the claim's confirmations
+                    // count only after a survey of the members (simulation seed 9744 with
+                    // crashes: a restarted node took an older backup copy over and
+                    // acknowledged an append on it, while another holder kept its old
+                    // process's newer copy).
+                    if failed == self.advertise && self.table.live_generation(&id, now_ms()).is_some() {
+                        self.mark_unconfirmed_claim(id);
+                    }
                     // Not installed when a rival claim won here meanwhile
                     // (`protect_and_install`, `claim`): the session lives on there.
                     if let Some((Role::Backup, owner)) = self.table.locate(&id, self.advertise, now_ms()) {

@@ -32,7 +32,7 @@ struct Unsure {
     /// this one was not, so every confirmation counts only after a survey.
     unconfirmed_claims: HashSet<SessionId>,
     /// Unconfirmed claims a background round is placing again right now
-    /// ([`Node::confirm_claim_in_background`]).
+    /// ([`Node::settle_holders_in_background`]).
     confirming: HashSet<SessionId>,
 }
 
@@ -75,48 +75,108 @@ impl Node {
         holders.any.store(true, Ordering::SeqCst);
     }
 
-    /// Whether `id` is owned here by a failover's claim that its holders have not
-    /// confirmed yet ([`Node::mark_unconfirmed_claim`]). Such a claim is not handed over:
-    /// a silent holder may hold a rival claim of the same generation with acknowledged
-    /// writes, and the receiver's copy, one generation higher, would supersede it there
-    /// (simulation seed 295: a copy taken back from a restarted receiver was handed to it
-    /// again before the survey, and the rival claim's acknowledged append was lost).
-    pub(crate) fn claim_unconfirmed(&self, id: &SessionId) -> bool {
-        let holders = &self.unsure_holders;
-        if !holders.any.load(Ordering::SeqCst) {
+    /// Whether `id` is owned here with holders whose word is not sure: a failover's claim
+    /// that its holders have not confirmed yet ([`Node::mark_unconfirmed_claim`]), or a
+    /// session with a copy at a holder that restarted since. Such a session is not handed
+    /// over until a survey of the members has settled it:
+    /// - an unconfirmed claim: a silent holder may hold a rival claim of the same
+    ///   generation with acknowledged writes, and the receiver's copy, one generation
+    ///   higher, would supersede it there (simulation seed 295: a copy taken back from a
+    ///   restarted receiver was handed to it again before the survey, and the rival
+    ///   claim's acknowledged append was lost);
+    /// - a restarted holder: it forgot the fence a newer lineage left there, so this copy
+    ///   may be a stale owner's, and the receiver's install would make it live again over
+    ///   the newer lineage's acknowledged writes (simulation seed 6063 with crashes: the
+    ///   backup that claimed the session crashed, and a stale owner handed its older copy
+    ///   to the new process while the newer owner was paused).
+    pub(crate) fn holders_unsettled(&self, id: &SessionId) -> bool {
+        if !self.holders_unsure(id) {
             return false;
         }
-        let unsure = holders.inner.lock().unwrap_or_else(|e| e.into_inner());
-        // Only while it is live here: a claim given up since points elsewhere.
-        unsure.unconfirmed_claims.contains(id) && self.table.live_generation(id, now_ms()).is_some()
+        // Only while it is live here: a session given up since points elsewhere.
+        self.table.live_generation(id, now_ms()).is_some()
     }
 
-    /// Places an unconfirmed claim's copy on its holders again, in the background, so that
-    /// the survey that confirms it (or finds the newer owner it must yield to) runs without
-    /// waiting for a write. One round at a time per session.
-    pub(crate) fn confirm_claim_in_background(self: &Arc<Self>, id: SessionId) {
-        {
-            let mut unsure = self
-                .unsure_holders
-                .inner
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if !unsure.confirming.insert(id) {
-                return;
-            }
+    /// Places a session whose holders are unsettled ([`Node::holders_unsettled`]) on its
+    /// holders again, in the background, so that the survey that confirms it (or finds
+    /// the newer owner it must yield to) runs without waiting for a write. One round at a
+    /// time per session.
+    pub(crate) fn settle_holders_in_background(self: &Arc<Self>, id: SessionId) {
+        // Bounded by two peer timeouts and a survey's one.
+        self.one_settling_task(id, move |node| async move {
+            let replication = node.replicate(id, &[]).await;
+            tracing::debug!(session = %id, ?replication, "placed a session with unsettled holders again");
+        });
+    }
+
+    /// Runs `task` for `id` on a task of its own, unless one settling `id` runs already.
+    /// Not tracked by the shutdown tracker: each is bounded by peer timeouts.
+    fn one_settling_task<F, Fut>(self: &Arc<Self>, id: SessionId, task: F)
+    where
+        F: FnOnce(Arc<Self>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if !self.unsure().confirming.insert(id) {
+            return;
         }
         let node = self.clone();
-        // Not tracked: bounded by two peer timeouts and a survey's one.
         tokio::spawn(tracing::Instrument::in_current_span(async move {
-            let replication = node.replicate(id, &[]).await;
-            tracing::debug!(session = %id, ?replication, "placed an unconfirmed claim again");
-            let mut unsure = node
-                .unsure_holders
-                .inner
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            unsure.confirming.remove(&id);
+            task(node.clone()).await;
+            node.unsure().confirming.remove(&id);
         }));
+    }
+
+    /// Whether a PROMOTE from `asker` naming `failed_owner` must not take the copy this
+    /// node is handing to `failed_owner`, yet: a holder of the session restarted since the
+    /// handover began. The receiver places its copy on this node's holders before it
+    /// installs it (12.4), and that placement is what refuses a second owner of the copy
+    /// kept here; a holder that restarted forgot it, so the receiver may have installed
+    /// the copy and acknowledged writes that no fence protects any more (simulation seed
+    /// 1681 with crashes: the receiver's only holder crashed while the receiver was
+    /// paused, the copy kept here was handed on again, and an acknowledged append was
+    /// lost). Until the members' word says no node knows the handover's generation (a
+    /// survey in the background, [`Node::survey_handover_in_background`]), the asker is
+    /// answered MOVED to the receiver. Not for the receiver's own new process: its old
+    /// one's copy is gone with it.
+    pub(crate) fn handover_unsure(
+        self: &Arc<Self>,
+        id: &SessionId,
+        failed_owner: SocketAddr,
+        asker: SocketAddr,
+    ) -> bool {
+        if asker == failed_owner || !self.holders_unsure(id) {
+            return false;
+        }
+        match self.table.handing_over_to(id, now_ms()) {
+            Some((to, transfer)) if to == failed_owner => {
+                self.survey_handover_in_background(*id, transfer);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Asks the members whether any knows generation `transfer` of `id` (the receiver of
+    /// this node's handover installed it, or a copy of it is held); when none does, the
+    /// session is sure again and the copy kept here may be handed on. One survey at a
+    /// time per session.
+    fn survey_handover_in_background(self: &Arc<Self>, id: SessionId, transfer: u64) {
+        // Bounded by one survey (a peer timeout).
+        self.one_settling_task(id, move |node| async move {
+            let found = node.survey_lineage(id, transfer).await;
+            tracing::debug!(session = %id, transfer, ?found, "surveyed the members for a handover whose holder restarted");
+            if found == LineageSurvey::Clean {
+                node.unsure().sessions.remove(&id);
+            }
+        });
+    }
+
+    /// The unsure sessions, without taking in new restarts.
+    fn unsure(&self) -> std::sync::MutexGuard<'_, Unsure> {
+        self.unsure_holders
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether a new process has answered at `addr` since this node first met one there.
@@ -131,7 +191,8 @@ impl Node {
         let mut unsure = holders.inner.lock().unwrap_or_else(|e| e.into_inner());
         holders.any.store(true, Ordering::SeqCst);
         for addr in self.peers.processes.take_restarted() {
-            let backed = self.table.backed_by(addr, now_ms(), usize::MAX);
+            let mut backed = self.table.backed_by(addr, now_ms(), usize::MAX);
+            backed.extend(self.table.handing_over_backed_by(addr, now_ms()));
             tracing::info!(holder = %addr, sessions = backed.len(), "a holder restarted; its confirmations count again after a survey of the members");
             unsure.sessions.extend(backed);
             unsure.restarted.insert(addr);
@@ -222,6 +283,14 @@ impl Node {
                     }
                     sessync_proto::Role::Backup if addr != me && at_least(theirs, generation) => {
                         LineageSurvey::Newer(addr)
+                    }
+                    // A copy naming this address under a newer generation than this node
+                    // owns is not this process's: an earlier process's, whose lineage went
+                    // on past this claim (simulation seed 9744 with crashes: a restarted
+                    // node claimed its old backup while another holder kept its old
+                    // process's newer copy). The holder is named: asked, it points on.
+                    sessync_proto::Role::Backup if addr == me && theirs.is_none_or(|t| t > generation) => {
+                        LineageSurvey::Newer(m)
                     }
                     _ => LineageSurvey::Clean,
                 },

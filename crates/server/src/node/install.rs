@@ -109,6 +109,17 @@ impl Node {
             tracing::warn!(%from, session = %record.id, "a peer sent COPY_DATA with transfer id 0; ignored");
             return;
         }
+        // A moved copy no newer than what this node's entry remembers is refused at its
+        // install (`Table::install_as`); refused before it is placed, so that no holder
+        // takes it. Placed first, it stayed on a holder that had restarted empty, as the
+        // backup copy of an owner that never installed it, and a failover later
+        // promoted it over the newer lineage's copy (simulation seed 283: a stale
+        // owner's generation 16 handed to a backup of generation 19). Not a claim: it
+        // may climb past what this node remembers (12.3).
+        if !claim && self.config.replicas > 0 && self.table.last_received(&record.id) >= transfer {
+            tracing::info!(session = %record.id, %from, transfer, "a copy no newer than the one remembered here; refused before it is placed");
+            return self.refuse_copy(from, record.id, transfer);
+        }
         // The giver first: it is alive (it just answered), and as our backup it is where
         // anyone who finds us gone looks first (it named us in MOVED).
         let mut first = vec![from];

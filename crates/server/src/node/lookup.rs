@@ -34,28 +34,56 @@ impl Node {
         // and pointers only). Every member is then asked, the nodes of the cycle included.
         let cycle = matches!(&result, Err(e) if e.too_many_hops())
             && asked.iter().enumerate().any(|(i, a)| asked[..i].contains(a));
+        let own_copy = match &result {
+            Ok(Fetched::PointsHere) => self.own_copy_passed_over(id, asked),
+            _ => None,
+        };
         let lost = match &result {
             Err(e) if e.not_found() || e.unreachable() => true,
-            Ok(Fetched::PointsHere) => !self.table.knows(&id),
+            Ok(Fetched::PointsHere) => !self.table.knows(&id) || own_copy.is_some(),
             _ => cycle,
         };
         if !lost {
             return result;
         }
-        let asked: &[SocketAddr] = if cycle { &[] } else { asked };
+        // After a cycle, or a chain that passed the owner of the copy held here, the nodes
+        // asked are asked again: what they pointed at led nowhere.
+        let asked: &[SocketAddr] = if cycle || own_copy.is_some() { &[] } else { asked };
         // Boxed: a lookup is rare, and its state (~3.8 KB) would otherwise sit inside
         // every fetch's future, which a deferred request allocates and copies once per
         // move (BENCHMARKS.md, "The deferred request's future").
-        Box::pin(self.lookup_lost(id, result, asked, backups)).await
+        Box::pin(self.lookup_lost(id, result, asked, backups, own_copy)).await
     }
 
-    /// The lookup of [`Node::lookup_if_lost`], for a fetch that ended lost.
+    /// The owner of the backup copy held here, when the fetch asked it and the chain went
+    /// on from it and came back here: the owner pointed elsewhere (it restarted, fenced at
+    /// an older generation, or yielded), so the copy here may be the newest there is, and
+    /// nobody else would take it over. Simulation seed 283 with crashes: the owner of
+    /// generation 19 restarted, its new process held a fence of 16 pointing at a stale
+    /// owner, whose refused handover pointed back here, and the copy here, which held an
+    /// acknowledged append, answered TOO_MANY_HOPS at every node for good. Not when the
+    /// owner itself points here: it is handing the session to this node.
+    fn own_copy_passed_over(&self, id: SessionId, asked: &[SocketAddr]) -> Option<SocketAddr> {
+        match self.table.locate(&id, self.advertise, now_ms()) {
+            Some((Role::Backup, owner))
+                if owner != self.advertise && asked.contains(&owner) && asked.last() != Some(&owner) =>
+            {
+                Some(owner)
+            }
+            _ => None,
+        }
+    }
+
+    /// The lookup of [`Node::lookup_if_lost`], for a fetch that ended lost. `own_copy`:
+    /// the owner of the copy held here, which counts as one found
+    /// ([`Node::own_copy_passed_over`]).
     async fn lookup_lost(
         &self,
         id: SessionId,
         result: FetchResult,
         asked: &[SocketAddr],
         backups: &[SocketAddr],
+        own_copy: Option<SocketAddr>,
     ) -> FetchResult {
         // It may have come here meanwhile (another node handed it to this one while this
         // fetch was under way): then the request is served here.
@@ -178,7 +206,7 @@ impl Node {
             })
             .map(|&(giver, to, _)| (giver, to))
             .collect();
-        tracing::debug!(session = %id, ?owner, ?handed, ?copies, ?silent, ?stuck, "lookup");
+        tracing::debug!(session = %id, ?owner, ?handed, ?copies, ?own_copy, ?silent, ?stuck, "lookup");
         let found = if let Some(o) = owner.or(handed.first().copied()) {
             self.copy_chain_or_rehand(id, o, true, backups).await.0
         } else if let Some(&(giver, to)) = stuck.first() {
@@ -209,10 +237,11 @@ impl Node {
                 Some(r) => r,
                 None => return unsure("the member handing it on did not hand it over again".into()),
             }
-        } else if !copies.is_empty() {
+        } else if !copies.is_empty() || own_copy.is_some() {
             // Copies of one or more owners, none of which owns the session now: take one
-            // over as a failover would, with PROMOTE naming its owner.
-            let mut owners: Vec<SocketAddr> = Vec::new();
+            // over as a failover would, with PROMOTE naming its owner (one held here is
+            // tried first, `failover_fencing`).
+            let mut owners: Vec<SocketAddr> = own_copy.into_iter().collect();
             for (_, o) in &copies {
                 if !owners.contains(o) {
                     owners.push(*o);

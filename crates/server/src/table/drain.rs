@@ -176,4 +176,25 @@ impl Table {
     pub fn backed_by(&self, holder: SocketAddr, now: u64, limit: usize) -> Vec<SessionId> {
         self.live_ids_where(now, limit, |n| n.backup_addrs().contains(&holder))
     }
+
+    /// The sessions this node is handing over (waiting for the receiver's COPY_ACK) whose
+    /// backups include `holder`: the receiver placed its copy there too (12.4), so that
+    /// holder's fence is what keeps this node's copy from being handed on again as a
+    /// second owner's.
+    pub fn handing_over_backed_by(&self, holder: SocketAddr, now: u64) -> Vec<SessionId> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for lock in shard.map.inners() {
+                let g = lock.read().unwrap_or_else(PoisonError::into_inner);
+                for (id, e) in g.iter_other() {
+                    if let Entry::HandingOver(h) = e {
+                        if !h.live.expired(now) && h.live.backups.contains(&holder) {
+                            out.push(*id);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
 }

@@ -247,6 +247,8 @@ impl Net {
         };
         let span = tracing::info_span!("peer", node = t, from = f);
         let _entered = span.enter();
+        // The sender's process, as the peer port learns it from an inbound handshake.
+        target.peers.processes.seen(from.advertised, from.node_id);
         let answer = crate::peer_port::handle(&target, &from, msg.clone());
         tracing::trace!(target: "simnet", answer = %format!("{answer:?}").chars().take(100).collect::<String>());
         if dup {
