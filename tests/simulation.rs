@@ -102,10 +102,13 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// holder had restarted was handed on again. 1971, a claim that found the failed owner
 /// alive took another backup's older copy over its newer one. 6063, a stale owner whose
 /// holder restarted handed its copy to the new process. 9744, a restarted node's claim of
-/// its old backup acknowledged a write below its old process's newer copy.
+/// its old backup acknowledged a write below its old process's newer copy. 5292 and
+/// 9264, a claim confirmed only by a holder that had restarted since its copy was written
+/// acknowledged a write beside a live owner's. 6663, a restarted node's claim ignored its
+/// old process's rival copy of the same generation.
 const FIXED_SEEDS: &[u64] = &[
     22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,
-    403, 426, 468, 1681, 1971, 6063, 9744,
+    403, 426, 468, 1681, 1971, 5292, 6063, 6663, 9264, 9744,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.

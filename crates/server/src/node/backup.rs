@@ -272,7 +272,10 @@ impl Node {
                 };
             }
         }
-        match self.check_restarted_holders(id, generation, &mut confirmed).await {
+        match self
+            .check_restarted_holders(id, generation, &mut confirmed, &holders)
+            .await
+        {
             Some(LineageSurvey::Newer(to)) => RoundOutcome::Superseded {
                 to,
                 placed: holders,

@@ -450,7 +450,10 @@ impl Node {
             // ended (protocol.md 12.3 step 1): `failed` may be alive and cut off, serving
             // reads of its copy without asking anyone until then.
             None if self.wait_out_old_owner_lease(&id, failed).await => {
-                self.table.promote_local(&id, failed, self.identity(), now_ms())
+                let written = self.table.backup_placed_since_ms(&id, failed);
+                self.table
+                    .promote_local(&id, failed, self.identity(), now_ms())
+                    .map(|c| (c, written))
             }
             // `failed` is alive and owns the session (its process wrote here: a new one
             // that took a copy over, say): it is asked, not failed over from. Asking the
@@ -469,24 +472,43 @@ impl Node {
                     _ => false,
                 };
                 if never_took {
-                    self.table.promote_local(&id, to, self.identity(), now_ms())
+                    self.table
+                        .promote_local(&id, to, self.identity(), now_ms())
+                        .map(|c| (c, None))
                 } else {
                     tracing::debug!(session = %id, %failed, receiver = %to, "not taking back a copy handed to a node that may be serving it");
                     None
                 }
             }
         };
-        if let Some(claim) = claim {
+        if let Some((claim, written)) = claim {
             Stats::bump(&self.stats.promotions);
-            self.protect_and_install(
-                claim.generation,
-                &claim.record,
-                &with_lineage(&claim.holders),
-                backups,
-                &[],
-                true,
-            )
-            .await;
+            let landed = self
+                .protect_and_install(
+                    claim.generation,
+                    &claim.record,
+                    &with_lineage(&claim.holders),
+                    backups,
+                    &[],
+                    true,
+                )
+                .await;
+            // A holder whose process changed after `failed` last wrote the copy claimed
+            // here lost whatever `failed` placed there since; its confirmation fences
+            // nothing, so the claim counts as unconfirmed (protocol.md 12.3 step 1).
+            // Simulation seed 5292 with crashes: `failed`, cut off but alive, went on
+            // and rotated the session away, while this claim, confirmed only by the new
+            // process of `failed`'s other holder, acknowledged an append.
+            if let (Landed::Owner(Some(placed)), Some(written)) = (&landed, written) {
+                if placed
+                    .confirmed
+                    .iter()
+                    .any(|h| self.peers.processes.gone_since(*h) > written)
+                {
+                    tracing::info!(session = %id, %failed, "a claim confirmed by a holder that restarted since its copy was written; surveyed first");
+                    self.mark_unconfirmed_claim(id);
+                }
+            }
             // Installed: served here. Not installed: a holder refused the claim. When it
             // points at a newer owner, the session lives on there; when it points back at
             // `failed` (a copy it kept when it yielded to `failed`, which holds nothing

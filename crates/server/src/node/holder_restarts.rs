@@ -163,7 +163,7 @@ impl Node {
     fn survey_handover_in_background(self: &Arc<Self>, id: SessionId, transfer: u64) {
         // Bounded by one survey (a peer timeout).
         self.one_settling_task(id, move |node| async move {
-            let found = node.survey_lineage(id, transfer).await;
+            let found = node.survey_lineage(id, transfer, &[]).await;
             tracing::debug!(session = %id, transfer, ?found, "surveyed the members for a handover whose holder restarted");
             if found == LineageSurvey::Clean {
                 node.unsure().sessions.remove(&id);
@@ -231,11 +231,12 @@ impl Node {
         id: SessionId,
         generation: u64,
         confirmed: &mut Vec<SocketAddr>,
+        holders: &[SocketAddr],
     ) -> Option<LineageSurvey> {
         if confirmed.is_empty() || !self.holders_unsure(&id) {
             return None;
         }
-        let found = self.survey_lineage(id, generation).await;
+        let found = self.survey_lineage(id, generation, holders).await;
         tracing::debug!(session = %id, generation, ?found, "surveyed the members for a session backed by a restarted holder");
         let mut unsure = self
             .unsure_holders
@@ -260,7 +261,9 @@ impl Node {
     /// Asks every member LOCATE for `id`, which this node owns under `generation`:
     /// whether one knows a newer generation (an owner, a handover or a backup copy of one
     /// at least as new, other than this node's own), or the session destroyed.
-    async fn survey_lineage(&self, id: SessionId, generation: u64) -> LineageSurvey {
+    /// `holders`: where this node's round placed its copy (a copy naming this node
+    /// elsewhere, of its generation or newer, is not this process's).
+    async fn survey_lineage(&self, id: SessionId, generation: u64, holders: &[SocketAddr]) -> LineageSurvey {
         let members = self.lookup_members();
         let replies = self.survey(id, &members).await;
         let me = self.advertise;
@@ -290,6 +293,16 @@ impl Node {
                     // node claimed its old backup while another holder kept its old
                     // process's newer copy). The holder is named: asked, it points on.
                     sessync_proto::Role::Backup if addr == me && theirs.is_none_or(|t| t > generation) => {
+                        LineageSurvey::Newer(m)
+                    }
+                    // Of this very generation, at a member this round did not place it
+                    // on: an earlier process's claim of the same generation, a rival
+                    // branch (simulation seed 6663 with crashes: a restarted node took a
+                    // re-handed copy of generation 3 while another holder kept its old
+                    // process's claim of 3, and a failover later promoted that one).
+                    sessync_proto::Role::Backup
+                        if addr == me && theirs == Some(generation) && !holders.contains(&m) =>
+                    {
                         LineageSurvey::Newer(m)
                     }
                     _ => LineageSurvey::Clean,

@@ -179,6 +179,19 @@ impl Table {
         }
     }
 
+    /// Since when the backup copy of `id` held here from `owner` has been what `owner`'s
+    /// lineage placed here (Unix ms): its last REPLICATE, or 0 for a kept copy (this
+    /// node's own older state: `owner` placed nothing here). A holder whose process
+    /// changed after this lost what `owner` placed there since, so its confirmation of a
+    /// claim of this copy fences nothing.
+    pub fn backup_placed_since_ms(&self, id: &SessionId, owner: SocketAddr) -> Option<u64> {
+        let g = self.shard(id).map.read(id);
+        match g.find_other(id) {
+            Some(Entry::Backup(b)) if b.owner == owner => Some(if b.kept { 0 } else { b.written_ms }),
+            _ => None,
+        }
+    }
+
     /// The generation of the state in a kept copy of `id` held here below `owner`
     /// (`BackupCopy::kept`: one above its `received`), if that is what is held.
     pub fn kept_generation(&self, id: &SessionId, owner: SocketAddr, now: u64) -> Option<u64> {
