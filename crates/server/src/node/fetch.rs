@@ -30,18 +30,20 @@ impl Node {
         // Set when the owners' chain led back here and the session is not here: this node
         // had it and lost it (a restart), so its backups are asked next.
         let mut lost_here = false;
-        loop {
-            // A copy here older than the token's generation is superseded (this node was
-            // paused or cut off while the session moved on): the client was already given
-            // a newer state, so it is fetched from the owner the token names rather than
-            // served (protocol.md 12.5).
-            let superseded_here = !fall_back_to_local
-                && token.generation > 0
+        // A copy here older than the token's generation is superseded (this node was paused
+        // or cut off while the session moved on): the client was already given a newer
+        // state, so it is fetched from the owner the token names rather than served
+        // (protocol.md 12.5).
+        let older_than_token = || {
+            token.generation > 0
                 && token.owner != self.advertise
                 && self
                     .table
                     .live_generation(&id, now_ms())
-                    .is_some_and(|g| g < token.generation);
+                    .is_some_and(|g| g < token.generation)
+        };
+        loop {
+            let superseded_here = !fall_back_to_local && older_than_token();
             let found = if superseded_here {
                 Stats::bump(&self.stats.superseded_copies_skipped);
                 Err(Miss::Absent)
@@ -116,12 +118,7 @@ impl Node {
                 // off, and its backup pointed here). Serving the copy here would be the
                 // write of a second owner, as above (seed 426 with crashes: a PROMOTE at
                 // the token's backup answered MOVED to this node).
-                if superseded_here
-                    && self
-                        .table
-                        .live_generation(&id, now_ms())
-                        .is_some_and(|g| g < token.generation)
-                {
+                if superseded_here && older_than_token() {
                     return Err(SessionFailure::Fetch(FetchError::Unsure(
                         "the copy found is older than the client's token".into(),
                     )));

@@ -287,21 +287,16 @@ impl Node {
                     sessync_proto::Role::Backup if addr != me && at_least(theirs, generation) => {
                         LineageSurvey::Newer(addr)
                     }
-                    // A copy naming this address under a newer generation than this node
-                    // owns is not this process's: an earlier process's, whose lineage went
-                    // on past this claim (simulation seed 9744 with crashes: a restarted
-                    // node claimed its old backup while another holder kept its old
-                    // process's newer copy). The holder is named: asked, it points on.
-                    sessync_proto::Role::Backup if addr == me && theirs.is_none_or(|t| t > generation) => {
-                        LineageSurvey::Newer(m)
-                    }
-                    // Of this very generation, at a member this round did not place it
-                    // on: an earlier process's claim of the same generation, a rival
-                    // branch (simulation seed 6663 with crashes: a restarted node took a
-                    // re-handed copy of generation 3 while another holder kept its old
-                    // process's claim of 3, and a failover later promoted that one).
+                    // A copy naming this address that is not this process's: under a
+                    // newer generation than this node owns (an earlier process's lineage
+                    // went on past this claim: simulation seed 9744 with crashes), or under
+                    // this very generation at a member this round did not place it on (an
+                    // earlier process's claim of the same generation, a rival branch: seed
+                    // 6663). The holder is named: asked, it points on.
                     sessync_proto::Role::Backup
-                        if addr == me && theirs == Some(generation) && !holders.contains(&m) =>
+                        if addr == me
+                            && (theirs.is_none_or(|t| t > generation)
+                                || (theirs == Some(generation) && !holders.contains(&m))) =>
                     {
                         LineageSurvey::Newer(m)
                     }

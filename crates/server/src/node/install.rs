@@ -256,9 +256,10 @@ impl Node {
     /// without replication).
     /// `current` are nodes that must take the copy (they hold older ones of this lineage).
     /// `stale`: nodes known not to own the session (the holder that handed its copy over
-    /// under PROMOTE; this node always): a holder that names one of them as the newer
-    /// owner answers from a fence or kept copy left by an abandoned claim, and the claim
-    /// is placed again one generation higher (at most [`MAX_CLAIM_BUMPS`] times; 12.3).
+    /// under PROMOTE; for a claim, this node too, which the round reports as
+    /// `names_self`): a holder that names one of them as the newer owner answers from a
+    /// fence or kept copy left by an abandoned claim, and the claim is placed again one
+    /// generation higher (at most [`MAX_CLAIM_BUMPS`] times; 12.3).
     /// Never the failed owner of a failover: it may be alive and cut off, and its holders'
     /// refusal is what keeps a second owner out (seed 168).
     /// `claim`: a failover's takeover, not a move. A rival claim that placed its copy on
@@ -309,7 +310,6 @@ impl Node {
                         ..
                     } if bumps < MAX_CLAIM_BUMPS
                         && (stale.contains(to)
-                            || *to == self.advertise
                             || (*names_self && claim)
                             || (*yielded && !self.has_restarted(*to))) =>
                     {
@@ -322,12 +322,12 @@ impl Node {
                 // being placed): then the refusal is real (seed 1026 without crashes: the
                 // claim climbed past the giver's newer lineage and replaced its
                 // acknowledged append). It is asked.
-                if to != self.advertise
-                    && matches!(
-                        self.locate_at(id, to).await,
-                        super::lookup::LocateAnswer::Entry(sessync_proto::Role::Owner, _)
-                    )
-                {
+                // (`to` is never this node: a MOVED naming it is reported as `names_self`,
+                // with the holder that sent it as `to`.)
+                if matches!(
+                    self.locate_at(id, to).await,
+                    super::lookup::LocateAnswer::Entry(sessync_proto::Role::Owner, _)
+                ) {
                     tracing::info!(session = %id, %to, generation, "the node that handed its copy here owns the session again; the claim yields");
                     break round;
                 }

@@ -36,21 +36,29 @@ impl Table {
         out
     }
 
-    /// Backup copies held here (not expired), grouped by the owner they came from.
-    pub fn backups_by_owner(&self, now: u64) -> HashMap<SocketAddr, Vec<SessionId>> {
-        let mut out: HashMap<SocketAddr, Vec<SessionId>> = HashMap::new();
+    /// Visits every entry that is not a live session (backups, handovers, tombstones):
+    /// one scan, inner table by inner table under its read lock.
+    fn for_each_other(&self, mut visit: impl FnMut(&SessionId, &Entry)) {
         for shard in self.shards.iter() {
             for lock in shard.map.inners() {
                 let g = lock.read().unwrap_or_else(PoisonError::into_inner);
                 for (id, e) in g.iter_other() {
-                    if let Entry::Backup(b) = e {
-                        if !b.live.expired(now) {
-                            out.entry(b.owner).or_default().push(*id);
-                        }
-                    }
+                    visit(id, e);
                 }
             }
         }
+    }
+
+    /// Backup copies held here (not expired), grouped by the owner they came from.
+    pub fn backups_by_owner(&self, now: u64) -> HashMap<SocketAddr, Vec<SessionId>> {
+        let mut out: HashMap<SocketAddr, Vec<SessionId>> = HashMap::new();
+        self.for_each_other(|id, e| {
+            if let Entry::Backup(b) = e {
+                if !b.live.expired(now) {
+                    out.entry(b.owner).or_default().push(*id);
+                }
+            }
+        });
         out
     }
 
@@ -183,18 +191,13 @@ impl Table {
     /// second owner's.
     pub fn handing_over_backed_by(&self, holder: SocketAddr, now: u64) -> Vec<SessionId> {
         let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            for lock in shard.map.inners() {
-                let g = lock.read().unwrap_or_else(PoisonError::into_inner);
-                for (id, e) in g.iter_other() {
-                    if let Entry::HandingOver(h) = e {
-                        if !h.live.expired(now) && h.live.backups.contains(&holder) {
-                            out.push(*id);
-                        }
-                    }
+        self.for_each_other(|id, e| {
+            if let Entry::HandingOver(h) = e {
+                if !h.live.expired(now) && h.live.backups.contains(&holder) {
+                    out.push(*id);
                 }
             }
-        }
+        });
         out
     }
 }
