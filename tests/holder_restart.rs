@@ -135,11 +135,7 @@ async fn owner_with_a_backup() -> (
     Arc<Fake>,
 ) {
     let (a, b) = (fake_peer(1).await, fake_peer(101).await);
-    let mut cfg = config();
-    cfg.replicas = 1;
-    cfg.peers = vec![a.addr, b.addr];
-    cfg.peer_timeout = Duration::from_millis(600);
-    let node = sessync_server::start(cfg).await.unwrap();
+    let node = replicating_node(vec![a.addr, b.addr]).await;
     let c = client(node.client_addr()).await;
     let s = timeout(WAIT, c.create(attrs(&[("cart", "0")])))
         .await
@@ -279,11 +275,7 @@ async fn an_unconfirmed_claim_counts_confirmations_only_after_a_survey() {
     };
     let backup = scripted_peer([7; 16], Arc::new(backup_script)).await;
     let member = scripted_peer([8; 16], Arc::new(member_script)).await;
-    let mut cfg = config();
-    cfg.replicas = 1;
-    cfg.peers = vec![backup, member];
-    cfg.peer_timeout = Duration::from_millis(600);
-    let node = sessync_server::start(cfg).await.unwrap();
+    let node = replicating_node(vec![backup, member]).await;
     let c = client(node.client_addr()).await;
     let token = token_for(id, 0, dead, vec![backup]);
 

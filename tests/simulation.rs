@@ -105,10 +105,12 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// its old backup acknowledged a write below its old process's newer copy. 5292 and
 /// 9264, a claim confirmed only by a holder that had restarted since its copy was written
 /// acknowledged a write beside a live owner's. 6663, a restarted node's claim ignored its
-/// old process's rival copy of the same generation.
+/// old process's rival copy of the same generation. Session 24 (item 16): 349, two claims
+/// of one generation each gave up on the other's MOVED, and every request for the session
+/// answered TOO_MANY_HOPS for good.
 const FIXED_SEEDS: &[u64] = &[
     22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,
-    403, 426, 468, 1681, 1971, 5292, 6063, 6663, 9264, 9744,
+    349, 403, 426, 468, 1681, 1971, 5292, 6063, 6663, 9264, 9744,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.
@@ -143,9 +145,12 @@ const FIXED_SEEDS: &[u64] = &[
 /// a kept copy (a stale owner's own state) was handed under PROMOTE to a node that had
 /// owned a newer state, while the rival it had yielded to, paused, held the only copy of
 /// two acknowledged appends: it is now handed over only once that rival says it holds
-/// nothing newer.
+/// nothing newer. Session 24 (ARCHITECTURE.md item 16): 3341, 7536 and 7805, two claims of
+/// one generation each gave up on the other's MOVED (TOO_MANY_HOPS for good); 6475, a
+/// claim that had acknowledged an append gave it up to a move installed with no
+/// confirmation.
 const FIXED_SEEDS_WITHOUT_CRASHES: &[u64] = &[
-    13, 121, 208, 418, 492, 745, 913, 1032, 1026, 1104, 2352, 3296, 5934, 6544, 8956,
+    13, 121, 208, 418, 492, 745, 913, 1032, 1026, 1104, 2352, 3296, 3341, 5934, 6475, 6544, 7536, 7805, 8956,
 ];
 
 /// The seeds `cargo test` runs: 0 to 19 but those in [`STILL_FAILING`], and

@@ -25,6 +25,16 @@ pub fn config() -> NodeConfig {
     NodeConfig::new(any, any, keys())
 }
 
+/// An in-process node with `--replicas 1` whose peers are `peers` (fake ones, usually),
+/// with a short peer timeout so that a silent fake costs little.
+pub async fn replicating_node(peers: Vec<SocketAddr>) -> NodeHandle {
+    let mut cfg = config();
+    cfg.replicas = 1;
+    cfg.peers = peers;
+    cfg.peer_timeout = Duration::from_millis(600);
+    sessync_server::start(cfg).await.unwrap()
+}
+
 /// Starts `n` in-process nodes sharing the secret.
 pub async fn cluster(n: usize) -> Vec<NodeHandle> {
     let mut v = Vec::new();

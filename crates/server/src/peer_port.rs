@@ -610,10 +610,7 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
                     session_id: record.id,
                     owner,
                 },
-                Replicated::OwnedHere => PeerMessage::Moved {
-                    session_id: record.id,
-                    owner: node.advertise,
-                },
+                Replicated::OwnedHere => node.answer_rival_copy(peer, generation, &record),
                 Replicated::Destroyed => PeerMessage::NotFound {
                     session_id: record.id,
                 },

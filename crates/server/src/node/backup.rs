@@ -94,6 +94,9 @@ impl Node {
                 if b.confirmed.len() >= usize::from(self.config.replicas) {
                     self.release_held_ack(id);
                 }
+                if b.complete(usize::from(self.config.replicas)) {
+                    self.mark_acknowledging(id);
+                }
                 Replication::Done(b)
             }
             // Still ours here: a backup promoted it meanwhile (or another node claimed
@@ -235,6 +238,17 @@ impl Node {
                     // copy is older than one handed to us and not installed yet: the
                     // newest is then where that handover waits, which the sender says by
                     // naming itself; a pointer to ourselves is never followed.)
+                    // The node named owns a live copy itself: of this very generation (a
+                    // rival, `rival_claims.rs`), this copy, which may have acknowledged
+                    // writes, does not give up; it counts the rival as a holder that
+                    // did not confirm.
+                    Ok(PeerMessage::Moved { owner, .. })
+                        if owner == b
+                            && self.may_have_acknowledged(&id, generation)
+                            && self.rival_of_generation(id, b, generation).await =>
+                    {
+                        holders.push(b);
+                    }
                     Ok(PeerMessage::Moved { owner, .. }) => {
                         superseded = Some(if owner != self.advertise {
                             (owner, false)

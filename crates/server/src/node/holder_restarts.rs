@@ -280,6 +280,16 @@ impl Node {
                     generation: theirs,
                 }) if session_id == id => match role {
                     sessync_proto::Role::Destroyed => LineageSurvey::Destroyed,
+                    // A rival owner of this very generation, while the copy here may have
+                    // acknowledged writes: not newer (this copy does not give up to it,
+                    // `rival_claims.rs`), but nothing is settled while it stands
+                    // (simulation seed 6475 with crashes: the survey gave an acknowledged
+                    // append up to a rival that had acknowledged nothing).
+                    sessync_proto::Role::Owner
+                        if theirs == Some(generation) && self.may_have_acknowledged(&id, generation) =>
+                    {
+                        LineageSurvey::Unknown
+                    }
                     sessync_proto::Role::Owner if at_least(theirs, generation) => LineageSurvey::Newer(m),
                     sessync_proto::Role::HandedOver if addr != me && at_least(theirs, generation + 1) => {
                         LineageSurvey::Newer(addr)

@@ -366,6 +366,9 @@ impl Node {
                         tracing::warn!(session = %id, backups = b.confirmed.len(), "session taken over with fewer backups than wanted");
                         if claim {
                             self.mark_unconfirmed_claim(id);
+                            // A moved copy is not marked: it carries what its giver
+                            // acknowledged (`rival_claims.rs`).
+                            self.mark_never_acknowledged(id, generation);
                         }
                     }
                     (Some(b), None)

@@ -14,6 +14,7 @@ mod read_lease;
 mod repair;
 mod reply;
 mod requests;
+mod rival_claims;
 
 pub use drain::{DrainReport, DEFAULT_DRAIN_TIMEOUT};
 pub(crate) use repair::repair_loop;
@@ -231,6 +232,10 @@ pub struct Node {
     kept_copy_checks: memo::SessionMemo<kept_copies::KeptCopyCheck>,
     /// Sessions with a copy at a holder that restarted since (`holder_restarts.rs`).
     unsure_holders: holder_restarts::UnsureHolders,
+    /// Claims installed here without the confirmations they need, which have acknowledged
+    /// no write since, with their generation (`rival_claims.rs`). Forgetting one is safe:
+    /// the copy then counts as one that may have acknowledged.
+    never_acknowledged: memo::SessionMemo<u64>,
 }
 
 /// A COPY whose reply did not come in time: a late COPY_DATA may still follow.
@@ -425,6 +430,7 @@ impl Node {
             // empty). Kept long, so that the ACK still goes once backups come back.
             held_acks: memo::SessionMemo::new(3_600_000),
             kept_copy_checks: memo::SessionMemo::new(60_000),
+            never_acknowledged: memo::SessionMemo::new(3_600_000),
             unsure_holders: Default::default(),
         }
     }

@@ -361,6 +361,39 @@ impl Table {
         }
     }
 
+    /// Gives this node's live copy of `id` under `generation` up to a rival claim of that
+    /// very generation (`owner`'s, whose copy `record` is): the rival's copy is kept as a
+    /// backup of `owner`'s, and this copy's holders are returned, to be fenced. Only for a
+    /// copy that never acknowledged a write (the caller knows, `node/rival_claims.rs`).
+    pub fn yield_to_rival(
+        &self,
+        owner: PeerIdentity,
+        generation: u64,
+        record: &SessionRecord,
+        now: u64,
+    ) -> Option<OldBackups> {
+        let id = record.id;
+        let shard = self.shard(&id);
+        let mut r = shard.map.get_mut(&id)?;
+        if !matches!(r.value(), Entry::Live(l) if l.received == generation && !l.expired(now)) {
+            return None;
+        }
+        let copy = Entry::Backup(Box::new(BackupCopy {
+            owner: owner.advertised,
+            live: Live::from_record(record, generation),
+            kept: false,
+            written_ms: now,
+        }));
+        tracing::warn!(session = %id, rival = %owner.advertised, generation, "a rival claim of this generation wins the tie; yielding the session");
+        match self.replace(shard, r.value_mut(), copy) {
+            Entry::Live(l) => Some(OldBackups {
+                backups: l.backups,
+                generation,
+            }),
+            _ => None,
+        }
+    }
+
     /// Gives up a session a backup says is owned elsewhere now (`to` promoted it while this
     /// node seemed gone): it becomes a forwarding tombstone, so requests follow it.
     pub fn lose_ownership(&self, id: &SessionId, generation: u64, to: SocketAddr, now: u64) -> bool {

@@ -1,0 +1,181 @@
+//! Two live copies of one generation (protocol.md 12.4, "Rival copies of one
+//! generation"): two claims, or a claim and a move, installed at two nodes while each was
+//! cut off from the other's holders. When one's REPLICATE reaches the other, one of them
+//! must give the session up, and never one that may hold an acknowledged write the other
+//! lacks.
+//!
+//! Each node knows one thing about its own copy: whether it is a *claim* (a failover's
+//! take-over) installed with fewer confirmations than it needs that has had no complete
+//! round since: it *never acknowledged* a write under that generation. A moved copy
+//! never counts so: it carries what its giver acknowledged, which a rival claim from a
+//! stale branch may lack (seed 3531 without crashes, with a first version that marked
+//! moves too). Before these rules each copy answered the other's REPLICATE with MOVED
+//! naming itself, and each gave up on the other's MOVED: both copies became pointers at
+//! each other and every request answered TOO_MANY_HOPS for good (simulation seeds 349,
+//! 3341, 7536 and 7805). Now:
+//! - a claim that never acknowledged yields to a rival of its generation whose node id is
+//!   higher (the tie-break 12.2 uses between pending claims), keeps the rival's copy as
+//!   its backup, and fences its own holders;
+//! - it answers a lower rival MOVED as before, and then challenges it: one REPLICATE of
+//!   its own copy to the rival, giving up if the rival answers MOVED naming itself;
+//! - a copy that may have acknowledged never gives up to a rival of its own generation:
+//!   the rival's MOVED counts as a holder that did not confirm, so nothing more is
+//!   acknowledged until the rival yields and takes this copy. Whether the node that
+//!   answered MOVED naming itself owns that very generation (and not a newer one, which
+//!   supersedes this copy as before) is asked with LOCATE, and a survey of the members
+//!   (`holder_restarts.rs`) counts such a rival as unsettled, not newer.
+
+use sessync_proto::{ErrorCode, ErrorReply, PeerIdentity, SessionRecord};
+
+use super::*;
+
+impl Node {
+    /// Remembers that this node's claim of `id`, installed under `generation`, was not
+    /// confirmed by the backups it needs: it has acknowledged nothing yet. With
+    /// `--backup-policy degrade` a write is acknowledged with fewer copies, so nothing is
+    /// remembered.
+    pub(super) fn mark_never_acknowledged(&self, id: SessionId, generation: u64) {
+        if self.config.backup_policy != BackupPolicy::Degrade {
+            let _ = self.never_acknowledged.insert(id, generation, now_ms());
+        }
+    }
+
+    /// A complete round confirmed the copy of `id` held here: it may acknowledge writes.
+    pub(super) fn mark_acknowledging(&self, id: SessionId) {
+        let _ = self.never_acknowledged.take(&id);
+    }
+
+    /// Whether this node's live copy of `id` under `generation` has never acknowledged a
+    /// write. A forgotten entry counts as "may have acknowledged", the safe side.
+    pub(super) fn never_acknowledged(&self, id: &SessionId, generation: u64) -> bool {
+        self.never_acknowledged.get(id) == Some(generation)
+            && self.table.live_generation(id, now_ms()) == Some(generation)
+    }
+
+    /// Whether this node's live copy of `id` under `generation` may have acknowledged a
+    /// write, so that it must not give up to a rival of that generation.
+    pub(super) fn may_have_acknowledged(&self, id: &SessionId, generation: u64) -> bool {
+        self.table.live_generation(id, now_ms()) == Some(generation)
+            && !self.never_acknowledged(id, generation)
+    }
+
+    /// Whether `node`, which answered a REPLICATE of `id` under `generation` with MOVED
+    /// naming itself, owns the session under that very generation (a rival copy), rather
+    /// than a newer one (which supersedes the copy here).
+    pub(super) async fn rival_of_generation(&self, id: SessionId, node: SocketAddr, generation: u64) -> bool {
+        let rival = matches!(
+            self.locate_at(id, node).await,
+            super::lookup::LocateAnswer::Entry(sessync_proto::Role::Owner, Some(g)) if g == generation
+        );
+        if rival {
+            tracing::info!(session = %id, %node, generation, "a rival copy of this generation refused this one, which may have acknowledged writes: it stays a holder until it yields");
+        }
+        rival
+    }
+
+    /// The peer port's answer to REPLICATE of `record` under `generation` from `peer`,
+    /// when this node owns the session under that generation or a newer one.
+    pub(crate) fn answer_rival_copy(
+        self: &Arc<Self>,
+        peer: &PeerIdentity,
+        generation: u64,
+        record: &SessionRecord,
+    ) -> PeerMessage {
+        let id = record.id;
+        let moved = PeerMessage::Moved {
+            session_id: id,
+            owner: self.advertise,
+        };
+        if peer.advertised == self.advertise || !self.never_acknowledged(&id, generation) {
+            return moved;
+        }
+        if peer.node_id < self.node_id {
+            self.challenge_rival_in_background(id, generation, peer.advertised);
+            return moved;
+        }
+        // This copy yields. Not while a round of it runs (it may be about to acknowledge
+        // a write): then once the round is over, and the rival is told to ask again
+        // (MOVED would make it give up too, and neither copy would be left).
+        let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
+        if let Ok(_round) = self.replication_locks[stripe].try_lock() {
+            return if self.yield_to_rival(*peer, generation, record) {
+                PeerMessage::Ok
+            } else {
+                moved
+            };
+        }
+        let (node, peer, record) = (self.clone(), *peer, record.clone());
+        // Not tracked by the shutdown tracker: it waits for one round, bounded by two peer
+        // timeouts.
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let _round = node.replication_locks[stripe].lock().await;
+            node.yield_to_rival(peer, generation, &record);
+        }));
+        PeerMessage::Error(ErrorReply::new(
+            ErrorCode::VersionConflict,
+            "this node's rival copy of the generation yields to yours once its round is over; send it again",
+        ))
+    }
+
+    /// Gives this node's copy of `id` (never acknowledged, under `generation`) up to the
+    /// rival `peer`'s `record`, with the session's replication stripe held: its holders
+    /// are fenced and a held COPY_ACK goes. Whether it did.
+    fn yield_to_rival(self: &Arc<Self>, peer: PeerIdentity, generation: u64, record: &SessionRecord) -> bool {
+        let id = record.id;
+        if !self.never_acknowledged(&id, generation) {
+            return false;
+        }
+        let Some(old) = self.table.yield_to_rival(peer, generation, record, now_ms()) else {
+            return false;
+        };
+        let _ = self.never_acknowledged.take(&id);
+        self.release_held_ack(id);
+        self.spawn_drop_backups(id, old);
+        true
+    }
+
+    /// One REPLICATE of this node's copy of `id` (never acknowledged, under `generation`)
+    /// to `rival`, which holds a live copy of that generation: it gives this copy up if
+    /// the rival refuses it naming itself (the rival may have acknowledged writes, or
+    /// wins the tie), and counts the rival as a holder if it took the copy.
+    fn challenge_rival_in_background(self: &Arc<Self>, id: SessionId, generation: u64, rival: SocketAddr) {
+        let node = self.clone();
+        // Not tracked by the shutdown tracker: one request bounded by the peer timeout.
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
+            let _one_at_a_time = node.replication_locks[stripe].lock().await;
+            if !node.never_acknowledged(&id, generation) {
+                return;
+            }
+            let Some(snap) = node.table.snapshot(&id, now_ms()) else {
+                return;
+            };
+            if snap.generation != generation {
+                return;
+            }
+            let deadline = Instant::now() + node.config.peer_timeout;
+            let message = PeerMessage::Replicate {
+                generation,
+                record: snap.record,
+            };
+            match node.peers.request(rival, message, deadline).await {
+                Ok(PeerMessage::Moved { owner, .. }) if owner == rival => {
+                    if !node.never_acknowledged(&id, generation) {
+                        return;
+                    }
+                    tracing::info!(session = %id, %rival, generation, "a rival copy of this generation refused this one, which never acknowledged a write; it yields");
+                    node.spawn_fence(id, generation, snap.backups.to_vec());
+                    node.release_held_ack(id);
+                    let _ = node.never_acknowledged.take(&id);
+                    let _ = node.table.lose_ownership(&id, generation, rival, now_ms());
+                }
+                Ok(PeerMessage::Ok) if !snap.backups.contains(&rival) => {
+                    let mut holders = snap.backups.to_vec();
+                    holders.push(rival);
+                    node.table.set_backups(&id, generation, &holders);
+                }
+                _ => {}
+            }
+        }));
+    }
+}

@@ -1,0 +1,252 @@
+//! Rival copies of one generation (protocol.md 12.4): over real sockets, a node whose
+//! copy never acknowledged a write yields to a rival of its generation with a higher node
+//! id, and challenges a lower one, yielding when the rival refuses; a node whose copy may
+//! have acknowledged writes does not give the session up to a rival of its generation
+//! (it acknowledges nothing more while the rival refuses), but does to a newer owner.
+//! The rivals and holders are fake peers that complete the real handshake.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use common::raw_peer::{ask, authenticated_as, Raw};
+use common::*;
+use sessync_proto::{ErrorCode, PeerMessage, Role, SessionId};
+use tokio::time::timeout;
+
+/// A node with `--replicas 1` that took session `id` over from a dead owner under
+/// PROMOTE at a fake backup, while neither fake member answered its REPLICATEs: its copy
+/// is installed with no confirmation, so it never acknowledged a write. Returns the node,
+/// the generation it owns the session under, and how many DROPs the members got.
+async fn never_acknowledged_claim(id: SessionId) -> (sessync_server::NodeHandle, u64, Arc<AtomicUsize>) {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let refuse = {
+        let drops = drops.clone();
+        move |m: &PeerMessage| -> Option<PeerMessage> {
+            match m {
+                PeerMessage::Promote { session_id, .. } => Some(PeerMessage::CopyData {
+                    transfer: 1,
+                    holders: Vec::new(),
+                    record: empty_record(*session_id, sessync_server::clock::now_ms(), 60_000),
+                }),
+                // No answer: the claim counts them as holders that may have its copy.
+                PeerMessage::Replicate { .. } => None,
+                PeerMessage::Locate { session_id } => Some(PeerMessage::NotFound {
+                    session_id: *session_id,
+                }),
+                PeerMessage::Drop { .. } => {
+                    drops.fetch_add(1, Ordering::SeqCst);
+                    Some(PeerMessage::Ok)
+                }
+                _ => Some(PeerMessage::Ok),
+            }
+        }
+    };
+    let backup = scripted_peer([7; 16], Arc::new(refuse.clone())).await;
+    let member = scripted_peer([8; 16], Arc::new(refuse)).await;
+    let node = replicating_node(vec![backup, member]).await;
+    let c = client(node.client_addr()).await;
+    timeout(WAIT, c.get(&token_for(id, 0, nowhere(), vec![backup])))
+        .await
+        .unwrap()
+        .expect("the backup's copy is taken over");
+    let stats = timeout(WAIT, c.stats()).await.unwrap().unwrap();
+    assert_eq!(stat(&stats, "promotions"), 1, "{stats:?}");
+    let mut raw = authenticated_as(node.peer_addr(), nowhere(), [9; 16]).await;
+    let generation = match locate(&mut raw, id).await {
+        PeerMessage::Located {
+            role: Role::Owner,
+            generation: Some(g),
+            ..
+        } => g,
+        other => panic!("the node owns the claimed session: {other:?}"),
+    };
+    (node, generation, drops)
+}
+
+async fn locate(raw: &mut Raw, id: SessionId) -> PeerMessage {
+    timeout(WAIT, ask(raw, PeerMessage::Locate { session_id: id }))
+        .await
+        .expect("LOCATE is answered")
+}
+
+/// Asks LOCATE until the node answers that it holds a backup copy of `owner`'s.
+async fn until_backup_of(raw: &mut Raw, id: SessionId, owner: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let answer = locate(raw, id).await;
+        if matches!(answer, PeerMessage::Located { role: Role::Backup, addr, .. } if addr == owner) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node did not yield to {owner}: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn replicate(id: SessionId, generation: u64, version: u64) -> PeerMessage {
+    let mut record = empty_record(id, sessync_server::clock::now_ms(), 60_000);
+    record.meta.version = version;
+    PeerMessage::Replicate { generation, record }
+}
+
+/// A rival with a higher node id wins the tie: the node stores the rival's copy (OK, or
+/// ERROR VERSION_CONFLICT while a round of its own copy runs, then yields after it) and
+/// fences its own holders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_acknowledged_copy_yields_to_a_higher_rival_of_its_generation() {
+    let id = SessionId::random();
+    let (node, generation, drops) = never_acknowledged_claim(id).await;
+    let rival = nowhere();
+    let mut raw = authenticated_as(node.peer_addr(), rival, [0xff; 16]).await;
+    let mut answer = timeout(WAIT, ask(&mut raw, replicate(id, generation, 9)))
+        .await
+        .unwrap();
+    if matches!(&answer, PeerMessage::Error(e) if e.code == ErrorCode::VersionConflict) {
+        until_backup_of(&mut raw, id, rival).await;
+        answer = timeout(WAIT, ask(&mut raw, replicate(id, generation, 10)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(answer, PeerMessage::Ok, "the rival's copy is stored");
+    until_backup_of(&mut raw, id, rival).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while drops.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node's holders were not fenced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop(vec![node]).await;
+}
+
+/// A rival with a lower node id is answered MOVED, then challenged with the node's own
+/// copy; when the rival refuses it naming itself (it may have acknowledged writes), the
+/// node yields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_acknowledged_copy_challenges_a_lower_rival_and_yields_when_refused() {
+    let id = SessionId::random();
+    let (node, generation, _) = never_acknowledged_claim(id).await;
+    let rival_addr: Arc<OnceLock<SocketAddr>> = Arc::new(OnceLock::new());
+    let challenged = Arc::new(AtomicU64::new(u64::MAX));
+    let rival = {
+        let (me, challenged) = (rival_addr.clone(), challenged.clone());
+        scripted_peer(
+            [0; 16],
+            Arc::new(move |m: &PeerMessage| match m {
+                PeerMessage::Replicate { generation, record } => {
+                    challenged.store(*generation, Ordering::SeqCst);
+                    Some(PeerMessage::Moved {
+                        session_id: record.id,
+                        owner: *me.get().unwrap(),
+                    })
+                }
+                _ => Some(PeerMessage::Ok),
+            }),
+        )
+        .await
+    };
+    rival_addr.set(rival).unwrap();
+    let mut raw = authenticated_as(node.peer_addr(), rival, [0; 16]).await;
+    let answer = timeout(WAIT, ask(&mut raw, replicate(id, generation, 9)))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer,
+        PeerMessage::Moved {
+            session_id: id,
+            owner: node.peer_addr()
+        },
+        "the lower rival is refused"
+    );
+    until_backup_of(&mut raw, id, rival).await;
+    assert_eq!(
+        challenged.load(Ordering::SeqCst),
+        generation,
+        "the node sent the rival its own copy of the generation first"
+    );
+    stop(vec![node]).await;
+}
+
+/// A copy that may have acknowledged writes (created here, its backup confirmed it) keeps
+/// the session when its holder turns out to own a rival copy of the same generation: the
+/// write is not acknowledged, and the node still owns the session. When the holder owns a
+/// newer generation instead, the node gives the session up as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledging_copy_keeps_the_session_against_a_rival_of_its_generation() {
+    let rival_owns: Arc<AtomicBool> = Arc::new(AtomicBool::new(false));
+    let rival_generation = Arc::new(AtomicU64::new(0));
+    let me: Arc<OnceLock<SocketAddr>> = Arc::new(OnceLock::new());
+    let script = {
+        let (owns, generation, me) = (rival_owns.clone(), rival_generation.clone(), me.clone());
+        move |m: &PeerMessage| -> Option<PeerMessage> {
+            let owns = owns.load(Ordering::SeqCst);
+            match m {
+                PeerMessage::Replicate { record, .. } if owns => Some(PeerMessage::Moved {
+                    session_id: record.id,
+                    owner: *me.get().unwrap(),
+                }),
+                PeerMessage::Locate { session_id } if owns => Some(PeerMessage::Located {
+                    session_id: *session_id,
+                    role: Role::Owner,
+                    addr: *me.get().unwrap(),
+                    generation: Some(generation.load(Ordering::SeqCst)),
+                }),
+                PeerMessage::Locate { session_id } => Some(PeerMessage::NotFound {
+                    session_id: *session_id,
+                }),
+                _ => Some(PeerMessage::Ok),
+            }
+        }
+    };
+    let holder = scripted_peer([7; 16], Arc::new(script)).await;
+    me.set(holder).unwrap();
+    let node = replicating_node(vec![holder]).await;
+    let c = client(node.client_addr()).await;
+    let s = timeout(WAIT, c.create(attrs(&[("cart", "0")])))
+        .await
+        .unwrap()
+        .expect("created, its backup confirmed it");
+    let set = |token: String, value: &'static str| {
+        let c = &c;
+        async move {
+            timeout(WAIT, c.set(&token).put("cart", value.to_string()).send())
+                .await
+                .expect("the SET must end")
+                .map_err(|e| e.code().unwrap_or_else(|| panic!("not a node's error: {e}")))
+        }
+    };
+    let s = set(s.token, "1").await.expect("acknowledged");
+    let id = sessync_proto::Token::verify(&s.token, &keys())
+        .unwrap()
+        .session_id;
+    let mut raw = authenticated_as(node.peer_addr(), nowhere(), [9; 16]).await;
+
+    rival_owns.store(true, Ordering::SeqCst);
+    assert_eq!(
+        set(s.token.clone(), "2").await.err(),
+        Some(ErrorCode::Indeterminate)
+    );
+    assert!(
+        matches!(
+            locate(&mut raw, id).await,
+            PeerMessage::Located {
+                role: Role::Owner,
+                ..
+            }
+        ),
+        "the node keeps the session against a rival of its generation"
+    );
+
+    rival_generation.store(5, Ordering::SeqCst);
+    assert_eq!(set(s.token, "3").await.err(), Some(ErrorCode::Indeterminate));
+    until_backup_of(&mut raw, id, holder).await;
+    stop(vec![node]).await;
+}
