@@ -177,7 +177,8 @@ async fn a_never_acknowledged_copy_challenges_a_lower_rival_and_yields_when_refu
 
 /// A copy that may have acknowledged writes (created here, its backup confirmed it) keeps
 /// the session when its holder turns out to own a rival copy of the same generation: the
-/// write is not acknowledged, and the node still owns the session. When the holder owns a
+/// write is not acknowledged, the node still owns the session, and it does not hand the
+/// session over while the rival stands. When the holder owns a
 /// newer generation instead, the node gives the session up as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledging_copy_keeps_the_session_against_a_rival_of_its_generation() {
@@ -243,6 +244,15 @@ async fn an_acknowledging_copy_keeps_the_session_against_a_rival_of_its_generati
             }
         ),
         "the node keeps the session against a rival of its generation"
+    );
+    let copy = PeerMessage::Copy {
+        session_id: id,
+        last_transfer: 0,
+    };
+    let answer = timeout(WAIT, ask(&mut raw, copy)).await.unwrap();
+    assert!(
+        !matches!(answer, PeerMessage::CopyData { .. }),
+        "a contested session is not handed over: {answer:?}"
     );
 
     rival_generation.store(5, Ordering::SeqCst);

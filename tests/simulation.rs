@@ -107,10 +107,11 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// acknowledged a write beside a live owner's. 6663, a restarted node's claim ignored its
 /// old process's rival copy of the same generation. Session 24 (item 16): 349, two claims
 /// of one generation each gave up on the other's MOVED, and every request for the session
-/// answered TOO_MANY_HOPS for good.
+/// answered TOO_MANY_HOPS for good; 6475, a move beside a claim of its generation that had
+/// acknowledged an append was handed on, superseding the claim.
 const FIXED_SEEDS: &[u64] = &[
     22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,
-    349, 403, 426, 468, 1681, 1971, 5292, 6063, 6663, 9264, 9744,
+    349, 403, 426, 468, 1681, 1971, 5292, 6063, 6475, 6663, 9264, 9744,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.

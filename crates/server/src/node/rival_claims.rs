@@ -20,7 +20,9 @@
 //!   its own copy to the rival, giving up if the rival answers MOVED naming itself;
 //! - a copy that may have acknowledged never gives up to a rival of its own generation:
 //!   the rival's MOVED counts as a holder that did not confirm, so nothing more is
-//!   acknowledged until the rival yields and takes this copy. Whether the node that
+//!   acknowledged until the rival yields and takes this copy, and the session is not
+//!   handed over meanwhile (an unconfirmed claim, `holder_restarts.rs`: a copy handed on
+//!   would supersede the rival's by number). Whether the node that
 //!   answered MOVED naming itself owns that very generation (and not a newer one, which
 //!   supersedes this copy as before) is asked with LOCATE, and a survey of the members
 //!   (`holder_restarts.rs`) counts such a rival as unsettled, not newer.
@@ -69,6 +71,9 @@ impl Node {
         );
         if rival {
             tracing::info!(session = %id, %node, generation, "a rival copy of this generation refused this one, which may have acknowledged writes: it stays a holder until it yields");
+            // Contested: not handed over (the receiver's copy, one generation higher,
+            // would supersede the rival's by number) until a survey finds the rival gone.
+            self.mark_unconfirmed_claim(id);
         }
         rival
     }
