@@ -95,7 +95,7 @@ impl Node {
                     self.release_held_ack(id);
                 }
                 if b.complete(usize::from(self.config.replicas)) {
-                    self.mark_acknowledging(id);
+                    self.forget_never_acknowledged(id);
                 }
                 Replication::Done(b)
             }

@@ -42,8 +42,9 @@ impl Node {
         }
     }
 
-    /// A complete round confirmed the copy of `id` held here: it may acknowledge writes.
-    pub(super) fn mark_acknowledging(&self, id: SessionId) {
+    /// Forgets that the claim of `id` held here never acknowledged: a complete round
+    /// confirmed it (it may acknowledge writes now), or it was given up.
+    pub(super) fn forget_never_acknowledged(&self, id: SessionId) {
         let _ = self.never_acknowledged.take(&id);
     }
 
@@ -133,7 +134,7 @@ impl Node {
         let Some(old) = self.table.yield_to_rival(peer, generation, record, now_ms()) else {
             return false;
         };
-        let _ = self.never_acknowledged.take(&id);
+        self.forget_never_acknowledged(id);
         self.release_held_ack(id);
         self.spawn_drop_backups(id, old);
         true
@@ -171,7 +172,7 @@ impl Node {
                     tracing::info!(session = %id, %rival, generation, "a rival copy of this generation refused this one, which never acknowledged a write; it yields");
                     node.spawn_fence(id, generation, snap.backups.to_vec());
                     node.release_held_ack(id);
-                    let _ = node.never_acknowledged.take(&id);
+                    node.forget_never_acknowledged(id);
                     let _ = node.table.lose_ownership(&id, generation, rival, now_ms());
                 }
                 Ok(PeerMessage::Ok) if !snap.backups.contains(&rival) => {
