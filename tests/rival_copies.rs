@@ -2,7 +2,8 @@
 //! copy never acknowledged a write yields to a rival of its generation with a higher node
 //! id, and challenges a lower one, yielding when the rival refuses; a node whose copy may
 //! have acknowledged writes does not give the session up to a rival of its generation
-//! (it acknowledges nothing more while the rival refuses), but does to a newer owner.
+//! (it acknowledges nothing more while the rival refuses), but does to a newer owner, and
+//! not on a holder's MOVED naming a rival that has since yielded to it.
 //! The rivals and holders are fake peers that complete the real handshake.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -88,6 +89,32 @@ async fn until_backup_of(raw: &mut Raw, id: SessionId, owner: SocketAddr) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// SET `cart` = `value`: the node's error code when it is refused.
+async fn set(c: &sessync_client::Client, token: String, value: &'static str) -> Result<(), ErrorCode> {
+    timeout(WAIT, c.set(&token).put("cart", value.to_string()).send())
+        .await
+        .expect("the SET must end")
+        .map(|_| ())
+        .map_err(|e| e.code().unwrap_or_else(|| panic!("not a node's error: {e}")))
+}
+
+/// A session created at the node behind `c` with one write acknowledged (its backup
+/// confirmed both), so the copy may have acknowledged writes: its token and id.
+async fn acknowledged_session(c: &sessync_client::Client) -> (String, SessionId) {
+    let s = timeout(WAIT, c.create(attrs(&[("cart", "0")])))
+        .await
+        .unwrap()
+        .expect("created, its backup confirmed it");
+    let s = timeout(WAIT, c.set(&s.token).put("cart", "1".to_string()).send())
+        .await
+        .unwrap()
+        .expect("acknowledged");
+    let id = sessync_proto::Token::verify(&s.token, &keys())
+        .unwrap()
+        .session_id;
+    (s.token, id)
 }
 
 fn replicate(id: SessionId, generation: u64, version: u64) -> PeerMessage {
@@ -211,28 +238,12 @@ async fn an_acknowledging_copy_keeps_the_session_against_a_rival_of_its_generati
     me.set(holder).unwrap();
     let node = replicating_node(vec![holder]).await;
     let c = client(node.client_addr()).await;
-    let s = timeout(WAIT, c.create(attrs(&[("cart", "0")])))
-        .await
-        .unwrap()
-        .expect("created, its backup confirmed it");
-    let set = |token: String, value: &'static str| {
-        let c = &c;
-        async move {
-            timeout(WAIT, c.set(&token).put("cart", value.to_string()).send())
-                .await
-                .expect("the SET must end")
-                .map_err(|e| e.code().unwrap_or_else(|| panic!("not a node's error: {e}")))
-        }
-    };
-    let s = set(s.token, "1").await.expect("acknowledged");
-    let id = sessync_proto::Token::verify(&s.token, &keys())
-        .unwrap()
-        .session_id;
+    let (token, id) = acknowledged_session(&c).await;
     let mut raw = authenticated_as(node.peer_addr(), nowhere(), [9; 16]).await;
 
     rival_owns.store(true, Ordering::SeqCst);
     assert_eq!(
-        set(s.token.clone(), "2").await.err(),
+        set(&c, token.clone(), "2").await.err(),
         Some(ErrorCode::Indeterminate)
     );
     assert!(
@@ -259,11 +270,102 @@ async fn an_acknowledging_copy_keeps_the_session_against_a_rival_of_its_generati
     // Not acknowledged: INDETERMINATE from the round that meets the newer owner, or, when
     // the contested session's background survey met it first, whatever following the
     // session to the fake holder (which hands nothing over) ends in.
-    let third = set(s.token, "3").await;
+    let third = set(&c, token, "3").await;
     assert!(
         third.is_err(),
         "a write beside a newer owner is acknowledged: {third:?}"
     );
     until_backup_of(&mut raw, id, holder).await;
+    stop(vec![node]).await;
+}
+
+/// A holder that answers with MOVED naming a rival that has since yielded to this node
+/// (the rival's LOCATE says it holds a backup naming this node) holds a fence or copy of
+/// the rival's abandoned claim: a copy that may have acknowledged writes keeps the session
+/// (the write is not acknowledged, the holder having not confirmed it), as it gives the
+/// session up when the node named owns it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_naming_a_rival_that_yielded_here_does_not_end_the_copy() {
+    let node_addr: Arc<OnceLock<SocketAddr>> = Arc::new(OnceLock::new());
+    let rival_owns = Arc::new(AtomicBool::new(false));
+    let rival = {
+        let (node_addr, owns) = (node_addr.clone(), rival_owns.clone());
+        scripted_peer(
+            [0xee; 16],
+            Arc::new(move |m: &PeerMessage| match m {
+                PeerMessage::Locate { session_id } => Some(PeerMessage::Located {
+                    session_id: *session_id,
+                    role: if owns.load(Ordering::SeqCst) {
+                        Role::Owner
+                    } else {
+                        Role::Backup
+                    },
+                    addr: *node_addr.get().unwrap(),
+                    generation: Some(99),
+                }),
+                _ => Some(PeerMessage::Ok),
+            }),
+        )
+        .await
+    };
+    let fenced = Arc::new(AtomicBool::new(false));
+    let holder = {
+        let fenced = fenced.clone();
+        scripted_peer(
+            [7; 16],
+            Arc::new(move |m: &PeerMessage| match m {
+                PeerMessage::Replicate { record, .. } if fenced.load(Ordering::SeqCst) => {
+                    Some(PeerMessage::Moved {
+                        session_id: record.id,
+                        owner: rival,
+                    })
+                }
+                PeerMessage::Locate { session_id } => Some(PeerMessage::NotFound {
+                    session_id: *session_id,
+                }),
+                _ => Some(PeerMessage::Ok),
+            }),
+        )
+        .await
+    };
+    let node = replicating_node(vec![holder]).await;
+    node_addr.set(node.peer_addr()).unwrap();
+    let c = client(node.client_addr()).await;
+    let (token, id) = acknowledged_session(&c).await;
+    let mut raw = authenticated_as(node.peer_addr(), nowhere(), [9; 16]).await;
+
+    fenced.store(true, Ordering::SeqCst);
+    assert_eq!(
+        set(&c, token.clone(), "2").await.err(),
+        Some(ErrorCode::Indeterminate),
+        "the holder did not confirm the write"
+    );
+    assert!(
+        matches!(
+            locate(&mut raw, id).await,
+            PeerMessage::Located {
+                role: Role::Owner,
+                ..
+            }
+        ),
+        "the copy is kept: the rival named yielded to it"
+    );
+
+    rival_owns.store(true, Ordering::SeqCst);
+    let third = set(&c, token, "3").await;
+    assert!(
+        third.is_err(),
+        "a write beside the owner named is acknowledged: {third:?}"
+    );
+    assert!(
+        !matches!(
+            locate(&mut raw, id).await,
+            PeerMessage::Located {
+                role: Role::Owner,
+                ..
+            }
+        ),
+        "the copy is given up to the owner named"
+    );
     stop(vec![node]).await;
 }

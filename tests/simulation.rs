@@ -108,10 +108,12 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// old process's rival copy of the same generation. Session 24 (item 16): 349, two claims
 /// of one generation each gave up on the other's MOVED, and every request for the session
 /// answered TOO_MANY_HOPS for good; 6475, a move beside a claim of its generation that had
-/// acknowledged an append was handed on, superseding the claim.
+/// acknowledged an append was handed on, superseding the claim. Session 25 (item 17):
+/// 24267, a claim that had acknowledged an append gave it up on a MOVED naming a rival
+/// that had already yielded to it.
 const FIXED_SEEDS: &[u64] = &[
     22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,
-    349, 403, 426, 468, 1681, 1971, 5292, 6063, 6475, 6663, 9264, 9744,
+    349, 403, 426, 468, 1681, 1971, 5292, 6063, 6475, 6663, 9264, 9744, 24267,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.
@@ -149,9 +151,13 @@ const FIXED_SEEDS: &[u64] = &[
 /// nothing newer. Session 24 (ARCHITECTURE.md item 16): 3341, 7536 and 7805, two claims of
 /// one generation each gave up on the other's MOVED (TOO_MANY_HOPS for good); 6475, a
 /// claim that had acknowledged an append gave it up to a move installed with no
-/// confirmation.
+/// confirmation. Session 25 (item 17), traced from seeds 10 000-49 999: 13048, a move
+/// that never acknowledged refused a sibling branch of its generation that had; 20142, a lost
+/// LOCATE reply let a claim climb past its giver's live copy; 20226, a claimed copy placed
+/// after another copy of its generation was installed outranked it at the holder.
 const FIXED_SEEDS_WITHOUT_CRASHES: &[u64] = &[
     13, 121, 208, 418, 492, 745, 913, 1032, 1026, 1104, 2352, 3296, 3341, 5934, 6475, 6544, 7536, 7805, 8956,
+    13048, 20142, 20226,
 ];
 
 /// The seeds `cargo test` runs: 0 to 19 but those in [`STILL_FAILING`], and

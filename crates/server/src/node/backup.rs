@@ -249,6 +249,12 @@ impl Node {
                     {
                         holders.push(b);
                     }
+                    Ok(PeerMessage::Moved { owner, .. })
+                        if self.may_have_acknowledged(&id, generation)
+                            && self.moved_names_a_yielded_rival(id, b, owner).await =>
+                    {
+                        holders.push(b);
+                    }
                     Ok(PeerMessage::Moved { owner, .. }) => {
                         superseded = Some(if owner != self.advertise {
                             (owner, false)

@@ -571,8 +571,18 @@ impl Node {
                 // crashes: an owner cut off from the claimer of its next generation took
                 // over a copy another node had kept from an abandoned claim, and lost
                 // eight acknowledged appends). Refused, so the giver ends its handover.
+                // Unless it is a sibling (handed over under ours + 1: the giver's copy is
+                // of our generation) and ours acknowledged nothing since it was installed
+                // without its confirmations: then the sibling may hold what was
+                // acknowledged and ours holds nothing that was (simulation seed 13048
+                // without crashes: a move installed cut off refused the re-handed branch
+                // that had acknowledged an append, then handed itself on under a higher
+                // generation, and the append was lost).
                 Ok(PeerMessage::CopyData { transfer, record, .. })
-                    if record.id == id && live_here && transfer <= had + 1 =>
+                    if record.id == id
+                        && live_here
+                        && transfer <= had + 1
+                        && !(transfer == had + 1 && self.acknowledged_nothing_here(&id, had)) =>
                 {
                     tracing::info!(session = %id, %failed, backup = %b, transfer, "a backup's copy is no newer than the live copy here; refused");
                     self.refuse_copy(b, id, transfer);

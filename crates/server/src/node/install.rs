@@ -284,6 +284,19 @@ impl Node {
         } else {
             let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
             let _one_at_a_time = self.replication_locks[stripe].lock().await;
+            // Another copy of this generation (or a newer one) was installed here while
+            // this one waited for the stripe (two requests' fetches, a PROMOTE's copy and
+            // a hand-over): this one is not placed. Placed, a claim's copy outranked the
+            // live copy at its holder by version, so the holder kept it and answered the
+            // live copy's REPLICATE as already held; a later claim there promoted it, and
+            // an acknowledged append was lost (simulation seed 20226 without crashes).
+            if self
+                .table
+                .live_generation(&id, now_ms())
+                .is_some_and(|live| live >= generation)
+            {
+                return Landed::NotNewer;
+            }
             let before = self.table.locate(&id, self.advertise, now_ms());
             let mut bumps = 0;
             let outcome = loop {
@@ -324,8 +337,18 @@ impl Node {
                 // acknowledged append). It is asked.
                 // (`to` is never this node: a MOVED naming it is reported as `names_self`,
                 // with the holder that sent it as `to`.)
+                // A LOCATE whose reply was lost is asked again: taken for "not the owner",
+                // the claim climbed past the giver's live copy and its acknowledged append
+                // (simulation seed 20142 without crashes).
+                let mut answer = self.locate_at(id, to).await;
+                for _ in 0..2 {
+                    if !matches!(answer, super::lookup::LocateAnswer::Silent) {
+                        break;
+                    }
+                    answer = self.locate_at(id, to).await;
+                }
                 if matches!(
-                    self.locate_at(id, to).await,
+                    answer,
                     super::lookup::LocateAnswer::Entry(sessync_proto::Role::Owner, _)
                 ) {
                     tracing::info!(session = %id, %to, generation, "the node that handed its copy here owns the session again; the claim yields");
@@ -369,6 +392,8 @@ impl Node {
                             // A moved copy is not marked: it carries what its giver
                             // acknowledged (`rival_claims.rs`).
                             self.mark_never_acknowledged(id, generation);
+                        } else {
+                            self.mark_move_never_acknowledged(id, generation);
                         }
                     }
                     (Some(b), None)

@@ -236,6 +236,10 @@ pub struct Node {
     /// no write since, with their generation (`rival_claims.rs`). Forgetting one is safe:
     /// the copy then counts as one that may have acknowledged.
     never_acknowledged: memo::SessionMemo<u64>,
+    /// Moved copies installed here without the confirmations they need, which have
+    /// acknowledged no write since, with their generation (`rival_claims.rs`): unlike
+    /// claims, they never yield to a rival, but a sibling branch's copy may replace them.
+    moves_never_acknowledged: memo::SessionMemo<u64>,
 }
 
 /// A COPY whose reply did not come in time: a late COPY_DATA may still follow.
@@ -431,6 +435,7 @@ impl Node {
             held_acks: memo::SessionMemo::new(3_600_000),
             kept_copy_checks: memo::SessionMemo::new(60_000),
             never_acknowledged: memo::SessionMemo::new(3_600_000),
+            moves_never_acknowledged: memo::SessionMemo::new(3_600_000),
             unsure_holders: Default::default(),
         }
     }

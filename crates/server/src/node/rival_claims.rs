@@ -25,7 +25,13 @@
 //!   would supersede the rival's by number). Whether the node that
 //!   answered MOVED naming itself owns that very generation (and not a newer one, which
 //!   supersedes this copy as before) is asked with LOCATE, and a survey of the members
-//!   (`holder_restarts.rs`) counts such a rival as unsettled, not newer.
+//!   (`holder_restarts.rs`) counts such a rival as unsettled, not newer; and a MOVED from
+//!   a holder naming a rival that has since yielded to this copy is stale, not a reason
+//!   to give up.
+//!
+//! Beside the rivals of one generation (session 25): a moved copy installed without
+//! confirmations is remembered as never acknowledged too, not to yield to rivals, but so
+//! that a failover may take a sibling branch of its generation over it (`fetch.rs`).
 
 use sessync_proto::{ErrorCode, ErrorReply, PeerIdentity, SessionRecord};
 
@@ -42,10 +48,32 @@ impl Node {
         }
     }
 
-    /// Forgets that the claim of `id` held here never acknowledged: a complete round
+    /// Remembers that a copy of `id` moved here under `generation` was installed without
+    /// the confirmations it needs: it has acknowledged nothing under that generation yet.
+    /// Unlike a claim's mark, this one never makes the copy yield to a rival; it only lets
+    /// a sibling branch's copy replace it when this node's owner is sought
+    /// ([`Node::acknowledged_nothing_here`]).
+    pub(super) fn mark_move_never_acknowledged(&self, id: SessionId, generation: u64) {
+        if self.config.backup_policy != BackupPolicy::Degrade {
+            let _ = self.moves_never_acknowledged.insert(id, generation, now_ms());
+        }
+    }
+
+    /// Forgets that the copy of `id` held here never acknowledged: a complete round
     /// confirmed it (it may acknowledge writes now), or it was given up.
     pub(super) fn forget_never_acknowledged(&self, id: SessionId) {
         let _ = self.never_acknowledged.take(&id);
+        let _ = self.moves_never_acknowledged.take(&id);
+    }
+
+    /// Whether the live copy of `id` here, under `generation`, claimed or moved, has
+    /// acknowledged no write under that generation: everything acknowledged in it was
+    /// acknowledged by the generation before, which a sibling copy of the same generation
+    /// carries too (fencing, protocol.md 12.2). A forgotten mark counts as "may have".
+    pub(super) fn acknowledged_nothing_here(&self, id: &SessionId, generation: u64) -> bool {
+        self.table.live_generation(id, now_ms()) == Some(generation)
+            && (self.never_acknowledged.get(id) == Some(generation)
+                || self.moves_never_acknowledged.get(id) == Some(generation))
     }
 
     /// Whether this node's live copy of `id` under `generation` has never acknowledged a
@@ -60,6 +88,34 @@ impl Node {
     pub(super) fn may_have_acknowledged(&self, id: &SessionId, generation: u64) -> bool {
         self.table.live_generation(id, now_ms()) == Some(generation)
             && !self.never_acknowledged(id, generation)
+    }
+
+    /// Whether a MOVED naming `named`, which the holder `b` answered this node's REPLICATE
+    /// of `id` with, is stale: `named` (asked with LOCATE) holds the
+    /// session as a backup or forwarding pointer naming this node, so it yielded to this
+    /// copy, and what `b` holds is a fence or copy of `named`'s abandoned claim. A copy that
+    /// may have acknowledged writes then keeps the session, counting `b` as a holder that
+    /// did not confirm; gave up, both copies pointed at each other, and a later claim from
+    /// the abandoned branch lost an acknowledged append (simulation seed 24267 with
+    /// crashes).
+    pub(super) async fn moved_names_a_yielded_rival(
+        &self,
+        id: SessionId,
+        b: SocketAddr,
+        named: SocketAddr,
+    ) -> bool {
+        if named == b || named == self.advertise {
+            return false;
+        }
+        let stale = matches!(
+            self.ask_locate(id, named).await,
+            Ok(PeerMessage::Located { session_id, role: sessync_proto::Role::Backup | sessync_proto::Role::HandedOver, addr, .. })
+                if session_id == id && addr == self.advertise
+        );
+        if stale {
+            tracing::info!(session = %id, holder = %b, %named, "a holder named a rival that has yielded to this copy, which may have acknowledged writes: the holder stays one that did not confirm");
+        }
+        stale
     }
 
     /// Whether `node`, which answered a REPLICATE of `id` under `generation` with MOVED
