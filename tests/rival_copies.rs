@@ -75,6 +75,17 @@ async fn locate(raw: &mut Raw, id: SessionId) -> PeerMessage {
         .expect("LOCATE is answered")
 }
 
+/// Whether the node behind `raw` answers LOCATE for `id` as its owner.
+async fn owned_here(raw: &mut Raw, id: SessionId) -> bool {
+    matches!(
+        locate(raw, id).await,
+        PeerMessage::Located {
+            role: Role::Owner,
+            ..
+        }
+    )
+}
+
 /// Asks LOCATE until the node answers that it holds a backup copy of `owner`'s.
 async fn until_backup_of(raw: &mut Raw, id: SessionId, owner: SocketAddr) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -247,13 +258,7 @@ async fn an_acknowledging_copy_keeps_the_session_against_a_rival_of_its_generati
         Some(ErrorCode::Indeterminate)
     );
     assert!(
-        matches!(
-            locate(&mut raw, id).await,
-            PeerMessage::Located {
-                role: Role::Owner,
-                ..
-            }
-        ),
+        owned_here(&mut raw, id).await,
         "the node keeps the session against a rival of its generation"
     );
     let copy = PeerMessage::Copy {
@@ -341,13 +346,7 @@ async fn a_moved_naming_a_rival_that_yielded_here_does_not_end_the_copy() {
         "the holder did not confirm the write"
     );
     assert!(
-        matches!(
-            locate(&mut raw, id).await,
-            PeerMessage::Located {
-                role: Role::Owner,
-                ..
-            }
-        ),
+        owned_here(&mut raw, id).await,
         "the copy is kept: the rival named yielded to it"
     );
 
@@ -358,13 +357,7 @@ async fn a_moved_naming_a_rival_that_yielded_here_does_not_end_the_copy() {
         "a write beside the owner named is acknowledged: {third:?}"
     );
     assert!(
-        !matches!(
-            locate(&mut raw, id).await,
-            PeerMessage::Located {
-                role: Role::Owner,
-                ..
-            }
-        ),
+        !owned_here(&mut raw, id).await,
         "the copy is given up to the owner named"
     );
     stop(vec![node]).await;

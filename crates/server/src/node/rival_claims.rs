@@ -71,9 +71,9 @@ impl Node {
     /// acknowledged by the generation before, which a sibling copy of the same generation
     /// carries too (fencing, protocol.md 12.2). A forgotten mark counts as "may have".
     pub(super) fn acknowledged_nothing_here(&self, id: &SessionId, generation: u64) -> bool {
-        self.table.live_generation(id, now_ms()) == Some(generation)
-            && (self.never_acknowledged.get(id) == Some(generation)
-                || self.moves_never_acknowledged.get(id) == Some(generation))
+        self.never_acknowledged(id, generation)
+            || (self.moves_never_acknowledged.get(id) == Some(generation)
+                && self.table.live_generation(id, now_ms()) == Some(generation))
     }
 
     /// Whether this node's live copy of `id` under `generation` has never acknowledged a
