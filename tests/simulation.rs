@@ -9,8 +9,8 @@
 //! `cargo test` runs a bounded number of seeds; `SESSYNC_SIM_SEEDS=N cargo test --release
 //! --test simulation` runs N (from `SESSYNC_SIM_FIRST`, default 0). A failure prints its
 //! seed; `SESSYNC_SIM_FIRST=S SESSYNC_SIM_SEEDS=1` replays it, exactly (checked by
-//! `a_seed_replays_exactly`). `SESSYNC_SIM_EACH=1` prints each seed's counts (to compare
-//! two builds seed by seed); `SESSYNC_SIM_LOG=sessync_server=debug,sim=debug,simnet=trace`
+//! `a_seed_replays_exactly`). `SESSYNC_SIM_EACH=1` prints each seed's counts, failovers
+//! included (to compare two builds seed by seed); `SESSYNC_SIM_LOG=sessync_server=debug,sim=debug,simnet=trace`
 //! logs the nodes, the clients and every message, stamped with the virtual time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -172,7 +172,7 @@ fn seeded_runs_keep_every_promise() {
     let first = env("SESSYNC_SIM_FIRST", 0);
     let seeds = env("SESSYNC_SIM_SEEDS", 20);
     let started = Instant::now();
-    let (mut acked, mut unknown) = (0, 0);
+    let (mut acked, mut unknown, mut promotions) = (0, 0, 0);
     let mut failed = Vec::new();
     let fixed = if chosen { &[][..] } else { FIXED_SEEDS };
     let range = (first..first + seeds).filter(|s| chosen || !STILL_FAILING.contains(s));
@@ -180,11 +180,13 @@ fn seeded_runs_keep_every_promise() {
         let r = simulate(seed, &options(seed));
         acked += r.acked;
         unknown += r.unknown;
+        promotions += r.promotions;
         if std::env::var("SESSYNC_SIM_EACH").is_ok() {
             eprintln!(
-                "seed {seed}: {} acknowledged, {} unknown, {} violations",
+                "seed {seed}: {} acknowledged, {} unknown, {} failovers, {} violations",
                 r.acked,
                 r.unknown,
+                r.promotions,
                 r.violations.len()
             );
         }
@@ -194,7 +196,7 @@ fn seeded_runs_keep_every_promise() {
         }
     }
     eprintln!(
-        "simulation: {seeds} seeds from {first} in {:?}: {acked} acknowledged appends, {unknown} of unknown outcome, failed seeds {failed:?}",
+        "simulation: {seeds} seeds from {first} in {:?}: {acked} acknowledged appends, {unknown} of unknown outcome, {promotions} failovers (STATS promotions), failed seeds {failed:?}",
         started.elapsed()
     );
     assert!(failed.is_empty(), "failed seeds: {failed:?}");
