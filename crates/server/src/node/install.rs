@@ -340,15 +340,8 @@ impl Node {
                 // A LOCATE whose reply was lost is asked again: taken for "not the owner",
                 // the claim climbed past the giver's live copy and its acknowledged append
                 // (simulation seed 20142 without crashes).
-                let mut answer = self.locate_at(id, to).await;
-                for _ in 0..2 {
-                    if !matches!(answer, super::lookup::LocateAnswer::Silent) {
-                        break;
-                    }
-                    answer = self.locate_at(id, to).await;
-                }
                 if matches!(
-                    answer,
+                    self.locate_at_retrying(id, to, 3).await,
                     super::lookup::LocateAnswer::Entry(sessync_proto::Role::Owner, _)
                 ) {
                     tracing::info!(session = %id, %to, generation, "the node that handed its copy here owns the session again; the claim yields");

@@ -407,6 +407,24 @@ impl Node {
         }
     }
 
+    /// [`Node::locate_at`], asked again while `node` is silent, up to `tries` times in
+    /// all: where a lost reply must not pass for an answer.
+    pub(super) async fn locate_at_retrying(
+        &self,
+        id: SessionId,
+        node: SocketAddr,
+        tries: usize,
+    ) -> LocateAnswer {
+        let mut answer = self.locate_at(id, node).await;
+        for _ in 1..tries {
+            if !matches!(answer, LocateAnswer::Silent) {
+                break;
+            }
+            answer = self.locate_at(id, node).await;
+        }
+        answer
+    }
+
     /// LOCATE{`id`} to `node`, within one peer timeout: its raw reply.
     pub(super) async fn ask_locate(&self, id: SessionId, node: SocketAddr) -> Result<PeerMessage, LinkError> {
         let deadline = Instant::now() + self.config.peer_timeout;
