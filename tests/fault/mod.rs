@@ -504,11 +504,70 @@ pub async fn wait_repaired(
         if have >= owned && under == 0 && t.elapsed() >= min {
             return t.elapsed();
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(40),
-            "{what}: not repaired in 40 s: {have} owned, {under} under-replicated; logs in {}",
-            dir.display()
-        );
+        if t.elapsed() >= Duration::from_secs(40) {
+            panic!(
+                "{what}: not repaired in 40 s: {have} owned, {under} under-replicated; per node {}; logs in {}\n{}",
+                repair_counters(clients).await,
+                dir.display(),
+                repair_log_lines(dir)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Each node's repair counters, for a failure message (CI keeps no node logs).
+async fn repair_counters(clients: &[Client]) -> String {
+    let mut out = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        out.push(
+            match tokio::time::timeout(Duration::from_secs(2), c.stats()).await {
+                Ok(Ok(st)) => {
+                    let names = [
+                        "sessions",
+                        "under_replicated",
+                        "repaired",
+                        "promotions",
+                        "backups_promoted",
+                    ];
+                    let v: Vec<String> = names.iter().map(|n| format!("{n} {}", stat(&st, n))).collect();
+                    format!("node {i}: {}", v.join(", "))
+                }
+                other => format!("node {i}: no STATS ({other:?})"),
+            },
+        );
+    }
+    out.join("; ")
+}
+
+/// The repair's own log lines from every node log in `dir` (the last 20 of each).
+fn repair_log_lines(dir: &std::path::Path) -> String {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect()
+        })
+        .unwrap_or_default();
+    logs.sort();
+    let mut out = String::new();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.contains("repair")
+                    || l.contains("owner")
+                    || l.contains("restarted")
+                    || l.contains("taken over")
+            })
+            .collect();
+        out.push_str(&format!("== {}\n", log.display()));
+        for l in &lines[lines.len().saturating_sub(20)..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }

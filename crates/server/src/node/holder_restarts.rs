@@ -294,6 +294,15 @@ impl Node {
                     sessync_proto::Role::HandedOver if addr != me && at_least(theirs, generation + 1) => {
                         LineageSurvey::Newer(addr)
                     }
+                    // Handing a newer generation over to this node, which never installed
+                    // it: that member took the lineage past this copy (it installed a
+                    // later copy, may have acknowledged writes on it) and still holds it
+                    // until the ACK. Counted clean, a handover survey let this node hand
+                    // its older copy on over an acknowledged append (simulation seed
+                    // 10576 with crashes: the member was paused, its handover here lost).
+                    sessync_proto::Role::HandedOver if addr == me && at_least(theirs, generation + 1) => {
+                        LineageSurvey::Newer(m)
+                    }
                     sessync_proto::Role::Backup if addr != me && at_least(theirs, generation) => {
                         LineageSurvey::Newer(addr)
                     }
