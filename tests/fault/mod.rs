@@ -108,7 +108,9 @@ impl Node {
                 self.log
                     .clone()
                     .or_else(|| std::env::var("CHAOS_LOG").ok())
-                    .unwrap_or_else(|| "error".into()),
+                    // The repair's own lines too: `wait_repaired` prints them on a
+                    // failure (a few per second, only while there is something to repair).
+                    .unwrap_or_else(|| "error,sessync_server::node::repair=info".into()),
             )
             .stdout(Stdio::piped())
             .stderr(log)
