@@ -258,7 +258,11 @@ impl Node {
         // come up, a reply was lost) is sent again next tick: the queue is the only record
         // of it, and dropping it reported the session repaired while its one backup was
         // missing. (Those of an unreachable holder are found again by `under_replicated`.)
-        for id in batch.into_iter().take(resent) {
+        // Not when the cluster has fewer other members than `replicas`: no round can
+        // confirm that many, and the queue would send every such session once a second
+        // for good.
+        let can_confirm = members.len() >= want;
+        for id in batch.into_iter().take(resent).filter(|_| can_confirm) {
             if unsettled.contains(&id) && queued.insert(id) {
                 queue.push_back(id);
             }
