@@ -153,7 +153,7 @@ impl Node {
                         .filter_map(|id| Some((*id, self.table.backup_written_ms(id, owner)?)))
                         .collect();
                     unadopted.remove(&owner);
-                    self.adopt_orphans_again(owner, ids, unadopted).await;
+                    self.adopt_noting_unfinished(owner, ids, unadopted).await;
                 }
             }
         }
@@ -171,7 +171,7 @@ impl Node {
                 .collect();
             if !ids.is_empty() {
                 tracing::info!(%owner, copies = ids.len(), "copies whose owner is gone were not all taken over; trying again");
-                self.adopt_orphans_again(owner, ids, unadopted).await;
+                self.adopt_noting_unfinished(owner, ids, unadopted).await;
             }
         }
         for p in restarted {
@@ -388,7 +388,7 @@ impl Node {
 
     /// [`Node::adopt_orphans`] of `ids` (each with when `owner` last wrote the copy here),
     /// noting in `unadopted` those whose takeover did not finish, for the next tick.
-    async fn adopt_orphans_again(
+    async fn adopt_noting_unfinished(
         &self,
         owner: SocketAddr,
         ids: Vec<(SessionId, u64)>,
