@@ -567,6 +567,20 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
                 owner: failed_owner,
             }
         }
+        // A copy handed to the failed owner is handed on to the asker only once that
+        // receiver is known not to hold it (`node/rehand.rs`; simulation seed 17 359 with
+        // crashes).
+        PeerMessage::Promote {
+            session_id,
+            failed_owner,
+            ..
+        } if node.rehand_withheld(&session_id, failed_owner, *peer, now) => {
+            Stats::bump(&node.stats.moved);
+            PeerMessage::Moved {
+                session_id,
+                owner: failed_owner,
+            }
+        }
         PeerMessage::Promote {
             session_id,
             last_transfer,

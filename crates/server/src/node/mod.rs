@@ -11,6 +11,7 @@ mod kept_copies;
 mod lookup;
 mod memo;
 mod read_lease;
+mod rehand;
 mod repair;
 mod reply;
 mod requests;
@@ -230,6 +231,8 @@ pub struct Node {
     held_acks: memo::SessionMemo<HeldAck>,
     /// What failed owners said of sessions whose kept copy is here (`kept_copies.rs`).
     kept_copy_checks: memo::SessionMemo<kept_copies::KeptCopyCheck>,
+    /// What receivers of handovers under way here said before a re-hand (`rehand.rs`).
+    rehand_checks: memo::SessionMemo<rehand::RehandCheck>,
     /// Sessions with a copy at a holder that restarted since (`holder_restarts.rs`).
     unsure_holders: holder_restarts::UnsureHolders,
     /// Claims installed here without the confirmations they need, which have acknowledged
@@ -434,6 +437,7 @@ impl Node {
             // empty). Kept long, so that the ACK still goes once backups come back.
             held_acks: memo::SessionMemo::new(3_600_000),
             kept_copy_checks: memo::SessionMemo::new(60_000),
+            rehand_checks: memo::SessionMemo::new(60_000),
             never_acknowledged: memo::SessionMemo::new(3_600_000),
             moves_never_acknowledged: memo::SessionMemo::new(3_600_000),
             unsure_holders: Default::default(),

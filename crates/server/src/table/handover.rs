@@ -36,6 +36,18 @@ impl Table {
         })
     }
 
+    /// The handover of `id` this node has under way and not yet acknowledged, if any.
+    pub fn handover_under_way(&self, id: &SessionId, now: u64) -> Option<HandoverUnderWay> {
+        self.shard(id).map.get(id).and_then(|r| match r.value() {
+            Entry::HandingOver(h) if !h.live.expired(now) => Some(HandoverUnderWay {
+                to: h.to,
+                transfer: h.transfer,
+                handed_ms: h.handed_ms,
+            }),
+            _ => None,
+        })
+    }
+
     /// The giving side of the handover: answers a COPY (`failed_owner` `None`) or a
     /// PROMOTE (`Some(owner the requester could not get it from)`) from `requester`, whose
     /// own entry remembers generation `their_last`. See protocol.md, "The COPY handover"
@@ -65,6 +77,7 @@ impl Table {
                 to_node: requester_node,
                 live,
                 transfer,
+                handed_ms: now,
                 claim: false,
             }));
             (
@@ -164,6 +177,7 @@ impl Table {
                 h.to = requester;
                 h.to_node = requester_node;
                 h.transfer = transfer;
+                h.handed_ms = now;
                 h.live.meta.version = claim_version(h.live.meta.version);
                 CopyOutcome::Data {
                     transfer,
@@ -380,6 +394,7 @@ impl Table {
                 to_node: me.node_id,
                 live,
                 transfer: generation,
+                handed_ms: now,
                 claim: true,
             }))
         });

@@ -109,10 +109,24 @@ pub struct HandingOver {
     live: Live,
     /// This handover's transfer id.
     pub transfer: u64,
+    /// When this handover to `to` began here (Unix ms): a receiver's process known gone
+    /// only since then may have taken nothing over (`node/rehand.rs`).
+    pub handed_ms: u64,
     /// This node's own claim ([`Table::promote_local`]), replicating before it installs:
     /// nothing was acknowledged under it yet, so it may lose a tie with another claim of
     /// the same generation (protocol.md 12.2).
     pub claim: bool,
+}
+
+/// A handover this node has under way ([`Table::handover_under_way`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HandoverUnderWay {
+    /// The receiver's advertised address.
+    pub to: SocketAddr,
+    /// The handover's generation.
+    pub transfer: u64,
+    /// When it began here (Unix ms).
+    pub handed_ms: u64,
 }
 
 /// A backup copy of a session another node owns: see [`Entry::Backup`].

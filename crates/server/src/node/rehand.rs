@@ -1,0 +1,101 @@
+//! A giver hands a copy on to a second receiver (a re-hand, protocol.md 12.4) only once the
+//! first receiver is known not to hold it. PROMOTE naming the receiver failed used to be
+//! enough: the re-hand keeps the handover's generation, so that if the first receiver is
+//! alive after all, the two copies collide at the lineage's holders and only the first is
+//! accepted. That collision needs a holder that took the first copy and still remembers
+//! it, and the second receiver cannot be its own holder: simulation seed 17 359 with
+//! crashes, the first receiver paused after placing its copy on the lineage's only holder,
+//! the giver re-handed to that holder itself, which acknowledged an append and crashed; the
+//! first receiver woke up, installed the same generation and handed it on over the append.
+//! So the giver asks the receiver first (LOCATE), as its own take-back does
+//! (`Node::promote_from_backups`): the copy is handed on when the receiver's process is
+//! known gone since the handover began (a refused dial, or a new process answered there),
+//! or the receiver answers that it has no entry, or an older generation than the
+//! handover's. A silent receiver, or one that owns or is placing the session, keeps the
+//! copy here; the asker is answered MOVED to it and asks again.
+
+use super::lookup::LocateAnswer;
+use super::*;
+use sessync_proto::{PeerIdentity, Role};
+
+/// How long the receiver's answer counts (ms): the asker asks again about every 100 ms.
+const ANSWER_COUNTS_MS: u64 = 1_000;
+
+/// What this node last learned from the receiver of a handover it has under way.
+#[derive(Clone, Copy)]
+pub(super) struct RehandCheck {
+    /// The receiver asked, and the handover's generation.
+    to: SocketAddr,
+    transfer: u64,
+    /// When it was asked (Unix ms).
+    asked_ms: u64,
+    /// When it answered that it never took the copy over (Unix ms), if it did.
+    never_took_ms: Option<u64>,
+}
+
+impl Node {
+    /// Whether PROMOTE{`id`, failed owner `failed`} from `asker` must not re-hand the copy
+    /// this node is handing to `failed` yet: `failed` may hold and serve it. Asks `failed`
+    /// in the background when needed. `false` when this PROMOTE would not re-hand (no
+    /// handover to `failed` under way, the asker is that receiver, or this node's own
+    /// claim).
+    pub(crate) fn rehand_withheld(
+        self: &Arc<Self>,
+        id: &SessionId,
+        failed: SocketAddr,
+        asker: PeerIdentity,
+        now: u64,
+    ) -> bool {
+        let Some(h) = self.table.handover_under_way(id, now) else {
+            return false;
+        };
+        // The receiver itself asks (its reply was lost), or its new process does (the old
+        // one, and whatever it held, is gone): not a re-hand to a second live copy.
+        if h.to != failed || asker.advertised == h.to || h.to == self.advertise {
+            return false;
+        }
+        if self.peers.processes.gone_since(h.to) > h.handed_ms {
+            return false;
+        }
+        let last = self
+            .rehand_checks
+            .get(id)
+            .filter(|c| c.to == h.to && c.transfer == h.transfer);
+        if let Some(c) = last {
+            if c.never_took_ms
+                .is_some_and(|at| now.saturating_sub(at) < ANSWER_COUNTS_MS)
+            {
+                return false;
+            }
+            if now.saturating_sub(c.asked_ms) < ANSWER_COUNTS_MS / 10 {
+                return true;
+            }
+        }
+        let check = RehandCheck {
+            to: h.to,
+            transfer: h.transfer,
+            asked_ms: now,
+            never_took_ms: None,
+        };
+        self.rehand_checks.insert(*id, check, now);
+        tracing::debug!(session = %id, receiver = %h.to, transfer = h.transfer, asker = %asker.advertised, "not re-handing before the receiver says it never took the copy over");
+        let (node, id) = (self.clone(), *id);
+        // Not tracked by the shutdown tracker: one request bounded by the peer timeout.
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let never_took = match node.locate_at(id, h.to).await {
+                LocateAnswer::NoEntry => true,
+                LocateAnswer::Entry(Role::HandedOver, Some(g)) => g < h.transfer,
+                _ => false,
+            };
+            if never_took {
+                let at = now_ms();
+                let answered = RehandCheck {
+                    never_took_ms: Some(at),
+                    ..check
+                };
+                node.rehand_checks.insert(id, answered, at);
+            }
+        }));
+        true
+    }
+}
