@@ -259,6 +259,44 @@ async fn a_restarted_holder_counts_again_once_every_member_answered() {
     stop(vec![node]).await;
 }
 
+/// A DESTROY is settled like a write (protocol.md 12.2 step 6): on a copy whose holder
+/// restarted, with the other member silent, the session is not destroyed and the DESTROY
+/// is answered INDETERMINATE; once every member answered, it is destroyed. Destroyed at
+/// once, a copy the members had not settled retired the session while a rival copy of
+/// its generation lived on and was read back after the heal (simulation seed 10 227 with
+/// crashes). Checked: without the rule the first DESTROY is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroy_waits_for_the_members_as_a_write_does() {
+    let (node, c, token, holder, other) = owner_with_a_backup().await;
+    restart(&holder).await;
+    *other.locate.lock().unwrap() = Locate::Silent;
+    // The node learns of the restart at its next round: a write, not acknowledged.
+    assert_eq!(set(&c, &token, "1").await.err(), Some(ErrorCode::Indeterminate));
+    let destroyed = timeout(WAIT, c.destroy(&token))
+        .await
+        .expect("the DESTROY must end");
+    assert_eq!(
+        destroyed.err().and_then(|e| e.code()),
+        Some(ErrorCode::Indeterminate),
+        "destroyed while a member that may own the session was silent"
+    );
+    timeout(WAIT, c.get(&token))
+        .await
+        .unwrap()
+        .expect("nothing was destroyed");
+    *other.locate.lock().unwrap() = Locate::Nothing;
+    timeout(WAIT, c.destroy(&token))
+        .await
+        .unwrap()
+        .expect("every member answered: destroyed");
+    let gone = timeout(WAIT, c.get(&token)).await.unwrap();
+    assert_eq!(
+        gone.err().and_then(|e| e.code()),
+        Some(ErrorCode::SessionNotFound)
+    );
+    stop(vec![node]).await;
+}
+
 /// The repair sends a restarted holder its copies again (protocol.md 17.4); when that
 /// round is not confirmed (here both members refuse REPLICATE for a while), the session
 /// stays counted as under-replicated and is sent again on a later tick, until a holder

@@ -115,10 +115,11 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// its older copy on over that member's acknowledged append. Session 28 (item 20): 17359,
 /// a giver re-handed a copy while its paused receiver held it; the second receiver, the
 /// lineage's only holder, acknowledged an append and crashed, and the first handed the
-/// same generation on over it.
+/// same generation on over it. 10227, a DESTROY retired a session its own failover had
+/// just claimed, unconfirmed, while another node's claim of that generation lived on.
 const FIXED_SEEDS: &[u64] = &[
     22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,
-    349, 403, 426, 468, 1681, 1971, 5292, 6063, 6475, 6663, 9264, 9744, 10576, 17359, 24267,
+    349, 403, 426, 468, 1681, 1971, 5292, 6063, 6475, 6663, 9264, 9744, 10227, 10576, 17359, 24267,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.

@@ -134,12 +134,61 @@ impl Node {
         }
     }
 
+    /// The step before a request that ends a session's id here (DESTROY, ROTATE): a
+    /// session owned here whose holders are not settled (a claim they have not confirmed,
+    /// or one with a holder that restarted, [`Node::holders_unsettled`]) is settled first,
+    /// by the round and survey a write would run. A rival copy of its generation, or a
+    /// newer one, then takes the session from this copy, and the request follows it there.
+    /// Ended at once, a claim that had acknowledged nothing retired the session while the
+    /// rival's copy lived on and was read back after the heal (simulation seed 10227 with
+    /// crashes: the DESTROY's own fetch made that claim). So a session not live here is
+    /// fetched first (touched, not changed), then checked; while the members cannot settle
+    /// it, nothing is ended (`INDETERMINATE`). `Some`: the request's reply is written.
+    async fn settle_before_ending(
+        &self,
+        request_id: u64,
+        mode: Mode,
+        token: &str,
+        ended: &str,
+        out: &mut BytesMut,
+    ) -> Option<After> {
+        let id = sessync_proto::Token::verify(token, &self.config.keys)
+            .ok()?
+            .session_id;
+        if self.config.replicas == 0 {
+            return None;
+        }
+        if self.table.live_generation(&id, now_ms()).is_none() {
+            if let Err(f) = self.on_session(token, mode, |t, id, now| t.touch(id, now)).await {
+                return Some(self.session_failure(request_id, f, out));
+            }
+        }
+        if !self.holders_unsettled(&id) {
+            return None;
+        }
+        let _ = self.replicate(id, &[]).await;
+        if !self.holders_unsettled(&id) {
+            return None;
+        }
+        Some(self.indeterminate(
+            request_id,
+            format!("not {ended}: this node's copy is not confirmed by the other members yet; try again"),
+            out,
+        ))
+    }
+
     /// ROTATE: a new id for the same data; the old id is destroyed here and its holders
     /// told to DROP it (their answers prove this node still owned it), the new id gets
     /// holders of its own.
     pub(super) async fn rotate(&self, at: Reply, token: &str, out: &mut BytesMut) -> After {
         let request_id = at.request_id;
         if let Some(after) = self.before_write(request_id, at.mode, out) {
+            return after;
+        }
+        if let Some(after) = self
+            .settle_before_ending(request_id, at.mode, token, "rotated", out)
+            .await
+        {
             return after;
         }
         match self
@@ -174,6 +223,12 @@ impl Node {
     pub(super) async fn destroy(&self, at: Reply, token: &str, out: &mut BytesMut) -> After {
         let request_id = at.request_id;
         if let Some(after) = self.before_write(request_id, at.mode, out) {
+            return after;
+        }
+        if let Some(after) = self
+            .settle_before_ending(request_id, at.mode, token, "destroyed", out)
+            .await
+        {
             return after;
         }
         match self
