@@ -292,6 +292,80 @@ async fn a_copy_its_receiver_may_hold_is_not_handed_on_to_another_node() {
     stop(nodes).await;
 }
 
+/// Without replicas, a node whose earlier process was being handed a session takes it
+/// back from the giver (PROMOTE naming itself, protocol.md 12.4) and can then hand it on
+/// like any other: a COPY gets the copy. The claim-of-its-own-earlier-process rule marked
+/// such a session unsure, to be surveyed at its next replication round, which never
+/// comes without replicas: every COPY was answered NOT_FOUND until its asker gave up
+/// (SESSION_NOT_FOUND for a live session), and a drain could not hand it over
+/// (tests/rolling_restart.rs with `--replicas 0`, about 1 run in 8 in debug builds). The
+/// giver is a fake peer. Checked: without the fix the COPY is answered NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_replicas_a_session_taken_back_from_a_giver_is_handed_on() {
+    use std::sync::{Arc, Mutex};
+    let id = SessionId::random();
+    let node_slot = Arc::new(Mutex::new(None::<std::net::SocketAddr>));
+    let giver = {
+        let node_slot = node_slot.clone();
+        scripted_peer(
+            [5; 16],
+            Arc::new(move |m: &PeerMessage| {
+                let node = node_slot
+                    .lock()
+                    .unwrap()
+                    .unwrap_or_else(|| "127.0.0.1:9".parse().unwrap());
+                Some(match m {
+                    // Handing generation 2 to the node's address (its earlier process).
+                    PeerMessage::Copy { session_id, .. } => PeerMessage::Moved {
+                        session_id: *session_id,
+                        owner: node,
+                    },
+                    PeerMessage::Locate { session_id } => PeerMessage::Located {
+                        session_id: *session_id,
+                        role: sessync_proto::Role::HandedOver,
+                        addr: node,
+                        generation: Some(2),
+                    },
+                    PeerMessage::Promote {
+                        session_id,
+                        failed_owner,
+                        ..
+                    } if *session_id == id && *failed_owner == node => PeerMessage::CopyData {
+                        transfer: 2,
+                        holders: Vec::new(),
+                        record: empty_record(id, sessync_server::clock::now_ms(), 60_000),
+                    },
+                    _ => PeerMessage::Ok,
+                })
+            }),
+        )
+        .await
+    };
+    let mut cfg = config();
+    cfg.peers = vec![giver];
+    cfg.peer_timeout = std::time::Duration::from_millis(400);
+    let node = sessync_server::start(cfg).await.unwrap();
+    *node_slot.lock().unwrap() = Some(node.peer_addr());
+    let c = client(node.client_addr()).await;
+    let token = token_for(id, 2, node.peer_addr(), vec![]);
+    let got = tokio::time::timeout(WAIT, c.get(&token)).await.unwrap();
+    assert!(got.is_ok(), "the session was not taken back: {got:?}");
+    let mut asker = authenticated(node.peer_addr()).await;
+    let copy = ask(
+        &mut asker,
+        PeerMessage::Copy {
+            session_id: id,
+            last_transfer: 0,
+        },
+    )
+    .await;
+    assert!(
+        matches!(copy, PeerMessage::CopyData { .. }),
+        "the session taken back is not handed on: {copy:?}"
+    );
+    stop(vec![node]).await;
+}
+
 /// Asks the node behind `taker` for session `id` with COPY, as a node that never held it,
 /// and returns the transfer it was handed under (the node is then handing it over).
 async fn take_copy(taker: &mut common::raw_peer::Raw, id: SessionId) -> u64 {

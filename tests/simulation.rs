@@ -113,9 +113,9 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// that had already yielded to it. Session 27 (item 19): 10576, a node surveying after its
 /// holder restarted counted a member handing a newer generation to it as clean, and handed
 /// its older copy on over that member's acknowledged append. Session 28 (item 20): 17359,
-/// a giver re-handed a copy while its paused receiver held it; the second receiver, the
-/// lineage's only holder, acknowledged an append and crashed, and the first handed the
-/// same generation on over it. 10227, a DESTROY retired a session its own failover had
+/// a giver re-handed a copy while its paused receiver was still getting it; the second
+/// receiver, the lineage's only holder, acknowledged an append and crashed, and the first
+/// handed the same generation on over it. 10227, a DESTROY retired a session its own failover had
 /// just claimed, unconfirmed, while another node's claim of that generation lived on.
 const FIXED_SEEDS: &[u64] = &[
     22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,

@@ -67,7 +67,16 @@ impl Node {
     /// (simulation seed 130: a claim placed on no holder took its first confirmation from
     /// a restarted holder, and the rival claim of the same generation, which had
     /// acknowledged an append, was superseded by it).
+    /// Not without replicas: there are no holders, and no round surveys (`replicate`
+    /// returns at once), so the mark would never clear, and the session could never be
+    /// handed over (tests/rolling_restart.rs with `--replicas 0`: a restarted node took
+    /// its old process's session back, every COPY of it was answered NOT_FOUND until the
+    /// asker gave up, SESSION_NOT_FOUND for a live session, and the node's drain ended
+    /// with that session left).
     pub(super) fn mark_unconfirmed_claim(&self, id: SessionId) {
+        if self.config.replicas == 0 {
+            return;
+        }
         let holders = &self.unsure_holders;
         let mut unsure = holders.inner.lock().unwrap_or_else(|e| e.into_inner());
         unsure.sessions.insert(id);

@@ -4,9 +4,10 @@
 //! alive after all, the two copies collide at the lineage's holders and only the first is
 //! accepted. That collision needs a holder that took the first copy and still remembers
 //! it, and the second receiver cannot be its own holder: simulation seed 17 359 with
-//! crashes, the first receiver paused after placing its copy on the lineage's only holder,
-//! the giver re-handed to that holder itself, which acknowledged an append and crashed; the
-//! first receiver woke up, installed the same generation and handed it on over the append.
+//! crashes, the first receiver was paused with the copy on its way, the giver re-handed to
+//! the lineage's only holder, which acknowledged an append and crashed; the first receiver
+//! woke up, installed the same generation (placing it on that holder's new, empty process)
+//! and handed it on over the append.
 //! So the giver asks the receiver first (LOCATE), as its own take-back does
 //! (`Node::promote_from_backups`): the copy is handed on when the receiver's process is
 //! known gone since the handover began (a refused dial, or a new process answered there),

@@ -109,8 +109,8 @@ pub struct HandingOver {
     live: Live,
     /// This handover's transfer id.
     pub transfer: u64,
-    /// When this handover to `to` began here (Unix ms): a receiver's process known gone
-    /// only since then may have taken nothing over (`node/rehand.rs`).
+    /// When this handover to `to` began here (Unix ms): a receiver whose process is known
+    /// gone since then serves nothing of it any more (`node/rehand.rs`).
     pub handed_ms: u64,
     /// This node's own claim ([`Table::promote_local`]), replicating before it installs:
     /// nothing was acknowledged under it yet, so it may lose a tie with another claim of
