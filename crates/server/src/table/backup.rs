@@ -4,6 +4,57 @@
 
 use super::*;
 
+/// What a backup did with a REPLICATE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replicated {
+    /// Stored (or it replaced an older copy). When it replaced this node's own pending
+    /// handover to the sender (the sender chose the giver as its backup), the backups the
+    /// session had here, which must now be told to DROP.
+    Stored(Option<OldBackups>),
+    /// The copy held is as new or newer; nothing changed (still OK for the sender).
+    Ignored,
+    /// This node knows a newer owner: the sender lost the session and must stop serving it.
+    Moved(SocketAddr),
+    /// This node owns the session itself: the sender must stop serving it.
+    OwnedHere,
+    /// The session was destroyed here: nothing is stored, and the sender must not count
+    /// this node as holding its write.
+    Destroyed,
+    /// No room for the copy.
+    Capacity,
+}
+
+/// What the new owner must tell the old backups after a handover completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OldBackups {
+    /// The backups the session had here.
+    pub backups: Box<[SocketAddr]>,
+    /// The generation under which this node owned it (DROP's guard).
+    pub generation: u64,
+}
+
+/// A live session's state to send to backups.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The owner's generation.
+    pub generation: u64,
+    /// The session.
+    pub record: SessionRecord,
+    /// Its current backups.
+    pub backups: Box<[SocketAddr]>,
+}
+
+/// What a backup did with a DROP: see [`Table::drop_backup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// The sender's copy was replaced by a fence (a tombstone, for RETIRE).
+    Fenced,
+    /// No copy of the sender's was held (nothing to do).
+    NotHeld,
+    /// A newer owner holds the session (the unspecified address: this node itself).
+    Newer(SocketAddr),
+}
+
 impl Table {
     /// A backup's step: stores `record`, sent by `owner`, which owns it under
     /// `generation`. Copies are ordered by (generation, version, last access); an older

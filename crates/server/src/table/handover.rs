@@ -3,6 +3,48 @@
 
 use super::*;
 
+/// A handover this node has under way ([`Table::handover_under_way`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HandoverUnderWay {
+    /// The receiver's advertised address.
+    pub to: SocketAddr,
+    /// The handover's generation.
+    pub transfer: u64,
+    /// When it began here (Unix ms).
+    pub handed_ms: u64,
+}
+
+/// The owner's answer to a COPY.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyOutcome {
+    /// Here is the session; the asker owns it now.
+    Data {
+        /// This handover's transfer id.
+        transfer: u64,
+        /// The nodes that may hold a backup copy of this lineage (the receiver must place
+        /// its copy on each before serving; protocol.md 12.4).
+        holders: Vec<SocketAddr>,
+        /// The session.
+        record: SessionRecord,
+    },
+    /// Handed to another node: ask it.
+    Moved(SocketAddr),
+    /// No live session here.
+    NotFound,
+}
+
+/// A session claimed by [`Table::promote_local`], to be replicated and then installed.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The generation it becomes ours under.
+    pub generation: u64,
+    /// The session.
+    pub record: SessionRecord,
+    /// The nodes that held copies of it when it was handed over from here (empty for a
+    /// backup copy): they must all take the new state before a write is acknowledged.
+    pub holders: Box<[SocketAddr]>,
+}
+
 impl Table {
     /// The handover generation this node remembers for the session (0: none, or created
     /// here): what this node puts in its COPY's `last_transfer`.

@@ -27,9 +27,15 @@ mod view;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+pub use backup::{Dropped, OldBackups, Replicated};
+pub use handover::CopyOutcome;
 use sessync_proto::{Attributes, PackedAttributes, PeerIdentity, SessionId, SessionMeta, SessionRecord};
 use store::{LiveNode, MapEntry, ShardMap};
-// Named by benches and tests (feature `testing`); the node only infers it.
+// Named by benches and tests (feature `testing`); the node only infers them.
+#[allow(unused_imports)]
+pub use backup::Snapshot;
+#[allow(unused_imports)]
+pub use handover::{Claimed, HandoverUnderWay};
 #[allow(unused_imports)]
 pub use view::SessionView;
 
@@ -118,17 +124,6 @@ pub struct HandingOver {
     pub claim: bool,
 }
 
-/// A handover this node has under way ([`Table::handover_under_way`]).
-#[derive(Debug, Clone, Copy)]
-pub struct HandoverUnderWay {
-    /// The receiver's advertised address.
-    pub to: SocketAddr,
-    /// The handover's generation.
-    pub transfer: u64,
-    /// When it began here (Unix ms).
-    pub handed_ms: u64,
-}
-
 /// A backup copy of a session another node owns: see [`Entry::Backup`].
 #[derive(Debug)]
 pub struct BackupCopy {
@@ -148,65 +143,6 @@ pub struct BackupCopy {
     /// session lately, which a PROMOTE naming it failed must not override (protocol.md
     /// 12.3 step 2).
     pub written_ms: u64,
-}
-
-/// What a backup did with a REPLICATE.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Replicated {
-    /// Stored (or it replaced an older copy). When it replaced this node's own pending
-    /// handover to the sender (the sender chose the giver as its backup), the backups the
-    /// session had here, which must now be told to DROP.
-    Stored(Option<OldBackups>),
-    /// The copy held is as new or newer; nothing changed (still OK for the sender).
-    Ignored,
-    /// This node knows a newer owner: the sender lost the session and must stop serving it.
-    Moved(SocketAddr),
-    /// This node owns the session itself: the sender must stop serving it.
-    OwnedHere,
-    /// The session was destroyed here: nothing is stored, and the sender must not count
-    /// this node as holding its write.
-    Destroyed,
-    /// No room for the copy.
-    Capacity,
-}
-
-/// What the new owner must tell the old backups after a handover completed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OldBackups {
-    /// The backups the session had here.
-    pub backups: Box<[SocketAddr]>,
-    /// The generation under which this node owned it (DROP's guard).
-    pub generation: u64,
-}
-
-/// A live session's state to send to backups.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// The owner's generation.
-    pub generation: u64,
-    /// The session.
-    pub record: SessionRecord,
-    /// Its current backups.
-    pub backups: Box<[SocketAddr]>,
-}
-
-/// The owner's answer to a COPY.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CopyOutcome {
-    /// Here is the session; the asker owns it now.
-    Data {
-        /// This handover's transfer id.
-        transfer: u64,
-        /// The nodes that may hold a backup copy of this lineage (the receiver must place
-        /// its copy on each before serving; protocol.md 12.4).
-        holders: Vec<SocketAddr>,
-        /// The session.
-        record: SessionRecord,
-    },
-    /// Handed to another node: ask it.
-    Moved(SocketAddr),
-    /// No live session here.
-    NotFound,
 }
 
 /// One slot of the table. The rare, large states are boxed so that a live session's slot
@@ -298,29 +234,6 @@ impl Entry {
 /// A boxed state's charge: the session plus the box.
 fn l_charge_boxed(l: &Live) -> usize {
     l.charge() + std::mem::size_of::<HandingOver>().max(std::mem::size_of::<BackupCopy>())
-}
-
-/// A session claimed by [`Table::promote_local`], to be replicated and then installed.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    /// The generation it becomes ours under.
-    pub generation: u64,
-    /// The session.
-    pub record: SessionRecord,
-    /// The nodes that held copies of it when it was handed over from here (empty for a
-    /// backup copy): they must all take the new state before a write is acknowledged.
-    pub holders: Box<[SocketAddr]>,
-}
-
-/// What a backup did with a DROP: see [`Table::drop_backup`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dropped {
-    /// The sender's copy was replaced by a fence (a tombstone, for RETIRE).
-    Fenced,
-    /// No copy of the sender's was held (nothing to do).
-    NotHeld,
-    /// A newer owner holds the session (the unspecified address: this node itself).
-    Newer(SocketAddr),
 }
 
 /// What an installed copy becomes: see [`Table::install_as`].
