@@ -3,7 +3,8 @@
 //! id, and challenges a lower one, yielding when the rival refuses; a node whose copy may
 //! have acknowledged writes does not give the session up to a rival of its generation
 //! (it acknowledges nothing more while the rival refuses), but does to a newer owner, and
-//! not on a holder's MOVED naming a rival that has since yielded to it.
+//! not on a holder's MOVED naming a rival that has since yielded to it. A claim does not
+//! take the failed owner's older copy, placed on it meanwhile, for a rival claim.
 //! The rivals and holders are fake peers that complete the real handshake.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -359,6 +360,69 @@ async fn a_moved_naming_a_rival_that_yielded_here_does_not_end_the_copy() {
     assert!(
         !owned_here(&mut raw, id).await,
         "the copy is given up to the owner named"
+    );
+    stop(vec![node]).await;
+}
+
+/// A claim does not take the failed owner's own copy of an older generation, placed on
+/// the claiming node while the claim is being placed (the failed owner, cut off rather
+/// than dead, keeps placing its unsure copy on its holders), for a rival claim: that is
+/// the copy the claim supersedes. Taken for a rival, the claim yielded to it while the
+/// failed owner yielded to the claim, and no copy of the session was left (simulation
+/// seed 3476 without crashes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_does_not_yield_to_the_older_copy_it_supersedes() {
+    let id = SessionId::random();
+    let placing = Arc::new(AtomicBool::new(false));
+    let script = {
+        let placing = placing.clone();
+        move |m: &PeerMessage| -> Option<PeerMessage> {
+            match m {
+                PeerMessage::Promote { session_id, .. } => Some(PeerMessage::CopyData {
+                    transfer: 1,
+                    holders: Vec::new(),
+                    record: empty_record(*session_id, sessync_server::clock::now_ms(), 60_000),
+                }),
+                // The claim's round is under way; no answer, so it lasts a peer timeout.
+                PeerMessage::Replicate { .. } => {
+                    placing.store(true, Ordering::SeqCst);
+                    None
+                }
+                PeerMessage::Locate { session_id } => Some(PeerMessage::NotFound {
+                    session_id: *session_id,
+                }),
+                _ => Some(PeerMessage::Ok),
+            }
+        }
+    };
+    let backup = scripted_peer([7; 16], Arc::new(script.clone())).await;
+    let member = scripted_peer([8; 16], Arc::new(script)).await;
+    let node = replicating_node(vec![backup, member]).await;
+    let c = client(node.client_addr()).await;
+    let failed = nowhere();
+    let token = token_for(id, 0, failed, vec![backup]);
+    let get = tokio::spawn(async move { timeout(WAIT, c.get(&token)).await.unwrap() });
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !placing.load(Ordering::SeqCst) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the claim was never placed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The failed owner places its copy (generation 0, below the claim's 1) here meanwhile.
+    let mut raw = authenticated_as(node.peer_addr(), failed, [0xee; 16]).await;
+    let answer = timeout(WAIT, ask(&mut raw, replicate(id, 0, 1))).await.unwrap();
+    assert_eq!(
+        answer,
+        PeerMessage::Ok,
+        "the failed owner's copy is stored while the claim is placed"
+    );
+    let got = get.await.unwrap();
+    assert!(got.is_ok(), "the claim is installed and served: {got:?}");
+    assert!(
+        owned_here(&mut raw, id).await,
+        "the claiming node owns the session"
     );
     stop(vec![node]).await;
 }

@@ -487,7 +487,7 @@ impl Node {
                     &with_lineage(&claim.holders),
                     backups,
                     &[],
-                    true,
+                    Some(failed),
                 )
                 .await;
             // A holder whose process changed after `failed` last wrote the copy claimed
@@ -594,8 +594,15 @@ impl Node {
                 }) if record.id == id && transfer != 0 => {
                     tracing::info!(session = %id, %failed, backup = %b, "took the session over from a backup");
                     Stats::bump(&self.stats.promotions);
-                    self.install_promoted_copy(b, transfer, &record, &with_lineage(&holders), backups)
-                        .await;
+                    self.install_promoted_copy(
+                        b,
+                        transfer,
+                        &record,
+                        &with_lineage(&holders),
+                        backups,
+                        failed,
+                    )
+                    .await;
                     // A copy of this node's own earlier process: which holders that process
                     // placed newer copies on is unknown here, so the claim's confirmations
                     // count only after a survey of the members (simulation seed 9744 with

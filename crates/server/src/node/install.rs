@@ -21,7 +21,7 @@ impl Node {
         holders: &[SocketAddr],
         prefer: &[SocketAddr],
     ) {
-        self.receive_copy(from, transfer, record, holders, prefer, &[])
+        self.receive_copy(from, transfer, record, holders, prefer, None)
             .await
     }
 
@@ -78,7 +78,8 @@ impl Node {
     /// [`Node::install_copy`] for a copy the backup `from` handed over under PROMOTE: it
     /// is handing the session to us and owns nothing, so a holder that names it as the
     /// newer owner answers from a fence or kept copy of an abandoned claim, and the claim
-    /// climbs a generation ([`Node::protect_and_install`], `stale`).
+    /// climbs a generation ([`Node::protect_and_install`], `stale`). `failed`: the owner
+    /// this claim takes over from.
     pub(super) async fn install_promoted_copy(
         &self,
         from: SocketAddr,
@@ -86,8 +87,9 @@ impl Node {
         record: &sessync_proto::SessionRecord,
         holders: &[SocketAddr],
         prefer: &[SocketAddr],
+        failed: SocketAddr,
     ) {
-        self.receive_copy(from, transfer, record, holders, prefer, &[from])
+        self.receive_copy(from, transfer, record, holders, prefer, Some(failed))
             .await
     }
 
@@ -99,10 +101,13 @@ impl Node {
         record: &sessync_proto::SessionRecord,
         holders: &[SocketAddr],
         prefer: &[SocketAddr],
-        stale: &[SocketAddr],
+        failed: Option<SocketAddr>,
     ) {
-        // A copy handed over under PROMOTE (`stale` names its giver) is a claim.
-        let claim = !stale.is_empty();
+        // A copy handed over under PROMOTE (from the failed owner's backup `from`) is a
+        // claim; `from` owns nothing (`stale`, [`Node::protect_and_install`]).
+        let claim = failed.is_some();
+        let giver = [from];
+        let stale: &[SocketAddr] = if claim { &giver } else { &[] };
         if transfer == 0 {
             // No handover has generation 0 (protocol.md 11.1): not installed, replicated
             // or acknowledged.
@@ -144,7 +149,14 @@ impl Node {
         let receiving = (!claim && self.config.replicas > 0)
             .then(|| Receiving::start(&self.receiving, record.id, transfer));
         let landed = self
-            .protect_and_install(transfer, record, &current, &first, stale, claim)
+            .protect_and_install(
+                transfer,
+                record,
+                &current,
+                &first,
+                stale,
+                failed,
+            )
             .await;
         drop(receiving);
         // A copy not installed as the live session is answered COPY_REFUSED, not COPY_ACK,
@@ -262,7 +274,8 @@ impl Node {
     /// generation higher (at most [`MAX_CLAIM_BUMPS`] times; 12.3).
     /// Never the failed owner of a failover: it may be alive and cut off, and its holders'
     /// refusal is what keeps a second owner out (seed 168).
-    /// `claim`: a failover's takeover, not a move. A rival claim that placed its copy on
+    /// `claim`: for a failover's takeover (not a move), the failed owner it takes over
+    /// from. A rival claim that placed its copy on
     /// this node, as a holder, while this one was being placed wins: this node confirmed
     /// that copy, so its owner may have acknowledged writes on it, and installing over it
     /// threw them away (seed 168 again, with the read lease: two backups promoted at once,
@@ -275,8 +288,10 @@ impl Node {
         current: &[SocketAddr],
         prefer: &[SocketAddr],
         stale: &[SocketAddr],
-        claim: bool,
+        claim: Option<SocketAddr>,
     ) -> Landed {
+        let failed = claim;
+        let claim = claim.is_some();
         let id = record.id;
         let mut generation = generation;
         let (landing_backups, superseded) = if self.config.replicas == 0 {
@@ -355,12 +370,19 @@ impl Node {
                 tracing::info!(session = %id, %to, generation, "a holder refused the claim on behalf of a node that does not own the session; claiming one generation higher");
             };
             // A rival's copy taken here meanwhile, as its holder (see `claim`).
-            let rival = match self.table.locate(&id, self.advertise, now_ms()) {
-                Some((sessync_proto::Role::Backup, o))
+            // Not the failed owner's own copy of an older generation, placed here while
+            // this claim was placed (it kept placing its unsure claim on its holders):
+            // that is the copy this claim supersedes, and the failed owner yields to
+            // this claim's copy at its holders. Taken for a rival, both yielded and
+            // fenced each other's copies, and no copy of the session was left anywhere
+            // (simulation seed 3476 without crashes).
+            let rival = match self.table.locate_generation(&id, self.advertise, now_ms()) {
+                Some((sessync_proto::Role::Backup, o, theirs))
                     if claim
                         && o != self.advertise
                         && !stale.contains(&o)
-                        && Some((sessync_proto::Role::Backup, o)) != before =>
+                        && Some((sessync_proto::Role::Backup, o)) != before
+                        && !(Some(o) == failed && theirs < generation) =>
                 {
                     Some(o)
                 }
