@@ -3,7 +3,8 @@
 //! id, and challenges a lower one, yielding when the rival refuses; a node whose copy may
 //! have acknowledged writes does not give the session up to a rival of its generation
 //! (it acknowledges nothing more while the rival refuses), but does to a newer owner, and
-//! not on a holder's MOVED naming a rival that has since yielded to it. A claim does not
+//! not on a holder's MOVED naming a rival that has since yielded to it (nor does a copy
+//! still being placed). A claim does not
 //! take the failed owner's older copy, placed on it meanwhile, for a rival claim.
 //! The rivals and holders are fake peers that complete the real handshake.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -424,5 +425,67 @@ async fn a_claim_does_not_yield_to_the_older_copy_it_supersedes() {
         owned_here(&mut raw, id).await,
         "the claiming node owns the session"
     );
+    stop(vec![node]).await;
+}
+
+/// The same MOVED while a moved copy is still being placed: the copy is installed (the
+/// holder counted as one that did not confirm), not given up to the rival named, which
+/// yielded to this node. Given up, the rival's yield and this copy's left no copy of the
+/// session anywhere (simulation seed 5541 without crashes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_being_placed_is_not_given_up_to_a_rival_that_yielded_to_it() {
+    let id = SessionId::random();
+    let node_addr: Arc<OnceLock<SocketAddr>> = Arc::new(OnceLock::new());
+    let rival = {
+        let node_addr = node_addr.clone();
+        scripted_peer(
+            [0xee; 16],
+            Arc::new(move |m: &PeerMessage| match m {
+                PeerMessage::Locate { session_id } => Some(PeerMessage::Located {
+                    session_id: *session_id,
+                    role: Role::HandedOver,
+                    addr: *node_addr.get().unwrap(),
+                    generation: Some(5),
+                }),
+                _ => Some(PeerMessage::Ok),
+            }),
+        )
+        .await
+    };
+    let holder = scripted_peer(
+        [7; 16],
+        Arc::new(move |m: &PeerMessage| match m {
+            PeerMessage::Replicate { record, .. } => Some(PeerMessage::Moved {
+                session_id: record.id,
+                owner: rival,
+            }),
+            PeerMessage::Locate { session_id } => Some(PeerMessage::NotFound {
+                session_id: *session_id,
+            }),
+            _ => Some(PeerMessage::Ok),
+        }),
+    )
+    .await;
+    let giver = scripted_peer(
+        [8; 16],
+        Arc::new(move |m: &PeerMessage| match m {
+            PeerMessage::Copy { session_id, .. } => Some(PeerMessage::CopyData {
+                transfer: 5,
+                holders: vec![holder],
+                record: empty_record(*session_id, sessync_server::clock::now_ms(), 60_000),
+            }),
+            _ => Some(PeerMessage::Ok),
+        }),
+    )
+    .await;
+    let node = replicating_node(vec![giver, holder]).await;
+    node_addr.set(node.peer_addr()).unwrap();
+    let c = client(node.client_addr()).await;
+    let got = timeout(WAIT, c.get(&token_for(id, 4, giver, vec![holder])))
+        .await
+        .unwrap();
+    assert!(got.is_ok(), "the moved copy is installed and served: {got:?}");
+    let mut raw = authenticated_as(node.peer_addr(), nowhere(), [9; 16]).await;
+    assert!(owned_here(&mut raw, id).await, "the node owns the session");
     stop(vec![node]).await;
 }

@@ -249,9 +249,12 @@ impl Node {
                     {
                         holders.push(b);
                     }
+                    // Also for a copy that acknowledged nothing or is still being placed:
+                    // the rival yielded to it, so giving up too left no copy anywhere
+                    // (simulation seed 5541 without crashes: a moved copy gave up on a
+                    // MOVED naming a claim of its generation that had just yielded to it).
                     Ok(PeerMessage::Moved { owner, .. })
-                        if self.may_have_acknowledged(&id, generation)
-                            && self.moved_names_a_yielded_rival(id, b, owner).await =>
+                        if self.moved_names_a_yielded_rival(id, b, owner).await =>
                     {
                         holders.push(b);
                     }

@@ -149,14 +149,7 @@ impl Node {
         let receiving = (!claim && self.config.replicas > 0)
             .then(|| Receiving::start(&self.receiving, record.id, transfer));
         let landed = self
-            .protect_and_install(
-                transfer,
-                record,
-                &current,
-                &first,
-                stale,
-                failed,
-            )
+            .protect_and_install(transfer, record, &current, &first, stale, failed)
             .await;
         drop(receiving);
         // A copy not installed as the live session is answered COPY_REFUSED, not COPY_ACK,
