@@ -3,8 +3,8 @@
 //! id, and challenges a lower one, yielding when the rival refuses; a node whose copy may
 //! have acknowledged writes does not give the session up to a rival of its generation
 //! (it acknowledges nothing more while the rival refuses), but does to a newer owner, and
-//! not on a holder's MOVED naming a rival that has since yielded to it (nor does a copy
-//! still being placed). A claim does not
+//! not on a holder's MOVED naming a rival that has since yielded to it (nor does a moved
+//! copy still being placed). A claim does not
 //! take the failed owner's older copy, placed on it meanwhile, for a rival claim.
 //! The rivals and holders are fake peers that complete the real handshake.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -31,11 +31,7 @@ async fn never_acknowledged_claim(id: SessionId) -> (sessync_server::NodeHandle,
         let drops = drops.clone();
         move |m: &PeerMessage| -> Option<PeerMessage> {
             match m {
-                PeerMessage::Promote { session_id, .. } => Some(PeerMessage::CopyData {
-                    transfer: 1,
-                    holders: Vec::new(),
-                    record: empty_record(*session_id, sessync_server::clock::now_ms(), 60_000),
-                }),
+                PeerMessage::Promote { session_id, .. } => Some(copy_under_promote(*session_id)),
                 // No answer: the claim counts them as holders that may have its copy.
                 PeerMessage::Replicate { .. } => None,
                 PeerMessage::Locate { session_id } => Some(PeerMessage::NotFound {
@@ -69,6 +65,15 @@ async fn never_acknowledged_claim(id: SessionId) -> (sessync_server::NodeHandle,
         other => panic!("the node owns the claimed session: {other:?}"),
     };
     (node, generation, drops)
+}
+
+/// A fake backup's answer to PROMOTE: its copy of `id`, handed over under transfer 1.
+fn copy_under_promote(id: SessionId) -> PeerMessage {
+    PeerMessage::CopyData {
+        transfer: 1,
+        holders: Vec::new(),
+        record: empty_record(id, sessync_server::clock::now_ms(), 60_000),
+    }
 }
 
 async fn locate(raw: &mut Raw, id: SessionId) -> PeerMessage {
@@ -379,11 +384,7 @@ async fn a_claim_does_not_yield_to_the_older_copy_it_supersedes() {
         let placing = placing.clone();
         move |m: &PeerMessage| -> Option<PeerMessage> {
             match m {
-                PeerMessage::Promote { session_id, .. } => Some(PeerMessage::CopyData {
-                    transfer: 1,
-                    holders: Vec::new(),
-                    record: empty_record(*session_id, sessync_server::clock::now_ms(), 60_000),
-                }),
+                PeerMessage::Promote { session_id, .. } => Some(copy_under_promote(*session_id)),
                 // The claim's round is under way; no answer, so it lasts a peer timeout.
                 PeerMessage::Replicate { .. } => {
                     placing.store(true, Ordering::SeqCst);

@@ -249,12 +249,16 @@ impl Node {
                     {
                         holders.push(b);
                     }
-                    // Also for a copy that acknowledged nothing or is still being placed:
-                    // the rival yielded to it, so giving up too left no copy anywhere
-                    // (simulation seed 5541 without crashes: a moved copy gave up on a
-                    // MOVED naming a claim of its generation that had just yielded to it).
+                    // Also for a moved copy still being placed: the rival yielded to it,
+                    // so giving up too left no copy anywhere (simulation seed 5541 without
+                    // crashes: a moved copy gave up on a MOVED naming a claim of its
+                    // generation that had just yielded to it). A claim being placed
+                    // climbs a generation past such a holder instead
+                    // (`protect_and_install`).
                     Ok(PeerMessage::Moved { owner, .. })
-                        if self.moved_names_a_yielded_rival(id, b, owner).await =>
+                        if (self.may_have_acknowledged(&id, generation)
+                            || self.receiving.get(&id).is_some_and(|t| *t == generation))
+                            && self.moved_names_a_yielded_rival(id, b, owner).await =>
                     {
                         holders.push(b);
                     }

@@ -267,7 +267,7 @@ impl Node {
     /// generation higher (at most [`MAX_CLAIM_BUMPS`] times; 12.3).
     /// Never the failed owner of a failover: it may be alive and cut off, and its holders'
     /// refusal is what keeps a second owner out (seed 168).
-    /// `claim`: for a failover's takeover (not a move), the failed owner it takes over
+    /// `failed`: for a claim (a failover's takeover, not a move), the owner it takes over
     /// from. A rival claim that placed its copy on
     /// this node, as a holder, while this one was being placed wins: this node confirmed
     /// that copy, so its owner may have acknowledged writes on it, and installing over it
@@ -281,10 +281,9 @@ impl Node {
         current: &[SocketAddr],
         prefer: &[SocketAddr],
         stale: &[SocketAddr],
-        claim: Option<SocketAddr>,
+        failed: Option<SocketAddr>,
     ) -> Landed {
-        let failed = claim;
-        let claim = claim.is_some();
+        let claim = failed.is_some();
         let id = record.id;
         let mut generation = generation;
         let (landing_backups, superseded) = if self.config.replicas == 0 {
@@ -362,7 +361,7 @@ impl Node {
                 generation += 1;
                 tracing::info!(session = %id, %to, generation, "a holder refused the claim on behalf of a node that does not own the session; claiming one generation higher");
             };
-            // A rival's copy taken here meanwhile, as its holder (see `claim`).
+            // A rival's copy taken here meanwhile, as its holder (see `failed`).
             // Not the failed owner's own copy of an older generation, placed here while
             // this claim was placed (it kept placing its unsure claim on its holders):
             // that is the copy this claim supersedes, and the failed owner yields to

@@ -93,11 +93,12 @@ impl Node {
     /// Whether a MOVED naming `named`, which the holder `b` answered this node's REPLICATE
     /// of `id` with, is stale: `named` (asked with LOCATE) holds the
     /// session as a backup or forwarding pointer naming this node, so it yielded to this
-    /// copy, and what `b` holds is a fence or copy of `named`'s abandoned claim. The copy
-    /// then keeps the session (or, being placed, is installed), counting `b` as a holder
-    /// that did not confirm; gave up, both copies pointed at each other, and a later claim
-    /// from the abandoned branch lost an acknowledged append (simulation seed 24267 with
-    /// crashes), or no copy was left at all (seed 5541 without crashes).
+    /// copy, and what `b` holds is a fence or copy of `named`'s abandoned claim. A copy that
+    /// may have acknowledged writes then keeps the session (a moved copy being placed is
+    /// installed), counting `b` as a holder that did not confirm; gave up, both copies
+    /// pointed at each other, and a later claim from the abandoned branch lost an
+    /// acknowledged append (simulation seed 24267 with crashes), or no copy was left at
+    /// all (seed 5541 without crashes).
     pub(super) async fn moved_names_a_yielded_rival(
         &self,
         id: SessionId,
