@@ -292,6 +292,49 @@ async fn a_copy_its_receiver_may_hold_is_not_handed_on_to_another_node() {
     stop(nodes).await;
 }
 
+/// A fake giver that is handing session `id` to the node in `to` (filled in once that
+/// node's address is known) under `generation`: COPY is answered MOVED to it, LOCATE
+/// "handed over" to it, and a PROMOTE naming it failed gets the giver's copy under that
+/// generation (each such PROMOTE noted in `promoted`).
+fn giver_handing_to(
+    id: SessionId,
+    to: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+    generation: u64,
+    promoted: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+) -> PeerScript {
+    std::sync::Arc::new(move |m: &PeerMessage| {
+        let to = to
+            .lock()
+            .unwrap()
+            .unwrap_or_else(|| "127.0.0.1:9".parse().unwrap());
+        Some(match m {
+            PeerMessage::Copy { session_id, .. } => PeerMessage::Moved {
+                session_id: *session_id,
+                owner: to,
+            },
+            PeerMessage::Locate { session_id } => PeerMessage::Located {
+                session_id: *session_id,
+                role: sessync_proto::Role::HandedOver,
+                addr: to,
+                generation: Some(generation),
+            },
+            PeerMessage::Promote {
+                session_id,
+                failed_owner,
+                ..
+            } if *session_id == id && *failed_owner == to => {
+                promoted.lock().unwrap().push(*failed_owner);
+                PeerMessage::CopyData {
+                    transfer: generation,
+                    holders: Vec::new(),
+                    record: empty_record(id, sessync_server::clock::now_ms(), 60_000),
+                }
+            }
+            _ => PeerMessage::Ok,
+        })
+    })
+}
+
 /// Without replicas, a node whose earlier process was being handed a session takes it
 /// back from the giver (PROMOTE naming itself, protocol.md 12.4) and can then hand it on
 /// like any other: a COPY gets the copy. The claim-of-its-own-earlier-process rule marked
@@ -305,42 +348,11 @@ async fn without_replicas_a_session_taken_back_from_a_giver_is_handed_on() {
     use std::sync::{Arc, Mutex};
     let id = SessionId::random();
     let node_slot = Arc::new(Mutex::new(None::<std::net::SocketAddr>));
-    let giver = {
-        let node_slot = node_slot.clone();
-        scripted_peer(
-            [5; 16],
-            Arc::new(move |m: &PeerMessage| {
-                let node = node_slot
-                    .lock()
-                    .unwrap()
-                    .unwrap_or_else(|| "127.0.0.1:9".parse().unwrap());
-                Some(match m {
-                    // Handing generation 2 to the node's address (its earlier process).
-                    PeerMessage::Copy { session_id, .. } => PeerMessage::Moved {
-                        session_id: *session_id,
-                        owner: node,
-                    },
-                    PeerMessage::Locate { session_id } => PeerMessage::Located {
-                        session_id: *session_id,
-                        role: sessync_proto::Role::HandedOver,
-                        addr: node,
-                        generation: Some(2),
-                    },
-                    PeerMessage::Promote {
-                        session_id,
-                        failed_owner,
-                        ..
-                    } if *session_id == id && *failed_owner == node => PeerMessage::CopyData {
-                        transfer: 2,
-                        holders: Vec::new(),
-                        record: empty_record(id, sessync_server::clock::now_ms(), 60_000),
-                    },
-                    _ => PeerMessage::Ok,
-                })
-            }),
-        )
-        .await
-    };
+    let giver = scripted_peer(
+        [5; 16],
+        giver_handing_to(id, node_slot.clone(), 2, Arc::new(Mutex::new(Vec::new()))),
+    )
+    .await;
     let mut cfg = config();
     cfg.peers = vec![giver];
     cfg.peer_timeout = std::time::Duration::from_millis(400);
@@ -501,44 +513,11 @@ async fn a_handover_whose_receiver_points_back_older_is_handed_on_again() {
     // Addresses known before the scripts: each fake names the other.
     let receiver_slot = Arc::new(Mutex::new(None::<std::net::SocketAddr>));
     let promoted = Arc::new(Mutex::new(Vec::new()));
-    let giver = {
-        let (receiver, promoted) = (receiver_slot.clone(), promoted.clone());
-        scripted_peer(
-            [5; 16],
-            Arc::new(move |m: &PeerMessage| {
-                let to = receiver
-                    .lock()
-                    .unwrap()
-                    .unwrap_or_else(|| "127.0.0.1:9".parse().unwrap());
-                Some(match m {
-                    PeerMessage::Copy { session_id, .. } => PeerMessage::Moved {
-                        session_id: *session_id,
-                        owner: to,
-                    },
-                    PeerMessage::Locate { session_id } => PeerMessage::Located {
-                        session_id: *session_id,
-                        role: sessync_proto::Role::HandedOver,
-                        addr: to,
-                        generation: Some(38),
-                    },
-                    PeerMessage::Promote {
-                        session_id,
-                        failed_owner,
-                        ..
-                    } if *session_id == id && *failed_owner == to => {
-                        promoted.lock().unwrap().push(*failed_owner);
-                        PeerMessage::CopyData {
-                            transfer: 38,
-                            holders: Vec::new(),
-                            record: empty_record(id, sessync_server::clock::now_ms(), 60_000),
-                        }
-                    }
-                    _ => PeerMessage::Ok,
-                })
-            }),
-        )
-        .await
-    };
+    let giver = scripted_peer(
+        [5; 16],
+        giver_handing_to(id, receiver_slot.clone(), 38, promoted.clone()),
+    )
+    .await;
     let receiver = scripted_peer(
         [6; 16],
         std::sync::Arc::new(move |m: &PeerMessage| {
