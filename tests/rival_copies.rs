@@ -4,7 +4,8 @@
 //! have acknowledged writes does not give the session up to a rival of its generation
 //! (it acknowledges nothing more while the rival refuses), but does to a newer owner, and
 //! not on a holder's MOVED naming a rival that has since yielded to it (nor does a moved
-//! copy still being placed). A claim does not
+//! copy still being placed, which also waits for such a rival still in its round). A
+//! claim does not
 //! take the failed owner's older copy, placed on it meanwhile, for a rival claim.
 //! The rivals and holders are fake peers that complete the real handshake.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -433,15 +434,30 @@ async fn a_claim_does_not_yield_to_the_older_copy_it_supersedes() {
 /// holder counted as one that did not confirm), not given up to the rival named, which
 /// yielded to this node. Given up, the rival's yield and this copy's left no copy of the
 /// session anywhere (simulation seed 5541 without crashes).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_being_placed_is_not_given_up_to_a_rival_that_yielded_to_it() {
+/// A node with `--replicas 1` fetches session `id` from a fake giver; the copy's one
+/// holder answers its REPLICATE with MOVED naming a fake rival, which answers LOCATE as the
+/// owner of the copy's generation `owner_answers` times (a rival claim in the middle of a
+/// round) and then as having handed the session to the node (it yielded to this copy).
+/// Returns whether the GET was served and the node owns the session.
+async fn moved_copy_meets_rival_that_yields(owner_answers: usize) -> (bool, bool) {
     let id = SessionId::random();
     let node_addr: Arc<OnceLock<SocketAddr>> = Arc::new(OnceLock::new());
+    let asked = Arc::new(AtomicUsize::new(0));
     let rival = {
         let node_addr = node_addr.clone();
         scripted_peer(
             [0xee; 16],
             Arc::new(move |m: &PeerMessage| match m {
+                PeerMessage::Locate { session_id }
+                    if asked.fetch_add(1, Ordering::SeqCst) < owner_answers =>
+                {
+                    Some(PeerMessage::Located {
+                        session_id: *session_id,
+                        role: Role::Owner,
+                        addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+                        generation: Some(5),
+                    })
+                }
                 PeerMessage::Locate { session_id } => Some(PeerMessage::Located {
                     session_id: *session_id,
                     role: Role::HandedOver,
@@ -485,8 +501,25 @@ async fn a_copy_being_placed_is_not_given_up_to_a_rival_that_yielded_to_it() {
     let got = timeout(WAIT, c.get(&token_for(id, 4, giver, vec![holder])))
         .await
         .unwrap();
-    assert!(got.is_ok(), "the moved copy is installed and served: {got:?}");
     let mut raw = authenticated_as(node.peer_addr(), nowhere(), [9; 16]).await;
-    assert!(owned_here(&mut raw, id).await, "the node owns the session");
+    let owned = owned_here(&mut raw, id).await;
     stop(vec![node]).await;
+    (got.is_ok(), owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_being_placed_is_not_given_up_to_a_rival_that_yielded_to_it() {
+    let (served, owned) = moved_copy_meets_rival_that_yields(0).await;
+    assert!(served, "the moved copy is installed and served");
+    assert!(owned, "the node owns the session");
+}
+
+/// The rival still owns its copy at the first LOCATE (its round is not over; it answered
+/// the copy's REPLICATE with VERSION_CONFLICT) and yields a moment later: the copy waits
+/// for its decision instead of giving up first (simulation seed 9566 without crashes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_being_placed_waits_for_a_rival_in_the_middle_of_its_round() {
+    let (served, owned) = moved_copy_meets_rival_that_yields(2).await;
+    assert!(served, "the moved copy is installed and served");
+    assert!(owned, "the node owns the session");
 }

@@ -117,9 +117,12 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// receiver, the lineage's only holder, acknowledged an append and crashed, and the first
 /// handed the same generation on over it. 10227, a DESTROY retired a session its own failover had
 /// just claimed, unconfirmed, while another node's claim of that generation lived on.
+/// Session 30 (item 23): 2727 and 17341, a moved copy being placed gave up on a survey's
+/// backup of a claim of its generation that was yielding to it at the same moment.
 const FIXED_SEEDS: &[u64] = &[
     22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,
-    349, 403, 426, 468, 1681, 1971, 5292, 6063, 6475, 6663, 9264, 9744, 10227, 10576, 17359, 24267,
+    349, 403, 426, 468, 1681, 1971, 2727, 5292, 6063, 6475, 6663, 9264, 9744, 10227, 10576, 17341, 17359,
+    24267,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.
@@ -165,9 +168,11 @@ const FIXED_SEEDS: &[u64] = &[
 /// on it meanwhile, while that owner yielded to the claim: only fences were left. 5541
 /// (item 22), a moved copy being placed gave up on a MOVED naming a claim that had
 /// yielded to it, which left only fences too.
+/// Session 30 (item 23): 9566, a moved copy being placed asked a rival claim whether it
+/// had yielded a millisecond before it did, and gave up: only fences again.
 const FIXED_SEEDS_WITHOUT_CRASHES: &[u64] = &[
     13, 121, 208, 418, 492, 745, 913, 1032, 1026, 1104, 2352, 3296, 3341, 3476, 5541, 5934, 6475, 6544, 7536,
-    7805, 8956, 13048, 20142, 20226,
+    7805, 8956, 9566, 13048, 20142, 20226,
 ];
 
 /// The seeds `cargo test` runs: 0 to 19 but those in [`STILL_FAILING`], and

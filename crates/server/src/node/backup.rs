@@ -256,9 +256,8 @@ impl Node {
                     // climbs a generation past such a holder instead
                     // (`protect_and_install`).
                     Ok(PeerMessage::Moved { owner, .. })
-                        if (self.may_have_acknowledged(&id, generation)
-                            || self.receiving.get(&id).is_some_and(|t| *t == generation))
-                            && self.moved_names_a_yielded_rival(id, b, owner).await =>
+                        if self.keeps_against_rival(&id, generation)
+                            && self.moved_names_a_yielded_rival(id, b, owner, generation).await =>
                     {
                         holders.push(b);
                     }

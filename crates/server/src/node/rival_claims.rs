@@ -37,6 +37,11 @@ use sessync_proto::{ErrorCode, ErrorReply, PeerIdentity, SessionRecord};
 
 use super::*;
 
+/// How many times [`Node::moved_names_a_yielded_rival`] asks a rival that still owns a copy
+/// of this generation, half a peer timeout apart: a rival's round lasts at most two peer
+/// timeouts, after which it has yielded or kept its copy for good.
+const RIVAL_ROUND_ASKS: usize = 5;
+
 impl Node {
     /// Remembers that this node's claim of `id`, installed under `generation`, was not
     /// confirmed by the backups it needs: it has acknowledged nothing yet. With
@@ -90,8 +95,16 @@ impl Node {
             && !self.never_acknowledged(id, generation)
     }
 
+    /// Whether this node's copy of `id` under `generation` must not give up to a rival
+    /// copy of that generation: a live copy that may have acknowledged writes, or a moved
+    /// copy still being placed (it carries what its giver acknowledged, which a rival
+    /// claim from a backup may lack).
+    pub(super) fn keeps_against_rival(&self, id: &SessionId, generation: u64) -> bool {
+        self.may_have_acknowledged(id, generation) || self.receiving.get(id).is_some_and(|t| *t == generation)
+    }
+
     /// Whether a MOVED naming `named`, which the holder `b` answered this node's REPLICATE
-    /// of `id` with, is stale: `named` (asked with LOCATE) holds the
+    /// of `id` (under `generation`) with, is stale: `named` (asked with LOCATE) holds the
     /// session as a backup or forwarding pointer naming this node, so it yielded to this
     /// copy, and what `b` holds is a fence or copy of `named`'s abandoned claim. A copy that
     /// may have acknowledged writes then keeps the session (a moved copy being placed is
@@ -99,20 +112,44 @@ impl Node {
     /// pointed at each other, and a later claim from the abandoned branch lost an
     /// acknowledged append (simulation seed 24267 with crashes), or no copy was left at
     /// all (seed 5541 without crashes).
+    ///
+    /// A `named` that still owns a copy of `generation` may be a rival claim in the middle
+    /// of a round, which yields to this copy once the round is over (it answered this
+    /// copy's REPLICATE with VERSION_CONFLICT, 12.4): it is asked again after a pause, up
+    /// to [`RIVAL_ROUND_ASKS`] times in all. Taken at its first answer, the moved copy gave
+    /// up a millisecond before the rival yielded to it, and only fences were left
+    /// (simulation seed 9566 without crashes).
     pub(super) async fn moved_names_a_yielded_rival(
         &self,
         id: SessionId,
         b: SocketAddr,
         named: SocketAddr,
+        generation: u64,
     ) -> bool {
         if named == b || named == self.advertise {
             return false;
         }
-        let stale = matches!(
-            self.ask_locate(id, named).await,
-            Ok(PeerMessage::Located { session_id, role: sessync_proto::Role::Backup | sessync_proto::Role::HandedOver, addr, .. })
-                if session_id == id && addr == self.advertise
-        );
+        let mut asks = 0;
+        let stale = loop {
+            asks += 1;
+            match self.ask_locate(id, named).await {
+                Ok(PeerMessage::Located {
+                    session_id,
+                    role: sessync_proto::Role::Backup | sessync_proto::Role::HandedOver,
+                    addr,
+                    ..
+                }) if session_id == id && addr == self.advertise => break true,
+                Ok(PeerMessage::Located {
+                    session_id,
+                    role: sessync_proto::Role::Owner,
+                    generation: Some(theirs),
+                    ..
+                }) if session_id == id && theirs == generation && asks < RIVAL_ROUND_ASKS => {
+                    tokio::time::sleep(self.config.peer_timeout / 2).await;
+                }
+                _ => break false,
+            }
+        };
         if stale {
             tracing::info!(session = %id, holder = %b, %named, "a holder named a rival that has yielded to this copy, which may have acknowledged writes: the holder stays one that did not confirm");
         }
