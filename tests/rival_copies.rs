@@ -523,3 +523,70 @@ async fn a_copy_being_placed_waits_for_a_rival_in_the_middle_of_its_round() {
     assert!(served, "the moved copy is installed and served");
     assert!(owned, "the node owns the session");
 }
+
+/// A claim that a rival of its generation confirmed (the rival took this copy: it yielded
+/// its own) is installed over what the rival left here meanwhile: its own copy's last
+/// REPLICATE and the DROP with which it yielded, which leave a fence of that generation.
+/// Refused as "not newer" than the fence, the claim was installed nowhere while the rival
+/// had yielded to it, and only fences were left (simulation seed 10153 with crashes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_is_installed_over_the_fence_of_a_rival_that_confirmed_it() {
+    let id = SessionId::random();
+    let node_addr: Arc<OnceLock<SocketAddr>> = Arc::new(OnceLock::new());
+    let rival_addr: Arc<OnceLock<SocketAddr>> = Arc::new(OnceLock::new());
+    // The giver of the claimed copy does not confirm it: the claim goes on to the rival.
+    let backup = scripted_peer(
+        [7; 16],
+        Arc::new(|m: &PeerMessage| match m {
+            PeerMessage::Promote { session_id, .. } => Some(copy_under_promote(*session_id)),
+            PeerMessage::Replicate { .. } => None,
+            PeerMessage::Locate { session_id } => Some(PeerMessage::NotFound {
+                session_id: *session_id,
+            }),
+            _ => Some(PeerMessage::Ok),
+        }),
+    )
+    .await;
+    let rival = {
+        let (node_addr, rival_addr) = (node_addr.clone(), rival_addr.clone());
+        scripted_peer_async(
+            [8; 16],
+            Arc::new(move |m: PeerMessage| {
+                let (node_addr, rival_addr) = (node_addr.clone(), rival_addr.clone());
+                Box::pin(async move {
+                    match m {
+                        // Before it confirms the claim, its own copy of the generation
+                        // lands on the claiming node, and then its DROP.
+                        PeerMessage::Replicate { generation, record } if record.id == id => {
+                            let (node, me) = (*node_addr.get().unwrap(), *rival_addr.get().unwrap());
+                            let mut raw = authenticated_as(node, me, [8; 16]).await;
+                            let stored = timeout(WAIT, ask(&mut raw, replicate(id, generation, 7))).await;
+                            assert_eq!(stored.unwrap(), PeerMessage::Ok, "the rival's copy is stored");
+                            let drop = PeerMessage::Drop {
+                                session_id: id,
+                                generation,
+                            };
+                            let dropped = timeout(WAIT, ask(&mut raw, drop)).await;
+                            assert_eq!(dropped.unwrap(), PeerMessage::Ok, "the rival's copy is fenced");
+                            Some(PeerMessage::Ok)
+                        }
+                        PeerMessage::Locate { session_id } => Some(PeerMessage::NotFound { session_id }),
+                        _ => Some(PeerMessage::Ok),
+                    }
+                })
+            }),
+        )
+        .await
+    };
+    rival_addr.set(rival).unwrap();
+    let node = replicating_node(vec![backup, rival]).await;
+    node_addr.set(node.peer_addr()).unwrap();
+    let c = client(node.client_addr()).await;
+    let got = timeout(WAIT, c.get(&token_for(id, 0, nowhere(), vec![backup])))
+        .await
+        .unwrap();
+    assert!(got.is_ok(), "the claim is installed and served: {got:?}");
+    let mut raw = authenticated_as(node.peer_addr(), nowhere(), [9; 16]).await;
+    assert!(owned_here(&mut raw, id).await, "the node owns the session");
+    stop(vec![node]).await;
+}

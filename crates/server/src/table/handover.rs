@@ -302,11 +302,30 @@ impl Table {
     /// (which already hold it: the new owner replicates *before* it installs, so nothing
     /// is ever served here unprotected, and a reply's token names every backup), or, when
     /// a backup said a newer owner has the session, a forwarding tombstone to it.
+    #[cfg(any(test, feature = "testing"))]
     pub fn install_as(
         &self,
         record: &SessionRecord,
         transfer: u64,
         landing: Landing<'_>,
+        now: u64,
+    ) -> Result<bool, Miss> {
+        self.install_over_yielded(record, transfer, landing, &[], now)
+    }
+
+    /// [`Table::install_as`], where `yielded` are holders that confirmed this very copy:
+    /// a node among them took it, so its own copy of the same generation (held here as a
+    /// backup, or the fence its DROP left when it yielded) is a rival that yielded to this
+    /// one, not a duplicate of it, and is replaced. Refused as "not newer", the copy was
+    /// installed nowhere while the rival had yielded to it (simulation seed 10153 with
+    /// crashes: the rival's last REPLICATE and its DROP reached this node while its claim
+    /// was placed, and only fences were left).
+    pub fn install_over_yielded(
+        &self,
+        record: &SessionRecord,
+        transfer: u64,
+        landing: Landing<'_>,
+        yielded: &[SocketAddr],
         now: u64,
     ) -> Result<bool, Miss> {
         let id = record.id;
@@ -356,6 +375,10 @@ impl Table {
                 // a second owner.
                 let known = match o.get() {
                     Entry::Destroyed { until_ms } if now < *until_ms => return Err(Miss::NotFound),
+                    Entry::Fenced {
+                        owner, generation, ..
+                    } if *generation == transfer && yielded.contains(owner) => 0,
+                    Entry::Backup(b) if b.live.received == transfer && yielded.contains(&b.owner) => 0,
                     e => e.known_generation(),
                 };
                 if transfer <= known {
