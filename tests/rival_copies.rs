@@ -437,9 +437,10 @@ async fn a_claim_does_not_yield_to_the_older_copy_it_supersedes() {
 /// A node with `--replicas 1` fetches session `id` from a fake giver; the copy's one
 /// holder answers its REPLICATE with MOVED naming a fake rival, which answers LOCATE as the
 /// owner of the copy's generation `owner_answers` times (a rival claim in the middle of a
-/// round) and then as having handed the session to the node (it yielded to this copy).
+/// round; with `silent`, it does not answer those LOCATEs at all) and then as having
+/// handed the session to the node (it yielded to this copy).
 /// Returns whether the GET was served and the node owns the session.
-async fn moved_copy_meets_rival_that_yields(owner_answers: usize) -> (bool, bool) {
+async fn moved_copy_meets_rival_that_yields(owner_answers: usize, silent: bool) -> (bool, bool) {
     let id = SessionId::random();
     let node_addr: Arc<OnceLock<SocketAddr>> = Arc::new(OnceLock::new());
     let asked = Arc::new(AtomicUsize::new(0));
@@ -451,7 +452,7 @@ async fn moved_copy_meets_rival_that_yields(owner_answers: usize) -> (bool, bool
                 PeerMessage::Locate { session_id }
                     if asked.fetch_add(1, Ordering::SeqCst) < owner_answers =>
                 {
-                    Some(PeerMessage::Located {
+                    (!silent).then_some(PeerMessage::Located {
                         session_id: *session_id,
                         role: Role::Owner,
                         addr: SocketAddr::from(([127, 0, 0, 1], 1)),
@@ -509,7 +510,7 @@ async fn moved_copy_meets_rival_that_yields(owner_answers: usize) -> (bool, bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_being_placed_is_not_given_up_to_a_rival_that_yielded_to_it() {
-    let (served, owned) = moved_copy_meets_rival_that_yields(0).await;
+    let (served, owned) = moved_copy_meets_rival_that_yields(0, false).await;
     assert!(served, "the moved copy is installed and served");
     assert!(owned, "the node owns the session");
 }
@@ -519,7 +520,16 @@ async fn a_copy_being_placed_is_not_given_up_to_a_rival_that_yielded_to_it() {
 /// for its decision instead of giving up first (simulation seed 9566 without crashes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_being_placed_waits_for_a_rival_in_the_middle_of_its_round() {
-    let (served, owned) = moved_copy_meets_rival_that_yields(2).await;
+    let (served, owned) = moved_copy_meets_rival_that_yields(2, false).await;
+    assert!(served, "the moved copy is installed and served");
+    assert!(owned, "the node owns the session");
+}
+
+/// The rival's first LOCATE reply is lost: it is asked again, and found to have yielded
+/// (simulation seed 12118 without crashes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_being_placed_asks_a_silent_rival_again() {
+    let (served, owned) = moved_copy_meets_rival_that_yields(1, true).await;
     assert!(served, "the moved copy is installed and served");
     assert!(owned, "the node owns the session");
 }

@@ -38,8 +38,8 @@ use sessync_proto::{ErrorCode, ErrorReply, PeerIdentity, SessionRecord};
 use super::*;
 
 /// How many times [`Node::moved_names_a_yielded_rival`] asks a rival that still owns a copy
-/// of this generation, half a peer timeout apart: a rival's round lasts at most two peer
-/// timeouts, after which it has yielded or kept its copy for good.
+/// of this generation (half a peer timeout apart) or is silent, within two peer timeouts: a
+/// rival's round lasts at most that, after which it has yielded or kept its copy for good.
 const RIVAL_ROUND_ASKS: usize = 5;
 
 impl Node {
@@ -116,9 +116,11 @@ impl Node {
     /// A `named` that still owns a copy of `generation` may be a rival claim in the middle
     /// of a round, which yields to this copy once the round is over (it answered this
     /// copy's REPLICATE with VERSION_CONFLICT, 12.4): it is asked again after a pause, up
-    /// to [`RIVAL_ROUND_ASKS`] times in all. Taken at its first answer, the moved copy gave
-    /// up a millisecond before the rival yielded to it, and only fences were left
-    /// (simulation seed 9566 without crashes).
+    /// to [`RIVAL_ROUND_ASKS`] times in all and for two peer timeouts (a round's bound).
+    /// Taken at its first answer, the moved copy gave up a millisecond before the rival
+    /// yielded to it, and only fences were left (simulation seed 9566 without crashes). A
+    /// silent `named` is asked again within the same bounds (seed 12118 without crashes:
+    /// the one LOCATE was lost, and the rival yielded just after the copy gave up).
     pub(super) async fn moved_names_a_yielded_rival(
         &self,
         id: SessionId,
@@ -130,8 +132,10 @@ impl Node {
             return false;
         }
         let mut asks = 0;
+        let until = Instant::now() + self.config.peer_timeout * 2;
         let stale = loop {
             asks += 1;
+            let again = asks < RIVAL_ROUND_ASKS && Instant::now() < until;
             match self.ask_locate(id, named).await {
                 Ok(PeerMessage::Located {
                     session_id,
@@ -144,9 +148,11 @@ impl Node {
                     role: sessync_proto::Role::Owner,
                     generation: Some(theirs),
                     ..
-                }) if session_id == id && theirs == generation && asks < RIVAL_ROUND_ASKS => {
+                }) if session_id == id && theirs == generation && again => {
                     tokio::time::sleep(self.config.peer_timeout / 2).await;
                 }
+                // Silent (its reply lost, or the link still coming up): asked again too.
+                Err(_) if again => {}
                 _ => break false,
             }
         };
