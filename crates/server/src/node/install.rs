@@ -367,16 +367,18 @@ impl Node {
             // that is the copy this claim supersedes, and the failed owner yields to
             // this claim's copy at its holders. Taken for a rival, both yielded and
             // fenced each other's copies, and no copy of the session was left anywhere
-            // (simulation seed 3476 without crashes). Nor a rival that confirmed this
-            // copy in the round: it took this copy, so it yielded its own (seed 10153).
+            // (simulation seed 3476 without crashes). A rival that confirmed this copy
+            // still wins here: a node handing its copy to this one confirms this one's
+            // claim as its receiver's, while its own copy, with acknowledged writes, may
+            // be on its way here (simulation seed 7223 with crashes, with a first version
+            // of seed 10153's rule that let such a rival pass).
             let rival = match self.table.locate_generation(&id, self.advertise, now_ms()) {
                 Some((sessync_proto::Role::Backup, o, theirs))
                     if claim
                         && o != self.advertise
                         && !stale.contains(&o)
                         && Some((sessync_proto::Role::Backup, o)) != before
-                        && !(Some(o) == failed && theirs < generation)
-                        && !confirmed_by(&outcome, o) =>
+                        && !(Some(o) == failed && theirs < generation) =>
                 {
                     Some(o)
                 }
@@ -423,8 +425,9 @@ impl Node {
             (Some(b), None) => Landing::Owner(&b.holders),
             (None, None) => Landing::Owner(&[]),
         };
-        // A holder that confirmed this copy yielded its own copy of the generation to it,
-        // if it had one: what it left here does not keep this copy out.
+        // A holder that confirmed this copy, and whose fence of this generation is here,
+        // yielded its own copy of the generation to this one: the fence does not keep
+        // this copy out.
         let yielded = landing_backups.as_ref().map_or(&[][..], |b| &b.confirmed[..]);
         match self
             .table
@@ -438,12 +441,6 @@ impl Node {
             _ => Landed::Elsewhere,
         }
     }
-}
-
-/// Whether `node` confirmed the copy a round placed (it holds this copy now, so a copy of
-/// its own of the same generation, if it had one, yielded to this one).
-fn confirmed_by(outcome: &RoundOutcome, node: SocketAddr) -> bool {
-    matches!(outcome, RoundOutcome::Done(b) if b.confirmed.contains(&node))
 }
 
 /// A copy handed over here and being placed on its holders ([`Node::receiving`]): the mark

@@ -313,13 +313,15 @@ impl Table {
         self.install_over_yielded(record, transfer, landing, &[], now)
     }
 
-    /// [`Table::install_as`], where `yielded` are holders that confirmed this very copy:
-    /// a node among them took it, so its own copy of the same generation (held here as a
-    /// backup, or the fence its DROP left when it yielded) is a rival that yielded to this
-    /// one, not a duplicate of it, and is replaced. Refused as "not newer", the copy was
-    /// installed nowhere while the rival had yielded to it (simulation seed 10153 with
-    /// crashes: the rival's last REPLICATE and its DROP reached this node while its claim
-    /// was placed, and only fences were left).
+    /// [`Table::install_as`], where `yielded` are holders that confirmed this very copy: a
+    /// fence here of this generation from one of them (the DROP with which it gave its own
+    /// copy of the generation up) is not a copy of this one, so it does not refuse the
+    /// install as "not newer". Refused so, the copy was installed nowhere while the rival
+    /// had yielded to it (simulation seed 10153 with crashes: the rival's last REPLICATE
+    /// and its DROP reached this node while its claim was placed, and only fences were
+    /// left). A live backup copy of theirs still refuses it: such a holder may be handing
+    /// its copy, with acknowledged writes, to this node (seed 7223 with crashes, with a
+    /// first version that let it pass).
     pub fn install_over_yielded(
         &self,
         record: &SessionRecord,
@@ -378,7 +380,6 @@ impl Table {
                     Entry::Fenced {
                         owner, generation, ..
                     } if *generation == transfer && yielded.contains(owner) => 0,
-                    Entry::Backup(b) if b.live.received == transfer && yielded.contains(&b.owner) => 0,
                     e => e.known_generation(),
                 };
                 if transfer <= known {
