@@ -120,11 +120,13 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// Session 30 (item 23): 2727 and 17341, a moved copy being placed gave up on a survey's
 /// backup of a claim of its generation that was yielding to it at the same moment. 10153,
 /// a claim's install was refused by the fence a rival that had confirmed it left as it
-/// yielded.
+/// yielded. 7223, with a first version of that rule that also passed over the rival's
+/// live copy: the rival was handing its copy, with an acknowledged append, to the
+/// claimer, and had confirmed the claim as its receiver's; the append was lost.
 const FIXED_SEEDS: &[u64] = &[
     22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,
-    349, 403, 426, 468, 1681, 1971, 2727, 5292, 6063, 6475, 6663, 9264, 9744, 10153, 10227, 10576, 17341,
-    17359, 24267,
+    349, 403, 426, 468, 1681, 1971, 2727, 5292, 7223, 6063, 6475, 6663, 9264, 9744, 10153, 10227, 10576,
+    17341, 17359, 24267,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.
