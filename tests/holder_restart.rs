@@ -27,9 +27,6 @@ enum Locate {
     OwnsNewer,
     /// No answer.
     Silent,
-    /// It holds a backup copy of another owner's copy of the node's own generation (0): a
-    /// rival of that generation, not a newer one.
-    BacksRivalOfGenerationZero(SocketAddr),
     /// It installed generation 5 and is handing it over to the address given: to the
     /// node under test, which never installed it.
     HandsNewerTo(SocketAddr),
@@ -82,12 +79,6 @@ impl Fake {
                     role: Role::HandedOver,
                     addr: to,
                     generation: Some(5),
-                },
-                Locate::BacksRivalOfGenerationZero(rival) => PeerMessage::Located {
-                    session_id: *session_id,
-                    role: Role::Backup,
-                    addr: rival,
-                    generation: Some(0),
                 },
                 Locate::Silent => return None,
             },
@@ -243,31 +234,6 @@ async fn a_member_handing_a_newer_copy_here_is_a_newer_lineage() {
             Some(ErrorCode::Indeterminate | ErrorCode::SessionNotFound)
         ),
         "a write on a copy older than a member's handover here was acknowledged: {refused:?}"
-    );
-    stop(vec![node]).await;
-}
-
-/// The holder restarts while the other member holds a backup of a rival owner's copy of
-/// this node's own generation: not a newer owner (protocol.md 12.4). This node's copy may
-/// have acknowledged writes, so it keeps the session: the write is not acknowledged while
-/// the rival stands, and reads are still served here. Taken for a newer owner, a moved copy
-/// gave the session up to a rival claim that was yielding to it at the same moment, and no
-/// copy was left anywhere (simulation seed 2727 with crashes). Checked: without the rule
-/// the node gives the session up, and the GET takes it back by a failover (the rival's
-/// address is dead).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backup_of_a_rival_of_the_same_generation_is_not_a_newer_owner() {
-    let (node, c, token, holder, other) = owner_with_a_backup().await;
-    *other.locate.lock().unwrap() = Locate::BacksRivalOfGenerationZero(nowhere());
-    restart(&holder).await;
-    assert_eq!(set(&c, &token, "1").await.err(), Some(ErrorCode::Indeterminate));
-    let got = timeout(WAIT, c.get(&token)).await.unwrap();
-    assert!(got.is_ok(), "{got:?}");
-    let st = timeout(WAIT, c.stats()).await.unwrap().unwrap();
-    assert_eq!(
-        stat(&st, "promotions"),
-        0,
-        "the node gave the session up to a rival of its generation, and took it back by a failover"
     );
     stop(vec![node]).await;
 }

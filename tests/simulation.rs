@@ -117,16 +117,17 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// receiver, the lineage's only holder, acknowledged an append and crashed, and the first
 /// handed the same generation on over it. 10227, a DESTROY retired a session its own failover had
 /// just claimed, unconfirmed, while another node's claim of that generation lived on.
-/// Session 30 (item 23): 2727 and 17341, a moved copy being placed gave up on a survey's
-/// backup of a claim of its generation that was yielding to it at the same moment. 10153,
-/// a claim's install was refused by the fence a rival that had confirmed it left as it
-/// yielded. 7223, with a first version of that rule that also passed over the rival's
-/// live copy: the rival was handing its copy, with an acknowledged append, to the
-/// claimer, and had confirmed the claim as its receiver's; the append was lost.
+/// Session 30 (item 23): 10153, a claim's install was refused by the fence a rival that
+/// had confirmed it left as it yielded. 7223, with a first version of that rule that also
+/// passed over the rival's live copy: the rival was handing its copy, with an acknowledged
+/// append, to the claimer, and had confirmed the claim as its receiver's; the append was
+/// lost. 40863, with a survey rule tried and reverted (a backup of a rival copy of the
+/// surveyor's generation counted as unsettled, not newer): a climbed claim kept its copy
+/// beside the backup of a crashed rival's acknowledged append, and the append was lost.
 const FIXED_SEEDS: &[u64] = &[
     22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,
-    349, 403, 426, 468, 1681, 1971, 2727, 5292, 7223, 6063, 6475, 6663, 9264, 9744, 10153, 10227, 10576,
-    17341, 17359, 24267,
+    349, 403, 426, 468, 1681, 1971, 5292, 6063, 6475, 6663, 7223, 9264, 9744, 10153, 10227, 10576, 17359,
+    24267, 40863,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.

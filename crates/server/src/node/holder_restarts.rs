@@ -289,18 +289,13 @@ impl Node {
                     generation: theirs,
                 }) if session_id == id => match role {
                     sessync_proto::Role::Destroyed => LineageSurvey::Destroyed,
-                    // A rival owner of this very generation (or a backup of one), while the
-                    // copy here may have acknowledged writes or is a moved copy being
-                    // placed: not newer (this copy does not give up to it,
+                    // A rival owner of this very generation, while the copy here may have
+                    // acknowledged writes: not newer (this copy does not give up to it,
                     // `rival_claims.rs`), but nothing is settled while it stands
                     // (simulation seed 6475 with crashes: the survey gave an acknowledged
-                    // append up to a rival that had acknowledged nothing; seed 2727 with
-                    // crashes: a moved copy gave up on a backup of a rival claim that was
-                    // yielding to it at the same time, and no copy was left).
-                    sessync_proto::Role::Owner | sessync_proto::Role::Backup
-                        if theirs == Some(generation)
-                            && (role == sessync_proto::Role::Owner || addr != me)
-                            && self.keeps_against_rival(&id, generation) =>
+                    // append up to a rival that had acknowledged nothing).
+                    sessync_proto::Role::Owner
+                        if theirs == Some(generation) && self.may_have_acknowledged(&id, generation) =>
                     {
                         LineageSurvey::Unknown
                     }
