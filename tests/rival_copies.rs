@@ -508,11 +508,17 @@ async fn moved_copy_meets_rival_that_yields(owner_answers: usize, silent: bool) 
     (got.is_ok(), owned)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_being_placed_is_not_given_up_to_a_rival_that_yielded_to_it() {
-    let (served, owned) = moved_copy_meets_rival_that_yields(0, false).await;
+/// [`moved_copy_meets_rival_that_yields`], which must end with the copy installed, served
+/// and owned here.
+async fn moved_copy_is_kept(owner_answers: usize, silent: bool) {
+    let (served, owned) = moved_copy_meets_rival_that_yields(owner_answers, silent).await;
     assert!(served, "the moved copy is installed and served");
     assert!(owned, "the node owns the session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_being_placed_is_not_given_up_to_a_rival_that_yielded_to_it() {
+    moved_copy_is_kept(0, false).await;
 }
 
 /// The rival still owns its copy at the first LOCATE (its round is not over; it answered
@@ -520,18 +526,14 @@ async fn a_copy_being_placed_is_not_given_up_to_a_rival_that_yielded_to_it() {
 /// for its decision instead of giving up first (simulation seed 9566 without crashes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_being_placed_waits_for_a_rival_in_the_middle_of_its_round() {
-    let (served, owned) = moved_copy_meets_rival_that_yields(2, false).await;
-    assert!(served, "the moved copy is installed and served");
-    assert!(owned, "the node owns the session");
+    moved_copy_is_kept(2, false).await;
 }
 
 /// The rival's first LOCATE reply is lost: it is asked again, and found to have yielded
 /// (simulation seed 12118 without crashes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_being_placed_asks_a_silent_rival_again() {
-    let (served, owned) = moved_copy_meets_rival_that_yields(1, true).await;
-    assert!(served, "the moved copy is installed and served");
-    assert!(owned, "the node owns the session");
+    moved_copy_is_kept(1, true).await;
 }
 
 /// A claim that a rival of its generation confirmed (the rival took this copy: it yielded
