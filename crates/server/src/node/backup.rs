@@ -255,9 +255,25 @@ impl Node {
                     // generation that had just yielded to it). A claim being placed
                     // climbs a generation past such a holder instead
                     // (`protect_and_install`).
+                    //
+                    // And for a copy that never acknowledged, when the rival named is
+                    // one this batch of the round sent the copy to and its node id is lower: it
+                    // yields to this copy by the tie of two claims (12.4) once this
+                    // REPLICATE reaches it (simulation seed 40622 without crashes: the
+                    // rival was paused; this claim gave up on a holder's MOVED naming
+                    // it, and the rival yielded to the claim as it woke).
                     Ok(PeerMessage::Moved { owner, .. })
-                        if self.keeps_against_rival(&id, generation)
-                            && self.moved_names_a_yielded_rival(id, b, owner, generation).await =>
+                        if (self.keeps_against_rival(&id, generation)
+                            || self.wins_tie_against(owner, &batch))
+                            && self
+                                .moved_names_a_yielded_rival(
+                                    id,
+                                    b,
+                                    owner,
+                                    generation,
+                                    !self.keeps_against_rival(&id, generation),
+                                )
+                                .await =>
                     {
                         holders.push(b);
                     }

@@ -278,6 +278,25 @@ impl Node {
         let me = self.advertise;
         // A node before LOCATED carried a generation: taken to know a newer one.
         let at_least = |g: Option<u64>, than: u64| g.is_none_or(|g| g >= than);
+        // Members that yielded their own copy of this generation to this one (the tie of
+        // two claims): each now holds this copy as a backup naming this node. Not one this
+        // node ever saw restart: a new process there stores this copy as a backup too,
+        // while its old one's copy, and the writes it acknowledged, live on in a backup
+        // elsewhere (simulation seed 40863 with crashes).
+        let yielded_here: Vec<SocketAddr> = members
+            .iter()
+            .zip(&replies)
+            .filter(|(&m, _)| self.peers.processes.gone_since(m) == 0)
+            .filter(|(_, reply)| {
+                matches!(reply, Ok(PeerMessage::Located {
+                    session_id,
+                    role: sessync_proto::Role::Backup,
+                    addr,
+                    generation: theirs,
+                }) if *session_id == id && *addr == me && *theirs == Some(generation))
+            })
+            .map(|(&m, _)| m)
+            .collect();
         let mut found = LineageSurvey::Clean;
         for (&m, reply) in members.iter().zip(replies) {
             let this = match reply {
@@ -299,6 +318,18 @@ impl Node {
                     {
                         LineageSurvey::Unknown
                     }
+                    // A rival owner of this generation among this copy's holders, while
+                    // this copy never acknowledged, and whose node id is lower: the round
+                    // placing this copy reaches it, and it yields to this copy by the tie
+                    // of two claims if it never acknowledged either, or answers MOVED, and
+                    // this copy gives up then (12.4). Nothing is settled until it has.
+                    // Counted newer, both gave up at once and only fences were left
+                    // (simulation seed 31330 without crashes).
+                    sessync_proto::Role::Owner
+                        if theirs == Some(generation) && self.wins_tie_against(m, holders) =>
+                    {
+                        LineageSurvey::Unknown
+                    }
                     sessync_proto::Role::Owner if at_least(theirs, generation) => LineageSurvey::Newer(m),
                     sessync_proto::Role::HandedOver if addr != me && at_least(theirs, generation + 1) => {
                         LineageSurvey::Newer(addr)
@@ -311,6 +342,19 @@ impl Node {
                     // 10576 with crashes: the member was paused, its handover here lost).
                     sessync_proto::Role::HandedOver if addr == me && at_least(theirs, generation + 1) => {
                         LineageSurvey::Newer(m)
+                    }
+                    // A backup of a rival copy of this generation whose owner yielded it to
+                    // this copy (it answered this survey as a backup naming this node): a
+                    // copy of that abandoned claim, left where its DROP has not landed.
+                    // Unsettled, not newer: counted newer, this copy gave up while the
+                    // rival had yielded to it, and only fences were left (simulation seed
+                    // 28730 without crashes). A rival that crashed after it acknowledged
+                    // writes on its copy is not taken to have yielded, and counts as newer
+                    // (seed 40863 with crashes).
+                    sessync_proto::Role::Backup
+                        if addr != me && theirs == Some(generation) && yielded_here.contains(&addr) =>
+                    {
+                        LineageSurvey::Unknown
                     }
                     sessync_proto::Role::Backup if addr != me && at_least(theirs, generation) => {
                         LineageSurvey::Newer(addr)

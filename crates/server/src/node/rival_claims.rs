@@ -103,6 +103,19 @@ impl Node {
         self.may_have_acknowledged(id, generation) || self.receiving.get(id).is_some_and(|t| *t == generation)
     }
 
+    /// Whether a rival copy at `rival`, among this copy's holders (`holders`), yields to
+    /// this node's copy by the tie of two claims of one generation (the higher node id
+    /// wins, 12.4) when neither acknowledged: this node's REPLICATE reaches it in the
+    /// round, so the rival is asked whether it did before this copy gives up to it.
+    pub(super) fn wins_tie_against(&self, rival: SocketAddr, holders: &[SocketAddr]) -> bool {
+        holders.contains(&rival)
+            && self
+                .peers
+                .processes
+                .node_id_at(rival)
+                .is_some_and(|r| r < self.node_id)
+    }
+
     /// Whether a MOVED naming `named`, which the holder `b` answered this node's REPLICATE
     /// of `id` (under `generation`) with, is stale: `named` (asked with LOCATE) holds the
     /// session as a backup or forwarding pointer naming this node, so it yielded to this
@@ -121,12 +134,20 @@ impl Node {
     /// yielded to it, and only fences were left (simulation seed 9566 without crashes). A
     /// silent `named` is asked again within the same bounds (seed 12118 without crashes:
     /// the one LOCATE was lost, and the rival yielded just after the copy gave up).
+    ///
+    /// With `by_tie` (this copy never acknowledged, and only the tie of two claims makes
+    /// `named` yield to it, [`Node::wins_tie_against`]) only that yield counts: `named`
+    /// holding this copy's generation as a backup naming this node. A handover of a newer
+    /// generation to this node is not one (simulation seed 34242 without crashes: counted
+    /// so, an older claim kept its copy beside the handover's, and an acknowledged append
+    /// was lost between the two branches).
     pub(super) async fn moved_names_a_yielded_rival(
         &self,
         id: SessionId,
         b: SocketAddr,
         named: SocketAddr,
         generation: u64,
+        by_tie: bool,
     ) -> bool {
         if named == b || named == self.advertise {
             return false;
@@ -139,10 +160,22 @@ impl Node {
             match self.ask_locate(id, named).await {
                 Ok(PeerMessage::Located {
                     session_id,
-                    role: sessync_proto::Role::Backup | sessync_proto::Role::HandedOver,
+                    role,
                     addr,
-                    ..
-                }) if session_id == id && addr == self.advertise => break true,
+                    generation: theirs,
+                }) if session_id == id
+                    && addr == self.advertise
+                    && if by_tie {
+                        role == sessync_proto::Role::Backup && theirs == Some(generation)
+                    } else {
+                        matches!(
+                            role,
+                            sessync_proto::Role::Backup | sessync_proto::Role::HandedOver
+                        )
+                    } =>
+                {
+                    break true
+                }
                 Ok(PeerMessage::Located {
                     session_id,
                     role: sessync_proto::Role::Owner,

@@ -59,6 +59,14 @@ impl Processes {
         inner.gone_ms.get(&addr).copied().unwrap_or(0)
     }
 
+    /// The node id of the process last seen at `addr`, if any answered there: what a
+    /// survey compares with this node's own to know which of two rival claims of one
+    /// generation yields to the other (protocol.md 12.4, the tie of two claims).
+    pub(crate) fn node_id_at(&self, addr: SocketAddr) -> Option<[u8; 16]> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.node_ids.get(&addr).copied()
+    }
+
     /// The addresses where a new process answered since the last call.
     pub(crate) fn take_restarted(&self) -> Vec<SocketAddr> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
