@@ -263,17 +263,9 @@ impl Node {
                     // rival was paused; this claim gave up on a holder's MOVED naming
                     // it, and the rival yielded to the claim as it woke).
                     Ok(PeerMessage::Moved { owner, .. })
-                        if (self.keeps_against_rival(&id, generation)
-                            || self.wins_tie_against(owner, &batch))
-                            && self
-                                .moved_names_a_yielded_rival(
-                                    id,
-                                    b,
-                                    owner,
-                                    generation,
-                                    !self.keeps_against_rival(&id, generation),
-                                )
-                                .await =>
+                        if self
+                            .moved_names_a_yielded_rival(id, b, owner, generation, &batch)
+                            .await =>
                     {
                         holders.push(b);
                     }

@@ -135,8 +135,10 @@ impl Node {
     /// silent `named` is asked again within the same bounds (seed 12118 without crashes:
     /// the one LOCATE was lost, and the rival yielded just after the copy gave up).
     ///
-    /// With `by_tie` (this copy never acknowledged, and only the tie of two claims makes
-    /// `named` yield to it, [`Node::wins_tie_against`]) only that yield counts: `named`
+    /// Asked only for a copy that keeps against a rival ([`Node::keeps_against_rival`]),
+    /// or one that never acknowledged whose round (`batch`) reached a `named` that the tie
+    /// of two claims makes yield to it ([`Node::wins_tie_against`]); otherwise `false`.
+    /// For the latter only that yield counts: `named`
     /// holding this copy's generation as a backup naming this node. A handover of a newer
     /// generation to this node is not one (simulation seed 34242 without crashes: counted
     /// so, an older claim kept its copy beside the handover's, and an acknowledged append
@@ -147,11 +149,18 @@ impl Node {
         b: SocketAddr,
         named: SocketAddr,
         generation: u64,
-        by_tie: bool,
+        batch: &[SocketAddr],
     ) -> bool {
         if named == b || named == self.advertise {
             return false;
         }
+        let by_tie = if self.keeps_against_rival(&id, generation) {
+            false
+        } else if self.wins_tie_against(named, batch) {
+            true
+        } else {
+            return false;
+        };
         let mut asks = 0;
         let until = Instant::now() + self.config.peer_timeout * 2;
         let stale = loop {
