@@ -182,6 +182,22 @@ pub fn empty_record(
     }
 }
 
+/// [`empty_record`] (created now, 60 s idle limit) holding one attribute, `cart` =
+/// `value`: a copy a fake peer hands over whose contents the test checks were served.
+pub fn record_with_cart(id: sessync_proto::SessionId, value: &'static [u8]) -> sessync_proto::SessionRecord {
+    let mut record = empty_record(id, sessync_server::clock::now_ms(), 60_000);
+    let attrs = [("cart".to_string(), bytes::Bytes::from_static(value))]
+        .into_iter()
+        .collect();
+    record.attributes = sessync_proto::PackedAttributes::pack(&attrs);
+    record
+}
+
+/// The `cart` attribute a served session carries, if any.
+pub fn cart(s: &sessync_client::Session) -> Option<&[u8]> {
+    s.attributes.get("cart").map(|v| &v[..])
+}
+
 /// The address a `ready` line gives for `key` (`client=`, `peer=`, `http=`).
 pub fn ready_field(line: &str, key: &str) -> SocketAddr {
     line.split_whitespace()

@@ -170,6 +170,10 @@ impl Node {
         let mut ranked = false;
         let mut next = batch.len().min(candidates.len());
         let mut first_round = true;
+        // Holders that answered VERSION_CONFLICT in this round: a rival copy of this
+        // generation that never acknowledged a write, which yields to this one once its
+        // own round is over (`Node::answer_rival_copy`).
+        let mut yield_promised: Vec<SocketAddr> = Vec::new();
         loop {
             if !first_round {
                 if confirmed.len() >= want || Instant::now() >= overall {
@@ -264,12 +268,13 @@ impl Node {
                     // it, and the rival yielded to the claim as it woke).
                     Ok(PeerMessage::Moved { owner, .. })
                         if self
-                            .moved_names_a_yielded_rival(id, b, owner, generation, &batch)
+                            .moved_names_a_yielded_rival(id, b, owner, generation, &batch, &yield_promised)
                             .await =>
                     {
                         holders.push(b);
                     }
                     Ok(PeerMessage::Moved { owner, .. }) => {
+                        tracing::debug!(session = %id, holder = %b, %owner, generation, "a holder refused the copy, naming a newer owner");
                         superseded = Some(if owner != self.advertise {
                             (owner, false)
                         } else {
@@ -277,6 +282,10 @@ impl Node {
                         });
                     }
                     other => {
+                        if matches!(&other, Ok(PeerMessage::Error(e)) if e.code == sessync_proto::ErrorCode::VersionConflict)
+                        {
+                            yield_promised.push(b);
+                        }
                         Stats::bump(&self.stats.replicate_failures);
                         tracing::debug!(session = %id, backup = %b, "REPLICATE failed: {other:?}");
                         let may_hold = is_current || matches!(other, Err(LinkError::Lost));

@@ -205,6 +205,8 @@ impl Node {
             }
             (result, _) => (result, chain),
         };
+        // The nodes a failover's own COPY chain asked after it (`Node::failover_traced`).
+        let mut followed = Vec::new();
         let result = match (result, chain.split_last()) {
             // The owner is gone (unreachable, or restarted without it): the nodes that
             // pointed to it (it may have made its giver its backup, or never taken the
@@ -246,14 +248,19 @@ impl Node {
                 let mut candidates: Vec<SocketAddr> = before.iter().rev().copied().collect();
                 candidates.extend(backups.iter().filter(|b| !before.contains(b)));
                 // Boxed, as the lookup: rare, and large (BENCHMARKS.md).
-                match Box::pin(self.failover(id, failed, &candidates)).await {
-                    Some(r) => r,
+                match Box::pin(self.failover_traced(id, failed, &candidates, &[])).await {
+                    Some((r, asked)) => {
+                        followed = asked;
+                        r
+                    }
                     None => Err(e),
                 }
             }
             (r, _) => r,
         };
         // Neither the owner nor a backup the token names has it: ask the members (lookup.rs).
+        let mut chain = chain;
+        chain.append(&mut followed);
         let result = self.lookup_if_lost(id, result, &chain, backups).await;
         if result.is_err() {
             Stats::bump(&self.stats.handover_failures);
@@ -423,6 +430,39 @@ impl Node {
         backups: &[SocketAddr],
         lineage: &[SocketAddr],
     ) -> Option<FetchResult> {
+        self.failover_traced(id, failed, backups, lineage)
+            .await
+            .map(|(result, _)| result)
+    }
+
+    /// [`Node::failover_fencing`], with the nodes the COPY chain it followed afterwards
+    /// asked, in order (none when it followed no chain): a fetch counts them as asked, so
+    /// that a cycle of pointers met after a failover is looked up among the members as one
+    /// met before it is (simulation seed 2617 with crashes: a restarted owner's failover
+    /// met a fence pointing at a node whose kept copy pointed back, and every request
+    /// ended TOO_MANY_HOPS for good).
+    pub(super) async fn failover_traced(
+        &self,
+        id: SessionId,
+        failed: SocketAddr,
+        backups: &[SocketAddr],
+        lineage: &[SocketAddr],
+    ) -> Option<(FetchResult, Vec<SocketAddr>)> {
+        self.failover_from(id, failed, backups, lineage, 0).await
+    }
+
+    /// The body of [`Node::failover_traced`]. `earlier_hops`: how many claims of this
+    /// fetch already ended at a holder keeping a newer copy of this address's earlier
+    /// process, each taken over next (at most [`MAX_EARLIER_HOPS`]: each such copy is of a
+    /// newer generation than the last, but a peer says which).
+    async fn failover_from(
+        &self,
+        id: SessionId,
+        failed: SocketAddr,
+        backups: &[SocketAddr],
+        lineage: &[SocketAddr],
+        earlier_hops: usize,
+    ) -> Option<(FetchResult, Vec<SocketAddr>)> {
         tracing::debug!(session = %id, %failed, ?backups, ?lineage, "owner gone; trying its backups");
         let with_lineage = |holders: &[SocketAddr]| -> Vec<SocketAddr> {
             let mut all = holders.to_vec();
@@ -460,7 +500,7 @@ impl Node {
             // backup then installed that backup's older copy over them).
             None => {
                 tracing::debug!(session = %id, %failed, "the failed owner wrote its copy here while the claim waited; not claimed, asked instead");
-                return Some(self.copy_chain(id, failed, true, backups).await.0);
+                return Some(self.copy_chain(id, failed, true, backups).await);
             }
             Some((to, transfer)) => {
                 let never_took = match self.locate_at(id, to).await {
@@ -506,6 +546,15 @@ impl Node {
                     self.mark_unconfirmed_claim(id);
                 }
             }
+            // A holder keeps a newer copy of this address's earlier process: taken over
+            // from it with PROMOTE naming this node as the failed owner (its process is
+            // gone: this one replaced it), at most `MAX_EARLIER_HOPS` times in one
+            // failover.
+            if let (Landed::EarlierProcess(holder), true) = (landed, earlier_hops < MAX_EARLIER_HOPS) {
+                let holders = [holder];
+                return Box::pin(self.failover_from(id, self.advertise, &holders, lineage, earlier_hops + 1))
+                    .await;
+            }
             // Installed: served here. Not installed: a holder refused the claim. When it
             // points at a newer owner, the session lives on there; when it points back at
             // `failed` (a copy it kept when it yielded to `failed`, which holds nothing
@@ -513,12 +562,12 @@ impl Node {
             // Returning "installed" regardless re-served the request from the copy kept
             // here, pointing at `failed`, in a loop (simulation seed 128).
             match self.table.locate(&id, self.advertise, now_ms()) {
-                Some((Role::Owner, _)) => return Some(Ok(Fetched::Installed)),
-                Some((Role::Destroyed, _)) => return Some(Err(FetchError::Destroyed)),
+                Some((Role::Owner, _)) => return Some((Ok(Fetched::Installed), Vec::new())),
+                Some((Role::Destroyed, _)) => return Some((Err(FetchError::Destroyed), Vec::new())),
                 Some((Role::Backup | Role::HandedOver, owner))
                     if owner != failed && owner != self.advertise =>
                 {
-                    return Some(self.copy_chain(id, owner, true, backups).await.0)
+                    return Some(self.copy_chain(id, owner, true, backups).await)
                 }
                 _ => {
                     tracing::debug!(session = %id, %failed, "a holder refused the claim of the copy held here; asking the holders")
@@ -594,15 +643,24 @@ impl Node {
                 }) if record.id == id && transfer != 0 => {
                     tracing::info!(session = %id, %failed, backup = %b, "took the session over from a backup");
                     Stats::bump(&self.stats.promotions);
-                    self.install_promoted_copy(
-                        b,
-                        transfer,
-                        &record,
-                        &with_lineage(&holders),
-                        backups,
-                        failed,
-                    )
-                    .await;
+                    let earlier = self
+                        .install_promoted_copy(b, transfer, &record, &with_lineage(&holders), backups, failed)
+                        .await;
+                    // A holder keeps a newer copy of this address's earlier process: taken
+                    // over from it in turn (simulation seed 9698 with crashes: a restarted
+                    // node's claim of its old process's copy met a holder with a newer one,
+                    // and the session was left behind a pointer to that holder for good).
+                    if let (Some(holder), true) = (earlier, earlier_hops < MAX_EARLIER_HOPS) {
+                        let holders = [holder];
+                        return Box::pin(self.failover_from(
+                            id,
+                            self.advertise,
+                            &holders,
+                            lineage,
+                            earlier_hops + 1,
+                        ))
+                        .await;
+                    }
                     // A copy of this node's own earlier process: which holders that process
                     // placed newer copies on is unknown here, so the claim's confirmations
                     // count only after a survey of the members (simulation seed 9744 with
@@ -616,17 +674,17 @@ impl Node {
                     // (`protect_and_install`, `claim`): the session lives on there.
                     if let Some((Role::Backup, owner)) = self.table.locate(&id, self.advertise, now_ms()) {
                         if owner != self.advertise {
-                            return Some(self.copy_chain(id, owner, true, backups).await.0);
+                            return Some(self.copy_chain(id, owner, true, backups).await);
                         }
                     }
-                    return Some(Ok(Fetched::Installed));
+                    return Some((Ok(Fetched::Installed), Vec::new()));
                 }
                 Ok(PeerMessage::Moved { owner, .. }) if owner == self.advertise => {
-                    return Some(Ok(Fetched::PointsHere))
+                    return Some((Ok(Fetched::PointsHere), Vec::new()))
                 }
                 // The backup knows a newer owner: the session lives on there.
                 Ok(PeerMessage::Moved { owner, .. }) if owner != failed => {
-                    return Some(self.copy_chain(id, owner, true, backups).await.0)
+                    return Some(self.copy_chain(id, owner, true, backups).await)
                 }
                 other => {
                     tracing::debug!(session = %id, backup = %b, "backup did not hand the session over: {other:?}")
@@ -636,6 +694,10 @@ impl Node {
         None
     }
 }
+
+/// Most holders keeping a newer copy of this address's earlier process that one failover
+/// takes over in turn ([`Node::failover_traced`]).
+const MAX_EARLIER_HOPS: usize = 3;
 
 /// How long a COPY chain waits for a node that answers NOT_FOUND where it should have the
 /// session.

@@ -21,7 +21,7 @@ impl Node {
         holders: &[SocketAddr],
         prefer: &[SocketAddr],
     ) {
-        self.receive_copy(from, transfer, record, holders, prefer, None)
+        self.receive_copy(from, transfer, record, holders, prefer, None, &mut None)
             .await
     }
 
@@ -79,7 +79,8 @@ impl Node {
     /// is handing the session to us and owns nothing, so a holder that names it as the
     /// newer owner answers from a fence or kept copy of an abandoned claim, and the claim
     /// climbs a generation ([`Node::protect_and_install`], `stale`). `failed`: the owner
-    /// this claim takes over from.
+    /// this claim takes over from. Returns the holder whose newer copy of this address's
+    /// earlier process the claim met, to be taken over instead ([`Landed::EarlierProcess`]).
     pub(super) async fn install_promoted_copy(
         &self,
         from: SocketAddr,
@@ -88,12 +89,24 @@ impl Node {
         holders: &[SocketAddr],
         prefer: &[SocketAddr],
         failed: SocketAddr,
-    ) {
-        self.receive_copy(from, transfer, record, holders, prefer, Some(failed))
-            .await
+    ) -> Option<SocketAddr> {
+        let mut earlier = None;
+        self.receive_copy(
+            from,
+            transfer,
+            record,
+            holders,
+            prefer,
+            Some(failed),
+            &mut earlier,
+        )
+        .await;
+        earlier
     }
 
-    /// The body of [`Node::install_copy`] and [`Node::install_promoted_copy`].
+    /// The body of [`Node::install_copy`] and [`Node::install_promoted_copy`]; `earlier`
+    /// is set as the latter returns.
+    #[allow(clippy::too_many_arguments)]
     async fn receive_copy(
         &self,
         from: SocketAddr,
@@ -102,6 +115,7 @@ impl Node {
         holders: &[SocketAddr],
         prefer: &[SocketAddr],
         failed: Option<SocketAddr>,
+        earlier: &mut Option<SocketAddr>,
     ) {
         // A copy handed over under PROMOTE (from the failed owner's backup `from`) is a
         // claim; `from` owns nothing (`stale`, [`Node::protect_and_install`]).
@@ -152,6 +166,9 @@ impl Node {
             .protect_and_install(transfer, record, &current, &first, stale, failed)
             .await;
         drop(receiving);
+        if let Landed::EarlierProcess(holder) = landed {
+            *earlier = Some(holder);
+        }
         // A copy not installed as the live session is answered COPY_REFUSED, not COPY_ACK,
         // when the giver would take the ACK for more than "stop offering it": the giver
         // acknowledges a write that went only into this copy once it hears the ACK
@@ -174,13 +191,17 @@ impl Node {
                 tracing::info!(session = %record.id, %from, transfer, "another copy of this generation was installed here first; this one is refused");
                 return self.refuse_copy(from, record.id, transfer);
             }
-            Landed::Elsewhere => match self.table.locate(&record.id, self.advertise, now_ms()) {
-                Some((sessync_proto::Role::Backup, owner)) if owner != from && owner != self.advertise => {
-                    tracing::info!(session = %record.id, %from, %owner, transfer, "the copy lost to a newer owner at a holder; kept, and refused");
-                    return self.refuse_copy(from, record.id, transfer);
+            Landed::Elsewhere | Landed::EarlierProcess(_) => {
+                match self.table.locate(&record.id, self.advertise, now_ms()) {
+                    Some((sessync_proto::Role::Backup, owner))
+                        if owner != from && owner != self.advertise =>
+                    {
+                        tracing::info!(session = %record.id, %from, %owner, transfer, "the copy lost to a newer owner at a holder; kept, and refused");
+                        return self.refuse_copy(from, record.id, transfer);
+                    }
+                    _ => None,
                 }
-                _ => None,
-            },
+            }
         };
         let giver_is_fenced = match &placed {
             Some(backups) => {
@@ -286,6 +307,7 @@ impl Node {
         let claim = failed.is_some();
         let id = record.id;
         let mut generation = generation;
+        let mut earlier_process = None;
         let (landing_backups, superseded) = if self.config.replicas == 0 {
             (None, None)
         } else {
@@ -322,7 +344,7 @@ impl Node {
                 // owns nothing newer). Taking that holder for the newer owner left a kept
                 // copy here pointing at it and its fence pointing back, a cycle that no
                 // request could resolve (seed 230).
-                let to = match &round {
+                let (to, only_names_self) = match &round {
                     RoundOutcome::Superseded {
                         to,
                         yielded,
@@ -333,7 +355,8 @@ impl Node {
                             || (*names_self && claim)
                             || (*yielded && !self.has_restarted(*to))) =>
                     {
-                        *to
+                        let other_reason = stale.contains(to) || (*yielded && !self.has_restarted(*to));
+                        (*to, !other_reason)
                     }
                     _ => break round,
                 };
@@ -347,11 +370,29 @@ impl Node {
                 // A LOCATE whose reply was lost is asked again: taken for "not the owner",
                 // the claim climbed past the giver's live copy and its acknowledged append
                 // (simulation seed 20142 without crashes).
+                let answer = self.locate_at_retrying(id, to, 3).await;
                 if matches!(
-                    self.locate_at_retrying(id, to, 3).await,
+                    answer,
                     super::lookup::LocateAnswer::Entry(sessync_proto::Role::Owner, _)
                 ) {
                     tracing::info!(session = %id, %to, generation, "the node that handed its copy here owns the session again; the claim yields");
+                    break round;
+                }
+                // A holder that names this node only because of its backup copy of a
+                // generation newer than this claim's: this process never placed it (its
+                // own abandoned claims are of this claim's generation or older, and a
+                // newer one would have left a pointer here newer than the backup it
+                // claims from), so an earlier process at this address did, and may have
+                // acknowledged writes on it. Climbed past, they were gone (simulation seed
+                // 7171 with crashes: the new process claimed its backup copy of 16 and
+                // climbed to 19 over the old process's copy of 19, which held three
+                // acknowledged appends). That copy is taken over instead, as a failover
+                // from this node's earlier process (`Node::failover_fencing`).
+                if only_names_self
+                    && matches!(answer, super::lookup::LocateAnswer::Entry(sessync_proto::Role::Backup, Some(h)) if h > generation)
+                {
+                    tracing::info!(session = %id, holder = %to, generation, "a holder keeps a newer copy of this address's earlier process; taken over, not climbed past");
+                    earlier_process = Some(to);
                     break round;
                 }
                 // Fences and kept copies of abandoned claims refuse every copy of
@@ -438,7 +479,10 @@ impl Node {
                 Landed::Owner(landing_backups)
             }
             Ok(false) if superseded.is_none() => Landed::NotNewer,
-            _ => Landed::Elsewhere,
+            _ => match earlier_process {
+                Some(holder) => Landed::EarlierProcess(holder),
+                None => Landed::Elsewhere,
+            },
         }
     }
 }

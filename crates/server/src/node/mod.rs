@@ -68,6 +68,10 @@ enum Landed {
     /// Not installed as the live session: kept below a newer owner, a tombstone here or
     /// at a holder, or a rival claim won here.
     Elsewhere,
+    /// Not installed: the holder named keeps a newer backup copy of this address's
+    /// earlier process (it names this node as the owner), which is to be taken over
+    /// rather than climbed past. As `Elsewhere`, this node points at that holder meanwhile.
+    EarlierProcess(SocketAddr),
 }
 
 /// How replicating a session's current state to its backups went.

@@ -133,7 +133,10 @@ impl Node {
     /// Taken at its first answer, the moved copy gave up a millisecond before the rival
     /// yielded to it, and only fences were left (simulation seed 9566 without crashes). A
     /// silent `named` is asked again within the same bounds (seed 12118 without crashes:
-    /// the one LOCATE was lost, and the rival yielded just after the copy gave up).
+    /// the one LOCATE was lost, and the rival yielded just after the copy gave up). When
+    /// the bounds pass with `named` silent since it said it owns the generation, after it
+    /// promised in `yield_promised` to yield, a copy that keeps against rivals keeps the
+    /// session too, contested (see the end of the body).
     ///
     /// Asked only for a copy that keeps against a rival ([`Node::keeps_against_rival`]),
     /// or one that never acknowledged whose round (`batch`) reached a `named` that the tie
@@ -150,6 +153,7 @@ impl Node {
         named: SocketAddr,
         generation: u64,
         batch: &[SocketAddr],
+        yield_promised: &[SocketAddr],
     ) -> bool {
         if named == b || named == self.advertise {
             return false;
@@ -163,6 +167,9 @@ impl Node {
         };
         let mut asks = 0;
         let until = Instant::now() + self.config.peer_timeout * 2;
+        // `named` answered that it owns a copy of this generation, and has been silent
+        // since: a rival in the middle of its round, whose yield may have been lost.
+        let mut rival_then_silent = false;
         let stale = loop {
             asks += 1;
             let again = asks < RIVAL_ROUND_ASKS && Instant::now() < until;
@@ -190,7 +197,14 @@ impl Node {
                     role: sessync_proto::Role::Owner,
                     generation: Some(theirs),
                     ..
-                }) if session_id == id && theirs == generation && again => {
+                }) if session_id == id && theirs == generation => {
+                    rival_then_silent = true;
+                    if !again {
+                        // Still the owner at the end: its round is over and it did not
+                        // yield (it may have acknowledged writes since).
+                        rival_then_silent = false;
+                        break false;
+                    }
                     tokio::time::sleep(self.config.peer_timeout / 2).await;
                 }
                 // Silent (its reply lost, or the link still coming up): asked again too.
@@ -198,6 +212,21 @@ impl Node {
                 _ => break false,
             }
         };
+        // A copy that keeps against rivals does not give up to a rival of its generation
+        // that promised in this round to yield to it (VERSION_CONFLICT: it never
+        // acknowledged a write) and has been silent since it last said it owns the
+        // generation: it counts the holder as one that did not confirm, and stays
+        // contested until a survey settles it. Given up, and the rival yielded to it a
+        // moment later (its answers to the last asks were lost), only fences were left
+        // (simulation seed 15021 without crashes). A rival still owning the generation at
+        // the last ask is taken for the owner as before: its round ended without its
+        // yield, and it may have acknowledged writes this copy lacks (seed 3594 with
+        // crashes lost an append when such a rival was kept beside).
+        if !stale && rival_then_silent && !by_tie && yield_promised.contains(&named) {
+            tracing::info!(session = %id, holder = %b, %named, generation, "a holder named a rival copy of this generation, which may have acknowledged writes: it stays a holder until the rival yields");
+            self.mark_unconfirmed_claim(id);
+            return true;
+        }
         if stale {
             tracing::info!(session = %id, holder = %b, %named, "a holder named a rival that has yielded to this copy, which may have acknowledged writes: the holder stays one that did not confirm");
         }
