@@ -484,18 +484,7 @@ async fn moved_copy_meets_rival_that_yields(owner_answers: usize, silent: bool) 
         }),
     )
     .await;
-    let giver = scripted_peer(
-        [8; 16],
-        Arc::new(move |m: &PeerMessage| match m {
-            PeerMessage::Copy { session_id, .. } => Some(PeerMessage::CopyData {
-                transfer: 5,
-                holders: vec![holder],
-                record: empty_record(*session_id, sessync_server::clock::now_ms(), 60_000),
-            }),
-            _ => Some(PeerMessage::Ok),
-        }),
-    )
-    .await;
+    let giver = scripted_giver([8; 16], 5, vec![holder]).await;
     let node = replicating_node(vec![giver, holder]).await;
     node_addr.set(node.peer_addr()).unwrap();
     let c = client(node.client_addr()).await;

@@ -71,18 +71,7 @@ async fn moved_copy_meets_rival_through_holder(promises: bool, then_silent: bool
         }),
     )
     .await;
-    let giver = scripted_peer(
-        [8; 16],
-        Arc::new(move |m: &PeerMessage| match m {
-            PeerMessage::Copy { session_id, .. } => Some(PeerMessage::CopyData {
-                transfer: GENERATION,
-                holders: vec![holder, rival],
-                record: empty_record(*session_id, sessync_server::clock::now_ms(), 60_000),
-            }),
-            _ => Some(PeerMessage::Ok),
-        }),
-    )
-    .await;
+    let giver = scripted_giver([8; 16], GENERATION, vec![holder, rival]).await;
     let node = replicating_node(vec![giver, holder, rival]).await;
     let c = client(node.client_addr()).await;
     let got = timeout(WAIT, c.get(&token_for(id, GENERATION - 1, giver, vec![holder])))

@@ -193,6 +193,24 @@ pub fn record_with_cart(id: sessync_proto::SessionId, value: &'static [u8]) -> s
     record
 }
 
+/// A fake giver (as node `node_id`): it answers COPY with its copy of the session (no
+/// attributes) handed over under `transfer` with these `holders`, and OK to the rest.
+pub async fn scripted_giver(node_id: [u8; 16], transfer: u64, holders: Vec<SocketAddr>) -> SocketAddr {
+    use sessync_proto::PeerMessage;
+    scripted_peer(
+        node_id,
+        std::sync::Arc::new(move |m: &PeerMessage| match m {
+            PeerMessage::Copy { session_id, .. } => Some(PeerMessage::CopyData {
+                transfer,
+                holders: holders.clone(),
+                record: empty_record(*session_id, sessync_server::clock::now_ms(), 60_000),
+            }),
+            _ => Some(PeerMessage::Ok),
+        }),
+    )
+    .await
+}
+
 /// The `cart` attribute a served session carries, if any.
 pub fn cart(s: &sessync_client::Session) -> Option<&[u8]> {
     s.attributes.get("cart").map(|v| &v[..])
