@@ -718,12 +718,7 @@ async fn claim_beside_rival(rival_id: [u8; 16], stands: RivalStands) -> bool {
 /// crashes); with a higher one the claim gives up, as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_survey_does_not_give_a_claim_up_to_a_rival_that_yields_to_it() {
-    let (lower, higher) = tokio::join!(
-        claim_beside_rival([0; 16], RivalStands::OwnerAtTheSurvey),
-        claim_beside_rival([0xff; 16], RivalStands::OwnerAtTheSurvey),
-    );
-    assert!(lower, "the claim is kept beside a rival with a lower node id");
-    assert!(!higher, "the claim is given up to a rival with a higher node id");
+    the_tie_decides(RivalStands::OwnerAtTheSurvey).await;
 }
 
 /// A claim that never acknowledged gets MOVED from a holder naming a rival it sent its
@@ -733,9 +728,15 @@ async fn a_survey_does_not_give_a_claim_up_to_a_rival_that_yields_to_it() {
 /// crashes); with a higher one the claim gives up, as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_does_not_give_a_claim_up_to_a_rival_that_yields_to_it() {
+    the_tie_decides(RivalStands::YieldedAfterAMoved).await;
+}
+
+/// [`claim_beside_rival`] with a rival of a lower node id (the claim must be kept) and
+/// one of a higher node id (it must be given up), as `stands` says the rival stands.
+async fn the_tie_decides(stands: RivalStands) {
     let (lower, higher) = tokio::join!(
-        claim_beside_rival([0; 16], RivalStands::YieldedAfterAMoved),
-        claim_beside_rival([0xff; 16], RivalStands::YieldedAfterAMoved),
+        claim_beside_rival([0; 16], stands),
+        claim_beside_rival([0xff; 16], stands),
     );
     assert!(lower, "the claim is kept beside a rival with a lower node id");
     assert!(!higher, "the claim is given up to a rival with a higher node id");

@@ -350,13 +350,12 @@ impl Node {
                         yielded,
                         names_self,
                         ..
-                    } if bumps < MAX_CLAIM_BUMPS
-                        && (stale.contains(to)
-                            || (*names_self && claim)
-                            || (*yielded && !self.has_restarted(*to))) =>
-                    {
-                        let other_reason = stale.contains(to) || (*yielded && !self.has_restarted(*to));
-                        (*to, !other_reason)
+                    } if bumps < MAX_CLAIM_BUMPS => {
+                        let owns_nothing = stale.contains(to) || (*yielded && !self.has_restarted(*to));
+                        if !(owns_nothing || (*names_self && claim)) {
+                            break round;
+                        }
+                        (*to, !owns_nothing)
                     }
                     _ => break round,
                 };
