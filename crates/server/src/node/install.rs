@@ -377,6 +377,21 @@ impl Node {
                     tracing::info!(session = %id, %to, generation, "the node that handed its copy here owns the session again; the claim yields");
                     break round;
                 }
+                // Nor when it has since been part of a lineage newer than this claim (its
+                // entry, a pointer onward or a backup copy, is of a higher generation; a
+                // pointer to this claim is of the claim's own generation): it fetched the
+                // session back and handed it on while this claim was placed, and the
+                // holder refusing in its name keeps that lineage, with its acknowledged
+                // writes. Climbed past, they were gone (simulation seed 48272 without
+                // crashes: the giver fetched the session back at 14 and handed it on at
+                // 15, three appends acknowledged; this claim of 13 climbed to 16 over
+                // them while the giver was between owners).
+                if !only_names_self
+                    && matches!(answer, super::lookup::LocateAnswer::Entry(_, Some(g)) if g > generation)
+                {
+                    tracing::info!(session = %id, %to, generation, "the node that handed its copy here has held a newer generation since; the claim yields");
+                    break round;
+                }
                 // A holder that names this node only because of its backup copy of a
                 // generation newer than this claim's: this process never placed it (its
                 // own abandoned claims are of this claim's generation or older, and a

@@ -1,0 +1,142 @@
+//! When a claim climbs a generation (protocol.md 12.3): over real sockets, a claim whose
+//! holder refuses it in the name of the backup that handed the claim its copy under
+//! PROMOTE climbs past that refusal only while the backup owns nothing newer. A backup
+//! that has since been part of a newer lineage (it fetched the session back and handed
+//! it on) answers LOCATE with that newer generation, and the claim yields to it instead
+//! of climbing over the lineage and its acknowledged writes. The backup and the holder
+//! are fake peers that complete the real handshake.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use common::*;
+use sessync_proto::{PeerMessage, Role};
+use tokio::time::timeout;
+
+/// The generation of the lineage the backup took part in after it handed its copy over:
+/// the holder keeps it, handed on to it by the backup.
+const NEWER: u64 = 3;
+
+/// The two fake members, known once both listen.
+#[derive(Default)]
+struct Members {
+    /// Handed its backup copy (`cart` = `old`) to the node under PROMOTE (transfer 1),
+    /// then fetched the session back and handed it on to `holder` at [`NEWER`].
+    backup: OnceLock<SocketAddr>,
+    /// Owns the session at [`NEWER`] (`cart` = `newer`), and refuses older generations
+    /// naming `backup`, from which it got them.
+    holder: OnceLock<SocketAddr>,
+    /// A REPLICATE carrying the claim's older state was taken over the holder's lineage.
+    replaced: AtomicBool,
+}
+
+impl Members {
+    fn backup_answers(&self, m: &PeerMessage) -> Option<PeerMessage> {
+        let holder = *self.holder.get().expect("both members listen");
+        Some(match m {
+            PeerMessage::Promote { session_id, .. } => PeerMessage::CopyData {
+                transfer: 1,
+                holders: vec![holder],
+                record: record_with_cart(*session_id, b"old"),
+            },
+            // Its entry now: the session handed on to the holder at the newer generation.
+            PeerMessage::Locate { session_id } => PeerMessage::Located {
+                session_id: *session_id,
+                role: Role::HandedOver,
+                addr: holder,
+                generation: Some(NEWER),
+            },
+            PeerMessage::Copy { session_id, .. } => PeerMessage::Moved {
+                session_id: *session_id,
+                owner: holder,
+            },
+            _ => PeerMessage::Ok,
+        })
+    }
+
+    fn holder_answers(&self, m: &PeerMessage) -> Option<PeerMessage> {
+        let backup = *self.backup.get().expect("both members listen");
+        Some(match m {
+            PeerMessage::Replicate { generation, record } if *generation <= NEWER => PeerMessage::Moved {
+                session_id: record.id,
+                owner: backup,
+            },
+            PeerMessage::Replicate { record, .. } => {
+                if record.attributes.iter().any(|(k, v)| k == "cart" && v == b"old") {
+                    self.replaced.store(true, Ordering::SeqCst);
+                }
+                PeerMessage::Ok
+            }
+            PeerMessage::Copy { session_id, .. } => {
+                let mut record = record_with_cart(*session_id, b"newer");
+                record.meta.version = 5;
+                PeerMessage::CopyData {
+                    transfer: NEWER + 1,
+                    holders: Vec::new(),
+                    record,
+                }
+            }
+            PeerMessage::Locate { session_id } => PeerMessage::Located {
+                session_id: *session_id,
+                role: Role::Owner,
+                addr: *self.holder.get().expect("both members listen"),
+                generation: Some(NEWER),
+            },
+            _ => PeerMessage::Ok,
+        })
+    }
+}
+
+/// A GET whose token names a dead owner and one backup: the backup hands its copy over
+/// under PROMOTE (generation 1), and the holder the claim must place it on refuses,
+/// naming that backup, which answers LOCATE with the newer generation it handed on. The
+/// claim yields; the GET is served from the newer lineage, which no REPLICATE of the
+/// claim's older state replaced. Simulation seed 48272 without crashes: the claim of 13
+/// climbed to 16 over the giver's lineage of 15, and three acknowledged appends were
+/// gone. Checked: without the rule, the claim climbs to 4, the holder takes the old
+/// state, and the GET answers `old`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_yields_to_a_newer_lineage_of_the_backup_that_gave_it_its_copy() {
+    let members = Arc::new(Members::default());
+    let backup = scripted_peer([7; 16], {
+        let members = members.clone();
+        Arc::new(move |m: &PeerMessage| members.backup_answers(m))
+    })
+    .await;
+    let holder = scripted_peer([8; 16], {
+        let members = members.clone();
+        Arc::new(move |m: &PeerMessage| members.holder_answers(m))
+    })
+    .await;
+    members.backup.set(backup).unwrap();
+    members.holder.set(holder).unwrap();
+    let mut cfg = config();
+    cfg.replicas = 1;
+    cfg.peers = vec![backup, holder];
+    cfg.peer_timeout = Duration::from_millis(300);
+    cfg.read_lease = Duration::from_millis(100);
+    let node = sessync_server::start(cfg).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let id = sessync_proto::SessionId::random();
+    let token = token_for(id, 0, nowhere(), vec![backup]);
+    let s = timeout(WAIT, c.get(&token))
+        .await
+        .expect("the GET must end")
+        .expect("the session is served");
+    assert!(
+        !members.replaced.load(Ordering::SeqCst),
+        "the claim climbed past the backup's newer lineage and replaced it"
+    );
+    assert_eq!(
+        cart(&s),
+        Some(&b"newer"[..]),
+        "served from the newer lineage: {:?}",
+        s.attributes
+    );
+    stop(vec![node]).await;
+}
