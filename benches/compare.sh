@@ -11,8 +11,10 @@
 # Every run also writes an SVG plot (latency CDF and throughput per target) next to its
 # JSON. benches/netns.sh is the same comparison over links with a real round trip.
 #
-#   bash benches/compare.sh                 # everything, about 12 minutes on 2 cores
+#   bash benches/compare.sh                 # everything, about 15 minutes on 2 cores
 #   DURATION=2s REPEAT=1 MEMORY_SESSIONS=100000 bash benches/compare.sh   # a quick look
+#   NODE_BIN=/path/to/old/sessync OUT=target/bench-before bash benches/compare.sh
+#                                           # another build's nodes, this build's client
 #
 # Results (JSON and the printed tables) go to $OUT (default target/bench-compare).
 set -euo pipefail
@@ -51,6 +53,10 @@ fi
 echo "== building (release)"
 cargo build --release -q -p sessync -p sessync-bench
 bin=target/release
+# The node binary measured; NODE_BIN runs another build's nodes (a "before" column) with
+# this build's sessync-bench, so both columns come from one script and one client.
+node_bin=${NODE_BIN:-$bin/sessync}
+echo "== nodes: $node_bin"
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
@@ -67,7 +73,7 @@ echo "== redis $(redis-server --version | awk '{print $3}') on $redis (no persis
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$tmp/secret"
 nodes=()
 for i in 0 1 2; do
-  "$bin/sessync" node --client 127.0.0.1:0 --peer 127.0.0.1:0 --secret-file "$tmp/secret" \
+  "$node_bin" node --client 127.0.0.1:0 --peer 127.0.0.1:0 --secret-file "$tmp/secret" \
     --max-sessions 50000000 --max-memory 200G --log warn >"$tmp/node$i.out" 2>"$tmp/node$i.err" &
   pids+=($!)
   for _ in $(seq 100); do
@@ -92,7 +98,7 @@ start_cluster() { # $1 = replicas, $2 = nodes (default 3); sets $cluster to the 
   peers=${peers%,}
   for ((i = 0; i < n; i++)); do
     local name="r$1n$n-$i"
-    "$bin/sessync" node --client 127.0.0.1:0 --peer "127.0.0.1:${ports[$i]}" --peers "$peers" \
+    "$node_bin" node --client 127.0.0.1:0 --peer "127.0.0.1:${ports[$i]}" --peers "$peers" \
       --replicas "$1" --secret-file "$tmp/secret" --max-sessions 50000000 --max-memory 200G \
       --log warn >"$tmp/$name.out" 2>"$tmp/$name.err" &
     pids+=($!)
@@ -170,9 +176,9 @@ echo "== 7. cluster size: moves on 5 nodes vs 3 nodes (both --replicas 0)"
 echo
 echo "== 8. memory per session ($MEMORY_SESSIONS sessions)"
 "$bin/sessync-bench" memory --sessions "$MEMORY_SESSIONS" --size 1024 --attrs 8 \
-  --against-redis "$redis" --redis-flush --json-out "$OUT/memory-1k.json" | tee "$OUT/memory-1k.txt"
+  --sessync-bin "$node_bin" --against-redis "$redis" --redis-flush --json-out "$OUT/memory-1k.json" | tee "$OUT/memory-1k.txt"
 "$bin/sessync-bench" memory --sessions "$MEMORY_SESSIONS" --size 100 --attrs 8 \
-  --against-redis "$redis" --redis-flush --json-out "$OUT/memory-100.json" | tee "$OUT/memory-100.txt"
+  --sessync-bin "$node_bin" --against-redis "$redis" --redis-flush --json-out "$OUT/memory-100.json" | tee "$OUT/memory-100.txt"
 
 echo
 echo "== the issue's targets (median of $REPEAT runs; ratios measured in the same run)"
@@ -229,9 +235,32 @@ for size in ("1k", "100"):
     rows.append((f"memory {size}: sessync RSS overhead B/session", s["rss_overhead_per_session"], "<=", 145))
     if r:
         rows.append((f"memory {size}: sessync / Redis overhead ({r['encoding']})", s["rss_overhead_per_session"] / r["overhead_per_session"], "<=", 0.25))
-print(f"{'target':<62} {'measured':>9}  {'wanted':<9} met")
-for name, v, op, want in rows:
-    met = "" if want is None else ("yes" if (v >= want if op == ">=" else v <= want) else "NO")
-    wanted = "" if want is None else f"{op} {want}"
-    print(f"{name:<62} {v:>9.2f}  {wanted:<9} {met}")
+def table(rows):
+    print(f"{'target':<62} {'measured':>9}  {'wanted':<9} met")
+    for name, v, op, want in rows:
+        met = "" if want is None else ("yes" if (v >= want if op == ">=" else v <= want) else "NO")
+        wanted = "" if want is None else f"{op} {want}"
+        print(f"{name:<62} {v:>9.2f}  {wanted:<9} {met}")
+table(rows)
+# Issue 15's table (moves at the speed of local requests), in its own order and targets.
+m100 = mem("memory-100")
+issue15 = [
+    ("move 50x16: throughput / local throughput", ratio("move-throughput", "move: move/local throughput"), ">=", 0.5),
+    ("move 50x16: throughput / Redis HGETALL+EXPIRE", ratio("move-throughput", "move: sessync/redis-hash throughput"), ">=", 1.0),
+    ("move 50x16: p50 / local p50", ratio("move-throughput", "move: move/local p50"), "<=", 3.0),
+    ("sticky-90 50x16: throughput / local", ratio("move-throughput", "sticky-90: sticky-90/local throughput"), ">=", 0.8),
+    ("sticky-90 50x16: throughput / Redis hash", ratio("move-throughput", "sticky-90: sessync/redis-hash throughput"), ">=", 1.5),
+    ("replicas 1 / replicas 0, mixed 50x16 throughput", ratio("backups-throughput", "mixed: replicas-1/sessync throughput"), ">=", 0.8),
+    ("replicas 1 / replicas 0, create 50x16 throughput", ratio("backups-throughput", "create: replicas-1/sessync throughput"), ">=", 0.5),
+    ("move 50x16: replicas 1 / replicas 0 throughput", ratio("backups-move", "move: replicas-1/sessync throughput"), ">=", 0.9),
+    ("sticky-90 50x16: replicas 1 / replicas 0 throughput", ratio("backups-move", "sticky-90: replicas-1/sessync throughput"), ">=", 0.9),
+    ("local 50x16 / Redis hash throughput", ratio("throughput", "local: sessync/redis-hash throughput"), ">=", 2.0),
+    ("local 50x16 / Redis 1 KiB string throughput", ratio("throughput", "local: sessync/redis-string throughput"), ">=", 1.0),
+    ("RSS overhead per session, 1 KiB in 8 attributes (B)", mem("memory-1k")["sessync"]["rss_overhead_per_session"], "<=", 145),
+    ("RSS per session, 100 B in 8 attributes / Redis used_memory", m100.get("ratios", {}).get("rss_per_session", float("nan")), "<=", 0.8),
+    ("local 1x1 p50 / echo p50", ratio("latency", "local: sessync/echo p50"), "<=", 1.1),
+]
+print()
+print("issue 15 (moves at the speed of local requests):")
+table(issue15)
 PY
