@@ -103,16 +103,7 @@ impl Members {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_yields_to_a_newer_lineage_of_the_backup_that_gave_it_its_copy() {
     let members = Arc::new(Members::default());
-    let backup = scripted_peer([7; 16], {
-        let members = members.clone();
-        Arc::new(move |m: &PeerMessage| members.backup_answers(m))
-    })
-    .await;
-    let holder = scripted_peer([8; 16], {
-        let members = members.clone();
-        Arc::new(move |m: &PeerMessage| members.holder_answers(m))
-    })
-    .await;
+    let (backup, holder) = scripted_pair(&members, Members::backup_answers, Members::holder_answers).await;
     members.backup.set(backup).unwrap();
     members.holder.set(holder).unwrap();
     let mut cfg = config();

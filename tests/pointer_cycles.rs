@@ -90,16 +90,7 @@ impl Members {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cycle_met_after_a_failover_is_looked_up_among_the_members() {
     let members = Arc::new(Members::default());
-    let fenced = scripted_peer([7; 16], {
-        let members = members.clone();
-        Arc::new(move |m: &PeerMessage| members.fenced_answers(m))
-    })
-    .await;
-    let keeper = scripted_peer([8; 16], {
-        let members = members.clone();
-        Arc::new(move |m: &PeerMessage| members.keeper_answers(m))
-    })
-    .await;
+    let (fenced, keeper) = scripted_pair(&members, Members::fenced_answers, Members::keeper_answers).await;
     members.fenced.set(fenced).unwrap();
     members.keeper.set(keeper).unwrap();
     let mut cfg = config();

@@ -346,6 +346,25 @@ pub async fn scripted_peer(node_id: [u8; 16], script: PeerScript) -> SocketAddr 
     .await
 }
 
+/// Two fake members (node ids 7 and 8) answering from one shared state, for tests whose
+/// fake peers name each other: `first` and `second` answer for each. Their addresses, in
+/// that order (the caller records them in `members` before the node under test starts).
+pub async fn scripted_pair<M: Send + Sync + 'static>(
+    members: &std::sync::Arc<M>,
+    first: fn(&M, &sessync_proto::PeerMessage) -> Option<sessync_proto::PeerMessage>,
+    second: fn(&M, &sessync_proto::PeerMessage) -> Option<sessync_proto::PeerMessage>,
+) -> (SocketAddr, SocketAddr) {
+    let answering =
+        |answer: fn(&M, &sessync_proto::PeerMessage) -> Option<sessync_proto::PeerMessage>| -> PeerScript {
+            let members = members.clone();
+            std::sync::Arc::new(move |m| answer(&members, m))
+        };
+    (
+        scripted_peer([7; 16], answering(first)).await,
+        scripted_peer([8; 16], answering(second)).await,
+    )
+}
+
 /// [`scripted_peer`] with answers that may take time: one connection's requests are
 /// answered in order, each after its script's future ends.
 pub async fn scripted_peer_async(node_id: [u8; 16], script: AsyncPeerScript) -> SocketAddr {

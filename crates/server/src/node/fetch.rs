@@ -451,6 +451,20 @@ impl Node {
         self.failover_from(id, failed, backups, lineage, 0).await
     }
 
+    /// Takes session `id` over from `holder`, which keeps a newer copy of this address's
+    /// earlier process: a failover naming this node itself as the failed owner (its
+    /// process is gone: this one replaced it), one more of `earlier_hops`. Boxed: it
+    /// recurses into [`Node::failover_from`].
+    async fn take_over_earlier(
+        &self,
+        id: SessionId,
+        holder: SocketAddr,
+        lineage: &[SocketAddr],
+        earlier_hops: usize,
+    ) -> Option<(FetchResult, Vec<SocketAddr>)> {
+        Box::pin(self.failover_from(id, self.advertise, &[holder], lineage, earlier_hops + 1)).await
+    }
+
     /// The body of [`Node::failover_traced`]. `earlier_hops`: how many claims of this
     /// fetch already ended at a holder keeping a newer copy of this address's earlier
     /// process, each taken over next (at most [`MAX_EARLIER_HOPS`]: each such copy is of a
@@ -551,9 +565,7 @@ impl Node {
             // gone: this one replaced it), at most `MAX_EARLIER_HOPS` times in one
             // failover.
             if let (Landed::EarlierProcess(holder), true) = (landed, earlier_hops < MAX_EARLIER_HOPS) {
-                let holders = [holder];
-                return Box::pin(self.failover_from(id, self.advertise, &holders, lineage, earlier_hops + 1))
-                    .await;
+                return self.take_over_earlier(id, holder, lineage, earlier_hops).await;
             }
             // Installed: served here. Not installed: a holder refused the claim. When it
             // points at a newer owner, the session lives on there; when it points back at
@@ -651,15 +663,7 @@ impl Node {
                     // node's claim of its old process's copy met a holder with a newer one,
                     // and the session was left behind a pointer to that holder for good).
                     if let (Some(holder), true) = (earlier, earlier_hops < MAX_EARLIER_HOPS) {
-                        let holders = [holder];
-                        return Box::pin(self.failover_from(
-                            id,
-                            self.advertise,
-                            &holders,
-                            lineage,
-                            earlier_hops + 1,
-                        ))
-                        .await;
+                        return self.take_over_earlier(id, holder, lineage, earlier_hops).await;
                     }
                     // A copy of this node's own earlier process: which holders that process
                     // placed newer copies on is unknown here, so the claim's confirmations
