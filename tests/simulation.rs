@@ -129,10 +129,14 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// claim of the old process's copy under PROMOTE, which left the session behind a pointer
 /// to that holder for good; 2617, a failover's own COPY chain ran into a cycle of pointers
 /// that no lookup followed (TOO_MANY_HOPS for good). 4329 (the same cycle) passes too.
+/// Session 34 (item 27): 30417 and 32002, a restarted node took back the copy its earlier
+/// process had been handed (the giver never heard that process's COPY_ACK) while a member
+/// was silent that held the copy the earlier process had placed there, with appends it
+/// had acknowledged; the appends were lost.
 const FIXED_SEEDS: &[u64] = &[
     22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,
     349, 403, 426, 468, 1681, 1971, 2617, 4329, 5292, 6063, 6475, 6663, 7171, 7223, 9264, 9698, 9744, 10153,
-    10227, 10576, 17359, 24267, 40863,
+    10227, 10576, 17359, 24267, 30417, 32002, 40863,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.

@@ -322,6 +322,23 @@ impl Node {
             // that node is this one, or is gone as a failover requires (it has no entry:
             // a new process; or it fails a fresh PING): a slow receiver may have installed
             // the copy and be serving it, its ACK still on the way.
+            //
+            // And only when every other member answered: the giver still handing the copy
+            // over says only that it never heard the receiver's COPY_ACK, not that the
+            // receiver never sent it. The receiver may have installed the copy, placed it
+            // on holders other than the giver and acknowledged writes before it died; a
+            // member that holds that branch and did not answer would then see an older
+            // copy of the same generation handed on over it (simulation seed 30417 with
+            // crashes: the earlier process of this address placed the copy on a paused
+            // member only and acknowledged two appends; its new process took the giver's
+            // copy back and lost them). A member that answered with such a copy sends the
+            // lookup down the copies branch above instead.
+            if silent.iter().any(|s| *s != lost) {
+                return unsure(format!(
+                    "{} member(s) did not answer a lookup, and one of them may hold what the receiver it was handed to acknowledged",
+                    silent.iter().filter(|s| **s != lost).count()
+                ));
+            }
             let gone = lost == self.advertise
                 || match self.gone_without(id, lost).await {
                     Ok(g) => g,

@@ -1,0 +1,138 @@
+//! Re-handing a copy to the restarted receiver (protocol.md 17.3): over real sockets, a
+//! node whose earlier process received a session (the giver still hands it over: it never
+//! heard that process's COPY_ACK) takes the giver's copy back only when every other
+//! member answered its lookup. The earlier process may have installed the copy, placed
+//! it on another member and acknowledged writes on it; a member that does not answer may
+//! hold exactly that. The giver and the other member are fake peers that complete the
+//! real handshake.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use common::*;
+use sessync_proto::{PeerMessage, Role, SessionId};
+use tokio::time::timeout;
+
+/// The handover's generation: the giver handed its copy to the node's address under it.
+const HANDED: u64 = 7;
+
+/// The two fake members.
+#[derive(Default)]
+struct Members {
+    /// The node's peer address, known once it has started.
+    node: OnceLock<SocketAddr>,
+    /// Whether the other member answers lookups (it knows nothing of the session).
+    other_answers: AtomicBool,
+    /// The giver was asked to hand its copy on (PROMOTE naming the node as failed).
+    rehanded: AtomicBool,
+}
+
+impl Members {
+    /// Still handing the session (`cart` = `old`) to the node's address at [`HANDED`].
+    fn giver_answers(&self, m: &PeerMessage) -> Option<PeerMessage> {
+        let node = *self.node.get().expect("the node has started");
+        Some(match m {
+            PeerMessage::Locate { session_id } => PeerMessage::Located {
+                session_id: *session_id,
+                role: Role::HandedOver,
+                addr: node,
+                generation: Some(HANDED - 1),
+            },
+            PeerMessage::Promote {
+                session_id,
+                failed_owner,
+                ..
+            } if *failed_owner == node => {
+                self.rehanded.store(true, Ordering::SeqCst);
+                PeerMessage::CopyData {
+                    transfer: HANDED,
+                    holders: Vec::new(),
+                    record: record_with_cart(*session_id, b"old"),
+                }
+            }
+            PeerMessage::Copy { session_id, .. } | PeerMessage::Promote { session_id, .. } => {
+                PeerMessage::Moved {
+                    session_id: *session_id,
+                    owner: node,
+                }
+            }
+            _ => PeerMessage::Ok,
+        })
+    }
+
+    /// Silent (a paused process, a cut link) unless `other_answers`; then it holds nothing.
+    fn other_answers(&self, m: &PeerMessage) -> Option<PeerMessage> {
+        if !self.other_answers.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(match m {
+            PeerMessage::Locate { session_id }
+            | PeerMessage::Copy { session_id, .. }
+            | PeerMessage::Promote { session_id, .. } => PeerMessage::NotFound {
+                session_id: *session_id,
+            },
+            _ => PeerMessage::Ok,
+        })
+    }
+}
+
+/// A node (new process) asked for a session whose token names the node's own address,
+/// with the other member silent and the giver still handing the session to this address.
+/// Returns the GET's outcome and whether the giver was asked to hand its copy on.
+async fn get_with_other_member(answers: bool) -> (Result<sessync_client::Session, String>, bool) {
+    let members = Arc::new(Members::default());
+    members.other_answers.store(answers, Ordering::SeqCst);
+    let (giver, other) = scripted_pair(&members, Members::giver_answers, Members::other_answers).await;
+    let mut cfg = config();
+    cfg.replicas = 1;
+    cfg.peers = vec![giver, other];
+    cfg.peer_timeout = Duration::from_millis(300);
+    cfg.read_lease = Duration::from_millis(100);
+    let node = sessync_server::start(cfg).await.unwrap();
+    members.node.set(node.peer_addr()).unwrap();
+    let c = client(node.client_addr()).await;
+    let id = SessionId::random();
+    // The earlier process's token: it owned the session at HANDED, its copy on `other`.
+    let token = token_for(id, HANDED, node.peer_addr(), vec![other]);
+    let got = timeout(WAIT, c.get(&token))
+        .await
+        .expect("the GET must end")
+        .map_err(|e| e.to_string());
+    stop(vec![node]).await;
+    (got, members.rehanded.load(Ordering::SeqCst))
+}
+
+/// The other member does not answer: the giver's copy is not taken back, and the GET is
+/// not served from it. Simulation seed 30417 with crashes: the earlier process had placed
+/// the copy on a paused member only and acknowledged two appends; the new process took
+/// the giver's copy back and the appends were gone. Checked: without the rule, the giver
+/// is asked and the GET answers `old`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_not_taken_back_for_a_restarted_receiver_while_a_member_is_silent() {
+    let (got, rehanded) = get_with_other_member(false).await;
+    assert!(
+        !rehanded,
+        "the giver's copy was taken back while a member was silent"
+    );
+    assert!(got.is_err(), "served from the giver's older copy: {got:?}");
+}
+
+/// The same with every member answering, none holding anything: the giver hands its copy
+/// on to the new process, which serves it (the rule holds only while a member is silent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_taken_back_for_a_restarted_receiver_once_every_member_answered() {
+    let (got, rehanded) = get_with_other_member(true).await;
+    assert!(rehanded, "the giver was not asked to hand its copy on");
+    let s = got.expect("the session is served");
+    assert_eq!(
+        cart(&s),
+        Some(&b"old"[..]),
+        "served from the giver's copy: {:?}",
+        s.attributes
+    );
+}
