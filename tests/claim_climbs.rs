@@ -106,12 +106,12 @@ async fn a_claim_yields_to_a_newer_lineage_of_the_backup_that_gave_it_its_copy()
     let (backup, holder) = scripted_pair(&members, Members::backup_answers, Members::holder_answers).await;
     members.backup.set(backup).unwrap();
     members.holder.set(holder).unwrap();
-    let mut cfg = config();
-    cfg.replicas = 1;
-    cfg.peers = vec![backup, holder];
-    cfg.peer_timeout = Duration::from_millis(300);
-    cfg.read_lease = Duration::from_millis(100);
-    let node = sessync_server::start(cfg).await.unwrap();
+    let node = replicating_node_with(
+        vec![backup, holder],
+        Duration::from_millis(300),
+        Duration::from_millis(100),
+    )
+    .await;
     let c = client(node.client_addr()).await;
     let id = sessync_proto::SessionId::random();
     let token = token_for(id, 0, nowhere(), vec![backup]);
@@ -123,11 +123,6 @@ async fn a_claim_yields_to_a_newer_lineage_of_the_backup_that_gave_it_its_copy()
         !members.replaced.load(Ordering::SeqCst),
         "the claim climbed past the backup's newer lineage and replaced it"
     );
-    assert_eq!(
-        cart(&s),
-        Some(&b"newer"[..]),
-        "served from the newer lineage: {:?}",
-        s.attributes
-    );
+    assert_served_with_cart(&s, b"newer", "the newer lineage");
     stop(vec![node]).await;
 }

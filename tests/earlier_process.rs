@@ -93,12 +93,12 @@ async fn a_claim_takes_over_a_newer_copy_of_this_address_earlier_process() {
         move |m: &PeerMessage| holder.answer(m)
     };
     let holder_addr = scripted_peer([7; 16], Arc::new(script)).await;
-    let mut cfg = config();
-    cfg.replicas = 1;
-    cfg.peers = vec![holder_addr];
-    cfg.peer_timeout = Duration::from_millis(600);
-    cfg.read_lease = Duration::from_millis(200);
-    let node = sessync_server::start(cfg).await.unwrap();
+    let node = replicating_node_with(
+        vec![holder_addr],
+        Duration::from_millis(600),
+        Duration::from_millis(200),
+    )
+    .await;
     holder.node.set(node.peer_addr()).unwrap();
     // The failed owner: an address that refuses connections, whose copy of 16 the node
     // holds as its backup.
@@ -125,11 +125,6 @@ async fn a_claim_takes_over_a_newer_copy_of_this_address_earlier_process() {
         holder.promoted.load(Ordering::SeqCst),
         "the holder was asked for its copy"
     );
-    assert_eq!(
-        cart(&s),
-        Some(&b"kept"[..]),
-        "served from the holder's copy: {:?}",
-        s.attributes
-    );
+    assert_served_with_cart(&s, b"kept", "the holder's copy");
     stop(vec![node]).await;
 }

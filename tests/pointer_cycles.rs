@@ -93,22 +93,18 @@ async fn a_cycle_met_after_a_failover_is_looked_up_among_the_members() {
     let (fenced, keeper) = scripted_pair(&members, Members::fenced_answers, Members::keeper_answers).await;
     members.fenced.set(fenced).unwrap();
     members.keeper.set(keeper).unwrap();
-    let mut cfg = config();
-    cfg.replicas = 1;
-    cfg.peers = vec![fenced, keeper];
-    cfg.peer_timeout = Duration::from_millis(300);
-    let node = sessync_server::start(cfg).await.unwrap();
+    let node = replicating_node_with(
+        vec![fenced, keeper],
+        Duration::from_millis(300),
+        config().read_lease,
+    )
+    .await;
     let c = client(node.client_addr()).await;
     let id = SessionId::random();
     let token = token_for(id, 9, nowhere(), vec![fenced]);
     let got = timeout(WAIT, c.get(&token)).await.expect("the GET must end");
     let s = got.expect("the kept copy is found and taken over");
     assert_eq!(members.taken_over.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        cart(&s),
-        Some(&b"kept"[..]),
-        "served from the kept copy: {:?}",
-        s.attributes
-    );
+    assert_served_with_cart(&s, b"kept", "the kept copy");
     stop(vec![node]).await;
 }

@@ -88,12 +88,12 @@ async fn get_with_other_member(answers: bool) -> (Result<sessync_client::Session
     let members = Arc::new(Members::default());
     members.other_answers.store(answers, Ordering::SeqCst);
     let (giver, other) = scripted_pair(&members, Members::giver_answers, Members::other_answers).await;
-    let mut cfg = config();
-    cfg.replicas = 1;
-    cfg.peers = vec![giver, other];
-    cfg.peer_timeout = Duration::from_millis(300);
-    cfg.read_lease = Duration::from_millis(100);
-    let node = sessync_server::start(cfg).await.unwrap();
+    let node = replicating_node_with(
+        vec![giver, other],
+        Duration::from_millis(300),
+        Duration::from_millis(100),
+    )
+    .await;
     members.node.set(node.peer_addr()).unwrap();
     let c = client(node.client_addr()).await;
     let id = SessionId::random();
@@ -129,10 +129,5 @@ async fn a_copy_is_taken_back_for_a_restarted_receiver_once_every_member_answere
     let (got, rehanded) = get_with_other_member(true).await;
     assert!(rehanded, "the giver was not asked to hand its copy on");
     let s = got.expect("the session is served");
-    assert_eq!(
-        cart(&s),
-        Some(&b"old"[..]),
-        "served from the giver's copy: {:?}",
-        s.attributes
-    );
+    assert_served_with_cart(&s, b"old", "the giver's copy");
 }

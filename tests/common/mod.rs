@@ -28,10 +28,21 @@ pub fn config() -> NodeConfig {
 /// An in-process node with `--replicas 1` whose peers are `peers` (fake ones, usually),
 /// with a short peer timeout so that a silent fake costs little.
 pub async fn replicating_node(peers: Vec<SocketAddr>) -> NodeHandle {
+    replicating_node_with(peers, Duration::from_millis(600), config().read_lease).await
+}
+
+/// [`replicating_node`] with this peer timeout and read lease: tests whose fake members
+/// stay silent or make the node wait out a lease keep both short.
+pub async fn replicating_node_with(
+    peers: Vec<SocketAddr>,
+    peer_timeout: Duration,
+    read_lease: Duration,
+) -> NodeHandle {
     let mut cfg = config();
     cfg.replicas = 1;
     cfg.peers = peers;
-    cfg.peer_timeout = Duration::from_millis(600);
+    cfg.peer_timeout = peer_timeout;
+    cfg.read_lease = read_lease;
     sessync_server::start(cfg).await.unwrap()
 }
 
@@ -214,6 +225,11 @@ pub async fn scripted_giver(node_id: [u8; 16], transfer: u64, holders: Vec<Socke
 /// The `cart` attribute a served session carries, if any.
 pub fn cart(s: &sessync_client::Session) -> Option<&[u8]> {
     s.attributes.get("cart").map(|v| &v[..])
+}
+
+/// Asserts that `s` was served with `cart` = `want`, from the copy `from` names.
+pub fn assert_served_with_cart(s: &sessync_client::Session, want: &[u8], from: &str) {
+    assert_eq!(cart(s), Some(want), "served from {from}: {:?}", s.attributes);
 }
 
 /// The address a `ready` line gives for `key` (`client=`, `peer=`, `http=`).

@@ -333,10 +333,10 @@ impl Node {
             // member only and acknowledged two appends; its new process took the giver's
             // copy back and lost them). A member that answered with such a copy sends the
             // lookup down the copies branch above instead.
-            if silent.iter().any(|s| *s != lost) {
+            let unheard = silent.iter().filter(|s| **s != lost).count();
+            if unheard > 0 {
                 return unsure(format!(
-                    "{} member(s) did not answer a lookup, and one of them may hold what the receiver it was handed to acknowledged",
-                    silent.iter().filter(|s| **s != lost).count()
+                    "{unheard} member(s) did not answer a lookup, and one of them may hold what the receiver it was handed to acknowledged"
                 ));
             }
             let gone = lost == self.advertise
