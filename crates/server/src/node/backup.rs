@@ -88,6 +88,17 @@ impl Node {
             .replicate_round(id, snap.generation, &snap.record, &current, prefer)
             .await
         {
+            // Given up here while the round ran (the peer port stored a newer owner's
+            // copy over this one, which lacks what this round placed): the holders'
+            // confirmations are of a copy that no longer lives on, so they acknowledge
+            // nothing (simulation seed 39269 with crashes: a claim yielded to a newer
+            // claim's REPLICATE in the middle of a write's round, whose holders then
+            // confirmed it, and the append it acknowledged was lost). A hand-over
+            // meanwhile is answered as one before the round (`replicate_write`).
+            RoundOutcome::Done(_) if self.table.live_generation(&id, now_ms()) != Some(snap.generation) => {
+                tracing::debug!(session = %id, generation = snap.generation, "the copy was given up while its round ran");
+                Replication::NotHere
+            }
             RoundOutcome::Done(b) => {
                 tracing::debug!(session = %id, generation = snap.generation, version = snap.record.meta.version, confirmed = ?b.confirmed, holders = ?b.holders, "replicated");
                 self.table.set_backups(&id, snap.generation, &b.holders);
@@ -244,12 +255,15 @@ impl Node {
                     // naming itself; a pointer to ourselves is never followed.)
                     // The node named owns a live copy itself: of this very generation (a
                     // rival, `rival_claims.rs`), this copy, which may have acknowledged
-                    // writes, does not give up; it counts the rival as a holder that
-                    // did not confirm.
+                    // writes, does not give up; it counts the holder as one that did not
+                    // confirm. Also when the holder is not the rival but holds its copy:
+                    // a holder that restarted since it confirmed this copy forgot it, and
+                    // took the rival's (simulation seed 29620 with crashes: this copy
+                    // gave up on such a refusal and its acknowledged append was lost).
                     Ok(PeerMessage::Moved { owner, .. })
-                        if owner == b
+                        if owner != self.advertise
                             && self.may_have_acknowledged(&id, generation)
-                            && self.rival_of_generation(id, b, generation).await =>
+                            && self.rival_of_generation(id, owner, generation).await =>
                     {
                         holders.push(b);
                     }

@@ -356,6 +356,17 @@ impl Node {
                     {
                         LineageSurvey::Unknown
                     }
+                    // A backup of a rival owner's copy of this very generation, while this
+                    // copy may have acknowledged writes: as for the rival itself, not
+                    // newer. Such a member restarted since it held this copy and took the
+                    // rival's (simulation seed 29620 with crashes).
+                    sessync_proto::Role::Backup
+                        if addr != me
+                            && theirs == Some(generation)
+                            && self.may_have_acknowledged(&id, generation) =>
+                    {
+                        LineageSurvey::Unknown
+                    }
                     sessync_proto::Role::Backup if addr != me && at_least(theirs, generation) => {
                         LineageSurvey::Newer(addr)
                     }

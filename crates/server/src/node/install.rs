@@ -306,6 +306,7 @@ impl Node {
     ) -> Landed {
         let claim = failed.is_some();
         let id = record.id;
+        let claimed = generation;
         let mut generation = generation;
         let mut earlier_process = None;
         let (landing_backups, superseded) = if self.config.replicas == 0 {
@@ -422,18 +423,25 @@ impl Node {
             // that is the copy this claim supersedes, and the failed owner yields to
             // this claim's copy at its holders. Taken for a rival, both yielded and
             // fenced each other's copies, and no copy of the session was left anywhere
-            // (simulation seed 3476 without crashes). A rival that confirmed this copy
-            // still wins here: a node handing its copy to this one confirms this one's
-            // claim as its receiver's, while its own copy, with acknowledged writes, may
-            // be on its way here (simulation seed 7223 with crashes, with a first version
-            // of seed 10153's rule that let such a rival pass).
+            // (simulation seed 3476 without crashes). Nor a copy of a generation older
+            // than the one this claim began with: a rival claim is of this claim's
+            // generation (or one it climbed to), and an older copy is a stale owner's,
+            // stored at this address while its new process had nothing (simulation seed
+            // 37179 with crashes: a claim of 9 yielded to a stale owner's copy of 4, and
+            // the acknowledged append of the lineage it claimed was lost). A rival that
+            // confirmed this copy still wins here: a node handing its copy to this one
+            // confirms this one's claim as its receiver's, while its own copy, with
+            // acknowledged writes, may be on its way here (simulation seed 7223 with
+            // crashes, with a first version of seed 10153's rule that let such a rival
+            // pass).
             let rival = match self.table.locate_generation(&id, self.advertise, now_ms()) {
                 Some((sessync_proto::Role::Backup, o, theirs))
                     if claim
                         && o != self.advertise
                         && !stale.contains(&o)
                         && Some((sessync_proto::Role::Backup, o)) != before
-                        && !(Some(o) == failed && theirs < generation) =>
+                        && !(Some(o) == failed && theirs < generation)
+                        && theirs >= claimed =>
                 {
                     Some(o)
                 }
