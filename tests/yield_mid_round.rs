@@ -8,14 +8,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::member::{dial_as_member, read_reply};
 use common::*;
-use futures_util::{SinkExt, StreamExt};
-use sessync_proto::{Dialler, FrameCodec, Message, PeerMessage, SessionId};
+use futures_util::SinkExt;
+use sessync_proto::{PeerMessage, SessionId};
 use tokio::sync::Notify;
 use tokio::time::timeout;
 
@@ -28,36 +28,6 @@ struct Holder {
     arrived: Notify,
     /// Lets the waiting REPLICATE be answered OK.
     release: Notify,
-}
-
-/// Dials `node`'s peer port as the member `advertised` (node id `node_id`) and completes
-/// the handshake: the connection on which the test speaks as that member.
-async fn dial_as_member(
-    node: SocketAddr,
-    node_id: [u8; 16],
-    advertised: SocketAddr,
-) -> tokio_util::codec::Framed<tokio::net::TcpStream, FrameCodec> {
-    let stream = tokio::net::TcpStream::connect(node).await.unwrap();
-    let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::new(1 << 20));
-    let (dialler, hello) = Dialler::start(keys(), node_id, advertised);
-    framed.send((1, hello)).await.unwrap();
-    let challenge = read_reply(&mut framed).await;
-    let (_, proof) = dialler.handle_challenge(challenge).unwrap();
-    framed.send((2, proof)).await.unwrap();
-    assert_eq!(read_reply(&mut framed).await, PeerMessage::AuthOk);
-    framed
-}
-
-/// The next message on a peer connection, within [`WAIT`].
-async fn read_reply(
-    framed: &mut tokio_util::codec::Framed<tokio::net::TcpStream, FrameCodec>,
-) -> PeerMessage {
-    let frame = timeout(WAIT, framed.next())
-        .await
-        .expect("the node answers")
-        .expect("the connection stays open")
-        .unwrap();
-    PeerMessage::decode_frame(&frame, &Default::default()).unwrap()
 }
 
 /// The node created the session (generation 0, its copy on the holder). A write's round

@@ -282,6 +282,7 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
 }
 
 pub mod certs;
+pub mod member;
 pub mod raw_peer;
 
 /// `SESSYNC_SIM_LOG=debug` (or any tracing filter) prints the simulated nodes' logs of a

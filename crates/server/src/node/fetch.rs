@@ -500,11 +500,18 @@ impl Node {
             // A backup copy of `failed`'s is claimed once `failed`'s read lease on it has
             // ended (protocol.md 12.3 step 1): `failed` may be alive and cut off, serving
             // reads of its copy without asking anyone until then.
+            // A kept copy (this node's own older state) only while no member shows that
+            // `failed`'s lineage went on past it (`node/kept_copies.rs`); else its holders
+            // are asked below.
             None if self.wait_out_old_owner_lease(&id, failed).await => {
-                let written = self.table.backup_placed_since_ms(&id, failed);
-                self.table
-                    .promote_local(&id, failed, self.identity(), now_ms())
-                    .map(|c| (c, written))
+                if self.kept_copy_claimable(id, failed).await {
+                    let written = self.table.backup_placed_since_ms(&id, failed);
+                    self.table
+                        .promote_local(&id, failed, self.identity(), now_ms())
+                        .map(|c| (c, written))
+                } else {
+                    None
+                }
             }
             // `failed` is alive and owns the session (its process wrote here: a new one
             // that took a copy over, say): it is asked, not failed over from. Asking the
@@ -518,7 +525,15 @@ impl Node {
             }
             Some((to, transfer)) => {
                 let never_took = match self.locate_at(id, to).await {
-                    LocateAnswer::NoEntry => true,
+                    // A new process there: the earlier one may have installed the copy and
+                    // handed it on before it died (no entry says nothing of what it did:
+                    // protocol.md 12.4). Taken back only when every other member answered
+                    // holding nothing of the handover's generation or newer (simulation
+                    // seed 1710 with crashes: the receiver's earlier process acknowledged
+                    // an append and handed the session on, a second append was
+                    // acknowledged there, and this node's take-back of the first copy
+                    // became the lineage that went on).
+                    LocateAnswer::NoEntry => self.members_hold_nothing_from(id, transfer, to, true).await,
                     LocateAnswer::Entry(Role::HandedOver, Some(g)) => g < transfer,
                     _ => false,
                 };
@@ -564,8 +579,12 @@ impl Node {
             // from it with PROMOTE naming this node as the failed owner (its process is
             // gone: this one replaced it), at most `MAX_EARLIER_HOPS` times in one
             // failover.
-            if let (Landed::EarlierProcess(holder), true) = (landed, earlier_hops < MAX_EARLIER_HOPS) {
-                return self.take_over_earlier(id, holder, lineage, earlier_hops).await;
+            if let (Landed::EarlierProcess(holder), true) = (&landed, earlier_hops < MAX_EARLIER_HOPS) {
+                return self.take_over_earlier(id, *holder, lineage, earlier_hops).await;
+            }
+            // A holder is handing this node a newer copy (its reply was lost): fetched.
+            if let Landed::HandingHere(holder) = landed {
+                return Some(self.copy_chain(id, holder, true, backups).await);
             }
             // Installed: served here. Not installed: a holder refused the claim. When it
             // points at a newer owner, the session lives on there; when it points back at

@@ -191,7 +191,7 @@ impl Node {
                 tracing::info!(session = %record.id, %from, transfer, "another copy of this generation was installed here first; this one is refused");
                 return self.refuse_copy(from, record.id, transfer);
             }
-            Landed::Elsewhere | Landed::EarlierProcess(_) => {
+            Landed::Elsewhere | Landed::EarlierProcess(_) | Landed::HandingHere(_) => {
                 match self.table.locate(&record.id, self.advertise, now_ms()) {
                     Some((sessync_proto::Role::Backup, owner))
                         if owner != from && owner != self.advertise =>
@@ -309,6 +309,7 @@ impl Node {
         let claimed = generation;
         let mut generation = generation;
         let mut earlier_process = None;
+        let mut handing_here = None;
         let (landing_backups, superseded) = if self.config.replicas == 0 {
             (None, None)
         } else {
@@ -403,6 +404,20 @@ impl Node {
                 // climbed to 19 over the old process's copy of 19, which held three
                 // acknowledged appends). That copy is taken over instead, as a failover
                 // from this node's earlier process (`Node::failover_fencing`).
+                // A holder that names this node because it is handing this node a copy of
+                // a generation newer than this claim's: the reply to this node's COPY was
+                // lost, and the holder owned that newer lineage. Climbing to the handover's
+                // generation made the holder take this claim's older state for the copy
+                // it handed over, and its acknowledged append was lost (simulation seed
+                // 21549 with crashes: a kept copy of 6 claimed while its holder handed 7
+                // here). The holder is asked for its copy instead (`Landed::HandingHere`).
+                if only_names_self
+                    && matches!(answer, super::lookup::LocateAnswer::Entry(sessync_proto::Role::HandedOver, Some(h)) if h > generation)
+                {
+                    tracing::info!(session = %id, holder = %to, generation, "a holder is handing a newer copy to this node; asked for it, not climbed past");
+                    handing_here = Some(to);
+                    break round;
+                }
                 if only_names_self
                     && matches!(answer, super::lookup::LocateAnswer::Entry(sessync_proto::Role::Backup, Some(h)) if h > generation)
                 {
@@ -501,9 +516,10 @@ impl Node {
                 Landed::Owner(landing_backups)
             }
             Ok(false) if superseded.is_none() => Landed::NotNewer,
-            _ => match earlier_process {
-                Some(holder) => Landed::EarlierProcess(holder),
-                None => Landed::Elsewhere,
+            _ => match (earlier_process, handing_here) {
+                (Some(holder), _) => Landed::EarlierProcess(holder),
+                (None, Some(holder)) => Landed::HandingHere(holder),
+                (None, None) => Landed::Elsewhere,
             },
         }
     }

@@ -8,6 +8,8 @@
 //! the kept copy over only once F answered that it holds nothing newer: no entry (a new
 //! process), or an entry that points back here. A silent F, or one that owns the session
 //! or points elsewhere, keeps the kept copy here (protocol.md 12.3 step 2).
+//! This node's own failover from F claims the kept copy only while no member shows F's
+//! lineage past it ([`Node::kept_copy_claimable`], protocol.md 12.3 step 1).
 
 use super::*;
 
@@ -80,5 +82,25 @@ impl Node {
             }
         }));
         true
+    }
+}
+
+impl Node {
+    /// Whether this node may claim its own copy of `id` for a failover from `failed`: yes
+    /// unless it is a kept copy naming `failed` and some member but `failed` holds
+    /// something of the kept state's generation or newer that is not this node's own (a
+    /// backup of `failed`'s lineage, an owner, a pointer on), or does not answer. A kept
+    /// copy is not `failed`'s copy: `failed`'s lineage superseded it, and its holders keep
+    /// what `failed` acknowledged since. Claimed anyway, the kept state went on over them
+    /// (simulation seed 3201 with crashes: a node's repair claimed its copy kept below a
+    /// restarted owner, climbed past that owner's empty new process and replaced the
+    /// owner's copy of 10 at its other holder, two acknowledged appends). With every member
+    /// holding nothing newer it stays claimable: rivals that each yielded to another may
+    /// have left nothing else (seed 29 without crashes).
+    pub(super) async fn kept_copy_claimable(&self, id: SessionId, failed: SocketAddr) -> bool {
+        match self.table.kept_generation(&id, failed, now_ms()) {
+            Some(kept) => self.members_hold_nothing_from(id, kept, failed, false).await,
+            None => true,
+        }
     }
 }

@@ -125,6 +125,10 @@ impl Node {
         // already asked, which did not have it (it restarted) or did not answer. With the
         // address that failed.
         let mut handing_to_lost: Vec<(SocketAddr, SocketAddr)> = Vec::new();
+        // The newest generation a member is handing to this address under, and the newest
+        // any member answered otherwise with (an answer without one counts as newest).
+        let mut handed_here_at: Option<u64> = None;
+        let mut newest_elsewhere: u64 = 0;
         let mut silent: Vec<SocketAddr> = Vec::new();
         // Members that answered without owning the session: a pointer to one of them
         // leads nowhere new.
@@ -160,16 +164,44 @@ impl Node {
             if about_it {
                 answered.push(m);
             }
+            if let Ok(PeerMessage::Located {
+                session_id,
+                role,
+                addr,
+                generation,
+            }) = &reply
+            {
+                if *session_id == id && *role != Role::Destroyed {
+                    let g = generation.unwrap_or(u64::MAX);
+                    if *role == Role::HandedOver && *addr == self.advertise {
+                        handed_here_at = handed_here_at.max(Some(g));
+                    } else {
+                        newest_elsewhere = newest_elsewhere.max(g);
+                    }
+                }
+            }
             match reply {
                 Ok(PeerMessage::Located {
                     session_id,
                     role,
                     addr,
-                    ..
+                    generation,
                 }) if session_id == id => match role {
                     Role::Owner if addr == m => owner = Some(m),
                     Role::HandedOver if addr != self.advertise && !asked.contains(&addr) => handed.push(addr),
-                    Role::HandedOver if addr == self.advertise && !self.table.knows(&id) => {
+                    // Handed to this address under a generation this process holds nothing
+                    // of: its earlier process received it (an older copy or fence held here
+                    // does not make it this process's: simulation seed 28989 with crashes).
+                    Role::HandedOver
+                        if addr == self.advertise
+                            && match generation {
+                                Some(g) => {
+                                    self.table.live_generation(&id, now_ms()).is_none()
+                                        && self.table.last_received(&id) < g
+                                }
+                                None => !self.table.knows(&id),
+                            } =>
+                    {
                         handing_to_lost.push((m, addr))
                     }
                     Role::HandedOver if asked.contains(&addr) => handing_to_lost.push((m, addr)),
@@ -206,7 +238,18 @@ impl Node {
             })
             .map(|&(giver, to, _)| (giver, to))
             .collect();
-        tracing::debug!(session = %id, ?owner, ?handed, ?copies, ?own_copy, ?silent, ?stuck, "lookup");
+        // A member hands this address a generation newer than anything any other member,
+        // or this process, holds: that copy is the session's newest state, and the copies
+        // (older ones: of another claim, or the one held here) are not taken over past it;
+        // it is handed here again below, once every member answered. Taking the copies
+        // branch instead followed a copy held here back to the giver, which pointed here,
+        // for good (simulation seeds 4191 and 30859 with crashes: TOO_MANY_HOPS after the
+        // heal). A copy of this address's earlier process at the handover's generation or
+        // newer is such a newer answer, and keeps the copies branch first (seed 30417).
+        let handed_here_newest = handed_here_at
+            .is_some_and(|g| g > newest_elsewhere && g > self.table.last_received(&id))
+            && handing_to_lost.iter().any(|(_, lost)| *lost == self.advertise);
+        tracing::debug!(session = %id, ?owner, ?handed, ?copies, ?own_copy, ?silent, ?stuck, handed_here_newest, "lookup");
         let found = if let Some(o) = owner.or(handed.first().copied()) {
             self.copy_chain_or_rehand(id, o, true, backups).await.0
         } else if let Some(&(giver, to)) = stuck.first() {
@@ -237,7 +280,7 @@ impl Node {
                 Some(r) => r,
                 None => return unsure("the member handing it on did not hand it over again".into()),
             }
-        } else if !copies.is_empty() || own_copy.is_some() {
+        } else if (!copies.is_empty() || own_copy.is_some()) && !handed_here_newest {
             // Copies of one or more owners, none of which owns the session now: take one
             // over as a failover would, with PROMOTE naming its owner (one held here is
             // tried first, `failover_fencing`).
@@ -422,6 +465,45 @@ impl Node {
             Ok(_) => LocateAnswer::Unclear,
             Err(_) => LocateAnswer::Silent,
         }
+    }
+
+    /// Whether every member but `except` answered LOCATE for `id` holding nothing of
+    /// `generation` or newer (no entry, or an owner, pointer or copy of an older
+    /// generation). A silent member, or an answer without a generation, counts as holding
+    /// something newer: the caller's premise ("nobody went on from there") is then unknown.
+    /// `mine_too`: whether an answer naming this node (a copy of its own state, a pointer
+    /// to it) counts as well; not for a caller whose own state is what it would claim.
+    pub(super) async fn members_hold_nothing_from(
+        &self,
+        id: SessionId,
+        generation: u64,
+        except: SocketAddr,
+        mine_too: bool,
+    ) -> bool {
+        let members: Vec<SocketAddr> = self
+            .lookup_members()
+            .into_iter()
+            .filter(|m| *m != except)
+            .collect();
+        let generation_floor = generation;
+        let replies = self.survey(id, &members).await;
+        let nothing = replies.iter().all(|reply| match reply {
+            Ok(PeerMessage::NotFound { session_id }) => *session_id == id,
+            Ok(PeerMessage::Located {
+                session_id,
+                role,
+                addr,
+                generation,
+            }) => {
+                *session_id == id
+                    && *role != Role::Destroyed
+                    && ((!mine_too && *addr == self.advertise)
+                        || generation.is_some_and(|g| g < generation_floor))
+            }
+            _ => false,
+        });
+        tracing::debug!(session = %id, generation, %except, nothing, "asked the members whether a lineage went on past a generation");
+        nothing
     }
 
     /// [`Node::locate_at`], asked again while `node` is silent, up to `tries` times in

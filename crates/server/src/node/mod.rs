@@ -72,6 +72,10 @@ enum Landed {
     /// earlier process (it names this node as the owner), which is to be taken over
     /// rather than climbed past. As `Elsewhere`, this node points at that holder meanwhile.
     EarlierProcess(SocketAddr),
+    /// Not installed: the holder named is handing this node a copy of a newer generation
+    /// than the claim's (the reply to this node's COPY was lost), which is to be fetched
+    /// from it rather than climbed past. As `Elsewhere` meanwhile.
+    HandingHere(SocketAddr),
 }
 
 /// How replicating a session's current state to its backups went.

@@ -1,0 +1,41 @@
+//! Speaking to a node's peer port as one of its members: the test dials with the cluster
+//! secret and completes the real handshake, then sends requests as that member would
+//! (tests/yield_mid_round.rs, tests/take_back.rs).
+
+use std::net::SocketAddr;
+
+use futures_util::{SinkExt, StreamExt};
+use sessync_proto::{Dialler, FrameCodec, Message, PeerMessage};
+use tokio::time::timeout;
+
+use super::{keys, WAIT};
+
+/// An authenticated peer connection the test speaks on.
+pub type MemberLink = tokio_util::codec::Framed<tokio::net::TcpStream, FrameCodec>;
+
+/// Dials `node`'s peer port as the member `advertised` (node id `node_id`) and completes
+/// the handshake.
+pub async fn dial_as_member(node: SocketAddr, node_id: [u8; 16], advertised: SocketAddr) -> MemberLink {
+    let stream = timeout(WAIT, tokio::net::TcpStream::connect(node))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::new(1 << 20));
+    let (dialler, hello) = Dialler::start(keys(), node_id, advertised);
+    framed.send((1, hello)).await.unwrap();
+    let challenge = read_reply(&mut framed).await;
+    let (_, proof) = dialler.handle_challenge(challenge).unwrap();
+    framed.send((2, proof)).await.unwrap();
+    assert_eq!(read_reply(&mut framed).await, PeerMessage::AuthOk);
+    framed
+}
+
+/// The next message on a member link, within [`WAIT`].
+pub async fn read_reply(link: &mut MemberLink) -> PeerMessage {
+    let frame = timeout(WAIT, link.next())
+        .await
+        .expect("the node answers")
+        .expect("the connection stays open")
+        .unwrap();
+    PeerMessage::decode_frame(&frame, &Default::default()).unwrap()
+}

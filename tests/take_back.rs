@@ -1,0 +1,150 @@
+//! Taking back a copy handed to a receiver that restarted (protocol.md 12.4): over real
+//! sockets, a node still handing a session to a member whose new process has no entry
+//! takes its copy back only when every other member answered holding nothing of the
+//! handover's generation or newer. The receiver's earlier process may have installed the
+//! copy, placed it on another member and acknowledged writes before it died; taken back,
+//! the giver's older copy went on over them (simulation seed 1710 with crashes). The
+//! receiver and the other member are fake peers that complete the real handshake; the
+//! receiver's COPY is the test itself, dialling the node's peer port as that member.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use common::member::{dial_as_member, read_reply};
+use common::*;
+use futures_util::SinkExt;
+use sessync_proto::{PeerMessage, Role, SessionId};
+use tokio::time::timeout;
+
+/// The generation the node hands its copy over under (its own is 0: it created it).
+const HANDED: u64 = 1;
+
+/// The two fake members.
+#[derive(Default)]
+struct Members {
+    /// The receiver's address, known once it listens.
+    receiver: OnceLock<SocketAddr>,
+    /// Whether the other member holds the receiver's copy of [`HANDED`] (its earlier
+    /// process placed it there) or nothing at all.
+    other_holds_it: AtomicBool,
+}
+
+impl Members {
+    /// The receiver's new process: nothing of the session; it takes copies as a holder.
+    fn receiver_answers(&self, m: &PeerMessage) -> Option<PeerMessage> {
+        Some(match m {
+            PeerMessage::Locate { session_id }
+            | PeerMessage::Copy { session_id, .. }
+            | PeerMessage::Promote { session_id, .. } => PeerMessage::NotFound {
+                session_id: *session_id,
+            },
+            _ => PeerMessage::Ok,
+        })
+    }
+
+    /// The other member: the receiver's backup copy (`cart` = `went-on`, an append the
+    /// receiver's earlier process acknowledged), handed over when the receiver is named
+    /// failed; or nothing. It takes copies as a holder.
+    fn other_answers(&self, m: &PeerMessage) -> Option<PeerMessage> {
+        let receiver = *self.receiver.get().expect("the receiver listens");
+        let holds = self.other_holds_it.load(Ordering::SeqCst);
+        Some(match m {
+            PeerMessage::Locate { session_id } if holds => PeerMessage::Located {
+                session_id: *session_id,
+                role: Role::Backup,
+                addr: receiver,
+                generation: Some(HANDED),
+            },
+            PeerMessage::Promote {
+                session_id,
+                failed_owner,
+                ..
+            } if holds && *failed_owner == receiver => PeerMessage::CopyData {
+                transfer: HANDED + 1,
+                holders: Vec::new(),
+                record: record_with_cart(*session_id, b"went-on"),
+            },
+            PeerMessage::Copy { session_id, .. } if holds => PeerMessage::Moved {
+                session_id: *session_id,
+                owner: receiver,
+            },
+            PeerMessage::Locate { session_id }
+            | PeerMessage::Copy { session_id, .. }
+            | PeerMessage::Promote { session_id, .. } => PeerMessage::NotFound {
+                session_id: *session_id,
+            },
+            _ => PeerMessage::Ok,
+        })
+    }
+}
+
+/// The node creates a session (`cart` = `mine`) and hands it to the receiver, which never
+/// acknowledges; a GET with the receiver's token then finds the receiver's new process
+/// empty. Returns what the GET was served.
+async fn get_after_receiver_restarted(other_holds_it: bool) -> sessync_client::Session {
+    let members = Arc::new(Members::default());
+    members.other_holds_it.store(other_holds_it, Ordering::SeqCst);
+    let (receiver, other) = scripted_pair(&members, Members::receiver_answers, Members::other_answers).await;
+    members.receiver.set(receiver).unwrap();
+    let node = replicating_node_with(
+        vec![receiver, other],
+        Duration::from_millis(300),
+        Duration::from_millis(100),
+    )
+    .await;
+    let c = client(node.client_addr()).await;
+    let s = timeout(WAIT, c.create(attrs(&[("cart", "mine")])))
+        .await
+        .expect("the CREATE must end")
+        .expect("the session is created, its copy on a member");
+    let id: SessionId = sessync_proto::Token::verify(&s.token, &keys())
+        .unwrap()
+        .session_id;
+
+    // The receiver's earlier process asks for the session and is handed it.
+    let mut link = dial_as_member(node.peer_addr(), [7; 16], receiver).await;
+    link.send((
+        3,
+        PeerMessage::Copy {
+            session_id: id,
+            last_transfer: 0,
+        },
+    ))
+    .await
+    .unwrap();
+    match read_reply(&mut link).await {
+        PeerMessage::CopyData { transfer, .. } => assert_eq!(transfer, HANDED),
+        other => panic!("the node did not hand the session over: {other:?}"),
+    }
+    drop(link);
+
+    let token = token_for(id, HANDED, receiver, vec![other]);
+    let got = timeout(WAIT, c.get(&token))
+        .await
+        .expect("the GET must end")
+        .expect("the session is served");
+    stop(vec![node]).await;
+    got
+}
+
+/// Another member holds what the receiver's earlier process placed there: the node does
+/// not take its older copy back, and the session is served from that member's copy.
+/// Checked: without the rule, the GET is served `mine` from the copy taken back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_not_taken_back_when_a_member_holds_what_the_receiver_went_on_with() {
+    let s = get_after_receiver_restarted(true).await;
+    assert_served_with_cart(&s, b"went-on", "the receiver's lineage at the other member");
+}
+
+/// The same with the other member holding nothing: the copy is taken back and served (the
+/// rule holds only while some member went on from the handover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_taken_back_when_no_member_went_on_from_it() {
+    let s = get_after_receiver_restarted(false).await;
+    assert_served_with_cart(&s, b"mine", "the copy taken back");
+}
