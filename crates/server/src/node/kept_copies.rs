@@ -6,8 +6,9 @@
 //! 5934 without crashes: F, paused, held the only copy of two acknowledged appends, and a
 //! stale kept copy handed on replaced them). So this node asks F itself (LOCATE), and hands
 //! the kept copy over only once F answered that it holds nothing newer: no entry (a new
-//! process), or an entry that points back here. A silent F, or one that owns the session
-//! or points elsewhere, keeps the kept copy here (protocol.md 12.3 step 2).
+//! process), or an entry that points back here no newer than the kept state (a newer
+//! pointer here is F handing this node a newer copy). A silent F, or one that owns the
+//! session or points elsewhere, keeps the kept copy here (protocol.md 12.3 step 2).
 //! This node's own failover from F claims the kept copy only while no member shows F's
 //! lineage past it ([`Node::kept_copy_claimable`], protocol.md 12.3 step 1).
 
@@ -38,10 +39,10 @@ impl Node {
         their_last: u64,
         now: u64,
     ) -> bool {
-        match self.table.kept_generation(id, failed, now) {
-            Some(kept) if their_last > kept => {}
+        let kept = match self.table.kept_generation(id, failed, now) {
+            Some(kept) if their_last > kept => kept,
             _ => return false,
-        }
+        };
         let last = self.kept_copy_checks.get(id).filter(|c| c.failed == failed);
         if let Some(c) = last {
             if c.lets_go_ms
@@ -64,12 +65,22 @@ impl Node {
         tokio::spawn(tracing::Instrument::in_current_span(async move {
             let lets_go = match node.ask_locate(id, failed).await {
                 Ok(PeerMessage::NotFound { session_id }) => session_id == id,
+                // A pointer back here of a generation newer than the kept state is F
+                // handing this node a newer copy (its COPY_DATA found no request): F
+                // holds more than the kept copy, which must not go on in its place
+                // (simulation seed 1216 with crashes: a stale kept copy handed on while F
+                // handed this node the copy with an acknowledged append).
                 Ok(PeerMessage::Located {
                     session_id,
                     role,
                     addr,
-                    ..
-                }) => session_id == id && role != sessync_proto::Role::Owner && addr == node.advertise,
+                    generation,
+                }) => {
+                    session_id == id
+                        && role != sessync_proto::Role::Owner
+                        && addr == node.advertise
+                        && generation.is_none_or(|g| g <= kept)
+                }
                 _ => false,
             };
             if lets_go {

@@ -11,8 +11,8 @@
 //! So the giver asks the receiver first (LOCATE), as its own take-back does
 //! (`Node::promote_from_backups`): the copy is handed on when the receiver's process is
 //! known gone since the handover began (a refused dial, or a new process answered there),
-//! or the receiver answers that it has no entry, or an older generation than the
-//! handover's. A silent receiver, or one that owns or is placing the session, keeps the
+//! or the receiver answers that it has no entry, a pointer older than the handover, or a
+//! backup copy more than one generation older. A silent receiver, or one that owns or is placing the session, keeps the
 //! copy here; the asker is answered MOVED to it and asks again.
 
 use super::lookup::LocateAnswer;
@@ -86,6 +86,13 @@ impl Node {
             let never_took = match node.locate_at(id, h.to).await {
                 LocateAnswer::NoEntry => true,
                 LocateAnswer::Entry(Role::HandedOver, Some(g)) => g < h.transfer,
+                // A backup copy more than one generation older than the handover: had the
+                // receiver installed the copy, it would hold the handover's generation,
+                // one less only as its own state kept when it yielded to a newer owner,
+                // and more as that owner's copy (simulation seed 1216 with crashes: a
+                // receiver whose request had given up held an older kept copy, and the
+                // handover with an acknowledged append stayed stuck).
+                LocateAnswer::Entry(Role::Backup, Some(g)) => g.saturating_add(1) < h.transfer,
                 _ => false,
             };
             if never_took {
