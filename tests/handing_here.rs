@@ -14,12 +14,11 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use common::member::{dial_as_member, read_reply};
 use common::*;
 use futures_util::SinkExt;
-use sessync_proto::{PeerMessage, Role, SessionId};
+use sessync_proto::{PeerMessage, Role};
 use tokio::time::timeout;
 
 /// The generation the holder is handing the node a copy under.
@@ -79,21 +78,9 @@ impl Members {
 async fn a_claim_fetches_the_copy_a_holder_is_handing_it_instead_of_climbing_past() {
     let members = Arc::new(Members::default());
     let (holder, owner) = scripted_pair(&members, Members::holder_answers, Members::owner_answers).await;
-    let node = replicating_node_with(
-        vec![holder, owner],
-        Duration::from_millis(300),
-        Duration::from_millis(100),
-    )
-    .await;
+    let node = replicating_node_beside_fakes(vec![holder, owner]).await;
     members.node.set(node.peer_addr()).unwrap();
-    let c = client(node.client_addr()).await;
-    let s = timeout(WAIT, c.create(attrs(&[("cart", "mine")])))
-        .await
-        .expect("the CREATE must end")
-        .expect("the session is created, its copy on a member");
-    let id: SessionId = sessync_proto::Token::verify(&s.token, &keys())
-        .unwrap()
-        .session_id;
+    let (c, _, id) = create_mine(node.client_addr()).await;
 
     let mut link = dial_as_member(node.peer_addr(), [8; 16], owner).await;
     let mut record = record_with_cart(id, b"owner");

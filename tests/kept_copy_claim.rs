@@ -12,10 +12,9 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use common::*;
-use sessync_proto::{PeerMessage, Role, SessionId};
+use sessync_proto::{PeerMessage, Role};
 use tokio::time::timeout;
 
 /// The generation F's lineage holds at F's holder: the one that superseded the node's 0.
@@ -138,29 +137,11 @@ async fn get_after_newer_owner_gone(holder_has_it: bool) -> sessync_client::Sess
         let members = members.clone();
         scripted_peer([9; 16], Arc::new(move |m: &PeerMessage| members.empty_answers(m))).await
     };
-    let node = replicating_node_with(
-        vec![f, holder, empty],
-        Duration::from_millis(300),
-        Duration::from_millis(100),
-    )
-    .await;
-    let c = client(node.client_addr()).await;
-    let s = timeout(WAIT, c.create(attrs(&[("cart", "mine")])))
-        .await
-        .expect("the CREATE must end")
-        .expect("the session is created, its copy on a member");
-    let id: SessionId = sessync_proto::Token::verify(&s.token, &keys())
-        .unwrap()
-        .session_id;
+    let node = replicating_node_beside_fakes(vec![f, holder, empty]).await;
+    let (c, s, id) = create_mine(node.client_addr()).await;
 
     members.superseded.store(true, Ordering::SeqCst);
-    let write = timeout(WAIT, c.set(&s.token).put("cart", "refused").send())
-        .await
-        .expect("the SET must end");
-    assert!(
-        write.is_err(),
-        "a write refused in F's name was acknowledged: {write:?}"
-    );
+    assert_write_refused(&c, &s.token).await;
 
     let token = token_for(id, F_GENERATION, f, vec![empty]);
     let got = timeout(WAIT, c.get(&token))

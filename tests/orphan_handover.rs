@@ -107,29 +107,11 @@ async fn promote_kept_copy(handing_at: u64) -> PeerMessage {
     case.handing_at.store(handing_at, Ordering::SeqCst);
     let (f, other) = scripted_pair(&case, KeptCase::f_answers, KeptCase::other_answers).await;
     case.newer_owner.set(f).unwrap();
-    let node = replicating_node_with(
-        vec![f, other],
-        Duration::from_millis(300),
-        Duration::from_millis(100),
-    )
-    .await;
+    let node = replicating_node_beside_fakes(vec![f, other]).await;
     case.node.set(node.peer_addr()).unwrap();
-    let c = client(node.client_addr()).await;
-    let s = timeout(WAIT, c.create(attrs(&[("cart", "mine")])))
-        .await
-        .expect("the CREATE must end")
-        .expect("the session is created, its copy on a member");
-    let id: SessionId = sessync_proto::Token::verify(&s.token, &keys())
-        .unwrap()
-        .session_id;
+    let (c, s, id) = create_mine(node.client_addr()).await;
     case.superseded.store(true, Ordering::SeqCst);
-    let write = timeout(WAIT, c.set(&s.token).put("cart", "refused").send())
-        .await
-        .expect("the SET must end");
-    assert!(
-        write.is_err(),
-        "a write refused in F's name was acknowledged: {write:?}"
-    );
+    assert_write_refused(&c, &s.token).await;
     // The copy's read lease for F ends first (the node refuses PROMOTE meanwhile).
     sleep(ANSWERED).await;
 
@@ -205,12 +187,7 @@ async fn promote_handed_copy(receivers_copy: u64) -> PeerMessage {
         let case = case.clone();
         scripted_peer([7; 16], Arc::new(move |m: &PeerMessage| case.receiver_answers(m))).await
     };
-    let node = replicating_node_with(
-        vec![giver, receiver],
-        Duration::from_millis(300),
-        Duration::from_millis(100),
-    )
-    .await;
+    let node = replicating_node_beside_fakes(vec![giver, receiver]).await;
     let c = client(node.client_addr()).await;
     let id = SessionId::random();
     timeout(WAIT, c.get(&token_for(id, INSTALLED - 1, giver, Vec::new())))

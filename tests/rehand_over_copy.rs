@@ -13,7 +13,6 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use common::member::{dial_as_member, read_reply};
 use common::*;
@@ -97,12 +96,7 @@ async fn the_newest_copy_is_handed_again_over_an_older_copy_held_here() {
     let members = Arc::new(Members::default());
     let (giver, other) = scripted_pair(&members, Members::giver_answers, Members::other_answers).await;
     members.giver.set(giver).unwrap();
-    let node = replicating_node_with(
-        vec![giver, other],
-        Duration::from_millis(300),
-        Duration::from_millis(100),
-    )
-    .await;
+    let node = replicating_node_beside_fakes(vec![giver, other]).await;
     members.node.set(node.peer_addr()).unwrap();
     let id = SessionId::random();
 

@@ -13,12 +13,11 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use common::member::{dial_as_member, read_reply};
 use common::*;
 use futures_util::SinkExt;
-use sessync_proto::{PeerMessage, Role, SessionId};
+use sessync_proto::{PeerMessage, Role};
 use tokio::time::timeout;
 
 /// The generation the node hands its copy over under (its own is 0: it created it).
@@ -91,20 +90,8 @@ async fn get_after_receiver_restarted(other_holds_it: bool) -> sessync_client::S
     members.other_holds_it.store(other_holds_it, Ordering::SeqCst);
     let (receiver, other) = scripted_pair(&members, Members::receiver_answers, Members::other_answers).await;
     members.receiver.set(receiver).unwrap();
-    let node = replicating_node_with(
-        vec![receiver, other],
-        Duration::from_millis(300),
-        Duration::from_millis(100),
-    )
-    .await;
-    let c = client(node.client_addr()).await;
-    let s = timeout(WAIT, c.create(attrs(&[("cart", "mine")])))
-        .await
-        .expect("the CREATE must end")
-        .expect("the session is created, its copy on a member");
-    let id: SessionId = sessync_proto::Token::verify(&s.token, &keys())
-        .unwrap()
-        .session_id;
+    let node = replicating_node_beside_fakes(vec![receiver, other]).await;
+    let (c, _, id) = create_mine(node.client_addr()).await;
 
     // The receiver's earlier process asks for the session and is handed it.
     let mut link = dial_as_member(node.peer_addr(), [7; 16], receiver).await;

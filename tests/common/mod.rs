@@ -46,6 +46,39 @@ pub async fn replicating_node_with(
     sessync_server::start(cfg).await.unwrap()
 }
 
+/// [`replicating_node_with`] as the tests beside fake members use it: a peer timeout of
+/// 300 ms and a read lease of 100 ms.
+pub async fn replicating_node_beside_fakes(peers: Vec<SocketAddr>) -> NodeHandle {
+    replicating_node_with(peers, Duration::from_millis(300), Duration::from_millis(100)).await
+}
+
+/// A client of the node at `addr`, a session it created there (`cart` = `mine`), and the
+/// session's id.
+pub async fn create_mine(addr: SocketAddr) -> (Client, sessync_client::Session, sessync_proto::SessionId) {
+    let c = client(addr).await;
+    let s = tokio::time::timeout(WAIT, c.create(attrs(&[("cart", "mine")])))
+        .await
+        .expect("the CREATE must end")
+        .expect("the session is created, its copy on a member");
+    let id = sessync_proto::Token::verify(&s.token, &keys())
+        .unwrap()
+        .session_id;
+    (c, s, id)
+}
+
+/// Writes `cart` = `refused` to the session `token` names and asserts that the write was
+/// not acknowledged (its holder refused it in a newer owner's name: the node gives the
+/// session up and keeps its own state as a kept copy).
+pub async fn assert_write_refused(c: &Client, token: &str) {
+    let write = tokio::time::timeout(WAIT, c.set(token).put("cart", "refused").send())
+        .await
+        .expect("the SET must end");
+    assert!(
+        write.is_err(),
+        "a write refused in a newer owner's name was acknowledged: {write:?}"
+    );
+}
+
 /// Starts `n` in-process nodes sharing the secret.
 pub async fn cluster(n: usize) -> Vec<NodeHandle> {
     let mut v = Vec::new();
