@@ -94,9 +94,7 @@ impl Node {
         }));
         true
     }
-}
 
-impl Node {
     /// Whether this node may claim its own copy of `id` for a failover from `failed`: yes
     /// unless it is a kept copy naming `failed` and some member but `failed` holds
     /// something of the kept state's generation or newer that is not this node's own (a

@@ -485,7 +485,6 @@ impl Node {
             .into_iter()
             .filter(|m| *m != except)
             .collect();
-        let generation_floor = generation;
         let replies = self.survey(id, &members).await;
         let nothing = replies.iter().all(|reply| match reply {
             Ok(PeerMessage::NotFound { session_id }) => *session_id == id,
@@ -493,12 +492,11 @@ impl Node {
                 session_id,
                 role,
                 addr,
-                generation,
+                generation: theirs,
             }) => {
                 *session_id == id
                     && *role != Role::Destroyed
-                    && ((!mine_too && *addr == self.advertise)
-                        || generation.is_some_and(|g| g < generation_floor))
+                    && ((!mine_too && *addr == self.advertise) || theirs.is_some_and(|g| g < generation))
             }
             _ => false,
         });
