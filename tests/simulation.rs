@@ -148,11 +148,19 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// rules too. 1216 (lost append, failing since session 31): a handover whose COPY_DATA
 /// found no request stayed stuck at a receiver holding an older kept copy, which was handed
 /// on under PROMOTE in its place.
+/// Session 37 (item 30): 11377, a claim's REPLICATE sent by a process that crashed a
+/// moment later was read by a paused holder after it had confirmed the live owner's
+/// append, replaced that copy, and was promoted without the append: a REPLICATE of a
+/// replaced process supersedes no other owner's copy. 23049, a claim climbed past a
+/// holder that refused it in the name of a node it was handing a newer copy to (whose
+/// reply was lost), and that copy's acknowledged append was lost: a claim does not climb
+/// past a member holding a newer generation. 48013 (a lost append), 14790, 17341 and
+/// 31701 pass with those rules too.
 const FIXED_SEEDS: &[u64] = &[
     22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,
     349, 403, 426, 468, 1681, 1971, 2617, 4329, 5292, 6063, 6475, 6663, 7171, 7223, 9264, 9698, 9744, 10153,
     10227, 10576, 17359, 24267, 29620, 30417, 32002, 37179, 39269, 40863, 1710, 21549, 3201, 3583, 10783,
-    18949, 36714, 1216,
+    18949, 36714, 1216, 11377, 23049, 48013, 14790, 17341, 31701,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.

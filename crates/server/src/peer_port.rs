@@ -484,6 +484,24 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
     };
     Some(match msg {
         PeerMessage::Ping(n) => PeerMessage::Pong(n),
+        // A request of a process that another one replaced at its address since: it
+        // crashed after sending it, and its link delivered it late (a paused receiver, a
+        // delay). A COPY or PROMOTE answered would hand the session to a process that is
+        // gone; a COPY_REFUSED would make this node retire the copy it is handing over,
+        // though the copy refused in its favour died with that process (simulation seed
+        // 3301 with crashes). Its REPLICATE is stored only where it supersedes no other
+        // owner's copy (`Table::replicate_in_from`); its COPY_ACK, DROP and RETIRE are
+        // taken as any other (what it placed on its holders stands), and LOCATE is
+        // answered (protocol.md 12.2 step 7).
+        m @ (PeerMessage::Copy { .. } | PeerMessage::Promote { .. } | PeerMessage::CopyRefused { .. })
+            if node.peers.processes.replaced(peer) =>
+        {
+            tracing::debug!(from = %peer.advertised, request = %format!("{m:?}").chars().take(60).collect::<String>(), "refused: the sender's process was replaced at its address");
+            PeerMessage::Error(ErrorReply::new(
+                ErrorCode::BackupUnavailable,
+                "the process that sent this request was replaced at its address",
+            ))
+        }
         // A claim its holders have not confirmed, or a session with a holder that
         // restarted, is not handed on: answered as while a copy is placed (LOCATE says
         // owner, so the asker asks again; protocol.md 12.2 step 6), and placed again in
@@ -611,8 +629,16 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
         | PeerMessage::Locate { .. }
         | PeerMessage::Epoch) => node.elastic_request(peer, m),
         PeerMessage::Replicate { generation, record } => {
-            node.heard_from_owner(peer, now);
-            match node.table.replicate_in(*peer, generation, &record, now) {
+            let sender_gone = node.peers.processes.replaced(peer);
+            // A process that is gone no longer REPLICATEs here, whatever its late
+            // messages say (the PROMOTE refusal above counts only a live one).
+            if !sender_gone {
+                node.heard_from_owner(peer, now);
+            }
+            match node
+                .table
+                .replicate_in_from(*peer, generation, &record, now, sender_gone)
+            {
                 Replicated::Stored(old) => {
                     if let Some(old) = old {
                         node.spawn_drop_backups(record.id, old);

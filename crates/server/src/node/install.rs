@@ -425,6 +425,20 @@ impl Node {
                     earlier_process = Some(to);
                     break round;
                 }
+                // Nor past a member that holds a newer generation than this claim: a
+                // holder refusing in the name of a node it was handing a newer copy to
+                // (the reply to that node's COPY was lost, so that node never had it)
+                // keeps the newest state itself. Climbed past, its acknowledged append
+                // was gone (simulation seed 23049 with crashes). Answers naming this node
+                // aside (its own abandoned claims' fences and pointers); a silent member
+                // may be such a holder, so the claim yields then too.
+                if !self
+                    .members_hold_nothing_from(id, generation + 1, self.advertise, false)
+                    .await
+                {
+                    tracing::info!(session = %id, %to, generation, "a member holds a newer generation than this claim; the claim yields");
+                    break round;
+                }
                 // Fences and kept copies of abandoned claims refuse every copy of
                 // their generation (seed 128: each failed claim of generation 6
                 // fenced another holder at 6, until no copy was left).

@@ -4,7 +4,7 @@
 //! not count the new process's confirmations for its sessions as if it remembered them
 //! (protocol.md 12.2, "a holder that restarted"; `node/holder_restarts.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -23,6 +23,11 @@ pub(crate) struct Processes {
 struct Inner {
     node_ids: HashMap<SocketAddr, [u8; 16]>,
     restarted: Vec<SocketAddr>,
+    /// Processes another one replaced at their address: never taken for the current one
+    /// again (a late reply or request of theirs would otherwise undo what the new one's
+    /// handshake told), and their late REPLICATEs are not stored. One entry per restart
+    /// seen, 16 bytes each.
+    replaced: HashSet<[u8; 16]>,
     /// When this node last learned that the process running at an address before then is
     /// gone (Unix ms): another process answered or REPLICATEd from there, or a dial was
     /// refused (nothing listened there).
@@ -32,16 +37,29 @@ struct Inner {
 impl Processes {
     /// Records that the process `node_id` answered at `addr` (a handshake, or a reply in
     /// the simulation).
+    /// A process already replaced at its address is ignored: what it sent was late.
     pub(crate) fn seen(&self, addr: SocketAddr, node_id: [u8; 16]) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.replaced.contains(&node_id) {
+            return;
+        }
         let before = inner.node_ids.insert(addr, node_id);
-        if before.is_some_and(|b| b != node_id) {
+        if let Some(before) = before.filter(|b| *b != node_id) {
+            inner.replaced.insert(before);
             inner.gone_ms.insert(addr, crate::clock::now_ms());
             if !inner.restarted.contains(&addr) {
                 inner.restarted.push(addr);
                 self.any_restarted.store(true, Ordering::SeqCst);
             }
         }
+    }
+
+    /// Whether another process has answered at `peer`'s address since `peer`'s own
+    /// handshake: `peer` is gone, and a request of its is one its link delivered late
+    /// (protocol.md 12.2 step 6; simulation seed 11377 with crashes).
+    pub(crate) fn replaced(&self, peer: &sessync_proto::PeerIdentity) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.replaced.contains(&peer.node_id)
     }
 
     /// Records that whichever process ran at `addr` before now is gone: a dial there was
@@ -98,5 +116,10 @@ mod tests {
         p.seen(a, [2; 16]);
         assert_eq!(p.take_restarted(), vec![a]);
         assert!(p.take_restarted().is_empty());
+        p.seen(a, [1; 16]);
+        assert!(
+            p.take_restarted().is_empty() && p.node_id_at(a) == Some([2; 16]),
+            "a replaced process seen late is not taken for the current one"
+        );
     }
 }

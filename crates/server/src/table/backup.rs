@@ -56,17 +56,32 @@ pub enum Dropped {
 }
 
 impl Table {
-    /// A backup's step: stores `record`, sent by `owner`, which owns it under
-    /// `generation`. Copies are ordered by (generation, version, last access); an older
-    /// one is ignored. A node that handed the session on (or promoted it) to another node
-    /// answers with that node when the sender is not it or newer: the sender lost the
-    /// session.
+    /// [`Table::replicate_in_from`] from a process that runs (the table's tests).
+    #[cfg(test)]
     pub fn replicate_in(
         &self,
         owner: PeerIdentity,
         generation: u64,
         record: &SessionRecord,
         now: u64,
+    ) -> Replicated {
+        self.replicate_in_from(owner, generation, record, now, false)
+    }
+
+    /// A backup's step: stores `record`, sent by `owner`, which owns it under
+    /// `generation`. Copies are ordered by (generation, version, last access); an older
+    /// one is ignored. A node that handed the session on (or promoted it) to another node
+    /// answers with that node when the sender is not it or newer: the sender lost the
+    /// session. `sender_gone`: the sender's process is one that another has replaced at
+    /// its address since, so this is a late message of a process that is gone
+    /// (`peer_link/processes.rs`).
+    pub fn replicate_in_from(
+        &self,
+        owner: PeerIdentity,
+        generation: u64,
+        record: &SessionRecord,
+        now: u64,
+        sender_gone: bool,
     ) -> Replicated {
         let id = record.id;
         let shard = self.shard(&id);
@@ -125,6 +140,16 @@ impl Table {
                             return Replicated::Moved(b.owner);
                         }
                         None
+                    }
+                    // A REPLICATE its sender's process sent before it died (its link
+                    // delivered it late) never supersedes another owner's copy: that
+                    // owner may be live and have acknowledged writes on it (simulation
+                    // seed 11377 with crashes). Elsewhere it is stored as any copy: it
+                    // may be all that is left of the dead process's state (seed 26746).
+                    Entry::Backup(b)
+                        if sender_gone && b.owner != owner.advertised && !b.live.expired(now) =>
+                    {
+                        return Replicated::Moved(b.owner);
                     }
                     Entry::Backup(b) if !b.live.expired(now) => {
                         let held = b.live.received;

@@ -245,7 +245,7 @@ impl Net {
             sleep_until(deadline).await;
             return;
         };
-        let span = tracing::info_span!("peer", node = t, from = f);
+        let span = tracing::info_span!("peer", node = t, inc = to_incarnation, from = f);
         let _entered = span.enter();
         // The sender's process, as the peer port learns it from an inbound handshake.
         target.peers.processes.seen(from.advertised, from.node_id);

@@ -64,7 +64,7 @@ async fn send_and_wait(net: &Arc<Net>, i: usize, req: Request) -> Outcome {
     };
     let served = tokio::spawn(tracing::Instrument::instrument(
         served,
-        tracing::info_span!("node", i),
+        tracing::info_span!("node", i, inc = incarnation),
     ));
     let Ok(Ok(mut out)) = timeout(CLIENT_TIMEOUT, served).await else {
         return Outcome::Unknown;
