@@ -134,11 +134,11 @@ async fn a_claim_yields_to_a_newer_lineage_of_the_backup_that_gave_it_its_copy()
 
 /// The same with the newer generation at the holder, which was handing it to the backup
 /// and refuses the claim in the backup's name; the backup answers LOCATE holding nothing.
-/// The claim yields to the member holding a newer generation than its own, and nothing
-/// of the claim's older state is placed over the holder's copy (the GET may fail: the
-/// fake holder never hands its copy on). Simulation seed 23049 with crashes: the claim of
-/// 66 climbed to 69 past a holder handing 68, which held an acknowledged append.
-/// Checked: without the rule, the claim climbs to 4 and the holder takes the old state.
+/// The holder answers LOCATE that it hands the backup a generation above the claim's: the
+/// claim yields, and nothing of its older state is placed over the holder's copy.
+/// Simulation seed 23049 with crashes: the claim of 66 climbed to 69 past a holder
+/// handing 68, which held an acknowledged append. Checked: without the rule, the claim
+/// climbs to 4 and the holder takes the old state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_does_not_climb_past_a_holder_handing_on_a_newer_generation() {
     let (members, got) = get_through_claim(true).await;

@@ -154,7 +154,7 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// replaced process supersedes no other owner's copy. 23049, a claim climbed past a
 /// holder that refused it in the name of a node it was handing a newer copy to (whose
 /// reply was lost), and that copy's acknowledged append was lost: a claim does not climb
-/// past a member holding a newer generation. 48013 (a lost append), 14790, 17341 and
+/// past a member handing the node named a newer generation. 48013 (a lost append), 14790, 17341 and
 /// 31701 pass with those rules too.
 const FIXED_SEEDS: &[u64] = &[
     22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,

@@ -425,18 +425,17 @@ impl Node {
                     earlier_process = Some(to);
                     break round;
                 }
-                // Nor past a member that holds a newer generation than this claim: a
-                // holder refusing in the name of a node it was handing a newer copy to
-                // (the reply to that node's COPY was lost, so that node never had it)
-                // keeps the newest state itself. Climbed past, its acknowledged append
-                // was gone (simulation seed 23049 with crashes). Answers naming this node
-                // aside (its own abandoned claims' fences and pointers); a silent member
-                // may be such a holder, so the claim yields then too.
-                if !self
-                    .members_hold_nothing_from(id, generation + 1, self.advertise, false)
-                    .await
-                {
-                    tracing::info!(session = %id, %to, generation, "a member holds a newer generation than this claim; the claim yields");
+                // Nor past a holder that refuses in `to`'s name because it is handing
+                // `to` a newer generation than this claim's: the reply to `to`'s COPY was
+                // lost, so `to` never had it (and answers LOCATE with nothing newer), and
+                // the holder keeps the newest state itself. Climbed past, that copy was
+                // replaced and its acknowledged append lost (simulation seed 23049 with
+                // crashes: a claim of 66 climbed to 69 past a holder handing 68). The
+                // claim yields to `to`, whose lookup then finds the handover stuck
+                // (protocol.md 17.3). Only on that answer: a wider rule (any member
+                // holding anything newer, or silent) cost more seeds than it saved.
+                if self.member_handing_past(id, to, generation).await {
+                    tracing::info!(session = %id, %to, generation, "a member is handing the node named a newer generation than this claim; the claim yields");
                     break round;
                 }
                 // Fences and kept copies of abandoned claims refuse every copy of

@@ -504,6 +504,21 @@ impl Node {
         nothing
     }
 
+    /// Whether some member answers LOCATE for `id` that it is handing the session to `to`
+    /// under a generation above `generation` (LOCATED role 3, naming `to`).
+    pub(super) async fn member_handing_past(&self, id: SessionId, to: SocketAddr, generation: u64) -> bool {
+        let members = self.lookup_members();
+        let replies = self.survey(id, &members).await;
+        replies.iter().any(|reply| {
+            matches!(reply, Ok(PeerMessage::Located {
+                session_id,
+                role: Role::HandedOver,
+                addr,
+                generation: Some(g),
+            }) if *session_id == id && *addr == to && *g > generation)
+        })
+    }
+
     /// [`Node::locate_at`], asked again while `node` is silent, up to `tries` times in
     /// all: where a lost reply must not pass for an answer.
     pub(super) async fn locate_at_retrying(
