@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use common::member::empty_member_answer;
 use common::*;
 use sessync_proto::{PeerMessage, Role};
 use tokio::time::timeout;
@@ -109,18 +110,6 @@ impl Members {
             return Some(PeerMessage::Ok);
         }
         Some(self.refused(m).unwrap_or_else(|| empty_member_answer(m)))
-    }
-}
-
-/// What a member holding nothing of the session answers.
-fn empty_member_answer(m: &PeerMessage) -> PeerMessage {
-    match m {
-        PeerMessage::Locate { session_id }
-        | PeerMessage::Copy { session_id, .. }
-        | PeerMessage::Promote { session_id, .. } => PeerMessage::NotFound {
-            session_id: *session_id,
-        },
-        _ => PeerMessage::Ok,
     }
 }
 

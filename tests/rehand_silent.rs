@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use common::member::empty_member_answer;
 use common::*;
 use sessync_proto::{PeerMessage, Role, SessionId};
 use tokio::time::timeout;
@@ -70,14 +71,7 @@ impl Members {
         if !self.other_answers.load(Ordering::SeqCst) {
             return None;
         }
-        Some(match m {
-            PeerMessage::Locate { session_id }
-            | PeerMessage::Copy { session_id, .. }
-            | PeerMessage::Promote { session_id, .. } => PeerMessage::NotFound {
-                session_id: *session_id,
-            },
-            _ => PeerMessage::Ok,
-        })
+        Some(empty_member_answer(m))
     }
 }
 

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use common::member::{dial_as_member, read_reply};
+use common::member::{dial_as_member, empty_member_answer, read_reply};
 use common::*;
 use futures_util::SinkExt;
 use sessync_proto::{PeerMessage, Role};
@@ -36,14 +36,7 @@ struct Members {
 impl Members {
     /// The receiver's new process: nothing of the session; it takes copies as a holder.
     fn receiver_answers(&self, m: &PeerMessage) -> Option<PeerMessage> {
-        Some(match m {
-            PeerMessage::Locate { session_id }
-            | PeerMessage::Copy { session_id, .. }
-            | PeerMessage::Promote { session_id, .. } => PeerMessage::NotFound {
-                session_id: *session_id,
-            },
-            _ => PeerMessage::Ok,
-        })
+        Some(empty_member_answer(m))
     }
 
     /// The other member: the receiver's backup copy (`cart` = `went-on`, an append the
@@ -72,12 +65,7 @@ impl Members {
                 session_id: *session_id,
                 owner: receiver,
             },
-            PeerMessage::Locate { session_id }
-            | PeerMessage::Copy { session_id, .. }
-            | PeerMessage::Promote { session_id, .. } => PeerMessage::NotFound {
-                session_id: *session_id,
-            },
-            _ => PeerMessage::Ok,
+            _ => empty_member_answer(m),
         })
     }
 }

@@ -39,3 +39,16 @@ pub async fn read_reply(link: &mut MemberLink) -> PeerMessage {
         .unwrap();
     PeerMessage::decode_frame(&frame, &Default::default()).unwrap()
 }
+
+/// What a member holding nothing of the session answers: NOT_FOUND to LOCATE, COPY and
+/// PROMOTE (a new process, say), OK to the rest (it takes copies as a holder).
+pub fn empty_member_answer(m: &PeerMessage) -> PeerMessage {
+    match m {
+        PeerMessage::Locate { session_id }
+        | PeerMessage::Copy { session_id, .. }
+        | PeerMessage::Promote { session_id, .. } => PeerMessage::NotFound {
+            session_id: *session_id,
+        },
+        _ => PeerMessage::Ok,
+    }
+}
