@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use common::member::{dial_as_member, read_reply};
+use common::member::{dial_as_member, giver_handing_to, read_reply};
 use common::*;
 use futures_util::SinkExt;
 use sessync_proto::{PeerMessage, Role, SessionId};
@@ -37,33 +37,14 @@ impl Members {
     /// Still handing the session (`cart` = `newest`) to the node's address at [`HANDED`].
     fn giver_answers(&self, m: &PeerMessage) -> Option<PeerMessage> {
         let node = *self.node.get().expect("the node has started");
-        Some(match m {
-            PeerMessage::Locate { session_id } => PeerMessage::Located {
-                session_id: *session_id,
-                role: Role::HandedOver,
-                addr: node,
-                generation: Some(HANDED),
-            },
-            PeerMessage::Promote {
-                session_id,
-                failed_owner,
-                ..
-            } if *failed_owner == node => {
-                self.rehanded.store(true, Ordering::SeqCst);
-                PeerMessage::CopyData {
-                    transfer: HANDED,
-                    holders: Vec::new(),
-                    record: record_with_cart(*session_id, b"newest"),
-                }
-            }
-            PeerMessage::Copy { session_id, .. } | PeerMessage::Promote { session_id, .. } => {
-                PeerMessage::Moved {
-                    session_id: *session_id,
-                    owner: node,
-                }
-            }
-            _ => PeerMessage::Ok,
-        })
+        Some(giver_handing_to(
+            node,
+            m,
+            HANDED,
+            HANDED,
+            b"newest",
+            &self.rehanded,
+        ))
     }
 
     /// The other owner: it owned an older generation and handed the session on to the

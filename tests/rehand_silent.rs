@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use common::member::empty_member_answer;
+use common::member::{empty_member_answer, giver_handing_to};
 use common::*;
-use sessync_proto::{PeerMessage, Role, SessionId};
+use sessync_proto::{PeerMessage, SessionId};
 use tokio::time::timeout;
 
 /// The handover's generation: the giver handed its copy to the node's address under it.
@@ -37,33 +37,14 @@ impl Members {
     /// Still handing the session (`cart` = `old`) to the node's address at [`HANDED`].
     fn giver_answers(&self, m: &PeerMessage) -> Option<PeerMessage> {
         let node = *self.node.get().expect("the node has started");
-        Some(match m {
-            PeerMessage::Locate { session_id } => PeerMessage::Located {
-                session_id: *session_id,
-                role: Role::HandedOver,
-                addr: node,
-                generation: Some(HANDED - 1),
-            },
-            PeerMessage::Promote {
-                session_id,
-                failed_owner,
-                ..
-            } if *failed_owner == node => {
-                self.rehanded.store(true, Ordering::SeqCst);
-                PeerMessage::CopyData {
-                    transfer: HANDED,
-                    holders: Vec::new(),
-                    record: record_with_cart(*session_id, b"old"),
-                }
-            }
-            PeerMessage::Copy { session_id, .. } | PeerMessage::Promote { session_id, .. } => {
-                PeerMessage::Moved {
-                    session_id: *session_id,
-                    owner: node,
-                }
-            }
-            _ => PeerMessage::Ok,
-        })
+        Some(giver_handing_to(
+            node,
+            m,
+            HANDED - 1,
+            HANDED,
+            b"old",
+            &self.rehanded,
+        ))
     }
 
     /// Silent (a paused process, a cut link) unless `other_answers`; then it holds nothing.

@@ -52,3 +52,44 @@ pub fn empty_member_answer(m: &PeerMessage) -> PeerMessage {
         _ => PeerMessage::Ok,
     }
 }
+
+/// What a giver still handing the session to `node` answers: LOCATED role 3 naming
+/// `node` at `located_at`; to PROMOTE naming `node` as the failed owner, its copy
+/// (`cart` = `cart`) handed again under `transfer`, after setting `rehanded`; MOVED to
+/// `node` for any other COPY or PROMOTE; OK to the rest.
+pub fn giver_handing_to(
+    node: SocketAddr,
+    m: &PeerMessage,
+    located_at: u64,
+    transfer: u64,
+    cart: &'static [u8],
+    rehanded: &std::sync::atomic::AtomicBool,
+) -> PeerMessage {
+    match m {
+        PeerMessage::Locate { session_id } => PeerMessage::Located {
+            session_id: *session_id,
+            role: sessync_proto::Role::HandedOver,
+            addr: node,
+            generation: Some(located_at),
+        },
+        PeerMessage::Promote {
+            session_id,
+            failed_owner,
+            ..
+        } if *failed_owner == node => {
+            rehanded.store(true, std::sync::atomic::Ordering::SeqCst);
+            PeerMessage::CopyData {
+                transfer,
+                holders: Vec::new(),
+                record: super::record_with_cart(*session_id, cart),
+            }
+        }
+        PeerMessage::Copy { session_id, .. } | PeerMessage::Promote { session_id, .. } => {
+            PeerMessage::Moved {
+                session_id: *session_id,
+                owner: node,
+            }
+        }
+        _ => PeerMessage::Ok,
+    }
+}

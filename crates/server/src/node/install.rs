@@ -306,7 +306,7 @@ impl Node {
     ) -> Landed {
         let claim = failed.is_some();
         let id = record.id;
-        let claimed = generation;
+        let first_generation = generation;
         let mut generation = generation;
         let mut earlier_process = None;
         let mut handing_here = None;
@@ -469,7 +469,7 @@ impl Node {
                         && !stale.contains(&o)
                         && Some((sessync_proto::Role::Backup, o)) != before
                         && !(Some(o) == failed && theirs < generation)
-                        && theirs >= claimed =>
+                        && theirs >= first_generation =>
                 {
                     Some(o)
                 }
