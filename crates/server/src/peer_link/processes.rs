@@ -25,8 +25,8 @@ struct Inner {
     restarted: Vec<SocketAddr>,
     /// Processes another one replaced at their address: never taken for the current one
     /// again (a late reply or request of theirs would otherwise undo what the new one's
-    /// handshake told), and their late REPLICATEs are not stored. One entry per restart
-    /// seen, 16 bytes each.
+    /// handshake told), and their late requests are taken as protocol.md 12.2 step 7
+    /// says (`peer_port::handle`). One entry per restart seen, 16 bytes each.
     replaced: HashSet<[u8; 16]>,
     /// When this node last learned that the process running at an address before then is
     /// gone (Unix ms): another process answered or REPLICATEd from there, or a dial was
@@ -36,8 +36,8 @@ struct Inner {
 
 impl Processes {
     /// Records that the process `node_id` answered at `addr` (a handshake, or a reply in
-    /// the simulation).
-    /// A process already replaced at its address is ignored: what it sent was late.
+    /// the simulation). A process already replaced at its address is ignored: what it
+    /// sent was late.
     pub(crate) fn seen(&self, addr: SocketAddr, node_id: [u8; 16]) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.replaced.contains(&node_id) {
@@ -56,7 +56,7 @@ impl Processes {
 
     /// Whether another process has answered at `peer`'s address since `peer`'s own
     /// handshake: `peer` is gone, and a request of its is one its link delivered late
-    /// (protocol.md 12.2 step 6; simulation seed 11377 with crashes).
+    /// (protocol.md 12.2 step 7; simulation seed 11377 with crashes).
     pub(crate) fn replaced(&self, peer: &sessync_proto::PeerIdentity) -> bool {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.replaced.contains(&peer.node_id)
