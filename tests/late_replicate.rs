@@ -14,9 +14,8 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::member::{dial_as_member, read_reply, MemberLink};
+use common::member::{ask, dial_as_member, MemberLink};
 use common::*;
-use futures_util::SinkExt;
 use sessync_proto::{ErrorCode, PeerMessage, Role, SessionId};
 use tokio::time::timeout;
 
@@ -25,12 +24,6 @@ const O_BEFORE: [u8; 16] = [3; 16];
 const O_NOW: [u8; 16] = [4; 16];
 /// The live owner whose copy the node holds.
 const P: [u8; 16] = [5; 16];
-
-/// Sends `msg` on `link` and returns the answer.
-async fn ask(link: &mut MemberLink, request_id: u64, msg: PeerMessage) -> PeerMessage {
-    link.send((request_id, msg)).await.unwrap();
-    read_reply(link).await
-}
 
 /// REPLICATE{generation, record with `cart` = `value`} on `link`; the answer.
 async fn replicate(

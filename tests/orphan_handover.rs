@@ -17,9 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use common::member::{dial_as_member, read_reply, MemberLink};
+use common::member::{ask, dial_as_member, take_handover, MemberLink};
 use common::*;
-use futures_util::SinkExt;
 use sessync_proto::{PeerMessage, Role, SessionId};
 use tokio::time::{sleep, timeout};
 
@@ -34,17 +33,31 @@ async fn promote(
     last_transfer: u64,
     failed: SocketAddr,
 ) -> PeerMessage {
-    link.send((
-        request,
-        PeerMessage::Promote {
-            session_id: id,
-            last_transfer,
-            failed_owner: failed,
-        },
-    ))
-    .await
-    .unwrap();
-    read_reply(link).await
+    let promote = PeerMessage::Promote {
+        session_id: id,
+        last_transfer,
+        failed_owner: failed,
+    };
+    ask(link, request, promote).await
+}
+
+/// PROMOTE naming `failed`, answered MOVED to `failed` (`first_moved`: what a copy handed
+/// on at once would mean); then, once `failed` has been asked, the same PROMOTE again:
+/// its answer.
+async fn promote_twice(
+    link: &mut MemberLink,
+    id: SessionId,
+    last_transfer: u64,
+    failed: SocketAddr,
+    first_moved: &str,
+) -> PeerMessage {
+    let first = promote(link, 3, id, last_transfer, failed).await;
+    assert!(
+        matches!(first, PeerMessage::Moved { owner, .. } if owner == failed),
+        "{first_moved}: {first:?}"
+    );
+    sleep(ANSWERED).await;
+    promote(link, 4, id, last_transfer, failed).await
 }
 
 /// The fake members of the kept-copy case.
@@ -116,13 +129,14 @@ async fn promote_kept_copy(handing_at: u64) -> PeerMessage {
     sleep(ANSWERED).await;
 
     let mut link = dial_as_member(node.peer_addr(), [8; 16], other).await;
-    let first = promote(&mut link, 3, id, 4, f).await;
-    assert!(
-        matches!(first, PeerMessage::Moved { owner, .. } if owner == f),
-        "the kept copy was handed over before F was asked: {first:?}"
-    );
-    sleep(ANSWERED).await;
-    let second = promote(&mut link, 4, id, 4, f).await;
+    let second = promote_twice(
+        &mut link,
+        id,
+        4,
+        f,
+        "the kept copy was handed over before F was asked",
+    )
+    .await;
     stop(vec![node]).await;
     second
 }
@@ -195,31 +209,20 @@ async fn promote_handed_copy(receivers_copy: u64) -> PeerMessage {
         .expect("the GET must end")
         .expect("the session is copied here from the giver");
 
-    let mut as_receiver = dial_as_member(node.peer_addr(), [7; 16], receiver).await;
-    as_receiver
-        .send((
-            3,
-            PeerMessage::Copy {
-                session_id: id,
-                last_transfer: 0,
-            },
-        ))
-        .await
-        .unwrap();
-    match read_reply(&mut as_receiver).await {
-        PeerMessage::CopyData { transfer, .. } => assert_eq!(transfer, INSTALLED + 1),
-        other => panic!("the node did not hand the session over: {other:?}"),
-    }
-    drop(as_receiver);
+    assert_eq!(
+        take_handover(node.peer_addr(), [7; 16], receiver, id).await,
+        INSTALLED + 1
+    );
 
     let mut link = dial_as_member(node.peer_addr(), [6; 16], giver).await;
-    let first = promote(&mut link, 3, id, 0, receiver).await;
-    assert!(
-        matches!(first, PeerMessage::Moved { owner, .. } if owner == receiver),
-        "the copy was handed on before the receiver was asked: {first:?}"
-    );
-    sleep(ANSWERED).await;
-    let second = promote(&mut link, 4, id, 0, receiver).await;
+    let second = promote_twice(
+        &mut link,
+        id,
+        0,
+        receiver,
+        "the copy was handed on before the receiver was asked",
+    )
+    .await;
     stop(vec![node]).await;
     second
 }

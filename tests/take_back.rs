@@ -14,9 +14,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use common::member::{dial_as_member, empty_member_answer, read_reply};
+use common::member::{empty_member_answer, take_handover};
 use common::*;
-use futures_util::SinkExt;
 use sessync_proto::{PeerMessage, Role};
 use tokio::time::timeout;
 
@@ -82,21 +81,10 @@ async fn get_after_receiver_restarted(other_holds_it: bool) -> sessync_client::S
     let (c, _, id) = create_mine(node.client_addr()).await;
 
     // The receiver's earlier process asks for the session and is handed it.
-    let mut link = dial_as_member(node.peer_addr(), [7; 16], receiver).await;
-    link.send((
-        3,
-        PeerMessage::Copy {
-            session_id: id,
-            last_transfer: 0,
-        },
-    ))
-    .await
-    .unwrap();
-    match read_reply(&mut link).await {
-        PeerMessage::CopyData { transfer, .. } => assert_eq!(transfer, HANDED),
-        other => panic!("the node did not hand the session over: {other:?}"),
-    }
-    drop(link);
+    assert_eq!(
+        take_handover(node.peer_addr(), [7; 16], receiver, id).await,
+        HANDED
+    );
 
     let token = token_for(id, HANDED, receiver, vec![other]);
     let got = timeout(WAIT, c.get(&token))

@@ -30,6 +30,32 @@ pub async fn dial_as_member(node: SocketAddr, node_id: [u8; 16], advertised: Soc
     framed
 }
 
+/// Sends `msg` on `link` as request `request_id` and returns the answer, within [`WAIT`].
+pub async fn ask(link: &mut MemberLink, request_id: u64, msg: PeerMessage) -> PeerMessage {
+    link.send((request_id, msg)).await.unwrap();
+    read_reply(link).await
+}
+
+/// Dials `node` as the member `advertised` (process `node_id`), asks it for session `id`
+/// with COPY and returns the transfer it was handed the session under (panics on any
+/// other answer).
+pub async fn take_handover(
+    node: SocketAddr,
+    node_id: [u8; 16],
+    advertised: SocketAddr,
+    id: sessync_proto::SessionId,
+) -> u64 {
+    let mut link = dial_as_member(node, node_id, advertised).await;
+    let copy = PeerMessage::Copy {
+        session_id: id,
+        last_transfer: 0,
+    };
+    match ask(&mut link, 3, copy).await {
+        PeerMessage::CopyData { transfer, .. } => transfer,
+        other => panic!("the node did not hand the session over: {other:?}"),
+    }
+}
+
 /// The next message on a member link, within [`WAIT`].
 pub async fn read_reply(link: &mut MemberLink) -> PeerMessage {
     let frame = timeout(WAIT, link.next())

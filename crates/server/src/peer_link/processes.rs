@@ -17,6 +17,9 @@ pub(crate) struct Processes {
     /// Whether `restarted` may be non-empty: read without the lock on every replicated
     /// write. Set after a push, cleared when taken (both under the lock).
     any_restarted: AtomicBool,
+    /// Whether any process was ever replaced: [`Processes::replaced`] runs on every
+    /// REPLICATE and COPY this node answers, and takes no lock until one was.
+    any_replaced: AtomicBool,
 }
 
 #[derive(Default)]
@@ -46,6 +49,7 @@ impl Processes {
         let before = inner.node_ids.insert(addr, node_id);
         if let Some(before) = before.filter(|b| *b != node_id) {
             inner.replaced.insert(before);
+            self.any_replaced.store(true, Ordering::SeqCst);
             inner.gone_ms.insert(addr, crate::clock::now_ms());
             if !inner.restarted.contains(&addr) {
                 inner.restarted.push(addr);
@@ -58,6 +62,9 @@ impl Processes {
     /// handshake: `peer` is gone, and a request of its is one its link delivered late
     /// (protocol.md 12.2 step 7; simulation seed 11377 with crashes).
     pub(crate) fn replaced(&self, peer: &sessync_proto::PeerIdentity) -> bool {
+        if !self.any_replaced.load(Ordering::SeqCst) {
+            return false;
+        }
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.replaced.contains(&peer.node_id)
     }
