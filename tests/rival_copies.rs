@@ -17,71 +17,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use common::claims::{
+    claim_met_by_rival, copy_under_promote, locate, never_acknowledged_claim, replicate, until_backup_of,
+    RivalAct,
+};
 use common::raw_peer::{ask, authenticated_as, Raw};
 use common::*;
 use sessync_proto::{ErrorCode, PeerMessage, Role, SessionId};
 use tokio::time::timeout;
-
-/// A node with `--replicas 1` that took session `id` over from a dead owner under
-/// PROMOTE at a fake backup, while neither fake member answered its REPLICATEs: its copy
-/// is installed with no confirmation, so it never acknowledged a write. Returns the node,
-/// the generation it owns the session under, and how many DROPs the members got.
-async fn never_acknowledged_claim(id: SessionId) -> (sessync_server::NodeHandle, u64, Arc<AtomicUsize>) {
-    let drops = Arc::new(AtomicUsize::new(0));
-    let refuse = {
-        let drops = drops.clone();
-        move |m: &PeerMessage| -> Option<PeerMessage> {
-            match m {
-                PeerMessage::Promote { session_id, .. } => Some(copy_under_promote(*session_id)),
-                // No answer: the claim counts them as holders that may have its copy.
-                PeerMessage::Replicate { .. } => None,
-                PeerMessage::Locate { session_id } => Some(PeerMessage::NotFound {
-                    session_id: *session_id,
-                }),
-                PeerMessage::Drop { .. } => {
-                    drops.fetch_add(1, Ordering::SeqCst);
-                    Some(PeerMessage::Ok)
-                }
-                _ => Some(PeerMessage::Ok),
-            }
-        }
-    };
-    let backup = scripted_peer([7; 16], Arc::new(refuse.clone())).await;
-    let member = scripted_peer([8; 16], Arc::new(refuse)).await;
-    let node = replicating_node(vec![backup, member]).await;
-    let c = client(node.client_addr()).await;
-    timeout(WAIT, c.get(&token_for(id, 0, nowhere(), vec![backup])))
-        .await
-        .unwrap()
-        .expect("the backup's copy is taken over");
-    let stats = timeout(WAIT, c.stats()).await.unwrap().unwrap();
-    assert_eq!(stat(&stats, "promotions"), 1, "{stats:?}");
-    let mut raw = authenticated_as(node.peer_addr(), nowhere(), [9; 16]).await;
-    let generation = match locate(&mut raw, id).await {
-        PeerMessage::Located {
-            role: Role::Owner,
-            generation: Some(g),
-            ..
-        } => g,
-        other => panic!("the node owns the claimed session: {other:?}"),
-    };
-    (node, generation, drops)
-}
-
-/// A fake backup's answer to PROMOTE: its copy of `id`, handed over under transfer 1.
-fn copy_under_promote(id: SessionId) -> PeerMessage {
-    PeerMessage::CopyData {
-        transfer: 1,
-        holders: Vec::new(),
-        record: empty_record(id, sessync_server::clock::now_ms(), 60_000),
-    }
-}
-
-async fn locate(raw: &mut Raw, id: SessionId) -> PeerMessage {
-    timeout(WAIT, ask(raw, PeerMessage::Locate { session_id: id }))
-        .await
-        .expect("LOCATE is answered")
-}
 
 /// Whether the node behind `raw` answers LOCATE for `id` as its owner.
 async fn owned_here(raw: &mut Raw, id: SessionId) -> bool {
@@ -92,22 +35,6 @@ async fn owned_here(raw: &mut Raw, id: SessionId) -> bool {
             ..
         }
     )
-}
-
-/// Asks LOCATE until the node answers that it holds a backup copy of `owner`'s.
-async fn until_backup_of(raw: &mut Raw, id: SessionId, owner: SocketAddr) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let answer = locate(raw, id).await;
-        if matches!(answer, PeerMessage::Located { role: Role::Backup, addr, .. } if addr == owner) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the node did not yield to {owner}: {answer:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// SET `cart` = `value`: the node's error code when it is refused.
@@ -134,12 +61,6 @@ async fn acknowledged_session(c: &sessync_client::Client) -> (String, SessionId)
         .unwrap()
         .session_id;
     (s.token, id)
-}
-
-fn replicate(id: SessionId, generation: u64, version: u64) -> PeerMessage {
-    let mut record = empty_record(id, sessync_server::clock::now_ms(), 60_000);
-    record.meta.version = version;
-    PeerMessage::Replicate { generation, record }
 }
 
 /// A rival with a higher node id wins the tie: the node stores the rival's copy (OK, or
@@ -533,59 +454,22 @@ async fn a_copy_being_placed_asks_a_silent_rival_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_is_installed_over_the_fence_of_a_rival_that_confirmed_it() {
     let id = SessionId::random();
-    let node_addr: Arc<OnceLock<SocketAddr>> = Arc::new(OnceLock::new());
-    let rival_addr: Arc<OnceLock<SocketAddr>> = Arc::new(OnceLock::new());
-    // The giver of the claimed copy does not confirm it: the claim goes on to the rival.
-    let backup = scripted_peer(
-        [7; 16],
-        Arc::new(|m: &PeerMessage| match m {
-            PeerMessage::Promote { session_id, .. } => Some(copy_under_promote(*session_id)),
-            PeerMessage::Replicate { .. } => None,
-            PeerMessage::Locate { session_id } => Some(PeerMessage::NotFound {
-                session_id: *session_id,
-            }),
-            _ => Some(PeerMessage::Ok),
-        }),
-    )
-    .await;
-    let rival = {
-        let (node_addr, rival_addr) = (node_addr.clone(), rival_addr.clone());
-        scripted_peer_async(
-            [8; 16],
-            Arc::new(move |m: PeerMessage| {
-                let (node_addr, rival_addr) = (node_addr.clone(), rival_addr.clone());
-                Box::pin(async move {
-                    match m {
-                        // Before it confirms the claim, its own copy of the generation
-                        // lands on the claiming node, and then its DROP.
-                        PeerMessage::Replicate { generation, record } if record.id == id => {
-                            let (node, me) = (*node_addr.get().unwrap(), *rival_addr.get().unwrap());
-                            let mut raw = authenticated_as(node, me, [8; 16]).await;
-                            let stored = timeout(WAIT, ask(&mut raw, replicate(id, generation, 7))).await;
-                            assert_eq!(stored.unwrap(), PeerMessage::Ok, "the rival's copy is stored");
-                            let drop = PeerMessage::Drop {
-                                session_id: id,
-                                generation,
-                            };
-                            let dropped = timeout(WAIT, ask(&mut raw, drop)).await;
-                            assert_eq!(dropped.unwrap(), PeerMessage::Ok, "the rival's copy is fenced");
-                            Some(PeerMessage::Ok)
-                        }
-                        PeerMessage::Locate { session_id } => Some(PeerMessage::NotFound { session_id }),
-                        _ => Some(PeerMessage::Ok),
-                    }
-                })
-            }),
-        )
-        .await
-    };
-    rival_addr.set(rival).unwrap();
-    let node = replicating_node(vec![backup, rival]).await;
-    node_addr.set(node.peer_addr()).unwrap();
-    let c = client(node.client_addr()).await;
-    let got = timeout(WAIT, c.get(&token_for(id, 0, nowhere(), vec![backup])))
-        .await
-        .unwrap();
+    // Before it confirms the claim, its own copy of the generation lands on the claiming
+    // node, and then its DROP.
+    let act: RivalAct = Arc::new(move |mut raw, generation| {
+        Box::pin(async move {
+            let stored = timeout(WAIT, ask(&mut raw, replicate(id, generation, 7))).await;
+            assert_eq!(stored.unwrap(), PeerMessage::Ok, "the rival's copy is stored");
+            let drop = PeerMessage::Drop {
+                session_id: id,
+                generation,
+            };
+            let dropped = timeout(WAIT, ask(&mut raw, drop)).await;
+            assert_eq!(dropped.unwrap(), PeerMessage::Ok, "the rival's copy is fenced");
+            PeerMessage::Ok
+        })
+    });
+    let (node, got) = claim_met_by_rival(id, act).await;
     assert!(got.is_ok(), "the claim is installed and served: {got:?}");
     let mut raw = authenticated_as(node.peer_addr(), nowhere(), [9; 16]).await;
     assert!(owned_here(&mut raw, id).await, "the node owns the session");

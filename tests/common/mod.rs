@@ -315,6 +315,7 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
 }
 
 pub mod certs;
+pub mod claims;
 pub mod member;
 pub mod raw_peer;
 
