@@ -50,6 +50,30 @@ async fn located(link: &mut MemberLink, id: SessionId) -> (Role, SocketAddr, Opt
     }
 }
 
+/// A node that owns a session it created (`cart` = `mine`; a fake holder confirms every
+/// copy), and links to it from O's old process and from the new one that replaced it:
+/// the node, its client, the session, its id, and the two links.
+async fn owner_beside_a_replaced_process() -> (
+    sessync_server::NodeHandle,
+    sessync_client::Client,
+    sessync_client::Session,
+    SessionId,
+    MemberLink,
+    MemberLink,
+) {
+    let o = nowhere();
+    let holder = scripted_peer(
+        [7; 16],
+        std::sync::Arc::new(|_: &PeerMessage| Some(PeerMessage::Ok)),
+    )
+    .await;
+    let node = replicating_node_beside_fakes(vec![holder]).await;
+    let (c, s, id) = create_mine(node.client_addr()).await;
+    let o_before = dial_as_member(node.peer_addr(), O_BEFORE, o).await;
+    let o_now = dial_as_member(node.peer_addr(), O_NOW, o).await;
+    (node, c, s, id, o_before, o_now)
+}
+
 fn assert_refused(answer: PeerMessage, what: &str) {
     match answer {
         PeerMessage::Error(e) => assert_eq!(e.code, ErrorCode::BackupUnavailable, "{what}: {e:?}"),
@@ -157,16 +181,7 @@ async fn a_replaced_process_late_replicate_is_kept_where_it_supersedes_nothing()
 /// COPY_REFUSED OK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_process_is_not_handed_the_session() {
-    let o = nowhere();
-    let holder = scripted_peer(
-        [7; 16],
-        std::sync::Arc::new(|_: &PeerMessage| Some(PeerMessage::Ok)),
-    )
-    .await;
-    let node = replicating_node_beside_fakes(vec![holder]).await;
-    let (c, s, id) = create_mine(node.client_addr()).await;
-    let mut o_before = dial_as_member(node.peer_addr(), O_BEFORE, o).await;
-    let _o_now = dial_as_member(node.peer_addr(), O_NOW, o).await;
+    let (node, c, s, id, mut o_before, _o_now) = owner_beside_a_replaced_process().await;
     let copy = PeerMessage::Copy {
         session_id: id,
         last_transfer: 0,
@@ -182,5 +197,33 @@ async fn a_replaced_process_is_not_handed_the_session() {
         .expect("the GET must end")
         .expect("the session is served");
     assert_served_with_cart(&got, b"mine", "the node that still owns it");
+    stop(vec![node]).await;
+}
+
+/// The node owns a session (its holder confirmed it); O's old process, replaced since,
+/// REPLICATEs a newer generation of it, read only now: the node does not yield to it (it
+/// never confirmed that copy, and O's address runs a process without it), keeps serving,
+/// and still answers LOCATE as the owner (simulation seed 7096 with crashes: an owner
+/// yielded to a crashed claimer's late copy, and only a stale owner was left). Checked:
+/// without the rule, the REPLICATE is answered OK and the node's copy becomes O's backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_process_late_replicate_does_not_make_the_owner_yield() {
+    let (node, c, s, id, mut o_before, mut o_now) = owner_beside_a_replaced_process().await;
+    let answer = replicate(&mut o_before, 3, id, 9, b"o-crashed").await;
+    assert!(
+        matches!(answer, PeerMessage::Moved { owner, .. } if owner == node.peer_addr()),
+        "a replaced process's REPLICATE over a live copy: {answer:?}"
+    );
+    let (role, addr, _) = located(&mut o_now, id).await;
+    assert_eq!(
+        (role, addr),
+        (Role::Owner, node.peer_addr()),
+        "the node still owns it"
+    );
+    let got = timeout(WAIT, c.get(&s.token))
+        .await
+        .expect("the GET must end")
+        .expect("the session is served");
+    assert_served_with_cart(&got, b"mine", "the owner");
     stop(vec![node]).await;
 }

@@ -156,11 +156,23 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// reply was lost), and that copy's acknowledged append was lost: a claim does not climb
 /// past a member handing the node named a newer generation. 48013 (a lost append), 14790, 17341 and
 /// 31701 pass with those rules too.
+/// Session 38 (item 31): 2727, a moved copy being placed gave up on a survey naming a
+/// rival claim's backup while the rival yielded to it (only fences left): a moved copy
+/// being placed counts such a rival as unsettled. 2846 and 22988, two claims of one
+/// generation that each gave up on the other (one at its install, one on a holder's
+/// MOVED) fenced each other's copies away: a copy this node yielded its claim to is kept
+/// when that rival's DROP comes. 6954, a duplicated COPY_DATA of the copy installed here,
+/// whose COPY_ACK was held back, was answered COPY_REFUSED, and the session died with the
+/// receiver: the very copy held is not refused. 7096, an owner yielded to a crashed
+/// claimer's late REPLICATE: a replaced process's REPLICATE makes no owner yield. 33360 (a
+/// lost append), 12665, 23614, 25337, 27677, 28095, 35057, 46064 and 48041 pass with those
+/// rules too.
 const FIXED_SEEDS: &[u64] = &[
     22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,
     349, 403, 426, 468, 1681, 1971, 2617, 4329, 5292, 6063, 6475, 6663, 7171, 7223, 9264, 9698, 9744, 10153,
     10227, 10576, 17359, 24267, 29620, 30417, 32002, 37179, 39269, 40863, 1710, 21549, 3201, 3583, 10783,
-    18949, 36714, 1216, 11377, 23049, 48013, 14790, 17341, 31701,
+    18949, 36714, 1216, 11377, 23049, 48013, 14790, 17341, 31701, 2727, 2846, 6954, 7096, 22988, 33360,
+    12665, 23614, 25337, 27677, 28095, 35057, 46064, 48041,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.
@@ -227,10 +239,15 @@ const FIXED_SEEDS: &[u64] = &[
 /// ran acknowledges nothing (the rule fires on the failing session of 10710).
 /// Session 36 (item 29): 38304, a destroyed session came back; passes once a kept copy is
 /// claimed only while no member holds the newer owner's lineage past it.
+/// Session 38 (item 31): 46337, two claims of one generation both gave up (one yielded by
+/// the tie, the other to that one's copy found at home though it had promised to yield):
+/// a claim does not yield to a rival that answered its round VERSION_CONFLICT. 27722, a
+/// paused claimer yielded to its rival's late REPLICATE, and the rival's DROP, sent when
+/// it had given up, fenced that copy: it is kept. 14217 passes with those rules too.
 const FIXED_SEEDS_WITHOUT_CRASHES: &[u64] = &[
     13, 121, 208, 418, 492, 745, 913, 1032, 1026, 1104, 2352, 3296, 3341, 3476, 5541, 5934, 6475, 6544, 7536,
     7805, 8956, 9566, 11120, 12086, 12118, 12524, 13048, 15021, 20142, 20226, 28730, 31330, 36742, 40622,
-    42956, 47897, 48272, 10710, 24636, 32682, 40656, 38304,
+    42956, 47897, 48272, 10710, 24636, 32682, 40656, 38304, 46337, 27722, 14217,
 ];
 
 /// The seeds `cargo test` runs: 0 to 19 but those in [`STILL_FAILING`], and

@@ -69,6 +69,7 @@ impl Node {
             return Replication::Done(Backups {
                 confirmed: snap.backups.clone(),
                 holders: snap.backups,
+                yielding: Box::default(),
             });
         }
         // A backup the operator removed from the cluster (no longer among its peers) is
@@ -343,6 +344,7 @@ impl Node {
             _ => RoundOutcome::Done(Backups {
                 confirmed: confirmed.into(),
                 holders: holders.into(),
+                yielding: yield_promised.into(),
             }),
         }
     }

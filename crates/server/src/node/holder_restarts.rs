@@ -314,7 +314,7 @@ impl Node {
                     // (simulation seed 6475 with crashes: the survey gave an acknowledged
                     // append up to a rival that had acknowledged nothing).
                     sessync_proto::Role::Owner
-                        if theirs == Some(generation) && self.may_have_acknowledged(&id, generation) =>
+                        if theirs == Some(generation) && self.keeps_against_rival(&id, generation) =>
                     {
                         LineageSurvey::Unknown
                     }
@@ -363,7 +363,7 @@ impl Node {
                     sessync_proto::Role::Backup
                         if addr != me
                             && theirs == Some(generation)
-                            && self.may_have_acknowledged(&id, generation) =>
+                            && self.keeps_against_rival(&id, generation) =>
                     {
                         LineageSurvey::Unknown
                     }

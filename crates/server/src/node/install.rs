@@ -187,6 +187,21 @@ impl Node {
             Landed::Owner(placed) => placed,
             // Without backups a write is acknowledged without waiting for any ACK.
             Landed::NotNewer if self.config.replicas == 0 => None,
+            // The very copy installed here already (a duplicated COPY_DATA, or two requests'
+            // fetches of one handover), whose COPY_ACK is held back while too few backups
+            // have it: the giver's copy must outlive a crash of this node's, so the giver
+            // hears nothing until the ACK goes. Refused, the giver ended its handover and
+            // fenced its holders, and a crash of this node lost the session (simulation
+            // seed 6954 with crashes).
+            Landed::NotNewer
+                if self
+                    .held_acks
+                    .get(&record.id)
+                    .is_some_and(|h| h.giver == from && h.transfer == transfer) =>
+            {
+                tracing::info!(session = %record.id, %from, transfer, "this copy is installed here already, its COPY_ACK held back; not refused");
+                return;
+            }
             Landed::NotNewer => {
                 tracing::info!(session = %record.id, %from, transfer, "another copy of this generation was installed here first; this one is refused");
                 return self.refuse_copy(from, record.id, transfer);
@@ -476,8 +491,12 @@ impl Node {
                 _ => None,
             };
             let outcome = match (outcome, rival) {
-                (RoundOutcome::Done(b), Some(to)) => {
+                // Not to a rival that promised in this round to yield to this copy (its
+                // VERSION_CONFLICT): both yielded, fenced each other's copies, and no copy
+                // was left anywhere (simulation seed 46337 without crashes).
+                (RoundOutcome::Done(b), Some(to)) if !b.yielding.contains(&to) => {
                     tracing::info!(session = %id, %to, generation, "a rival claim placed its copy here while this one was placed; it yields");
+                    self.table.mark_yielded_to(&id, to, generation, now_ms());
                     let mut placed = b.holders.to_vec();
                     placed.extend(b.confirmed.iter().filter(|c| !b.holders.contains(c)));
                     self.spawn_fence(id, generation, placed);
@@ -519,10 +538,13 @@ impl Node {
         // A holder that confirmed this copy, and whose fence of this generation is here,
         // yielded its own copy of the generation to this one: the fence does not keep
         // this copy out.
+        // A rival that promised to yield to it (`Backups::yielding`): its copy here does not
+        // either.
         let yielded = landing_backups.as_ref().map_or(&[][..], |b| &b.confirmed[..]);
+        let yielding = landing_backups.as_ref().map_or(&[][..], |b| &b.yielding[..]);
         match self
             .table
-            .install_over_yielded(record, generation, landing, yielded, now_ms())
+            .install_over_yielded(record, generation, landing, yielded, yielding, now_ms())
         {
             Ok(true) if superseded.is_none() => {
                 Stats::bump(&self.stats.copies_received);

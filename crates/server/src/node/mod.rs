@@ -106,6 +106,10 @@ struct Backups {
     /// reply was lost). Such a node stays a backup until it confirms a later state:
     /// dropping it silently would leave a promotable stale copy behind (fencing).
     holders: Box<[SocketAddr]>,
+    /// Holders that answered this round VERSION_CONFLICT: each owns a rival claim of this
+    /// generation that never acknowledged a write and yields to this copy once its own
+    /// round is over (`rival_claims.rs`), so its copy met here is no rival to yield to.
+    yielding: Box<[SocketAddr]>,
 }
 
 impl Backups {

@@ -87,14 +87,16 @@ impl Table {
         let shard = self.shard(&id);
         let order = |g: u64, m: &SessionMeta| (g, m.version, m.last_access_ms);
         let incoming = order(generation, &record.meta);
-        let backup = || {
+        let backup_yielded_to = |yielded_to: bool| {
             Entry::Backup(Box::new(BackupCopy {
                 owner: owner.advertised,
                 live: Live::from_record(record, generation),
                 kept: false,
+                yielded_to,
                 written_ms: now,
             }))
         };
+        let backup = || backup_yielded_to(false);
         if Live::from_record(record, generation).expired(now) {
             return Replicated::Ignored;
         }
@@ -130,6 +132,13 @@ impl Table {
                     Entry::Live(l) if !l.expired(now) && generation <= l.received => {
                         return Replicated::OwnedHere
                     }
+                    // Nor does a dead process's late REPLICATE supersede the owner here:
+                    // whatever its claim acknowledged is on the holders that confirmed it,
+                    // which answer this owner's next round in its name, and its sender's
+                    // address runs a process without it (simulation seed 7096 with crashes:
+                    // the owner of 31 yielded to a crashed claimer's copy of 32, and only a
+                    // stale owner of 30 was left serving).
+                    Entry::Live(l) if sender_gone && !l.expired(now) => return Replicated::OwnedHere,
                     // A copy kept when this node yielded to `b.owner` fences as the
                     // forwarding pointer it stands for: only that owner's copies of its
                     // generation, or newer ones, are taken (another owner's of that
@@ -209,6 +218,11 @@ impl Table {
                     Entry::Destroyed { until_ms } if now < *until_ms => return Replicated::Destroyed,
                     _ => None,
                 };
+                // The owner this node gave its own copy of the generation up to (a kept
+                // copy, or its copy taken when this node yielded): still so.
+                let yielded_to = matches!(o.get(), Entry::Backup(b) if b.owner == owner.advertised
+                    && ((b.kept && b.live.received.checked_add(1) == Some(generation))
+                        || (b.yielded_to && b.live.received == generation)));
                 if let Some((to, transfer)) = handed_to {
                     // We handed the session to `to` under `transfer`: the sender is that
                     // node (it installed our copy), or someone who got it later.
@@ -224,7 +238,7 @@ impl Table {
                         return Replicated::Moved(to);
                     }
                 }
-                let e = backup();
+                let e = backup_yielded_to(yielded_to);
                 match self.replace(shard, o.get_mut(), e) {
                     Entry::HandingOver(h) => Replicated::Stored(Some(OldBackups {
                         backups: h.live.backups,
@@ -319,6 +333,25 @@ impl Table {
             MapEntry::Occupied(o) => o,
         };
         let until_ms = match o.get() {
+            // The rival this node's claim yielded to gave its claim up too: its copy is
+            // kept below it, as this node's own would have been ([`Table::lose_ownership`]),
+            // so that some copy of the session is left (`BackupCopy::yielded_to`).
+            Entry::Backup(b)
+                if !ended && b.yielded_to && b.owner == owner && b.live.received == generation =>
+            {
+                tracing::warn!(session = %id, %owner, generation, "the rival claim this node yielded to gave the session up too; its copy is kept");
+                self.transform(shard, o.get_mut(), |old| match old {
+                    Entry::Backup(mut b) => {
+                        b.live.received = generation.saturating_sub(1);
+                        b.kept = true;
+                        b.yielded_to = false;
+                        b.written_ms = 0;
+                        Entry::Backup(b)
+                    }
+                    other => other,
+                });
+                return Dropped::Fenced;
+            }
             // A kept copy (`BackupCopy::kept`) holds this node's own state, not the
             // sender's: the sender's DROP (it lost the session too) leaves it, or rivals
             // that yielded to each other fence every copy away (seed 29 without crashes).
@@ -458,6 +491,7 @@ impl Table {
             owner: owner.advertised,
             live: Live::from_record(record, generation),
             kept: false,
+            yielded_to: true,
             written_ms: now,
         }));
         tracing::warn!(session = %id, rival = %owner.advertised, generation, "a rival claim of this generation wins the tie; yielding the session");
@@ -467,6 +501,18 @@ impl Table {
                 generation,
             }),
             _ => None,
+        }
+    }
+
+    /// Marks the copy of `owner`'s held here under `generation` as the rival claim this
+    /// node's own claim of that generation gave itself up to (`BackupCopy::yielded_to`).
+    pub fn mark_yielded_to(&self, id: &SessionId, owner: SocketAddr, generation: u64, now: u64) {
+        if let Some(mut r) = self.shard(id).map.get_mut(id) {
+            if let Entry::Backup(b) = r.value_mut() {
+                if b.owner == owner && b.live.received == generation && !b.kept && !b.live.expired(now) {
+                    b.yielded_to = true;
+                }
+            }
         }
     }
 
@@ -493,6 +539,7 @@ impl Table {
                     owner: to,
                     live: l,
                     kept: true,
+                    yielded_to: false,
                     // `to`'s process that is alive now owns a newer copy: a PROMOTE
                     // naming it failed while it still REPLICATEs here is refused.
                     written_ms: now,

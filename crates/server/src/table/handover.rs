@@ -310,7 +310,7 @@ impl Table {
         landing: Landing<'_>,
         now: u64,
     ) -> Result<bool, Miss> {
-        self.install_over_yielded(record, transfer, landing, &[], now)
+        self.install_over_yielded(record, transfer, landing, &[], &[], now)
     }
 
     /// [`Table::install_as`], where `yielded` are holders that confirmed this very copy: a
@@ -321,13 +321,16 @@ impl Table {
     /// and its DROP reached this node while its claim was placed, and only fences were
     /// left). A live backup copy of theirs still refuses it: such a holder may be handing
     /// its copy, with acknowledged writes, to this node (seed 7223 with crashes, with a
-    /// first version that let it pass).
+    /// first version that let it pass). `yielding` are holders that promised to yield
+    /// their own claim of this generation to this copy (they never acknowledged a write
+    /// under it): neither their fence nor their copy here refuses it.
     pub fn install_over_yielded(
         &self,
         record: &SessionRecord,
         transfer: u64,
         landing: Landing<'_>,
         yielded: &[SocketAddr],
+        yielding: &[SocketAddr],
         now: u64,
     ) -> Result<bool, Miss> {
         let id = record.id;
@@ -355,6 +358,7 @@ impl Table {
                     owner: to,
                     live,
                     kept: true,
+                    yielded_to: false,
                     written_ms: 0,
                 }))
             }
@@ -379,7 +383,10 @@ impl Table {
                     Entry::Destroyed { until_ms } if now < *until_ms => return Err(Miss::NotFound),
                     Entry::Fenced {
                         owner, generation, ..
-                    } if *generation == transfer && yielded.contains(owner) => 0,
+                    } if *generation == transfer && (yielded.contains(owner) || yielding.contains(owner)) => {
+                        0
+                    }
+                    Entry::Backup(b) if b.live.received == transfer && yielding.contains(&b.owner) => 0,
                     e => e.known_generation(),
                 };
                 if transfer <= known {

@@ -137,6 +137,15 @@ pub struct BackupCopy {
     /// three rivals that each yielded to another at once left only forwarding pointers and
     /// no copy (simulation seed 47 with `SESSYNC_SIM_NO_CRASH`).
     pub kept: bool,
+    /// Stored when this node gave its own claim of the generation up to `owner`'s rival
+    /// claim ([`Table::yield_to_rival`], [`Table::mark_yielded_to`]), or by `owner`'s
+    /// REPLICATE over such a copy or over this node's kept copy below `owner` (the same
+    /// yield, seen again): if `owner` abandons its
+    /// claim too (its DROP), this copy is kept below it rather than fenced. Fenced, two
+    /// claims that each gave up on the other left no copy anywhere (simulation seed 27722
+    /// without crashes: a paused claimer woke to the rival's late REPLICATE and yielded to
+    /// it, and the rival's DROP, sent when it had given up, came next).
+    pub yielded_to: bool,
     /// When `owner`'s REPLICATE last stored this copy here (Unix ms), or, for a copy kept
     /// by [`Table::lose_ownership`], when this node learned that `owner` holds a newer one
     /// (0 for other kept copies): the evidence that `owner` was alive and holding this
