@@ -695,7 +695,7 @@ fn end_backup(
     };
     tracing::debug!(session = %session_id, from = %peer.advertised, generation, ?ended, "{what}");
     match ended {
-        Dropped::Fenced | Dropped::NotHeld => PeerMessage::Ok,
+        Dropped::Fenced | Dropped::Kept | Dropped::NotHeld => PeerMessage::Ok,
         Dropped::Newer(owner) => PeerMessage::Moved {
             session_id,
             owner: if owner.ip().is_unspecified() {

@@ -49,6 +49,9 @@ pub struct Snapshot {
 pub enum Dropped {
     /// The sender's copy was replaced by a fence (a tombstone, for RETIRE).
     Fenced,
+    /// The sender's copy, which this node's own claim had yielded to, was kept below it
+    /// (`BackupCopy::yielded_to`).
+    Kept,
     /// No copy of the sender's was held (nothing to do).
     NotHeld,
     /// A newer owner holds the session (the unspecified address: this node itself).
@@ -332,26 +335,21 @@ impl Table {
             MapEntry::Vacant(_) => return late(),
             MapEntry::Occupied(o) => o,
         };
-        let until_ms = match o.get() {
-            // The rival this node's claim yielded to gave its claim up too: its copy is
-            // kept below it, as this node's own would have been ([`Table::lose_ownership`]),
-            // so that some copy of the session is left (`BackupCopy::yielded_to`).
-            Entry::Backup(b)
-                if !ended && b.yielded_to && b.owner == owner && b.live.received == generation =>
-            {
+        // The rival this node's claim yielded to gave its claim up too: its copy is kept
+        // below it, as this node's own would have been ([`Table::lose_ownership`]), so that
+        // some copy of the session is left (`BackupCopy::yielded_to`). Changed in place: a
+        // kept copy is charged as the backup copy it was.
+        if let Entry::Backup(b) = o.get_mut() {
+            if !ended && b.yielded_to && b.owner == owner && b.live.received == generation {
                 tracing::warn!(session = %id, %owner, generation, "the rival claim this node yielded to gave the session up too; its copy is kept");
-                self.transform(shard, o.get_mut(), |old| match old {
-                    Entry::Backup(mut b) => {
-                        b.live.received = generation.saturating_sub(1);
-                        b.kept = true;
-                        b.yielded_to = false;
-                        b.written_ms = 0;
-                        Entry::Backup(b)
-                    }
-                    other => other,
-                });
-                return Dropped::Fenced;
+                b.live.received = generation.saturating_sub(1);
+                b.kept = true;
+                b.yielded_to = false;
+                b.written_ms = 0;
+                return Dropped::Kept;
             }
+        }
+        let until_ms = match o.get() {
             // A kept copy (`BackupCopy::kept`) holds this node's own state, not the
             // sender's: the sender's DROP (it lost the session too) leaves it, or rivals
             // that yielded to each other fence every copy away (seed 29 without crashes).
