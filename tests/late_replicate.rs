@@ -6,7 +6,9 @@
 //! owner's acknowledged append, and the copy it left was promoted without it), but is
 //! stored where it supersedes nothing (seed 26746: it was all that was left of the
 //! session); its COPY, PROMOTE and COPY_REFUSED are refused (seed 3301: a late
-//! COPY_REFUSED made the giver retire the only copy). The members are the test, dialling
+//! COPY_REFUSED made the giver retire the only copy). And the new process's own REPLICATE
+//! replaces the earlier process's copy of the same generation, whatever the versions (seed
+//! 26289: taken for "already held", an acknowledged append was lost). The members are the test, dialling
 //! with the cluster secret and completing the real handshake.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -225,5 +227,47 @@ async fn a_replaced_process_late_replicate_does_not_make_the_owner_yield() {
         .expect("the GET must end")
         .expect("the session is served");
     assert_served_with_cart(&got, b"mine", "the owner");
+    stop(vec![node]).await;
+}
+
+/// The node holds a copy of generation 1 that O's earlier process placed (its version
+/// counted far ahead: a claim's jump); O's new process, which took the session over from
+/// another copy of the same generation, REPLICATEs its own copy of 1 with a lower
+/// version. It replaces the earlier process's copy (that copy holds none of the new
+/// process's writes), and a failover from O later serves the new process's state.
+/// Simulation seed 26289 with crashes: answered as "already held", the new process
+/// counted this node as holding its acknowledged append, and a failover here took the
+/// earlier copy over without it. Checked: without the rule, the GET is served `earlier`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_copy_replaces_its_earlier_process_copy_of_the_same_generation() {
+    let o = nowhere();
+    let node = replicating_node_beside_fakes(vec![o]).await;
+    let id = SessionId::random();
+    // Generation 1 from each process: the earlier one's version counted far ahead.
+    let replicate_at = |cart: &'static [u8], version: u64| {
+        let mut record = record_with_cart(id, cart);
+        record.meta.version = version;
+        PeerMessage::Replicate {
+            generation: 1,
+            record,
+        }
+    };
+    let mut o_before = dial_as_member(node.peer_addr(), O_BEFORE, o).await;
+    assert_eq!(
+        ask(&mut o_before, 3, replicate_at(b"earlier", 100)).await,
+        PeerMessage::Ok
+    );
+    let mut o_now = dial_as_member(node.peer_addr(), O_NOW, o).await;
+    assert_eq!(ask(&mut o_now, 4, replicate_at(b"now", 2)).await, PeerMessage::Ok);
+    drop(o_now);
+    drop(o_before);
+
+    // O is gone (nothing listens at its address): a GET fails over to the copy here.
+    let c = client(node.client_addr()).await;
+    let s = timeout(WAIT, c.get(&token_for(id, 1, o, Vec::new())))
+        .await
+        .expect("the GET must end")
+        .expect("the copy here is taken over");
+    assert_served_with_cart(&s, b"now", "the new process's copy");
     stop(vec![node]).await;
 }

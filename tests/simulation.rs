@@ -167,12 +167,19 @@ const STILL_FAILING_WITHOUT_CRASHES: &[u64] = &[];
 /// claimer's late REPLICATE: a replaced process's REPLICATE makes no owner yield. 33360 (a
 /// lost append), 12665, 23614, 25337, 27677, 28095, 35057, 46064 and 48041 pass with those
 /// rules too.
+/// Session 39 (item 32): 20963, a giver kept its copy handed to a receiver whose process
+/// died with it installed, while the members held only fences of each other: a lookup
+/// takes the node's own stuck handover back. 24348, a fetch whose chain asked every member
+/// answered SESSION_NOT_FOUND while the node held a backup copy (the new owner was placing
+/// its copy): not while a backup copy is held here. 26289, a new process's REPLICATE was
+/// taken for "already held" over its earlier process's copy of the same generation, and a
+/// failover took that copy over without an acknowledged append: it replaces it.
 const FIXED_SEEDS: &[u64] = &[
     22, 25, 31, 39, 51, 57, 59, 94, 106, 111, 120, 128, 130, 135, 153, 158, 168, 190, 230, 233, 283, 295,
     349, 403, 426, 468, 1681, 1971, 2617, 4329, 5292, 6063, 6475, 6663, 7171, 7223, 9264, 9698, 9744, 10153,
     10227, 10576, 17359, 24267, 29620, 30417, 32002, 37179, 39269, 40863, 1710, 21549, 3201, 3583, 10783,
     18949, 36714, 1216, 11377, 23049, 48013, 14790, 17341, 31701, 2727, 2846, 6954, 7096, 22988, 33360,
-    12665, 23614, 25337, 27677, 28095, 35057, 46064, 48041,
+    12665, 23614, 25337, 27677, 28095, 35057, 46064, 48041, 20963, 24348, 26289,
 ];
 
 /// Fixed seeds that were found without crashes (`SESSYNC_SIM_NO_CRASH=1`), run that way.

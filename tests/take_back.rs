@@ -30,11 +30,40 @@ struct Members {
     /// Whether the other member holds the receiver's copy of [`HANDED`] (its earlier
     /// process placed it there) or nothing at all.
     other_holds_it: AtomicBool,
+    /// Whether the receiver's new process and the other member hold only fences of each
+    /// other below [`HANDED`] (each points at the other) instead.
+    fenced_at_each_other: AtomicBool,
+    /// The other member's address, known once it listens.
+    other: OnceLock<SocketAddr>,
+}
+
+/// What a member holding only a fence of `owner` below [`HANDED`] answers: LOCATED
+/// pointing at `owner` under that older generation, MOVED to `owner` for COPY and
+/// PROMOTE, OK to the rest.
+fn fenced_answer(owner: SocketAddr, m: &PeerMessage) -> PeerMessage {
+    match m {
+        PeerMessage::Locate { session_id } => PeerMessage::Located {
+            session_id: *session_id,
+            role: Role::HandedOver,
+            addr: owner,
+            generation: Some(HANDED - 1),
+        },
+        PeerMessage::Copy { session_id, .. } | PeerMessage::Promote { session_id, .. } => {
+            PeerMessage::Moved {
+                session_id: *session_id,
+                owner,
+            }
+        }
+        _ => PeerMessage::Ok,
+    }
 }
 
 impl Members {
     /// The receiver's new process: nothing of the session; it takes copies as a holder.
     fn receiver_answers(&self, m: &PeerMessage) -> Option<PeerMessage> {
+        if self.fenced_at_each_other.load(Ordering::SeqCst) {
+            return Some(fenced_answer(*self.other.get().expect("the other listens"), m));
+        }
         Some(empty_member_answer(m))
     }
 
@@ -44,6 +73,9 @@ impl Members {
     fn other_answers(&self, m: &PeerMessage) -> Option<PeerMessage> {
         let receiver = *self.receiver.get().expect("the receiver listens");
         let holds = self.other_holds_it.load(Ordering::SeqCst);
+        if self.fenced_at_each_other.load(Ordering::SeqCst) {
+            return Some(fenced_answer(receiver, m));
+        }
         Some(match m {
             PeerMessage::Locate { session_id } if holds => PeerMessage::Located {
                 session_id: *session_id,
@@ -73,10 +105,23 @@ impl Members {
 /// acknowledges; a GET with the receiver's token then finds the receiver's new process
 /// empty. Returns what the GET was served.
 async fn get_after_receiver_restarted(other_holds_it: bool) -> sessync_client::Session {
+    get_after_receiver_restarted_with(other_holds_it, false).await
+}
+
+/// [`get_after_receiver_restarted`], with the members holding only fences of each other
+/// when `fenced_at_each_other`.
+async fn get_after_receiver_restarted_with(
+    other_holds_it: bool,
+    fenced_at_each_other: bool,
+) -> sessync_client::Session {
     let members = Arc::new(Members::default());
     members.other_holds_it.store(other_holds_it, Ordering::SeqCst);
+    members
+        .fenced_at_each_other
+        .store(fenced_at_each_other, Ordering::SeqCst);
     let (receiver, other) = scripted_pair(&members, Members::receiver_answers, Members::other_answers).await;
     members.receiver.set(receiver).unwrap();
+    members.other.set(other).unwrap();
     let node = replicating_node_beside_fakes(vec![receiver, other]).await;
     let (c, _, id) = create_mine(node.client_addr()).await;
 
@@ -109,5 +154,18 @@ async fn a_copy_is_not_taken_back_when_a_member_holds_what_the_receiver_went_on_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_is_taken_back_when_no_member_went_on_from_it() {
     let s = get_after_receiver_restarted(false).await;
+    assert_served_with_cart(&s, b"mine", "the copy taken back");
+}
+
+/// The receiver's new process and the other member hold only fences of each other, older
+/// than the handover: every request for the session circles between them, and the node's
+/// lookup among the members finds no owner, no copy and no other handover. The node's own
+/// handover to the receiver is then stuck: the node takes its copy back and serves it.
+/// Simulation seed 20963 with crashes: the receiver's process died with the copy
+/// installed and its COPY_ACK held back, and the session answered TOO_MANY_HOPS at every
+/// node for good. Checked: without the rule, the GET is answered TOO_MANY_HOPS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_taken_back_when_the_members_only_point_at_each_other() {
+    let s = get_after_receiver_restarted_with(false, true).await;
     assert_served_with_cart(&s, b"mine", "the copy taken back");
 }

@@ -19,8 +19,47 @@ impl Node {
     /// with "not found" or "owner unreachable", or ended at this node which has no entry
     /// for the session, or ran into a cycle of forwarding pointers, looks it up among the
     /// members. `asked`: the nodes the fetch asked, in order (not asked again, but after a
-    /// cycle). Any other outcome is returned as it is.
+    /// cycle). Any other outcome is returned as it is. "Not found" is never the answer
+    /// while this node holds a backup copy of the session ([`Node::not_found_unless_held`]).
     pub(super) async fn lookup_if_lost(
+        &self,
+        id: SessionId,
+        result: FetchResult,
+        asked: &[SocketAddr],
+        backups: &[SocketAddr],
+    ) -> FetchResult {
+        let result = self.look_up(id, result, asked, backups).await;
+        self.not_found_unless_held(id, result)
+    }
+
+    /// A fetch's "not found" (the chain ended at a node without it, and the lookup, if
+    /// any, found nothing) turned into a retryable failure while this node holds a backup
+    /// copy of the session: its owner placed it here, so the session exists, and a fetch
+    /// begun again starts from that copy's owner. Answered "not found", a session whose
+    /// new owner took it over while this fetch's chain was under way was reported gone:
+    /// the owner answered COPY NOT_FOUND while it placed its copy, and the copy it placed
+    /// here was the proof (simulation seed 24348 with crashes). Not for a tombstone
+    /// (destroyed: nothing brings it back) or a copy that expired in flight.
+    fn not_found_unless_held(&self, id: SessionId, result: FetchResult) -> FetchResult {
+        match &result {
+            Err(e)
+                if e.not_found()
+                    && !matches!(e, FetchError::Destroyed | FetchError::ExpiredInFlight)
+                    && matches!(
+                        self.table.locate(&id, self.advertise, now_ms()),
+                        Some((Role::Backup, _))
+                    ) =>
+            {
+                Err(FetchError::Unsure(format!(
+                    "{e}; but this node holds a backup copy of it, so its owner is to be asked again"
+                )))
+            }
+            _ => result,
+        }
+    }
+
+    /// The body of [`Node::lookup_if_lost`].
+    async fn look_up(
         &self,
         id: SessionId,
         result: FetchResult,
@@ -249,7 +288,19 @@ impl Node {
         let handed_here_newest = handed_here_at
             .is_some_and(|g| g > newest_elsewhere && g > self.table.last_received(&id))
             && handing_to_lost.iter().any(|(_, lost)| *lost == self.advertise);
-        tracing::debug!(session = %id, ?owner, ?handed, ?copies, ?own_copy, ?silent, ?stuck, handed_here_newest, "lookup");
+        // This node's own handover under way, to a member that answered without owning the
+        // session, when no member answered with anything of its generation or newer.
+        let own_handover_stuck = self
+            .table
+            .handing_over_to(&id, now_ms())
+            .filter(|&(to, transfer)| {
+                to != self.advertise
+                    && answered.contains(&to)
+                    && silent.is_empty()
+                    && newest_elsewhere < transfer
+            })
+            .map(|(to, _)| to);
+        tracing::debug!(session = %id, ?owner, ?handed, ?copies, ?own_copy, ?silent, ?stuck, handed_here_newest, ?own_handover_stuck, "lookup");
         let found = if let Some(o) = owner.or(handed.first().copied()) {
             self.copy_chain_or_rehand(id, o, true, backups).await.0
         } else if let Some(&(giver, to)) = stuck.first() {
@@ -393,6 +444,22 @@ impl Node {
             match self.failover(id, lost, &[giver]).await {
                 Some(r) => r,
                 None => return unsure("the member handing it here did not hand it over again".into()),
+            }
+        } else if let Some(to) = own_handover_stuck {
+            // This node is handing the session to `to`, which answered holding nothing of
+            // the handover's generation, as did every other member: the copy kept here is
+            // the newest there is, and nobody else would take it back (the lookup asks
+            // the others, never this node's own entry). The failover takes it back once
+            // `to` answers so again (`failover_from`). Simulation seed 20963 with
+            // crashes: the receiver's process died with the copy installed and its
+            // COPY_ACK held back; its new process and the third member held only fences
+            // of each other, and every request circled between them for good.
+            if !self.holds_still(id, &members, &replies).await {
+                return unsure("the session was still moving".into());
+            }
+            match self.failover(id, to, &[]).await {
+                Some(r) => r,
+                None => return unsure("the copy this node is handing over was not taken back".into()),
             }
         } else if here(&self.table) {
             Ok(Fetched::PointsHere)

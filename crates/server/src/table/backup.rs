@@ -96,6 +96,7 @@ impl Table {
                 live: Live::from_record(record, generation),
                 kept: false,
                 yielded_to,
+                writer: writer_tag(&owner.node_id),
                 written_ms: now,
             }))
         };
@@ -171,9 +172,20 @@ impl Table {
                         if generation < held || (generation == held && b.owner != owner.advertised) {
                             return Replicated::Moved(b.owner);
                         }
-                        if incoming <= order(held, &b.live.meta()) {
-                            // The same owner's older (resent or reordered) state: the copy
-                            // held already contains it.
+                        // The same owner's older (resent or reordered) state: the copy
+                        // held already contains it. Not a copy the address's earlier
+                        // process stored (a claim of this generation of its own, taken
+                        // over since from another copy): it contains none of this
+                        // process's writes, and is replaced. Reported as held, the new
+                        // process counted this node as holding an append it never got,
+                        // and a failover here later took that earlier copy over
+                        // (simulation seed 26289 with crashes). Not for a late message
+                        // of that earlier process itself: its older state stays older.
+                        let earlier_process = !sender_gone
+                            && !b.kept
+                            && b.writer != 0
+                            && b.writer != writer_tag(&owner.node_id);
+                        if incoming <= order(held, &b.live.meta()) && !earlier_process {
                             return Replicated::Ignored;
                         }
                         None
@@ -490,6 +502,7 @@ impl Table {
             live: Live::from_record(record, generation),
             kept: false,
             yielded_to: true,
+            writer: writer_tag(&owner.node_id),
             written_ms: now,
         }));
         tracing::warn!(session = %id, rival = %owner.advertised, generation, "a rival claim of this generation wins the tie; yielding the session");
@@ -538,6 +551,7 @@ impl Table {
                     live: l,
                     kept: true,
                     yielded_to: false,
+                    writer: 0,
                     // `to`'s process that is alive now owns a newer copy: a PROMOTE
                     // naming it failed while it still REPLICATEs here is refused.
                     written_ms: now,

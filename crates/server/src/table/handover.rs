@@ -359,6 +359,7 @@ impl Table {
                     live,
                     kept: true,
                     yielded_to: false,
+                    writer: 0,
                     written_ms: 0,
                 }))
             }

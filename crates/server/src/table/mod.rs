@@ -146,12 +146,24 @@ pub struct BackupCopy {
     /// without crashes: a paused claimer woke to the rival's late REPLICATE and yielded to
     /// it, and the rival's DROP, sent when it had given up, came next).
     pub yielded_to: bool,
+    /// Which of `owner`'s processes stored this copy here ([`writer_tag`] of its node id;
+    /// 0 for a copy this node kept of its own state): a REPLICATE from another process at
+    /// `owner`'s address replaces it whatever the versions ([`Table::replicate_in_from`]).
+    pub writer: u32,
     /// When `owner`'s REPLICATE last stored this copy here (Unix ms), or, for a copy kept
     /// by [`Table::lose_ownership`], when this node learned that `owner` holds a newer one
     /// (0 for other kept copies): the evidence that `owner` was alive and holding this
     /// session lately, which a PROMOTE naming it failed must not override (protocol.md
     /// 12.3 step 2).
     pub written_ms: u64,
+}
+
+/// A process's node id (random per process start, protocol.md 11.1) cut to 32 bits for
+/// [`BackupCopy::writer`], which fits it beside the copy's flags at no cost in memory: two
+/// processes of one address share a tag once in 2^32 restarts, and their copies are then
+/// compared by version as one process's are.
+pub fn writer_tag(node_id: &[u8; 16]) -> u32 {
+    u32::from_le_bytes([node_id[0], node_id[1], node_id[2], node_id[3]]) | 1
 }
 
 /// One slot of the table. The rare, large states are boxed so that a live session's slot
