@@ -360,7 +360,7 @@ impl Node {
                         )
                         .await;
                     if matches!(reply, Err(LinkError::Lost)) {
-                        self.unanswered_copy(id, to, had);
+                        self.unanswered_copy(id, to, had, None);
                     }
                     match reply {
                         Ok(reply) => fetch.handle_reply(to, reply),
@@ -478,11 +478,7 @@ impl Node {
         earlier_hops: usize,
     ) -> Option<(FetchResult, Vec<SocketAddr>)> {
         tracing::debug!(session = %id, %failed, ?backups, ?lineage, "owner gone; trying its backups");
-        let with_lineage = |holders: &[SocketAddr]| -> Vec<SocketAddr> {
-            let mut all = holders.to_vec();
-            all.extend(lineage.iter().filter(|l| !holders.contains(l)));
-            all
-        };
+        let with_lineage = |holders: &[SocketAddr]| super::install::with_lineage(holders, lineage);
         // A copy this node is still handing over (to `failed`, or to a node whose pointer
         // led to `failed`) is taken back only when its receiver is known never to have
         // taken it over: a new process with no entry, or the same node answering with a
@@ -624,11 +620,18 @@ impl Node {
                     last_transfer: had,
                     failed_owner: failed,
                 };
-                match self
+                let answer = self
                     .peers
                     .request(b, ask, Instant::now() + self.config.peer_timeout)
-                    .await
-                {
+                    .await;
+                if matches!(answer, Err(LinkError::Lost)) {
+                    let promote = UnansweredPromote {
+                        failed,
+                        lineage: lineage.into(),
+                    };
+                    self.unanswered_copy(id, b, had, Some(promote));
+                }
+                match answer {
                     // A lost reply is asked again: a backup that handed its copy to us
                     // sends the same copy again.
                     Err(LinkError::Lost) if attempts < 2 => continue,
@@ -659,10 +662,7 @@ impl Node {
                 // that had acknowledged an append, then handed itself on under a higher
                 // generation, and the append was lost).
                 Ok(PeerMessage::CopyData { transfer, record, .. })
-                    if record.id == id
-                        && live_here
-                        && transfer <= had + 1
-                        && !(transfer == had + 1 && self.acknowledged_nothing_here(&id, had)) =>
+                    if record.id == id && self.promoted_copy_not_newer(&id, had, live_here, transfer) =>
                 {
                     tracing::info!(session = %id, %failed, backup = %b, transfer, "a backup's copy is no newer than the live copy here; refused");
                     self.refuse_copy(b, id, transfer);

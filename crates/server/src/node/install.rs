@@ -36,7 +36,8 @@ impl Node {
     /// holding an acknowledged append; `tests/partition.rs` seed 19: the late copy landed
     /// after this node had handed its own newer copy on, and lived beside it). Such a copy is not
     /// acknowledged either: the giver, still handing it here, then acknowledges no write
-    /// that went only into it (seed 208 without crashes), and points here.
+    /// that went only into it (seed 208 without crashes), and points here. One that
+    /// answers a recent PROMOTE is installed as the claim it is.
     pub(crate) async fn install_late_copy(
         &self,
         from: SocketAddr,
@@ -45,34 +46,88 @@ impl Node {
         holders: &[SocketAddr],
     ) {
         let id = record.id;
-        if let Some(had) = self.unanswered_copy_to(id, from) {
-            if self.table.owned_past(&id, had, now_ms()) {
-                tracing::info!(session = %id, %from, transfer, had, "a late COPY_DATA of a state older than this node's own since it asked; not installed, not acknowledged");
-                return;
-            }
+        let Some(asked) = self.unanswered_copy_to(id, from) else {
+            return self.install_copy(from, transfer, record, holders, &[]).await;
+        };
+        let had = asked.had;
+        if self.table.owned_past(&id, had, now_ms()) {
+            tracing::info!(session = %id, %from, transfer, had, "a late COPY_DATA of a state older than this node's own since it asked; not installed, not acknowledged");
+            return;
         }
-        self.install_copy(from, transfer, record, holders, &[]).await;
+        // Only while the failover it answers is recent: a PROMOTE the network held for
+        // seconds was answered by a new process at the backup's address from a copy it
+        // had kept, the owner named failed was serving again by then, and the claim
+        // climbed past it and lost four acknowledged appends (simulation seed 31420 with
+        // crashes). Older, it is installed as a plain moved copy (refused as before).
+        let recent = Self::LATE_CLAIM_TIMEOUTS * self.config.peer_timeout.as_millis() as u64;
+        let Some(promote) = asked.promote.filter(|_| now_ms() <= asked.asked_ms + recent) else {
+            return self.install_copy(from, transfer, record, holders, &[]).await;
+        };
+        // The answer to a PROMOTE: the backup is handing its copy over as a claim, and
+        // installed as a plain copy it was refused below this node's fence of the same
+        // generation; the giver then pointed here, and this node's fence pointed back at
+        // it, with the only copy at a third node (simulation seed 12290 with crashes).
+        // Taken as the answered PROMOTE's copy is (a claim that may climb, refused when
+        // the live copy here is not older).
+        let live_here = self.table.live_generation(&id, now_ms()) == Some(had);
+        if self.promoted_copy_not_newer(&id, had, live_here, transfer) {
+            tracing::info!(session = %id, failed = %promote.failed, backup = %from, transfer, "a late promoted copy is no newer than the live copy here; refused");
+            return self.refuse_copy(from, id, transfer);
+        }
+        tracing::info!(session = %id, failed = %promote.failed, backup = %from, transfer, "installing a late answer to PROMOTE as its claim");
+        let all = with_lineage(holders, &promote.lineage);
+        self.install_promoted_copy(from, transfer, record, &all, &[], promote.failed)
+            .await;
+        if promote.failed == self.advertise && self.table.live_generation(&id, now_ms()).is_some() {
+            self.mark_unconfirmed_claim(id);
+        }
     }
 
-    /// Remembers that a COPY for `id` to `giver` got no reply in time, sent while this
-    /// node's entry had generation `had`: a late COPY_DATA is weighed against it. Bounded
-    /// ([`memo::SessionMemo`]): entries older than a minute go first.
-    pub(super) fn unanswered_copy(&self, id: SessionId, giver: SocketAddr, had: u64) {
+    /// How many peer timeouts after its PROMOTE went unanswered a late answer is still
+    /// installed as the claim it answers ([`Node::install_late_copy`]).
+    const LATE_CLAIM_TIMEOUTS: u64 = 3;
+
+    /// Whether a backup's copy handed over under PROMOTE with generation `transfer` is no
+    /// newer than the live copy here (`live_here`, of generation `had`), and is refused:
+    /// see the PROMOTE reply in [`Node::failover_traced`].
+    pub(super) fn promoted_copy_not_newer(
+        &self,
+        id: &SessionId,
+        had: u64,
+        live_here: bool,
+        transfer: u64,
+    ) -> bool {
+        live_here && transfer <= had + 1 && !(transfer == had + 1 && self.acknowledged_nothing_here(id, had))
+    }
+
+    /// Remembers that a COPY (`promote` `None`) or PROMOTE for `id` to `giver` got no
+    /// reply in time, sent while this node's entry had generation `had`: a late
+    /// COPY_DATA is weighed against it. Bounded ([`memo::SessionMemo`]): entries older
+    /// than a minute go first.
+    pub(super) fn unanswered_copy(
+        &self,
+        id: SessionId,
+        giver: SocketAddr,
+        had: u64,
+        promote: Option<UnansweredPromote>,
+    ) {
         // Forgetting one costs a refusal not made (protocol.md 12.4): dropped.
-        let _ = self
-            .unanswered_copies
-            .insert(id, UnansweredCopy { giver, had }, now_ms());
+        let asked_ms = now_ms();
+        let unanswered = UnansweredCopy {
+            giver,
+            had,
+            asked_ms,
+            promote,
+        };
+        let _ = self.unanswered_copies.insert(id, unanswered, asked_ms);
     }
 
-    /// What this node had when its unanswered COPY for `id` went to `from`, if one did.
-    /// Kept after it is read (until a newer ask replaces it, or it ages out): a COPY that
-    /// the network duplicated is answered twice, and the second late COPY_DATA must meet
-    /// the same refusal as the first.
-    fn unanswered_copy_to(&self, id: SessionId, from: SocketAddr) -> Option<u64> {
-        self.unanswered_copies
-            .get(&id)
-            .filter(|u| u.giver == from)
-            .map(|u| u.had)
+    /// The unanswered COPY or PROMOTE for `id` that went to `from`, if one did. Kept
+    /// after it is read (until a newer ask replaces it, or it ages out): a COPY that the
+    /// network duplicated is answered twice, and the second late COPY_DATA must meet the
+    /// same refusal as the first.
+    fn unanswered_copy_to(&self, id: SessionId, from: SocketAddr) -> Option<UnansweredCopy> {
+        self.unanswered_copies.get(&id).filter(|u| u.giver == from)
     }
 
     /// [`Node::install_copy`] for a copy the backup `from` handed over under PROMOTE: it
@@ -580,4 +635,12 @@ impl Drop for Receiving<'_> {
         // Another copy of it may be placed meanwhile (a late COPY_DATA): its mark stays.
         self.map.remove_if(&self.id, |_, t| *t == self.transfer);
     }
+}
+
+/// A claim's `holders` and the failed owner's `lineage` besides them: every node the
+/// claim is placed on.
+pub(super) fn with_lineage(holders: &[SocketAddr], lineage: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut all = holders.to_vec();
+    all.extend(lineage.iter().filter(|l| !holders.contains(l)));
+    all
 }

@@ -257,13 +257,26 @@ pub struct Node {
     moves_never_acknowledged: memo::SessionMemo<u64>,
 }
 
-/// A COPY whose reply did not come in time: a late COPY_DATA may still follow.
-#[derive(Clone, Copy)]
+/// A COPY or PROMOTE whose reply did not come in time: a late COPY_DATA may still follow.
+#[derive(Clone)]
 struct UnansweredCopy {
     /// The node asked.
     giver: SocketAddr,
     /// The generation of this node's entry when it asked (`last_transfer`).
     had: u64,
+    /// When the ask went unanswered (milliseconds, [`now_ms`]).
+    asked_ms: u64,
+    /// For a PROMOTE: its late COPY_DATA is a claim, installed as the answered one is.
+    promote: Option<UnansweredPromote>,
+}
+
+/// What a late answer to a PROMOTE is installed with ([`Node::install_late_copy`]).
+#[derive(Clone)]
+struct UnansweredPromote {
+    /// The owner the PROMOTE named as failed.
+    failed: SocketAddr,
+    /// The failed owner's lineage: holders the claim is placed on besides the copy's own.
+    lineage: Box<[SocketAddr]>,
 }
 
 /// A COPY_ACK not sent yet: the copy was installed here while no backup took it.

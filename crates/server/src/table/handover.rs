@@ -174,18 +174,16 @@ impl Table {
                 if h.to == requester && h.to_node == requester_node && !h.live.expired(now) =>
             {
                 if their_last >= h.transfer {
-                    // The asker already installed this very copy (or a later one; its ACK
-                    // is still on the way) and asks anew because the session moved on from
-                    // it: the data kept here is stale and must never be sent again.
-                    let t = Entry::Forwarded {
-                        to: h.to,
-                        until_ms: h.live.meta().expires_at_ms().max(now + 1),
-                        received: h.live.received,
-                        placed: true,
-                    };
-                    let to = h.to;
-                    self.replace(shard, r.value_mut(), t);
-                    CopyOutcome::Moved(to)
+                    // The asker already installed this very copy (or a later one) and asks
+                    // anew because the session moved on from it: the data kept here is
+                    // stale and must never be sent again. Kept all the same until the
+                    // COPY_ACK (or the record's deadline): the asker holds its ACK back
+                    // until its own holders took the copy, and till then this copy is the
+                    // only one outside it. Ended here, the asker handed the session on,
+                    // that handover's COPY_DATA was lost, and the asker crashed with the
+                    // only copy (simulation seed 10938 with crashes); a new process at its
+                    // address re-takes this one instead (PROMOTE, below).
+                    CopyOutcome::Moved(h.to)
                 } else {
                     // Its reply was lost: the same data again, under the same transfer id.
                     CopyOutcome::Data {
