@@ -12,6 +12,9 @@
 //!   again meanwhile (in-process node, fake peers: the owner is a test playing a peer).
 //! - A read past the lease beside a silent holder is not held up by it, yet hears another
 //!   holder's tombstone (12.5; in-process node, fake holders).
+//! - A backup counts the owner's round placing the state it holds already as a write
+//!   (12.3): the lease a claim waits out is not older than the one that round renewed
+//!   (in-process node, fake members).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -333,6 +336,28 @@ async fn a_claim_does_not_wait_for_an_owner_whose_address_refuses_connections() 
 /// back at its old owner). Both holders are fake peers; the silent one stops answering
 /// after the session's creation. Checked: with the read served at once for a silent holder
 /// (the rule before), the GET returns the session.
+/// A node with the read lease [`LEASE`], every one of `holders` a backup (`--replicas` as
+/// many) and this peer timeout, a client of it, and the token of a session (`x` = `1`)
+/// created there.
+async fn created_beside(
+    holders: Vec<std::net::SocketAddr>,
+    peer_timeout: Duration,
+) -> (sessync_server::NodeHandle, Client, String) {
+    let mut cfg = config();
+    cfg.replicas = u8::try_from(holders.len()).unwrap();
+    cfg.read_lease = LEASE;
+    cfg.peer_timeout = peer_timeout;
+    cfg.peers = holders;
+    let node = sessync_server::start(cfg).await.unwrap();
+    let c = client(node.client_addr()).await;
+    let token = timeout(WAIT, c.create(attrs(&[("x", "1")])))
+        .await
+        .unwrap()
+        .unwrap()
+        .token;
+    (node, c, token)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_beside_a_silent_holder_still_hears_a_tombstone() {
     use sessync_proto::PeerMessage;
@@ -359,18 +384,7 @@ async fn a_read_beside_a_silent_holder_still_hears_a_tombstone() {
     let silent = scripted_peer([8; 16], holder(silent_mode.clone())).await;
     let other = scripted_peer([9; 16], holder(other_mode.clone())).await;
     let peer_timeout = Duration::from_millis(1500);
-    let mut cfg = config();
-    cfg.replicas = 2;
-    cfg.read_lease = LEASE;
-    cfg.peer_timeout = peer_timeout;
-    cfg.peers = vec![silent, other];
-    let node = sessync_server::start(cfg).await.unwrap();
-    let c = client(node.client_addr()).await;
-    let token = timeout(WAIT, c.create(attrs(&[("x", "1")])))
-        .await
-        .unwrap()
-        .unwrap()
-        .token;
+    let (node, c, token) = created_beside(vec![silent, other], peer_timeout).await;
     silent_mode.store(SILENT, Ordering::SeqCst);
     // Past the lease: this read's renewal waits out the silent holder (it was not known
     // silent yet) and is served; the holder is known silent from then on.
@@ -396,6 +410,81 @@ async fn a_read_beside_a_silent_holder_still_hears_a_tombstone() {
     assert!(
         took < peer_timeout,
         "the read waited {took:?} for the silent holder (peer timeout {peer_timeout:?})"
+    );
+    stop(vec![node]).await;
+}
+
+/// An owner's round placing the state its backup holds already renews the lease that
+/// backup waits out before claiming (protocol.md 12.3): the node under test holds an
+/// owner's backup copy, finds the owner silent to its COPY and waits out the owner's read
+/// lease; meanwhile the owner, alive, REPLICATEs the same state again (a round placing it
+/// anew, or renewing its lease: answered OK, "held", which the owner counts as a
+/// confirmation). The node does not claim, and the owner's next write is still stored
+/// there. Left at the first write, the wait ended with the older lease, the node claimed
+/// the copy while the owner, cut off, went on serving it, and a destroyed session came
+/// back there (simulation seed 42844 with crashes). The owner is a fake member silent to
+/// COPY; its REPLICATEs are the test, dialling the node's peer port as the owner.
+/// Checked: without the rule, the node claims the copy after the first lease and refuses
+/// that write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_placing_the_held_state_again_renews_the_owners_lease() {
+    use common::member::dial_as_member;
+    use sessync_proto::{PeerMessage, SessionId};
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+    // The owner's generation; a lease long enough for its second round to land in the wait.
+    const OWNED: u64 = 3;
+    const OWNER_LEASE: Duration = Duration::from_millis(2_000);
+    let asked = Arc::new(Notify::new());
+    let seen = asked.clone();
+    let owner = scripted_peer(
+        [7; 16],
+        Arc::new(move |m| match m {
+            // Cut off from the node's requests, not from its own rounds.
+            PeerMessage::Copy { .. } => {
+                seen.notify_one();
+                None
+            }
+            PeerMessage::Locate { .. } | PeerMessage::Promote { .. } => None,
+            _ => Some(PeerMessage::Ok),
+        }),
+    )
+    .await;
+    let node = replicating_node_with(vec![owner], Duration::from_millis(300), OWNER_LEASE).await;
+    let id = SessionId::random();
+    let mut link = dial_as_member(node.peer_addr(), [7; 16], owner).await;
+    let placed = record_with_cart(id, b"owned");
+    let replicate = |record: sessync_proto::SessionRecord| PeerMessage::Replicate {
+        generation: OWNED,
+        record,
+    };
+    assert_eq!(
+        common::member::ask(&mut link, 1, replicate(placed.clone())).await,
+        PeerMessage::Ok
+    );
+
+    let c = client(node.client_addr()).await;
+    let token = token_for(id, OWNED, owner, vec![node.peer_addr()]);
+    let get = tokio::spawn(async move { timeout(WAIT, c.get(&token)).await });
+    timeout(WAIT, asked.notified())
+        .await
+        .expect("the node asks the owner");
+    // The COPY times out after 300 ms; the wait runs until a lease after the first
+    // REPLICATE. The owner's round placing the same state lands inside it.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        common::member::ask(&mut link, 2, replicate(placed.clone())).await,
+        PeerMessage::Ok,
+        "the same state is held already"
+    );
+    let _ = get.await.expect("the GET task ends").expect("the GET must end");
+
+    let mut next = placed;
+    next.meta.version += 1;
+    assert_eq!(
+        common::member::ask(&mut link, 3, replicate(next)).await,
+        PeerMessage::Ok,
+        "the node is still the owner's backup: it did not claim the copy"
     );
     stop(vec![node]).await;
 }

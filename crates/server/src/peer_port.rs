@@ -511,6 +511,21 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             node.settle_holders_in_background(session_id);
             PeerMessage::NotFound { session_id }
         }
+        // PROMOTE too, when this node owns the session: it is answered as the owner it is
+        // (MOVED here, so the asker asks by COPY, which waits as above). Handed on under
+        // PROMOTE, a claim of a stale backup copy that no holder had confirmed went on at
+        // the asker, acknowledged an append there, and lost it to the rival claim of the
+        // newer copy that the survey would have found (simulation seed 23791 with
+        // crashes).
+        PeerMessage::Promote { session_id, .. } if node.holders_unsettled(&session_id) => {
+            tracing::debug!(session = %session_id, asker = %peer.advertised, "PROMOTE of a session owned here with holders not settled yet: answered as its owner");
+            node.settle_holders_in_background(session_id);
+            Stats::bump(&node.stats.moved);
+            PeerMessage::Moved {
+                session_id,
+                owner: node.advertise,
+            }
+        }
         PeerMessage::Copy {
             session_id,
             last_transfer,

@@ -17,15 +17,12 @@ impl Node {
         }
     }
 
-    /// Sends a held COPY_ACK, in the background (up to 3 tries until the giver answers).
+    /// Sends a held COPY_ACK (or COPY_REFUSED), in the background (up to 3 tries until the
+    /// giver answers).
     pub(super) fn send_held_ack(&self, id: SessionId, held: HeldAck) {
-        tracing::debug!(session = %id, giver = %held.giver, transfer = held.transfer, "sending a COPY_ACK held back until backups took the copy");
-        let ack = PeerMessage::CopyAck {
-            session_id: id,
-            transfer: held.transfer,
-        };
+        tracing::debug!(session = %id, giver = %held.giver, transfer = held.transfer, refused = held.refused, "sending a COPY_ACK held back until backups took the copy");
         self.peers
-            .send_until_ok(held.giver, ack, 3, self.config.peer_timeout);
+            .send_until_ok(held.giver, held.message(id), 3, self.config.peer_timeout);
     }
 
     /// Answers `giver`'s COPY_DATA of `id` (`transfer`) with COPY_REFUSED, in the
@@ -39,6 +36,33 @@ impl Node {
         };
         self.peers
             .send_until_ok(giver, refused, 3, self.config.peer_timeout);
+    }
+
+    /// [`Node::refuse_copy`], held back as a COPY_ACK is while the copy that made this
+    /// one not newer is this node's own claim with holders not settled yet
+    /// ([`Node::holders_unsettled`]): refused, the giver ends its handover and fences its
+    /// holders, and a crash of this node before any holder took the claim lost the
+    /// session (simulation seed 14790 with crashes). Unheard, the giver keeps its copy,
+    /// and hands it on again if this node restarts empty; the refusal goes once the
+    /// claim's holders have it ([`Node::release_held_ack`]).
+    pub(super) fn refuse_copy_once_settled(&self, giver: SocketAddr, id: SessionId, transfer: u64) {
+        match self.held_acks.get(&id) {
+            // This very refusal, held already (the giver was asked again).
+            Some(h) if h.refused && h.giver == giver && h.transfer == transfer => return,
+            // Another giver's copy is kept for this claim: that one outlives a crash here.
+            Some(_) => return self.refuse_copy(giver, id, transfer),
+            None if !self.holders_unsettled(&id) => return self.refuse_copy(giver, id, transfer),
+            None => {}
+        }
+        tracing::info!(session = %id, %giver, transfer, "the claim here has too few holders yet; the refusal waits for them");
+        let held = HeldAck {
+            giver,
+            transfer,
+            refused: true,
+        };
+        for (id, forgotten) in self.held_acks.insert(id, held, now_ms()) {
+            self.send_held_ack(id, forgotten);
+        }
     }
 
     /// Sends every COPY_ACK held back for `giver`, which announced it is leaving: its
@@ -56,12 +80,8 @@ impl Node {
         let Some(held) = self.held_acks.take(&id) else {
             return true;
         };
-        let ack = PeerMessage::CopyAck {
-            session_id: id,
-            transfer: held.transfer,
-        };
         let deadline = Instant::now() + self.config.peer_timeout;
-        match self.peers.request(held.giver, ack, deadline).await {
+        match self.peers.request(held.giver, held.message(id), deadline).await {
             Ok(PeerMessage::Ok) => true,
             _ => {
                 // Still sent, in the background: unheard, the giver keeps its copy.
@@ -81,6 +101,18 @@ impl Node {
                 Some(false) if Instant::now() < deadline => tokio::time::sleep(ACK_POLL).await,
                 _ => return false,
             }
+        }
+    }
+}
+
+impl HeldAck {
+    /// The message held back for session `id`.
+    fn message(&self, session_id: SessionId) -> PeerMessage {
+        let transfer = self.transfer;
+        if self.refused {
+            PeerMessage::CopyRefused { session_id, transfer }
+        } else {
+            PeerMessage::CopyAck { session_id, transfer }
         }
     }
 }

@@ -82,7 +82,7 @@ impl Node {
                 continue;
             }
             fetches += 1;
-            let fetched = match self.fetch(id, start, &token.backups).await {
+            let fetched = match self.fetch(id, start, &token.backups, token.generation).await {
                 Ok(f) => f,
                 // The newer lineage ended in a DESTROY or ROTATE: the superseded copy here
                 // is of a dead id, and is tombstoned rather than served (simulation seed
@@ -156,12 +156,22 @@ impl Node {
     }
 
     /// Copies session `id` here (following MOVED, and falling back on `backups` when the
-    /// owner is gone). Concurrent callers for the same id share one fetch.
-    pub(super) async fn fetch(&self, id: SessionId, start: Start, backups: &[SocketAddr]) -> FetchResult {
+    /// owner is gone). Concurrent callers for the same id share one fetch;
+    /// `token_generation` is the generation the caller's token names.
+    pub(super) async fn fetch(
+        &self,
+        id: SessionId,
+        start: Start,
+        backups: &[SocketAddr],
+        token_generation: u64,
+    ) -> FetchResult {
         let leader = match self.inflight.entry(id) {
             dashmap::mapref::entry::Entry::Occupied(o) => Err(o.get().clone()),
             dashmap::mapref::entry::Entry::Vacant(v) => Ok(v.insert(Arc::default()).clone()),
         };
+        match &leader {
+            Ok(fetch) | Err(fetch) => fetch.saw_token(token_generation),
+        }
         match leader {
             Ok(fetch) => {
                 let guard = InflightGuard {
@@ -612,12 +622,11 @@ impl Node {
             }
             let mut attempts = 0;
             let had = self.table.last_received(&id);
-            let live_here = self.table.live_generation(&id, now_ms()) == Some(had);
             let reply = loop {
                 attempts += 1;
                 let ask = PeerMessage::Promote {
                     session_id: id,
-                    last_transfer: had,
+                    last_transfer: self.promote_last_transfer(&id, had),
                     failed_owner: failed,
                 };
                 let answer = self
@@ -662,7 +671,7 @@ impl Node {
                 // that had acknowledged an append, then handed itself on under a higher
                 // generation, and the append was lost).
                 Ok(PeerMessage::CopyData { transfer, record, .. })
-                    if record.id == id && self.promoted_copy_not_newer(&id, had, live_here, transfer) =>
+                    if record.id == id && self.promoted_copy_not_newer(&id, had, transfer) =>
                 {
                     tracing::info!(session = %id, %failed, backup = %b, transfer, "a backup's copy is no newer than the live copy here; refused");
                     self.refuse_copy(b, id, transfer);

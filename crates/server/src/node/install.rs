@@ -69,8 +69,7 @@ impl Node {
         // it, with the only copy at a third node (simulation seed 12290 with crashes).
         // Taken as the answered PROMOTE's copy is (a claim that may climb, refused when
         // the live copy here is not older).
-        let live_here = self.table.live_generation(&id, now_ms()) == Some(had);
-        if self.promoted_copy_not_newer(&id, had, live_here, transfer) {
+        if self.promoted_copy_not_newer(&id, had, transfer) {
             tracing::info!(session = %id, failed = %promote.failed, backup = %from, transfer, "a late promoted copy is no newer than the live copy here; refused");
             return self.refuse_copy(from, id, transfer);
         }
@@ -88,16 +87,16 @@ impl Node {
     const LATE_CLAIM_TIMEOUTS: u64 = 3;
 
     /// Whether a backup's copy handed over under PROMOTE with generation `transfer` is no
-    /// newer than the live copy here (`live_here`, of generation `had`), and is refused:
-    /// see the PROMOTE reply in [`Node::failover_traced`].
-    pub(super) fn promoted_copy_not_newer(
-        &self,
-        id: &SessionId,
-        had: u64,
-        live_here: bool,
-        transfer: u64,
-    ) -> bool {
-        live_here && transfer <= had + 1 && !(transfer == had + 1 && self.acknowledged_nothing_here(id, had))
+    /// newer than the live copy of generation `had` here, and is refused: see the PROMOTE
+    /// reply in [`Node::failover_traced`]. Whether that copy is live is read as the answer
+    /// comes: read when the PROMOTE went out, a copy given up to a claim while the
+    /// PROMOTE was asked again (the backup waiting out a lease) refused the claim's own
+    /// copy, and the two nodes pointed at each other for good (simulation seed 29282 with
+    /// crashes).
+    pub(super) fn promoted_copy_not_newer(&self, id: &SessionId, had: u64, transfer: u64) -> bool {
+        self.table.live_generation(id, now_ms()) == Some(had)
+            && transfer <= had + 1
+            && !(transfer == had + 1 && self.acknowledged_nothing_here(id, had))
     }
 
     /// Remembers that a COPY (`promote` `None`) or PROMOTE for `id` to `giver` got no
@@ -192,7 +191,7 @@ impl Node {
         // may climb past what this node remembers (12.3).
         if !claim && self.config.replicas > 0 && self.table.last_received(&record.id) >= transfer {
             tracing::info!(session = %record.id, %from, transfer, "a copy no newer than the one remembered here; refused before it is placed");
-            return self.refuse_copy(from, record.id, transfer);
+            return self.refuse_copy_once_settled(from, record.id, transfer);
         }
         // The giver first: it is alive (it just answered), and as our backup it is where
         // anyone who finds us gone looks first (it named us in MOVED).
@@ -259,7 +258,7 @@ impl Node {
             }
             Landed::NotNewer => {
                 tracing::info!(session = %record.id, %from, transfer, "another copy of this generation was installed here first; this one is refused");
-                return self.refuse_copy(from, record.id, transfer);
+                return self.refuse_copy_once_settled(from, record.id, transfer);
             }
             Landed::Elsewhere | Landed::EarlierProcess(_) | Landed::HandingHere(_) => {
                 match self.table.locate(&record.id, self.advertise, now_ms()) {
@@ -298,6 +297,7 @@ impl Node {
                 let held = HeldAck {
                     giver: from,
                     transfer,
+                    refused: false,
                 };
                 for (id, forgotten) in self.held_acks.insert(record.id, held, now_ms()) {
                     self.send_held_ack(id, forgotten);

@@ -286,6 +286,9 @@ struct HeldAck {
     giver: SocketAddr,
     /// The handover's transfer id.
     transfer: u64,
+    /// Whether what is held is a COPY_REFUSED (the copy was not installed: this node's own
+    /// claim of the generation was, with too few backups) rather than a COPY_ACK.
+    refused: bool,
 }
 
 /// What a backup knows of an owner that REPLICATEs to it ([`Node::owner_wrote_lately`]).
@@ -310,9 +313,19 @@ struct Inflight {
     /// fetching request was cancelled before it had one.
     outcome: std::sync::Mutex<Option<Option<FetchResult>>>,
     done: tokio::sync::Notify,
+    /// The newest generation the waiting requests' tokens name: a client was given a
+    /// state of at least that generation, so a copy older than it is not the session's
+    /// newest (PROMOTE says so, see [`Node::known_generation`]).
+    token_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Inflight {
+    /// Notes a waiting request's token generation.
+    fn saw_token(&self, generation: u64) {
+        self.token_generation
+            .fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn finish(&self, result: Option<FetchResult>) {
         let mut outcome = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
         if outcome.is_none() {
@@ -359,6 +372,29 @@ impl Drop for InflightGuard<'_> {
 }
 
 impl Node {
+    /// The newest generation of `id` that the tokens of the requests fetching it name (0
+    /// when none is fetching it). A PROMOTE says it as its last transfer when this node's
+    /// own entry knows less (a new process knows nothing of its earlier one): a giver must
+    /// not re-hand a copy older than a state a client was given (protocol.md 12.4;
+    /// simulation seed 33331 with crashes).
+    fn known_generation(&self, id: &SessionId) -> u64 {
+        self.inflight.get(id).map_or(0, |f| {
+            f.token_generation.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
+    /// What a PROMOTE for `id` says as its last transfer: `had` (this node's entry's
+    /// generation) while the session is live here, so that a backup's copy handed over
+    /// under `had + 1` is known to be no newer than that live copy (protocol.md 12.3 step
+    /// 2); otherwise the newer of `had` and [`Node::known_generation`].
+    pub(super) fn promote_last_transfer(&self, id: &SessionId, had: u64) -> u64 {
+        if self.table.live_generation(id, now_ms()).is_some() {
+            had
+        } else {
+            had.max(self.known_generation(id))
+        }
+    }
+
     /// Notes a REPLICATE from `owner` (it is alive and acting as an owner now).
     pub(crate) fn heard_from_owner(&self, owner: &sessync_proto::PeerIdentity, now: u64) {
         let mut heard = self.owners_heard.lock().unwrap_or_else(|e| e.into_inner());

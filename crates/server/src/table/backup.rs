@@ -126,6 +126,26 @@ impl Table {
                 Replicated::Stored(None)
             }
             MapEntry::Occupied(mut o) => {
+                // The state held here again, from the process that stored it (a round
+                // placing it anew, or renewing the owner's read lease): nothing to store,
+                // but the owner counts this answer as a confirmation, so its lease runs
+                // from now, and a claim of this copy waits that out. Left at the first
+                // write, a backup whose owner had just placed the same state again claimed
+                // it after waiting out the older lease only, while that owner, cut off, went
+                // on serving it, and a destroyed session came back there (simulation seed
+                // 42844 with crashes).
+                if let Entry::Backup(b) = o.get_mut() {
+                    if !sender_gone
+                        && !b.kept
+                        && !b.live.expired(now)
+                        && b.owner == owner.advertised
+                        && b.writer == writer_tag(&owner.node_id)
+                        && incoming == order(b.live.received, &b.live.meta())
+                    {
+                        b.written_ms = now;
+                        return Replicated::Ignored;
+                    }
+                }
                 let handing_over = matches!(o.get(), Entry::HandingOver(_));
                 let handed_to = match o.get() {
                     // An owner here under an older generation than the sender's has been

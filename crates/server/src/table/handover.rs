@@ -193,6 +193,21 @@ impl Table {
                     }
                 }
             }
+            // A new process at the receiver's address that knows the handover's generation
+            // or a newer one (a client's token named it): the receiver's earlier process did
+            // take the copy over, and what it acknowledged went on from there; the copy here
+            // is stale and is not re-handed (simulation seed 33331 with crashes: re-handed
+            // to the receiver's new process while the lineage's newer holder was cut off,
+            // it lost an acknowledged append).
+            Entry::HandingOver(h)
+                if failed_owner == Some(h.to)
+                    && h.to == requester
+                    && their_last >= h.transfer
+                    && !h.live.expired(now) =>
+            {
+                tracing::info!(session = %id, to = %requester, transfer = h.transfer, their_last, "not re-handing: the receiver's new process knows a generation past this copy");
+                CopyOutcome::Moved(h.to)
+            }
             Entry::HandingOver(h)
                 if failed_owner == Some(h.to)
                     && (h.to != requester || h.to_node != requester_node)
