@@ -159,10 +159,10 @@ impl Node {
         // silent (or the node this fetch asked did not answer): the session lived on past
         // that copy, and the silent node may hold that lineage (cut off), so the older
         // owner is not followed yet (retry). Once every one answers, it is (the newer
-        // lineage may be gone for good, and this copy the best there is). Followed at once, a stale original owner's copy, cut
-        // off while a backup claimed the session, went on at a restarted node and its
-        // lineage overwrote the claim's acknowledged append (simulation seed 5845 with
-        // crashes).
+        // lineage may be gone for good, and this copy the best there is). Followed at
+        // once, a stale original owner's copy, cut off while a backup claimed the
+        // session, went on at a restarted node and its lineage overwrote the claim's
+        // acknowledged append (simulation seed 5845 with crashes).
         let known = self.known_generation(&id);
         let any_silent = replies.iter().any(|r| r.is_err()) || matches!(&result, Err(e) if e.unreachable());
         let mut stale_owner = None;

@@ -51,7 +51,9 @@ impl Node {
             return false;
         };
         // The receiver itself asks (its reply was lost), or its new process does (the old
-        // one, and whatever it held, is gone): not a re-hand to a second live copy.
+        // one is gone): not a re-hand to a second live copy. (Whether the old one handed
+        // on what it held is the table's question: a new process that names the
+        // handover's generation is not re-handed the copy, `Table::hand_over`.)
         if h.to != failed || asker.advertised == h.to || h.to == self.advertise {
             return false;
         }
