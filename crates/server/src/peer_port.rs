@@ -526,6 +526,18 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
                 owner: node.advertise,
             }
         }
+        // The owner this node's lost failover took the session from asks for it: the copy
+        // here is superseded, the session's newest state is at the backup still handing it
+        // here. That handover is completed first (protocol.md 12.3, "A failover whose
+        // answer was lost"), and the asker asks again.
+        PeerMessage::Copy { session_id, .. }
+            if node.lost_failover_from(&session_id, peer.advertised).is_some() =>
+        {
+            if let Some(giver) = node.lost_failover_from(&session_id, peer.advertised) {
+                node.complete_lost_failover_in_background(session_id, giver);
+            }
+            PeerMessage::NotFound { session_id }
+        }
         PeerMessage::Copy {
             session_id,
             last_transfer,

@@ -120,7 +120,7 @@ impl Node {
 
     /// Runs `task` for `id` on a task of its own, unless one settling `id` runs already.
     /// Not tracked by the shutdown tracker: each is bounded by peer timeouts.
-    fn one_settling_task<F, Fut>(self: &Arc<Self>, id: SessionId, task: F)
+    pub(super) fn one_settling_task<F, Fut>(self: &Arc<Self>, id: SessionId, task: F)
     where
         F: FnOnce(Arc<Self>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,

@@ -9,6 +9,7 @@ mod holder_restarts;
 mod install;
 mod kept_copies;
 mod lookup;
+mod lost_failover;
 mod memo;
 mod read_lease;
 mod rehand;
