@@ -60,6 +60,17 @@ async fn stale_member() -> (SocketAddr, Arc<AtomicBool>) {
     (stale, copied)
 }
 
+/// A GET at `node` of a new session id with a token naming `owner` under [`TOKEN`].
+async fn get_naming(
+    node: &sessync_server::NodeHandle,
+    owner: SocketAddr,
+) -> Result<sessync_client::Session, ClientError> {
+    let c = client(node.client_addr()).await;
+    timeout(WAIT, c.get(&token_for(SessionId::random(), TOKEN, owner, vec![])))
+        .await
+        .expect("the GET must end")
+}
+
 /// Checked: without the rule, the node copies the stale owner's session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_does_not_follow_an_owner_older_than_the_token_while_its_owner_is_silent() {
@@ -68,11 +79,7 @@ async fn a_lookup_does_not_follow_an_owner_older_than_the_token_while_its_owner_
     let cut_off = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let owner = cut_off.local_addr().unwrap();
     let node = replicating_node_beside_fakes(vec![owner, stale]).await;
-    let id = SessionId::random();
-    let c = client(node.client_addr()).await;
-    let got = timeout(WAIT, c.get(&token_for(id, TOKEN, owner, vec![])))
-        .await
-        .expect("the GET must end");
+    let got = get_naming(&node, owner).await;
     match &got {
         Err(ClientError::Server { code, .. }) => assert_ne!(
             *code,
@@ -97,11 +104,7 @@ async fn a_lookup_follows_an_older_owner_once_every_node_answered() {
     let (stale, copied) = stale_member().await;
     let restarted = scripted_peer([7; 16], Arc::new(|m| Some(empty_member_answer(m)))).await;
     let node = replicating_node_beside_fakes(vec![restarted, stale]).await;
-    let id = SessionId::random();
-    let c = client(node.client_addr()).await;
-    let got = timeout(WAIT, c.get(&token_for(id, TOKEN, restarted, vec![])))
-        .await
-        .expect("the GET must end");
+    let got = get_naming(&node, restarted).await;
     assert!(
         copied.load(Ordering::SeqCst),
         "the older owner's copy is taken: {got:?}"

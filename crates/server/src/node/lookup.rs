@@ -163,7 +163,7 @@ impl Node {
         // once, a stale original owner's copy, cut off while a backup claimed the
         // session, went on at a restarted node and its lineage overwrote the claim's
         // acknowledged append (simulation seed 5845 with crashes).
-        let known = self.known_generation(&id);
+        let known = self.token_generation_fetching(&id);
         let any_silent = replies.iter().any(|r| r.is_err()) || matches!(&result, Err(e) if e.unreachable());
         let mut stale_owner = None;
         let mut owner = None;

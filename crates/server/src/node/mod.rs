@@ -316,7 +316,7 @@ struct Inflight {
     done: tokio::sync::Notify,
     /// The newest generation the waiting requests' tokens name: a client was given a
     /// state of at least that generation, so a copy older than it is not the session's
-    /// newest (PROMOTE says so, see [`Node::known_generation`]).
+    /// newest (PROMOTE says so, see [`Node::token_generation_fetching`]).
     token_generation: std::sync::atomic::AtomicU64,
 }
 
@@ -378,7 +378,7 @@ impl Node {
     /// own entry knows less (a new process knows nothing of its earlier one): a giver must
     /// not re-hand a copy older than a state a client was given (protocol.md 12.4;
     /// simulation seed 33331 with crashes).
-    fn known_generation(&self, id: &SessionId) -> u64 {
+    fn token_generation_fetching(&self, id: &SessionId) -> u64 {
         self.inflight.get(id).map_or(0, |f| {
             f.token_generation.load(std::sync::atomic::Ordering::Relaxed)
         })
@@ -387,12 +387,12 @@ impl Node {
     /// What a PROMOTE for `id` says as its last transfer: `had` (this node's entry's
     /// generation) while the session is live here, so that a backup's copy handed over
     /// under `had + 1` is known to be no newer than that live copy (protocol.md 12.3 step
-    /// 2); otherwise the newer of `had` and [`Node::known_generation`].
+    /// 2); otherwise the newer of `had` and [`Node::token_generation_fetching`].
     pub(super) fn promote_last_transfer(&self, id: &SessionId, had: u64) -> u64 {
         if self.table.live_generation(id, now_ms()).is_some() {
             had
         } else {
-            had.max(self.known_generation(id))
+            had.max(self.token_generation_fetching(id))
         }
     }
 
