@@ -42,7 +42,7 @@ pub use view::SessionView;
 /// Number of top-level shards (a power of two).
 pub const SHARDS: usize = 16;
 /// Bytes charged per live session on top of its packed attributes (their wire length):
-/// the allocation's header (80 bytes: reference count, id, times, version, generation,
+/// the allocation's header (72 bytes: reference count, id, times, version, generation,
 /// length), allocator rounding and the table slot, rounded up; the attributes are stored
 /// in fewer bytes than charged (`compact.rs`). An estimate, used for `--max-memory`.
 pub const SESSION_OVERHEAD: usize = 128;

@@ -6,9 +6,10 @@
 //! compact) and `other` (every other state, boxed as the [`Entry`] the handover and backup
 //! code works with). An id is in at most one of the two. A live session is a
 //! [`LiveNode`]: a triomphe `ThinArc` of a [`LiveHead`] (id, times, version, generation:
-//! 64 bytes, 80 with the reference count and the slice length) followed by a slice
-//! holding the backups, if any (one byte 0 without), and the packed attributes with
-//! varint lengths (`compact.rs`), all in one allocation behind an 8-byte slot. Why: a
+//! 56 bytes, 72 with the reference count and the slice length) followed by a slice
+//! holding the absolute deadline and the backups, if any (one byte 0 without either), and
+//! the packed attributes with varint lengths (`compact.rs`), all in one allocation behind
+//! an 8-byte slot. Why: a
 //! DashMap slot was 112 bytes (key + 96-byte entry) and hashbrown tables run 44-87% full,
 //! so the slot alone cost 130-250 bytes per session, plus a second allocation (with its
 //! own reference counts) for the attributes.
@@ -50,19 +51,40 @@ pub(super) struct LiveHead {
     version: u64,
     created_ms: u64,
     idle_ttl_ms: u64,
-    absolute_deadline_ms: u64,
     /// The handover generation (see `Live::received`).
     received: u64,
 }
 
-/// The slice after the header starts with what only a replicated session needs: a count
-/// of backups (one byte 0 without replication), each backup's address (7 bytes for IPv4,
-/// 27 for IPv6), and the access time they last got (8 bytes, only with backups). The
-/// compact attributes follow. In the slice and not behind a pointer: 8 bytes less per
-/// session without backups, one allocation less with them.
-fn put_extra(out: &mut Vec<u8>, backups: &[SocketAddr], replicated_access_ms: u64) {
-    let backups = &backups[..backups.len().min(usize::from(u8::MAX))];
-    out.push(backups.len() as u8);
+/// The extras byte's flag for an absolute deadline stored after it; the low bits count
+/// the backups.
+const HAS_DEADLINE: u8 = 0x80;
+/// At most this many backups are kept in a node's extras (`--replicas` is far smaller).
+const MAX_BACKUPS: usize = (HAS_DEADLINE - 1) as usize;
+
+/// The slice after the header starts with what only some sessions need: one byte
+/// counting the backups (the low 7 bits) and flagging an absolute deadline
+/// ([`HAS_DEADLINE`]); the deadline (8 bytes, only when not 0: sessions have none unless
+/// CREATE or the node's configuration asks for one); each backup's address (7 bytes for
+/// IPv4, 27 for IPv6); and the access time the backups last got (8 bytes, only with
+/// backups). The compact attributes follow. In the slice and not in the header or behind
+/// a pointer: a session with neither costs one byte for both (issue 15: the 8 bytes of a
+/// deadline field are 3% of a 100-byte session).
+fn put_extra(
+    out: &mut Vec<u8>,
+    absolute_deadline_ms: u64,
+    backups: &[SocketAddr],
+    replicated_access_ms: u64,
+) {
+    let backups = &backups[..backups.len().min(MAX_BACKUPS)];
+    let flag = if absolute_deadline_ms == 0 {
+        0
+    } else {
+        HAS_DEADLINE
+    };
+    out.push(backups.len() as u8 | flag);
+    if absolute_deadline_ms != 0 {
+        out.extend_from_slice(&absolute_deadline_ms.to_be_bytes());
+    }
     for b in backups {
         match b {
             SocketAddr::V4(a) => {
@@ -84,8 +106,20 @@ fn put_extra(out: &mut Vec<u8>, backups: &[SocketAddr], replicated_access_ms: u6
     }
 }
 
+/// The absolute deadline [`put_extra`] wrote (0 for none), read in place.
+fn get_deadline(slice: &[u8]) -> u64 {
+    match slice.split_first() {
+        Some((&flags, rest)) if flags & HAS_DEADLINE != 0 => rest
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes),
+        _ => 0,
+    }
+}
+
 /// Reads what [`put_extra`] wrote: the backups, the access time they got (if any
-/// backups) and the rest of the slice (the compact attributes). Stops at a defect.
+/// backups) and the rest of the slice (the compact attributes); the deadline is skipped
+/// ([`get_deadline`] reads it). Stops at a defect.
 fn get_extra(slice: &[u8]) -> (Vec<SocketAddr>, Option<u64>, &[u8]) {
     fn take<'a>(s: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (a, b) = (s.get(..n)?, s.get(n..)?);
@@ -95,9 +129,13 @@ fn get_extra(slice: &[u8]) -> (Vec<SocketAddr>, Option<u64>, &[u8]) {
     fn be<const N: usize>(s: &mut &[u8]) -> Option<[u8; N]> {
         take(s, N)?.try_into().ok()
     }
-    let Some((&count, mut rest)) = slice.split_first() else {
+    let Some((&flags, mut rest)) = slice.split_first() else {
         return (Vec::new(), None, slice);
     };
+    if flags & HAS_DEADLINE != 0 {
+        rest = rest.get(8..).unwrap_or_default();
+    }
+    let count = flags & !HAS_DEADLINE;
     if count == 0 {
         return (Vec::new(), None, rest);
     }
@@ -139,8 +177,13 @@ impl LiveNode {
         backups: &[SocketAddr],
         replicated_access_ms: u64,
     ) -> LiveNode {
-        let mut slice = Vec::with_capacity(1 + attrs.encoded_len());
-        put_extra(&mut slice, backups, replicated_access_ms);
+        let mut slice = Vec::with_capacity(9 + attrs.encoded_len());
+        put_extra(
+            &mut slice,
+            meta.absolute_deadline_ms,
+            backups,
+            replicated_access_ms,
+        );
         compact::compact_into(&mut slice, attrs);
         LiveNode(ThinArc::from_header_and_slice(
             LiveHead {
@@ -149,7 +192,6 @@ impl LiveNode {
                 version: meta.version,
                 created_ms: meta.created_ms,
                 idle_ttl_ms: meta.idle_ttl_ms,
-                absolute_deadline_ms: meta.absolute_deadline_ms,
                 received,
             },
             &slice,
@@ -204,7 +246,7 @@ impl LiveNode {
     /// The compact attributes: the slice after the extras.
     fn compact_attrs(&self) -> &[u8] {
         match self.0.slice.split_first() {
-            // No backups (the common case): one byte to skip.
+            // No backups and no deadline (the common case): one byte to skip.
             Some((0, rest)) => rest,
             _ => get_extra(&self.0.slice).2,
         }
@@ -244,7 +286,7 @@ impl LiveNode {
             created_ms: h.created_ms,
             last_access_ms: self.last_access(),
             idle_ttl_ms: h.idle_ttl_ms,
-            absolute_deadline_ms: h.absolute_deadline_ms,
+            absolute_deadline_ms: get_deadline(&self.0.slice),
         }
     }
 
@@ -294,8 +336,8 @@ impl LiveNode {
     /// The nodes holding backup copies (empty without replication; no allocation then).
     pub(super) fn backup_addrs(&self) -> Vec<SocketAddr> {
         match self.0.slice.first() {
-            Some(0) | None => Vec::new(),
-            Some(_) => get_extra(&self.0.slice).0,
+            Some(&flags) if flags & !HAS_DEADLINE != 0 => get_extra(&self.0.slice).0,
+            _ => Vec::new(),
         }
     }
 

@@ -184,14 +184,14 @@ fn soonest_expiry_takes_a_newcomer_with_a_sooner_deadline_first() {
 }
 
 /// The layout (issue 15): a slot is one pointer, and a live session's fixed part is one
-/// allocation header of 80 bytes (reference count, id, times, version, generation,
-/// length), then one byte of extras without backups, so a session costs its packed
-/// attributes plus well under `SESSION_OVERHEAD`.
+/// allocation header of 72 bytes (reference count, id, times, version, generation,
+/// length), then one byte of extras without backups or absolute deadline, so a session
+/// costs its packed attributes plus well under `SESSION_OVERHEAD`.
 #[test]
 fn a_live_session_is_one_thin_pointer_and_one_allocation() {
     assert_eq!(std::mem::size_of::<store::LiveNode>(), 8);
     assert_eq!(std::mem::size_of::<Box<store::Other>>(), 8);
-    assert_eq!(std::mem::size_of::<store::LiveHead>(), 64);
+    assert_eq!(std::mem::size_of::<store::LiveHead>(), 56);
     // Replication state moves with the session through every step.
     let t = table(10, EvictPolicy::Reject);
     let (id, _) = t.create(&attrs(&[("a", "1")]), 1000, 0, 0).unwrap();
@@ -233,6 +233,44 @@ fn a_live_session_is_one_thin_pointer_and_one_allocation() {
     assert_eq!(s.replicated_access_ms, 40);
     t.set_backups(&id, snap.generation, &[]);
     assert!(t.get(&id, &[], 61).unwrap().backups.is_empty());
+}
+
+/// An absolute deadline lives in the node's extras (flagged in the backup count's byte,
+/// stored only when not 0): it survives every rewrite of the node, with and without
+/// backups, and still ends the session.
+#[test]
+fn an_absolute_deadline_moves_with_the_session_through_every_step() {
+    let t = table(10, EvictPolicy::Reject);
+    let (id, created) = t.create(&attrs(&[("a", "1")]), 1000, 500, 0).unwrap();
+    assert_eq!(created.meta.absolute_deadline_ms, 500);
+    let deadline = |t: &Table, now| t.get(&id, &[], now).unwrap().meta.absolute_deadline_ms;
+    assert_eq!(deadline(&t, 10), 500);
+    let b = SocketAddr::from(([127, 0, 0, 1], 9));
+    let v6: SocketAddr = "[fe80::1%7]:7001".parse().unwrap();
+    let snap = t.snapshot(&id, 20).unwrap();
+    assert_eq!(snap.record.meta.absolute_deadline_ms, 500);
+    t.set_backups(&id, snap.generation, &[b, v6]);
+    let s = t.set(&id, None, &attrs(&[("b", "2")]), &[], 30).unwrap();
+    assert_eq!(&*s.backups, &[b, v6]);
+    assert_eq!(s.meta.absolute_deadline_ms, 500);
+    assert_eq!(s.meta.idle_ttl_ms, 1000);
+    // A REPLICATE snapshot records the access time it sends (the SET's, 30) in place,
+    // in the extras behind the deadline.
+    let snap = t.snapshot(&id, 40).unwrap();
+    assert_eq!(snap.record.meta.absolute_deadline_ms, 500);
+    let s = t.get(&id, &["b".into()], 41).unwrap();
+    assert_eq!(s.replicated_access_ms, 30);
+    assert_eq!(s.meta.absolute_deadline_ms, 500);
+    assert_eq!(s.attrs.unpack(), attrs(&[("b", "2")]));
+    assert_eq!(&*s.backups, &[b, v6]);
+    t.set_backups(&id, snap.generation, &[]);
+    assert_eq!(deadline(&t, 50), 500);
+    assert!(t.get(&id, &[], 50).unwrap().backups.is_empty());
+    // The deadline still ends it, however recent the access.
+    assert_eq!(t.get(&id, &[], 500).unwrap_err(), Miss::NotFound);
+    // And a session without one has none (0), as before.
+    let (other, _) = t.create(&attrs(&[("a", "1")]), 1000, 0, 0).unwrap();
+    assert_eq!(t.get(&other, &[], 10).unwrap().meta.absolute_deadline_ms, 0);
 }
 
 #[test]
