@@ -25,12 +25,24 @@ use tokio::time::{sleep, timeout, Duration, Instant};
 const TOKEN: u64 = 5;
 const PROMOTED: u64 = TOKEN + 1;
 
-/// Checked: without the rule, F's first COPY gets the node's superseded copy.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_failed_owner_gets_the_promoted_copy_not_the_superseded_one() {
+/// A node whose PROMOTE for its session went unanswered: its live copy (`cart` = `mine`)
+/// is older than a client's token naming F, F said NOT_FOUND, and B (the token's backup)
+/// never answers PROMOTE; B answers COPY with its promoted copy (`cart` = `newest`) and
+/// sets `asked_by_copy`.
+struct LostPromote {
+    node: sessync_server::NodeHandle,
+    client: sessync_client::Client,
+    /// The session as created at the node (its token names the node).
+    created: sessync_client::Session,
+    id: sessync_proto::SessionId,
+    failed: std::net::SocketAddr,
+    f_node_id: [u8; 16],
+    asked_by_copy: Arc<AtomicBool>,
+}
+
+async fn lost_promote() -> LostPromote {
     let f_node_id = [7; 16];
     let failed = scripted_peer(f_node_id, Arc::new(|m| Some(empty_member_answer(m)))).await;
-    // B: the PROMOTE's answer is lost; a COPY gets its promoted copy of F's lineage.
     let asked_by_copy = Arc::new(AtomicBool::new(false));
     let backup = {
         let asked_by_copy = asked_by_copy.clone();
@@ -52,16 +64,36 @@ async fn the_failed_owner_gets_the_promoted_copy_not_the_superseded_one() {
         .await
     };
     let node = replicating_node_beside_fakes(vec![failed, backup]).await;
-    let (c, _, id) = create_mine(node.client_addr()).await;
-
+    let (client, created, id) = create_mine(node.client_addr()).await;
     // The node's copy is older than the token: asked of F (NOT_FOUND), then PROMOTE at B,
     // unanswered. The client is told to retry.
-    let got = timeout(WAIT, c.get(&token_for(id, TOKEN, failed, vec![backup])))
+    let got = timeout(WAIT, client.get(&token_for(id, TOKEN, failed, vec![backup])))
         .await
         .expect("the GET must end");
     assert!(got.is_err(), "nothing newer could be had: {got:?}");
     assert!(!asked_by_copy.load(Ordering::SeqCst));
+    LostPromote {
+        node,
+        client,
+        created,
+        id,
+        failed,
+        f_node_id,
+        asked_by_copy,
+    }
+}
 
+/// Checked: without the rule, F's first COPY gets the node's superseded copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failed_owner_gets_the_promoted_copy_not_the_superseded_one() {
+    let LostPromote {
+        node,
+        id,
+        failed,
+        f_node_id,
+        asked_by_copy,
+        ..
+    } = lost_promote().await;
     let mut f = authenticated_as(node.peer_addr(), failed, f_node_id).await;
     let copy = PeerMessage::Copy {
         session_id: id,
@@ -93,6 +125,45 @@ async fn the_failed_owner_gets_the_promoted_copy_not_the_superseded_one() {
         record_with_cart(id, b"newest").attributes,
         "F gets the promoted copy"
     );
+    stop(vec![node]).await;
+}
+
+/// A write acknowledged here after the PROMOTE went unanswered is in no copy B could hand
+/// over: the rule stands aside, and F's COPY gets the copy here, with that write, at once.
+/// Checked: without the version in the rule, F's first COPY got NOT_FOUND and B's copy
+/// (without the write) followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_acknowledged_since_the_lost_promote_is_not_replaced() {
+    let LostPromote {
+        node,
+        client,
+        created,
+        id,
+        failed,
+        f_node_id,
+        asked_by_copy,
+    } = lost_promote().await;
+    timeout(
+        WAIT,
+        client.set(&created.token).put("cart", "written-here").send(),
+    )
+    .await
+    .expect("the SET must end")
+    .expect("the write to the copy here is acknowledged (the fake holders take it)");
+    let mut f = authenticated_as(node.peer_addr(), failed, f_node_id).await;
+    let copy = PeerMessage::Copy {
+        session_id: id,
+        last_transfer: TOKEN - 1,
+    };
+    match ask(&mut f, copy).await {
+        PeerMessage::CopyData { record, .. } => assert_eq!(
+            record.attributes,
+            record_with_cart(id, b"written-here").attributes,
+            "F gets the copy with the acknowledged write"
+        ),
+        other => panic!("the copy with an acknowledged write is handed over at once: {other:?}"),
+    }
+    assert!(!asked_by_copy.load(Ordering::SeqCst), "B is not asked again");
     stop(vec![node]).await;
 }
 

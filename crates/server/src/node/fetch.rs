@@ -624,6 +624,7 @@ impl Node {
             let had = self.table.last_received(&id);
             let reply = loop {
                 attempts += 1;
+                let live_version = self.table.live_version(&id, now_ms());
                 let ask = PeerMessage::Promote {
                     session_id: id,
                     last_transfer: self.promote_last_transfer(&id, had),
@@ -637,6 +638,7 @@ impl Node {
                     let promote = UnansweredPromote {
                         failed,
                         lineage: lineage.into(),
+                        live_version,
                     };
                     self.unanswered_copy(id, b, had, Some(promote));
                 }

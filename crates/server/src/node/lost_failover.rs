@@ -14,11 +14,18 @@ use super::*;
 
 impl Node {
     /// The backup this node's unanswered PROMOTE for `id` went to, when that PROMOTE named
-    /// `asker` as the failed owner and the live copy here is the one it had when it asked.
+    /// `asker` as the failed owner and the live copy here is the one it had when it asked:
+    /// the same generation and the same version. A write acknowledged here since (the
+    /// version moved on) is in no copy the backup could hand over, so the rule stands
+    /// aside and the asker gets the copy here, with that write, as before the rule.
     pub(crate) fn lost_failover_from(&self, id: &SessionId, asker: SocketAddr) -> Option<SocketAddr> {
         let asked = self.unanswered_copies.get(id)?;
-        let failed_asker = asked.promote.as_ref().is_some_and(|p| p.failed == asker);
-        (failed_asker && self.table.live_generation(id, now_ms()) == Some(asked.had)).then_some(asked.giver)
+        let promote = asked.promote.as_ref().filter(|p| p.failed == asker)?;
+        let now = now_ms();
+        let unchanged = self.table.live_generation(id, now) == Some(asked.had)
+            && promote.live_version.is_some()
+            && self.table.live_version(id, now) == promote.live_version;
+        unchanged.then_some(asked.giver)
     }
 
     /// Asks `giver` for `id` again by COPY and installs the copy it hands over, in the

@@ -278,6 +278,10 @@ struct UnansweredPromote {
     failed: SocketAddr,
     /// The failed owner's lineage: holders the claim is placed on besides the copy's own.
     lineage: Box<[SocketAddr]>,
+    /// The version of the live copy here when the PROMOTE went out (`None`: none was
+    /// live). A write acknowledged here since bumps it, and the backup's copy lacks that
+    /// write ([`Node::lost_failover_from`]).
+    live_version: Option<u64>,
 }
 
 /// A COPY_ACK not sent yet: the copy was installed here while no backup took it.

@@ -478,6 +478,12 @@ impl Table {
         g.find_live(id).filter(|n| !n.expired(now)).map(|n| n.received())
     }
 
+    /// The version of the live session here (what a write bumps), if it is live.
+    pub fn live_version(&self, id: &SessionId, now: u64) -> Option<u64> {
+        let g = self.shard(id).map.read(id);
+        g.find_live(id).filter(|n| !n.expired(now)).map(|n| n.version())
+    }
+
     /// Records the backups that confirmed the session's copy, if it is still live here
     /// under `generation`.
     pub fn set_backups(&self, id: &SessionId, generation: u64, backups: &[SocketAddr]) {
