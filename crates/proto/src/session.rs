@@ -263,6 +263,32 @@ impl PackedAttributes {
         }
     }
 
+    /// Attributes that are packed already, written by `fill` straight into their one
+    /// allocation of `len` bytes (zeroed first). The same contract as
+    /// [`PackedAttributes::copy_of_packed`]: what `fill` writes must be the
+    /// [`PackedAttributes::as_bytes`] form of a set this process built or checked. Why: a
+    /// node expanding its compact table form (issue 15's move path) would otherwise build
+    /// the bytes in a buffer and copy them into the shared allocation: one large
+    /// allocation and copy more per session handed over.
+    pub fn packed_with(len: usize, fill: impl FnOnce(&mut [u8])) -> PackedAttributes {
+        // A `TrustedLen` iterator: `Arc<[u8]>` is allocated once, at its exact size.
+        let mut bytes: Arc<[u8]> = std::iter::repeat_n(0u8, len).collect();
+        match Arc::get_mut(&mut bytes) {
+            Some(out) => fill(out),
+            // Never: the Arc was made here and is not shared. Built aside and copied.
+            None => {
+                let mut out = vec![0u8; len];
+                fill(&mut out);
+                bytes = Arc::from(out);
+            }
+        }
+        if bytes.len() < EMPTY.len() || bytes[..] == EMPTY {
+            PackedAttributes(None)
+        } else {
+            PackedAttributes(Some(bytes))
+        }
+    }
+
     /// Packs a map.
     pub fn pack(attrs: &Attributes) -> PackedAttributes {
         let len = 2 + attrs.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>();

@@ -526,22 +526,20 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
                 owner: node.advertise,
             }
         }
-        // The owner this node's lost failover took the session from asks for it: the copy
-        // here is superseded, the session's newest state is at the backup still handing it
-        // here. That handover is completed first (protocol.md 12.3, "A failover whose
-        // answer was lost"), and the asker asks again.
-        PeerMessage::Copy { session_id, .. }
-            if node.lost_failover_from(&session_id, peer.advertised).is_some() =>
-        {
-            if let Some(giver) = node.lost_failover_from(&session_id, peer.advertised) {
-                node.complete_lost_failover_in_background(session_id, giver);
-            }
-            PeerMessage::NotFound { session_id }
-        }
+        // A COPY is handed over, unless it comes from the owner this node's lost failover
+        // took the session from: the copy here is superseded then, the session's newest
+        // state is at the backup still handing it here. That handover is completed first
+        // (protocol.md 12.3, "A failover whose answer was lost"), and the asker asks again.
         PeerMessage::Copy {
             session_id,
             last_transfer,
-        } => copy(session_id, last_transfer, None),
+        } => match node.lost_failover_from(&session_id, peer.advertised) {
+            Some(giver) => {
+                node.complete_lost_failover_in_background(session_id, giver);
+                PeerMessage::NotFound { session_id }
+            }
+            None => copy(session_id, last_transfer, None),
+        },
         // The owner's process that wrote the copy held here still REPLICATEs here: it is
         // alive and owns the session; the asker cannot reach it, which is no reason to make
         // a second owner (simulation seed 121, without crashes: a paused node's PROMOTE

@@ -14,17 +14,52 @@
 use bytes::{BufMut, BytesMut};
 use sessync_proto::PackedAttributes;
 
-/// Appends `v` as a LEB128 varint.
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
+/// Writes into a buffer sized beforehand, front to back. A write past the end (a sizing
+/// defect) is dropped instead of panicking; the tests check the sizes.
+pub(super) struct SliceWriter<'a> {
+    out: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> SliceWriter<'a> {
+    /// A writer at the start of `out`.
+    pub(super) fn new(out: &'a mut [u8]) -> Self {
+        SliceWriter { out, pos: 0 }
     }
-    out.push(v as u8);
+
+    /// Writes `bytes` next.
+    pub(super) fn put(&mut self, bytes: &[u8]) {
+        let end = self.pos + bytes.len();
+        if let Some(at) = self.out.get_mut(self.pos..end) {
+            at.copy_from_slice(bytes);
+            self.pos = end;
+        }
+    }
+
+    /// Writes `v` next as a LEB128 varint.
+    fn put_varint(&mut self, mut v: u64) {
+        if v < 0x80 {
+            // Names and most lengths of a typical set: one byte.
+            return self.put(&[v as u8]);
+        }
+        let mut buf = [0u8; 10];
+        let mut n = 0;
+        while v >= 0x80 {
+            buf[n] = (v as u8) | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        buf[n] = v as u8;
+        self.put(&buf[..=n]);
+    }
+
+    /// Bytes written so far.
+    pub(super) fn written(&self) -> usize {
+        self.pos
+    }
 }
 
 /// The bytes `v` takes as a varint.
-#[cfg(test)]
 fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
@@ -91,21 +126,29 @@ fn compact_parts(compact: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
 /// The compact form of packed attributes.
 #[cfg(test)]
 fn compact(attrs: &PackedAttributes) -> Vec<u8> {
-    let mut out = Vec::with_capacity(attrs.encoded_len());
-    compact_into(&mut out, attrs);
+    let mut out = vec![0; compact_len(attrs)];
+    let mut w = SliceWriter::new(&mut out);
+    compact_to(&mut w, attrs);
+    assert_eq!(w.written(), out.len());
     out
 }
 
-/// Appends the compact form of packed attributes.
-pub(super) fn compact_into(out: &mut Vec<u8>, attrs: &PackedAttributes) {
-    let wire = attrs.as_bytes();
-    let count = attrs.count();
-    put_varint(out, count as u64);
-    for (name, value) in wire_parts(wire) {
-        put_varint(out, name.len() as u64);
-        out.extend_from_slice(name);
-        put_varint(out, value.len() as u64);
-        out.extend_from_slice(value);
+/// The length of the compact form of packed attributes.
+pub(super) fn compact_len(attrs: &PackedAttributes) -> usize {
+    varint_len(attrs.count() as u64)
+        + wire_parts(attrs.as_bytes())
+            .map(|(n, v)| varint_len(n.len() as u64) + n.len() + varint_len(v.len() as u64) + v.len())
+            .sum::<usize>()
+}
+
+/// Writes the compact form of packed attributes ([`compact_len`] bytes).
+pub(super) fn compact_to(out: &mut SliceWriter<'_>, attrs: &PackedAttributes) {
+    out.put_varint(attrs.count() as u64);
+    for (name, value) in wire_parts(attrs.as_bytes()) {
+        out.put_varint(name.len() as u64);
+        out.put(name);
+        out.put_varint(value.len() as u64);
+        out.put(value);
     }
 }
 
@@ -116,20 +159,25 @@ pub(super) fn wire_len(compact: &[u8]) -> usize {
         .sum::<usize>()
 }
 
-/// The packed attributes (wire form) of a compact buffer.
+/// The packed attributes (wire form) of a compact buffer, written straight into their
+/// one allocation (no buffer built aside and copied: issue 15's move path).
 pub(super) fn expand(compact: &[u8]) -> PackedAttributes {
-    let mut out = Vec::with_capacity(wire_len(compact));
-    let mut count = 0u16;
-    out.extend_from_slice(&[0, 0]);
-    for (name, value) in compact_parts(compact) {
-        out.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        out.extend_from_slice(name);
-        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        out.extend_from_slice(value);
-        count += 1;
-    }
-    out[..2].copy_from_slice(&count.to_be_bytes());
-    PackedAttributes::copy_of_packed(&out)
+    PackedAttributes::packed_with(wire_len(compact), |out| {
+        let mut w = SliceWriter::new(out);
+        w.put(&[0, 0]);
+        let mut count = 0u16;
+        for (name, value) in compact_parts(compact) {
+            w.put(&(name.len() as u16).to_be_bytes());
+            w.put(name);
+            w.put(&(value.len() as u32).to_be_bytes());
+            w.put(value);
+            count += 1;
+        }
+        debug_assert_eq!(w.written(), out.len(), "expanded attributes are sized exactly");
+        if let Some(head) = out.get_mut(..2) {
+            head.copy_from_slice(&count.to_be_bytes());
+        }
+    })
 }
 
 /// Appends the wire form of a compact buffer's attributes (all of them, or only those
@@ -187,6 +235,7 @@ mod tests {
         let p = PackedAttributes::pack(&a);
         let c = compact(&p);
         assert_eq!(expand(&c), p);
+        assert_eq!(compact_len(&p), c.len());
         assert_eq!(wire_len(&c), p.encoded_len());
         assert_eq!(p.encoded_len() - c.len(), saved(&p));
         // 8 attributes of 128 bytes under short names: 25 bytes saved.
@@ -210,10 +259,12 @@ mod tests {
         assert_eq!(expand(&compact(&none)), none);
         assert_eq!(wire_len(&[0]), 2);
         for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX)] {
-            let mut b = Vec::new();
-            put_varint(&mut b, v);
-            assert_eq!(b.len(), varint_len(v));
-            assert_eq!(get_varint(&b, &mut 0), Some(v));
+            let mut b = [0u8; 10];
+            let mut w = SliceWriter::new(&mut b);
+            w.put_varint(v);
+            let n = w.written();
+            assert_eq!(n, varint_len(v));
+            assert_eq!(get_varint(&b[..n], &mut 0), Some(v));
         }
         // A truncated buffer stops, never panics.
         let c = compact(&p);

@@ -30,7 +30,7 @@ use sessync_proto::{PackedAttributes, SessionId, SessionMeta};
 use triomphe::ThinArc;
 
 use super::capacity::Candidates;
-use super::compact;
+use super::compact::{self, SliceWriter};
 use super::{Entry, Live, Served, SESSION_OVERHEAD};
 
 /// Inner locks per top-level shard (16 x 8 = 128 in all, DashMap's count on 2 cores).
@@ -70,7 +70,7 @@ const MAX_BACKUPS: usize = (HAS_DEADLINE - 1) as usize;
 /// a pointer: a session with neither costs one byte for both (issue 15: the 8 bytes of a
 /// deadline field are 3% of a 100-byte session).
 fn put_extra(
-    out: &mut Vec<u8>,
+    out: &mut SliceWriter<'_>,
     absolute_deadline_ms: u64,
     backups: &[SocketAddr],
     replicated_access_ms: u64,
@@ -81,29 +81,38 @@ fn put_extra(
     } else {
         HAS_DEADLINE
     };
-    out.push(backups.len() as u8 | flag);
+    out.put(&[backups.len() as u8 | flag]);
     if absolute_deadline_ms != 0 {
-        out.extend_from_slice(&absolute_deadline_ms.to_be_bytes());
+        out.put(&absolute_deadline_ms.to_be_bytes());
     }
     for b in backups {
         match b {
             SocketAddr::V4(a) => {
-                out.push(4);
-                out.extend_from_slice(&a.ip().octets());
-                out.extend_from_slice(&a.port().to_be_bytes());
+                out.put(&[4]);
+                out.put(&a.ip().octets());
+                out.put(&a.port().to_be_bytes());
             }
             SocketAddr::V6(a) => {
-                out.push(6);
-                out.extend_from_slice(&a.ip().octets());
-                out.extend_from_slice(&a.port().to_be_bytes());
-                out.extend_from_slice(&a.flowinfo().to_be_bytes());
-                out.extend_from_slice(&a.scope_id().to_be_bytes());
+                out.put(&[6]);
+                out.put(&a.ip().octets());
+                out.put(&a.port().to_be_bytes());
+                out.put(&a.flowinfo().to_be_bytes());
+                out.put(&a.scope_id().to_be_bytes());
             }
         }
     }
     if !backups.is_empty() {
-        out.extend_from_slice(&replicated_access_ms.to_be_bytes());
+        out.put(&replicated_access_ms.to_be_bytes());
     }
+}
+
+/// The bytes [`put_extra`] writes.
+fn extra_len(absolute_deadline_ms: u64, backups: &[SocketAddr]) -> usize {
+    let backups = &backups[..backups.len().min(MAX_BACKUPS)];
+    let addrs: usize = backups.iter().map(|b| if b.is_ipv4() { 7 } else { 27 }).sum();
+    let replicated = if backups.is_empty() { 0 } else { 8 };
+    let deadline = if absolute_deadline_ms == 0 { 0 } else { 8 };
+    1 + deadline + addrs + replicated
 }
 
 /// The absolute deadline [`put_extra`] wrote (0 for none), read in place.
@@ -177,25 +186,32 @@ impl LiveNode {
         backups: &[SocketAddr],
         replicated_access_ms: u64,
     ) -> LiveNode {
-        let mut slice = Vec::with_capacity(9 + attrs.encoded_len());
-        put_extra(
-            &mut slice,
-            meta.absolute_deadline_ms,
-            backups,
-            replicated_access_ms,
-        );
-        compact::compact_into(&mut slice, attrs);
-        LiveNode(ThinArc::from_header_and_slice(
-            LiveHead {
-                id,
-                last_access_ms: AtomicU64::new(meta.last_access_ms),
-                version: meta.version,
-                created_ms: meta.created_ms,
-                idle_ttl_ms: meta.idle_ttl_ms,
-                received,
-            },
-            &slice,
-        ))
+        let len = extra_len(meta.absolute_deadline_ms, backups) + compact::compact_len(attrs);
+        let head = || LiveHead {
+            id,
+            last_access_ms: AtomicU64::new(meta.last_access_ms),
+            version: meta.version,
+            created_ms: meta.created_ms,
+            idle_ttl_ms: meta.idle_ttl_ms,
+            received,
+        };
+        // One allocation of the exact size, written in place (issue 15: a buffer built
+        // aside and copied in was a second large allocation and copy per install and SET).
+        let mut node = ThinArc::from_header_and_iter(head(), std::iter::repeat_n(0u8, len));
+        let write = |slice: &mut [u8]| {
+            let mut w = SliceWriter::new(slice);
+            put_extra(&mut w, meta.absolute_deadline_ms, backups, replicated_access_ms);
+            compact::compact_to(&mut w, attrs);
+            debug_assert_eq!(w.written(), len, "a live node's slice is sized exactly");
+        };
+        // The node was just made, so the handle is unique and this is always `Some`.
+        let written = node.with_arc_mut(|arc| triomphe::Arc::get_mut(arc).map(|hs| write(hs.slice_mut())));
+        if written.is_none() {
+            let mut slice = vec![0u8; len];
+            write(&mut slice);
+            node = ThinArc::from_header_and_slice(head(), &slice);
+        }
+        LiveNode(node)
     }
 
     /// The node of a materialized live session.
