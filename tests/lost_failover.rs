@@ -134,23 +134,16 @@ async fn the_failed_owner_gets_the_promoted_copy_not_the_superseded_one() {
 /// (without the write) followed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_acknowledged_since_the_lost_promote_is_not_replaced() {
-    let LostPromote {
-        node,
-        client,
-        created,
-        id,
-        failed,
-        f_node_id,
-        asked_by_copy,
-    } = lost_promote().await;
+    let p = lost_promote().await;
+    let (node, id) = (p.node, p.id);
     timeout(
         WAIT,
-        client.set(&created.token).put("cart", "written-here").send(),
+        p.client.set(&p.created.token).put("cart", "written-here").send(),
     )
     .await
     .expect("the SET must end")
     .expect("the write to the copy here is acknowledged (the fake holders take it)");
-    let mut f = authenticated_as(node.peer_addr(), failed, f_node_id).await;
+    let mut f = authenticated_as(node.peer_addr(), p.failed, p.f_node_id).await;
     let copy = PeerMessage::Copy {
         session_id: id,
         last_transfer: TOKEN - 1,
@@ -163,7 +156,7 @@ async fn a_write_acknowledged_since_the_lost_promote_is_not_replaced() {
         ),
         other => panic!("the copy with an acknowledged write is handed over at once: {other:?}"),
     }
-    assert!(!asked_by_copy.load(Ordering::SeqCst), "B is not asked again");
+    assert!(!p.asked_by_copy.load(Ordering::SeqCst), "B is not asked again");
     stop(vec![node]).await;
 }
 
