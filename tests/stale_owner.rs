@@ -111,3 +111,35 @@ async fn a_lookup_follows_an_older_owner_once_every_node_answered() {
     );
     stop(vec![node]).await;
 }
+
+/// A member that answers the lookup with ERROR says nothing about the session: it counts
+/// as silent for this rule too, as it does for the rest of the lookup. Checked: counted
+/// as having answered, the stale owner's copy was taken (the token's owner here answers,
+/// with nothing, and the third member errs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_answers_error_counts_as_silent() {
+    let (stale, copied) = stale_member().await;
+    let restarted = scripted_peer([7; 16], Arc::new(|m| Some(empty_member_answer(m)))).await;
+    let erring = scripted_peer(
+        [9; 16],
+        Arc::new(|m| match m {
+            PeerMessage::Locate { .. } => Some(PeerMessage::Error(sessync_proto::ErrorReply::new(
+                sessync_proto::ErrorCode::Internal,
+                "a fault",
+            ))),
+            other => Some(empty_member_answer(other)),
+        }),
+    )
+    .await;
+    let node = replicating_node_beside_fakes(vec![restarted, stale, erring]).await;
+    let got = get_naming(&node, restarted).await;
+    match &got {
+        Err(ClientError::Server { code, .. }) => assert_ne!(*code, ErrorCode::SessionNotFound),
+        other => panic!("the stale owner's copy was served: {other:?}"),
+    }
+    assert!(
+        !copied.load(Ordering::SeqCst),
+        "the stale owner's copy is not taken while a member erred"
+    );
+    stop(vec![node]).await;
+}

@@ -164,7 +164,12 @@ impl Node {
         // session, went on at a restarted node and its lineage overwrote the claim's
         // acknowledged append (simulation seed 5845 with crashes).
         let known = self.token_generation_fetching(&id);
-        let any_silent = replies.iter().any(|r| r.is_err()) || matches!(&result, Err(e) if e.unreachable());
+        // Silent as the loop below counts it: any reply but NOT_FOUND or LOCATED (an ERROR
+        // says nothing about the session either).
+        let any_silent = replies
+            .iter()
+            .any(|r| !matches!(r, Ok(PeerMessage::NotFound { .. } | PeerMessage::Located { .. })))
+            || matches!(&result, Err(e) if e.unreachable());
         let mut stale_owner = None;
         let mut owner = None;
         let mut handed: Vec<SocketAddr> = Vec::new();
