@@ -256,11 +256,7 @@ impl PackedAttributes {
     /// Bytes from anywhere else must go through the checked decode: nothing here checks
     /// them (a defect only stops iteration early; nothing reads out of bounds).
     pub fn copy_of_packed(bytes: &[u8]) -> PackedAttributes {
-        if bytes.len() < EMPTY.len() || bytes == EMPTY {
-            PackedAttributes(None)
-        } else {
-            PackedAttributes(Some(Arc::from(bytes)))
-        }
+        PackedAttributes::packed_with(bytes.len(), |out| out.copy_from_slice(bytes))
     }
 
     /// Attributes that are packed already, written by `fill` straight into their one

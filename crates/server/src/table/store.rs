@@ -172,6 +172,13 @@ fn get_extra(slice: &[u8]) -> (Vec<SocketAddr>, Option<u64>, &[u8]) {
     (backups, replicated, rest)
 }
 
+/// Writes a node's slice in place through `write`, if this is the node's only handle
+/// (it always is: the table never shares one); `false` when it could not.
+fn write_in_place(node: &mut ThinArc<LiveHead, u8>, write: impl FnOnce(&mut [u8])) -> bool {
+    node.with_arc_mut(|arc| triomphe::Arc::get_mut(arc).map(|hs| write(hs.slice_mut())))
+        .is_some()
+}
+
 /// A live session: one allocation (reference count, [`LiveHead`], length, extras,
 /// compact attributes) behind an 8-byte pointer. Never shared: the table holds the only handle.
 pub(super) struct LiveNode(ThinArc<LiveHead, u8>);
@@ -204,9 +211,8 @@ impl LiveNode {
             compact::compact_to(&mut w, attrs);
             debug_assert_eq!(w.written(), len, "a live node's slice is sized exactly");
         };
-        // The node was just made, so the handle is unique and this is always `Some`.
-        let written = node.with_arc_mut(|arc| triomphe::Arc::get_mut(arc).map(|hs| write(hs.slice_mut())));
-        if written.is_none() {
+        // The node was just made, so the handle is unique and this always writes.
+        if !write_in_place(&mut node, write) {
             let mut slice = vec![0u8; len];
             write(&mut slice);
             node = ThinArc::from_header_and_slice(head(), &slice);
@@ -336,13 +342,13 @@ impl LiveNode {
             return;
         }
         let at = self.0.slice.len() - rest.len() - 8;
-        // The table holds the only handle (never shared), so this is always `Some`.
-        let written = self.0.with_arc_mut(|arc| {
-            triomphe::Arc::get_mut(arc).map(|hs| {
-                hs.slice_mut()[at..at + 8].copy_from_slice(&now.to_be_bytes());
-            })
+        // The table holds the only handle (never shared), so this always writes.
+        let written = write_in_place(&mut self.0, |slice| {
+            if let Some(field) = slice.get_mut(at..at + 8) {
+                field.copy_from_slice(&now.to_be_bytes());
+            }
         });
-        if written.is_none() {
+        if !written {
             let h = self.head();
             let (id, meta, received) = (h.id, self.meta(), h.received);
             *self = LiveNode::new(id, &meta, received, &self.packed(), &backups, now);
