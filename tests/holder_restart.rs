@@ -53,6 +53,8 @@ impl Fake {
     fn answer(&self, m: &PeerMessage) -> Option<PeerMessage> {
         Some(match m {
             PeerMessage::Ping(n) => PeerMessage::Pong(*n),
+            // A node with no feature beyond the base protocol.
+            PeerMessage::Features(_) => PeerMessage::FeaturesAre(0),
             PeerMessage::Epoch => PeerMessage::EpochIs {
                 node_id: *self.incarnation.borrow(),
                 uptime_ms: 0,

@@ -442,6 +442,16 @@ pub async fn scripted_peer_async(node_id: [u8; 16], script: AsyncPeerScript) -> 
                     let (id, msg) = (f.request_id, read(f));
                     let answer = match msg {
                         PeerMessage::Ping(n) => Some(PeerMessage::Pong(n)),
+                        // As a node that predates FEATURES (protocol.md 9.3): the node
+                        // dials again without asking.
+                        PeerMessage::Features(_) => {
+                            let err = sessync_proto::ErrorReply::new(
+                                sessync_proto::ErrorCode::UnknownOpcode,
+                                "not a peer request",
+                            );
+                            let _ = framed.send((id, PeerMessage::Error(err))).await;
+                            return;
+                        }
                         msg => script(msg).await,
                     };
                     if let Some(answer) = answer {

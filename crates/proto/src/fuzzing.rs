@@ -276,8 +276,8 @@ fn is_client_response(op: u8) -> bool {
 }
 
 fn is_peer(op: u8) -> bool {
-    (crate::peer::op::AUTH_HELLO..=crate::peer::op::COPY_REFUSED).contains(&op)
-        || (crate::peer::op::AUTH_CHALLENGE..=crate::peer::op::EPOCH_IS).contains(&op)
+    (crate::peer::op::AUTH_HELLO..=crate::peer::op::COPY_ACKS).contains(&op)
+        || (crate::peer::op::AUTH_CHALLENGE..=crate::peer::op::FEATURES_ARE).contains(&op)
         || op == crate::OP_ERROR
 }
 
@@ -477,6 +477,13 @@ impl Checked for PeerMessage {
                 attributes_within(&record.attributes.unpack(), l)
             }
             PeerMessage::Error(e) => text_within("error message", &e.message, l.max_text_len),
+            PeerMessage::CopyAcks { acks } => {
+                assert!(
+                    (1..=crate::peer::MAX_ACKS).contains(&acks.len()),
+                    "{} acks",
+                    acks.len()
+                )
+            }
             _ => {}
         }
     }

@@ -40,7 +40,10 @@ pub use handshake::{
 pub use keys::{KeyError, Keyring, MIN_SECRET_LEN};
 pub use limits::Limits;
 pub use message::{Message, OP_ERROR};
-pub use peer::{op as peer_op, PeerMessage, Role, MAX_HOLDERS, MAX_IDS, NONCE_LEN, PROOF_LEN};
+pub use peer::{
+    feature as peer_feature, op as peer_op, PeerMessage, Role, MAX_ACKS, MAX_HOLDERS, MAX_IDS, NONCE_LEN,
+    PROOF_LEN,
+};
 #[cfg(feature = "testing")]
 pub use session::sim_ids;
 pub use session::{Attributes, PackedAttributes, SessionId, SessionMeta, SessionRecord};

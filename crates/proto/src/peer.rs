@@ -54,6 +54,10 @@ pub mod op {
     /// COPY_REFUSED: the asker did not install the session; stop offering it, and
     /// acknowledge nothing that went only into it.
     pub const COPY_REFUSED: u8 = 0x4D;
+    /// FEATURES: the dialler's feature bits; which does the acceptor understand?
+    pub const FEATURES: u8 = 0x4E;
+    /// COPY_ACKS: several COPY_ACKs in one frame (feature [`super::feature::COPY_ACKS`]).
+    pub const COPY_ACKS: u8 = 0x4F;
     /// AUTH_CHALLENGE: the accepting node's nonce and proof.
     pub const AUTH_CHALLENGE: u8 = 0xC0;
     /// AUTH_OK: the handshake is complete.
@@ -74,7 +78,22 @@ pub mod op {
     pub const LOCATED: u8 = 0xC8;
     /// EPOCH_IS: reply to EPOCH: the answering process's node id.
     pub const EPOCH_IS: u8 = 0xC9;
+    /// FEATURES_ARE: reply to FEATURES: the acceptor's feature bits.
+    pub const FEATURES_ARE: u8 = 0xCA;
 }
+
+/// Feature bits of FEATURES and FEATURES_ARE (protocol.md 9.3): what a node can do beyond
+/// the base protocol. A link uses a feature only when both of its ends set its bit, so
+/// nodes of different releases share a cluster (a rolling deploy).
+pub mod feature {
+    /// The dialler may send COPY_ACKS: acknowledgements of many handovers in one frame.
+    pub const COPY_ACKS: u64 = 1 << 0;
+    /// Every feature this build implements.
+    pub const ALL: u64 = COPY_ACKS;
+}
+
+/// Most acknowledgements in one COPY_ACKS.
+pub const MAX_ACKS: usize = 4096;
 
 /// A message on a peer link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +205,17 @@ pub enum PeerMessage {
         session_id: SessionId,
         /// The transfer id of the COPY_DATA installed.
         transfer: u64,
+    },
+    /// Several COPY_ACKs in one frame, each handled as if it came alone, in order; one OK
+    /// answers them all. Sent only on a link whose acceptor answered FEATURES with
+    /// [`feature::COPY_ACKS`].
+    ///
+    /// # Format
+    /// u16 count (1 to [`MAX_ACKS`]), then per acknowledgement: session id (16), u64
+    /// transfer.
+    CopyAcks {
+        /// `(session, transfer id of the COPY_DATA installed)`, as COPY_ACK's fields.
+        acks: Vec<(SessionId, u64)>,
     },
     /// The asker did not install the session from COPY_DATA as its live copy (a holder
     /// named a newer owner, or it had installed another copy of that generation first):
@@ -324,6 +354,17 @@ pub enum PeerMessage {
         /// How long the answering process has been running, in ms.
         uptime_ms: u64,
     },
+    /// Dialler -> acceptor, right after AUTH_OK: what the dialler can do. Answered
+    /// FEATURES_ARE; a node that predates it answers ERROR `UNKNOWN_OPCODE` and closes.
+    ///
+    /// # Format
+    /// u64 feature bits ([`feature`]).
+    Features(u64),
+    /// Reply to FEATURES: what the acceptor can do. The link uses the bits both set.
+    ///
+    /// # Format
+    /// u64 feature bits ([`feature`]).
+    FeaturesAre(u64),
     /// The request failed.
     Error(ErrorReply),
 }
@@ -411,6 +452,9 @@ impl Message for PeerMessage {
             PeerMessage::Located { .. } => op::LOCATED,
             PeerMessage::Epoch => op::EPOCH,
             PeerMessage::EpochIs { .. } => op::EPOCH_IS,
+            PeerMessage::CopyAcks { .. } => op::COPY_ACKS,
+            PeerMessage::Features(_) => op::FEATURES,
+            PeerMessage::FeaturesAre(_) => op::FEATURES_ARE,
             PeerMessage::Error(_) => OP_ERROR,
         }
     }
@@ -462,7 +506,19 @@ impl Message for PeerMessage {
                 out.put_slice(node_id);
                 out.put_u64(*uptime_ms);
             }
-            PeerMessage::Ping(n) | PeerMessage::Pong(n) => out.put_u64(*n),
+            PeerMessage::Ping(n)
+            | PeerMessage::Pong(n)
+            | PeerMessage::Features(n)
+            | PeerMessage::FeaturesAre(n) => out.put_u64(*n),
+            PeerMessage::CopyAcks { acks } => {
+                // Encoders are given at most MAX_ACKS (u16 range); more would not decode.
+                let n = acks.len().min(MAX_ACKS);
+                out.put_u16(n as u16);
+                for (session_id, transfer) in &acks[..n] {
+                    out.put_slice(&session_id.0);
+                    out.put_u64(*transfer);
+                }
+            }
             PeerMessage::NotFound { session_id } => out.put_slice(&session_id.0),
             PeerMessage::Drop {
                 session_id,
@@ -617,6 +673,19 @@ impl Message for PeerMessage {
                 node_id: r.array()?,
                 uptime_ms: r.u64()?,
             },
+            op::COPY_ACKS => {
+                let n = r.count("acknowledgements", MAX_ACKS, 24)?;
+                if n == 0 {
+                    return Err(DecodeError::Invalid("COPY_ACKS acknowledges nothing".into()));
+                }
+                let mut acks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    acks.push((SessionId(r.array()?), r.u64()?));
+                }
+                PeerMessage::CopyAcks { acks }
+            }
+            op::FEATURES => PeerMessage::Features(r.u64()?),
+            op::FEATURES_ARE => PeerMessage::FeaturesAre(r.u64()?),
             OP_ERROR => PeerMessage::Error(ErrorReply::decode(&mut r, limits)?),
             other => return Err(DecodeError::UnknownOpcode(other)),
         };

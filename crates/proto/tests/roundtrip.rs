@@ -235,6 +235,10 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
             }
         }),
         Just(PeerMessage::Ok),
+        prop::collection::vec((session_id(), any::<u64>()), 1..=20)
+            .prop_map(|acks| PeerMessage::CopyAcks { acks }),
+        any::<u64>().prop_map(PeerMessage::Features),
+        any::<u64>().prop_map(PeerMessage::FeaturesAre),
         error_reply().prop_map(PeerMessage::Error),
     ]
 }
@@ -382,7 +386,7 @@ fn each_side_rejects_the_other_sides_opcodes() {
     for opcode in 0..=u8::MAX {
         let is_request = (0x01..=0x0b).contains(&opcode);
         let is_response = (0x81..=0x86).contains(&opcode) || opcode == 0xff;
-        let is_peer = (0x40..=0x4d).contains(&opcode) || (0xc0..=0xc9).contains(&opcode) || opcode == 0xff;
+        let is_peer = (0x40..=0x4f).contains(&opcode) || (0xc0..=0xca).contains(&opcode) || opcode == 0xff;
         let unknown = |e: Option<sessync_proto::DecodeError>| matches!(e, Some(sessync_proto::DecodeError::UnknownOpcode(op)) if op == opcode);
         assert_eq!(
             unknown(Request::decode_body(opcode, &empty, &limits).err()),

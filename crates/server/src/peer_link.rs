@@ -28,6 +28,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 mod conn;
+mod dial;
 mod processes;
 
 use crate::lograte::RateLimit;
@@ -80,6 +81,10 @@ struct Link {
     /// reply to any later one yet ([`Peers::silent`]): milliseconds since [`Peers::epoch`]
     /// plus one; 0 when it answered since.
     silent_since: AtomicU64,
+    /// The node id of the process at this address known to predate FEATURES (it
+    /// answered UNKNOWN_OPCODE): links to it are dialled without asking (protocol.md 9.3).
+    /// A restart there (a new id, perhaps a newer release) is asked again.
+    predates_features: Mutex<Option<[u8; 16]>>,
 }
 
 /// One outgoing link as the status page, `/metrics` and STATS show it.
@@ -93,6 +98,9 @@ pub(crate) struct LinkState {
     pub(crate) rtt: Option<Duration>,
     /// Why the last dial failed, if it did.
     pub(crate) last_error: Option<String>,
+    /// The features the link uses, when up (protocol.md 9.3): 0 with a node that
+    /// predates them, which a rolling deploy shows until every node runs the new release.
+    pub(crate) features: u64,
 }
 
 impl LinkState {
@@ -224,12 +232,16 @@ impl Peers {
         let mut v: Vec<(SocketAddr, LinkState)> = links
             .iter()
             .map(|l| {
-                let (up, backing_off) = match l.state.try_lock() {
-                    Ok(st) => (
-                        st.conn.as_ref().is_some_and(|c| c.alive.load(Ordering::Acquire)),
-                        Instant::now() < st.next_dial,
-                    ),
-                    Err(_) => (false, false),
+                let (up, backing_off, features) = match l.state.try_lock() {
+                    Ok(st) => {
+                        let live = st.conn.as_ref().filter(|c| c.alive.load(Ordering::Acquire));
+                        (
+                            live.is_some(),
+                            Instant::now() < st.next_dial,
+                            live.map_or(0, |c| c.features),
+                        )
+                    }
+                    Err(_) => (false, false, 0),
                 };
                 let rtt = match l.rtt_us.load(Ordering::Relaxed) {
                     0 => None,
@@ -243,6 +255,7 @@ impl Peers {
                         backing_off,
                         rtt,
                         last_error,
+                        features,
                     },
                 )
             })
@@ -304,6 +317,7 @@ impl Peers {
                     was_up: AtomicBool::new(false),
                     last_error: Mutex::new(None),
                     silent_since: AtomicU64::new(0),
+                    predates_features: Mutex::new(None),
                 })
             })
             .clone()
@@ -583,131 +597,6 @@ impl Peers {
             }
         }
     }
-
-    async fn dial(&self, link: &Link) -> Result<Conn, String> {
-        let addr = link.addr;
-        let tcp = TcpStream::connect(addr).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                self.processes.gone(addr);
-            }
-            format!("connect: {e}")
-        })?;
-        let _ = tcp.set_nodelay(true);
-        let stream = match self.tls.get() {
-            None => Stream::Plain(tcp),
-            Some(tls) => {
-                // The configuration in use now: a link dialled after a reload uses the new
-                // certificate, links already up keep theirs. The peer must prove the
-                // dialled IP address (a subjectAltName) under the cluster CA.
-                let Some(config) = tls.current().client.clone() else {
-                    return Err("peer TLS has no client configuration".into());
-                };
-                let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-                let tls = tokio_rustls::TlsConnector::from(config)
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| format!("TLS: {e}"))?;
-                Stream::Client(Box::new(tls))
-            }
-        };
-        // Replies come in bursts (a peer answers a batch of requests in one write): a
-        // 64 KiB read buffer takes a burst of COPY_DATAs in a few reads, where tokio-util's
-        // default of 8 KiB took one read per six or so.
-        let mut framed = Framed::with_capacity(
-            stream,
-            FrameCodec::new(self.config.limits.max_frame_len),
-            LINK_READ_BUFFER,
-        );
-        let cfg = &self.config;
-        let (dialler, hello) = Dialler::start(cfg.keys.clone(), cfg.node_id, cfg.advertise);
-        // Request ids 1 and 2, as in protocol.md's example: 0 means "about the connection"
-        // (2.4), and an acceptor's AUTH_FAILED echoes the id it answers.
-        // Over TLS the proofs are bound to this TLS session (see peer_port).
-        let dialler = match crate::tls::binding(framed.get_ref()).map_err(|e| format!("TLS: {e}"))? {
-            Some(b) => dialler.with_binding(b),
-            None => dialler,
-        };
-        framed
-            .send((1, hello))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        let challenge = self.read_handshake(&mut framed).await?;
-        let (peer, proof) = match dialler.handle_challenge(challenge) {
-            Ok(x) => x,
-            Err(e) => {
-                let why = match e {
-                    HandshakeError::BadProof | HandshakeError::UnknownKey(_) => {
-                        self.refused(addr, &format!("{e}"));
-                        // Tell the acceptor too, so that it counts and logs the refusal.
-                        let err = ErrorReply::new(ErrorCode::AuthFailed, SECRET_HINT);
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(1),
-                            framed.send((0, PeerMessage::Error(err))),
-                        )
-                        .await;
-                        format!("handshake refused: {e}; {SECRET_HINT}")
-                    }
-                    e => format!("handshake: {e}"),
-                };
-                return Err(why);
-            }
-        };
-        framed
-            .send((2, proof))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        match self.read_handshake(&mut framed).await? {
-            PeerMessage::AuthOk => {}
-            other => return Err(format!("handshake: expected AUTH_OK, got {other:?}")),
-        }
-        link.was_up.store(true, Ordering::Relaxed);
-        // Every reply on this connection comes from that process.
-        self.processes.seen(addr, peer.node_id);
-        tracing::info!(peer = %addr, advertised = %peer.advertised, "peer link up");
-        let (tx, rx) = mpsc::channel(LINK_QUEUE);
-        let conn = Arc::new(ConnShared {
-            tx,
-            pending: Mutex::new(Pending::default()),
-            alive: AtomicBool::new(true),
-            ended: AtomicBool::new(false),
-            next_id: AtomicU64::new(1),
-            sweep: Notify::new(),
-        });
-        // Ends with the link (run_link wakes it when it ends).
-        tokio::spawn(sweep_deadlines(conn.clone()));
-        // Not tracked by the shutdown tracker: `Peers::close` cancels `shutdown` at node
-        // shutdown, which ends every link task.
-        tokio::spawn(run_link(
-            addr,
-            framed,
-            rx,
-            conn.clone(),
-            self.orphans.clone(),
-            self.shutdown.clone(),
-            self.config.limits.clone(),
-        ));
-        Ok(conn)
-    }
-
-    async fn read_handshake(&self, framed: &mut Framed<Stream, FrameCodec>) -> Result<PeerMessage, String> {
-        let frame = match framed.next().await {
-            Some(Ok(f)) => f,
-            Some(Err(e)) => return Err(format!("handshake: {e}")),
-            None => return Err("handshake: peer closed the connection".into()),
-        };
-        match PeerMessage::decode_frame(&frame, &self.config.limits) {
-            Ok(PeerMessage::Error(e)) if e.code == ErrorCode::AuthFailed => {
-                self.refused(None, &e.message);
-                Err(format!(
-                    "peer refused the handshake: {}; {SECRET_HINT}",
-                    e.message
-                ))
-            }
-            Ok(PeerMessage::Error(e)) => Err(format!("peer refused: {} {}", e.code, e.message)),
-            Ok(m) => Ok(m),
-            Err(e) => Err(format!("handshake: {e}")),
-        }
-    }
 }
 
 /// What a peer request was, for measuring it.
@@ -726,17 +615,5 @@ fn describe(r: &Result<PeerMessage, LinkError>) -> String {
         Ok(other) => format!("{other:?}"),
         Err(LinkError::Unreachable(why)) => format!("no link ({why})"),
         Err(LinkError::Lost) => "no answer in time".into(),
-    }
-}
-
-impl Peers {
-    /// Counts and logs (rate-limited) a handshake of our own link refused on
-    /// authentication.
-    fn refused(&self, addr: impl Into<Option<SocketAddr>>, why: &str) {
-        self.metrics.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-        if let Some(left_out) = self.metrics.refused_log.allow() {
-            let peer = addr.into().map_or_else(|| "?".to_string(), |a| a.to_string());
-            tracing::info!(%peer, left_out, "peer handshake refused ({why}): {SECRET_HINT}");
-        }
     }
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use sessync_proto::{
-    decode_frame, Acceptor, ErrorCode, ErrorReply, Frame, HandshakeError, Message, PeerIdentity, PeerMessage,
-    MAX_HANDSHAKE_FRAME_LEN,
+    decode_frame, peer_feature, Acceptor, ErrorCode, ErrorReply, Frame, HandshakeError, Message,
+    PeerIdentity, PeerMessage, MAX_HANDSHAKE_FRAME_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -630,13 +630,22 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             failed_owner,
         } => copy(session_id, last_transfer, Some(failed_owner)),
         PeerMessage::CopyAck { session_id, transfer } => {
-            if let Some(old) = node.table.ack_handover(&session_id, *peer, transfer, now) {
-                node.spawn_drop_backups(session_id, old);
-                // Its next owner has it: a COPY_ACK held back here may go too.
-                node.release_held_ack(session_id);
+            copy_acknowledged(node, peer, session_id, transfer, now);
+            PeerMessage::Ok
+        }
+        // Each as if it came alone, in order (protocol.md 10, COPY_ACKS).
+        PeerMessage::CopyAcks { acks } => {
+            let folded = acks.len() as u64;
+            node.stats
+                .copy_acks_folded
+                .fetch_add(folded, std::sync::atomic::Ordering::Relaxed);
+            for (session_id, transfer) in acks {
+                copy_acknowledged(node, peer, session_id, transfer, now);
             }
             PeerMessage::Ok
         }
+        // What this node understands beyond the base protocol (protocol.md 9.3).
+        PeerMessage::Features(_) => PeerMessage::FeaturesAre(peer_feature::ALL),
         PeerMessage::CopyRefused { session_id, transfer } => {
             // A COPY_ACK held back here stays held: the copy it would retire at this
             // node's giver is now the newest one this node knows was placed.
@@ -695,6 +704,22 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
         } => end_backup(node, peer, session_id, generation, now, true),
         _ => return None,
     })
+}
+
+/// COPY_ACK of `session_id`'s handover `transfer` to `peer`: the handover ends, the old
+/// lineage's backups go, and a COPY_ACK held back here for the session may go too.
+fn copy_acknowledged(
+    node: &SharedNode,
+    peer: &PeerIdentity,
+    session_id: sessync_proto::SessionId,
+    transfer: u64,
+    now: u64,
+) {
+    if let Some(old) = node.table.ack_handover(&session_id, *peer, transfer, now) {
+        node.spawn_drop_backups(session_id, old);
+        // Its next owner has it: a COPY_ACK held back here may go too.
+        node.release_held_ack(session_id);
+    }
 }
 
 /// DROP (`retire` false) or RETIRE from `peer`: the table's step, and the answer: OK, or

@@ -48,6 +48,8 @@ pub(crate) struct Stats {
     pub(crate) copies_served: AtomicU64,
     /// Sessions this node took over from another (COPY received).
     pub(crate) copies_received: AtomicU64,
+    /// COPY_ACKs this node received folded into COPY_ACKS frames (protocol.md 10).
+    pub(crate) copy_acks_folded: AtomicU64,
     /// MOVED answers given to peers.
     pub(crate) moved: AtomicU64,
     /// Copies that failed (owner unreachable, too many hops, peer error).
@@ -117,6 +119,7 @@ impl Stats {
             ("rotated".into(), g(&self.rotated)),
             ("copies_served".into(), g(&self.copies_served)),
             ("copies_received".into(), g(&self.copies_received)),
+            ("copy_acks_folded".into(), g(&self.copy_acks_folded)),
             ("moved".into(), g(&self.moved)),
             ("handover_failures".into(), g(&self.handover_failures)),
             ("contention_backoffs".into(), g(&self.contention_backoffs)),
@@ -224,6 +227,9 @@ impl About {
             v.push((format!("peer_link={addr}"), u64::from(s.up)));
             if let Some(rtt) = s.rtt {
                 v.push((format!("peer_rtt_us={addr}"), rtt.as_micros() as u64));
+            }
+            if s.up {
+                v.push((format!("peer_features={addr}"), s.features));
             }
         }
         v

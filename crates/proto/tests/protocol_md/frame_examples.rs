@@ -196,6 +196,26 @@ pub(super) fn frame_examples() -> BTreeMap<&'static str, Expected> {
         ),
     );
     add("epoch", Peer(13, PeerMessage::Epoch));
+    add("features", Peer(3, PeerMessage::Features(1)));
+    add("features_are", Peer(3, PeerMessage::FeaturesAre(1)));
+    add(
+        "copy_acks",
+        Peer(
+            14,
+            PeerMessage::CopyAcks {
+                acks: vec![
+                    (SESSION, 0x0123_4567_89ab_cdef),
+                    (
+                        sessync_proto::SessionId([
+                            0xff, 0xee, 0xdd, 0xcc, 0xbb, 0xaa, 0x99, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33,
+                            0x22, 0x11, 0x00,
+                        ]),
+                        2,
+                    ),
+                ],
+            },
+        ),
+    );
     add(
         "epoch_is",
         Peer(

@@ -28,6 +28,8 @@ pub(super) fn json(node: &SharedNode, health: &Health, shutdown: &Shutdown) -> V
                 "addr": addr.to_string(),
                 "link": s.name(),
                 "rtt_ms": s.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                // The feature bits the link uses (protocol.md 9.3), when up.
+                "features": s.up.then_some(s.features),
                 "answers_ping": probe.map(|p| p.ok),
                 // The link's own last failure says why (a probe during a backoff only
                 // says that it is backing off).

@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use sessync_proto::{FrameCodec, Limits, Message, PeerMessage};
+use sessync_proto::{
+    peer_feature, CodecError, FrameCodec, Limits, Message, PeerMessage, SessionId, MAX_ACKS,
+};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -31,6 +34,9 @@ pub(super) struct ConnShared {
     pub(super) next_id: AtomicU64,
     /// Wakes the sweeper: a deadline went to the front of the queue, or the link ended.
     pub(super) sweep: Notify,
+    /// The features this link may use: the bits both ends named in FEATURES and
+    /// FEATURES_ARE (protocol.md 9.3; 0 with a node that predates them).
+    pub(super) features: u64,
 }
 
 /// The requests of a connection that await their replies, and when each gives up.
@@ -42,7 +48,8 @@ pub(super) struct ConnShared {
 /// (the peer does not read) still times its requests out.
 #[derive(Default)]
 pub(super) struct Pending {
-    pub(super) waiters: HashMap<u64, Waiter>,
+    /// Who awaits each request's reply, and its deadline.
+    pub(super) waiters: HashMap<u64, (Waiter, Instant)>,
     /// `(deadline, id)` of every request registered, in deadline order (nearly always the
     /// order of registration: requesters mostly ask with `now + peer timeout`). A request
     /// answered stays here until the sweeper next wakes. The front is the request the
@@ -56,7 +63,7 @@ impl ConnShared {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let first = {
             let mut p = lock(&self.pending);
-            p.waiters.insert(id, waiter);
+            p.waiters.insert(id, (waiter, deadline));
             let first = p.deadlines.front().is_none_or(|&(d, _)| deadline < d);
             if p.deadlines.back().is_none_or(|&(d, _)| d <= deadline) {
                 p.deadlines.push_back((deadline, id));
@@ -76,7 +83,27 @@ impl ConnShared {
 
     /// Forgets request `id` (not sent after all); `None` when it was already answered.
     pub(super) fn unregister(&self, id: u64) -> Option<Waiter> {
-        lock(&self.pending).waiters.remove(&id)
+        lock(&self.pending).waiters.remove(&id).map(|(w, _)| w)
+    }
+
+    /// Folds the requests `ids`, queued and not written yet, into one new request whose
+    /// reply answers them all (COPY_ACKS); returns its id. It gives up at the earliest of
+    /// their deadlines. A request already timed out here is not waited for (its sender
+    /// was told, and may have sent it again).
+    fn fold(&self, ids: impl Iterator<Item = u64>) -> u64 {
+        let (waiters, deadline) = {
+            let mut p = lock(&self.pending);
+            let mut deadline: Option<Instant> = None;
+            let waiters: Vec<Waiter> = ids
+                .filter_map(|id| p.waiters.remove(&id))
+                .map(|(w, d)| {
+                    deadline = Some(deadline.map_or(d, |e| e.min(d)));
+                    w
+                })
+                .collect();
+            (waiters, deadline.unwrap_or_else(Instant::now))
+        };
+        self.register(Waiter::Folded(waiters), deadline)
     }
 }
 
@@ -87,6 +114,8 @@ pub(super) enum Waiter {
     /// No one: a request of [`Peers::send_until_ok`], checked when its reply comes (boxed:
     /// the map's slots stay two words).
     Unwatched(Box<Resend>),
+    /// The requests folded into one frame ([`ConnShared::fold`]): its reply is each one's.
+    Folded(Vec<Waiter>),
 }
 
 impl Waiter {
@@ -96,6 +125,29 @@ impl Waiter {
             // Dropping the sender wakes the caller with "lost".
             Waiter::Caller(_) => {}
             Waiter::Unwatched(r) => r.again(),
+            Waiter::Folded(waiters) => waiters.into_iter().for_each(Waiter::lost),
+        }
+    }
+
+    /// The request's reply came: `msg`. A caller that gave up already leaves it to
+    /// `orphans` (a late COPY_DATA must still be installed).
+    fn answered(self, msg: PeerMessage, addr: SocketAddr, orphans: &mpsc::Sender<(SocketAddr, PeerMessage)>) {
+        match self {
+            Waiter::Caller(w) => {
+                if let Err(msg) = w.send(msg) {
+                    let _ = orphans.try_send((addr, msg));
+                }
+            }
+            Waiter::Unwatched(r) => {
+                if !matches!(msg, PeerMessage::Ok) {
+                    r.again();
+                }
+            }
+            Waiter::Folded(waiters) => {
+                for w in waiters {
+                    w.answered(msg.clone(), addr, orphans);
+                }
+            }
         }
     }
 }
@@ -151,6 +203,7 @@ pub(super) async fn run_link(
     limits: Limits,
 ) {
     let (mut sink, mut stream) = framed.split();
+    let fold_acks = conn.features & peer_feature::COPY_ACKS != 0;
     let mut last_rx = Instant::now();
     let mut tick = tokio::time::interval(KEEPALIVE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -159,7 +212,8 @@ pub(super) async fn run_link(
             _ = shutdown.cancelled() => break,
             queued = rx.recv() => {
                 let Some(first) = queued else { break };
-                if sink.feed(first).await.is_err() { break }
+                let mut acks = Vec::new();
+                if feed_or_hold(&mut sink, first, fold_acks.then_some(&mut acks)).await.is_err() { break }
                 // Under load (other requests of this link await replies), the tasks about
                 // to queue more requests here run first: this task runs again once its
                 // worker has nothing else ready, and sends them all in one write instead
@@ -168,8 +222,9 @@ pub(super) async fn run_link(
                     tokio::task::yield_now().await;
                 }
                 while let Ok(more) = rx.try_recv() {
-                    if sink.feed(more).await.is_err() { break }
+                    if feed_or_hold(&mut sink, more, fold_acks.then_some(&mut acks)).await.is_err() { break }
                 }
+                if feed_acks(&mut sink, &conn, acks).await.is_err() { break }
                 if sink.flush().await.is_err() { break }
             }
             frame = stream.next() => {
@@ -185,18 +240,8 @@ pub(super) async fn run_link(
                         break;
                     }
                 };
-                let waiter = conn.unregister(frame.request_id);
-                match waiter {
-                    Some(Waiter::Caller(w)) => {
-                        if let Err(msg) = w.send(msg) {
-                            let _ = orphans.try_send((addr, msg));
-                        }
-                    }
-                    Some(Waiter::Unwatched(r)) => {
-                        if !matches!(msg, PeerMessage::Ok) {
-                            r.again();
-                        }
-                    }
+                match conn.unregister(frame.request_id) {
+                    Some(waiter) => waiter.answered(msg, addr, &orphans),
                     None => {
                         let _ = orphans.try_send((addr, msg));
                     }
@@ -227,12 +272,53 @@ pub(super) async fn run_link(
     conn.sweep.notify_one();
 }
 
+/// The writing half of a link.
+type LinkSink = SplitSink<Framed<Stream, FrameCodec>, (u64, PeerMessage)>;
+
+/// Writes a queued request into the link's write buffer, or, when `acks` is given (the
+/// link folds acknowledgements) and it is a COPY_ACK, holds it for [`feed_acks`].
+async fn feed_or_hold(
+    sink: &mut LinkSink,
+    (id, msg): (u64, PeerMessage),
+    acks: Option<&mut Vec<(u64, SessionId, u64)>>,
+) -> Result<(), CodecError> {
+    match (msg, acks) {
+        (PeerMessage::CopyAck { session_id, transfer }, Some(acks)) => {
+            acks.push((id, session_id, transfer));
+            Ok(())
+        }
+        (msg, _) => sink.feed((id, msg)).await,
+    }
+}
+
+/// Writes the COPY_ACKs held while one write's requests were taken from the queue, after
+/// them: one alone as it was, more as one COPY_ACKS (per [`MAX_ACKS`]). They go after
+/// requests queued later than they were, which a retried COPY_ACK does too (protocol.md
+/// 10, COPY_ACKS).
+async fn feed_acks(
+    sink: &mut LinkSink,
+    conn: &ConnShared,
+    acks: Vec<(u64, SessionId, u64)>,
+) -> Result<(), CodecError> {
+    if let [(id, session_id, transfer)] = acks[..] {
+        return sink
+            .feed((id, PeerMessage::CopyAck { session_id, transfer }))
+            .await;
+    }
+    for chunk in acks.chunks(MAX_ACKS) {
+        let id = conn.fold(chunk.iter().map(|&(id, _, _)| id));
+        let acks = chunk.iter().map(|&(_, s, t)| (s, t)).collect();
+        sink.feed((id, PeerMessage::CopyAcks { acks })).await?;
+    }
+    Ok(())
+}
+
 /// Fails every request of `conn` that awaits a reply (its link ended).
 fn fail_all(conn: &ConnShared) {
     let waiters: Vec<Waiter> = {
         let mut p = lock(&conn.pending);
         p.deadlines.clear();
-        p.waiters.drain().map(|(_, w)| w).collect()
+        p.waiters.drain().map(|(_, (w, _))| w).collect()
     };
     // Outside the lock: a resend may queue on another connection.
     for w in waiters {
@@ -261,7 +347,7 @@ pub(super) async fn sweep_deadlines(conn: Conn) {
             while let Some(&(deadline, id)) = p.deadlines.front() {
                 if deadline <= now {
                     p.deadlines.pop_front();
-                    if let Some(w) = p.waiters.remove(&id) {
+                    if let Some((w, _)) = p.waiters.remove(&id) {
                         expired.push(w);
                     }
                 } else if !p.waiters.contains_key(&id) {

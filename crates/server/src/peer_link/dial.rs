@@ -1,0 +1,207 @@
+//! Dialling a link: TCP (and TLS), the secret handshake (protocol.md 9.2) and the
+//! feature question (9.3).
+
+use super::*;
+
+/// Why a dial did not give a link.
+enum DialError {
+    /// Connecting or the handshake failed; why.
+    Failed(String),
+    /// The peer answered FEATURES as a node that predates it, and closes the connection:
+    /// dialled again, without asking.
+    PredatesFeatures,
+}
+
+impl From<String> for DialError {
+    fn from(why: String) -> DialError {
+        DialError::Failed(why)
+    }
+}
+
+impl Peers {
+    /// Dials, authenticates and asks FEATURES; dials once more, without asking, a node
+    /// that predates FEATURES (protocol.md 9.3).
+    pub(super) async fn dial(&self, link: &Link) -> Result<Conn, String> {
+        match self.dial_once(link).await {
+            Err(DialError::PredatesFeatures) => match self.dial_once(link).await {
+                Ok(conn) => Ok(conn),
+                Err(DialError::Failed(why)) => Err(why),
+                Err(DialError::PredatesFeatures) => Err("the peer refused FEATURES twice".into()),
+            },
+            Err(DialError::Failed(why)) => Err(why),
+            Ok(conn) => Ok(conn),
+        }
+    }
+
+    async fn dial_once(&self, link: &Link) -> Result<Conn, DialError> {
+        let addr = link.addr;
+        let tcp = TcpStream::connect(addr).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                self.processes.gone(addr);
+            }
+            format!("connect: {e}")
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let stream = match self.tls.get() {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                // The configuration in use now: a link dialled after a reload uses the new
+                // certificate, links already up keep theirs. The peer must prove the
+                // dialled IP address (a subjectAltName) under the cluster CA.
+                let Some(config) = tls.current().client.clone() else {
+                    return Err(DialError::Failed("peer TLS has no client configuration".into()));
+                };
+                let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                Stream::Client(Box::new(tls))
+            }
+        };
+        // Replies come in bursts (a peer answers a batch of requests in one write): a
+        // 64 KiB read buffer takes a burst of COPY_DATAs in a few reads, where tokio-util's
+        // default of 8 KiB took one read per six or so.
+        let mut framed = Framed::with_capacity(
+            stream,
+            FrameCodec::new(self.config.limits.max_frame_len),
+            LINK_READ_BUFFER,
+        );
+        let cfg = &self.config;
+        let (dialler, hello) = Dialler::start(cfg.keys.clone(), cfg.node_id, cfg.advertise);
+        // Request ids 1 and 2, as in protocol.md's example: 0 means "about the connection"
+        // (2.4), and an acceptor's AUTH_FAILED echoes the id it answers.
+        // Over TLS the proofs are bound to this TLS session (see peer_port).
+        let dialler = match crate::tls::binding(framed.get_ref()).map_err(|e| format!("TLS: {e}"))? {
+            Some(b) => dialler.with_binding(b),
+            None => dialler,
+        };
+        framed
+            .send((1, hello))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let challenge = self.read_handshake(&mut framed).await?;
+        let (peer, proof) = match dialler.handle_challenge(challenge) {
+            Ok(x) => x,
+            Err(e) => {
+                let why = match e {
+                    HandshakeError::BadProof | HandshakeError::UnknownKey(_) => {
+                        self.refused(addr, &format!("{e}"));
+                        // Tell the acceptor too, so that it counts and logs the refusal.
+                        let err = ErrorReply::new(ErrorCode::AuthFailed, SECRET_HINT);
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            framed.send((0, PeerMessage::Error(err))),
+                        )
+                        .await;
+                        format!("handshake refused: {e}; {SECRET_HINT}")
+                    }
+                    e => format!("handshake: {e}"),
+                };
+                return Err(why.into());
+            }
+        };
+        framed
+            .send((2, proof))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        match self.read_handshake(&mut framed).await? {
+            PeerMessage::AuthOk => {}
+            other => return Err(format!("handshake: expected AUTH_OK, got {other:?}").into()),
+        }
+        let features = self.features(link, &mut framed, peer.node_id).await?;
+        link.was_up.store(true, Ordering::Relaxed);
+        // Every reply on this connection comes from that process.
+        self.processes.seen(addr, peer.node_id);
+        tracing::info!(peer = %addr, advertised = %peer.advertised, "peer link up");
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let conn = Arc::new(ConnShared {
+            tx,
+            pending: Mutex::new(Pending::default()),
+            alive: AtomicBool::new(true),
+            ended: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            sweep: Notify::new(),
+            features,
+        });
+        // Ends with the link (run_link wakes it when it ends).
+        tokio::spawn(sweep_deadlines(conn.clone()));
+        // Not tracked by the shutdown tracker: `Peers::close` cancels `shutdown` at node
+        // shutdown, which ends every link task.
+        tokio::spawn(run_link(
+            addr,
+            framed,
+            rx,
+            conn.clone(),
+            self.orphans.clone(),
+            self.shutdown.clone(),
+            self.config.limits.clone(),
+        ));
+        Ok(conn)
+    }
+
+    /// Asks the acceptor of a new link which features it has (FEATURES, request id 3),
+    /// unless its process is known to predate them; the bits both ends have.
+    async fn features(
+        &self,
+        link: &Link,
+        framed: &mut Framed<Stream, FrameCodec>,
+        peer: [u8; 16],
+    ) -> Result<u64, DialError> {
+        if *lock(&link.predates_features) == Some(peer) {
+            return Ok(0);
+        }
+        let ours = sessync_proto::peer_feature::ALL;
+        framed
+            .send((3, PeerMessage::Features(ours)))
+            .await
+            .map_err(|e| format!("FEATURES: {e}"))?;
+        let frame = match framed.next().await {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return Err(format!("FEATURES: {e}").into()),
+            None => return Err(DialError::Failed("FEATURES: peer closed the connection".into())),
+        };
+        match PeerMessage::decode_frame(&frame, &self.config.limits) {
+            Ok(PeerMessage::FeaturesAre(theirs)) => Ok(ours & theirs),
+            Ok(PeerMessage::Error(e)) if e.code == ErrorCode::UnknownOpcode => {
+                tracing::info!(peer = %link.addr, "peer predates FEATURES: its links use the base protocol");
+                *lock(&link.predates_features) = Some(peer);
+                Err(DialError::PredatesFeatures)
+            }
+            Ok(other) => Err(format!("FEATURES: expected FEATURES_ARE, got {other:?}").into()),
+            Err(e) => Err(format!("FEATURES: {e}").into()),
+        }
+    }
+
+    async fn read_handshake(&self, framed: &mut Framed<Stream, FrameCodec>) -> Result<PeerMessage, String> {
+        let frame = match framed.next().await {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return Err(format!("handshake: {e}")),
+            None => return Err("handshake: peer closed the connection".into()),
+        };
+        match PeerMessage::decode_frame(&frame, &self.config.limits) {
+            Ok(PeerMessage::Error(e)) if e.code == ErrorCode::AuthFailed => {
+                self.refused(None, &e.message);
+                Err(format!(
+                    "peer refused the handshake: {}; {SECRET_HINT}",
+                    e.message
+                ))
+            }
+            Ok(PeerMessage::Error(e)) => Err(format!("peer refused: {} {}", e.code, e.message)),
+            Ok(m) => Ok(m),
+            Err(e) => Err(format!("handshake: {e}")),
+        }
+    }
+}
+
+impl Peers {
+    /// Counts and logs (rate-limited) a handshake of our own link refused on
+    /// authentication.
+    fn refused(&self, addr: impl Into<Option<SocketAddr>>, why: &str) {
+        self.metrics.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(left_out) = self.metrics.refused_log.allow() {
+            let peer = addr.into().map_or_else(|| "?".to_string(), |a| a.to_string());
+            tracing::info!(%peer, left_out, "peer handshake refused ({why}): {SECRET_HINT}");
+        }
+    }
+}
