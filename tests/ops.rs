@@ -218,6 +218,8 @@ async fn metrics_parse_as_prometheus_text_and_move_with_requests() {
         if up
             && value(&m, "sessync_peer_link_up", Some(("peer", &peer))) == 1.0
             && m.samples.iter().any(|x| x.metric == "sessync_peer_rtt_seconds")
+            && value(&m, "sessync_peer_link_features", Some(("peer", &peer)))
+                == sessync_proto::peer_feature::ALL as f64
         {
             break;
         }

@@ -160,6 +160,15 @@ impl Collector for NodeCollector {
                         .encode(m.encode_family(&[("peer", addr.to_string())])?)?;
                 }
             }
+            let mut m = e.encode_descriptor(
+                "peer_link_features",
+                "The protocol feature bits the link to the peer uses (protocol.md 9.3; 0: the base protocol), while it is up.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (addr, s) in peers.iter().filter(|(_, s)| s.up) {
+                ConstGauge::new(s.features as i64).encode(m.encode_family(&[("peer", addr.to_string())])?)?;
+            }
         }
         Ok(())
     }
