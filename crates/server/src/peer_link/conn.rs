@@ -48,8 +48,7 @@ pub(super) struct ConnShared {
 /// (the peer does not read) still times its requests out.
 #[derive(Default)]
 pub(super) struct Pending {
-    /// Who awaits each request's reply, and its deadline.
-    pub(super) waiters: HashMap<u64, (Waiter, Instant)>,
+    pub(super) waiters: HashMap<u64, Waiter>,
     /// `(deadline, id)` of every request registered, in deadline order (nearly always the
     /// order of registration: requesters mostly ask with `now + peer timeout`). A request
     /// answered stays here until the sweeper next wakes. The front is the request the
@@ -63,7 +62,7 @@ impl ConnShared {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let first = {
             let mut p = lock(&self.pending);
-            p.waiters.insert(id, (waiter, deadline));
+            p.waiters.insert(id, waiter);
             let first = p.deadlines.front().is_none_or(|&(d, _)| deadline < d);
             if p.deadlines.back().is_none_or(|&(d, _)| d <= deadline) {
                 p.deadlines.push_back((deadline, id));
@@ -83,7 +82,7 @@ impl ConnShared {
 
     /// Forgets request `id` (not sent after all); `None` when it was already answered.
     pub(super) fn unregister(&self, id: u64) -> Option<Waiter> {
-        lock(&self.pending).waiters.remove(&id).map(|(w, _)| w)
+        lock(&self.pending).waiters.remove(&id)
     }
 
     /// Folds the requests `ids`, queued and not written yet, into one new request whose
@@ -94,16 +93,19 @@ impl ConnShared {
         let (waiters, deadline) = {
             let mut p = lock(&self.pending);
             let mut deadline: Option<Instant> = None;
-            let waiters: Vec<Waiter> = ids
-                .filter_map(|id| p.waiters.remove(&id))
-                .map(|(w, d)| {
+            let mut waiters = Vec::new();
+            for id in ids {
+                let Some(w) = p.waiters.remove(&id) else { continue };
+                // Registered a moment ago, with `now + peer timeout`: its deadline is at
+                // the back of the queue, behind at most this write's other requests.
+                if let Some(&(d, _)) = p.deadlines.iter().rev().find(|&&(_, i)| i == id) {
                     deadline = Some(deadline.map_or(d, |e| e.min(d)));
-                    w
-                })
-                .collect();
+                }
+                waiters.push(w);
+            }
             (waiters, deadline.unwrap_or_else(Instant::now))
         };
-        self.register(Waiter::Folded(waiters), deadline)
+        self.register(Waiter::Folded(Box::new(FoldedWaiters(waiters))), deadline)
     }
 }
 
@@ -115,8 +117,15 @@ pub(super) enum Waiter {
     /// the map's slots stay two words).
     Unwatched(Box<Resend>),
     /// The requests folded into one frame ([`ConnShared::fold`]): its reply is each one's.
-    Folded(Vec<Waiter>),
+    Folded(Box<FoldedWaiters>),
 }
+
+// A pending request's value in the map stays two words (checked when built).
+const _: () = assert!(std::mem::size_of::<Waiter>() == 16);
+
+/// The waiters of the requests of one folded frame (boxed in [`Waiter::Folded`], so the
+/// map's slots stay two words).
+pub(super) struct FoldedWaiters(Vec<Waiter>);
 
 impl Waiter {
     /// The request got no reply in time, or its link ended.
@@ -125,7 +134,7 @@ impl Waiter {
             // Dropping the sender wakes the caller with "lost".
             Waiter::Caller(_) => {}
             Waiter::Unwatched(r) => r.again(),
-            Waiter::Folded(waiters) => waiters.into_iter().for_each(Waiter::lost),
+            Waiter::Folded(folded) => folded.0.into_iter().for_each(Waiter::lost),
         }
     }
 
@@ -143,8 +152,8 @@ impl Waiter {
                     r.again();
                 }
             }
-            Waiter::Folded(waiters) => {
-                for w in waiters {
+            Waiter::Folded(folded) => {
+                for w in folded.0 {
                     w.answered(msg.clone(), addr, orphans);
                 }
             }
@@ -318,7 +327,7 @@ fn fail_all(conn: &ConnShared) {
     let waiters: Vec<Waiter> = {
         let mut p = lock(&conn.pending);
         p.deadlines.clear();
-        p.waiters.drain().map(|(_, (w, _))| w).collect()
+        p.waiters.drain().map(|(_, w)| w).collect()
     };
     // Outside the lock: a resend may queue on another connection.
     for w in waiters {
@@ -347,7 +356,7 @@ pub(super) async fn sweep_deadlines(conn: Conn) {
             while let Some(&(deadline, id)) = p.deadlines.front() {
                 if deadline <= now {
                     p.deadlines.pop_front();
-                    if let Some((w, _)) = p.waiters.remove(&id) {
+                    if let Some(w) = p.waiters.remove(&id) {
                         expired.push(w);
                     }
                 } else if !p.waiters.contains_key(&id) {
