@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use sessync_proto::{Acceptor, ErrorCode, FrameCodec, Message, PeerMessage, Role};
+use sessync_proto::{ErrorCode, PeerMessage, Role};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
@@ -111,18 +111,9 @@ async fn fake_peer(first_id: u8) -> Arc<Fake> {
             tokio::spawn(async move {
                 let mut restarted = fake.incarnation.subscribe();
                 let node_id = *restarted.borrow_and_update();
-                let mut framed = tokio_util::codec::Framed::new(s, FrameCodec::new(1 << 20));
-                let read =
-                    |f: sessync_proto::Frame| PeerMessage::decode_frame(&f, &Default::default()).unwrap();
-                let Some(Ok(f)) = framed.next().await else { return };
-                let (id, hello) = (f.request_id, read(f));
-                let (acceptor, challenge) =
-                    Acceptor::handle_hello(keys(), node_id, fake.addr, hello).unwrap();
-                framed.send((id, challenge)).await.unwrap();
-                let Some(Ok(f)) = framed.next().await else { return };
-                let (id, proof) = (f.request_id, read(f));
-                acceptor.handle_proof(proof).unwrap();
-                framed.send((id, PeerMessage::AuthOk)).await.unwrap();
+                let Some(mut framed) = accept_peer(s, node_id, fake.addr).await else {
+                    return;
+                };
                 loop {
                     let f = tokio::select! {
                         // The process this connection belonged to is gone.
@@ -130,7 +121,7 @@ async fn fake_peer(first_id: u8) -> Arc<Fake> {
                         f = framed.next() => f,
                     };
                     let Some(Ok(f)) = f else { return };
-                    let (id, msg) = (f.request_id, read(f));
+                    let (id, msg) = (f.request_id, read_peer(f));
                     if let Some(answer) = fake.answer(&msg) {
                         if framed.send((id, answer)).await.is_err() {
                             return;

@@ -13,9 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use sessync_proto::{
-    peer_feature, Acceptor, ErrorCode, ErrorReply, FrameCodec, Message, PeerMessage, SessionId,
-};
+use sessync_proto::{peer_feature, ErrorCode, ErrorReply, PeerMessage, SessionId};
 use tokio::sync::watch;
 use tokio::time::{timeout, Duration, Instant};
 
@@ -97,17 +95,9 @@ async fn older_node(ids: Vec<[u8; 16]>) -> (SocketAddr, Seen, Arc<watch::Sender<
             let mut restarted = restart.subscribe();
             restarted.borrow_and_update();
             tokio::spawn(async move {
-                let mut framed = tokio_util::codec::Framed::new(s, FrameCodec::new(1 << 20));
-                let read =
-                    |f: sessync_proto::Frame| PeerMessage::decode_frame(&f, &Default::default()).unwrap();
-                let Some(Ok(f)) = framed.next().await else { return };
-                let (id, hello) = (f.request_id, read(f));
-                let (acceptor, challenge) = Acceptor::handle_hello(keys(), node_id, addr, hello).unwrap();
-                framed.send((id, challenge)).await.unwrap();
-                let Some(Ok(f)) = framed.next().await else { return };
-                let (id, proof) = (f.request_id, read(f));
-                acceptor.handle_proof(proof).unwrap();
-                framed.send((id, PeerMessage::AuthOk)).await.unwrap();
+                let Some(mut framed) = accept_peer(s, node_id, addr).await else {
+                    return;
+                };
                 let mut first = true;
                 loop {
                     let f = tokio::select! {
@@ -115,7 +105,7 @@ async fn older_node(ids: Vec<[u8; 16]>) -> (SocketAddr, Seen, Arc<watch::Sender<
                         f = framed.next() => f,
                     };
                     let Some(Ok(f)) = f else { return };
-                    let (id, msg) = (f.request_id, read(f));
+                    let (id, msg) = (f.request_id, read_peer(f));
                     if first {
                         seen.lock().unwrap().push(msg.clone());
                         first = false;

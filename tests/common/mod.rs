@@ -416,30 +416,53 @@ pub async fn scripted_pair<M: Send + Sync + 'static>(
     )
 }
 
+/// A fake peer's side of an accepted connection: completes the real secret handshake as
+/// node `node_id` advertising `addr`; `None` when the dialler went away first.
+pub async fn accept_peer(
+    s: tokio::net::TcpStream,
+    node_id: [u8; 16],
+    addr: SocketAddr,
+) -> Option<tokio_util::codec::Framed<tokio::net::TcpStream, sessync_proto::FrameCodec>> {
+    use futures_util::{SinkExt, StreamExt};
+    use sessync_proto::{Acceptor, FrameCodec, PeerMessage};
+    let mut framed = tokio_util::codec::Framed::new(s, FrameCodec::new(1 << 20));
+    let Some(Ok(f)) = framed.next().await else {
+        return None;
+    };
+    let (id, hello) = (f.request_id, read_peer(f));
+    let (acceptor, challenge) = Acceptor::handle_hello(keys(), node_id, addr, hello).unwrap();
+    framed.send((id, challenge)).await.unwrap();
+    let Some(Ok(f)) = framed.next().await else {
+        return None;
+    };
+    let (id, proof) = (f.request_id, read_peer(f));
+    acceptor.handle_proof(proof).unwrap();
+    framed.send((id, PeerMessage::AuthOk)).await.unwrap();
+    Some(framed)
+}
+
+/// A frame from the node, decoded as a peer message (a fake peer's reading).
+pub fn read_peer(f: sessync_proto::Frame) -> sessync_proto::PeerMessage {
+    use sessync_proto::Message;
+    sessync_proto::PeerMessage::decode_frame(&f, &Default::default()).unwrap()
+}
+
 /// [`scripted_peer`] with answers that may take time: one connection's requests are
 /// answered in order, each after its script's future ends.
 pub async fn scripted_peer_async(node_id: [u8; 16], script: AsyncPeerScript) -> SocketAddr {
     use futures_util::{SinkExt, StreamExt};
-    use sessync_proto::{Acceptor, FrameCodec, Message, PeerMessage};
+    use sessync_proto::PeerMessage;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             let script = script.clone();
             tokio::spawn(async move {
-                let mut framed = tokio_util::codec::Framed::new(s, FrameCodec::new(1 << 20));
-                let read =
-                    |f: sessync_proto::Frame| PeerMessage::decode_frame(&f, &Default::default()).unwrap();
-                let Some(Ok(f)) = framed.next().await else { return };
-                let (id, hello) = (f.request_id, read(f));
-                let (acceptor, challenge) = Acceptor::handle_hello(keys(), node_id, addr, hello).unwrap();
-                framed.send((id, challenge)).await.unwrap();
-                let Some(Ok(f)) = framed.next().await else { return };
-                let (id, proof) = (f.request_id, read(f));
-                acceptor.handle_proof(proof).unwrap();
-                framed.send((id, PeerMessage::AuthOk)).await.unwrap();
+                let Some(mut framed) = accept_peer(s, node_id, addr).await else {
+                    return;
+                };
                 while let Some(Ok(f)) = framed.next().await {
-                    let (id, msg) = (f.request_id, read(f));
+                    let (id, msg) = (f.request_id, read_peer(f));
                     let answer = match msg {
                         PeerMessage::Ping(n) => Some(PeerMessage::Pong(n)),
                         // As a node that predates FEATURES (protocol.md 9.3): the node

@@ -121,6 +121,23 @@ function addrsWrite(w, addrs) {
 
 const u64Read = (r) => r.take(8).readBigUInt64BE(0);
 function u64Write(w, v) { const b = Buffer.alloc(8); b.writeBigUInt64BE(BigInt(v)); w.raw(b); }
+
+// COPY_ACKS: a u16 count (1 to 4096), then (session id, transfer) pairs.
+function acksRead(r) {
+  const n = r.u16();
+  if (n === 0) throw new ProtocolViolation('COPY_ACKS acknowledges nothing', { code: 100, codeName: 'MALFORMED_FRAME' });
+  if (n > 4096) throw new ProtocolViolation(`${n} acknowledgements`, { code: 105, codeName: 'LIMIT_EXCEEDED' });
+  return Array.from({ length: n }, () => [r.raw(16), u64Read(r)]);
+}
+
+function acksWrite(w, acks) {
+  assert.ok(acks.length >= 1 && acks.length <= 4096);
+  w.u16(acks.length);
+  for (const [sessionId, transfer] of acks) {
+    w.raw(sessionId);
+    u64Write(w, transfer);
+  }
+}
 const recordRead = (r) => ({ id: r.raw(16), meta: r.meta(), attributes: r.attributes() });
 function recordWrite(w, rec) { w.raw(rec.id); w.meta(rec.meta); w.attributes(rec.attributes); }
 
@@ -142,6 +159,9 @@ const PEER_LAYOUTS = {
   0x4c: [['session_id', 16], ['generation', 'u64']],
   0x4d: [['session_id', 16], ['transfer', 'u64']],
   0x47: [['session_id', 16], ['last_transfer', 'u64'], ['failed_owner', 'addr']],
+  0x4e: [['features', 'u64']],
+  0xca: [['features', 'u64']],
+  0x4f: [['acks', 'acks']],
   0xff: [['code', 'u16'], ['message', 'text']],
 };
 
@@ -157,6 +177,7 @@ function peerDecode(frame) {
     else if (kind === 'u64') out[name] = u64Read(r);
     else if (kind === 'addr') out[name] = addrRead(r);
     else if (kind === 'addrs') out[name] = addrsRead(r);
+    else if (kind === 'acks') out[name] = acksRead(r);
     else if (kind === 'record') out[name] = recordRead(r);
     else if (kind === 'text') out[name] = r.string(1024);
   }
@@ -174,6 +195,7 @@ function peerEncode(opcode, fields) {
     else if (kind === 'u64') u64Write(w, v);
     else if (kind === 'addr') addrWrite(w, v);
     else if (kind === 'addrs') addrsWrite(w, v);
+    else if (kind === 'acks') acksWrite(w, v);
     else if (kind === 'record') recordWrite(w, v);
     else if (kind === 'text') w.string(v, 1024);
   }
@@ -204,6 +226,9 @@ const PEER = {
   drop: [10, 0x46, { session_id: SESSION, generation: 1n }],
   retire: [12, 0x4c, { session_id: SESSION, generation: 3n }],
   copy_refused: [13, 0x4d, { session_id: SESSION, transfer: TRANSFER }],
+  features: [3, 0x4e, { features: 1n }],
+  features_are: [3, 0xca, { features: 1n }],
+  copy_acks: [14, 0x4f, { acks: [[SESSION, TRANSFER], [SESSION_2, 2n]] }],
   promote: [11, 0x47, { session_id: SESSION, last_transfer: 0n, failed_owner: ['10.0.0.1', 7401] }],
   peer_error: [2, 0xff, { code: 201, message: 'peer proof does not verify' }],
 };

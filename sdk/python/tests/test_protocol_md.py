@@ -136,6 +136,23 @@ def _addrs_write(w: Writer, addrs: List[Tuple[str, int]]) -> None:
         _addr_write(w, a)
 
 
+def _acks_read(r: Reader) -> List[Tuple[bytes, int]]:
+    n = r.u16()
+    if n == 0:
+        raise errors.ProtocolViolation("COPY_ACKS acknowledges nothing", code=100)
+    if n > 4096:
+        raise errors.ProtocolViolation(f"{n} acknowledgements", code=105)
+    return [(r.raw(16), r.u64()) for _ in range(n)]
+
+
+def _acks_write(w: Writer, acks: List[Tuple[bytes, int]]) -> None:
+    assert 1 <= len(acks) <= 4096
+    w.u16(len(acks))
+    for session_id, transfer in acks:
+        w.raw(session_id)
+        w.u64(transfer)
+
+
 def _record_read(r: Reader) -> dict:
     return {"id": r.raw(16), "meta": r.meta(), "attributes": r.attributes()}
 
@@ -164,6 +181,9 @@ PEER_LAYOUTS = {
     0x4C: ("retire", [("session_id", 16), ("generation", "u64")]),
     0x4D: ("copy_refused", [("session_id", 16), ("transfer", "u64")]),
     0x47: ("promote", [("session_id", 16), ("last_transfer", "u64"), ("failed_owner", "addr")]),
+    0x4E: ("features", [("features", "u64")]),
+    0xCA: ("features_are", [("features", "u64")]),
+    0x4F: ("copy_acks", [("acks", "acks")]),
     0xFF: ("error", [("code", "u16"), ("message", "text")]),
 }
 
@@ -187,6 +207,8 @@ def peer_decode(frame: Frame) -> Tuple[str, dict]:
             out[fname] = _addr_read(r)
         elif kind == "addrs":
             out[fname] = _addrs_read(r)
+        elif kind == "acks":
+            out[fname] = _acks_read(r)
         elif kind == "record":
             out[fname] = _record_read(r)
         elif kind == "text":
@@ -213,6 +235,8 @@ def peer_encode(opcode: int, fields: dict) -> bytes:
             _addr_write(w, v)
         elif kind == "addrs":
             _addrs_write(w, v)
+        elif kind == "acks":
+            _acks_write(w, v)
         elif kind == "record":
             _record_write(w, v)
         elif kind == "text":
@@ -252,6 +276,9 @@ PEER = {
     "drop": (10, 0x46, {"session_id": SESSION, "generation": 1}),
     "retire": (12, 0x4C, {"session_id": SESSION, "generation": 3}),
     "copy_refused": (13, 0x4D, {"session_id": SESSION, "transfer": TRANSFER}),
+    "features": (3, 0x4E, {"features": 1}),
+    "features_are": (3, 0xCA, {"features": 1}),
+    "copy_acks": (14, 0x4F, {"acks": [(SESSION, TRANSFER), (SESSION_2, 2)]}),
     "promote": (11, 0x47, {"session_id": SESSION, "last_transfer": 0, "failed_owner": ("10.0.0.1", 7401)}),
     "peer_error": (2, 0xFF, {"code": 201, "message": "peer proof does not verify"}),
 }
