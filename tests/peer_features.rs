@@ -76,11 +76,28 @@ async fn nodes_of_this_release_use_every_feature_and_fold_acknowledgements() {
 /// handshake.
 type Seen = Arc<Mutex<Vec<PeerMessage>>>;
 
+/// How a fake node answers FEATURES.
+#[derive(Clone, Copy, PartialEq)]
+enum OnFeatures {
+    /// As every earlier release does: ERROR `UNKNOWN_OPCODE`, then the close.
+    Refuse,
+    /// Not at all for longer than the dialler waits, then FEATURES_ARE after all (no
+    /// release does this; the dialler must not fail the link over it).
+    AnswerLate,
+}
+
 /// A fake node of an older release at an OS-chosen port: it completes the handshake as
-/// `ids[n]` on its n-th connection (the last one after that), answers FEATURES with
-/// ERROR `UNKNOWN_OPCODE` and closes, answers PING, and answers COPY with NOT_FOUND. It
-/// records each connection's first request. A change of `restart` drops every connection.
+/// `ids[n]` on its n-th connection (the last one after that), answers FEATURES as
+/// `on_features` says, answers PING, and answers COPY with NOT_FOUND. It records each
+/// connection's first request. A change of `restart` drops every connection.
 async fn older_node(ids: Vec<[u8; 16]>) -> (SocketAddr, Seen, Arc<watch::Sender<u32>>) {
+    fake_node(ids, OnFeatures::Refuse).await
+}
+
+async fn fake_node(
+    ids: Vec<[u8; 16]>,
+    on_features: OnFeatures,
+) -> (SocketAddr, Seen, Arc<watch::Sender<u32>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Seen = Arc::default();
@@ -111,6 +128,11 @@ async fn older_node(ids: Vec<[u8; 16]>) -> (SocketAddr, Seen, Arc<watch::Sender<
                         first = false;
                     }
                     let answer = match msg {
+                        PeerMessage::Features(_) if on_features == OnFeatures::AnswerLate => {
+                            // The dialler waits 500 ms; its next request is read after this.
+                            tokio::time::sleep(Duration::from_millis(800)).await;
+                            PeerMessage::FeaturesAre(peer_feature::ALL)
+                        }
                         PeerMessage::Features(_) => {
                             let err = ErrorReply::new(ErrorCode::UnknownOpcode, "not a peer request");
                             let _ = framed.send((id, PeerMessage::Error(err))).await;
@@ -189,4 +211,29 @@ async fn get_until_redialled(c: &sessync_client::Client, old: SocketAddr, seen: 
         let _ = timeout(WAIT, c.get(&token_for(SessionId::random(), 1, old, vec![]))).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An acceptor that does not answer FEATURES in time gets a link all the same, running
+/// the base protocol; its late FEATURES_ARE answers none of the link's requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acceptor_that_does_not_answer_features_in_time_gets_the_base_protocol() {
+    let (slow, seen, _restart) = fake_node(vec![[9; 16]], OnFeatures::AnswerLate).await;
+    let mut cfg = config();
+    cfg.peer_timeout = Duration::from_secs(3);
+    let node = sessync_server::start(cfg).await.unwrap();
+    let c = client(node.client_addr()).await;
+    get_from(&c, slow).await;
+    get_from(&c, slow).await;
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "one connection: {:?}",
+        seen.lock().unwrap()
+    );
+    assert_eq!(
+        fact(&c, "peer_features", slow).await,
+        Some(0),
+        "the base protocol"
+    );
+    stop(vec![node]).await;
 }

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How long a dialler waits for FEATURES_ARE before it uses the link without features.
+const FEATURES_WAIT: Duration = Duration::from_millis(500);
+
 /// Why a dial did not give a link.
 enum DialError {
     /// Connecting or the handshake failed; why.
@@ -120,7 +123,9 @@ impl Peers {
             pending: Mutex::new(Pending::default()),
             alive: AtomicBool::new(true),
             ended: AtomicBool::new(false),
-            next_id: AtomicU64::new(1),
+            // Past the ids of the handshake and FEATURES (1 to 3): a late FEATURES_ARE
+            // ([`FEATURES_WAIT`]) then answers no request of the link's.
+            next_id: AtomicU64::new(4),
             sweep: Notify::new(),
             features,
         });
@@ -156,10 +161,17 @@ impl Peers {
             .send((3, PeerMessage::Features(ours)))
             .await
             .map_err(|e| format!("FEATURES: {e}"))?;
-        let frame = match framed.next().await {
-            Some(Ok(f)) => f,
-            Some(Err(e)) => return Err(format!("FEATURES: {e}").into()),
-            None => return Err(DialError::Failed("FEATURES: peer closed the connection".into())),
+        let frame = match tokio::time::timeout(FEATURES_WAIT, framed.next()).await {
+            Ok(Some(Ok(f))) => f,
+            Ok(Some(Err(e))) => return Err(format!("FEATURES: {e}").into()),
+            Ok(None) => return Err(DialError::Failed("FEATURES: peer closed the connection".into())),
+            Err(_) => {
+                // Not how any release answers (2.5 says UNKNOWN_OPCODE and close), but a
+                // link is not worth failing over it: this one runs the base protocol,
+                // and the next dial asks again.
+                tracing::info!(peer = %link.addr, "peer did not answer FEATURES within {FEATURES_WAIT:?}: this link uses the base protocol");
+                return Ok(0);
+            }
         };
         match PeerMessage::decode_frame(&frame, &self.config.limits) {
             Ok(PeerMessage::FeaturesAre(theirs)) => Ok(ours & theirs),
