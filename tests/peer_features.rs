@@ -81,6 +81,8 @@ type Seen = Arc<Mutex<Vec<PeerMessage>>>;
 enum OnFeatures {
     /// As every earlier release does: ERROR `UNKNOWN_OPCODE`, then the close.
     Refuse,
+    /// The close alone (2.5 lets a receiver close without an ERROR).
+    Close,
     /// Not at all for longer than the dialler waits, then FEATURES_ARE after all (no
     /// release does this; the dialler must not fail the link over it).
     AnswerLate,
@@ -133,6 +135,7 @@ async fn fake_node(
                             tokio::time::sleep(Duration::from_millis(800)).await;
                             PeerMessage::FeaturesAre(peer_feature::ALL)
                         }
+                        PeerMessage::Features(_) if on_features == OnFeatures::Close => return,
                         PeerMessage::Features(_) => {
                             let err = ErrorReply::new(ErrorCode::UnknownOpcode, "not a peer request");
                             let _ = framed.send((id, PeerMessage::Error(err))).await;
@@ -235,5 +238,22 @@ async fn an_acceptor_that_does_not_answer_features_in_time_gets_the_base_protoco
         Some(0),
         "the base protocol"
     );
+    stop(vec![node]).await;
+}
+
+/// An acceptor that closes the link on FEATURES, without an ERROR, is dialled again
+/// without asking, as one that answers UNKNOWN_OPCODE is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acceptor_that_closes_on_features_is_dialled_again_without_asking() {
+    let (old, seen, _restart) = fake_node(vec![[6; 16]], OnFeatures::Close).await;
+    let node = sessync_server::start(config()).await.unwrap();
+    let c = client(node.client_addr()).await;
+    get_from(&c, old).await;
+    let first: Vec<PeerMessage> = seen.lock().unwrap().clone();
+    assert!(
+        matches!(first[..], [PeerMessage::Features(_), PeerMessage::Copy { .. }]),
+        "FEATURES on the first connection, COPY first on the second: {first:?}"
+    );
+    assert_eq!(fact(&c, "peer_features", old).await, Some(0), "the base protocol");
     stop(vec![node]).await;
 }

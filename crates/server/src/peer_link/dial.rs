@@ -164,7 +164,9 @@ impl Peers {
         let frame = match tokio::time::timeout(FEATURES_WAIT, framed.next()).await {
             Ok(Some(Ok(f))) => f,
             Ok(Some(Err(e))) => return Err(format!("FEATURES: {e}").into()),
-            Ok(None) => return Err(DialError::Failed("FEATURES: peer closed the connection".into())),
+            // Closed unanswered: as a node of an earlier release that closes without an
+            // ERROR first (2.5 lets a receiver close; a crash then is a new process).
+            Ok(None) => return Err(predates(link, peer, "closed the link")),
             Err(_) => {
                 // Not how any release answers (2.5 says UNKNOWN_OPCODE and close), but a
                 // link is not worth failing over it: this one runs the base protocol,
@@ -175,11 +177,12 @@ impl Peers {
         };
         match PeerMessage::decode_frame(&frame, &self.config.limits) {
             Ok(PeerMessage::FeaturesAre(theirs)) => Ok(ours & theirs),
-            Ok(PeerMessage::Error(e)) if e.code == ErrorCode::UnknownOpcode => {
-                tracing::info!(peer = %link.addr, "peer predates FEATURES: its links use the base protocol");
-                *lock(&link.predates_features) = Some(peer);
-                Err(DialError::PredatesFeatures)
-            }
+            // UNKNOWN_OPCODE from every earlier release; any ERROR says the same.
+            Ok(PeerMessage::Error(e)) => Err(predates(
+                link,
+                peer,
+                &format!("answered ERROR {} ({})", e.code, e.message),
+            )),
             Ok(other) => Err(format!("FEATURES: expected FEATURES_ARE, got {other:?}").into()),
             Err(e) => Err(format!("FEATURES: {e}").into()),
         }
@@ -216,4 +219,12 @@ impl Peers {
             tracing::info!(%peer, left_out, "peer handshake refused ({why}): {SECRET_HINT}");
         }
     }
+}
+
+/// Records that the process `peer` at `link` does not know FEATURES (it did `what`): the
+/// link's next dial does not ask it.
+fn predates(link: &Link, peer: [u8; 16], what: &str) -> DialError {
+    tracing::info!(peer = %link.addr, "asked FEATURES, the peer {what}: it predates them; its links use the base protocol");
+    *lock(&link.predates_features) = Some(peer);
+    DialError::PredatesFeatures
 }
