@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use sessync_proto::{ErrorCode, PeerMessage, Role};
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -114,14 +114,7 @@ async fn fake_peer(first_id: u8) -> Arc<Fake> {
                 let Some(mut framed) = accept_peer(s, node_id, fake.addr).await else {
                     return;
                 };
-                loop {
-                    let f = tokio::select! {
-                        // The process this connection belonged to is gone.
-                        _ = restarted.changed() => return,
-                        f = framed.next() => f,
-                    };
-                    let Some(Ok(f)) = f else { return };
-                    let (id, msg) = (f.request_id, read_peer(f));
+                while let Some((id, msg)) = next_peer_request(&mut framed, &mut restarted).await {
                     if let Some(answer) = fake.answer(&msg) {
                         if framed.send((id, answer)).await.is_err() {
                             return;

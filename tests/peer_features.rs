@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
-use sessync_proto::{peer_feature, ErrorCode, ErrorReply, PeerMessage, SessionId};
+use futures_util::SinkExt;
+use sessync_proto::{peer_feature, PeerMessage, SessionId};
 use tokio::sync::watch;
 use tokio::time::{timeout, Duration, Instant};
 
@@ -118,13 +118,7 @@ async fn fake_node(
                     return;
                 };
                 let mut first = true;
-                loop {
-                    let f = tokio::select! {
-                        _ = restarted.changed() => return,
-                        f = framed.next() => f,
-                    };
-                    let Some(Ok(f)) = f else { return };
-                    let (id, msg) = (f.request_id, read_peer(f));
+                while let Some((id, msg)) = next_peer_request(&mut framed, &mut restarted).await {
                     if first {
                         seen.lock().unwrap().push(msg.clone());
                         first = false;
@@ -137,8 +131,7 @@ async fn fake_node(
                         }
                         PeerMessage::Features(_) if on_features == OnFeatures::Close => return,
                         PeerMessage::Features(_) => {
-                            let err = ErrorReply::new(ErrorCode::UnknownOpcode, "not a peer request");
-                            let _ = framed.send((id, PeerMessage::Error(err))).await;
+                            let _ = framed.send((id, older_release_refusal())).await;
                             return;
                         }
                         PeerMessage::Ping(n) => PeerMessage::Pong(n),

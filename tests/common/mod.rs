@@ -441,6 +441,29 @@ pub async fn accept_peer(
     Some(framed)
 }
 
+/// The next request the node sends a fake peer on `framed`, with its request id; `None`
+/// once the connection ends or `restarted` changes (the fake process it belonged to is
+/// gone).
+pub async fn next_peer_request<T>(
+    framed: &mut tokio_util::codec::Framed<tokio::net::TcpStream, sessync_proto::FrameCodec>,
+    restarted: &mut tokio::sync::watch::Receiver<T>,
+) -> Option<(u64, sessync_proto::PeerMessage)> {
+    use futures_util::StreamExt;
+    let f = tokio::select! {
+        _ = restarted.changed() => return None,
+        f = framed.next() => f,
+    };
+    let f = f?.ok()?;
+    Some((f.request_id, read_peer(f)))
+}
+
+/// What a node of a release before FEATURES answers it (protocol.md 9.3, 2.5): ERROR
+/// `UNKNOWN_OPCODE`, before it closes the connection.
+pub fn older_release_refusal() -> sessync_proto::PeerMessage {
+    let err = sessync_proto::ErrorReply::new(sessync_proto::ErrorCode::UnknownOpcode, "not a peer request");
+    sessync_proto::PeerMessage::Error(err)
+}
+
 /// A frame from the node, decoded as a peer message (a fake peer's reading).
 pub fn read_peer(f: sessync_proto::Frame) -> sessync_proto::PeerMessage {
     use sessync_proto::Message;
@@ -468,11 +491,7 @@ pub async fn scripted_peer_async(node_id: [u8; 16], script: AsyncPeerScript) -> 
                         // As a node that predates FEATURES (protocol.md 9.3): the node
                         // dials again without asking.
                         PeerMessage::Features(_) => {
-                            let err = sessync_proto::ErrorReply::new(
-                                sessync_proto::ErrorCode::UnknownOpcode,
-                                "not a peer request",
-                            );
-                            let _ = framed.send((id, PeerMessage::Error(err))).await;
+                            let _ = framed.send((id, older_release_refusal())).await;
                             return;
                         }
                         msg => script(msg).await,

@@ -82,7 +82,8 @@ struct Link {
     /// plus one; 0 when it answered since.
     silent_since: AtomicU64,
     /// The node id of the process at this address known to predate FEATURES (it
-    /// answered UNKNOWN_OPCODE): links to it are dialled without asking (protocol.md 9.3).
+    /// answered ERROR, UNKNOWN_OPCODE as every earlier release does, or closed):
+    /// links to it are dialled without asking (protocol.md 9.3).
     /// A restart there (a new id, perhaps a newer release) is asked again.
     predates_features: Mutex<Option<[u8; 16]>>,
 }

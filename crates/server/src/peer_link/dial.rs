@@ -25,15 +25,14 @@ impl Peers {
     /// Dials, authenticates and asks FEATURES; dials once more, without asking, a node
     /// that predates FEATURES (protocol.md 9.3).
     pub(super) async fn dial(&self, link: &Link) -> Result<Conn, String> {
-        match self.dial_once(link).await {
-            Err(DialError::PredatesFeatures) => match self.dial_once(link).await {
-                Ok(conn) => Ok(conn),
-                Err(DialError::Failed(why)) => Err(why),
-                Err(DialError::PredatesFeatures) => Err("the peer refused FEATURES twice".into()),
-            },
-            Err(DialError::Failed(why)) => Err(why),
-            Ok(conn) => Ok(conn),
-        }
+        let dialled = match self.dial_once(link).await {
+            Err(DialError::PredatesFeatures) => self.dial_once(link).await,
+            first => first,
+        };
+        dialled.map_err(|e| match e {
+            DialError::Failed(why) => why,
+            DialError::PredatesFeatures => "the peer refused FEATURES twice".into(),
+        })
     }
 
     async fn dial_once(&self, link: &Link) -> Result<Conn, DialError> {
@@ -161,55 +160,62 @@ impl Peers {
             .send((3, PeerMessage::Features(ours)))
             .await
             .map_err(|e| format!("FEATURES: {e}"))?;
-        let frame = match tokio::time::timeout(FEATURES_WAIT, framed.next()).await {
-            Ok(Some(Ok(f))) => f,
-            Ok(Some(Err(e))) => return Err(format!("FEATURES: {e}").into()),
-            // Closed unanswered: as a node of an earlier release that closes without an
-            // ERROR first (2.5 lets a receiver close; a crash then is a new process).
-            Ok(None) => return Err(predates(link, peer, "closed the link")),
-            Err(_) => {
-                // Not how any release answers (2.5 says UNKNOWN_OPCODE and close), but a
-                // link is not worth failing over it: this one runs the base protocol,
-                // and the next dial asks again.
-                tracing::info!(peer = %link.addr, "peer did not answer FEATURES within {FEATURES_WAIT:?}: this link uses the base protocol");
-                return Ok(0);
-            }
+        let Ok(answer) = tokio::time::timeout(FEATURES_WAIT, self.next_message(framed, "FEATURES")).await
+        else {
+            // Not how any release answers (2.5 says UNKNOWN_OPCODE and close), but a link
+            // is not worth failing over it: this one runs the base protocol, and the next
+            // dial asks again.
+            tracing::info!(peer = %link.addr, "peer did not answer FEATURES within {FEATURES_WAIT:?}: this link uses the base protocol");
+            return Ok(0);
         };
-        match PeerMessage::decode_frame(&frame, &self.config.limits) {
-            Ok(PeerMessage::FeaturesAre(theirs)) => Ok(ours & theirs),
+        match answer? {
+            Some(PeerMessage::FeaturesAre(theirs)) => Ok(ours & theirs),
             // UNKNOWN_OPCODE from every earlier release; any ERROR says the same.
-            Ok(PeerMessage::Error(e)) => Err(predates(
+            Some(PeerMessage::Error(e)) => Err(predates(
                 link,
                 peer,
                 &format!("answered ERROR {} ({})", e.code, e.message),
             )),
-            Ok(other) => Err(format!("FEATURES: expected FEATURES_ARE, got {other:?}").into()),
-            Err(e) => Err(format!("FEATURES: {e}").into()),
+            // Closed unanswered: as a node of an earlier release that closes without an
+            // ERROR first (2.5 lets a receiver close; a crash then is a new process).
+            None => Err(predates(link, peer, "closed the link")),
+            Some(other) => Err(format!("FEATURES: expected FEATURES_ARE, got {other:?}").into()),
+        }
+    }
+
+    /// The acceptor's next message on a link being dialled (`None`: it closed the
+    /// connection); `what` names the step in an error.
+    async fn next_message(
+        &self,
+        framed: &mut Framed<Stream, FrameCodec>,
+        what: &str,
+    ) -> Result<Option<PeerMessage>, String> {
+        match framed.next().await {
+            Some(Ok(f)) => PeerMessage::decode_frame(&f, &self.config.limits)
+                .map(Some)
+                .map_err(|e| format!("{what}: {e}")),
+            Some(Err(e)) => Err(format!("{what}: {e}")),
+            None => Ok(None),
         }
     }
 
     async fn read_handshake(&self, framed: &mut Framed<Stream, FrameCodec>) -> Result<PeerMessage, String> {
-        let frame = match framed.next().await {
-            Some(Ok(f)) => f,
-            Some(Err(e)) => return Err(format!("handshake: {e}")),
-            None => return Err("handshake: peer closed the connection".into()),
+        let Some(msg) = self.next_message(framed, "handshake").await? else {
+            return Err("handshake: peer closed the connection".into());
         };
-        match PeerMessage::decode_frame(&frame, &self.config.limits) {
-            Ok(PeerMessage::Error(e)) if e.code == ErrorCode::AuthFailed => {
+        match msg {
+            PeerMessage::Error(e) if e.code == ErrorCode::AuthFailed => {
                 self.refused(None, &e.message);
                 Err(format!(
                     "peer refused the handshake: {}; {SECRET_HINT}",
                     e.message
                 ))
             }
-            Ok(PeerMessage::Error(e)) => Err(format!("peer refused: {} {}", e.code, e.message)),
-            Ok(m) => Ok(m),
-            Err(e) => Err(format!("handshake: {e}")),
+            PeerMessage::Error(e) => Err(format!("peer refused: {} {}", e.code, e.message)),
+            m => Ok(m),
         }
     }
-}
 
-impl Peers {
     /// Counts and logs (rate-limited) a handshake of our own link refused on
     /// authentication.
     fn refused(&self, addr: impl Into<Option<SocketAddr>>, why: &str) {
