@@ -281,10 +281,16 @@ const FIXED_SEEDS: &[u64] = &[
 /// REPLICATE counted as a write (item 33's (c)). Session 42 (item 35): 32878 (an
 /// acknowledged append lost) passes once a failover whose answer was lost is completed
 /// before the superseded copy is handed to the owner it failed over from.
+/// Session 45 (item 36): 16020 (an acknowledged append lost to the later claim of a copy
+/// of the claim that lost a tie of one generation) passes once a claim names the copy it
+/// claims and the live owner of that generation refuses a rival one; 26328 (an append
+/// lost when that refusal came from a moved copy that had acknowledged nothing) passes
+/// once such a copy yields as before.
 const FIXED_SEEDS_WITHOUT_CRASHES: &[u64] = &[
     13, 121, 208, 418, 492, 745, 913, 1032, 1026, 1104, 2352, 3296, 3341, 3476, 5541, 5934, 6475, 6544, 7536,
     7805, 8956, 9566, 11120, 12086, 12118, 12524, 13048, 15021, 20142, 20226, 28730, 31330, 36742, 40622,
-    42956, 47897, 48272, 10710, 24636, 32682, 40656, 38304, 46337, 27722, 14217, 31984, 1801, 32878,
+    42956, 47897, 48272, 10710, 24636, 32682, 40656, 38304, 46337, 27722, 14217, 31984, 1801, 32878, 16020,
+    26328,
 ];
 
 /// The seeds `cargo test` runs: 0 to 19 but those in [`STILL_FAILING`], and

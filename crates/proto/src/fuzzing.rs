@@ -276,7 +276,7 @@ fn is_client_response(op: u8) -> bool {
 }
 
 fn is_peer(op: u8) -> bool {
-    (crate::peer::op::AUTH_HELLO..=crate::peer::op::COPY_ACKS).contains(&op)
+    (crate::peer::op::AUTH_HELLO..=crate::peer::op::REPLICATE_CLAIM).contains(&op)
         || (crate::peer::op::AUTH_CHALLENGE..=crate::peer::op::FEATURES_ARE).contains(&op)
         || op == crate::OP_ERROR
 }
@@ -473,9 +473,9 @@ impl Checked for Response {
 impl Checked for PeerMessage {
     fn within(&self, l: &Limits) {
         match self {
-            PeerMessage::CopyData { record, .. } | PeerMessage::Replicate { record, .. } => {
-                attributes_within(&record.attributes.unpack(), l)
-            }
+            PeerMessage::CopyData { record, .. }
+            | PeerMessage::Replicate { record, .. }
+            | PeerMessage::ReplicateClaim { record, .. } => attributes_within(&record.attributes.unpack(), l),
             PeerMessage::Error(e) => text_within("error message", &e.message, l.max_text_len),
             PeerMessage::CopyAcks { acks } => {
                 assert!(

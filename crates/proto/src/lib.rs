@@ -41,8 +41,8 @@ pub use keys::{KeyError, Keyring, MIN_SECRET_LEN};
 pub use limits::Limits;
 pub use message::{Message, OP_ERROR};
 pub use peer::{
-    feature as peer_feature, op as peer_op, PeerMessage, Role, MAX_ACKS, MAX_HOLDERS, MAX_IDS, NONCE_LEN,
-    PROOF_LEN,
+    feature as peer_feature, op as peer_op, ClaimBase, PeerMessage, Role, MAX_ACKS, MAX_HOLDERS, MAX_IDS,
+    NONCE_LEN, PROOF_LEN,
 };
 #[cfg(feature = "testing")]
 pub use session::sim_ids;

@@ -58,6 +58,9 @@ pub mod op {
     pub const FEATURES: u8 = 0x4E;
     /// COPY_ACKS: several COPY_ACKs in one frame (feature [`super::feature::COPY_ACKS`]).
     pub const COPY_ACKS: u8 = 0x4F;
+    /// REPLICATE_CLAIM: a claim's REPLICATE, naming the copy it claims (feature
+    /// [`super::feature::CLAIM_BASE`]).
+    pub const REPLICATE_CLAIM: u8 = 0x50;
     /// AUTH_CHALLENGE: the accepting node's nonce and proof.
     pub const AUTH_CHALLENGE: u8 = 0xC0;
     /// AUTH_OK: the handshake is complete.
@@ -88,12 +91,28 @@ pub mod op {
 pub mod feature {
     /// The dialler may send COPY_ACKS: acknowledgements of many handovers in one frame.
     pub const COPY_ACKS: u64 = 1 << 0;
+    /// The dialler may send REPLICATE_CLAIM: a claim's copy names the copy it was claimed
+    /// from, so that the live owner of that generation can refuse a rival lineage's claim.
+    pub const CLAIM_BASE: u64 = 1 << 1;
     /// Every feature this build implements.
-    pub const ALL: u64 = COPY_ACKS;
+    pub const ALL: u64 = COPY_ACKS | CLAIM_BASE;
 }
 
 /// Most acknowledgements in one COPY_ACKS.
 pub const MAX_ACKS: usize = 4096;
+
+/// The copy a claim was made from (REPLICATE_CLAIM): whose backup copy, of which
+/// generation, written by which of that owner's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimBase {
+    /// The owner that REPLICATEd the copy (its advertised address).
+    pub owner: SocketAddr,
+    /// The generation the owner held it under.
+    pub generation: u64,
+    /// The writing process: the little-endian u32 of the first four bytes of its node id
+    /// (from the handshake) with the lowest bit set; 0 when unknown.
+    pub writer: u32,
+}
 
 /// A message on a peer link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,6 +259,24 @@ pub enum PeerMessage {
         /// The handover generation under which the sender owns the session (its
         /// `received`): copies are ordered by (generation, version, last access).
         generation: u64,
+        /// The session.
+        record: SessionRecord,
+    },
+    /// A claim's REPLICATE (a backup promoted its copy of a failed owner's): as
+    /// [`PeerMessage::Replicate`], answered the same way, plus the copy it claims. The
+    /// node that owns the session live under `base.generation` refuses it (MOVED naming
+    /// itself) unless `base` is its own copy: the claim is then of a rival lineage of that
+    /// generation, which holds none of the writes acknowledged here. Sent only on a link
+    /// whose acceptor answered FEATURES with [`feature::CLAIM_BASE`]; elsewhere the claim
+    /// goes as a plain REPLICATE.
+    ///
+    /// # Format
+    /// u64 generation, base (address, u64 generation, u32 writer), session record.
+    ReplicateClaim {
+        /// The generation the sender claims the session under.
+        generation: u64,
+        /// The copy claimed.
+        base: ClaimBase,
         /// The session.
         record: SessionRecord,
     },
@@ -440,6 +477,7 @@ impl Message for PeerMessage {
             PeerMessage::NotFound { .. } => op::NOT_FOUND,
             PeerMessage::CopyAck { .. } => op::COPY_ACK,
             PeerMessage::Replicate { .. } => op::REPLICATE,
+            PeerMessage::ReplicateClaim { .. } => op::REPLICATE_CLAIM,
             PeerMessage::Drop { .. } => op::DROP,
             PeerMessage::Retire { .. } => op::RETIRE,
             PeerMessage::CopyRefused { .. } => op::COPY_REFUSED,
@@ -564,6 +602,17 @@ impl Message for PeerMessage {
                 out.put_u64(*generation);
                 record.encode(out);
             }
+            PeerMessage::ReplicateClaim {
+                generation,
+                base,
+                record,
+            } => {
+                out.put_u64(*generation);
+                put_addr(out, &base.owner);
+                out.put_u64(base.generation);
+                out.put_u32(base.writer);
+                record.encode(out);
+            }
             PeerMessage::Moved { session_id, owner } => {
                 out.put_slice(&session_id.0);
                 put_addr(out, owner);
@@ -632,6 +681,15 @@ impl Message for PeerMessage {
             },
             op::REPLICATE => PeerMessage::Replicate {
                 generation: r.u64()?,
+                record: SessionRecord::decode(&mut r, limits)?,
+            },
+            op::REPLICATE_CLAIM => PeerMessage::ReplicateClaim {
+                generation: r.u64()?,
+                base: ClaimBase {
+                    owner: r.addr()?,
+                    generation: r.u64()?,
+                    writer: r.u32()?,
+                },
                 record: SessionRecord::decode(&mut r, limits)?,
             },
             op::DROP => PeerMessage::Drop {

@@ -219,6 +219,17 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
             .prop_map(|(session_id, transfer)| PeerMessage::CopyAck { session_id, transfer }),
         (any::<u64>(), record())
             .prop_map(|(generation, record)| PeerMessage::Replicate { generation, record }),
+        (any::<u64>(), addr(), any::<u64>(), any::<u32>(), record()).prop_map(
+            |(generation, owner, base_generation, writer, record)| PeerMessage::ReplicateClaim {
+                generation,
+                base: sessync_proto::ClaimBase {
+                    owner,
+                    generation: base_generation,
+                    writer,
+                },
+                record,
+            }
+        ),
         (session_id(), any::<u64>()).prop_map(|(session_id, generation)| PeerMessage::Drop {
             session_id,
             generation
@@ -386,7 +397,7 @@ fn each_side_rejects_the_other_sides_opcodes() {
     for opcode in 0..=u8::MAX {
         let is_request = (0x01..=0x0b).contains(&opcode);
         let is_response = (0x81..=0x86).contains(&opcode) || opcode == 0xff;
-        let is_peer = (0x40..=0x4f).contains(&opcode) || (0xc0..=0xca).contains(&opcode) || opcode == 0xff;
+        let is_peer = (0x40..=0x50).contains(&opcode) || (0xc0..=0xca).contains(&opcode) || opcode == 0xff;
         let unknown = |e: Option<sessync_proto::DecodeError>| matches!(e, Some(sessync_proto::DecodeError::UnknownOpcode(op)) if op == opcode);
         assert_eq!(
             unknown(Request::decode_body(opcode, &empty, &limits).err()),

@@ -351,7 +351,7 @@ impl Peers {
         let kind = match &msg {
             PeerMessage::Ping(_) => Kind::Ping,
             PeerMessage::Copy { .. } | PeerMessage::Promote { .. } => Kind::Move,
-            PeerMessage::Replicate { .. } => Kind::Replicate,
+            PeerMessage::Replicate { .. } | PeerMessage::ReplicateClaim { .. } => Kind::Replicate,
             _ => Kind::Other,
         };
         let link = self.link(addr);

@@ -162,6 +162,7 @@ const PEER_LAYOUTS = {
   0x4e: [['features', 'u64']],
   0xca: [['features', 'u64']],
   0x4f: [['acks', 'acks']],
+  0x50: [['generation', 'u64'], ['base_owner', 'addr'], ['base_generation', 'u64'], ['base_writer', 'u32'], ['record', 'record']],
   0xff: [['code', 'u16'], ['message', 'text']],
 };
 
@@ -174,6 +175,7 @@ function peerDecode(frame) {
     if (typeof kind === 'number') out[name] = r.raw(kind);
     else if (kind === 'u8') out[name] = r.u8();
     else if (kind === 'u16') out[name] = r.u16();
+    else if (kind === 'u32') out[name] = r.u32();
     else if (kind === 'u64') out[name] = u64Read(r);
     else if (kind === 'addr') out[name] = addrRead(r);
     else if (kind === 'addrs') out[name] = addrsRead(r);
@@ -192,6 +194,7 @@ function peerEncode(opcode, fields) {
     if (typeof kind === 'number') { assert.equal(v.length, kind); w.raw(v); }
     else if (kind === 'u8') w.u8(v);
     else if (kind === 'u16') w.u16(v);
+    else if (kind === 'u32') w.u32(v);
     else if (kind === 'u64') u64Write(w, v);
     else if (kind === 'addr') addrWrite(w, v);
     else if (kind === 'addrs') addrsWrite(w, v);
@@ -223,6 +226,7 @@ const PEER = {
   copy_ack: [5, 0x44, { session_id: SESSION, transfer: TRANSFER }],
   ok: [5, 0xc6, {}],
   replicate: [9, 0x45, { generation: 1n, record: RECORD }],
+  replicate_claim: [9, 0x50, { generation: 3n, base_owner: ['10.0.0.2', 7400], base_generation: 2n, base_writer: 0x12345679, record: RECORD }],
   drop: [10, 0x46, { session_id: SESSION, generation: 1n }],
   retire: [12, 0x4c, { session_id: SESSION, generation: 3n }],
   copy_refused: [13, 0x4d, { session_id: SESSION, transfer: TRANSFER }],

@@ -184,6 +184,16 @@ PEER_LAYOUTS = {
     0x4E: ("features", [("features", "u64")]),
     0xCA: ("features_are", [("features", "u64")]),
     0x4F: ("copy_acks", [("acks", "acks")]),
+    0x50: (
+        "replicate_claim",
+        [
+            ("generation", "u64"),
+            ("base_owner", "addr"),
+            ("base_generation", "u64"),
+            ("base_writer", "u32"),
+            ("record", "record"),
+        ],
+    ),
     0xFF: ("error", [("code", "u16"), ("message", "text")]),
 }
 
@@ -201,6 +211,8 @@ def peer_decode(frame: Frame) -> Tuple[str, dict]:
             out[fname] = r.u8()
         elif kind == "u16":
             out[fname] = r.u16()
+        elif kind == "u32":
+            out[fname] = r.u32()
         elif kind == "u64":
             out[fname] = r.u64()
         elif kind == "addr":
@@ -229,6 +241,8 @@ def peer_encode(opcode: int, fields: dict) -> bytes:
             w.u8(v)
         elif kind == "u16":
             w.u16(v)
+        elif kind == "u32":
+            w.u32(v)
         elif kind == "u64":
             w.u64(v)
         elif kind == "addr":
@@ -273,6 +287,17 @@ PEER = {
     "copy_ack": (5, 0x44, {"session_id": SESSION, "transfer": TRANSFER}),
     "ok": (5, 0xC6, {}),
     "replicate": (9, 0x45, {"generation": 1, "record": RECORD}),
+    "replicate_claim": (
+        9,
+        0x50,
+        {
+            "generation": 3,
+            "base_owner": ("10.0.0.2", 7400),
+            "base_generation": 2,
+            "base_writer": 0x12345679,
+            "record": RECORD,
+        },
+    ),
     "drop": (10, 0x46, {"session_id": SESSION, "generation": 1}),
     "retire": (12, 0x4C, {"session_id": SESSION, "generation": 3}),
     "copy_refused": (13, 0x4D, {"session_id": SESSION, "transfer": TRANSFER}),

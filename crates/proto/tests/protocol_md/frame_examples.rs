@@ -3,7 +3,7 @@
 //! checks).
 
 use super::*;
-use sessync_proto::{ErrorReply, MemberInfo, MemberState, SessionReply};
+use sessync_proto::{ClaimBase, ErrorReply, MemberInfo, MemberState, SessionReply};
 
 /// Every frame example protocol.md must contain, by name, as its prose describes it.
 pub(super) fn frame_examples() -> BTreeMap<&'static str, Expected> {
@@ -294,6 +294,21 @@ pub(super) fn frame_examples() -> BTreeMap<&'static str, Expected> {
             9,
             PeerMessage::Replicate {
                 generation: 1,
+                record: record(),
+            },
+        ),
+    );
+    add(
+        "replicate_claim",
+        Peer(
+            9,
+            PeerMessage::ReplicateClaim {
+                generation: 3,
+                base: ClaimBase {
+                    owner: addr("10.0.0.2:7400"),
+                    generation: 2,
+                    writer: 0x1234_5679,
+                },
                 record: record(),
             },
         ),

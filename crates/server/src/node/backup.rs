@@ -86,7 +86,14 @@ impl Node {
                 .collect()
         };
         match self
-            .replicate_round(id, snap.generation, &snap.record, &current, prefer)
+            .replicate_round(
+                id,
+                snap.generation,
+                &snap.record,
+                &current,
+                prefer,
+                self.unconfirmed_claim_base(&id, snap.generation),
+            )
             .await
         {
             // Given up here while the round ran (the peer port stored a newer owner's
@@ -153,7 +160,8 @@ impl Node {
 
     /// One REPLICATE round of `record` (owned here under `generation`): every node in
     /// `current` gets it (they may hold older copies of ours), then new candidates until
-    /// `replicas` confirmed. The caller holds the session's replication stripe.
+    /// `replicas` confirmed. The caller holds the session's replication stripe. `base`:
+    /// for a claim of a backup copy, the copy claimed (sent as REPLICATE_CLAIM).
     ///
     /// Fencing (protocol.md 12.2): a node in `current` that fails stays a holder, so the
     /// write cannot be acknowledged until it confirms a later state; a new candidate that
@@ -167,6 +175,7 @@ impl Node {
         record: &sessync_proto::SessionRecord,
         current: &[SocketAddr],
         prefer: &[SocketAddr],
+        base: Option<sessync_proto::ClaimBase>,
     ) -> RoundOutcome {
         let want = usize::from(self.config.replicas);
         let overall = Instant::now() + self.config.peer_timeout * 2;
@@ -216,9 +225,14 @@ impl Node {
             }
             let deadline = (Instant::now() + self.config.peer_timeout).min(overall);
             let ask = |b: SocketAddr| {
-                let msg = PeerMessage::Replicate {
-                    generation,
-                    record: record.clone(),
+                let record = record.clone();
+                let msg = match base {
+                    Some(base) => PeerMessage::ReplicateClaim {
+                        generation,
+                        base,
+                        record,
+                    },
+                    None => PeerMessage::Replicate { generation, record },
                 };
                 let reply = self.peers.request(b, msg, deadline);
                 async move { (b, reply.await) }

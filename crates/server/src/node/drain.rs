@@ -584,10 +584,12 @@ impl Node {
                 node_id: self.node_id,
                 uptime_ms: self.uptime().as_millis().min(u128::from(u64::MAX)) as u64,
             },
-            PeerMessage::Replicate { .. } => PeerMessage::Error(ErrorReply::new(
-                ErrorCode::ShuttingDown,
-                "this node is leaving the cluster; it takes no new backup copies",
-            )),
+            PeerMessage::Replicate { .. } | PeerMessage::ReplicateClaim { .. } => {
+                PeerMessage::Error(ErrorReply::new(
+                    ErrorCode::ShuttingDown,
+                    "this node is leaving the cluster; it takes no new backup copies",
+                ))
+            }
             _ => PeerMessage::Error(ErrorReply::new(ErrorCode::UnknownOpcode, "not a peer request")),
         }
     }

@@ -562,7 +562,10 @@ impl Node {
                     &with_lineage(&claim.holders),
                     backups,
                     &[],
-                    Some(failed),
+                    Some(super::install::ClaimOf {
+                        failed,
+                        base: claim.base,
+                    }),
                 )
                 .await;
             // A holder whose process changed after `failed` last wrote the copy claimed

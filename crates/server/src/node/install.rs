@@ -217,7 +217,14 @@ impl Node {
         let receiving = (!claim && self.config.replicas > 0)
             .then(|| Receiving::start(&self.receiving, record.id, transfer));
         let landed = self
-            .protect_and_install(transfer, record, &current, &first, stale, failed)
+            .protect_and_install(
+                transfer,
+                record,
+                &current,
+                &first,
+                stale,
+                failed.map(|failed| ClaimOf { failed, base: None }),
+            )
             .await;
         drop(receiving);
         if let Landed::EarlierProcess(holder) = landed {
@@ -358,8 +365,8 @@ impl Node {
     /// generation higher (at most [`MAX_CLAIM_BUMPS`] times; 12.3).
     /// Never the failed owner of a failover: it may be alive and cut off, and its holders'
     /// refusal is what keeps a second owner out (seed 168).
-    /// `failed`: for a claim (a failover's takeover, not a move), the owner it takes over
-    /// from. A rival claim that placed its copy on
+    /// `claim_of`: for a claim (a failover's takeover, not a move), the owner it takes over
+    /// from (`failed`) and the backup copy claimed. A rival claim that placed its copy on
     /// this node, as a holder, while this one was being placed wins: this node confirmed
     /// that copy, so its owner may have acknowledged writes on it, and installing over it
     /// threw them away (seed 168 again, with the read lease: two backups promoted at once,
@@ -372,8 +379,10 @@ impl Node {
         current: &[SocketAddr],
         prefer: &[SocketAddr],
         stale: &[SocketAddr],
-        failed: Option<SocketAddr>,
+        claim_of: Option<ClaimOf>,
     ) -> Landed {
+        let failed = claim_of.map(|c| c.failed);
+        let base = claim_of.and_then(|c| c.base);
         let claim = failed.is_some();
         let id = record.id;
         let first_generation = generation;
@@ -402,7 +411,7 @@ impl Node {
             let mut bumps = 0;
             let outcome = loop {
                 let round = self
-                    .replicate_round(id, generation, record, current, prefer)
+                    .replicate_round(id, generation, record, current, prefer, base)
                     .await;
                 // Also a node that took this very copy in the round, as a holder: it gave
                 // its own pending claim of this generation up to this one (12.2: between
@@ -567,7 +576,7 @@ impl Node {
                             self.mark_unconfirmed_claim(id);
                             // A moved copy is not marked: it carries what its giver
                             // acknowledged (`rival_claims.rs`).
-                            self.mark_never_acknowledged(id, generation);
+                            self.mark_never_acknowledged(id, generation, base);
                         } else {
                             self.mark_move_never_acknowledged(id, generation);
                         }
@@ -643,4 +652,15 @@ pub(super) fn with_lineage(holders: &[SocketAddr], lineage: &[SocketAddr]) -> Ve
     let mut all = holders.to_vec();
     all.extend(lineage.iter().filter(|l| !holders.contains(l)));
     all
+}
+
+/// A claim being installed ([`Node::protect_and_install`]): the owner it takes the session
+/// over from, and the backup copy claimed (its rounds name it: REPLICATE_CLAIM), if the
+/// claim is of a backup copy held here.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ClaimOf {
+    /// The failed owner.
+    pub(super) failed: SocketAddr,
+    /// The backup copy claimed.
+    pub(super) base: Option<sessync_proto::ClaimBase>,
 }

@@ -249,9 +249,10 @@ pub struct Node {
     /// Sessions with a copy at a holder that restarted since (`holder_restarts.rs`).
     unsure_holders: holder_restarts::UnsureHolders,
     /// Claims installed here without the confirmations they need, which have acknowledged
-    /// no write since, with their generation (`rival_claims.rs`). Forgetting one is safe:
+    /// no write since, with their generation and the backup copy claimed
+    /// (`rival_claims.rs`). Forgetting one is safe:
     /// the copy then counts as one that may have acknowledged.
-    never_acknowledged: memo::SessionMemo<u64>,
+    never_acknowledged: memo::SessionMemo<(u64, Option<sessync_proto::ClaimBase>)>,
     /// Moved copies installed here without the confirmations they need, which have
     /// acknowledged no write since, with their generation (`rival_claims.rs`): unlike
     /// claims, they never yield to a rival, but a sibling branch's copy may replace them.

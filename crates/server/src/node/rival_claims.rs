@@ -33,7 +33,7 @@
 //! confirmations is remembered as never acknowledged too, not to yield to rivals, but so
 //! that a failover may take a sibling branch of its generation over it (`fetch.rs`).
 
-use sessync_proto::{ErrorCode, ErrorReply, PeerIdentity, SessionRecord};
+use sessync_proto::{ClaimBase, ErrorCode, ErrorReply, PeerIdentity, SessionRecord};
 
 use super::*;
 
@@ -47,9 +47,11 @@ impl Node {
     /// confirmed by the backups it needs: it has acknowledged nothing yet. With
     /// `--backup-policy degrade` a write is acknowledged with fewer copies, so nothing is
     /// remembered.
-    pub(super) fn mark_never_acknowledged(&self, id: SessionId, generation: u64) {
+    /// `base`: the backup copy the claim was made from, named in the claim's later
+    /// rounds too until one completes (REPLICATE_CLAIM).
+    pub(super) fn mark_never_acknowledged(&self, id: SessionId, generation: u64, base: Option<ClaimBase>) {
         if self.config.backup_policy != BackupPolicy::Degrade {
-            let _ = self.never_acknowledged.insert(id, generation, now_ms());
+            let _ = self.never_acknowledged.insert(id, (generation, base), now_ms());
         }
     }
 
@@ -75,7 +77,7 @@ impl Node {
     /// acknowledged no write under that generation: everything acknowledged in it was
     /// acknowledged by the generation before, which a sibling copy of the same generation
     /// carries too (fencing, protocol.md 12.2). A forgotten mark counts as "may have".
-    pub(super) fn acknowledged_nothing_here(&self, id: &SessionId, generation: u64) -> bool {
+    pub(crate) fn acknowledged_nothing_here(&self, id: &SessionId, generation: u64) -> bool {
         self.never_acknowledged(id, generation)
             || (self.moves_never_acknowledged.get(id) == Some(generation)
                 && self.table.live_generation(id, now_ms()) == Some(generation))
@@ -84,13 +86,28 @@ impl Node {
     /// Whether this node's live copy of `id` under `generation` has never acknowledged a
     /// write. A forgotten entry counts as "may have acknowledged", the safe side.
     pub(super) fn never_acknowledged(&self, id: &SessionId, generation: u64) -> bool {
-        self.never_acknowledged.get(id) == Some(generation)
+        self.never_acknowledged.get(id).map(|(g, _)| g) == Some(generation)
             && self.table.live_generation(id, now_ms()) == Some(generation)
+    }
+
+    /// The backup copy this node's live claim of `id` under `generation` was made from,
+    /// while the claim has acknowledged nothing: its rounds name it (REPLICATE_CLAIM), so
+    /// that the live owner of a rival lineage of that copy's generation refuses the claim
+    /// at whichever round reaches it (in simulation seed 35328 with crashes the claim's
+    /// first rounds were lost, and a later one reached that owner; there the owner was
+    /// handing its copy over by then, which this refusal does not cover).
+    pub(super) fn unconfirmed_claim_base(&self, id: &SessionId, generation: u64) -> Option<ClaimBase> {
+        match self.never_acknowledged.get(id)? {
+            (g, base) if g == generation && self.table.live_generation(id, now_ms()) == Some(generation) => {
+                base
+            }
+            _ => None,
+        }
     }
 
     /// Whether this node's live copy of `id` under `generation` may have acknowledged a
     /// write, so that it must not give up to a rival of that generation.
-    pub(super) fn may_have_acknowledged(&self, id: &SessionId, generation: u64) -> bool {
+    pub(crate) fn may_have_acknowledged(&self, id: &SessionId, generation: u64) -> bool {
         self.table.live_generation(id, now_ms()) == Some(generation)
             && !self.never_acknowledged(id, generation)
     }

@@ -222,6 +222,7 @@ pub(super) async fn run_link(
             queued = rx.recv() => {
                 let Some(first) = queued else { break };
                 let mut acks = Vec::new();
+                let first = spoken_on(first, conn.features);
                 if feed_or_hold(&mut sink, first, fold_acks.then_some(&mut acks)).await.is_err() { break }
                 // Under load (other requests of this link await replies), the tasks about
                 // to queue more requests here run first: this task runs again once its
@@ -231,6 +232,7 @@ pub(super) async fn run_link(
                     tokio::task::yield_now().await;
                 }
                 while let Ok(more) = rx.try_recv() {
+                    let more = spoken_on(more, conn.features);
                     if feed_or_hold(&mut sink, more, fold_acks.then_some(&mut acks)).await.is_err() { break }
                 }
                 if feed_acks(&mut sink, &conn, acks).await.is_err() { break }
@@ -283,6 +285,18 @@ pub(super) async fn run_link(
 
 /// The writing half of a link.
 type LinkSink = SplitSink<Framed<Stream, FrameCodec>, (u64, PeerMessage)>;
+
+/// A request as this link may carry it: a claim's REPLICATE_CLAIM goes as a plain
+/// REPLICATE to a node that does not know it (protocol.md 9.3; such a node never refuses
+/// a claim for its base, as before the feature).
+fn spoken_on((id, msg): (u64, PeerMessage), features: u64) -> (u64, PeerMessage) {
+    match msg {
+        PeerMessage::ReplicateClaim {
+            generation, record, ..
+        } if features & peer_feature::CLAIM_BASE == 0 => (id, PeerMessage::Replicate { generation, record }),
+        msg => (id, msg),
+    }
+}
 
 /// Writes a queued request into the link's write buffer, or, when `acks` is given (the
 /// link folds acknowledgements) and it is a COPY_ACK, holds it for [`feed_acks`].

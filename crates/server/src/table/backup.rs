@@ -17,6 +17,9 @@ pub enum Replicated {
     Moved(SocketAddr),
     /// This node owns the session itself: the sender must stop serving it.
     OwnedHere,
+    /// This node owns the session live under the generation a claim was made from, and
+    /// the claimed copy is not its own: a rival lineage of that generation, refused.
+    RivalLineage,
     /// The session was destroyed here: nothing is stored, and the sender must not count
     /// this node as holding its write.
     Destroyed,
@@ -68,7 +71,7 @@ impl Table {
         record: &SessionRecord,
         now: u64,
     ) -> Replicated {
-        self.replicate_in_from(owner, generation, record, now, false)
+        self.replicate_in_from(owner, generation, record, now, false, None)
     }
 
     /// A backup's step: stores `record`, sent by `owner`, which owns it under
@@ -77,7 +80,8 @@ impl Table {
     /// answers with that node when the sender is not it or newer: the sender lost the
     /// session. `sender_gone`: the sender's process is one that another has replaced at
     /// its address since, so this is a late message of a process that is gone
-    /// (`peer_link/processes.rs`).
+    /// (`peer_link/processes.rs`). `rival_base`: the sender claims a copy of this
+    /// generation that is not this node's own (REPLICATE_CLAIM).
     pub fn replicate_in_from(
         &self,
         owner: PeerIdentity,
@@ -85,6 +89,7 @@ impl Table {
         record: &SessionRecord,
         now: u64,
         sender_gone: bool,
+        rival_base: Option<u64>,
     ) -> Replicated {
         let id = record.id;
         let shard = self.shard(&id);
@@ -155,6 +160,15 @@ impl Table {
                     // and its own holders are fenced. An older or equal sender is refused.
                     Entry::Live(l) if !l.expired(now) && generation <= l.received => {
                         return Replicated::OwnedHere
+                    }
+                    // A claim of a rival lineage of this owner's generation (another
+                    // owner's copy of it, or this address's earlier process's): it holds
+                    // none of the writes this owner acknowledged under it (simulation
+                    // seed 16020 without crashes: the claim that lost a tie of two claims
+                    // left its copy at a third node, which claimed it a generation up,
+                    // and this owner yielded to it with an acknowledged append).
+                    Entry::Live(l) if !l.expired(now) && rival_base == Some(l.received) => {
+                        return Replicated::RivalLineage
                     }
                     // Nor does a dead process's late REPLICATE supersede the owner here:
                     // whatever its claim acknowledged is on the holders that confirmed it,

@@ -2,6 +2,7 @@
 //! installing, and claiming a failed owner's copy (protocol.md 11 and 12.3).
 
 use super::*;
+use sessync_proto::ClaimBase;
 
 /// A handover this node has under way ([`Table::handover_under_way`]).
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +44,9 @@ pub struct Claimed {
     /// The nodes that held copies of it when it was handed over from here (empty for a
     /// backup copy): they must all take the new state before a write is acknowledged.
     pub holders: Box<[SocketAddr]>,
+    /// The backup copy claimed (REPLICATE_CLAIM names it); `None` for this node's own
+    /// copy (a kept copy, or one it handed over and takes back).
+    pub base: Option<ClaimBase>,
 }
 
 impl Table {
@@ -451,13 +455,18 @@ impl Table {
         }
         let mut out = None;
         self.transform(shard, r.value_mut(), |old| {
-            let (live, generation) = match old {
+            let (live, generation, base) = match old {
                 Entry::Backup(b) => {
                     tracing::info!(session = %id, failed = %failed_owner, "promoting a local backup copy");
                     let g = b.live.received + 1;
+                    let base = (!b.kept).then_some(ClaimBase {
+                        owner: b.owner,
+                        generation: b.live.received,
+                        writer: b.writer,
+                    });
                     let mut live = b.live;
                     live.meta.version = claim_version(live.meta.version);
-                    (live, g)
+                    (live, g, base)
                 }
                 Entry::HandingOver(h) => {
                     // The same generation as the copy handed over, not the next: if the
@@ -467,7 +476,7 @@ impl Table {
                     tracing::info!(session = %id, failed = %failed_owner, "taking back a copy its receiver never took over");
                     let mut live = h.live;
                     live.meta.version = claim_version(live.meta.version);
-                    (live, h.transfer)
+                    (live, h.transfer, None)
                 }
                 other => return other,
             };
@@ -475,6 +484,7 @@ impl Table {
                 generation,
                 record: live.record(id),
                 holders: live.backups.clone(),
+                base,
             });
             Entry::HandingOver(Box::new(HandingOver {
                 to: me.advertised,
