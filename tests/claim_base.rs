@@ -16,8 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use common::member::{ask, dial_as_member};
 use common::*;
-use futures_util::SinkExt;
-use sessync_proto::{peer_feature, ClaimBase, PeerMessage, SessionId};
+use sessync_proto::{ClaimBase, PeerMessage, SessionId};
 use tokio::time::timeout;
 
 /// A fake holder's answers: OK to every copy, NOT_FOUND to LOCATE (it owns nothing).
@@ -100,41 +99,25 @@ async fn the_live_owner_refuses_a_claim_of_a_rival_lineage_of_its_generation() {
 /// a plain REPLICATE).
 type Received = Arc<Mutex<Vec<(u64, Option<ClaimBase>)>>>;
 
-/// A fake holder of this release: it answers FEATURES with every feature, records the
-/// copies it is sent and answers as [`holder_answer`].
+/// A fake holder of this release (it answers FEATURES with every feature): it records
+/// the copies it is sent and answers as [`holder_answer`].
 async fn holder_of_this_release(node_id: [u8; 16], received: Received) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let received = received.clone();
-            tokio::spawn(async move {
-                let Some(mut framed) = accept_peer(s, node_id, addr).await else {
-                    return;
-                };
-                let (_never, mut restarted) = tokio::sync::watch::channel(());
-                while let Some((id, msg)) = next_peer_request(&mut framed, &mut restarted).await {
-                    let answer = match &msg {
-                        PeerMessage::Ping(n) => PeerMessage::Pong(*n),
-                        PeerMessage::Features(_) => PeerMessage::FeaturesAre(peer_feature::ALL),
-                        PeerMessage::Replicate { generation, .. } => {
-                            received.lock().unwrap().push((*generation, None));
-                            PeerMessage::Ok
-                        }
-                        PeerMessage::ReplicateClaim { generation, base, .. } => {
-                            received.lock().unwrap().push((*generation, Some(*base)));
-                            PeerMessage::Ok
-                        }
-                        m => holder_answer(m),
-                    };
-                    if framed.send((id, answer)).await.is_err() {
-                        return;
-                    }
+    scripted_peer_of_this_release(
+        node_id,
+        Arc::new(move |m| {
+            match m {
+                PeerMessage::Replicate { generation, .. } => {
+                    received.lock().unwrap().push((*generation, None))
                 }
-            });
-        }
-    });
-    addr
+                PeerMessage::ReplicateClaim { generation, base, .. } => {
+                    received.lock().unwrap().push((*generation, Some(*base)))
+                }
+                _ => {}
+            }
+            Some(holder_answer(m))
+        }),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

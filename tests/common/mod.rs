@@ -471,8 +471,29 @@ pub fn read_peer(f: sessync_proto::Frame) -> sessync_proto::PeerMessage {
 }
 
 /// [`scripted_peer`] with answers that may take time: one connection's requests are
-/// answered in order, each after its script's future ends.
+/// answered in order, each after its script's future ends. It answers FEATURES as a node
+/// of a release before FEATURES does.
 pub async fn scripted_peer_async(node_id: [u8; 16], script: AsyncPeerScript) -> SocketAddr {
+    serve_scripted(node_id, script, None).await
+}
+
+/// [`scripted_peer`] as a node of this release: it answers FEATURES with every feature
+/// (protocol.md 9.3), so the node's link to it uses them all.
+pub async fn scripted_peer_of_this_release(node_id: [u8; 16], script: PeerScript) -> SocketAddr {
+    serve_scripted(
+        node_id,
+        std::sync::Arc::new(move |m| {
+            let answer = script(&m);
+            Box::pin(async move { answer })
+        }),
+        Some(sessync_proto::peer_feature::ALL),
+    )
+    .await
+}
+
+/// The fake peer behind [`scripted_peer_async`] and [`scripted_peer_of_this_release`]:
+/// `features` is its answer to FEATURES, `None` for a release that predates it.
+async fn serve_scripted(node_id: [u8; 16], script: AsyncPeerScript, features: Option<u64>) -> SocketAddr {
     use futures_util::{SinkExt, StreamExt};
     use sessync_proto::PeerMessage;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -486,15 +507,16 @@ pub async fn scripted_peer_async(node_id: [u8; 16], script: AsyncPeerScript) -> 
                 };
                 while let Some(Ok(f)) = framed.next().await {
                     let (id, msg) = (f.request_id, read_peer(f));
-                    let answer = match msg {
-                        PeerMessage::Ping(n) => Some(PeerMessage::Pong(n)),
+                    let answer = match (msg, features) {
+                        (PeerMessage::Ping(n), _) => Some(PeerMessage::Pong(n)),
+                        (PeerMessage::Features(_), Some(ours)) => Some(PeerMessage::FeaturesAre(ours)),
                         // As a node that predates FEATURES (protocol.md 9.3): the node
                         // dials again without asking.
-                        PeerMessage::Features(_) => {
+                        (PeerMessage::Features(_), None) => {
                             let _ = framed.send((id, older_release_refusal())).await;
                             return;
                         }
-                        msg => script(msg).await,
+                        (msg, _) => script(msg).await,
                     };
                     if let Some(answer) = answer {
                         if framed.send((id, answer)).await.is_err() {

@@ -107,7 +107,7 @@ impl Node {
 
     /// Whether this node's live copy of `id` under `generation` may have acknowledged a
     /// write, so that it must not give up to a rival of that generation.
-    pub(crate) fn may_have_acknowledged(&self, id: &SessionId, generation: u64) -> bool {
+    pub(super) fn may_have_acknowledged(&self, id: &SessionId, generation: u64) -> bool {
         self.table.live_generation(id, now_ms()) == Some(generation)
             && !self.never_acknowledged(id, generation)
     }

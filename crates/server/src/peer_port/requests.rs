@@ -312,7 +312,6 @@ fn replicate_here(
 ) -> PeerMessage {
     let rival_base = base
         .filter(|b| b.owner != node.advertise || (b.writer != 0 && b.writer != writer_tag(&node.node_id)))
-        .filter(|b| node.may_have_acknowledged(&record.id, b.generation))
         .filter(|b| !node.acknowledged_nothing_here(&record.id, b.generation))
         .map(|b| b.generation);
     let sender_gone = node.peers.processes.replaced(peer);
