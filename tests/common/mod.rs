@@ -387,14 +387,15 @@ pub type AsyncPeerScript = std::sync::Arc<
 /// `node_id`), answers PING (every peer must answer liveness probes), and answers every
 /// other request as `script` says.
 pub async fn scripted_peer(node_id: [u8; 16], script: PeerScript) -> SocketAddr {
-    scripted_peer_async(
-        node_id,
-        std::sync::Arc::new(move |m| {
-            let answer = script(&m);
-            Box::pin(async move { answer })
-        }),
-    )
-    .await
+    scripted_peer_async(node_id, answered_at_once(script)).await
+}
+
+/// `script` as an [`AsyncPeerScript`] whose answers are ready at once.
+fn answered_at_once(script: PeerScript) -> AsyncPeerScript {
+    std::sync::Arc::new(move |m| {
+        let answer = script(&m);
+        Box::pin(async move { answer })
+    })
 }
 
 /// Two fake members (node ids 7 and 8) answering from one shared state, for tests whose
@@ -482,10 +483,7 @@ pub async fn scripted_peer_async(node_id: [u8; 16], script: AsyncPeerScript) -> 
 pub async fn scripted_peer_of_this_release(node_id: [u8; 16], script: PeerScript) -> SocketAddr {
     serve_scripted(
         node_id,
-        std::sync::Arc::new(move |m| {
-            let answer = script(&m);
-            Box::pin(async move { answer })
-        }),
+        answered_at_once(script),
         Some(sessync_proto::peer_feature::ALL),
     )
     .await
