@@ -488,3 +488,59 @@ async fn a_round_placing_the_held_state_again_renews_the_owners_lease() {
     );
     stop(vec![node]).await;
 }
+
+/// A holder for [`created_beside`] that stores every copy until `silent` is set, and from
+/// then on answers nothing (paused, or every message to it lost).
+fn holder_until_silent(silent: std::sync::Arc<std::sync::atomic::AtomicBool>) -> PeerScript {
+    use sessync_proto::PeerMessage;
+    std::sync::Arc::new(move |m: &PeerMessage| {
+        if silent.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        Some(match m {
+            PeerMessage::Epoch => PeerMessage::EpochIs {
+                node_id: [7; 16],
+                uptime_ms: 0,
+            },
+            _ => PeerMessage::Ok,
+        })
+    })
+}
+
+/// A copy whose last round began more than three leases ago (what a node paused or cut
+/// off for long holds) is not served when no node answers its renewal round: any holder
+/// may have claimed the session meanwhile and destroyed it (simulation seed 49365 with
+/// crashes: the renewal after a 22 s pause lost both its REPLICATEs, and a destroyed
+/// session was read back). Such a round renews nothing, so a retry runs a round again
+/// and is refused again; once the holder answers, the read is served. Checked: without
+/// the refusal the first read is served; with it but with the round renewing the lease
+/// (the rule before), the second is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_copy_no_node_answered_for_is_not_served() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let silent = Arc::new(AtomicBool::new(false));
+    let holder = scripted_peer([7; 16], holder_until_silent(silent.clone())).await;
+    let (node, c, token) = created_beside(vec![holder], Duration::from_millis(300)).await;
+    silent.store(true, Ordering::SeqCst);
+    tokio::time::sleep(LEASE * 3 + Duration::from_millis(200)).await;
+    for _ in 0..2 {
+        let got = timeout(WAIT, c.get(&token)).await.unwrap();
+        assert!(
+            matches!(
+                &got,
+                Err(ClientError::Server {
+                    code: ErrorCode::OwnerUnreachable,
+                    ..
+                })
+            ),
+            "an old copy no node answered for was answered {got:?}"
+        );
+    }
+    silent.store(false, Ordering::SeqCst);
+    let s = timeout(WAIT, c.get(&token)).await.unwrap().unwrap();
+    assert_eq!(s.attributes.get("x").map(|v| v.as_ref()), Some(&b"1"[..]));
+    let st = timeout(WAIT, c.stats()).await.unwrap().unwrap();
+    assert_eq!(stat(&st, "read_lease_refusals"), 2, "{st:?}");
+    stop(vec![node]).await;
+}

@@ -69,6 +69,9 @@ pub(crate) struct Stats {
     pub(crate) indeterminate: AtomicU64,
     /// Reads that ran a replication round first: their lease had lapsed (protocol.md 12.5).
     pub(crate) read_lease_rounds: AtomicU64,
+    /// Reads answered OWNER_UNREACHABLE because no holder confirmed the renewal round of an
+    /// old copy (protocol.md 12.5).
+    pub(crate) read_lease_refusals: AtomicU64,
     /// Failover claims that waited for, or PROMOTEs refused until, the failed owner's read
     /// lease ended (protocol.md 12.3).
     pub(crate) claims_waited_for_lease: AtomicU64,
@@ -132,6 +135,7 @@ impl Stats {
             ("under_replicated_writes".into(), g(&self.under_replicated_writes)),
             ("indeterminate".into(), g(&self.indeterminate)),
             ("read_lease_rounds".into(), g(&self.read_lease_rounds)),
+            ("read_lease_refusals".into(), g(&self.read_lease_refusals)),
             ("claims_waited_for_lease".into(), g(&self.claims_waited_for_lease)),
             ("backup_unavailable".into(), g(&self.backup_unavailable)),
             ("promotions".into(), g(&self.promotions)),

@@ -70,6 +70,7 @@ impl Node {
                 confirmed: snap.backups.clone(),
                 holders: snap.backups,
                 yielding: Box::default(),
+                heard_from: 0,
             });
         }
         // A backup the operator removed from the cluster (no longer among its peers) is
@@ -115,6 +116,12 @@ impl Node {
                 }
                 if b.complete(usize::from(self.config.replicas)) {
                     self.forget_never_acknowledged(id);
+                }
+                if b.heard_from == 0 && self.lease_long_lapsed(&snap) {
+                    // No node answered a round of a copy whose lease had long lapsed (a
+                    // node paused or cut off for long): it renews nothing, so the next
+                    // read runs a round again (protocol.md 12.5).
+                    self.table.read_lease_not_renewed(&id, &snap);
                 }
                 Replication::Done(b)
             }
@@ -180,6 +187,7 @@ impl Node {
         let want = usize::from(self.config.replicas);
         let overall = Instant::now() + self.config.peer_timeout * 2;
         let mut confirmed: Vec<SocketAddr> = Vec::new();
+        let mut heard_from = 0usize;
         let mut holders: Vec<SocketAddr> = Vec::new();
         let mut batch: Vec<SocketAddr> = Vec::with_capacity(current.len());
         for &a in current {
@@ -255,6 +263,7 @@ impl Node {
             let mut answered: Vec<SocketAddr> = Vec::with_capacity(batch.len());
             while let Some((b, reply)) = replies.next().await {
                 answered.push(b);
+                heard_from += usize::from(reply.is_ok());
                 match reply {
                     // A tombstone there: the session was destroyed or rotated away by a
                     // later owner; never install or acknowledge this copy (seed 51).
@@ -359,6 +368,7 @@ impl Node {
                 confirmed: confirmed.into(),
                 holders: holders.into(),
                 yielding: yield_promised.into(),
+                heard_from,
             }),
         }
     }

@@ -111,6 +111,9 @@ struct Backups {
     /// generation that never acknowledged a write and yields to this copy once its own
     /// round is over (`rival_claims.rs`), so its copy met here is no rival to yield to.
     yielding: Box<[SocketAddr]>,
+    /// How many nodes answered the round at all (any message): none means every holder
+    /// and candidate was silent or unreachable (a read lease's renewal then tells nothing).
+    heard_from: usize,
 }
 
 impl Backups {
@@ -207,6 +210,8 @@ enum LeaseStep {
     Defer,
     /// The copy here was given up: read again.
     ReadAgain,
+    /// No holder confirmed an old copy's renewal round: answered `OWNER_UNREACHABLE`.
+    Unconfirmed,
 }
 
 /// One node's state, shared by all its connections.

@@ -53,21 +53,20 @@ impl Node {
             return LeaseStep::Defer;
         }
         *checked = true;
-        if self.renew_read_lease(r.id, &r.value).await {
-            LeaseStep::Serve
-        } else {
-            LeaseStep::ReadAgain
-        }
+        self.renew_read_lease(r.id, &r.value).await
     }
 
     /// Renews the read lease of the session `s` (`id`) with a replication round. A node
     /// that lost the session without hearing of it (paused, or cut off while a backup
     /// took it over) learns it there, from a holder that knows the newer owner or the
     /// session's tombstone, instead of serving its old state for good (simulation seed
-    /// 271). Returns whether the read may be served from here: `false` when the round
-    /// ended the copy here (a newer owner, a tombstone, or handed on meanwhile); the read
-    /// is then run again, and follows. A round that reached no holder keeps the read
-    /// here: reads stay available while the holders are cut off. A holder found silent
+    /// 271). Returns the read's step: [`LeaseStep::ReadAgain`] when the round ended the
+    /// copy here (a newer owner, a tombstone, or handed on meanwhile); the read is then
+    /// run again, and follows. A round that reached no holder keeps the read
+    /// here (reads stay available while the holders are cut off) unless the copy's last
+    /// round began more than [`SILENT_HOLDER_LEASES`] leases before and no node answered
+    /// this one at all: then the read is refused ([`LeaseStep::Unconfirmed`]), and the
+    /// round renews nothing ([`Node::lease_long_lapsed`]). A holder found silent
     /// within the last peer timeout ([`Peers::silent`](crate::peer_link::Peers)) is
     /// waited for only a tenth of a peer timeout: a live holder's tombstone ends the round
     /// within it (simulation seed 492 without crashes: a destroyed session read
@@ -80,7 +79,7 @@ impl Node {
     /// of this read: an older copy is what a node paused or cut off for long holds, and it
     /// must hear from the holders before it serves again (after the heal, its silence
     /// findings may be its own: its requests timed out while it was stopped).
-    async fn renew_read_lease(&self, id: SessionId, s: &Served) -> bool {
+    async fn renew_read_lease(&self, id: SessionId, s: &Served) -> LeaseStep {
         Stats::bump(&self.stats.read_lease_rounds);
         let lately = self.config.peer_timeout;
         let lease = self.config.read_lease.as_millis() as u64;
@@ -93,14 +92,54 @@ impl Node {
             // background.
             let bound = lately / SILENT_HOLDER_WAIT_DIVISOR;
             return match tokio::time::timeout(bound, self.replicate(id, &[])).await {
-                Ok(outcome) => matches!(outcome, Replication::Done(_)),
+                Ok(Replication::Done(_)) => LeaseStep::Serve,
+                Ok(_) => LeaseStep::ReadAgain,
                 Err(_) => {
                     let _ = self.refresh.try_send(id);
-                    true
+                    LeaseStep::Serve
                 }
             };
         }
-        matches!(self.replicate(id, &[]).await, Replication::Done(_))
+        match self.replicate(id, &[]).await {
+            // A copy this old is what a node paused or cut off for long holds: when no
+            // node answered its round at all, any holder may have claimed the session
+            // meanwhile (and destroyed it), so the read is not served from it (simulation
+            // seed 49365 with crashes: the round after a 22 s pause lost both REPLICATEs
+            // and the read returned a session destroyed meanwhile). The client retries;
+            // the round did not renew the lease, so the retry runs another. A claim
+            // installed here from an old backup copy while no holder answers is refused
+            // so too: its access time is the copy's (`tests/unsettled_claim.rs`).
+            Replication::Done(b) if !recent && b.heard_from == 0 => {
+                Stats::bump(&self.stats.read_lease_refusals);
+                LeaseStep::Unconfirmed
+            }
+            Replication::Done(_) => LeaseStep::Serve,
+            _ => LeaseStep::ReadAgain,
+        }
+    }
+}
+
+impl Node {
+    /// Whether the copy `snap` was taken of had had no renewing round for more than
+    /// [`SILENT_HOLDER_LEASES`] leases when it was taken: what a node paused or cut off
+    /// for long holds.
+    pub(super) fn lease_long_lapsed(&self, snap: &crate::table::Snapshot) -> bool {
+        let lease = self.config.read_lease.as_millis() as u64;
+        snap.replicated_before.is_some_and(|before| {
+            snap.record.meta.last_access_ms.saturating_sub(before) > SILENT_HOLDER_LEASES * lease
+        })
+    }
+
+    /// The answer to a read refused by [`LeaseStep::Unconfirmed`]: the client retries (the
+    /// next read runs a round again, which may reach the holders and say whether this
+    /// copy is still the owner's).
+    pub(super) fn unconfirmed_read(&self, request_id: u64, out: &mut BytesMut) -> After {
+        self.error(
+            request_id,
+            ErrorCode::OwnerUnreachable,
+            "no node answered this node's round for its old copy of the session; retry",
+            out,
+        )
     }
 }
 

@@ -157,6 +157,10 @@ impl Node {
                     return After::Defer;
                 }
                 LeaseStep::ReadAgain => {}
+                LeaseStep::Unconfirmed => {
+                    out.truncate(start);
+                    return self.unconfirmed_read(request_id, out);
+                }
             }
         };
         match found {

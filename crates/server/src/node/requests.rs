@@ -74,6 +74,7 @@ impl Node {
                 LeaseStep::Serve => break found,
                 LeaseStep::Defer => return After::Defer,
                 LeaseStep::ReadAgain => {}
+                LeaseStep::Unconfirmed => return self.unconfirmed_read(at.request_id, out),
             }
         };
         match found {

@@ -45,6 +45,10 @@ pub struct Snapshot {
     pub record: SessionRecord,
     /// Its current backups.
     pub backups: Box<[SocketAddr]>,
+    /// The access time the backups had before this snapshot recorded its own (`None`
+    /// without backups): put back when the round renews no read lease
+    /// ([`Table::read_lease_not_renewed`]).
+    pub replicated_before: Option<u64>,
 }
 
 /// What a backup did with a DROP: see [`Table::drop_backup`].
@@ -453,7 +457,7 @@ impl Table {
         // node itself is not rebuilt.
         let mut g = self.shard(id).map.write(id);
         let n = g.find_live_mut(id).filter(|n| !n.expired(now))?;
-        n.note_replicated();
+        let replicated_before = n.note_replicated();
         Some(Snapshot {
             generation: n.received(),
             record: SessionRecord {
@@ -462,7 +466,22 @@ impl Table {
                 attributes: n.packed(),
             },
             backups: n.backup_addrs().into(),
+            replicated_before,
         })
+    }
+
+    /// The round that `snap` began renewed no read lease (protocol.md 12.5: no node
+    /// answered it): the access time the backups had before it is put back, if the copy
+    /// is still the one `snap` was taken of (live under its generation, no round recorded
+    /// since).
+    pub fn read_lease_not_renewed(&self, id: &SessionId, snap: &Snapshot) {
+        let Some(before) = snap.replicated_before else {
+            return;
+        };
+        let mut g = self.shard(id).map.write(id);
+        if let Some(n) = g.find_live_mut(id).filter(|n| n.received() == snap.generation) {
+            n.replicated_back(snap.record.meta.last_access_ms, before);
+        }
     }
 
     /// Whether this node handed the session on by a COPY (or PROMOTE) from `generation`:

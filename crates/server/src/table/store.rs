@@ -334,24 +334,46 @@ impl LiveNode {
 
     /// Records that the current access time is being sent to the backups (a snapshot for
     /// REPLICATE), in place: only the 8 bytes of the extras change, so the node is not
-    /// rebuilt. Without backups there is nothing to record (nothing lags).
-    pub(super) fn note_replicated(&mut self) {
-        let now = self.last_access();
+    /// rebuilt. Returns the time it replaces, to be put back if the round turns out to
+    /// renew no read lease ([`LiveNode::replicated_back`]). Without backups there is
+    /// nothing to record (nothing lags): `None`.
+    pub(super) fn note_replicated(&mut self) -> Option<u64> {
+        let before = self.replicated()?;
+        self.set_replicated(self.last_access());
+        Some(before)
+    }
+
+    /// Puts back the access time the backups had before a round (`before`) if the one
+    /// that round recorded (`sent`) is still there.
+    pub(super) fn replicated_back(&mut self, sent: u64, before: u64) {
+        if self.replicated() == Some(sent) {
+            self.set_replicated(before);
+        }
+    }
+
+    /// The access time the backups last got (`None` without backups).
+    fn replicated(&self) -> Option<u64> {
+        let (backups, replicated, _) = get_extra(&self.0.slice);
+        replicated.filter(|_| !backups.is_empty())
+    }
+
+    /// Writes the access time the backups got, in place when it can (it always can: the
+    /// table holds the only handle).
+    fn set_replicated(&mut self, at: u64) {
         let (backups, replicated, rest) = get_extra(&self.0.slice);
         if backups.is_empty() || replicated.is_none() {
             return;
         }
-        let at = self.0.slice.len() - rest.len() - 8;
-        // The table holds the only handle (never shared), so this always writes.
+        let field = self.0.slice.len() - rest.len() - 8;
         let written = write_in_place(&mut self.0, |slice| {
-            if let Some(field) = slice.get_mut(at..at + 8) {
-                field.copy_from_slice(&now.to_be_bytes());
+            if let Some(bytes) = slice.get_mut(field..field + 8) {
+                bytes.copy_from_slice(&at.to_be_bytes());
             }
         });
         if !written {
             let h = self.head();
             let (id, meta, received) = (h.id, self.meta(), h.received);
-            *self = LiveNode::new(id, &meta, received, &self.packed(), &backups, now);
+            *self = LiveNode::new(id, &meta, received, &self.packed(), &backups, at);
         }
     }
 

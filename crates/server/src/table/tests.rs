@@ -333,3 +333,35 @@ fn a_snapshot_records_the_access_time_it_sends_in_place() {
     t.set_backups(&id, 0, &[]);
     assert!(t.get(&id, &[], 720).unwrap().backups.is_empty());
 }
+
+/// A round that renews no read lease puts back the access time the backups had before
+/// its snapshot, only while no later round recorded its own and only for the generation
+/// snapped.
+#[test]
+fn a_round_that_renews_nothing_puts_the_access_time_back() {
+    let t = table(10, EvictPolicy::Reject);
+    let (id, _) = t.create(&attrs(&[("u", "alice")]), 10_000, 0, 100).unwrap();
+    let holder = SocketAddr::from(([127, 0, 0, 1], 9));
+    t.set_backups(&id, 0, &[holder]);
+    t.touch(&id, 500).unwrap();
+    let snap = t.snapshot(&id, 510).unwrap();
+    assert_eq!(
+        (snap.record.meta.last_access_ms, snap.replicated_before),
+        (500, Some(100))
+    );
+    assert_eq!(t.get(&id, &[], 520).unwrap().replicated_access_ms, 500);
+    t.read_lease_not_renewed(&id, &snap);
+    assert_eq!(t.get(&id, &[], 530).unwrap().replicated_access_ms, 100);
+    // A later round recorded its own: left alone.
+    let first = t.snapshot(&id, 540).unwrap();
+    assert_eq!(first.record.meta.last_access_ms, 530);
+    t.touch(&id, 560).unwrap();
+    let latest = t.snapshot(&id, 570).unwrap();
+    t.read_lease_not_renewed(&id, &first);
+    assert_eq!(t.get(&id, &[], 580).unwrap().replicated_access_ms, 560);
+    // Another generation's snapshot changes nothing.
+    let mut other = latest.clone();
+    other.generation += 1;
+    t.read_lease_not_renewed(&id, &other);
+    assert_eq!(t.get(&id, &[], 590).unwrap().replicated_access_ms, 560);
+}
