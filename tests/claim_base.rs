@@ -6,7 +6,13 @@
 //!   own copy, and to a plain REPLICATE, which names no base (simulation seed 16020
 //!   without crashes: the owner yielded to such a claim and lost an acknowledged append);
 //! - a node that claims a backup copy sends REPLICATE_CLAIM, naming that copy, to a holder
-//!   whose link uses CLAIM_BASE, and a plain REPLICATE to one that predates FEATURES.
+//!   whose link uses CLAIM_BASE, and a plain REPLICATE to one that predates FEATURES;
+//! - a holder of an owner's copy refuses a claim of that owner's *earlier process's* copy
+//!   of the same generation, naming the owner, and an owner handing its copy to a node
+//!   refuses that node's claim of its own address's earlier process's copy of the
+//!   generation (simulation seed 35328
+//!   with crashes: a paused node claimed a crashed process's copy while the address's
+//!   new process owned the generation anew with an acknowledged append).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,7 +20,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use common::member::{ask, dial_as_member};
+use common::member::{ask, dial_as_member, take_handover};
 use common::*;
 use sessync_proto::{ClaimBase, PeerMessage, SessionId};
 use tokio::time::timeout;
@@ -183,6 +189,116 @@ async fn a_claim_names_the_copy_it_claims_where_the_link_uses_claim_base() {
     assert!(
         older.contains(&(3, true)) && older.iter().all(|(_, plain)| *plain),
         "the holder that predates FEATURES got the claim as a plain REPLICATE: {older:?}"
+    );
+    stop(vec![node]).await;
+}
+
+/// The tag REPLICATE_CLAIM names a writing process by (protocol.md 10, `ClaimBase`).
+fn writer_tag(node_id: [u8; 16]) -> u32 {
+    u32::from_le_bytes([node_id[0], node_id[1], node_id[2], node_id[3]]) | 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_refuses_a_claim_of_the_owners_replaced_process_copy() {
+    let holder = scripted_peer([7; 16], Arc::new(|m| Some(holder_answer(m)))).await;
+    let node = replicating_node_beside_fakes(vec![holder]).await;
+    let me = node.peer_addr();
+    // The owner's address, where a new process ([9; 16]) replaced an earlier one ([5; 16]):
+    // the new one placed its copy of generation 2 here.
+    let owner = nowhere();
+    let (earlier, current) = ([5; 16], [9; 16]);
+    let mut owner_link = dial_as_member(me, current, owner).await;
+    let claimer = nowhere();
+    let mut claimer_link = dial_as_member(me, [3; 16], claimer).await;
+    let claim_of = |id, writer| PeerMessage::ReplicateClaim {
+        generation: 3,
+        base: ClaimBase {
+            owner,
+            generation: 2,
+            writer,
+        },
+        record: record_with_cart(id, b"claimed"),
+    };
+    let placed = |id| PeerMessage::Replicate {
+        generation: 2,
+        record: record_with_cart(id, b"acknowledged"),
+    };
+
+    let id = SessionId::random();
+    assert_eq!(
+        ask(&mut owner_link, 1, placed(id)).await,
+        PeerMessage::Ok,
+        "the copy is stored"
+    );
+    assert_eq!(
+        ask(&mut claimer_link, 2, claim_of(id, writer_tag(earlier))).await,
+        PeerMessage::Moved {
+            session_id: id,
+            owner
+        },
+        "a claim of the earlier process's copy of 2 is refused, naming the owner"
+    );
+    let located = ask(&mut claimer_link, 3, PeerMessage::Locate { session_id: id }).await;
+    assert!(
+        matches!(located, PeerMessage::Located { role: sessync_proto::Role::Backup, addr, generation: Some(2), .. } if addr == owner),
+        "the owner's copy is kept: {located:?}"
+    );
+
+    // A claim of the current process's own copy is taken (its owner failed), as before.
+    let taken = SessionId::random();
+    assert_eq!(ask(&mut owner_link, 4, placed(taken)).await, PeerMessage::Ok);
+    assert_eq!(
+        ask(&mut claimer_link, 5, claim_of(taken, writer_tag(current))).await,
+        PeerMessage::Ok,
+        "a claim of the copy held here"
+    );
+    stop(vec![node]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_handing_its_copy_over_refuses_the_receivers_claim_of_another_copy() {
+    let holder = scripted_peer([7; 16], Arc::new(|m| Some(holder_answer(m)))).await;
+    let node = replicating_node_beside_fakes(vec![holder]).await;
+    let me = node.peer_addr();
+    let receiver = nowhere();
+    let receiver_id = [9; 16];
+    let mut link = dial_as_member(me, receiver_id, receiver).await;
+
+    // Handed to the receiver (generation 0 -> transfer 1), whose COPY_ACK has not come:
+    // the receiver then claims, under 1, a copy of generation 0 that an earlier process
+    // at this node's address wrote.
+    let (_, _, id) = create_mine(node.client_addr()).await;
+    let transfer = take_handover(me, receiver_id, receiver, id).await;
+    assert_eq!(transfer, 1);
+    let of_earlier_process = PeerMessage::ReplicateClaim {
+        generation: 1,
+        base: ClaimBase {
+            owner: me,
+            generation: 0,
+            writer: writer_tag([5; 16]),
+        },
+        record: record_with_cart(id, b"rival"),
+    };
+    assert_eq!(
+        ask(&mut link, 1, of_earlier_process).await,
+        PeerMessage::Moved {
+            session_id: id,
+            owner: me
+        },
+        "the receiver's claim of another copy is not the copy handed there: refused, naming this node"
+    );
+
+    // The receiver placing the copy it was handed (a plain REPLICATE) is taken, as before.
+    let (_, _, handed) = create_mine(node.client_addr()).await;
+    assert_eq!(take_handover(me, receiver_id, receiver, handed).await, 1);
+    let placing = PeerMessage::Replicate {
+        generation: 1,
+        record: record_with_cart(handed, b"mine"),
+    };
+    assert_eq!(
+        ask(&mut link, 2, placing).await,
+        PeerMessage::Ok,
+        "the handed copy, placed"
     );
     stop(vec![node]).await;
 }

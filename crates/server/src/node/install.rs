@@ -541,7 +541,18 @@ impl Node {
             // acknowledged writes, may be on its way here (simulation seed 7223 with
             // crashes, with a first version of seed 10153's rule that let such a rival
             // pass).
+            // And whatever it was before, a rival this node's claim yielded to while it
+            // was placed (two pending claims of one generation, the higher node id
+            // wins, 12.2): that rival counted this node as a holder that confirmed it,
+            // and may have acknowledged writes. Climbed past (a holder named this
+            // node's own fence), the claim installed over that copy and lost its
+            // acknowledged append (simulation seed 15588 without crashes).
+            let yielded = self
+                .table
+                .yielded_to(&id, now_ms())
+                .filter(|&(o, theirs)| claim && o != self.advertise && theirs >= first_generation);
             let rival = match self.table.locate_generation(&id, self.advertise, now_ms()) {
+                _ if yielded.is_some() => yielded.map(|(o, _)| o),
                 Some((sessync_proto::Role::Backup, o, theirs))
                     if claim
                         && o != self.advertise

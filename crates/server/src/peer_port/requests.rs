@@ -9,7 +9,7 @@ use sessync_proto::{
 use crate::clock::now_ms;
 use crate::node::SharedNode;
 use crate::stats::Stats;
-use crate::table::{writer_tag, CopyOutcome, Dropped, Replicated};
+use crate::table::{writer_tag, CopyOutcome, Dropped, Replicated, RivalBase};
 
 /// Answers one request from an authenticated peer; `None` for a message that is not a
 /// peer request (the connection is then closed).
@@ -313,7 +313,15 @@ fn replicate_here(
     let rival_base = base
         .filter(|b| b.owner != node.advertise || (b.writer != 0 && b.writer != writer_tag(&node.node_id)))
         .filter(|b| !node.acknowledged_nothing_here(&record.id, b.generation))
-        .map(|b| b.generation);
+        .map(|base| RivalBase {
+            base,
+            writer_now: node
+                .peers
+                .processes
+                .node_id_at(base.owner)
+                .map(|id| writer_tag(&id)),
+            here: base.owner == node.advertise,
+        });
     let sender_gone = node.peers.processes.replaced(peer);
     // A process that is gone no longer REPLICATEs here, whatever its late
     // messages say (the PROMOTE refusal above counts only a live one).

@@ -65,6 +65,35 @@ pub enum Dropped {
     Newer(SocketAddr),
 }
 
+/// The copy a REPLICATE_CLAIM's claim was made from, when it is not this node's own
+/// ([`Table::replicate_in_from`]): the claim is of a rival lineage of `base.generation` if
+/// this node holds (or is handing over) another copy of that generation.
+#[derive(Debug, Clone, Copy)]
+pub struct RivalBase {
+    /// What the claim names as its base.
+    pub base: sessync_proto::ClaimBase,
+    /// The tag ([`writer_tag`]) of the process last seen at `base.owner`, if any: a base
+    /// written by another is a copy of a process that has been replaced there.
+    pub writer_now: Option<u32>,
+    /// Whether `base.owner` is this node's own address (the base is a copy an earlier
+    /// process here wrote).
+    pub here: bool,
+}
+
+impl RivalBase {
+    /// Whether the base was written by a process that has been replaced at its owner's
+    /// address by the one that wrote `writer`'s copy.
+    fn written_before(&self, owner: SocketAddr, generation: u64, writer: u32) -> bool {
+        let b = &self.base;
+        b.owner == owner
+            && b.generation == generation
+            && b.writer != 0
+            && writer != 0
+            && b.writer != writer
+            && self.writer_now == Some(writer)
+    }
+}
+
 impl Table {
     /// [`Table::replicate_in_from`] from a process that runs (the table's tests).
     #[cfg(test)]
@@ -93,7 +122,7 @@ impl Table {
         record: &SessionRecord,
         now: u64,
         sender_gone: bool,
-        rival_base: Option<u64>,
+        rival_base: Option<RivalBase>,
     ) -> Replicated {
         let id = record.id;
         let shard = self.shard(&id);
@@ -171,7 +200,9 @@ impl Table {
                     // seed 16020 without crashes: the claim that lost a tie of two claims
                     // left its copy at a third node, which claimed it a generation up,
                     // and this owner yielded to it with an acknowledged append).
-                    Entry::Live(l) if !l.expired(now) && rival_base == Some(l.received) => {
+                    Entry::Live(l)
+                        if !l.expired(now) && rival_base.map(|r| r.base.generation) == Some(l.received) =>
+                    {
                         return Replicated::RivalLineage
                     }
                     // Nor does a dead process's late REPLICATE supersede the owner here:
@@ -201,6 +232,24 @@ impl Table {
                         if sender_gone && b.owner != owner.advertised && !b.live.expired(now) =>
                     {
                         return Replicated::Moved(b.owner);
+                    }
+                    // A claim made from a copy of this generation that the owner's
+                    // address wrote before its process was replaced, while this copy is
+                    // the replacing process's own of that generation (which may have
+                    // acknowledged writes the base lacks): refused, naming that owner,
+                    // as the owner itself refuses a rival lineage (protocol.md 12.4;
+                    // simulation seed 35328 with crashes: a paused node claimed a
+                    // crashed process's copy of 2 while the address's new process owned
+                    // 2 anew with an acknowledged append, and this holder took the
+                    // claim's copy over it).
+                    Entry::Backup(b)
+                        if !b.kept
+                            && !b.live.expired(now)
+                            && generation > b.live.received
+                            && rival_base
+                                .is_some_and(|r| r.written_before(b.owner, b.live.received, b.writer)) =>
+                    {
+                        return Replicated::Moved(b.owner)
                     }
                     Entry::Backup(b) if !b.live.expired(now) => {
                         let held = b.live.received;
@@ -234,10 +283,13 @@ impl Table {
                     // other), so nothing was acknowledged under either, and the higher node
                     // id wins. Without the tie-break both refuse, both give up, and no copy
                     // is left (simulation seed 190).
+                    // The copy kept is the rival's this node's claim yielded to
+                    // (`BackupCopy::yielded_to`): the claim, still being placed, must not
+                    // climb past it (`Node::protect_and_install`).
                     Entry::HandingOver(h)
                         if h.claim && generation == h.transfer && owner.node_id > h.to_node =>
                     {
-                        let e = backup();
+                        let e = backup_yielded_to(true);
                         self.replace(shard, o.get_mut(), e);
                         return Replicated::Stored(None);
                     }
@@ -258,6 +310,23 @@ impl Table {
                             && h.live.backups.contains(&owner.advertised) =>
                     {
                         None
+                    }
+                    // The node this copy is being handed to claims this address's
+                    // earlier process's copy of its generation, not the one handed there:
+                    // what it places is not this copy, which may hold writes it lacks,
+                    // and it is refused as the live owner refuses it (seed 35328: the
+                    // claimer turned the handed copy down as older than its claim). Not
+                    // a claim of another node's copy: a backup handing its copy over
+                    // under PROMOTE owns nothing, and the claimer may take its own copy
+                    // of that owner instead (seed 16597 without crashes, with a first
+                    // version of this rule: the claim gave up, and no one owned the
+                    // session).
+                    Entry::HandingOver(h)
+                        if generation == h.transfer
+                            && h.to == owner.advertised
+                            && rival_base.is_some_and(|r| r.here && r.base.generation == h.live.received) =>
+                    {
+                        return Replicated::RivalLineage
                     }
                     Entry::HandingOver(h) => Some((h.to, h.transfer)),
                     Entry::Forwarded { to, received, .. } => Some((*to, received + 1)),
@@ -583,6 +652,18 @@ impl Table {
                     b.yielded_to = true;
                 }
             }
+        }
+    }
+
+    /// The rival and its generation that this node's claim of `id` gave itself up to, if
+    /// the copy held here is still that rival's (`BackupCopy::yielded_to`).
+    pub fn yielded_to(&self, id: &SessionId, now: u64) -> Option<(SocketAddr, u64)> {
+        let g = self.shard(id).map.read(id);
+        match g.find_other(id) {
+            Some(Entry::Backup(b)) if b.yielded_to && !b.kept && !b.live.expired(now) => {
+                Some((b.owner, b.live.received))
+            }
+            _ => None,
         }
     }
 

@@ -27,7 +27,7 @@ mod view;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-pub use backup::{Dropped, OldBackups, Replicated};
+pub use backup::{Dropped, OldBackups, Replicated, RivalBase};
 pub use handover::CopyOutcome;
 use sessync_proto::{Attributes, PackedAttributes, PeerIdentity, SessionId, SessionMeta, SessionRecord};
 use store::{LiveNode, MapEntry, ShardMap};
