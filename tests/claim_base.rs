@@ -174,7 +174,7 @@ async fn a_claim_names_the_copy_it_claims_where_the_link_uses_claim_base() {
     let served = timeout(WAIT, c.get(&token)).await.unwrap().unwrap();
     assert_served_with_cart(&served, b"placed", "the node, from its claimed backup copy");
 
-    let writer = u32::from_le_bytes([failed_id[0], failed_id[1], failed_id[2], failed_id[3]]) | 1;
+    let writer = writer_tag(failed_id);
     let want = ClaimBase {
         owner: failed,
         generation: 2,

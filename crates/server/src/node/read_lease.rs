@@ -82,8 +82,7 @@ impl Node {
     async fn renew_read_lease(&self, id: SessionId, s: &Served) -> LeaseStep {
         Stats::bump(&self.stats.read_lease_rounds);
         let lately = self.config.peer_timeout;
-        let lease = self.config.read_lease.as_millis() as u64;
-        let recent = s.replication_lag_ms() <= SILENT_HOLDER_LEASES * lease;
+        let recent = !self.lapsed_long(s.replication_lag_ms());
         if recent && s.backups.iter().any(|h| self.peers.silent(*h, lately)) {
             // The round is waited for a short while: a live holder that has the session's
             // tombstone answers within it, and that ends the round at once
@@ -124,10 +123,15 @@ impl Node {
     /// [`SILENT_HOLDER_LEASES`] leases when it was taken: what a node paused or cut off
     /// for long holds.
     pub(super) fn lease_long_lapsed(&self, snap: &crate::table::Snapshot) -> bool {
-        let lease = self.config.read_lease.as_millis() as u64;
-        snap.replicated_before.is_some_and(|before| {
-            snap.record.meta.last_access_ms.saturating_sub(before) > SILENT_HOLDER_LEASES * lease
-        })
+        snap.replicated_before
+            .is_some_and(|before| self.lapsed_long(snap.record.meta.last_access_ms.saturating_sub(before)))
+    }
+
+    /// Whether a copy whose backups lag `lag_ms` behind its access time had its last
+    /// round more than [`SILENT_HOLDER_LEASES`] leases ago: the one measure of "old"
+    /// that both the read's refusal and the round's put-back use.
+    fn lapsed_long(&self, lag_ms: u64) -> bool {
+        lag_ms > SILENT_HOLDER_LEASES * self.config.read_lease.as_millis() as u64
     }
 
     /// The answer to a read refused by [`LeaseStep::Unconfirmed`]: the client retries (the
