@@ -540,24 +540,31 @@ impl Node {
 
     /// LOCATE for `id` to `node`, within one peer timeout, read one way for every caller.
     pub(super) async fn locate_at(&self, id: SessionId, node: SocketAddr) -> LocateAnswer {
-        match self.ask_locate(id, node).await {
-            Ok(PeerMessage::NotFound { session_id }) if session_id == id => LocateAnswer::NoEntry,
-            Ok(PeerMessage::Located {
-                session_id,
-                role: Role::Destroyed,
-                ..
-            }) if session_id == id => LocateAnswer::Destroyed,
-            Ok(PeerMessage::Located {
-                session_id,
-                role,
-                generation,
-                ..
-            }) if session_id == id => LocateAnswer::Entry(role, generation),
-            Ok(_) => LocateAnswer::Unclear,
-            Err(_) => LocateAnswer::Silent,
-        }
+        locate_answer(id, self.ask_locate(id, node).await)
     }
+}
 
+/// What a LOCATE answer about `id` says ([`Node::locate_at`]).
+pub(super) fn locate_answer(id: SessionId, reply: Result<PeerMessage, LinkError>) -> LocateAnswer {
+    match reply {
+        Ok(PeerMessage::NotFound { session_id }) if session_id == id => LocateAnswer::NoEntry,
+        Ok(PeerMessage::Located {
+            session_id,
+            role: Role::Destroyed,
+            ..
+        }) if session_id == id => LocateAnswer::Destroyed,
+        Ok(PeerMessage::Located {
+            session_id,
+            role,
+            generation,
+            ..
+        }) if session_id == id => LocateAnswer::Entry(role, generation),
+        Ok(_) => LocateAnswer::Unclear,
+        Err(_) => LocateAnswer::Silent,
+    }
+}
+
+impl Node {
     /// Whether every member but `except` answered LOCATE for `id` holding nothing of
     /// `generation` or newer (no entry, or an owner, pointer or copy of an older
     /// generation). A silent member, or an answer without a generation, counts as holding
