@@ -462,6 +462,20 @@ fn get_ids(r: &mut Reader<'_>) -> Result<Vec<SessionId>, DecodeError> {
     Ok(ids)
 }
 
+impl PeerMessage {
+    /// The copy a REPLICATE or REPLICATE_CLAIM carries; `None` for every other message.
+    /// One accessor for the two, so a check that applies to both (a leaving node takes no
+    /// new copy) is written once.
+    pub fn replicated_record(&self) -> Option<&SessionRecord> {
+        match self {
+            PeerMessage::Replicate { record, .. } | PeerMessage::ReplicateClaim { record, .. } => {
+                Some(record)
+            }
+            _ => None,
+        }
+    }
+}
+
 impl Message for PeerMessage {
     fn opcode(&self) -> u8 {
         match self {

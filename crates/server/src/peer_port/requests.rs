@@ -213,9 +213,9 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             PeerMessage::Ok
         }
         // Leaving, lookups and repair (node/drain.rs): a leaving node takes no new copy.
-        m @ (PeerMessage::Replicate { .. } | PeerMessage::ReplicateClaim { .. })
-            if matches!(&m, PeerMessage::Replicate { record, .. } | PeerMessage::ReplicateClaim { record, .. }
-                if node.refuses_new_copy(peer, &record.id)) =>
+        m if m
+            .replicated_record()
+            .is_some_and(|record| node.refuses_new_copy(peer, &record.id)) =>
         {
             node.elastic_request(peer, m)
         }
