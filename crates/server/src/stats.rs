@@ -69,7 +69,7 @@ pub(crate) struct Stats {
     pub(crate) indeterminate: AtomicU64,
     /// Reads that ran a replication round first: their lease had lapsed (protocol.md 12.5).
     pub(crate) read_lease_rounds: AtomicU64,
-    /// Reads answered OWNER_UNREACHABLE because no holder confirmed the renewal round of an
+    /// Reads answered OWNER_UNREACHABLE because no node answered the renewal round of an
     /// old copy (protocol.md 12.5).
     pub(crate) read_lease_refusals: AtomicU64,
     /// Failover claims that waited for, or PROMOTEs refused until, the failed owner's read

@@ -551,20 +551,21 @@ impl Node {
                 .table
                 .yielded_to(&id, now_ms())
                 .filter(|&(o, theirs)| claim && o != self.advertise && theirs >= first_generation);
-            let rival = match self.table.locate_generation(&id, self.advertise, now_ms()) {
-                _ if yielded.is_some() => yielded.map(|(o, _)| o),
-                Some((sessync_proto::Role::Backup, o, theirs))
-                    if claim
-                        && o != self.advertise
-                        && !stale.contains(&o)
-                        && Some((sessync_proto::Role::Backup, o)) != before
-                        && !(Some(o) == failed && theirs < generation)
-                        && theirs >= first_generation =>
-                {
-                    Some(o)
+            let rival = yielded.map(|(o, _)| o).or_else(|| {
+                match self.table.locate_generation(&id, self.advertise, now_ms()) {
+                    Some((sessync_proto::Role::Backup, o, theirs))
+                        if claim
+                            && o != self.advertise
+                            && !stale.contains(&o)
+                            && Some((sessync_proto::Role::Backup, o)) != before
+                            && !(Some(o) == failed && theirs < generation)
+                            && theirs >= first_generation =>
+                    {
+                        Some(o)
+                    }
+                    _ => None,
                 }
-                _ => None,
-            };
+            });
             let outcome = match (outcome, rival) {
                 // Not to a rival that promised in this round to yield to this copy (its
                 // VERSION_CONFLICT): both yielded, fenced each other's copies, and no copy

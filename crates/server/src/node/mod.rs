@@ -210,7 +210,7 @@ enum LeaseStep {
     Defer,
     /// The copy here was given up: read again.
     ReadAgain,
-    /// No holder confirmed an old copy's renewal round: answered `OWNER_UNREACHABLE`.
+    /// No node answered an old copy's renewal round: answered `OWNER_UNREACHABLE`.
     Unconfirmed,
 }
 
