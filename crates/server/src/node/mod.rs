@@ -12,6 +12,7 @@ mod lookup;
 mod lost_failover;
 mod memo;
 mod read_lease;
+pub(crate) use read_lease::STALE_READ_LEASES;
 mod rehand;
 mod repair;
 mod reply;

@@ -4,10 +4,12 @@
 
 use super::*;
 
-/// How many read leases old a session's last replication round may be for a read to skip
-/// waiting for a silent holder ([`Node::renew_read_lease`]); past that it waits (at most
-/// a peer timeout).
-const SILENT_HOLDER_LEASES: u64 = 3;
+/// How many read leases old a session's last replication round (answered or not) may be
+/// for a read whose own round no node answers to be served from the copy
+/// ([`Node::renew_read_lease`]); past that the read waits for its round (at most a peer
+/// timeout) and is refused when no node answers it. Part of the bound on stale reads that
+/// protocol.md 12.5 states, which the simulation's checker uses too.
+pub(crate) const STALE_READ_LEASES: u32 = 3;
 
 /// A read whose lease lapsed while one of the session's holders is silent waits for the
 /// renewal round at most a peer timeout divided by this ([`Node::renew_read_lease`]):
@@ -64,7 +66,7 @@ impl Node {
     /// copy here (a newer owner, a tombstone, or handed on meanwhile); the read is then
     /// run again, and follows. A round that reached no holder keeps the read
     /// here (reads stay available while the holders are cut off) unless the copy's last
-    /// round began more than [`SILENT_HOLDER_LEASES`] leases before and no node answered
+    /// round began more than [`STALE_READ_LEASES`] leases before and no node answered
     /// this one at all: then the read is refused ([`LeaseStep::Unconfirmed`]), and the
     /// round renews nothing ([`Node::lease_long_lapsed`]). A holder found silent
     /// within the last peer timeout ([`Peers::silent`](crate::peer_link::Peers)) is
@@ -75,7 +77,7 @@ impl Node {
     /// keeps that finding fresh while the holder stays silent), so a paused holder holds no
     /// read up for a peer timeout (tests/drain.rs, a backup node paused). An older
     /// finding is tried again: after a heal nothing may have gone over the link since.
-    /// Only for a session whose last round began within [`SILENT_HOLDER_LEASES`] leases
+    /// Only for a session whose last round began within [`STALE_READ_LEASES`] leases
     /// of this read: an older copy is what a node paused or cut off for long holds, and it
     /// must hear from the holders before it serves again (after the heal, its silence
     /// findings may be its own: its requests timed out while it was stopped).
@@ -116,11 +118,9 @@ impl Node {
             _ => LeaseStep::ReadAgain,
         }
     }
-}
 
-impl Node {
     /// Whether the copy `snap` was taken of had had no renewing round for more than
-    /// [`SILENT_HOLDER_LEASES`] leases when it was taken: what a node paused or cut off
+    /// [`STALE_READ_LEASES`] leases when it was taken: what a node paused or cut off
     /// for long holds.
     pub(super) fn lease_long_lapsed(&self, snap: &crate::table::Snapshot) -> bool {
         snap.replicated_before
@@ -128,10 +128,10 @@ impl Node {
     }
 
     /// Whether a copy whose backups lag `lag_ms` behind its access time had its last
-    /// round more than [`SILENT_HOLDER_LEASES`] leases ago: the one measure of "old"
+    /// round more than [`STALE_READ_LEASES`] leases ago: the one measure of "old"
     /// that both the read's refusal and the round's put-back use.
     fn lapsed_long(&self, lag_ms: u64) -> bool {
-        lag_ms > SILENT_HOLDER_LEASES * self.config.read_lease.as_millis() as u64
+        lag_ms > u64::from(STALE_READ_LEASES) * self.config.read_lease.as_millis() as u64
     }
 
     /// The answer to a read refused by [`LeaseStep::Unconfirmed`]: the client retries (the
@@ -147,6 +147,8 @@ impl Node {
     }
 }
 
+/// The other side of the lease: a node about to claim a failed owner's session waits
+/// until that owner's reads without asking anyone have ended.
 impl Node {
     /// When the read lease of `owner`'s copy of `id` may still be running (Unix ms), if it
     /// may: `owner`'s last replication round that reached the backup copy held here began

@@ -271,12 +271,19 @@ impl Workload {
             }
             let got = read(net, nodes, &l.token).await;
             if l.destroyed {
-                if let Ok(Response::Session(s)) = got {
-                    report.violations.push(format!(
-                        "writer {i} ({}): a destroyed session came back at version {}",
-                        where_is(net, &l.token),
-                        s.meta.version
-                    ));
+                if let Ok(Response::Session(_)) = got {
+                    // A node that heard from none of the session's holders lately may
+                    // still serve its old copy to reads, for a bounded time (protocol.md
+                    // 12.5): the heal does not end that at once, since this node's round
+                    // may have lost every message. Past the bound no node may serve it.
+                    sleep(stale_read_bound(net)).await;
+                    if let Ok(Response::Session(s)) = read(net, nodes, &l.token).await {
+                        report.violations.push(format!(
+                            "writer {i} ({}): a destroyed session came back at version {}, still read back after the stale-read bound",
+                            where_is(net, &l.token),
+                            s.meta.version
+                        ));
+                    }
                 }
                 continue;
             }
@@ -297,6 +304,18 @@ impl Workload {
             }
         }
     }
+}
+
+/// How long a node may go on serving a stale copy to reads after it last heard from one
+/// of the session's holders (protocol.md 12.5): three read leases, and the round that
+/// finds no holder answering (a peer timeout), with a peer timeout to spare.
+fn stale_read_bound(net: &Net) -> Duration {
+    let st = net.lock();
+    let Some(slot) = st.slots.first() else {
+        return Duration::ZERO;
+    };
+    let c = &slot.node.config;
+    c.read_lease * crate::node::STALE_READ_LEASES + c.peer_timeout * 2
 }
 
 /// Where a token's session is, node by node (for failure reports).
