@@ -1,24 +1,26 @@
 //! The deterministic simulation of the node's cross-node logic (`sessync_server::testing`):
 //! three nodes over a simulated network and clock, faults drawn from a seed (delay, loss,
 //! duplication, reordering, partitions full and partial, pauses of any length, a crash and
-//! restart), a workload of compare-and-set appends, moving reads, rotations and
+//! restart, each node's clock off by up to the skew protocol.md section 1 allows), a workload of compare-and-set appends, moving reads, rotations and
 //! destructions, and the promises checked on the healed cluster: every acknowledged
-//! append present and in order, no `if_version` acknowledged twice, destroyed and
-//! rotated-away ids never back, every session readable after the heal.
+//! append present and in order, no `if_version` acknowledged twice, rotated-away ids never
+//! taking a write, destroyed sessions gone once protocol.md 12.5's bound on stale reads has
+//! passed, every session readable after the heal.
 //!
 //! `cargo test` runs a bounded number of seeds; `SESSYNC_SIM_SEEDS=N cargo test --release
 //! --test simulation` runs N (from `SESSYNC_SIM_FIRST`, default 0). A failure prints its
 //! seed; `SESSYNC_SIM_FIRST=S SESSYNC_SIM_SEEDS=1` replays it, exactly (checked by
 //! `a_seed_replays_exactly`). `SESSYNC_SIM_EACH=1` prints each seed's counts, failovers
-//! included (to compare two builds seed by seed); `SESSYNC_SIM_LOG=sessync_server=debug,sim=debug,simnet=trace`
+//! included (to compare two builds seed by seed); `SESSYNC_SIM_SKEW_MS=N` sets the largest
+//! difference between two nodes' clocks (default 100, 0 for one clock); `SESSYNC_SIM_LOG=sessync_server=debug,sim=debug,simnet=trace`
 //! logs the nodes, the clients and every message, stamped with the virtual time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use sessync_server::testing::{simulate, Report, SimOptions};
+use sessync_server::testing::{simulate, Report, SimOptions, MAX_CLOCK_SKEW};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -34,6 +36,10 @@ fn options(seed: u64) -> SimOptions {
         crash: std::env::var("SESSYNC_SIM_NO_CRASH").is_err(),
         pauses: std::env::var("SESSYNC_SIM_NO_PAUSE").is_err(),
         weather: std::env::var("SESSYNC_SIM_CALM").is_err(),
+        skew: std::env::var("SESSYNC_SIM_SKEW_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(MAX_CLOCK_SKEW, Duration::from_millis),
         ..SimOptions::default()
     }
 }

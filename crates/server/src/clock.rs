@@ -22,10 +22,49 @@ pub(crate) mod sim {
         EPOCH.with(|e| e.set(None));
     }
 
+    tokio::task_local! {
+        /// The running node's clock offset from the simulation's (ms): each simulated
+        /// node has a clock of its own, within the skew protocol.md section 1 allows.
+        static OFFSET: i64;
+    }
+
     pub(super) fn now_ms() -> Option<u64> {
+        let offset = OFFSET.try_with(|o| *o).unwrap_or(0);
         EPOCH
             .with(|e| e.get())
-            .map(|(start, base)| base + start.elapsed().as_millis() as u64)
+            .map(|(start, base)| (base + start.elapsed().as_millis() as u64).saturating_add_signed(offset))
+    }
+
+    /// The offset of the clock the current task reads (0 outside a node's task).
+    pub(crate) fn offset() -> i64 {
+        OFFSET.try_with(|o| *o).unwrap_or(0)
+    }
+
+    /// Runs `f` as a task of the node whose clock is `offset` ms off the simulation's.
+    pub(crate) fn on_clock<F: std::future::Future>(
+        offset: i64,
+        f: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        OFFSET.scope(offset, f)
+    }
+
+    /// Runs the synchronous `f` on the clock `offset` ms off the simulation's.
+    pub(crate) fn on_clock_sync<R>(offset: i64, f: impl FnOnce() -> R) -> R {
+        OFFSET.sync_scope(offset, f)
+    }
+}
+
+/// The future `f`, to be spawned as a task of its own, reading the clock the spawning
+/// task reads: in the simulation each node has its own clock (a task-local offset), which
+/// a new task would otherwise not inherit. Outside the simulation, `f` itself.
+pub(crate) fn keep_clock<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
+    #[cfg(feature = "testing")]
+    {
+        sim::on_clock(sim::offset(), f)
+    }
+    #[cfg(not(feature = "testing"))]
+    {
+        f
     }
 }
 

@@ -491,9 +491,11 @@ impl Peers {
         let Some(conn) = conn else {
             let peers = self.clone();
             // Not tracked by the shutdown tracker: bounded by `tries` peer timeouts.
-            tokio::spawn(tracing::Instrument::in_current_span(async move {
-                resend_loop(&peers, addr, resend.msg, tries, timeout).await;
-            }));
+            tokio::spawn(crate::clock::keep_clock(tracing::Instrument::in_current_span(
+                async move {
+                    resend_loop(&peers, addr, resend.msg, tries, timeout).await;
+                },
+            )));
             return;
         };
         let msg = resend.msg.clone();

@@ -129,10 +129,12 @@ impl Node {
             return;
         }
         let node = self.clone();
-        tokio::spawn(tracing::Instrument::in_current_span(async move {
-            task(node.clone()).await;
-            node.unsure().confirming.remove(&id);
-        }));
+        tokio::spawn(crate::clock::keep_clock(tracing::Instrument::in_current_span(
+            async move {
+                task(node.clone()).await;
+                node.unsure().confirming.remove(&id);
+            },
+        )));
     }
 
     /// Whether a PROMOTE from `asker` naming `failed_owner` must not take the copy this

@@ -9,9 +9,12 @@
 //!
 //! Why this and not a sans-IO rewrite or turmoil: the logic under test is the production
 //! code itself, unchanged; the simulation replaces only what crosses process boundaries
-//! (peer requests, in `peer_link::Peers`, and the wall clock, in `clock`). What it does
-//! not model: clock skew between nodes (one virtual clock), a paused process's own timers
-//! (its IO is held, its timers run), and the TCP and TLS layers (tested over sockets).
+//! (peer requests, in `peer_link::Peers`, and the wall clock, in `clock`). Each node reads
+//! the virtual clock through an offset of its own, drawn from the seed within
+//! [`MAX_CLOCK_SKEW`] (protocol.md section 1): a task-local that the simulation sets on every
+//! task of a node and `clock::keep_clock` carries into the tasks a node spawns. What it does
+//! not model: clock drift (offsets are fixed), a paused process's own timers (its IO is
+//! held, its timers run), and the TCP and TLS layers (tested over sockets).
 //!
 //! Replay: a violation names its seed; `simulate(seed, ..)` runs the same schedule again
 //! (session ids come from the seed too, on the simulation's thread).
@@ -37,6 +40,7 @@ use rand::{Rng, SeedableRng};
 use sessync_proto::Keyring;
 use tokio::time::{sleep, Duration, Instant};
 
+use crate::clock::sim::{on_clock, on_clock_sync};
 use crate::config::NodeConfig;
 use crate::node::Node;
 use net::{Net, NetHandle, NetState, Slot};
@@ -68,7 +72,15 @@ pub struct SimOptions {
     /// Whether to inject faults at all (without: a quiet cluster, which must promote
     /// nothing and report nothing missing).
     pub faults: bool,
+    /// The largest difference between two nodes' clocks: each node's clock is off the
+    /// simulation's by an offset drawn from the seed within half of this either way
+    /// (protocol.md section 1 allows up to [`MAX_CLOCK_SKEW`] between nodes).
+    pub skew: Duration,
 }
+
+/// The clock skew between two nodes that protocol.md section 1 allows, and the simulation
+/// draws within by default.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_millis(100);
 
 impl Default for SimOptions {
     fn default() -> Self {
@@ -84,6 +96,7 @@ impl Default for SimOptions {
             pauses: true,
             weather: true,
             faults: true,
+            skew: MAX_CLOCK_SKEW,
         }
     }
 }
@@ -195,38 +208,46 @@ fn config(i: usize, opts: &SimOptions) -> NodeConfig {
 }
 
 /// Starts the node process for host `i` on the simulated network, with the background
-/// tasks `start` would run (late replies come through the network itself).
-fn boot(net: &Arc<Net>, i: usize, opts: &SimOptions) -> (Arc<Node>, Vec<tokio::task::JoinHandle<()>>) {
+/// tasks `start` would run (late replies come through the network itself), on the host's
+/// clock (`clock` ms off the simulation's).
+fn boot(
+    net: &Arc<Net>,
+    i: usize,
+    opts: &SimOptions,
+    clock: i64,
+) -> (Arc<Node>, Vec<tokio::task::JoinHandle<()>>) {
     let (orphans, _) = tokio::sync::mpsc::channel(1);
     let (refresh_tx, mut refresh_rx) = tokio::sync::mpsc::channel(crate::REFRESH_QUEUE);
-    let node = Arc::new(Node::new(config(i, opts), addr(i), orphans, refresh_tx));
+    let node = Arc::new(on_clock_sync(clock, || {
+        Node::new(config(i, opts), addr(i), orphans, refresh_tx)
+    }));
     node.peers.use_sim(Arc::new(NetHandle(net.clone())));
     let mut tasks = Vec::new();
     let n = node.clone();
-    tasks.push(tokio::spawn(async move {
+    tasks.push(tokio::spawn(on_clock(clock, async move {
         while let Some(id) = refresh_rx.recv().await {
             n.refresh_backups(id);
         }
-    }));
+    })));
     // The repair (a holder that restarted empty is sent its copies again, after a check
     // that the session was not destroyed meanwhile; orphaned copies are taken over), as
     // `start` runs it. The task holds its own shutdown sender: it is aborted with the
     // others when the node crashes or the run ends.
     let (stop, shutdown) = crate::shutdown::Shutdown::new();
     let n = node.clone();
-    tasks.push(tokio::spawn(async move {
+    tasks.push(tokio::spawn(on_clock(clock, async move {
         let _stop = stop;
         crate::node::repair_loop(n, shutdown).await;
-    }));
+    })));
     let n = node.clone();
-    tasks.push(tokio::spawn(async move {
+    tasks.push(tokio::spawn(on_clock(clock, async move {
         let mut shard = 0;
         loop {
             sleep(Duration::from_millis(100)).await;
             n.table.sweep_shard(shard, crate::clock::now_ms());
             shard = (shard + 1) % crate::table::SHARDS;
         }
-    }));
+    })));
     (node, tasks)
 }
 
@@ -259,9 +280,14 @@ async fn run(seed: u64, opts: &SimOptions, plan: Plan<'_>) -> Report {
             traffic: Traffic::default(),
         }),
     });
+    // Each host's clock, drawn apart from the faults so that they stay what they were.
+    let mut clocks = StdRng::seed_from_u64(seed ^ 0xc10c);
+    let half = (opts.skew.as_millis() / 2) as i64;
     for i in 0..opts.nodes {
-        let (node, tasks) = boot(&net, i, opts);
+        let clock = clocks.gen_range(-half..=half);
+        let (node, tasks) = boot(&net, i, opts, clock);
         net.lock().slots.push(Slot {
+            clock,
             addr: addr(i),
             node,
             alive: true,
@@ -272,7 +298,13 @@ async fn run(seed: u64, opts: &SimOptions, plan: Plan<'_>) -> Report {
     }
     let mut report = Report {
         seed,
-        events: vec![format!("{weather:?}")],
+        events: vec![
+            format!("{weather:?}"),
+            format!(
+                "clocks off by {:?} ms",
+                net.lock().slots.iter().map(|s| s.clock).collect::<Vec<_>>()
+            ),
+        ],
         ..Report::default()
     };
     let work = workload::Workload::start(&net, opts, seed).await;
@@ -432,7 +464,8 @@ async fn crash(net: &Arc<Net>, hosts: &[usize], down: Duration, opts: &SimOption
     }
     sleep(down).await;
     for &a in hosts {
-        let (node, tasks) = boot(net, a, opts);
+        let clock = net.lock().slots[a].clock;
+        let (node, tasks) = boot(net, a, opts, clock);
         let mut st = net.lock();
         let slot = &mut st.slots[a];
         slot.node = node;

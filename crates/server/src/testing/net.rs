@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout_at, Duration, Instant};
 
+use crate::clock::sim::{on_clock, on_clock_sync};
 use crate::node::Node;
 use crate::peer_link::{LinkError, SimNet};
 
@@ -32,6 +33,10 @@ pub(crate) struct Slot {
     pub(crate) incarnation: u64,
     /// The process's background tasks (aborted when it crashes).
     pub(crate) tasks: Vec<JoinHandle<()>>,
+    /// How far the host's clock is off the simulation's (ms): every task of its process
+    /// reads `clock::now_ms` through it (`clock::sim::on_clock`). A restarted process
+    /// keeps its host's clock.
+    pub(crate) clock: i64,
 }
 
 /// How messages fare on the network (drawn per seed, or set by a schedule).
@@ -247,13 +252,19 @@ impl Net {
         };
         let span = tracing::info_span!("peer", node = t, inc = to_incarnation, from = f);
         let _entered = span.enter();
+        let (to_clock, from_clock) = {
+            let st = self.lock();
+            (st.slots[t].clock, st.slots[f].clock)
+        };
         // The sender's process, as the peer port learns it from an inbound handshake.
-        target.peers.processes.seen(from.advertised, from.node_id);
-        let answer = crate::peer_port::handle(&target, &from, msg.clone());
+        on_clock_sync(to_clock, || {
+            target.peers.processes.seen(from.advertised, from.node_id)
+        });
+        let answer = on_clock_sync(to_clock, || crate::peer_port::handle(&target, &from, msg.clone()));
         tracing::trace!(target: "simnet", answer = %format!("{answer:?}").chars().take(100).collect::<String>());
         if dup {
             self.lock().traffic.duplicated += 1;
-            let _ = crate::peer_port::handle(&target, &from, msg);
+            let _ = on_clock_sync(to_clock, || crate::peer_port::handle(&target, &from, msg));
         }
         drop(_entered);
         let Some(answer) = answer else {
@@ -287,7 +298,11 @@ impl Net {
         {
             self.lock().traffic.late_copies += 1;
             let node = self.lock().slots[f].node.clone();
-            node.install_late_copy(to, transfer, &record, &holders).await;
+            on_clock(
+                from_clock,
+                node.install_late_copy(to, transfer, &record, &holders),
+            )
+            .await;
         }
     }
 }

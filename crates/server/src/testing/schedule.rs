@@ -259,6 +259,7 @@ impl Schedule {
             pauses: true,
             weather: true,
             faults: true,
+            skew: super::MAX_CLOCK_SKEW,
         }
     }
 }

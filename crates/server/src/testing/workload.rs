@@ -39,10 +39,10 @@ async fn call(net: &Arc<Net>, i: usize, req: Request) -> Outcome {
 }
 
 async fn send_and_wait(net: &Arc<Net>, i: usize, req: Request) -> Outcome {
-    let (node, incarnation, alive) = {
+    let (node, incarnation, alive, clock) = {
         let st = net.lock();
         let s = &st.slots[i];
-        (s.node.clone(), s.incarnation, s.alive)
+        (s.node.clone(), s.incarnation, s.alive, s.clock)
     };
     if !alive {
         return Outcome::NotSent;
@@ -63,7 +63,7 @@ async fn send_and_wait(net: &Arc<Net>, i: usize, req: Request) -> Outcome {
         out
     };
     let served = tokio::spawn(tracing::Instrument::instrument(
-        served,
+        crate::clock::sim::on_clock(clock, served),
         tracing::info_span!("node", i, inc = incarnation),
     ));
     let Ok(Ok(mut out)) = timeout(CLIENT_TIMEOUT, served).await else {
