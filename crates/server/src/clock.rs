@@ -54,17 +54,22 @@ pub(crate) mod sim {
     }
 }
 
-/// The future `f`, to be spawned as a task of its own, reading the clock the spawning
-/// task reads: in the simulation each node has its own clock (a task-local offset), which
-/// a new task would otherwise not inherit. Outside the simulation, `f` itself.
-pub(crate) fn keep_clock<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
+/// `tokio::spawn`, for a task that reads the clock the spawning task reads: in the
+/// simulation each node has its own clock (a task-local offset), which a new task would
+/// otherwise not inherit. Outside the simulation, `tokio::spawn` itself. Every task a
+/// node spawns for its cross-node logic goes through this.
+pub(crate) fn spawn_keeping_clock<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
     #[cfg(feature = "testing")]
     {
-        sim::on_clock(sim::offset(), f)
+        tokio::spawn(sim::on_clock(sim::offset(), f))
     }
     #[cfg(not(feature = "testing"))]
     {
-        f
+        tokio::spawn(f)
     }
 }
 

@@ -491,11 +491,9 @@ impl Peers {
         let Some(conn) = conn else {
             let peers = self.clone();
             // Not tracked by the shutdown tracker: bounded by `tries` peer timeouts.
-            tokio::spawn(crate::clock::keep_clock(tracing::Instrument::in_current_span(
-                async move {
-                    resend_loop(&peers, addr, resend.msg, tries, timeout).await;
-                },
-            )));
+            crate::clock::spawn_keeping_clock(tracing::Instrument::in_current_span(async move {
+                resend_loop(&peers, addr, resend.msg, tries, timeout).await;
+            }));
             return;
         };
         let msg = resend.msg.clone();

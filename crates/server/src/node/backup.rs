@@ -490,11 +490,9 @@ impl Node {
         let node = self.clone();
         // Not tracked by the shutdown tracker: a round is bounded by two peer timeouts,
         // and one cut short only leaves a backup's access time older.
-        tokio::spawn(crate::clock::keep_clock(tracing::Instrument::in_current_span(
-            async move {
-                let _ = node.replicate(id, &[]).await;
-            },
-        )));
+        crate::clock::spawn_keeping_clock(tracing::Instrument::in_current_span(async move {
+            let _ = node.replicate(id, &[]).await;
+        }));
     }
 
     /// Fences an abandoned copy: tells the nodes that may hold this node's copy of `id`
@@ -510,22 +508,20 @@ impl Node {
         let (peers, timeout) = (self.peers.clone(), self.config.peer_timeout);
         // Not tracked by the shutdown tracker: bounded by the peer timeout.
         tracing::debug!(session = %id, generation, holders = ?nodes, "fencing the copies of an abandoned claim");
-        tokio::spawn(crate::clock::keep_clock(tracing::Instrument::in_current_span(
-            async move {
-                let deadline = Instant::now() + timeout;
-                futures_util::future::join_all(nodes.into_iter().map(|b| {
-                    peers.request(
-                        b,
-                        PeerMessage::Drop {
-                            session_id: id,
-                            generation,
-                        },
-                        deadline,
-                    )
-                }))
-                .await;
-            },
-        )));
+        crate::clock::spawn_keeping_clock(tracing::Instrument::in_current_span(async move {
+            let deadline = Instant::now() + timeout;
+            futures_util::future::join_all(nodes.into_iter().map(|b| {
+                peers.request(
+                    b,
+                    PeerMessage::Drop {
+                        session_id: id,
+                        generation,
+                    },
+                    deadline,
+                )
+            }))
+            .await;
+        }));
     }
 
     /// Tells a handed-over session's old backups to drop their copies, in the background
@@ -537,10 +533,8 @@ impl Node {
         let node = self.clone();
         // Not tracked: bounded by the peer timeout, and a DROP not sent leaves a copy that
         // expires on its own (and that fencing refuses to promote past the new owner).
-        tokio::spawn(crate::clock::keep_clock(tracing::Instrument::in_current_span(
-            async move {
-                node.drop_backups(id, &old).await;
-            },
-        )));
+        crate::clock::spawn_keeping_clock(tracing::Instrument::in_current_span(async move {
+            node.drop_backups(id, &old).await;
+        }));
     }
 }

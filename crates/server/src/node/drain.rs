@@ -194,10 +194,10 @@ impl Node {
             // Not tracked by the shutdown tracker: its starter waits for its report
             // (`drain_ended`), and `sessync node` shuts down only after that (or on a
             // second signal, when stopping at once is what was asked).
-            tokio::spawn(crate::clock::keep_clock(async move {
+            crate::clock::spawn_keeping_clock(async move {
                 let report = node.run_drain().await;
                 node.elastic.outcome.send_replace(Some(report));
-            }));
+            });
         }
         self.drain_ended().await
     }
@@ -537,7 +537,7 @@ impl Node {
                 // Not tracked: each take is an ordinary handover bounded by the peer
                 // timeout, and one cut short by a shutdown leaves the session with the
                 // leaver (it hands it on again, or a lookup finds it).
-                tokio::spawn(crate::clock::keep_clock(async move {
+                crate::clock::spawn_keeping_clock(async move {
                     futures_util::stream::iter(ids)
                         .for_each_concurrent(PARALLEL, |id| {
                             let node = &node;
@@ -551,7 +551,7 @@ impl Node {
                             }
                         })
                         .await;
-                }));
+                });
                 PeerMessage::Ok
             }
             PeerMessage::Release { ids } => {
@@ -561,14 +561,14 @@ impl Node {
                 let leaver = peer.advertised;
                 // Not tracked: each replacement is a REPLICATE round and a DROP bounded
                 // by the peer timeout; one cut short leaves the leaver a holder (12.2).
-                tokio::spawn(crate::clock::keep_clock(async move {
+                crate::clock::spawn_keeping_clock(async move {
                     futures_util::stream::iter(ids)
                         .for_each_concurrent(PARALLEL, |id| {
                             let node = &node;
                             async move { node.replace_holder(id, leaver).await }
                         })
                         .await;
-                }));
+                });
                 PeerMessage::Ids { ids: absent }
             }
             PeerMessage::Locate { session_id } => match self.locate_generation(&session_id) {

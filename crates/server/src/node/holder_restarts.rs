@@ -129,12 +129,10 @@ impl Node {
             return;
         }
         let node = self.clone();
-        tokio::spawn(crate::clock::keep_clock(tracing::Instrument::in_current_span(
-            async move {
-                task(node.clone()).await;
-                node.unsure().confirming.remove(&id);
-            },
-        )));
+        crate::clock::spawn_keeping_clock(tracing::Instrument::in_current_span(async move {
+            task(node.clone()).await;
+            node.unsure().confirming.remove(&id);
+        }));
     }
 
     /// Whether a PROMOTE from `asker` naming `failed_owner` must not take the copy this

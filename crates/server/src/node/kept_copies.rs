@@ -62,38 +62,36 @@ impl Node {
         self.kept_copy_checks.insert(*id, check, now);
         let (node, id) = (self.clone(), *id);
         // Not tracked by the shutdown tracker: one request bounded by the peer timeout.
-        tokio::spawn(crate::clock::keep_clock(tracing::Instrument::in_current_span(
-            async move {
-                let lets_go = match node.ask_locate(id, failed).await {
-                    Ok(PeerMessage::NotFound { session_id }) => session_id == id,
-                    // A pointer back here of a generation newer than the kept state is F
-                    // handing this node a newer copy (its COPY_DATA found no request): F
-                    // holds more than the kept copy, which must not go on in its place
-                    // (simulation seed 1216 with crashes: a stale kept copy handed on while F
-                    // handed this node the copy with an acknowledged append).
-                    Ok(PeerMessage::Located {
-                        session_id,
-                        role,
-                        addr,
-                        generation,
-                    }) => {
-                        session_id == id
-                            && role != sessync_proto::Role::Owner
-                            && addr == node.advertise
-                            && generation.is_none_or(|g| g <= kept)
-                    }
-                    _ => false,
-                };
-                if lets_go {
-                    let at = now_ms();
-                    let answered = KeptCopyCheck {
-                        lets_go_ms: Some(at),
-                        ..check
-                    };
-                    node.kept_copy_checks.insert(id, answered, at);
+        crate::clock::spawn_keeping_clock(tracing::Instrument::in_current_span(async move {
+            let lets_go = match node.ask_locate(id, failed).await {
+                Ok(PeerMessage::NotFound { session_id }) => session_id == id,
+                // A pointer back here of a generation newer than the kept state is F
+                // handing this node a newer copy (its COPY_DATA found no request): F
+                // holds more than the kept copy, which must not go on in its place
+                // (simulation seed 1216 with crashes: a stale kept copy handed on while F
+                // handed this node the copy with an acknowledged append).
+                Ok(PeerMessage::Located {
+                    session_id,
+                    role,
+                    addr,
+                    generation,
+                }) => {
+                    session_id == id
+                        && role != sessync_proto::Role::Owner
+                        && addr == node.advertise
+                        && generation.is_none_or(|g| g <= kept)
                 }
-            },
-        )));
+                _ => false,
+            };
+            if lets_go {
+                let at = now_ms();
+                let answered = KeptCopyCheck {
+                    lets_go_ms: Some(at),
+                    ..check
+                };
+                node.kept_copy_checks.insert(id, answered, at);
+            }
+        }));
         true
     }
 

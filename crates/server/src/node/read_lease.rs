@@ -219,8 +219,8 @@ impl Node {
         let peers = self.peers.clone();
         let deadline = tokio::time::Instant::now() + self.config.peer_timeout;
         // Not tracked by the shutdown tracker: one request bounded by the peer timeout.
-        tokio::spawn(crate::clock::keep_clock(async move {
+        crate::clock::spawn_keeping_clock(async move {
             let _ = peers.request(owner, PeerMessage::Ping(0), deadline).await;
-        }));
+        });
     }
 }

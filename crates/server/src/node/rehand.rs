@@ -85,43 +85,41 @@ impl Node {
         tracing::debug!(session = %id, receiver = %h.to, transfer = h.transfer, asker = %asker.advertised, "not re-handing before the receiver says it never took the copy over");
         let (node, id) = (self.clone(), *id);
         // Not tracked by the shutdown tracker: one request bounded by the peer timeout.
-        tokio::spawn(crate::clock::keep_clock(tracing::Instrument::in_current_span(
-            async move {
-                let answer = node.ask_locate(id, h.to).await;
-                // A copy of this node's own, one generation below the handover: the
-                // receiver's copy from before it (it was this node's holder), or the state
-                // of its own claim kept when that claim yielded to this node (simulation
-                // seed 35328 with crashes, under a build that refused reads past one lease,
-                // ARCHITECTURE.md item 40: the receiver refused the late COPY_DATA for its
-                // claim, then gave the claim up to this node, and the copy with an
-                // acknowledged append stayed stuck here while another node took an older one
-                // over). Had it installed the copy, it would not name this node, which owns
-                // nothing newer while it hands over.
-                let ours_before = matches!(&answer, Ok(PeerMessage::Located { session_id, role: Role::Backup, addr, generation: Some(g) })
+        crate::clock::spawn_keeping_clock(tracing::Instrument::in_current_span(async move {
+            let answer = node.ask_locate(id, h.to).await;
+            // A copy of this node's own, one generation below the handover: the
+            // receiver's copy from before it (it was this node's holder), or the state
+            // of its own claim kept when that claim yielded to this node (simulation
+            // seed 35328 with crashes, under a build that refused reads past one lease,
+            // ARCHITECTURE.md item 40: the receiver refused the late COPY_DATA for its
+            // claim, then gave the claim up to this node, and the copy with an
+            // acknowledged append stayed stuck here while another node took an older one
+            // over). Had it installed the copy, it would not name this node, which owns
+            // nothing newer while it hands over.
+            let ours_before = matches!(&answer, Ok(PeerMessage::Located { session_id, role: Role::Backup, addr, generation: Some(g) })
                 if *session_id == id && *addr == node.advertise && g.saturating_add(1) == h.transfer);
-                let never_took = ours_before
-                    || match super::lookup::locate_answer(id, answer) {
-                        LocateAnswer::NoEntry => true,
-                        LocateAnswer::Entry(Role::HandedOver, Some(g)) => g < h.transfer,
-                        // A backup copy more than one generation older than the handover: had the
-                        // receiver installed the copy, it would hold the handover's generation,
-                        // one less only as its own state kept when it yielded to a newer owner,
-                        // and more as that owner's copy (simulation seed 1216 with crashes: a
-                        // receiver whose request had given up held an older kept copy, and the
-                        // handover with an acknowledged append stayed stuck).
-                        LocateAnswer::Entry(Role::Backup, Some(g)) => g.saturating_add(1) < h.transfer,
-                        _ => false,
-                    };
-                if never_took {
-                    let at = now_ms();
-                    let answered = RehandCheck {
-                        never_took_ms: Some(at),
-                        ..check
-                    };
-                    node.rehand_checks.insert(id, answered, at);
-                }
-            },
-        )));
+            let never_took = ours_before
+                || match super::lookup::locate_answer(id, answer) {
+                    LocateAnswer::NoEntry => true,
+                    LocateAnswer::Entry(Role::HandedOver, Some(g)) => g < h.transfer,
+                    // A backup copy more than one generation older than the handover: had the
+                    // receiver installed the copy, it would hold the handover's generation,
+                    // one less only as its own state kept when it yielded to a newer owner,
+                    // and more as that owner's copy (simulation seed 1216 with crashes: a
+                    // receiver whose request had given up held an older kept copy, and the
+                    // handover with an acknowledged append stayed stuck).
+                    LocateAnswer::Entry(Role::Backup, Some(g)) => g.saturating_add(1) < h.transfer,
+                    _ => false,
+                };
+            if never_took {
+                let at = now_ms();
+                let answered = RehandCheck {
+                    never_took_ms: Some(at),
+                    ..check
+                };
+                node.rehand_checks.insert(id, answered, at);
+            }
+        }));
         true
     }
 }

@@ -301,12 +301,10 @@ impl Node {
         let (node, peer, record) = (self.clone(), *peer, record.clone());
         // Not tracked by the shutdown tracker: it waits for one round, bounded by two peer
         // timeouts.
-        tokio::spawn(crate::clock::keep_clock(tracing::Instrument::in_current_span(
-            async move {
-                let _round = node.replication_locks[stripe].lock().await;
-                node.yield_to_rival(peer, generation, &record);
-            },
-        )));
+        crate::clock::spawn_keeping_clock(tracing::Instrument::in_current_span(async move {
+            let _round = node.replication_locks[stripe].lock().await;
+            node.yield_to_rival(peer, generation, &record);
+        }));
         PeerMessage::Error(ErrorReply::new(
             ErrorCode::VersionConflict,
             "this node's rival copy of the generation yields to yours once its round is over; send it again",
@@ -337,43 +335,41 @@ impl Node {
     fn challenge_rival_in_background(self: &Arc<Self>, id: SessionId, generation: u64, rival: SocketAddr) {
         let node = self.clone();
         // Not tracked by the shutdown tracker: one request bounded by the peer timeout.
-        tokio::spawn(crate::clock::keep_clock(tracing::Instrument::in_current_span(
-            async move {
-                let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
-                let _one_at_a_time = node.replication_locks[stripe].lock().await;
-                if !node.never_acknowledged(&id, generation) {
-                    return;
-                }
-                let Some(snap) = node.table.snapshot(&id, now_ms()) else {
-                    return;
-                };
-                if snap.generation != generation {
-                    return;
-                }
-                let deadline = Instant::now() + node.config.peer_timeout;
-                let message = PeerMessage::Replicate {
-                    generation,
-                    record: snap.record,
-                };
-                match node.peers.request(rival, message, deadline).await {
-                    Ok(PeerMessage::Moved { owner, .. }) if owner == rival => {
-                        if !node.never_acknowledged(&id, generation) {
-                            return;
-                        }
-                        tracing::info!(session = %id, %rival, generation, "a rival copy of this generation refused this one, which never acknowledged a write; it yields");
-                        node.spawn_fence(id, generation, snap.backups.to_vec());
-                        node.release_held_ack(id);
-                        node.forget_never_acknowledged(id);
-                        let _ = node.table.lose_ownership(&id, generation, rival, now_ms());
+        crate::clock::spawn_keeping_clock(tracing::Instrument::in_current_span(async move {
+            let stripe = usize::from(id.0[1]) % REPLICATION_STRIPES;
+            let _one_at_a_time = node.replication_locks[stripe].lock().await;
+            if !node.never_acknowledged(&id, generation) {
+                return;
+            }
+            let Some(snap) = node.table.snapshot(&id, now_ms()) else {
+                return;
+            };
+            if snap.generation != generation {
+                return;
+            }
+            let deadline = Instant::now() + node.config.peer_timeout;
+            let message = PeerMessage::Replicate {
+                generation,
+                record: snap.record,
+            };
+            match node.peers.request(rival, message, deadline).await {
+                Ok(PeerMessage::Moved { owner, .. }) if owner == rival => {
+                    if !node.never_acknowledged(&id, generation) {
+                        return;
                     }
-                    Ok(PeerMessage::Ok) if !snap.backups.contains(&rival) => {
-                        let mut holders = snap.backups.to_vec();
-                        holders.push(rival);
-                        node.table.set_backups(&id, generation, &holders);
-                    }
-                    _ => {}
+                    tracing::info!(session = %id, %rival, generation, "a rival copy of this generation refused this one, which never acknowledged a write; it yields");
+                    node.spawn_fence(id, generation, snap.backups.to_vec());
+                    node.release_held_ack(id);
+                    node.forget_never_acknowledged(id);
+                    let _ = node.table.lose_ownership(&id, generation, rival, now_ms());
                 }
-            },
-        )));
+                Ok(PeerMessage::Ok) if !snap.backups.contains(&rival) => {
+                    let mut holders = snap.backups.to_vec();
+                    holders.push(rival);
+                    node.table.set_backups(&id, generation, &holders);
+                }
+                _ => {}
+            }
+        }));
     }
 }
