@@ -29,7 +29,7 @@ pub(crate) mod sim {
     }
 
     pub(super) fn now_ms() -> Option<u64> {
-        let offset = OFFSET.try_with(|o| *o).unwrap_or(0);
+        let offset = offset();
         EPOCH
             .with(|e| e.get())
             .map(|(start, base)| (base + start.elapsed().as_millis() as u64).saturating_add_signed(offset))

@@ -420,8 +420,14 @@ impl Node {
             // A new process at that address (it restarted): its copies start now.
             h.process = owner.node_id;
             h.since_ms = now;
-            // The earlier process is gone (a failover need not wait out its read lease).
-            self.peers.processes.gone(owner.advertised);
+            // The earlier process is gone (a failover need not wait out its read lease):
+            // recorded as the link's handshake records it, once per new process, not again
+            // when this table learns it later. A second "gone" here, after the handshake
+            // had already shown the new process, dated the restart after a handover that
+            // the new process itself had asked for, and the giver re-handed a copy that
+            // process held (simulation seed 3771 with crashes and skewed clocks: two
+            // lineages of one generation, an acknowledged append lost).
+            self.peers.processes.seen(owner.advertised, owner.node_id);
         }
         h.last_ms = now;
         h.connected = true;
