@@ -10,8 +10,8 @@
 # reproduce, minimise and keep it.
 #
 # Except `handover` (the simulation of the node, scripted by the input): it replays its
-# committed corpus, every file of which must pass, but does not explore, because about one
-# random schedule in ten still hits a class that issue 13 keeps open (fuzz/README.md,
+# committed corpus, every file of which must pass, but does not explore, because exploring
+# still finds schedules in a class that issue 13 keeps open (fuzz/README.md,
 # "Known findings"). FUZZ_HANDOVER_EXPLORE=1 explores it like the others.
 set -euo pipefail
 cd "$(dirname "$0")/.."
