@@ -306,9 +306,11 @@ impl Workload {
     }
 }
 
-/// How long a node may go on serving a stale copy to reads after it last heard from one
-/// of the session's holders (protocol.md 12.5): three read leases, and the round that
-/// finds no holder answering (a peer timeout), with a peer timeout to spare.
+/// How long the checker leaves a session unread before it asks again whether a stale copy
+/// is still served (protocol.md 12.5's bound): a copy whose last round began more than
+/// three read leases ago is not served until a holder answers, so three leases, the round
+/// a read then waits for (a peer timeout), and a peer timeout to spare (the clock skew a
+/// moved copy's lease may carry is well inside it).
 fn stale_read_bound(net: &Net) -> Duration {
     let st = net.lock();
     let Some(slot) = st.slots.first() else {
