@@ -11,10 +11,11 @@
 //! code itself, unchanged; the simulation replaces only what crosses process boundaries
 //! (peer requests, in `peer_link::Peers`, and the wall clock, in `clock`). Each node reads
 //! the virtual clock through an offset of its own, drawn from the seed within
-//! [`MAX_CLOCK_SKEW`] (protocol.md section 1): a task-local that the simulation sets on every
-//! task of a node and `clock::spawn_keeping_clock` carries into the tasks a node spawns. What it does
-//! not model: clock drift (offsets are fixed), a paused process's own timers (its IO is
-//! held, its timers run), and the TCP and TLS layers (tested over sockets).
+//! [`MAX_CLOCK_SKEW`] (protocol.md section 1): a task-local that the simulation sets on
+//! every task of a node and `clock::spawn_keeping_clock` carries into the tasks a node
+//! spawns. What it does not model: clock drift (offsets are fixed), a paused process's own
+//! timers (its IO is held, its timers run), and the TCP and TLS layers (tested over
+//! sockets).
 //!
 //! Replay: a violation names its seed; `simulate(seed, ..)` runs the same schedule again
 //! (session ids come from the seed too, on the simulation's thread).
