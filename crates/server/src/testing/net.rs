@@ -256,11 +256,11 @@ impl Net {
             let st = self.lock();
             (st.slots[t].clock, st.slots[f].clock)
         };
-        // The sender's process, as the peer port learns it from an inbound handshake.
-        on_clock_sync(to_clock, || {
-            target.peers.processes.seen(from.advertised, from.node_id)
+        let answer = on_clock_sync(to_clock, || {
+            // The sender's process, as the peer port learns it from an inbound handshake.
+            target.peers.processes.seen(from.advertised, from.node_id);
+            crate::peer_port::handle(&target, &from, msg.clone())
         });
-        let answer = on_clock_sync(to_clock, || crate::peer_port::handle(&target, &from, msg.clone()));
         tracing::trace!(target: "simnet", answer = %format!("{answer:?}").chars().take(100).collect::<String>());
         if dup {
             self.lock().traffic.duplicated += 1;
