@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::raw_peer::{ask, authenticated_as};
 use common::*;
 use futures_util::SinkExt;
 use sessync_proto::{ErrorCode, PeerMessage, Role};
@@ -423,5 +424,68 @@ async fn an_unconfirmed_claim_counts_confirmations_only_after_a_survey() {
     set(&c, &s.token, "2")
         .await
         .expect("every member answered: acknowledged");
+    stop(vec![node]).await;
+}
+
+/// A failover's claim whose only confirmation came from a holder that restarted since the
+/// failed owner last wrote the claimed copy ("A claim confirmed by a holder that restarted
+/// since", protocol.md 12.3) has acknowledged nothing: it yields to a rival claim of its
+/// generation from a node with a higher node id, as a claim short of confirmations does
+/// (12.4). Kept as one that may have acknowledged, it and the rival refused each other, and
+/// one lost LOCATE reply later gave up the rival that had acknowledged an append
+/// (simulation seed 29620 with crashes). Checked: without the mark, the node answers the
+/// rival MOVED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_confirmed_only_by_a_restarted_holder_yields_to_a_higher_rival() {
+    let (holder, other) = (fake_peer(1).await, fake_peer(101).await);
+    // The other member takes no copy and never answers LOCATE: the claim's survey stays
+    // open, so no round of the claim completes.
+    *other.refuse.lock().unwrap() = true;
+    *other.locate.lock().unwrap() = Locate::Silent;
+    let node = replicating_node_beside_fakes(vec![holder.addr, other.addr]).await;
+    let c = client(node.client_addr()).await;
+    // The node meets the holder's first process: sessions created until one is placed there.
+    for _ in 0..20 {
+        if *holder.replicates.lock().unwrap() > 0 {
+            break;
+        }
+        let _ = timeout(WAIT, c.create(attrs(&[("cart", "0")]))).await.unwrap();
+    }
+    assert!(
+        *holder.replicates.lock().unwrap() > 0,
+        "a session was placed on the holder"
+    );
+
+    let id = sessync_proto::SessionId::random();
+    let owner = common::claims::backup_copy_of_a_gone_owner(node.peer_addr(), id).await;
+    restart(&holder).await;
+    let before = *holder.replicates.lock().unwrap();
+    // Past the owner's read lease (100 ms): the node claims its backup copy.
+    let _ = timeout(WAIT, c.get(&token_for(id, 1, owner, vec![node.peer_addr()])))
+        .await
+        .unwrap();
+    assert!(
+        *holder.replicates.lock().unwrap() > before,
+        "the restarted holder confirmed the claim"
+    );
+
+    let mut rival = authenticated_as(node.peer_addr(), nowhere(), [0xff; 16]).await;
+    let answer = timeout(
+        WAIT,
+        ask(
+            &mut rival,
+            PeerMessage::Replicate {
+                generation: 2,
+                record: record_with_cart(id, b"rival's"),
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(answer, PeerMessage::Ok)
+            || matches!(&answer, PeerMessage::Error(e) if e.code == ErrorCode::VersionConflict),
+        "the claim, which acknowledged nothing, yields to the higher rival: {answer:?}"
+    );
     stop(vec![node]).await;
 }

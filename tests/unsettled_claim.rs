@@ -63,17 +63,7 @@ async fn unconfirmed_local_claim(id: SessionId) -> (sessync_server::NodeHandle, 
     )
     .await;
     let node = replicating_node_beside_fakes(vec![member]).await;
-    let owner = nowhere();
-    let mut as_owner = authenticated_as(node.peer_addr(), owner, [5; 16]).await;
-    let placed = PeerMessage::Replicate {
-        generation: 1,
-        record: record_with_cart(id, b"claimed"),
-    };
-    assert_eq!(
-        timeout(WAIT, ask(&mut as_owner, placed)).await.unwrap(),
-        PeerMessage::Ok
-    );
-    drop(as_owner);
+    let owner = common::claims::backup_copy_of_a_gone_owner(node.peer_addr(), id).await;
     // Past the owner's read lease (100 ms), which a claim waits out.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let c = client(node.client_addr()).await;

@@ -1,5 +1,6 @@
 //! A node holding a claim that never acknowledged a write, and the LOCATE polls that
-//! watch it (tests/rival_copies.rs, tests/rival_gave_up.rs).
+//! watch it (tests/rival_copies.rs, tests/rival_gave_up.rs); the backup copy of a gone
+//! owner that a failover claims (tests/unsettled_claim.rs, tests/holder_restart.rs).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -158,4 +159,21 @@ pub fn replicate(id: SessionId, generation: u64, version: u64) -> PeerMessage {
     let mut record = empty_record(id, sessync_server::clock::now_ms(), 60_000);
     record.meta.version = version;
     PeerMessage::Replicate { generation, record }
+}
+
+/// Places generation 1 of session `id` (`cart` = `claimed`) as a backup copy on the node
+/// whose peer port is `node`, from an owner at an address nothing listens on (a gone
+/// owner): the copy a failover at that node claims. Returns the owner's address.
+pub async fn backup_copy_of_a_gone_owner(node: SocketAddr, id: SessionId) -> SocketAddr {
+    let owner = nowhere();
+    let mut as_owner = authenticated_as(node, owner, [5; 16]).await;
+    let placed = PeerMessage::Replicate {
+        generation: 1,
+        record: record_with_cart(id, b"claimed"),
+    };
+    assert_eq!(
+        timeout(WAIT, ask(&mut as_owner, placed)).await.unwrap(),
+        PeerMessage::Ok
+    );
+    owner
 }

@@ -573,7 +573,12 @@ impl Node {
             // nothing, so the claim counts as unconfirmed (protocol.md 12.3 step 1).
             // Simulation seed 5292 with crashes: `failed`, cut off but alive, went on
             // and rotated the session away, while this claim, confirmed only by the new
-            // process of `failed`'s other holder, acknowledged an append.
+            // process of `failed`'s other holder, acknowledged an append. Nor has the
+            // claim acknowledged anything yet: it yields to a rival of its generation as
+            // a claim short of confirmations does (12.4), until a round completes after
+            // the survey (simulation seed 29620 with crashes: kept as one that may have
+            // acknowledged, it and a rival that had acknowledged an append refused each
+            // other, and a lost LOCATE reply later gave up the rival's copy and append).
             if let (Landed::Owner(Some(placed)), Some(written)) = (&landed, written) {
                 if placed
                     .confirmed
@@ -582,6 +587,7 @@ impl Node {
                 {
                     tracing::info!(session = %id, %failed, "a claim confirmed by a holder that restarted since its copy was written; surveyed first");
                     self.mark_unconfirmed_claim(id);
+                    self.mark_never_acknowledged(id, claim.generation, claim.base);
                 }
             }
             // A holder keeps a newer copy of this address's earlier process: taken over
