@@ -437,30 +437,18 @@ async fn an_unconfirmed_claim_counts_confirmations_only_after_a_survey() {
 /// rival MOVED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_confirmed_only_by_a_restarted_holder_yields_to_a_higher_rival() {
-    let (holder, other) = (fake_peer(1).await, fake_peer(101).await);
+    // The node has met the holder's first process: it placed a session there.
+    let (node, c, _token, holder, other) = owner_with_a_backup().await;
     // The other member takes no copy and never answers LOCATE: the claim's survey stays
     // open, so no round of the claim completes.
     *other.refuse.lock().unwrap() = true;
     *other.locate.lock().unwrap() = Locate::Silent;
-    let node = replicating_node_beside_fakes(vec![holder.addr, other.addr]).await;
-    let c = client(node.client_addr()).await;
-    // The node meets the holder's first process: sessions created until one is placed there.
-    for _ in 0..20 {
-        if *holder.replicates.lock().unwrap() > 0 {
-            break;
-        }
-        let _ = timeout(WAIT, c.create(attrs(&[("cart", "0")]))).await.unwrap();
-    }
-    assert!(
-        *holder.replicates.lock().unwrap() > 0,
-        "a session was placed on the holder"
-    );
 
     let id = sessync_proto::SessionId::random();
     let owner = common::claims::backup_copy_of_a_gone_owner(node.peer_addr(), id).await;
     restart(&holder).await;
     let before = *holder.replicates.lock().unwrap();
-    // Past the owner's read lease (100 ms): the node claims its backup copy.
+    // The node waits out the owner's read lease, then claims its backup copy.
     let _ = timeout(WAIT, c.get(&token_for(id, 1, owner, vec![node.peer_addr()])))
         .await
         .unwrap();

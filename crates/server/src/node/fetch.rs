@@ -586,8 +586,7 @@ impl Node {
                     .any(|h| self.peers.processes.gone_since(*h) > written)
                 {
                     tracing::info!(session = %id, %failed, "a claim confirmed by a holder that restarted since its copy was written; surveyed first");
-                    self.mark_unconfirmed_claim(id);
-                    self.mark_never_acknowledged(id, claim.generation, claim.base);
+                    self.mark_claim_short_of_confirmations(id, claim.generation, claim.base);
                 }
             }
             // A holder keeps a newer copy of this address's earlier process: taken over

@@ -585,10 +585,9 @@ impl Node {
                     if !b.complete(usize::from(self.config.replicas)) {
                         tracing::warn!(session = %id, backups = b.confirmed.len(), "session taken over with fewer backups than wanted");
                         if claim {
-                            self.mark_unconfirmed_claim(id);
-                            // A moved copy is not marked: it carries what its giver
+                            // A moved copy is not marked so: it carries what its giver
                             // acknowledged (`rival_claims.rs`).
-                            self.mark_never_acknowledged(id, generation, base);
+                            self.mark_claim_short_of_confirmations(id, generation, base);
                         } else {
                             self.mark_move_never_acknowledged(id, generation);
                         }

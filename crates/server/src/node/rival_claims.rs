@@ -55,6 +55,22 @@ impl Node {
         }
     }
 
+    /// A claim of `id` under `generation`, installed here, lacks the confirmations that
+    /// fence it (fewer holders confirmed than wanted, or only holders that restarted since
+    /// its copy was written): its confirmations count only after a survey of the members
+    /// ([`Node::mark_unconfirmed_claim`]), and it has acknowledged nothing, so it yields to
+    /// a rival of its generation ([`Node::mark_never_acknowledged`]), until a round
+    /// completes.
+    pub(super) fn mark_claim_short_of_confirmations(
+        &self,
+        id: SessionId,
+        generation: u64,
+        base: Option<ClaimBase>,
+    ) {
+        self.mark_unconfirmed_claim(id);
+        self.mark_never_acknowledged(id, generation, base);
+    }
+
     /// Remembers that a copy of `id` moved here under `generation` was installed without
     /// the confirmations it needs: it has acknowledged nothing under that generation yet.
     /// Unlike a claim's mark, this one never makes the copy yield to a rival; it only lets
