@@ -12,7 +12,8 @@
 //! seed; `SESSYNC_SIM_FIRST=S SESSYNC_SIM_SEEDS=1` replays it, exactly (checked by
 //! `a_seed_replays_exactly`). `SESSYNC_SIM_EACH=1` prints each seed's counts, failovers
 //! included (to compare two builds seed by seed); `SESSYNC_SIM_SKEW_MS=N` sets the largest
-//! difference between two nodes' clocks (default 100, 0 for one clock); `SESSYNC_SIM_LOG=sessync_server=debug,sim=debug,simnet=trace`
+//! difference between two nodes' clocks (default 100, 0 for one clock); `SESSYNC_SIM_NODES=N`
+//! runs clusters of N nodes instead of three (the seeds' other draws unchanged); `SESSYNC_SIM_LOG=sessync_server=debug,sim=debug,simnet=trace`
 //! logs the nodes, the clients and every message, stamped with the virtual time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -32,6 +33,7 @@ fn env(name: &str, default: u64) -> u64 {
 /// The options a seed runs with: one or two backups per session.
 fn options(seed: u64) -> SimOptions {
     SimOptions {
+        nodes: env("SESSYNC_SIM_NODES", 3).clamp(2, 16) as usize,
         replicas: if seed % 3 == 2 { 2 } else { 1 },
         crash: std::env::var("SESSYNC_SIM_NO_CRASH").is_err(),
         pauses: std::env::var("SESSYNC_SIM_NO_PAUSE").is_err(),
@@ -443,4 +445,70 @@ fn known_failing_seeds() {
         }
     }
     assert!(failed.is_empty(), "still failing: {failed:?}");
+}
+
+/// Clusters of four and five nodes, the seeds' draws otherwise unchanged (faults pick
+/// among more nodes). The seeds above all run three nodes, where a node outside a
+/// session's holders is the claimer itself; with more nodes a moved copy can be placed
+/// on holders none of which fenced the failed owner's generation (session 51 measured
+/// 19 of 5 000 seeds failing with four nodes, 42 of 5 000 with five: ARCHITECTURE.md,
+/// "What is promised"). `cargo test` runs these seeds, which pass; the failing ones are
+/// in [`STILL_FAILING_LARGER`].
+const LARGER_CLUSTER_SEEDS: std::ops::Range<u64> = 0..8;
+
+/// Seeds that break a promise with more than three nodes (`(nodes, seed)`), with crashes,
+/// as `SESSYNC_SIM_NODES=N SESSYNC_SIM_FIRST=S SESSYNC_SIM_SEEDS=1` replays them. 2323
+/// with four nodes is traced in ARCHITECTURE.md item 43 (an acknowledged append lost to a
+/// lineage forked while a fencing holder was cut off); the others are the first of each
+/// count's failures, untraced.
+const STILL_FAILING_LARGER: &[(usize, u64)] = &[(4, 2323), (4, 825), (4, 895), (4, 1524), (5, 133), (5, 142)];
+
+/// [`LARGER_CLUSTER_SEEDS`] with four and with five nodes.
+#[test]
+fn larger_clusters_keep_every_promise_on_the_bounded_seeds() {
+    common::init_sim_log();
+    let mut failed = Vec::new();
+    for nodes in [4, 5] {
+        for seed in LARGER_CLUSTER_SEEDS {
+            let r = simulate(
+                seed,
+                &SimOptions {
+                    nodes,
+                    ..options(seed)
+                },
+            );
+            assert!(
+                r.acked > 0,
+                "{nodes} nodes, seed {seed}: nothing was acknowledged"
+            );
+            if !r.violations.is_empty() {
+                eprintln!("{nodes} nodes: {}", explain(&r));
+                failed.push((nodes, seed));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "failed (nodes, seed): {failed:?}");
+}
+
+/// The seeds of [`STILL_FAILING_LARGER`]; ignored until they are fixed (`cargo test
+/// --release --test simulation -- --ignored larger_clusters_known_failing`).
+#[test]
+#[ignore = "seeds that fail with four or five nodes: issue 13's open part; run with --ignored"]
+fn larger_clusters_known_failing() {
+    common::init_sim_log();
+    let mut failed = Vec::new();
+    for &(nodes, seed) in STILL_FAILING_LARGER {
+        let r = simulate(
+            seed,
+            &SimOptions {
+                nodes,
+                ..options(seed)
+            },
+        );
+        if !r.violations.is_empty() {
+            eprintln!("{nodes} nodes: {}", explain(&r));
+            failed.push((nodes, seed));
+        }
+    }
+    assert!(failed.is_empty(), "still failing (nodes, seed): {failed:?}");
 }
