@@ -625,3 +625,29 @@ fn cluster_prints_status_urls_and_logs_each_node_ready_and_stopped() {
     }
     panic!("no free base port found for the trial cluster");
 }
+
+/// A node told of more members than the write promise is measured for (protocol.md 12.6)
+/// says so in its log, once; a three-node cluster, or one without backups, does not.
+#[test]
+fn a_cluster_larger_than_the_promise_is_warned_of() {
+    let peers = |n: usize| {
+        (0..n)
+            .map(|_| {
+                format!(
+                    "127.0.0.1:{}",
+                    common::reserve_port(&["127.0.0.1".parse().unwrap()], false)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let warning = "more than 3 nodes: acknowledged writes can be lost";
+    let four = peers(4);
+    let log = node_log(&["--peers", &four, "--replicas", "1"]);
+    assert_eq!(log.matches(warning).count(), 1, "{log}");
+    let three = peers(3);
+    let log = node_log(&["--peers", &three, "--replicas", "1"]);
+    assert!(!log.contains(warning), "{log}");
+    let log = node_log(&["--peers", &four, "--replicas", "0"]);
+    assert!(!log.contains(warning), "{log}");
+}

@@ -491,6 +491,7 @@ impl Node {
             },
             orphans,
         ));
+        warn_if_beyond_the_promise(config.replicas, config.peers.len());
         let cluster_peers = std::sync::RwLock::new(Arc::new(config.peers.clone()));
         Node {
             config,
@@ -534,6 +535,7 @@ impl Node {
     /// Replaces the cluster's peer addresses (a node joined or left). Sessions keep the
     /// backups they have until a write finds one gone.
     pub fn set_peers(&self, peers: Vec<SocketAddr>) {
+        warn_if_beyond_the_promise(self.config.replicas, peers.len());
         *self.cluster_peers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(peers);
     }
 
@@ -653,3 +655,24 @@ enum SessionFailure {
 
 /// Shared handle type for connection tasks.
 pub(crate) type SharedNode = Arc<Node>;
+
+/// The largest cluster for which the write promise through partitions and pauses is
+/// measured and kept (protocol.md 12.6, ARCHITECTURE.md item 43): with more nodes a
+/// superseded owner's lineage can go on among nodes that never fenced it.
+pub(crate) const LARGEST_PROMISED_CLUSTER: usize = 3;
+
+/// Warns once per process when a cluster with backups has more members than
+/// [`LARGEST_PROMISED_CLUSTER`]: an operator who did not read protocol.md 12.6 learns it
+/// from the log, not from a lost write.
+fn warn_if_beyond_the_promise(replicas: u8, members: usize) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if replicas > 0
+        && members > LARGEST_PROMISED_CLUSTER
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            members,
+            "this cluster has more than {LARGEST_PROMISED_CLUSTER} nodes: acknowledged writes can be lost through network partitions and long pauses (measured, not yet fixed: protocol.md 12.6); three nodes keep that promise"
+        );
+    }
+}
