@@ -13,7 +13,9 @@
 //! `a_seed_replays_exactly`). `SESSYNC_SIM_EACH=1` prints each seed's counts, failovers
 //! included (to compare two builds seed by seed); `SESSYNC_SIM_SKEW_MS=N` sets the largest
 //! difference between two nodes' clocks (default 100, 0 for one clock); `SESSYNC_SIM_NODES=N`
-//! runs clusters of N nodes instead of three (the seeds' other draws unchanged); `SESSYNC_SIM_LOG=sessync_server=debug,sim=debug,simnet=trace`
+//! runs clusters of N nodes instead of three (the seeds' other draws unchanged);
+//! `SESSYNC_SIM_REPLICAS=R` gives every seed R backups per session (by default seeds
+//! `s % 3 == 2` have two, the others one); `SESSYNC_SIM_LOG=sessync_server=debug,sim=debug,simnet=trace`
 //! logs the nodes, the clients and every message, stamped with the virtual time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -34,7 +36,11 @@ fn env(name: &str, default: u64) -> u64 {
 fn options(seed: u64) -> SimOptions {
     SimOptions {
         nodes: env("SESSYNC_SIM_NODES", 3).clamp(2, 16) as usize,
-        replicas: if seed % 3 == 2 { 2 } else { 1 },
+        replicas: match env("SESSYNC_SIM_REPLICAS", 0) {
+            0 if seed % 3 == 2 => 2,
+            0 => 1,
+            r => r.min(4) as u8,
+        },
         crash: std::env::var("SESSYNC_SIM_NO_CRASH").is_err(),
         pauses: std::env::var("SESSYNC_SIM_NO_PAUSE").is_err(),
         weather: std::env::var("SESSYNC_SIM_CALM").is_err(),

@@ -656,23 +656,21 @@ enum SessionFailure {
 /// Shared handle type for connection tasks.
 pub(crate) type SharedNode = Arc<Node>;
 
-/// The largest cluster for which the write promise through partitions and pauses is
-/// measured and kept (protocol.md 12.6, ARCHITECTURE.md item 43): with more nodes a
-/// superseded owner's lineage can go on among nodes that never fenced it.
-pub(crate) const LARGEST_PROMISED_CLUSTER: usize = 3;
-
-/// Warns once per process when a cluster with backups has more members than
-/// [`LARGEST_PROMISED_CLUSTER`]: an operator who did not read protocol.md 12.6 learns it
-/// from the log, not from a lost write.
+/// Warns once per process when a cluster with backups has more than `replicas + 2`
+/// members: the write promise through partitions and pauses is measured and kept only up
+/// to that size (protocol.md 12.6, ARCHITECTURE.md item 43: then the only node outside a
+/// session's owner and holders is the one that claims it, so every claim meets the
+/// holders' fences; with more, a superseded owner's lineage can go on among nodes that
+/// never fenced it). An operator who did not read protocol.md learns it from the log, not
+/// from a lost write.
 fn warn_if_beyond_the_promise(replicas: u8, members: usize) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if replicas > 0
-        && members > LARGEST_PROMISED_CLUSTER
-        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
-    {
+    let promised = usize::from(replicas) + 2;
+    if replicas > 0 && members > promised && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         tracing::warn!(
             members,
-            "this cluster has more than {LARGEST_PROMISED_CLUSTER} nodes: acknowledged writes can be lost through network partitions and long pauses (measured, not yet fixed: protocol.md 12.6); three nodes keep that promise"
+            replicas,
+            "this cluster has more than --replicas + 2 = {promised} members: acknowledged writes can be lost through network partitions and long pauses (measured, not yet fixed: protocol.md 12.6); --replicas {} keeps them", members.saturating_sub(2)
         );
     }
 }
