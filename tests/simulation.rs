@@ -469,30 +469,38 @@ const LARGER_CLUSTER_SEEDS: std::ops::Range<u64> = 0..8;
 /// count's failures, untraced.
 const STILL_FAILING_LARGER: &[(usize, u64)] = &[(4, 2323), (4, 825), (4, 895), (4, 1524), (5, 133), (5, 142)];
 
+/// The runs of `runs` (`(nodes, seed)`, with the seed's other options) that break a
+/// promise, each explained on stderr.
+fn larger_cluster_failures(runs: impl Iterator<Item = (usize, u64)>) -> Vec<(usize, u64)> {
+    common::init_sim_log();
+    let mut failed = Vec::new();
+    for (nodes, seed) in runs {
+        let r = simulate(
+            seed,
+            &SimOptions {
+                nodes,
+                ..options(seed)
+            },
+        );
+        assert!(
+            r.acked > 0,
+            "{nodes} nodes, seed {seed}: nothing was acknowledged"
+        );
+        if !r.violations.is_empty() {
+            eprintln!("{nodes} nodes: {}", explain(&r));
+            failed.push((nodes, seed));
+        }
+    }
+    failed
+}
+
 /// [`LARGER_CLUSTER_SEEDS`] with four and with five nodes.
 #[test]
 fn larger_clusters_keep_every_promise_on_the_bounded_seeds() {
-    common::init_sim_log();
-    let mut failed = Vec::new();
-    for nodes in [4, 5] {
-        for seed in LARGER_CLUSTER_SEEDS {
-            let r = simulate(
-                seed,
-                &SimOptions {
-                    nodes,
-                    ..options(seed)
-                },
-            );
-            assert!(
-                r.acked > 0,
-                "{nodes} nodes, seed {seed}: nothing was acknowledged"
-            );
-            if !r.violations.is_empty() {
-                eprintln!("{nodes} nodes: {}", explain(&r));
-                failed.push((nodes, seed));
-            }
-        }
-    }
+    let runs = [4, 5]
+        .into_iter()
+        .flat_map(|n| LARGER_CLUSTER_SEEDS.map(move |s| (n, s)));
+    let failed = larger_cluster_failures(runs);
     assert!(failed.is_empty(), "failed (nodes, seed): {failed:?}");
 }
 
@@ -501,20 +509,6 @@ fn larger_clusters_keep_every_promise_on_the_bounded_seeds() {
 #[test]
 #[ignore = "seeds that fail with four or five nodes: issue 13's open part; run with --ignored"]
 fn larger_clusters_known_failing() {
-    common::init_sim_log();
-    let mut failed = Vec::new();
-    for &(nodes, seed) in STILL_FAILING_LARGER {
-        let r = simulate(
-            seed,
-            &SimOptions {
-                nodes,
-                ..options(seed)
-            },
-        );
-        if !r.violations.is_empty() {
-            eprintln!("{nodes} nodes: {}", explain(&r));
-            failed.push((nodes, seed));
-        }
-    }
+    let failed = larger_cluster_failures(STILL_FAILING_LARGER.iter().copied());
     assert!(failed.is_empty(), "still failing (nodes, seed): {failed:?}");
 }
