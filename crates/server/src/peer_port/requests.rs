@@ -15,6 +15,11 @@ use crate::table::{writer_tag, CopyOutcome, Dropped, Replicated, RivalBase};
 /// peer request (the connection is then closed).
 pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -> Option<PeerMessage> {
     let now = now_ms();
+    // MOVED, counted: the answer of every refusal that names the owner to ask instead.
+    let moved = |session_id, owner| {
+        Stats::bump(&node.stats.moved);
+        PeerMessage::Moved { session_id, owner }
+    };
     let copy = |session_id, last_transfer, failed_owner: Option<std::net::SocketAddr>| match node
         .table
         .hand_over(&session_id, *peer, last_transfer, failed_owner, now)
@@ -34,10 +39,7 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
                 record,
             }
         }
-        CopyOutcome::Moved(owner) => {
-            Stats::bump(&node.stats.moved);
-            PeerMessage::Moved { session_id, owner }
-        }
+        CopyOutcome::Moved(owner) => moved(session_id, owner),
         CopyOutcome::NotFound => PeerMessage::NotFound { session_id },
     };
     Some(match msg {
@@ -78,11 +80,7 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
         PeerMessage::Promote { session_id, .. } if node.holders_unsettled(&session_id) => {
             tracing::debug!(session = %session_id, asker = %peer.advertised, "PROMOTE of a session owned here with holders not settled yet: answered as its owner");
             node.settle_holders_in_background(session_id);
-            Stats::bump(&node.stats.moved);
-            PeerMessage::Moved {
-                session_id,
-                owner: node.advertise,
-            }
+            moved(session_id, node.advertise)
         }
         // A COPY is handed over, unless it comes from the owner this node's lost failover
         // took the session from: the copy here is superseded then, the session's newest
@@ -108,11 +106,7 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             ..
         } if failed_owner != peer.advertised && node.owner_wrote_lately(&session_id, failed_owner, now) => {
             tracing::debug!(session = %session_id, %failed_owner, asker = %peer.advertised, "PROMOTE refused: the process of the owner that wrote this copy still REPLICATEs here");
-            Stats::bump(&node.stats.moved);
-            PeerMessage::Moved {
-                session_id,
-                owner: failed_owner,
-            }
+            moved(session_id, failed_owner)
         }
         // A kept copy (this node's own older state) for an asker that knew a newer
         // generation: only once the failed owner said it holds nothing newer
@@ -125,11 +119,7 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             && node.kept_copy_withheld(&session_id, failed_owner, last_transfer, now) =>
         {
             tracing::debug!(session = %session_id, %failed_owner, asker = %peer.advertised, "PROMOTE refused: the kept copy here is older than the asker's, and the failed owner has not said it holds nothing newer");
-            Stats::bump(&node.stats.moved);
-            PeerMessage::Moved {
-                session_id,
-                owner: failed_owner,
-            }
+            moved(session_id, failed_owner)
         }
         // The failed owner's read lease on the copy held here may still run: alive and cut
         // off, it may serve reads of its copy without asking anyone until then, so no
@@ -162,11 +152,7 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             ..
         } if node.handover_unsure(&session_id, failed_owner, peer.advertised) => {
             tracing::debug!(session = %session_id, %failed_owner, asker = %peer.advertised, "PROMOTE refused: a holder of the session restarted since it was handed to the failed owner");
-            Stats::bump(&node.stats.moved);
-            PeerMessage::Moved {
-                session_id,
-                owner: failed_owner,
-            }
+            moved(session_id, failed_owner)
         }
         // A copy handed to the failed owner is handed on to the asker only once that
         // receiver is known not to hold it (`node/rehand.rs`; simulation seed 17 359 with
@@ -175,13 +161,7 @@ pub(crate) fn handle(node: &SharedNode, peer: &PeerIdentity, msg: PeerMessage) -
             session_id,
             failed_owner,
             ..
-        } if node.rehand_withheld(&session_id, failed_owner, *peer, now) => {
-            Stats::bump(&node.stats.moved);
-            PeerMessage::Moved {
-                session_id,
-                owner: failed_owner,
-            }
-        }
+        } if node.rehand_withheld(&session_id, failed_owner, *peer, now) => moved(session_id, failed_owner),
         PeerMessage::Promote {
             session_id,
             last_transfer,
