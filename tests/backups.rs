@@ -394,7 +394,7 @@ async fn a_write_whose_backup_dies_mid_write_is_indeterminate_not_success() {
 /// the rule, the GET fails and nothing is installed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_whose_rival_yielded_to_it_climbs_past_the_rivals_copy() {
-    use sessync_proto::{PeerMessage, Role, SessionId};
+    use sessync_proto::{PeerMessage, SessionId};
     use std::sync::{Arc, Mutex};
     let dead = nowhere();
     let id = SessionId::random();
@@ -406,12 +406,7 @@ async fn a_claim_whose_rival_yielded_to_it_climbs_past_the_rivals_copy() {
             Arc::new(move |m: &PeerMessage| {
                 Some(match m {
                     PeerMessage::Locate { session_id } => match *node_addr.lock().unwrap() {
-                        Some(addr) => PeerMessage::Located {
-                            session_id: *session_id,
-                            role: Role::Backup,
-                            addr,
-                            generation: Some(1),
-                        },
+                        Some(addr) => located_backup(*session_id, addr, 1),
                         None => PeerMessage::NotFound {
                             session_id: *session_id,
                         },

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::raw_peer::{ask, authenticated_as};
 use common::*;
-use sessync_proto::{PeerMessage, Role, SessionId};
+use sessync_proto::{PeerMessage, SessionId};
 use tokio::time::timeout;
 
 /// The generation of the holder's copy from the node's earlier process.
@@ -51,12 +51,7 @@ impl Holder {
                 }
                 PeerMessage::Ok
             }
-            PeerMessage::Locate { session_id } => PeerMessage::Located {
-                session_id: *session_id,
-                role: Role::Backup,
-                addr: node,
-                generation: Some(EARLIER),
-            },
+            PeerMessage::Locate { session_id } => located_backup(*session_id, node, EARLIER),
             PeerMessage::Promote {
                 session_id,
                 failed_owner,

@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use common::member::empty_member_answer;
 use common::*;
-use sessync_proto::{PeerMessage, Role};
+use sessync_proto::PeerMessage;
 use tokio::time::timeout;
 
 /// The generation F's lineage holds at F's holder: the one that superseded the node's 0.
@@ -79,12 +79,7 @@ impl Members {
                     owner: f,
                 }
             }
-            PeerMessage::Locate { session_id } => PeerMessage::Located {
-                session_id: *session_id,
-                role: Role::Backup,
-                addr: f,
-                generation: Some(F_GENERATION),
-            },
+            PeerMessage::Locate { session_id } => located_backup(*session_id, f, F_GENERATION),
             PeerMessage::Promote {
                 session_id,
                 failed_owner,

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::member::{ask, dial_as_member};
 use common::*;
-use sessync_proto::{PeerMessage, Role, SessionId};
+use sessync_proto::{PeerMessage, SessionId};
 use tokio::sync::Notify;
 use tokio::time::timeout;
 
@@ -63,12 +63,7 @@ impl Backup {
             PeerMessage::Promote { session_id, .. } | PeerMessage::Copy { session_id, .. } => {
                 PeerMessage::NotFound { session_id }
             }
-            PeerMessage::Locate { session_id } => PeerMessage::Located {
-                session_id,
-                role: Role::Backup,
-                addr: owner,
-                generation: Some(OWNED),
-            },
+            PeerMessage::Locate { session_id } => located_backup(session_id, owner, OWNED),
             PeerMessage::CopyAck { transfer, .. } => {
                 self.acked.store(transfer, Ordering::SeqCst);
                 PeerMessage::Ok

@@ -177,12 +177,11 @@ struct RehandCase {
 impl RehandCase {
     fn receiver_answers(&self, m: &PeerMessage) -> Option<PeerMessage> {
         Some(match m {
-            PeerMessage::Locate { session_id } => PeerMessage::Located {
-                session_id: *session_id,
-                role: Role::Backup,
-                addr: *self.giver.get().unwrap(),
-                generation: Some(self.receivers_copy.load(Ordering::SeqCst)),
-            },
+            PeerMessage::Locate { session_id } => located_backup(
+                *session_id,
+                *self.giver.get().unwrap(),
+                self.receivers_copy.load(Ordering::SeqCst),
+            ),
             _ => PeerMessage::Ok,
         })
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::*;
-use sessync_proto::{PeerMessage, Role, SessionId};
+use sessync_proto::{PeerMessage, SessionId};
 use tokio::time::timeout;
 
 /// The two fake members' addresses, known once both listen.
@@ -52,12 +52,7 @@ impl Members {
                 session_id: *session_id,
                 owner: fenced,
             },
-            PeerMessage::Locate { session_id } => PeerMessage::Located {
-                session_id: *session_id,
-                role: Role::Backup,
-                addr: fenced,
-                generation: Some(10),
-            },
+            PeerMessage::Locate { session_id } => located_backup(*session_id, fenced, 10),
             PeerMessage::Promote {
                 session_id,
                 failed_owner,

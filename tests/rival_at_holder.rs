@@ -42,12 +42,7 @@ impl Members {
                 session_id: record.id,
                 owner: rival,
             },
-            PeerMessage::Locate { session_id } if restarted => PeerMessage::Located {
-                session_id: *session_id,
-                role: Role::Backup,
-                addr: rival,
-                generation: Some(GENERATION),
-            },
+            PeerMessage::Locate { session_id } if restarted => located_backup(*session_id, rival, GENERATION),
             PeerMessage::Locate { session_id } => PeerMessage::NotFound {
                 session_id: *session_id,
             },

@@ -551,14 +551,9 @@ async fn claim_beside_rival(rival_id: [u8; 16], stands: RivalStands) -> bool {
                     },
                     _ => PeerMessage::Ok,
                 }),
-                PeerMessage::Locate { session_id } if backs_rival && armed.load(Ordering::SeqCst) => {
-                    Some(PeerMessage::Located {
-                        session_id: *session_id,
-                        role: Role::Backup,
-                        addr: rival,
-                        generation: Some(generation.load(Ordering::SeqCst)),
-                    })
-                }
+                PeerMessage::Locate { session_id } if backs_rival && armed.load(Ordering::SeqCst) => Some(
+                    located_backup(*session_id, rival, generation.load(Ordering::SeqCst)),
+                ),
                 PeerMessage::Locate { session_id } => Some(PeerMessage::NotFound {
                     session_id: *session_id,
                 }),

@@ -48,12 +48,7 @@ async fn a_copy_yielded_to_outlives_the_rivals_drop() {
     assert_eq!(timeout(WAIT, ask(&mut raw, drop)).await.unwrap(), PeerMessage::Ok);
     assert_eq!(
         locate(&mut raw, id).await,
-        PeerMessage::Located {
-            session_id: id,
-            role: Role::Backup,
-            addr: rival,
-            generation: Some(generation - 1),
-        },
+        located_backup(id, rival, generation - 1),
         "the copy is kept below the rival"
     );
     stop(vec![node]).await;

@@ -77,12 +77,7 @@ impl Members {
             return Some(fenced_answer(receiver, m));
         }
         Some(match m {
-            PeerMessage::Locate { session_id } if holds => PeerMessage::Located {
-                session_id: *session_id,
-                role: Role::Backup,
-                addr: receiver,
-                generation: Some(HANDED),
-            },
+            PeerMessage::Locate { session_id } if holds => located_backup(*session_id, receiver, HANDED),
             PeerMessage::Promote {
                 session_id,
                 failed_owner,

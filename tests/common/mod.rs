@@ -527,3 +527,18 @@ async fn serve_scripted(node_id: [u8; 16], script: AsyncPeerScript, features: Op
     });
     addr
 }
+
+/// A fake member's LOCATE answer: it holds a backup copy of `session_id` from `owner`,
+/// of `generation` (what most tests' fake peers say to point a node at an owner).
+pub fn located_backup(
+    session_id: sessync_proto::SessionId,
+    owner: SocketAddr,
+    generation: u64,
+) -> sessync_proto::PeerMessage {
+    sessync_proto::PeerMessage::Located {
+        session_id,
+        role: sessync_proto::Role::Backup,
+        addr: owner,
+        generation: Some(generation),
+    }
+}
