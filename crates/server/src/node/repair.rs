@@ -49,6 +49,19 @@ struct Pending {
     unadopted: HashMap<SocketAddr, Vec<(SessionId, u64)>>,
 }
 
+/// Whether another member owns a session whose copy here is a gone owner's
+/// ([`Node::owned_elsewhere`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnedElsewhere {
+    /// A member owns it under a newer generation, or handed it on: nothing to take over.
+    Settled,
+    /// A member owns a claim of it of no newer generation than the copy here: looked at
+    /// again next tick.
+    Rival,
+    /// No member owns it.
+    Nobody,
+}
+
 /// Runs the repair until shutdown (spawned by `start`).
 pub(crate) async fn repair_loop(node: Arc<Node>, mut shutdown: Shutdown) {
     let since = Instant::now();
@@ -355,15 +368,35 @@ impl Node {
             .filter_map(|id| async move { id })
             .collect()
             .await;
+        // Those another member owns are settled, or (a rival claim) left for the next
+        // tick, before the stagger: waited out, a rival claim's copy would hold the whole
+        // tick up by its rank's stagger every second while the claim stands, and with it
+        // the copies sent again to restarted holders.
+        let mut left = Vec::new();
+        let checked: Vec<(SessionId, OwnedElsewhere)> = futures_util::stream::iter(orphans)
+            .map(|id| {
+                let members = &members;
+                async move { (id, self.owned_elsewhere(owner, id, members).await) }
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
         let mut by_rank: std::collections::BTreeMap<usize, Vec<SessionId>> = Default::default();
-        for id in orphans {
+        for (id, elsewhere) in checked {
+            match elsewhere {
+                OwnedElsewhere::Settled => continue,
+                OwnedElsewhere::Rival => {
+                    left.push(id);
+                    continue;
+                }
+                OwnedElsewhere::Nobody => {}
+            }
             let rank = super::drain::ranked(&id, &members)
                 .iter()
                 .position(|m| *m == self.advertise)
                 .unwrap_or(0);
             by_rank.entry(rank).or_default().push(id);
         }
-        let mut left = Vec::new();
         for (rank, group) in by_rank {
             tokio::time::sleep_until(started + ADOPT_STAGGER * rank as u32).await;
             let unfinished: Mutex<Vec<SessionId>> = Mutex::new(Vec::new());
@@ -418,6 +451,23 @@ impl Node {
                 .request(owner, PeerMessage::Locate { session_id: id }, deadline)
                 .await
             {
+                // A backup copy there of another member's, of no newer generation than
+                // the copy here: a copy another round placed on the new process, which
+                // says nothing of the owner's own (taken as "it has it", the copy here
+                // was never taken over, and once that member gave its claim up nobody
+                // had the session: simulation seed 3547 with four nodes and
+                // `SESSYNC_SIM_REPLICAS=2`). Of a newer generation, the session went on
+                // past the copy here: nothing to take over.
+                Ok(PeerMessage::Located {
+                    role: sessync_proto::Role::Backup,
+                    addr,
+                    generation: Some(theirs),
+                    ..
+                }) if addr != owner => {
+                    return self
+                        .backup_generation(&id, owner)
+                        .is_some_and(|ours| theirs <= ours)
+                }
                 // The owner (a new process there, or the old one back) knows it.
                 Ok(PeerMessage::Located { .. }) => return false,
                 Ok(PeerMessage::NotFound { .. }) => return true,
@@ -427,10 +477,20 @@ impl Node {
         !self.alive(owner).await
     }
 
-    /// Takes over the copy of `id` held here from `owner`, unless another member owns the
-    /// session by now (a request or another holder took it over). Whether that is settled:
-    /// false when the copy here is still `owner`'s and nobody was found owning it.
-    async fn adopt_one(&self, owner: SocketAddr, id: SessionId, members: &[SocketAddr]) -> bool {
+    /// Whether another of `members` owns `id`, whose copy here is the gone `owner`'s (each
+    /// is asked LOCATE).
+    ///
+    /// A member owning a claim of no newer generation than the copy here is a rival that
+    /// may still give its claim up to this very copy (a survey naming this copy's owner as
+    /// newer): not settled, so the copy is looked at again next tick. Taken as settled,
+    /// the copy was never taken over once that claim yielded, and the session was readable
+    /// nowhere (simulation seed 3547 with four nodes and `SESSYNC_SIM_REPLICAS=2`).
+    async fn owned_elsewhere(
+        &self,
+        owner: SocketAddr,
+        id: SessionId,
+        members: &[SocketAddr],
+    ) -> OwnedElsewhere {
         let others: Vec<SocketAddr> = members.iter().copied().filter(|m| *m != self.advertise).collect();
         let replies = futures_util::future::join_all(others.iter().map(|&m| {
             self.peers.request(
@@ -440,11 +500,42 @@ impl Node {
             )
         }))
         .await;
-        let owned = replies.iter().any(|r| {
-            matches!(r, Ok(PeerMessage::Located { role, .. }) if *role == sessync_proto::Role::Owner || *role == sessync_proto::Role::HandedOver)
-        });
-        if owned {
-            return true;
+        let ours = self.backup_generation(&id, owner);
+        let mut found = OwnedElsewhere::Nobody;
+        for r in &replies {
+            if let Ok(PeerMessage::Located { role, generation, .. }) = r {
+                match role {
+                    sessync_proto::Role::Owner
+                        if ours.is_some_and(|ours| generation.is_some_and(|g| g <= ours)) =>
+                    {
+                        found = OwnedElsewhere::Rival
+                    }
+                    sessync_proto::Role::Owner | sessync_proto::Role::HandedOver => {
+                        return OwnedElsewhere::Settled
+                    }
+                    _ => {}
+                }
+            }
+        }
+        found
+    }
+
+    /// The generation of the backup copy of `id` held here from `owner`, if one is.
+    fn backup_generation(&self, id: &SessionId, owner: SocketAddr) -> Option<u64> {
+        match self.table.locate_generation(id, self.advertise, now_ms()) {
+            Some((sessync_proto::Role::Backup, o, g)) if o == owner => Some(g),
+            _ => None,
+        }
+    }
+
+    /// Takes over the copy of `id` held here from `owner`, unless another member owns the
+    /// session by now (a request or another holder took it over). Whether that is settled:
+    /// false when the copy here is still `owner`'s and nobody was found owning it.
+    async fn adopt_one(&self, owner: SocketAddr, id: SessionId, members: &[SocketAddr]) -> bool {
+        match self.owned_elsewhere(owner, id, members).await {
+            OwnedElsewhere::Settled => return true,
+            OwnedElsewhere::Rival => return false,
+            OwnedElsewhere::Nobody => {}
         }
         // Still a backup copy of that owner's (not, say, a session this node handed to it
         // meanwhile, whose COPY_ACK is on the way).
