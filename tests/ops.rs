@@ -172,6 +172,34 @@ fn histogram_count(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str
     value(s, name, label)
 }
 
+/// `beyond_write_promise` (STATS and `/metrics`) is 1 while the node knows of more than
+/// `--replicas` + 2 members, counting itself once whether or not its peer list names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_beyond_the_write_promise_shows_in_stats_and_metrics() {
+    let mut others = std::collections::BTreeSet::new();
+    while others.len() < 3 {
+        others.insert(nowhere());
+    }
+    let others: Vec<SocketAddr> = others.into_iter().collect();
+    let node = node_with_http(1, |c| c.peers = others[..2].to_vec()).await;
+    let h = node.http_addr().unwrap();
+    let c = client(node.client_addr()).await;
+    let beyond = |stats: Vec<(String, u64)>| stat(&stats, "beyond_write_promise");
+    // Itself and two others: three, within --replicas 1 + 2.
+    assert_eq!(beyond(timeout(WAIT, c.stats()).await.unwrap().unwrap()), 0);
+    assert_eq!(value(&scrape(h).await, "sessync_beyond_write_promise", None), 0.0);
+    // Its own address in the list is not a member more.
+    let mut with_itself = others[..2].to_vec();
+    with_itself.push(node.peer_addr());
+    node.node().set_peers(with_itself);
+    assert_eq!(beyond(timeout(WAIT, c.stats()).await.unwrap().unwrap()), 0);
+    // Three others: four members.
+    node.node().set_peers(others.clone());
+    assert_eq!(beyond(timeout(WAIT, c.stats()).await.unwrap().unwrap()), 1);
+    assert_eq!(value(&scrape(h).await, "sessync_beyond_write_promise", None), 1.0);
+    stop(vec![node]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text_and_move_with_requests() {
     let (a, b) = (node_with_http(0, |_| {}).await, node_with_http(0, |_| {}).await);

@@ -17,7 +17,7 @@ use crate::shutdown::Shutdown;
 use crate::stats::OPS;
 
 /// STATS entries that are levels, not counts.
-const GAUGES: [(&str, &str); 11] = [
+const GAUGES: [(&str, &str); 12] = [
     ("connections", "Client connections open now."),
     ("sessions", "Live sessions this node owns."),
     ("backups", "Backup copies this node holds for other owners."),
@@ -34,6 +34,10 @@ const GAUGES: [(&str, &str); 11] = [
     (
         "members_dead",
         "Members this node saw declared dead in the last 2 minutes.",
+    ),
+    (
+        "beyond_write_promise",
+        "1 while this node knows of more than --replicas + 2 members: acknowledged writes can then be lost through partitions (protocol.md 12.6).",
     ),
 ];
 

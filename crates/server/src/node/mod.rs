@@ -491,7 +491,7 @@ impl Node {
             },
             orphans,
         ));
-        warn_if_beyond_the_promise(config.replicas, config.peers.len());
+        warn_if_beyond_the_promise(config.replicas, member_count(advertise, &config.peers));
         let cluster_peers = std::sync::RwLock::new(Arc::new(config.peers.clone()));
         Node {
             config,
@@ -535,7 +535,7 @@ impl Node {
     /// Replaces the cluster's peer addresses (a node joined or left). Sessions keep the
     /// backups they have until a write finds one gone.
     pub fn set_peers(&self, peers: Vec<SocketAddr>) {
-        warn_if_beyond_the_promise(self.config.replicas, peers.len());
+        warn_if_beyond_the_promise(self.config.replicas, member_count(self.advertise, &peers));
         *self.cluster_peers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(peers);
     }
 
@@ -571,7 +571,21 @@ impl Node {
         ];
         s.extend(self.stats.snapshot());
         s.extend(self.elastic_stats());
+        s.push((
+            "beyond_write_promise".to_string(),
+            u64::from(self.beyond_write_promise()),
+        ));
         s
+    }
+
+    /// Whether this node knows of more members than the write promise is measured for
+    /// (`--replicas` + 2, protocol.md 12.6): STATS and `/metrics` carry it, so that an
+    /// operator's alert sees it, not only the log line of [`warn_if_beyond_the_promise`].
+    fn beyond_write_promise(&self) -> bool {
+        beyond_the_promise(
+            self.config.replicas,
+            member_count(self.advertise, &self.cluster_peers()),
+        )
     }
 
     /// This node as peers know it (for table entries that name a receiver).
@@ -666,11 +680,26 @@ pub(crate) type SharedNode = Arc<Node>;
 fn warn_if_beyond_the_promise(replicas: u8, members: usize) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let promised = usize::from(replicas) + 2;
-    if replicas > 0 && members > promised && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+    if beyond_the_promise(replicas, members) && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         tracing::warn!(
             members,
             replicas,
             "this cluster has more than --replicas + 2 = {promised} members: acknowledged writes can be lost through network partitions and long pauses (measured, not yet fixed: protocol.md 12.6); --replicas {} keeps them", members.saturating_sub(2)
         );
     }
+}
+
+/// Whether a cluster of `members` nodes keeping `replicas` backups is larger than the
+/// write promise is measured for (protocol.md 12.6).
+fn beyond_the_promise(replicas: u8, members: usize) -> bool {
+    replicas > 0 && members > usize::from(replicas) + 2
+}
+
+/// How many members a node with these `peers` counts: itself and every other address.
+/// `--peers` may or may not list the node itself, and the membership's alive list never
+/// does; counted as the list's length, a four-node cluster whose nodes each listed the
+/// three others was taken for three (session 51's warning missed it).
+fn member_count(advertise: SocketAddr, peers: &[SocketAddr]) -> usize {
+    let others: std::collections::BTreeSet<&SocketAddr> = peers.iter().filter(|p| **p != advertise).collect();
+    others.len() + 1
 }
