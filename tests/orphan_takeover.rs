@@ -135,16 +135,17 @@ async fn role_at(watch: &mut Raw, id: SessionId) -> Option<(Role, SocketAddr)> {
     }
 }
 
-/// Polls LOCATE until the node owns `id`, for at most `within`.
-async fn until_owned(watch: &mut Raw, id: SessionId, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
+/// Polls LOCATE until the node owns `id` (for at most [`WAIT`]); panics with `what` and
+/// the node's last answer if it does not.
+async fn assert_taken_over(watch: &mut Raw, id: SessionId, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
     while tokio::time::Instant::now() < deadline {
         if matches!(role_at(watch, id).await, Some((Role::Owner, _))) {
-            return true;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    false
+    panic!("{what}: {:?}", role_at(watch, id).await);
 }
 
 /// The owner's new process answers LOCATE with a backup copy of another member's, of the
@@ -155,18 +156,13 @@ async fn a_gone_owners_copy_is_taken_over_though_its_new_process_holds_another_c
     let (node, members, mut watch) = node_holding_the_owners_copy(true, false).await;
     let id = *members.id.get().unwrap();
     members.restarted.store(true, Ordering::SeqCst);
-    assert!(
-        until_owned(&mut watch, id, WAIT).await,
-        "the copy of the gone owner is taken over: {:?}",
-        role_at(&mut watch, id).await
-    );
+    assert_taken_over(&mut watch, id, "the copy of the gone owner is taken over").await;
     stop(vec![node]).await;
 }
 
 /// Another member owns a claim of the copy's own generation when the owner is found gone
-/// (its new process knows nothing of the session):
-/// the copy is left alone while that claim stands, and taken over once it is given up
-/// (the member then knows nothing of the session).
+/// (its new process knows nothing of the session): the copy is left alone while that claim
+/// stands, and taken over once it is given up (the member then knows nothing of it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gone_owners_copy_is_taken_over_once_a_rival_claim_of_its_generation_is_given_up() {
     let (node, members, mut watch) = node_holding_the_owners_copy(false, true).await;
@@ -180,10 +176,11 @@ async fn a_gone_owners_copy_is_taken_over_once_a_rival_claim_of_its_generation_i
         "not taken over while another member owns a claim of its generation"
     );
     members.rival_claim.store(false, Ordering::SeqCst);
-    assert!(
-        until_owned(&mut watch, id, WAIT).await,
-        "the copy is taken over once the rival's claim is given up: {:?}",
-        role_at(&mut watch, id).await
-    );
+    assert_taken_over(
+        &mut watch,
+        id,
+        "the copy is taken over once the rival's claim is given up",
+    )
+    .await;
     stop(vec![node]).await;
 }
