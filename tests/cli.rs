@@ -630,7 +630,8 @@ fn cluster_prints_status_urls_and_logs_each_node_ready_and_stopped() {
 /// `--replicas` + 2, protocol.md 12.6) says so in its log, once; a node within it, or
 /// without backups, does not. The node counts itself beside its `--peers` (which need not
 /// list it): three others make four members. (Session 51 counted the list alone, and a
-/// four-node cluster whose nodes each listed the three others was not warned of.)
+/// four-node cluster whose nodes each listed the three others was not warned of.) Five
+/// members are past what any `--replicas` keeps.
 #[test]
 fn a_cluster_larger_than_the_promise_is_warned_of() {
     // `n` distinct addresses nothing listens on.
@@ -653,4 +654,9 @@ fn a_cluster_larger_than_the_promise_is_warned_of() {
     assert!(!log.contains(warning), "{log}");
     let log = node_log(&["--peers", &three, "--replicas", "0"]);
     assert!(!log.contains(warning), "{log}");
+    // Five members: past what any --replicas (at most 2) keeps, and the log says so.
+    let four = peers(4);
+    let log = node_log(&["--peers", &four, "--replicas", "2"]);
+    assert_eq!(log.matches(warning).count(), 1, "{log}");
+    assert!(log.contains("no --replicas keeps them at this size"), "{log}");
 }

@@ -12,6 +12,8 @@ mod lookup;
 mod lost_failover;
 mod memo;
 mod read_lease;
+/// The simulation's checker bounds stale reads by it (`testing::workload`).
+#[cfg(feature = "testing")]
 pub(crate) use read_lease::STALE_READ_LEASES;
 mod rehand;
 mod repair;
@@ -681,10 +683,18 @@ fn warn_if_beyond_the_promise(replicas: u8, members: usize) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let promised = usize::from(replicas) + 2;
     if beyond_the_promise(replicas, members) && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        let remedy = match members.saturating_sub(2) {
+            keeps if keeps <= sessync_proto::MAX_BACKUPS => format!("--replicas {keeps} keeps them"),
+            _ => format!(
+                "no --replicas keeps them at this size (at most {}: clusters of at most {} members)",
+                sessync_proto::MAX_BACKUPS,
+                sessync_proto::MAX_BACKUPS + 2
+            ),
+        };
         tracing::warn!(
             members,
             replicas,
-            "this cluster has more than --replicas + 2 = {promised} members: acknowledged writes can be lost through network partitions and long pauses (measured, not yet fixed: protocol.md 12.6); --replicas {} keeps them", members.saturating_sub(2)
+            "this cluster has more than --replicas + 2 = {promised} members: acknowledged writes can be lost through network partitions and long pauses (measured, not yet fixed: protocol.md 12.6); {remedy}"
         );
     }
 }
