@@ -176,11 +176,11 @@ fn histogram_count(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str
 /// `--replicas` + 2 members, counting itself once whether or not its peer list names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_beyond_the_write_promise_shows_in_stats_and_metrics() {
-    let mut others = std::collections::BTreeSet::new();
-    while others.len() < 3 {
-        others.insert(nowhere());
-    }
-    let others: Vec<SocketAddr> = others.into_iter().collect();
+    // Held bound for the test, so that the node's own peer port is none of them.
+    let held: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let others: Vec<SocketAddr> = held.iter().map(|l| l.local_addr().unwrap()).collect();
     let node = node_with_http(1, |c| c.peers = others[..2].to_vec()).await;
     let h = node.http_addr().unwrap();
     let c = client(node.client_addr()).await;
@@ -198,6 +198,7 @@ async fn a_cluster_beyond_the_write_promise_shows_in_stats_and_metrics() {
     assert_eq!(beyond(timeout(WAIT, c.stats()).await.unwrap().unwrap()), 1);
     assert_eq!(value(&scrape(h).await, "sessync_beyond_write_promise", None), 1.0);
     stop(vec![node]).await;
+    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -34,8 +34,12 @@ struct Members {
     restarted: AtomicBool,
     /// The owner's new process holds a backup copy of the other member's (else nothing).
     holds_a_copy: AtomicBool,
-    /// The other member owns a claim of the session under [`GENERATION`] (a rival).
+    /// The other member owns the session (a claim), under `owned_under`.
     rival_claim: AtomicBool,
+    /// The generation the other member owns the session under while `rival_claim` is set.
+    owned_under: AtomicU64,
+    /// How many EPOCHs the owner answered (the node's repair asks once a second).
+    epochs: AtomicU64,
 }
 
 /// EPOCH's answer: a process up for a long time, or (restarted) a new one.
@@ -52,7 +56,10 @@ impl Members {
     fn owner_answers(&self, m: &PeerMessage) -> Option<PeerMessage> {
         let restarted = self.restarted.load(Ordering::SeqCst);
         Some(match m {
-            PeerMessage::Epoch => epoch(7, restarted),
+            PeerMessage::Epoch => {
+                self.epochs.fetch_add(1, Ordering::SeqCst);
+                epoch(7, restarted)
+            }
             PeerMessage::Locate { session_id } if restarted && self.holds_a_copy.load(Ordering::SeqCst) => {
                 located_backup(*session_id, *self.other.get().unwrap(), GENERATION)
             }
@@ -83,7 +90,7 @@ impl Members {
                     session_id: *session_id,
                     role: Role::Owner,
                     addr: *self.other.get().unwrap(),
-                    generation: Some(GENERATION),
+                    generation: Some(self.owned_under.load(Ordering::SeqCst)),
                 }
             }
             PeerMessage::Locate { session_id }
@@ -107,6 +114,7 @@ async fn node_holding_the_owners_copy(
     let members = Arc::new(Members::default());
     members.holds_a_copy.store(holds_a_copy, Ordering::SeqCst);
     members.rival_claim.store(rival_claim, Ordering::SeqCst);
+    members.owned_under.store(GENERATION, Ordering::SeqCst);
     let id = SessionId::random();
     members.id.set(id).unwrap();
     let (owner, other) = scripted_pair(&members, Members::owner_answers, Members::other_answers).await;
@@ -124,6 +132,16 @@ async fn node_holding_the_owners_copy(
     assert_eq!(answer, PeerMessage::Ok, "the node takes the owner's copy");
     let mut watch = authenticated_as(node.peer_addr(), nowhere(), [9; 16]).await;
     assert_eq!(role_at(&mut watch, id).await, Some((Role::Backup, owner)));
+    // The repair has seen the owner's first process (so its restart is a new node id, not
+    // a first sight).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while members.epochs.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the repair never asked EPOCH"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     (node, members, watch)
 }
 
@@ -182,5 +200,22 @@ async fn a_gone_owners_copy_is_taken_over_once_a_rival_claim_of_its_generation_i
         "the copy is taken over once the rival's claim is given up",
     )
     .await;
+    stop(vec![node]).await;
+}
+
+/// Another member owns the session under a newer generation than the copy here: the
+/// session went on past the gone owner's copy, which is not taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_owners_copy_is_left_alone_while_a_newer_owner_has_the_session() {
+    let (node, members, mut watch) = node_holding_the_owners_copy(false, true).await;
+    let id = *members.id.get().unwrap();
+    members.owned_under.store(GENERATION + 1, Ordering::SeqCst);
+    members.restarted.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        role_at(&mut watch, id).await,
+        Some((Role::Backup, *members.owner.get().unwrap())),
+        "not taken over past a newer owner"
+    );
     stop(vec![node]).await;
 }

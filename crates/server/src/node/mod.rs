@@ -577,6 +577,9 @@ impl Node {
             "beyond_write_promise".to_string(),
             u64::from(self.beyond_write_promise()),
         ));
+        // Facts (`KEY=VALUE`) after every counter, as protocol.md's STATS_REPLY says (a
+        // stable sort: each group keeps its order).
+        s.sort_by_key(|(name, _)| name.contains('='));
         s
     }
 

@@ -53,10 +53,10 @@ struct Pending {
 /// ([`Node::owned_elsewhere`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OwnedElsewhere {
-    /// A member owns it under a newer generation, or handed it on: nothing to take over.
+    /// A member owns it under another generation, or handed it on: nothing to take over.
     Settled,
-    /// A member owns a claim of it of no newer generation than the copy here: looked at
-    /// again next tick.
+    /// A member owns a claim of it of the copy's own generation: looked at again next
+    /// tick.
     Rival,
     /// No member owns it.
     Nobody,
@@ -354,7 +354,6 @@ impl Node {
     /// Returns the orphans still held here as backups of `owner`'s: their takeover did
     /// not finish, and the caller tries again.
     async fn adopt_orphans(&self, owner: SocketAddr, ids: Vec<SessionId>) -> Vec<SessionId> {
-        let started = Instant::now();
         let mut members = self.lookup_members();
         members.push(self.advertise);
         // One probe for the whole batch: a fresh connection, which also clears the
@@ -381,6 +380,8 @@ impl Node {
             .buffer_unordered(PARALLEL)
             .collect()
             .await;
+        // The stagger counts from here: the checks above took the lower ranks as long.
+        let started = Instant::now();
         let mut by_rank: std::collections::BTreeMap<usize, Vec<SessionId>> = Default::default();
         for (id, elsewhere) in checked {
             match elsewhere {
@@ -480,9 +481,11 @@ impl Node {
     /// Whether another of `members` owns `id`, whose copy here is the gone `owner`'s (each
     /// is asked LOCATE).
     ///
-    /// A member owning a claim of no newer generation than the copy here is a rival that
-    /// may still give its claim up to this very copy (a survey naming this copy's owner as
-    /// newer): not settled, so the copy is looked at again next tick. Taken as settled,
+    /// A member owning a claim of the very generation of the copy here is a rival that may
+    /// still give its claim up to this very copy (a survey naming this copy's owner as
+    /// newer): not settled, so the copy is looked at again next tick. (An owner of an older
+    /// generation is a stale one, which an idle session may keep for good: settled, as
+    /// before, rather than asked about every second until the copy expires.) Taken as settled,
     /// the copy was never taken over once that claim yielded, and the session was readable
     /// nowhere (simulation seed 3547 with four nodes and `SESSYNC_SIM_REPLICAS=2`).
     async fn owned_elsewhere(
@@ -505,9 +508,7 @@ impl Node {
         for r in &replies {
             if let Ok(PeerMessage::Located { role, generation, .. }) = r {
                 match role {
-                    sessync_proto::Role::Owner
-                        if ours.is_some_and(|ours| generation.is_some_and(|g| g <= ours)) =>
-                    {
+                    sessync_proto::Role::Owner if ours.is_some_and(|ours| *generation == Some(ours)) => {
                         found = OwnedElsewhere::Rival
                     }
                     sessync_proto::Role::Owner | sessync_proto::Role::HandedOver => {
