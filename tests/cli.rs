@@ -395,6 +395,23 @@ fn cli_failures_have_exit_codes_names_hints_and_json() {
     assert!(j["peer_links"].as_array().unwrap().is_empty());
 }
 
+/// A peer port bound to every address (`0.0.0.0`) is not an address to advertise: without
+/// `--advertise` the node refuses to start and says what to give.
+#[test]
+fn a_wildcard_peer_address_needs_an_advertised_one() {
+    let (code, _, err) = run_status(&[
+        "node",
+        "--client",
+        "127.0.0.1:0",
+        "--peer",
+        "0.0.0.0:0",
+        "--log",
+        "warn",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("give --advertise the address"), "{err}");
+}
+
 #[test]
 fn a_port_in_use_is_named_with_its_role() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

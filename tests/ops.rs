@@ -172,6 +172,21 @@ fn histogram_count(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str
     value(s, name, label)
 }
 
+/// A node may bind its peer port to every address when it is told what to advertise (the
+/// deployment guide's `--peer 0.0.0.0:7800 --advertise IP:7800`); without that it does not
+/// start (tests/cli.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_peer_port_starts_with_an_advertised_address() {
+    let mut c = config();
+    c.peer_addr = "0.0.0.0:0".parse().unwrap();
+    let refused = sessync_server::start(c.clone()).await.err().expect("refused");
+    assert!(refused.to_string().contains("--advertise"), "{refused}");
+    c.advertise = Some("127.0.0.1:7800".parse().unwrap());
+    let node = sessync_server::start(c).await.unwrap();
+    assert_eq!(node.node().advertise(), "127.0.0.1:7800".parse().unwrap());
+    stop(vec![node]).await;
+}
+
 /// `beyond_write_promise` (STATS and `/metrics`) is 1 while the node knows of more than
 /// `--replicas` + 2 members, counting itself once whether or not its peer list names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,6 +134,16 @@ fn bind(role: &str, addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListene
 /// serving. Must run inside a tokio runtime. A port that cannot be bound fails with an
 /// error naming its role and address (`peer port 127.0.0.1:7800: address already in use`).
 pub async fn start(config: NodeConfig) -> std::io::Result<NodeHandle> {
+    // The advertised address goes into every token and to every member: a wildcard there
+    // (`--peer 0.0.0.0:P` without `--advertise`) names no node, and another node dialing
+    // it reaches itself.
+    let advertised = config.advertise.unwrap_or(config.peer_addr);
+    if advertised.ip().is_unspecified() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("peer address {advertised} names every address, not this node, and goes into tokens and to the other members: give --advertise the address the other nodes reach this node's peer port at"),
+        ));
+    }
     let peer_tls = match &config.peer_tls {
         Some(files) => Some(tls::TlsState::load(tls::Role::Peer, files.clone())?),
         None => None,
