@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::claims::locate;
+use common::member::empty_member_answer;
 use common::raw_peer::{ask, authenticated_as, Raw};
 use common::*;
 use sessync_proto::{PeerMessage, Role, SessionId};
@@ -63,21 +64,13 @@ impl Members {
             PeerMessage::Locate { session_id } if restarted && self.holds_a_copy.load(Ordering::SeqCst) => {
                 located_backup(*session_id, *self.other.get().unwrap(), GENERATION)
             }
-            PeerMessage::Locate { session_id } if restarted => PeerMessage::NotFound {
-                session_id: *session_id,
-            },
-            PeerMessage::Locate { session_id } => PeerMessage::Located {
+            PeerMessage::Locate { session_id } if !restarted => PeerMessage::Located {
                 session_id: *session_id,
                 role: Role::Owner,
                 addr: *self.owner.get().unwrap(),
                 generation: Some(GENERATION),
             },
-            PeerMessage::Copy { session_id, .. } | PeerMessage::Promote { session_id, .. } => {
-                PeerMessage::NotFound {
-                    session_id: *session_id,
-                }
-            }
-            _ => PeerMessage::Ok,
+            other => empty_member_answer(other),
         })
     }
 
@@ -93,12 +86,7 @@ impl Members {
                     generation: Some(self.owned_under.load(Ordering::SeqCst)),
                 }
             }
-            PeerMessage::Locate { session_id }
-            | PeerMessage::Copy { session_id, .. }
-            | PeerMessage::Promote { session_id, .. } => PeerMessage::NotFound {
-                session_id: *session_id,
-            },
-            _ => PeerMessage::Ok,
+            other => empty_member_answer(other),
         })
     }
 }
@@ -166,6 +154,15 @@ async fn assert_taken_over(watch: &mut Raw, id: SessionId, what: &str) {
     panic!("{what}: {:?}", role_at(watch, id).await);
 }
 
+/// Waits three of the repair's ticks (one a second) and checks the node still holds the
+/// session as the gone owner's backup copy; panics with `what` if not.
+async fn assert_left_alone(watch: &mut Raw, members: &Members, what: &str) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let id = *members.id.get().unwrap();
+    let owner = *members.owner.get().unwrap();
+    assert_eq!(role_at(watch, id).await, Some((Role::Backup, owner)), "{what}");
+}
+
 /// The owner's new process answers LOCATE with a backup copy of another member's, of the
 /// copy's own generation: that is not the owner having the session, and the copy here is
 /// taken over.
@@ -186,13 +183,12 @@ async fn a_gone_owners_copy_is_taken_over_once_a_rival_claim_of_its_generation_i
     let (node, members, mut watch) = node_holding_the_owners_copy(false, true).await;
     let id = *members.id.get().unwrap();
     members.restarted.store(true, Ordering::SeqCst);
-    // The repair ticks once a second: three ticks with the rival's claim standing.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        role_at(&mut watch, id).await,
-        Some((Role::Backup, *members.owner.get().unwrap())),
-        "not taken over while another member owns a claim of its generation"
-    );
+    assert_left_alone(
+        &mut watch,
+        &members,
+        "not taken over while another member owns a claim of its generation",
+    )
+    .await;
     members.rival_claim.store(false, Ordering::SeqCst);
     assert_taken_over(
         &mut watch,
@@ -208,14 +204,8 @@ async fn a_gone_owners_copy_is_taken_over_once_a_rival_claim_of_its_generation_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gone_owners_copy_is_left_alone_while_a_newer_owner_has_the_session() {
     let (node, members, mut watch) = node_holding_the_owners_copy(false, true).await;
-    let id = *members.id.get().unwrap();
     members.owned_under.store(GENERATION + 1, Ordering::SeqCst);
     members.restarted.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        role_at(&mut watch, id).await,
-        Some((Role::Backup, *members.owner.get().unwrap())),
-        "not taken over past a newer owner"
-    );
+    assert_left_alone(&mut watch, &members, "not taken over past a newer owner").await;
     stop(vec![node]).await;
 }

@@ -684,7 +684,7 @@ pub(crate) type SharedNode = Arc<Node>;
 /// from a lost write.
 fn warn_if_beyond_the_promise(replicas: u8, members: usize) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let promised = usize::from(replicas) + 2;
+    let promised = promised_members(replicas);
     if beyond_the_promise(replicas, members) && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         let remedy = match members.saturating_sub(2) {
             keeps if keeps <= sessync_proto::MAX_BACKUPS => format!("--replicas {keeps} keeps them"),
@@ -705,7 +705,13 @@ fn warn_if_beyond_the_promise(replicas: u8, members: usize) {
 /// Whether a cluster of `members` nodes keeping `replicas` backups is larger than the
 /// write promise is measured for (protocol.md 12.6).
 fn beyond_the_promise(replicas: u8, members: usize) -> bool {
-    replicas > 0 && members > usize::from(replicas) + 2
+    replicas > 0 && members > promised_members(replicas)
+}
+
+/// The most members a cluster keeping `replicas` backups keeps the write promise with
+/// (`replicas` + 2: then the only node outside a session's owner and holders claims it).
+fn promised_members(replicas: u8) -> usize {
+    usize::from(replicas) + 2
 }
 
 /// How many members a node with these `peers` counts: itself and every other address.
