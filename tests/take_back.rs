@@ -164,3 +164,31 @@ async fn a_copy_is_taken_back_when_the_members_only_point_at_each_other() {
     let s = get_after_receiver_restarted_with(false, true).await;
     assert_served_with_cart(&s, b"mine", "the copy taken back");
 }
+
+/// The receiver took the copy and its process then stopped for good: nothing listens at
+/// its address (it drained and left, with the COPY its own fetch had asked for on the
+/// way). It answers no LOCATE, but the refused dial says its process is gone since the
+/// handover began, which tells as much as a new process with no entry: the node takes its
+/// copy back once the other member holds nothing newer, and serves it. Seen in
+/// tests/elastic.rs `scaling_3_to_5_to_2_by_a_dns_name_loses_nothing`: the giver kept the
+/// handover for good ("may be serving it"), and the leaving node holding its backup copy
+/// could not hand that copy over. Checked: without the rule, the GET is answered
+/// OWNER_UNREACHABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_taken_back_when_the_receivers_process_is_gone() {
+    let other = scripted_peer([8; 16], Arc::new(|m: &PeerMessage| Some(empty_member_answer(m)))).await;
+    let receiver = nowhere();
+    let node = replicating_node_beside_fakes(vec![receiver, other]).await;
+    let (c, _, id) = create_mine(node.client_addr()).await;
+    assert_eq!(
+        take_handover(node.peer_addr(), [7; 16], receiver, id).await,
+        HANDED
+    );
+    let token = token_for(id, HANDED, receiver, vec![other]);
+    let got = timeout(WAIT, c.get(&token))
+        .await
+        .expect("the GET must end")
+        .expect("the session is served");
+    assert_served_with_cart(&got, b"mine", "the copy taken back");
+    stop(vec![node]).await;
+}

@@ -155,6 +155,12 @@ impl Node {
         Ok(())
     }
 
+    /// How many fetches are under way here: each may still bring its session here (a
+    /// drain ends only once none is).
+    pub(super) fn fetches_under_way(&self) -> usize {
+        self.inflight.len()
+    }
+
     /// Copies session `id` here (following MOVED, and falling back on `backups` when the
     /// owner is gone). Concurrent callers for the same id share one fetch;
     /// `token_generation` is the generation the caller's token names.
@@ -500,8 +506,9 @@ impl Node {
         // this node took its copy back).
         let claim = match self
             .table
-            .handing_over_to(&id, now_ms())
-            .filter(|&(to, _)| to != self.advertise)
+            .handover_under_way(&id, now_ms())
+            .map(|h| (h.to, h.transfer, h.handed_ms))
+            .filter(|&(to, _, _)| to != self.advertise)
         {
             // A backup copy of `failed`'s is claimed once `failed`'s read lease on it has
             // ended (protocol.md 12.3 step 1): `failed` may be alive and cut off, serving
@@ -529,7 +536,7 @@ impl Node {
                 tracing::debug!(session = %id, %failed, "the failed owner wrote its copy here while the claim waited; not claimed, asked instead");
                 return Some(self.copy_chain(id, failed, true, backups).await);
             }
-            Some((to, transfer)) => {
+            Some((to, transfer, handed_ms)) => {
                 let never_took = match self.locate_at(id, to).await {
                     // A new process there: the earlier one may have installed the copy and
                     // handed it on before it died (no entry says nothing of what it did:
@@ -540,6 +547,15 @@ impl Node {
                     // acknowledged there, and this node's take-back of the first copy
                     // became the lineage that went on).
                     LocateAnswer::NoEntry => self.members_hold_nothing_from(id, transfer, to, true).await,
+                    // No answer, and its process is known gone since the handover began (a
+                    // dial there was refused, or another process answered there): as a new
+                    // process with no entry. Left as "may be serving it", the copy stayed
+                    // here for good after its receiver drained and stopped with the COPY
+                    // its fetch had asked for on the way (tests/elastic.rs
+                    // `scaling_3_to_5_to_2_by_a_dns_name_loses_nothing`).
+                    LocateAnswer::Silent if self.peers.processes.gone_since(to) > handed_ms => {
+                        self.members_hold_nothing_from(id, transfer, to, true).await
+                    }
                     LocateAnswer::Entry(Role::HandedOver, Some(g)) => g < transfer,
                     _ => false,
                 };
