@@ -39,6 +39,9 @@ struct Members {
     rival_claim: AtomicBool,
     /// The generation the other member owns the session under while `rival_claim` is set.
     owned_under: AtomicU64,
+    /// The other member handed the session to the owner (its pointer names the owner,
+    /// whose old process had it), under `owned_under`.
+    pointer_at_owner: AtomicBool,
     /// How many EPOCHs the owner answered (the node's repair asks once a second).
     epochs: AtomicU64,
 }
@@ -74,7 +77,8 @@ impl Members {
         })
     }
 
-    /// The other member: owns a rival claim while `rival_claim` is set, else knows nothing.
+    /// The other member: owns a rival claim while `rival_claim` is set, or holds a pointer
+    /// at the owner while `pointer_at_owner` is, else knows nothing.
     fn other_answers(&self, m: &PeerMessage) -> Option<PeerMessage> {
         Some(match m {
             PeerMessage::Epoch => epoch(8, false),
@@ -83,6 +87,14 @@ impl Members {
                     session_id: *session_id,
                     role: Role::Owner,
                     addr: *self.other.get().unwrap(),
+                    generation: Some(self.owned_under.load(Ordering::SeqCst)),
+                }
+            }
+            PeerMessage::Locate { session_id } if self.pointer_at_owner.load(Ordering::SeqCst) => {
+                PeerMessage::Located {
+                    session_id: *session_id,
+                    role: Role::HandedOver,
+                    addr: *self.owner.get().unwrap(),
                     generation: Some(self.owned_under.load(Ordering::SeqCst)),
                 }
             }
@@ -207,5 +219,25 @@ async fn a_gone_owners_copy_is_left_alone_while_a_newer_owner_has_the_session() 
     members.owned_under.store(GENERATION + 1, Ordering::SeqCst);
     members.restarted.store(true, Ordering::SeqCst);
     assert_left_alone(&mut watch, &members, "not taken over past a newer owner").await;
+    stop(vec![node]).await;
+}
+
+/// The other member handed the session to the owner before the owner's process went (its
+/// pointer names the owner): that pointer leads to the process that lost the session, not
+/// to an owner, and the copy here is taken over (before session 53 it settled the copy,
+/// which then waited for a request's failover: protocol.md 17.4 named the gap). Checked:
+/// without the rule, the copy stays a backup copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_owners_copy_is_taken_over_though_a_pointer_names_that_owner() {
+    let (node, members, mut watch) = node_holding_the_owners_copy(false, false).await;
+    let id = *members.id.get().unwrap();
+    members.pointer_at_owner.store(true, Ordering::SeqCst);
+    members.restarted.store(true, Ordering::SeqCst);
+    assert_taken_over(
+        &mut watch,
+        id,
+        "the copy is taken over past a pointer at its gone owner",
+    )
+    .await;
     stop(vec![node]).await;
 }

@@ -487,7 +487,10 @@ impl Node {
     /// generation is a stale one, which an idle session may keep for good: settled, as
     /// before, rather than asked about every second until the copy expires.) Taken as settled,
     /// the copy was never taken over once that claim yielded, and the session was readable
-    /// nowhere (simulation seed 3547 with four nodes and `SESSYNC_SIM_REPLICAS=2`).
+    /// nowhere (simulation seed 3547 with four nodes and `SESSYNC_SIM_REPLICAS=2`). A
+    /// pointer at the gone owner itself is no owner either (the owner's new process lost
+    /// what it was handed), unless it was handed on under a newer generation than the
+    /// copy here.
     async fn owned_elsewhere(
         &self,
         owner: SocketAddr,
@@ -506,11 +509,24 @@ impl Node {
         let ours = self.backup_generation(&id, owner);
         let mut found = OwnedElsewhere::Nobody;
         for r in &replies {
-            if let Ok(PeerMessage::Located { role, generation, .. }) = r {
+            if let Ok(PeerMessage::Located {
+                role,
+                generation,
+                addr,
+                ..
+            }) = r
+            {
                 match role {
                     sessync_proto::Role::Owner if ours.is_some_and(|ours| *generation == Some(ours)) => {
                         found = OwnedElsewhere::Rival
                     }
+                    // A pointer at the gone owner itself, handed on under no newer
+                    // generation than the copy here: it leads to the process that lost
+                    // the session, not to an owner (a newer one says the session went on
+                    // past this copy, to a copy the owner placed on its other holders).
+                    sessync_proto::Role::HandedOver
+                        if *addr == owner
+                            && ours.is_some_and(|ours| generation.is_some_and(|g| g <= ours)) => {}
                     sessync_proto::Role::Owner | sessync_proto::Role::HandedOver => {
                         return OwnedElsewhere::Settled
                     }
