@@ -277,7 +277,7 @@ async fn load_without_faults_promotes_nothing_and_loses_nothing() {
                 "replicas {replicas}: a session was lost: {:?}",
                 l.lost
             );
-            let list = final_list(&clients, &l.token).await;
+            let list = final_list(&clients, &l.token, None).await;
             assert_eq!(list, l.acked, "replicas {replicas}: unknown {:?}", l.unknown);
         }
         let mut promotions = 0;

@@ -404,8 +404,9 @@ pub async fn writer(clients: Arc<Vec<Client>>, token: String, seed: u64, stop: A
     ledger
 }
 
-/// Reads a session's final list, retrying while the cluster settles.
-pub async fn final_list(clients: &[Client], token: &str) -> Vec<u64> {
+/// Reads a session's final list, retrying while the cluster settles. `logs`: where the
+/// node logs are, named in a failure with the session's id (to look it up in them).
+pub async fn final_list(clients: &[Client], token: &str, logs: Option<&std::path::Path>) -> Vec<u64> {
     let mut last = None;
     for attempt in 0..50 {
         match clients[attempt % clients.len()].get(token).await {
@@ -414,7 +415,8 @@ pub async fn final_list(clients: &[Client], token: &str) -> Vec<u64> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("session unreadable after the chaos: {last:?}");
+    let id = sessync_proto::Token::verify(token, &keys()).map(|t| t.session_id.to_string());
+    panic!("session {id:?} unreadable after the chaos: {last:?}; node logs in {logs:?}");
 }
 
 /// Starts `n` node processes at reserved addresses, keeping `replicas` backups.
@@ -461,7 +463,7 @@ pub async fn check_ledgers(ledgers: &[Ledger], clients: &[Client], dir: &std::pa
         let id = sessync_proto::Token::verify(&l.token, &keys())
             .unwrap()
             .session_id;
-        let list = final_list(clients, &l.token).await;
+        let list = final_list(clients, &l.token, Some(dir)).await;
         assert!(
             list.windows(2).all(|w| w[0] < w[1]),
             "session {i}: out of order {list:?}"
