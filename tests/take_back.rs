@@ -117,6 +117,14 @@ async fn get_after_receiver_restarted_with(
     let (receiver, other) = scripted_pair(&members, Members::receiver_answers, Members::other_answers).await;
     members.receiver.set(receiver).unwrap();
     members.other.set(other).unwrap();
+    get_after_handover(receiver, other).await
+}
+
+/// A node beside the members `receiver` and `other` creates a session (`cart` = `mine`)
+/// and hands it to `receiver` (the test asks COPY as that member, which never
+/// acknowledges); a GET with `receiver`'s token naming `other` as its backup follows.
+/// Returns what the GET was served.
+async fn get_after_handover(receiver: SocketAddr, other: SocketAddr) -> sessync_client::Session {
     let node = replicating_node_beside_fakes(vec![receiver, other]).await;
     let (c, _, id) = create_mine(node.client_addr()).await;
 
@@ -177,18 +185,6 @@ async fn a_copy_is_taken_back_when_the_members_only_point_at_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_is_taken_back_when_the_receivers_process_is_gone() {
     let other = scripted_peer([8; 16], Arc::new(|m: &PeerMessage| Some(empty_member_answer(m)))).await;
-    let receiver = nowhere();
-    let node = replicating_node_beside_fakes(vec![receiver, other]).await;
-    let (c, _, id) = create_mine(node.client_addr()).await;
-    assert_eq!(
-        take_handover(node.peer_addr(), [7; 16], receiver, id).await,
-        HANDED
-    );
-    let token = token_for(id, HANDED, receiver, vec![other]);
-    let got = timeout(WAIT, c.get(&token))
-        .await
-        .expect("the GET must end")
-        .expect("the session is served");
-    assert_served_with_cart(&got, b"mine", "the copy taken back");
-    stop(vec![node]).await;
+    let s = get_after_handover(nowhere(), other).await;
+    assert_served_with_cart(&s, b"mine", "the copy taken back");
 }
