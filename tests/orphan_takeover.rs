@@ -241,3 +241,16 @@ async fn a_gone_owners_copy_is_taken_over_though_a_pointer_names_that_owner() {
     .await;
     stop(vec![node]).await;
 }
+
+/// The same pointer at the gone owner, handed on under a newer generation than the copy
+/// here: the owner placed that newer copy on its own holders (which take it over), so the
+/// copy here is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_owners_copy_is_left_alone_past_a_pointer_at_that_owner_of_a_newer_generation() {
+    let (node, members, mut watch) = node_holding_the_owners_copy(false, false).await;
+    members.owned_under.store(GENERATION + 1, Ordering::SeqCst);
+    members.pointer_at_owner.store(true, Ordering::SeqCst);
+    members.restarted.store(true, Ordering::SeqCst);
+    assert_left_alone(&mut watch, &members, "not taken over past a newer pointer").await;
+    stop(vec![node]).await;
+}

@@ -13,6 +13,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use common::member::{empty_member_answer, take_handover};
 use common::*;
@@ -133,6 +134,9 @@ async fn get_after_handover(receiver: SocketAddr, other: SocketAddr) -> sessync_
         take_handover(node.peer_addr(), [7; 16], receiver, id).await,
         HANDED
     );
+    // What the node learns of the receiver from here on is later than the handover (its
+    // clock counts whole milliseconds).
+    tokio::time::sleep(Duration::from_millis(5)).await;
 
     let token = token_for(id, HANDED, receiver, vec![other]);
     let got = timeout(WAIT, c.get(&token))
@@ -187,4 +191,54 @@ async fn a_copy_is_taken_back_when_the_receivers_process_is_gone() {
     let other = scripted_peer([8; 16], Arc::new(|m: &PeerMessage| Some(empty_member_answer(m)))).await;
     let s = get_after_handover(nowhere(), other).await;
     assert_served_with_cart(&s, b"mine", "the copy taken back");
+}
+
+/// The same gone receiver, but the other member holds what the receiver's process went on
+/// with before it stopped: the node does not take its older copy back, and the session is
+/// served from that member's copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_not_taken_back_from_a_gone_receiver_when_a_member_holds_what_it_went_on_with() {
+    let members = Arc::new(Members::default());
+    members.other_holds_it.store(true, Ordering::SeqCst);
+    let receiver = nowhere();
+    members.receiver.set(receiver).unwrap();
+    let answering = members.clone();
+    let other = scripted_peer(
+        [8; 16],
+        Arc::new(move |m: &PeerMessage| answering.other_answers(m)),
+    )
+    .await;
+    members.other.set(other).unwrap();
+    let s = get_after_handover(receiver, other).await;
+    assert_served_with_cart(&s, b"went-on", "the receiver's lineage at the other member");
+}
+
+/// A receiver that is only silent after the handover (its process keeps its connection and
+/// answers nothing: paused, or cut off after the handshake) may hold the copy and serve it: the
+/// node keeps its copy handed over, and the GET is refused, retryably, rather than served
+/// from a copy taken back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_not_taken_back_from_a_receiver_that_is_only_silent() {
+    let other = scripted_peer([8; 16], Arc::new(|m: &PeerMessage| Some(empty_member_answer(m)))).await;
+    let silent = Arc::new(AtomicBool::new(false));
+    let silenced = silent.clone();
+    let receiver = scripted_peer(
+        [7; 16],
+        Arc::new(move |m: &PeerMessage| (!silenced.load(Ordering::SeqCst)).then(|| empty_member_answer(m))),
+    )
+    .await;
+    let node = replicating_node_beside_fakes(vec![receiver, other]).await;
+    let (c, _, id) = create_mine(node.client_addr()).await;
+    assert_eq!(
+        take_handover(node.peer_addr(), [7; 16], receiver, id).await,
+        HANDED
+    );
+    silent.store(true, Ordering::SeqCst);
+    let token = token_for(id, HANDED, receiver, vec![other]);
+    let got = timeout(WAIT, c.get(&token)).await.expect("the GET must end");
+    assert!(
+        got.is_err(),
+        "served from a copy taken back from a receiver that may be serving it: {got:?}"
+    );
+    stop(vec![node]).await;
 }

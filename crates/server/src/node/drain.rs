@@ -40,6 +40,10 @@ pub struct DrainReport {
     pub sessions_left: usize,
     /// Backup copies still held here at the end (their owners did not replace this node).
     pub backups_left: usize,
+    /// Requests' fetches still under way at the end: each may yet bring its session here,
+    /// after the node stopped (the giver then keeps a handover to a stopped node, until
+    /// it takes its copy back, protocol.md 12.3).
+    pub fetches_left: usize,
     /// Sessions handed over (acknowledged handovers during the drain).
     pub handed_over: u64,
     /// Backup copies whose owner replaced this node.
@@ -54,7 +58,7 @@ pub struct DrainReport {
 impl DrainReport {
     /// Whether everything was handed over.
     pub fn complete(&self) -> bool {
-        self.sessions_left == 0 && self.backups_left == 0
+        self.sessions_left == 0 && self.backups_left == 0 && self.fetches_left == 0
     }
 }
 
@@ -80,7 +84,8 @@ pub(crate) struct Elastic {
     timeout_ms: AtomicU64,
     /// The drain's outcome, once it ended.
     outcome: watch::Sender<Option<DrainReport>>,
-    /// Sessions and backup copies left at the last look (0 when not draining).
+    /// Sessions, backup copies and fetches under way left at the last look (0 when not
+    /// draining).
     left: AtomicU64,
     /// Sessions this node took over for a leaving member (TAKE).
     pub(super) taken: AtomicU64,
@@ -274,7 +279,7 @@ impl Node {
         let mut alone_since: Option<Instant> = None;
         let mut first_pass: std::collections::HashSet<SessionId> =
             self.table.owned_ids(now_ms(), usize::MAX).into_iter().collect();
-        let (owned_left, backups_left) = loop {
+        let (owned_left, backups_left, fetches_left) = loop {
             let now = Instant::now();
             let owned: std::collections::HashSet<SessionId> =
                 self.table.owned_ids(now_ms(), usize::MAX).into_iter().collect();
@@ -285,15 +290,16 @@ impl Node {
             // still bring its session here (a giver that hands a session to a node that
             // has stopped keeps a handover nobody takes; seen in tests/elastic.rs
             // `scaling_3_to_5_to_2_by_a_dns_name_loses_nothing`).
-            let pending = self.table.stats().sessions + self.fetches_under_way();
+            let pending = self.table.stats().sessions;
+            let fetching = self.fetches_under_way();
             self.elastic
                 .left
-                .store((pending + held) as u64, Ordering::Relaxed);
-            if pending == 0 && held == 0 {
+                .store((pending + held + fetching) as u64, Ordering::Relaxed);
+            if pending == 0 && held == 0 && fetching == 0 {
                 // Once more after closing the door: a request let in just before it may
                 // have brought a session here.
                 if self.elastic.closing.swap(true, Ordering::SeqCst) {
-                    break (0, 0);
+                    break (0, 0, 0);
                 }
                 tracing::info!(
                     "drain: everything handed over; refusing requests that would bring sessions back"
@@ -303,7 +309,7 @@ impl Node {
             }
             if now >= deadline {
                 timed_out = true;
-                break (pending, held);
+                break (pending, held, fetching);
             }
             // The first phase ends when every session owned at the start has been handed
             // over once (or at half the timeout): until then requests that need a session
@@ -320,7 +326,7 @@ impl Node {
             }
             if now.duration_since(last_log) >= Duration::from_secs(1) {
                 last_log = now;
-                tracing::info!(sessions_left = pending, backups_left = held, elapsed = ?now.duration_since(started), "drain: progress");
+                tracing::info!(sessions_left = pending, backups_left = held, fetches_left = fetching, elapsed = ?now.duration_since(started), "drain: progress");
             }
             bad.retain(|_, until| *until > now);
             let members: Vec<SocketAddr> = self
@@ -336,7 +342,7 @@ impl Node {
                 if alone || now.duration_since(since) >= NO_MEMBER_GRACE {
                     tracing::warn!("drain: no live member to hand sessions to");
                     timed_out = true;
-                    break (pending, held);
+                    break (pending, held, fetching);
                 }
                 tokio::time::sleep(DRAIN_TICK * 4).await;
                 continue;
@@ -435,6 +441,7 @@ impl Node {
         let report = DrainReport {
             sessions_left: owned_left,
             backups_left,
+            fetches_left,
             handed_over: self
                 .stats
                 .copies_served
@@ -444,9 +451,10 @@ impl Node {
             elapsed: started.elapsed(),
             timed_out,
         };
-        self.elastic
-            .left
-            .store((owned_left + backups_left) as u64, Ordering::Relaxed);
+        self.elastic.left.store(
+            (owned_left + backups_left + fetches_left) as u64,
+            Ordering::Relaxed,
+        );
         if report.complete() {
             tracing::info!(handed_over = report.handed_over, elapsed = ?report.elapsed, "drain complete: every session and backup copy is with another member");
         } else {
@@ -459,6 +467,7 @@ impl Node {
             tracing::error!(
                 sessions_left = owned_left,
                 backups_left,
+                fetches_left,
                 elapsed = ?report.elapsed,
                 ?sample,
                 "drain incomplete: these were not handed over and are lost when this node stops (unless a backup elsewhere has them)"
@@ -752,8 +761,8 @@ impl Node {
                 at.request_id,
                 ErrorCode::ShuttingDown,
                 format!(
-                    "drain incomplete after {:?}: {} sessions and {} backup copies were not handed over",
-                    report.elapsed, report.sessions_left, report.backups_left
+                    "drain incomplete after {:?}: {} sessions and {} backup copies were not handed over, {} fetches still under way",
+                    report.elapsed, report.sessions_left, report.backups_left, report.fetches_left
                 ),
                 out,
             )

@@ -497,7 +497,8 @@ impl Node {
         let with_lineage = |holders: &[SocketAddr]| super::install::with_lineage(holders, lineage);
         // A copy this node is still handing over (to `failed`, or to a node whose pointer
         // led to `failed`) is taken back only when its receiver is known never to have
-        // taken it over: a new process with no entry, or the same node answering with a
+        // taken it over: a new process with no entry (or none answering, known gone since
+        // the handover began), or the same node answering with a
         // generation older than the handover (it neither installed the copy nor holds
         // anything newer; seed 94: its reply was lost in a cut, and the receiver's older
         // pointer led to a node that had restarted since, so nobody could read the
@@ -552,9 +553,17 @@ impl Node {
                     // process with no entry. Left as "may be serving it", the copy stayed
                     // here for good after its receiver drained and stopped with the COPY
                     // its fetch had asked for on the way (tests/elastic.rs
-                    // `scaling_3_to_5_to_2_by_a_dns_name_loses_nothing`).
+                    // `scaling_3_to_5_to_2_by_a_dns_name_loses_nothing`). Asked once more
+                    // a peer timeout later: a stopping process answers the requests on the
+                    // connections it kept open after it stops accepting, and a COPY_DATA
+                    // it sent then reaches its receiver (which answers LOCATE as owner)
+                    // before the members are asked.
                     LocateAnswer::Silent if self.peers.processes.gone_since(to) > handed_ms => {
-                        self.members_hold_nothing_from(id, transfer, to, true).await
+                        tokio::time::sleep(self.config.peer_timeout).await;
+                        matches!(
+                            self.locate_at(id, to).await,
+                            LocateAnswer::Silent | LocateAnswer::NoEntry
+                        ) && self.members_hold_nothing_from(id, transfer, to, true).await
                     }
                     LocateAnswer::Entry(Role::HandedOver, Some(g)) => g < transfer,
                     _ => false,
