@@ -158,7 +158,7 @@ impl Node {
         // The two halves run side by side: taking over a gone owner's copies waits out a
         // rank stagger (seconds), and sending copies again to a restarted holder waited
         // behind it, so the sessions it backed had one copy fewer for that long (seen in
-        // the simulation: seed 4 with five nodes moved 2 s later and ended otherwise).
+        // a simulation trace: five nodes, seed 4, the sending again 2 s late).
         tokio::join!(
             self.adopt_gone_owners(&gone_owners, unadopted),
             self.send_again(restarted, &down, want, queue, queued),
